@@ -1,0 +1,1 @@
+"""Connectors: a party's data stays in its own engine."""

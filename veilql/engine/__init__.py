@@ -1,0 +1,1 @@
+"""The query engine: SQL, plans, rewrites, secure runtime, DP, ledgers, transport."""

@@ -1,0 +1,1 @@
+"""VeilQL engine: operators."""

@@ -1,0 +1,1 @@
+"""Federation and policy files: the model (frozen dataclasses) and the TOML loader."""

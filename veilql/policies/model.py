@@ -1,0 +1,105 @@
+"""The federation model: parties, their table policies, analysts' budgets.
+
+Frozen dataclasses, built and validated by ``veilql.policies.loader``; nothing here
+reads files. Columns absent from a policy are not in ``TablePolicy.columns`` and so
+cannot be used by any query (fail closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Role = Literal["key", "group", "value"]
+ROLES: tuple[str, ...] = ("key", "group", "value")
+JoinReveal = Literal["none", "intersection"]
+JOIN_REVEALS: tuple[str, ...] = ("none", "intersection")
+
+
+@dataclass(frozen=True)
+class ColumnPolicy:
+    """How one column may be used.
+
+    ``values`` is the public group domain (only for ``role == "group"``; ``None`` means
+    keys are chosen privately). ``bounds`` is the clamping interval of a ``value``
+    column. ``decimals`` is the fixed-point precision used when the column enters
+    secret shares (0 for integers, e.g. 2 for cents).
+    """
+
+    name: str
+    role: Role
+    values: tuple[str | int | float | bool, ...] | None = None
+    bounds: tuple[float, float] | None = None
+    decimals: int = 0
+
+
+@dataclass(frozen=True)
+class TablePolicy:
+    """A party's policy for one table."""
+
+    name: str
+    privacy_unit: str
+    max_rows_per_unit: int = 1
+    join_reveal: JoinReveal = "none"
+    columns: dict[str, ColumnPolicy] = field(default_factory=dict)
+
+    def column(self, name: str) -> ColumnPolicy | None:
+        """The policy of ``name``, or None when the column is not usable."""
+        return self.columns.get(name)
+
+
+@dataclass(frozen=True)
+class Party:
+    """A data party: where it runs, where its data lives, and its policy."""
+
+    name: str
+    address: str  # "local" or "host:port"
+    connector: str  # e.g. "duckdb:/abs/path/bank.duckdb" (paths made absolute by the loader)
+    tables: dict[str, TablePolicy] = field(default_factory=dict)
+    policy_file: Path | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """True when the party runs inside the client process."""
+        return self.address == "local"
+
+
+@dataclass(frozen=True)
+class Analyst:
+    """An analyst's budget, which every party enforces on its own tables."""
+
+    name: str
+    epsilon: float
+    delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Federation:
+    """A loaded, validated federation file."""
+
+    name: str
+    path: Path  # the federation.toml itself
+    parties: tuple[Party, ...]
+    analysts: dict[str, Analyst] = field(default_factory=dict)
+    default_epsilon: float = 1.0
+    default_delta: float = 0.0
+    ledger_dir: Path | None = None  # where each party keeps its ledger; default <dir>/ledgers
+    timeout: float = 30.0  # seconds any party may stay silent before PartyUnavailable
+
+    @property
+    def root(self) -> Path:
+        """The folder of the federation file; relative paths resolve against it."""
+        return self.path.parent
+
+    def party(self, name: str) -> Party | None:
+        """The party called ``name``, or None."""
+        for p in self.parties:
+            if p.name == name:
+                return p
+        return None
+
+    @property
+    def party_names(self) -> tuple[str, ...]:
+        """Party names in file order; the first three are the compute parties."""
+        return tuple(p.name for p in self.parties)

@@ -1,0 +1,1 @@
+"""User interfaces: output formats, shell, Jupyter magic, reports."""
