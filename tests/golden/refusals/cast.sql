@@ -1,0 +1,1 @@
+SELECT SUM(CAST(amount AS INTEGER)) FROM bank.loans

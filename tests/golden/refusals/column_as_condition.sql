@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM insurer.policies WHERE open_claim

@@ -1,0 +1,1 @@
+SELECT COUNT(amount) FROM bank.loans

@@ -1,0 +1,1 @@
+SELECT SUM(amount / 12) FROM bank.loans

@@ -1,0 +1,1 @@
+SELECT SUM(amount) / COUNT(*) FROM bank.loans

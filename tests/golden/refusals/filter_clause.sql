@@ -1,0 +1,1 @@
+SELECT COUNT(*) FILTER (WHERE amount > 10) FROM bank.loans

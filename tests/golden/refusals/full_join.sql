@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM bank.loans l FULL OUTER JOIN insurer.policies p ON l.customer_id = p.customer_id

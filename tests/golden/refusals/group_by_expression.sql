@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM bank.customers GROUP BY age + 1

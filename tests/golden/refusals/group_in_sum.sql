@@ -1,0 +1,1 @@
+SELECT SUM(term_months) FROM bank.loans

@@ -1,0 +1,1 @@
+INSERT INTO bank.loans VALUES (1, 2, 3)

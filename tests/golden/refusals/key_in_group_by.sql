@@ -1,0 +1,1 @@
+SELECT customer_id, COUNT(*) FROM bank.loans GROUP BY customer_id

@@ -1,0 +1,1 @@
+SELECT SUM(customer_id) FROM bank.loans

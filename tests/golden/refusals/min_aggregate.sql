@@ -1,0 +1,1 @@
+SELECT MIN(amount) FROM bank.loans

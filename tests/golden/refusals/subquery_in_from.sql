@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM (SELECT * FROM bank.loans) AS t

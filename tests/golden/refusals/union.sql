@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM bank.loans UNION SELECT COUNT(*) FROM insurer.policies

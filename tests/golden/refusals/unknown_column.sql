@@ -1,0 +1,1 @@
+SELECT SUM(amout) FROM bank.loans

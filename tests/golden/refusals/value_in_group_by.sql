@@ -1,0 +1,1 @@
+SELECT amount, COUNT(*) FROM bank.loans GROUP BY amount

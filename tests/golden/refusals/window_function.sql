@@ -1,0 +1,1 @@
+SELECT SUM(amount) OVER (PARTITION BY term_months) FROM bank.loans

@@ -1,0 +1,225 @@
+"""Binding on the sample-like federation: what the planner receives."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from sql_fixtures import LOANS, catalog, federation
+from sqlglot import exp
+
+from veilql.engine.sql.bind import bind
+from veilql.engine.sql.bound import BoundQuery, aliases_in, columns_used, parties_in
+from veilql.engine.sql.parse import parse
+from veilql.errors import PolicyError, UnsupportedError
+from veilql.policies.model import ColumnPolicy, Federation, Party
+
+RISK = """
+SELECT WITH DIFFERENTIAL_PRIVACY OPTIONS (epsilon = 1.0, delta = 1e-6)
+       c.region, COUNT(*) AS n, AVG(l.defaulted) AS default_rate, SUM(l.amount) total
+FROM bank.customers AS c
+JOIN bank.loans l ON c.customer_id = l.customer_id
+JOIN payments.accounts a ON a.customer_id = c.customer_id
+JOIN insurer.policies AS p ON p.customer_id = l.customer_id
+WHERE a.monthly_txn_count > 10 AND p.open_claim = 1
+  AND (c.region IN ('north', 'south') OR NOT c.age BETWEEN 20 AND 30)
+GROUP BY c.region
+HAVING COUNT(*) > 5 AND total < 1e9
+ORDER BY default_rate DESC, 1
+LIMIT 3
+"""
+
+
+def b(sql: str, fed: Federation | None = None) -> BoundQuery:
+    return bind(parse(sql), fed or federation(), catalog())
+
+
+def test_cross_party_query_binds() -> None:
+    q = b(RISK)
+    assert [(t.alias, t.party, t.table) for t in q.tables] == [
+        ("c", "bank", "customers"), ("l", "bank", "loans"),
+        ("a", "payments", "accounts"), ("p", "insurer", "policies"),
+    ]
+    assert q.tables[1].policy.max_rows_per_unit == 3
+    assert [(j.left, j.right) for j in q.joins] == [("c", "l"), ("a", "c"), ("p", "l")]
+    assert all(j.left_column == j.right_column == "customer_id" for j in q.joins)
+    assert q.parties == ("bank", "payments", "insurer")
+    assert [c.sql() for c in q.conjuncts] == [
+        "a.monthly_txn_count > 10",
+        "p.open_claim = 1",
+        "c.region IN ('north', 'south') OR NOT c.age BETWEEN 20 AND 30",
+    ]
+    assert q.where is not None and q.where.sql().startswith("a.monthly_txn_count > 10 AND")
+    assert [(g.alias, g.column, g.policy.role) for g in q.group_by] == [("c", "region", "group")]
+    assert [(o.name, o.kind) for o in q.outputs] == [
+        ("region", "group"), ("n", "count"), ("default_rate", "avg"), ("total", "sum"),
+    ]
+    region, _, rate, total = q.outputs
+    assert region.column is not None and region.column.policy.values == (
+        "north", "south", "east", "west", "central")
+    assert rate.expr is not None and rate.expr.sql() == "l.defaulted" and rate.bounds == (0, 1)
+    assert total.expr is not None and total.expr.sql() == "l.amount"
+    assert total.bounds == (0, 100000)
+    assert q.having is not None and q.having.sql() == "n > 5 AND total < 1e9"
+    assert [(e.sql(), d) for e, d in q.order_by] == [("default_rate", True), ("region", False)]
+    assert q.limit == 3
+    assert (q.epsilon, q.delta) == (1.0, 1e-6)
+    assert q.sql == RISK
+
+
+def test_every_where_column_is_qualified() -> None:
+    q = b(RISK)
+    assert q.where is not None
+    cols = list(q.where.find_all(exp.Column))
+    assert cols and all(c.table in {"c", "l", "a", "p"} for c in cols)
+
+
+def test_default_aliases_names_and_unqualified_columns() -> None:
+    q = b("SELECT region, count(*), COUNT(*), count(DISTINCT customer_id), sum(income), "
+          "avg(age) FROM bank.customers GROUP BY region")
+    assert q.tables[0].alias == "customers"
+    assert [o.name for o in q.outputs] == [
+        "region", "count", "count_2", "count_distinct", "sum_income", "avg_age"]
+    distinct = q.outputs[3]
+    assert distinct.kind == "count_distinct"
+    assert distinct.column is not None and distinct.column.column == "customer_id"
+    assert q.epsilon is None and q.delta is None and q.limit is None
+
+
+@pytest.mark.parametrize(
+    ("arg", "bounds"),
+    [
+        ("amount", (0.0, 100000.0)),
+        ("amount - 10", (-10.0, 99990.0)),
+        ("-amount", (-100000.0, 0.0)),
+        ("amount * -2", (-200000.0, 0.0)),
+        ("(amount + defaulted) * 0.5", (0.0, 50000.5)),
+        ("defaulted * amount", (0.0, 100000.0)),
+        ("3", (3.0, 3.0)),
+        ("defaulted - 1", (-1.0, 0.0)),
+    ],
+)
+def test_sum_bounds_by_interval_arithmetic(arg: str, bounds: tuple[float, float]) -> None:
+    q = b(f"SELECT SUM({arg}) AS s FROM bank.loans")
+    assert q.outputs[0].bounds == bounds
+
+
+def test_cross_party_arithmetic_bounds() -> None:
+    q = b("SELECT AVG(l.amount - p.claims_amount * 2) AS x FROM bank.loans l "
+          "JOIN insurer.policies p ON l.customer_id = p.customer_id")
+    out = q.outputs[0]
+    assert out.bounds == (-200000.0, 100000.0)
+    assert out.expr is not None and out.expr.sql() == "l.amount - p.claims_amount * 2"
+    assert aliases_in(out.expr) == frozenset({"l", "p"})
+    assert parties_in(out.expr, q) == frozenset({"bank", "insurer"})
+
+
+def test_party_table_column_references() -> None:
+    q = b("SELECT bank.loans.term_months, SUM(bank.loans.amount) FROM bank.loans "
+          "WHERE bank.loans.amount > 5 GROUP BY bank.loans.term_months")
+    assert [c.sql() for c in q.conjuncts] == ["loans.amount > 5"]
+    assert q.group_by[0].column == "term_months"
+
+
+def test_identifiers_are_case_insensitive() -> None:
+    q = b("SELECT Region, COUNT(*) FROM BANK.Customers C WHERE C.AGE > 30 GROUP BY REGION")
+    assert (q.tables[0].party, q.tables[0].table, q.tables[0].alias) == ("bank", "customers", "C")
+    assert [c.sql() for c in q.conjuncts] == ["C.age > 30"]
+    assert q.outputs[0].name == "region"  # the policy's spelling
+
+
+@pytest.mark.parametrize(
+    "predicate",
+    [
+        "c.region = 'north'", "c.region <> 'north'", "c.region IN ('north', 'east')",
+        "c.region NOT IN ('west')", "l.term_months BETWEEN 12 AND 36", "l.term_months < 36",
+        "l.term_months <= 36", "l.term_months > 12", "l.term_months >= 12",
+        "c.region = c.branch", "l.amount > c.income / 10", "NOT (c.age > 30 OR l.amount < 5)",
+        "l.amount * 2 + 1 >= c.income - c.age", "-l.amount < -5", "TRUE",
+    ],
+)
+def test_where_accepts(predicate: str) -> None:
+    q = b("SELECT COUNT(*) FROM bank.customers c JOIN bank.loans l "
+          f"ON c.customer_id = l.customer_id WHERE {predicate}")
+    assert q.where is not None
+
+
+def test_value_columns_compare_across_parties() -> None:
+    q = b("SELECT COUNT(*) FROM payments.accounts a JOIN insurer.policies p "
+          "ON a.customer_id = p.customer_id WHERE a.monthly_txn_amount > p.premium * 2")
+    assert parties_in(q.conjuncts[0], q) == frozenset({"payments", "insurer"})
+
+
+def test_group_by_alias_and_unselected_group() -> None:
+    q = b("SELECT c.region AS r, COUNT(*) AS n FROM bank.customers c GROUP BY r, c.branch")
+    assert [g.column for g in q.group_by] == ["region", "branch"]
+    assert q.outputs[0].name == "r" and q.outputs[0].column == q.group_by[0]
+
+
+def test_having_and_order_by_rewrite_to_output_names() -> None:
+    q = b("SELECT term_months AS t, COUNT(*) AS n, SUM(amount) FROM bank.loans "
+          "GROUP BY term_months HAVING COUNT(*) >= 10 AND sum(amount) / n > 100 "
+          "AND term_months IN (12, 24) ORDER BY SUM(amount) DESC, term_months, 2 DESC")
+    assert q.having is not None
+    assert q.having.sql() == "n >= 10 AND sum_amount / n > 100 AND t IN (12, 24)"
+    assert [(e.sql(), d) for e, d in q.order_by] == [
+        ("sum_amount", True), ("t", False), ("n", True)]
+
+
+def test_order_by_position_out_of_range() -> None:
+    with pytest.raises(UnsupportedError, match="not an output position"):
+        b("SELECT COUNT(*) FROM bank.loans ORDER BY 2")
+
+
+def test_columns_used() -> None:
+    used = columns_used(b(RISK))
+    assert used == {
+        "c": {"customer_id", "region", "age"},
+        "l": {"customer_id", "defaulted", "amount"},
+        "a": {"customer_id", "monthly_txn_count"},
+        "p": {"customer_id", "open_claim"},
+    }
+
+
+def test_limit_zero_and_options_without_delta() -> None:
+    q = b("SELECT WITH DIFFERENTIAL_PRIVACY OPTIONS (epsilon = 2) COUNT(*) FROM bank.loans "
+          "LIMIT 0")
+    assert (q.limit, q.epsilon, q.delta) == (0, 2.0, None)
+
+
+def test_value_without_bounds_refused() -> None:
+    loans = replace(LOANS, columns={**LOANS.columns,
+                                    "fee": ColumnPolicy("fee", "value", bounds=None)})
+    fed = federation()
+    bank = fed.party("bank")
+    assert bank is not None
+    parties = (replace(bank, tables={**bank.tables, "loans": loans}),) + fed.parties[1:]
+    fed = replace(fed, parties=parties)
+    with pytest.raises(PolicyError, match="has no bounds") as info:
+        b("SELECT SUM(fee) FROM bank.loans", fed)
+    assert "policies/bank.toml" in (info.value.hint or "")
+
+
+def test_without_catalog_unknown_and_hidden_are_one_message() -> None:
+    with pytest.raises(PolicyError, match=r"unknown column loan_id \(or not in its party's"):
+        bind(parse("SELECT COUNT(*) FROM bank.loans WHERE loan_id > 1"), federation())
+
+
+def test_group_column_without_public_values_is_allowed() -> None:
+    q = b("SELECT branch, COUNT(*) FROM bank.customers GROUP BY branch")
+    assert q.group_by[0].policy.values is None
+
+
+def test_bound_query_is_frozen() -> None:
+    q = b("SELECT COUNT(*) FROM bank.loans")
+    with pytest.raises(AttributeError):
+        q.limit = 3  # type: ignore[misc]
+    assert q.table("loans").unit == "customer_id"
+    assert q.output("count").kind == "count"
+
+
+def test_empty_party_policy_lists_tables() -> None:
+    fed = replace(federation(), parties=federation().parties + (Party("empty", "local", "x"),))
+    with pytest.raises(PolicyError, match="unknown table empty.t") as info:
+        b("SELECT COUNT(*) FROM empty.t", fed)
+    assert info.value.hint == "known tables of empty: none"
