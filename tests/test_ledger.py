@@ -1,0 +1,546 @@
+"""Tests of the per-party privacy-budget ledger (veilql/engine/ledger)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+
+import filelock
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from veilql.engine.ledger import (
+    BudgetRefused,
+    Ledger,
+    LedgerBusy,
+    LedgerCorrupt,
+    LedgerError,
+    PartiesRefused,
+    abort_all,
+    commit_all,
+    ledger_path,
+    open_ledgers,
+    reserve_all,
+    verify_all,
+)
+from veilql.engine.ledger.entries import digest
+from veilql.engine.ledger.money import decode, encode, fmt, to_fraction
+from veilql.errors import BudgetExceeded, ExitCode
+from veilql.policies.model import Analyst, Federation, Party
+
+ALICE = Analyst("alice", epsilon=1.0, delta=1e-6)
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def make(tmp_path: Path, party: str = "bank", **kw) -> Ledger:
+    """A fresh ledger for ``party`` under ``tmp_path``."""
+    return Ledger(tmp_path / f"{party}.jsonl", party, **kw)
+
+
+def lines(ledger: Ledger) -> list[bytes]:
+    """The ledger file's lines, newlines kept."""
+    return ledger.path.read_bytes().splitlines(keepends=True)
+
+
+def write_lines(ledger: Ledger, new: list[bytes]) -> None:
+    """Overwrite the ledger file with ``new`` (tampering, for the tests)."""
+    ledger.path.write_bytes(b"".join(new))
+
+
+def reseal(line: bytes, key: bytes | None = None, **changes) -> bytes:
+    """``line`` with ``changes`` applied and its own hash recomputed, as a forger would."""
+    obj = json.loads(line)
+    obj.update(changes)
+    obj.pop("hash")
+    obj["hash"] = digest(obj, key)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def populated(tmp_path: Path, **kw) -> Ledger:
+    """genesis, then three committed queries of 0.1: seven entries (indexes 0-6)."""
+    led = make(tmp_path, **kw)
+    for i in range(3):
+        led.commit(led.reserve(ALICE, 0.1, 0, query_id=f"q{i}", sql=f"SELECT {i}",
+                               tables=["loans"]))
+    assert len(lines(led)) == 7
+    return led
+
+
+# ---------------------------------------------------------------- exact arithmetic
+
+
+def test_money_conversions_are_exact() -> None:
+    assert to_fraction(0.1) == Fraction(1, 10)
+    assert to_fraction(1e-6) == Fraction(1, 10**6)
+    assert to_fraction(Decimal("0.1")) == to_fraction("1/10") == to_fraction(Fraction(1, 10))
+    assert Fraction(0.1) * 10 != 1  # why repr is used: the binary value drifts
+    assert encode(Fraction(1, 10**6)) == "0.000001"
+    assert encode(Fraction(5, 2)) == "2.5"
+    assert encode(Fraction(7)) == "7"
+    assert fmt(Fraction(1)) == "1.0" and fmt(Fraction(1, 10**6)) == "1e-06"
+    for bad in (-0.1, float("nan"), float("inf"), True, "abc"):
+        with pytest.raises(ValueError):
+            to_fraction(bad)
+
+
+@given(st.fractions(min_value=0, max_value=10**6, max_denominator=10**9))
+def test_encode_decode_round_trip(value: Fraction) -> None:
+    assert decode(encode(value)) == value
+
+
+def test_ten_tenths_fit_one_and_the_eleventh_is_refused(tmp_path: Path) -> None:
+    led = make(tmp_path)
+    for _ in range(10):
+        led.commit(led.reserve(ALICE, 0.1, 0, sql="SELECT COUNT(*) FROM bank.loans"))
+    assert led.spent("alice") == (Fraction(1), Fraction(0))
+    assert led.remaining(ALICE) == (Fraction(0), Fraction(1, 10**6))
+    with pytest.raises(BudgetRefused) as info:
+        led.reserve(ALICE, 0.1, 0)
+    assert info.value.exit_code == ExitCode.BUDGET == 4
+    assert "requested epsilon 0.1, remaining 0.0, short by 0.1" in str(info.value)
+    assert led.spent("alice") == (Fraction(1), Fraction(0))
+    assert led.verify().ok
+
+
+def test_sequence_stops_exactly_where_the_budget_ends(tmp_path: Path) -> None:
+    led = make(tmp_path)
+    for _ in range(3):
+        led.commit(led.reserve(ALICE, 0.3, 0))
+    before = lines(led)
+    with pytest.raises(BudgetRefused) as info:
+        led.reserve(ALICE, 0.3, 0)
+    assert info.value.requested == (Fraction(3, 10), Fraction(0))
+    assert info.value.remaining == (Fraction(1, 10), Fraction(1, 10**6))
+    assert "requested epsilon 0.3, remaining 0.1, short by 0.2" in str(info.value)
+    assert lines(led) == before  # a refusal writes nothing
+    led.commit(led.reserve(ALICE, 0.1, 0))  # exactly the rest fits
+    assert led.remaining(ALICE)[0] == 0
+    with pytest.raises(BudgetRefused):
+        led.reserve(ALICE, Fraction(1, 10**12), 0)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(costs=st.lists(st.integers(0, 60), min_size=1, max_size=12), budget=st.integers(0, 200))
+def test_accepts_exactly_while_the_running_sum_fits(
+    tmp_path_factory: pytest.TempPathFactory, costs: list[int], budget: int,
+) -> None:
+    led = make(tmp_path_factory.mktemp("prop"))
+    analyst = Analyst("alice", epsilon=budget / 100)
+    total = 0
+    for c in costs:
+        if total + c <= budget:
+            led.reserve(analyst, c / 100)  # floats like 0.07, converted exactly
+            total += c
+        else:
+            with pytest.raises(BudgetRefused):
+                led.reserve(analyst, c / 100)
+    assert led.spent("alice")[0] == Fraction(total, 100)
+
+
+def test_delta_is_accounted_separately(tmp_path: Path) -> None:
+    led = make(tmp_path)
+    analyst = Analyst("alice", epsilon=10.0, delta=1e-6)
+    for _ in range(3):
+        led.commit(led.reserve(analyst, 1.0, 3e-7))
+    assert led.spent("alice") == (Fraction(3), Fraction(9, 10**7))
+    with pytest.raises(BudgetRefused) as info:
+        led.reserve(analyst, 1.0, 3e-7)
+    text = str(info.value)
+    assert "requested delta 3e-07, remaining 1e-07, short by 2e-07" in text
+    assert "epsilon" not in text.split("bank:")[1]  # epsilon is not short
+    led.commit(led.reserve(analyst, 1.0, 0))  # pure epsilon-DP still fits
+    led.commit(led.reserve(analyst, 1.0, 1e-7))  # the exact rest of delta fits
+    assert led.remaining(analyst) == (Fraction(5), Fraction(0))
+
+
+def test_abort_gives_back_and_commit_keeps(tmp_path: Path) -> None:
+    led = make(tmp_path)
+    first = led.reserve(ALICE, 0.6, 0, query_id="q1")
+    assert led.spent("alice")[0] == Fraction(3, 5)  # an open reservation counts as spent
+    with pytest.raises(BudgetRefused):
+        led.reserve(ALICE, 0.6, 0)
+    led.abort(first, "secure join failed")
+    led.abort(first, "again")  # idempotent
+    assert led.spent("alice") == (0, 0)
+    second = led.reserve(ALICE, 0.6, 0, query_id="q2")
+    led.commit(second)
+    led.commit(second)  # idempotent
+    assert led.spent("alice")[0] == Fraction(3, 5)
+    with pytest.raises(LedgerError, match="already committed"):
+        led.abort(second, "too late")
+    with pytest.raises(LedgerError, match="already aborted"):
+        led.commit(first)
+    assert [e.kind for e in led.entries()] == ["genesis", "reserve", "abort", "reserve", "commit"]
+    assert led.verify().ok
+
+
+def test_entries_carry_what_compliance_reports_need(tmp_path: Path) -> None:
+    led = make(tmp_path)
+    r = led.reserve(ALICE, 0.5, 1e-7, query_id="q-7", sql="SELECT region, COUNT(*) ...",
+                    tables=["loans", "customers"])
+    led.abort(r, "party insurer unavailable")
+    reserve, abort = (json.loads(x) for x in lines(led)[1:])
+    for obj, status in ((reserve, "reserved"), (abort, "aborted")):
+        assert obj["analyst"] == "alice" and obj["query_id"] == "q-7"
+        assert obj["sql"] == "SELECT region, COUNT(*) ..."
+        assert obj["epsilon"] == "0.5" and obj["delta"] == "0.0000001"
+        assert obj["tables"] == ["loans", "customers"] and obj["status"] == status
+        assert obj["time"].endswith("+00:00") and obj["party"] == "bank"
+    assert abort["reason"] == "party insurer unavailable" and abort["ref"] == 1
+    assert reserve["budget_epsilon"] == "1" and reserve["budget_delta"] == "0.000001"
+
+
+def test_history_filters_by_analyst_and_time(tmp_path: Path) -> None:
+    led = make(tmp_path)
+    bob = Analyst("bob", epsilon=1.0)
+    led.commit(led.reserve(ALICE, 0.1, query_id="a1"))
+    cut = json.loads(lines(led)[-1])["time"]
+    time.sleep(0.002)
+    led.abort(led.reserve(bob, 0.2, query_id="b1"), "failed")
+    led.reserve(ALICE, 0.3, query_id="a2")
+    hist = led.history()
+    assert [(c.query_id, c.status) for c in hist] == [
+        ("a1", "committed"), ("b1", "aborted"), ("a2", "reserved")]
+    assert [c.query_id for c in led.history(analyst="alice")] == ["a1", "a2"]
+    assert [c.query_id for c in led.history(since=cut)] == ["b1", "a2"]
+    assert [c.query_id for c in led.history(since="2999-01-01")] == []
+    assert hist[1].reason == "failed" and hist[2].settled_at is None
+
+
+# ---------------------------------------------------------------- concurrency and crashes
+
+
+# The child's code runs through ``exec`` (a builtin, so spawn pickles it by name): each child
+# then imports only the ledger, not this test module with pytest and hypothesis, which halves
+# the start-up of twelve interpreters on two cores.
+_ONE_QUERY = """
+import sys, time
+from veilql.engine.ledger import Ledger
+from veilql.errors import BudgetExceeded
+from veilql.policies.model import Analyst
+led = Ledger(PATH, "bank")
+BARRIER.wait()
+try:
+    r = led.reserve(Analyst("alice", epsilon=5.0), 1.0, sql="SELECT 1", tables=["loans"])
+except BudgetExceeded as exc:
+    sys.exit(int(exc.exit_code))
+time.sleep(0.02)  # the secure computation and the release
+led.commit(r)
+"""
+
+
+def test_twelve_concurrent_processes_release_exactly_five(tmp_path: Path) -> None:
+    path = tmp_path / "bank.jsonl"
+    barrier = SPAWN.Barrier(12)
+    code = {"PATH": str(path), "BARRIER": barrier}
+    procs = [SPAWN.Process(target=exec, args=(_ONE_QUERY, code)) for _ in range(12)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    codes = sorted(p.exitcode for p in procs)
+    assert codes == [0] * 5 + [4] * 7
+    led = Ledger(path, "bank")
+    assert led.verify().ok
+    assert led.spent("alice") == (Fraction(5), Fraction(0))
+    assert [c.status for c in led.history()] == ["committed"] * 5
+
+
+def test_threads_sharing_one_ledger_never_overspend(tmp_path: Path) -> None:
+    led = make(tmp_path)
+    analyst = Analyst("alice", epsilon=5.0)
+    outcomes: list[str] = []
+
+    def one() -> None:
+        try:
+            led.commit(led.reserve(analyst, 1))
+            outcomes.append("released")
+        except BudgetRefused:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["refused"] * 5 + ["released"] * 5
+    assert led.verify().ok and led.spent("alice")[0] == 5
+
+
+def test_a_held_lock_is_waited_for_then_reported(tmp_path: Path) -> None:
+    led = make(tmp_path, timeout=0.3)
+    other = filelock.FileLock(f"{led.path}.lock")
+    other.acquire()
+    try:
+        started = time.monotonic()
+        with pytest.raises(LedgerBusy) as info:
+            led.reserve(ALICE, 0.1)
+        assert time.monotonic() - started >= 0.3
+        assert info.value.exit_code == 3 and info.value.hint
+    finally:
+        other.release()
+    led.reserve(ALICE, 0.1)
+    assert led.spent("alice")[0] == Fraction(1, 10)
+
+
+def _reserve_then_die(path: str) -> None:
+    """Child process: reserve, then crash before releasing or committing."""
+    Ledger(path, "bank").reserve(ALICE, 0.4, query_id="crashed", sql="SELECT 1")
+    os._exit(9)
+
+
+def _hold_lock_then_die(path: str) -> None:
+    """Child process: take the ledger lock, then crash while holding it."""
+    filelock.FileLock(path + ".lock").acquire()
+    os._exit(9)
+
+
+def _spend_forever(path: str) -> None:
+    """Child process: reserve and commit tiny queries until killed."""
+    led = Ledger(path, "bank")
+    analyst = Analyst("alice", epsilon=10**6)
+    while True:
+        led.commit(led.reserve(analyst, 0.001, sql="SELECT 1"))
+
+
+def test_crash_between_reserve_and_commit_stays_charged(tmp_path: Path) -> None:
+    path = str(tmp_path / "bank.jsonl")
+    child = SPAWN.Process(target=_reserve_then_die, args=(path,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 9
+    led = Ledger(path, "bank", timeout=10)
+    assert led.verify().ok
+    assert led.spent("alice")[0] == Fraction(2, 5)
+    assert [r.query_id for r in led.open_reservations()] == ["crashed"]
+    with pytest.raises(BudgetRefused):
+        led.reserve(ALICE, 0.7)
+
+    holder = SPAWN.Process(target=_hold_lock_then_die, args=(path,))
+    holder.start()
+    holder.join(60)
+    started = time.monotonic()
+    led.commit(led.reserve(ALICE, 0.6))  # the dead holder's lock was released by the kernel
+    assert time.monotonic() - started < 5
+    assert led.verify().ok and led.remaining(ALICE)[0] == 0
+
+
+def test_sigkill_during_writes_leaves_a_verifiable_ledger(tmp_path: Path) -> None:
+    path = str(tmp_path / "bank.jsonl")
+    child = SPAWN.Process(target=_spend_forever, args=(path,))
+    child.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        not os.path.exists(path) or os.path.getsize(path) < 20_000
+    ):
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    led = Ledger(path, "bank")
+    if not led.verify().ok:  # only a torn last line is acceptable, and repair fixes it
+        assert led.repair()
+    result = led.verify()
+    assert result.ok and result.entries > 10
+    hist = led.history()
+    assert len(led.open_reservations()) <= 1
+    assert led.spent("alice")[0] == Fraction(len(hist), 1000)
+
+
+# ---------------------------------------------------------------- tamper evidence
+
+
+def test_edit_fails_at_the_edited_entry(tmp_path: Path) -> None:
+    led = populated(tmp_path)
+    rows = lines(led)
+    rows[3] = rows[3].replace(b'"epsilon":"0.1"', b'"epsilon":"0.01"')
+    write_lines(led, rows)
+    result = Ledger(led.path, "bank").verify()
+    assert not result.ok and result.bad_index == 3 and "hash" in (result.problem or "")
+
+
+def test_edit_with_recomputed_hash_fails_at_the_next_entry(tmp_path: Path) -> None:
+    led = populated(tmp_path)
+    rows = lines(led)
+    rows[3] = reseal(rows[3], epsilon="0.01")
+    write_lines(led, rows)
+    result = led.verify()
+    assert (result.ok, result.bad_index) == (False, 4) and "prev" in (result.problem or "")
+
+
+def test_deletion_reordering_insertion_and_truncation(tmp_path: Path) -> None:
+    led = populated(tmp_path)
+    orig = lines(led)
+    cases = {
+        "deleted": (orig[:3] + orig[4:], 3, "seq"),
+        "swapped": (orig[:3] + [orig[4], orig[3]] + orig[5:], 3, "seq"),
+        "duplicate inserted": (orig[:5] + [orig[2]] + orig[5:], 5, "seq"),
+        "forged inserted": (orig[:5] + [reseal(orig[3], seq=5, prev=json.loads(orig[4])["hash"])]
+                            + orig[5:], 6, "seq"),
+        "truncated": (orig[:6] + [orig[6][:40]], 6, "truncated"),
+        "blank line": (orig[:2] + [b"\n"] + orig[2:], 2, "empty"),
+        "garbage": (orig[:2] + [b"{not json\n"] + orig[3:], 2, "JSON"),
+    }
+    for name, (rows, index, word) in cases.items():
+        write_lines(led, rows)
+        result = led.verify()
+        assert not result.ok, name
+        assert result.bad_index == index, (name, result)
+        assert word in (result.problem or ""), (name, result)
+    write_lines(led, orig)
+    assert led.verify().ok
+
+
+def test_damaged_ledger_refuses_to_charge(tmp_path: Path) -> None:
+    led = populated(tmp_path)
+    rows = lines(led)
+    write_lines(led, rows[:2] + rows[3:])  # delete a commit...
+    before = led.path.read_bytes()
+    with pytest.raises(LedgerCorrupt) as info:
+        led.reserve(ALICE, 0.1)  # ...noticed by the tail re-read, and nothing is written
+    assert info.value.exit_code == 3 and "entry 2" in str(info.value) and info.value.hint
+    assert led.path.read_bytes() == before
+    with pytest.raises(LedgerCorrupt):
+        Ledger(led.path, "bank").spent("alice")
+
+
+def test_repair_drops_only_a_torn_tail_and_records_it(tmp_path: Path) -> None:
+    led = populated(tmp_path)
+    assert not led.repair()
+    rows = lines(led)
+    write_lines(led, rows + [rows[1][:30]])
+    with pytest.raises(LedgerCorrupt, match="truncated"):
+        led.reserve(ALICE, 0.1)
+    assert led.repair()
+    assert led.verify().ok
+    last = led.entries()[-1]
+    assert last.kind == "repair" and last.discarded == rows[1][:30].decode()
+    write_lines(led, rows[:3] + rows[4:] + [b"{"])
+    with pytest.raises(LedgerCorrupt):  # other damage is not "repaired" away
+        led.repair()
+
+
+def test_plain_chain_limits_and_what_anchors_and_keys_add(tmp_path: Path) -> None:
+    led = populated(tmp_path)
+    anchor = led.head()
+    assert anchor[0] == 6
+    orig = lines(led)
+    # Rewriting the whole chain from entry 3 on (reserve q1 and its commit now say 0.01)
+    # passes a plain chain: a documented limit...
+    forged = orig[:3]
+    for i, row in enumerate(orig[3:], start=3):
+        extra = {"epsilon": "0.01"} if i in (3, 4) else {}
+        forged.append(reseal(row, prev=json.loads(forged[-1])["hash"], **extra))
+    write_lines(led, forged)
+    assert led.verify().ok
+    result = led.verify(anchor=anchor)
+    assert (result.ok, result.bad_index) == (False, 6) and "anchor" in (result.problem or "")
+    # Dropping whole trailing entries also passes alone, but not against the anchor.
+    write_lines(led, orig[:5])
+    assert led.verify().ok
+    assert led.verify(anchor=anchor).bad_index == 5
+
+    keyed = populated(tmp_path / "k", key=b"bank-secret")
+    rows = lines(keyed)
+    rows[3] = reseal(rows[3], epsilon="0.01")  # a forger without the key uses plain SHA-256
+    write_lines(keyed, rows)
+    assert keyed.verify().bad_index == 3
+    unkeyed = Ledger(keyed.path, "bank").verify()
+    assert unkeyed.bad_index == 0 and "without a key" in (unkeyed.problem or "")
+
+
+def test_ledger_of_another_party_is_rejected(tmp_path: Path) -> None:
+    led = populated(tmp_path)
+    result = Ledger(led.path, "insurer").verify()
+    assert (result.ok, result.bad_index) == (False, 0) and "bank" in (result.problem or "")
+    other = make(tmp_path, "insurer")
+    r = led.reserve(ALICE, 0.1)
+    with pytest.raises(LedgerError, match="party 'bank'"):
+        other.commit(r)
+
+
+# ---------------------------------------------------------------- several parties
+
+
+def _three(tmp_path: Path) -> dict[str, Ledger]:
+    return {p: make(tmp_path, p) for p in ("payments", "bank", "insurer")}
+
+
+def test_reserve_all_charges_every_party_read(tmp_path: Path) -> None:
+    ledgers = _three(tmp_path)
+    rs = reserve_all(ledgers, ALICE, 0.5, 1e-7, sql="SELECT ...", query_id="q1",
+                     tables={"insurer": ["claims"], "bank": ["loans", "customers"]})
+    assert [r.party for r in rs] == ["bank", "insurer"]  # sorted, payments not read
+    commit_all(ledgers, rs)
+    assert ledgers["bank"].spent("alice") == (Fraction(1, 2), Fraction(1, 10**7))
+    assert ledgers["payments"].spent("alice") == (0, 0)
+    assert ledgers["bank"].history()[0].tables == ("loans", "customers")
+    assert ledgers["insurer"].history()[0].query_id == "q1"
+    assert all(v.ok for v in verify_all(ledgers).values())
+
+
+def test_refusal_names_each_refusing_party_and_charges_nothing(tmp_path: Path) -> None:
+    ledgers = _three(tmp_path)
+    commit_all(ledgers, reserve_all(ledgers, ALICE, 0.5, tables={"bank": ["loans"]}))
+    commit_all(ledgers, reserve_all(ledgers, ALICE, 0.8, 1e-6, tables={"insurer": ["claims"]}))
+    before = {p: led.path.read_bytes() if led.path.exists() else b""
+              for p, led in ledgers.items()}
+    with pytest.raises(PartiesRefused) as info:
+        reserve_all(ledgers, ALICE, 1.0, 1e-7,
+                    tables={"bank": ["loans"], "insurer": ["claims"], "payments": ["tx"]})
+    err = info.value
+    assert isinstance(err, BudgetExceeded) and err.exit_code == 4
+    assert str(err) == (
+        "privacy budget of analyst 'alice' would be exceeded at 2 parties: "
+        "bank: requested epsilon 1.0, remaining 0.5, short by 0.5; "
+        "insurer: requested epsilon 1.0, remaining 0.2, short by 0.8 and "
+        "requested delta 1e-07, remaining 0.0, short by 1e-07"
+    )
+    assert "ask for less" in (err.hint or "") and "raise" in (err.hint or "")
+    assert [r.party for r in err.refusals] == ["bank", "insurer"]
+    after = {p: led.path.read_bytes() if led.path.exists() else b""
+             for p, led in ledgers.items()}
+    assert after == before  # nothing charged, nothing even written
+
+
+def test_lost_race_aborts_what_was_reserved(tmp_path: Path, monkeypatch) -> None:
+    ledgers = _three(tmp_path)
+    commit_all(ledgers, reserve_all(ledgers, ALICE, 0.9, tables={"insurer": ["claims"]}))
+    # Another client spends between the check and the reservation: the check says yes.
+    monkeypatch.setattr(ledgers["insurer"], "check", lambda *a, **k: None)
+    with pytest.raises(PartiesRefused, match="insurer: requested epsilon 0.5, remaining 0.1"):
+        reserve_all(ledgers, ALICE, 0.5, tables={"bank": ["loans"], "insurer": ["claims"]})
+    bank = ledgers["bank"]
+    assert bank.spent("alice") == (0, 0)
+    assert [c.status for c in bank.history()] == ["aborted"]
+    assert "refused at insurer" in (bank.history()[0].reason or "")
+
+
+def test_abort_all_settles_every_party_despite_a_failure(tmp_path: Path) -> None:
+    ledgers = _three(tmp_path)
+    rs = reserve_all(ledgers, ALICE, 0.3, tables={"bank": ["loans"], "payments": ["tx"]})
+    ledgers["bank"].commit(rs[0])  # bank already committed: its abort must fail
+    with pytest.raises(LedgerError, match="already committed"):
+        abort_all(ledgers, rs, "failed")
+    assert ledgers["payments"].spent("alice") == (0, 0)  # still aborted after bank's failure
+    assert ledgers["bank"].spent("alice")[0] == Fraction(3, 10)
+
+
+def test_ledger_paths_from_the_federation(tmp_path: Path) -> None:
+    fed = Federation(name="demo", path=tmp_path / "federation.toml",
+                     parties=(Party("bank", "local", "duckdb:x"),
+                              Party("insurer", "local", "duckdb:y")))
+    assert ledger_path(fed, "bank") == tmp_path / "ledgers" / "bank.jsonl"
+    ledgers = open_ledgers(fed, keys={"bank": b"k"})
+    assert sorted(ledgers) == ["bank", "insurer"]
+    ledgers["bank"].reserve(ALICE, 0.1)
+    assert (tmp_path / "ledgers" / "bank.jsonl").exists()
+    assert json.loads(lines(ledgers["bank"])[0])["mac"] == "hmac-sha256"
