@@ -24,7 +24,8 @@ class ColumnPolicy:
     ``values`` is the public group domain (only for ``role == "group"``; ``None`` means
     keys are chosen privately). ``bounds`` is the clamping interval of a ``value``
     column. ``decimals`` is the fixed-point precision used when the column enters
-    secret shares (0 for integers, e.g. 2 for cents).
+    secret shares (0 for integers, e.g. 2 for cents). ``type`` is the column's type as
+    the party's connector reports it (DuckDB spelling), when the loader could open it.
     """
 
     name: str
@@ -32,6 +33,7 @@ class ColumnPolicy:
     values: tuple[str | int | float | bool, ...] | None = None
     bounds: tuple[float, float] | None = None
     decimals: int = 0
+    type: str | None = None  # DuckDB type from the connector catalog; None if not opened
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,126 @@
+"""DuckDB as a party's engine: a ``duckdb:<file>`` database opened read-only.
+
+``DuckDBEngine`` holds what every DuckDB-backed connector shares (catalog query, locked-down
+execution); ``files.FolderConnector`` builds on it for CSV and Parquet folders.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from veilql.connectors.base import ColumnInfo, Connector, ConnectorError
+from veilql.errors import ConfigError, QueryError
+
+# Settings that keep pushed-down SQL from reaching anything but the party's own data: no
+# file system access beyond what the connector opened, no extension downloads, and a lock
+# so that SQL cannot switch them back on.
+_LOCKDOWN: dict[str, Any] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+
+_CATALOG_SQL = """
+SELECT table_name, column_name, data_type
+FROM duckdb_columns()
+WHERE database_name = current_database() AND schema_name = 'main' AND NOT internal
+ORDER BY table_name, column_index
+"""
+
+
+def file_fingerprint(*paths: Path) -> str:
+    """``mtime_ns:size`` of each existing path, joined; changes when a file is rewritten.
+
+    >>> file_fingerprint(Path("/no/such/file"))
+    '-'
+    """
+    parts = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            parts.append("-")
+            continue
+        parts.append(f"{st.st_mtime_ns}:{st.st_size}")
+    return "/".join(parts)
+
+
+class DuckDBEngine(Connector):
+    """Shared body of the connectors that run their SQL on a DuckDB connection."""
+
+    dialect = "duckdb"
+
+    def __init__(self, location: Path, con: duckdb.DuckDBPyConnection) -> None:
+        super().__init__(location)
+        self._con = con
+        self._lock = threading.Lock()
+        self._catalog: dict[str, list[ColumnInfo]] | None = None
+
+    def catalog(self) -> dict[str, list[ColumnInfo]]:
+        """Tables and views of the ``main`` schema, columns in declaration order."""
+        if self._catalog is None:
+            out: dict[str, list[ColumnInfo]] = {}
+            with self._lock:
+                rows = self._con.sql(_CATALOG_SQL).fetchall()
+            for table, column, dtype in rows:
+                out.setdefault(table, []).append(ColumnInfo(column, dtype))
+            self._catalog = out
+        return self._catalog
+
+    def _execute(self, sql: str) -> pa.Table:
+        # One cursor per call: DuckDB connections are not safe to share across threads,
+        # cursors on the same database are.
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            rel = cur.sql(sql)
+            if rel is None:  # pragma: no cover - transpile admits queries only
+                raise QueryError(f"local SQL for {self.spec} returned no result", None)
+            return rel.to_arrow_table()
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConnectorError(
+                f"{self.spec} failed to run local SQL: {first}",
+                "the party's data may have changed since the federation was loaded; "
+                "check its schema with `veil schema PARTY.TABLE`",
+            ) from exc
+        finally:
+            cur.close()
+
+    def _require_table(self, table: str) -> None:
+        if table not in self.catalog():
+            raise QueryError(
+                f"{self.spec} has no table {table!r}",
+                f"tables here: {', '.join(sorted(self.catalog())) or '(none)'}",
+            )
+
+    def close(self) -> None:
+        """Close the DuckDB connection."""
+        self._con.close()
+
+
+class DuckDBConnector(DuckDBEngine):
+    """A DuckDB database file, opened read-only with external file access switched off."""
+
+    scheme = "duckdb"
+
+    def __init__(self, location: Path) -> None:
+        config = dict(_LOCKDOWN, enable_external_access=False, lock_configuration=True)
+        try:
+            con = duckdb.connect(str(location), read_only=True, config=config)
+        except duckdb.Error as exc:
+            raise ConfigError(
+                f"cannot open DuckDB file {str(location)!r}: {str(exc).strip()}",
+                "the connector must name an existing DuckDB database file that no other "
+                "process holds open for writing",
+            ) from exc
+        super().__init__(location, con)
+
+    def table_version(self, table: str) -> str:
+        """Fingerprint of the whole database file and its write-ahead log."""
+        self._require_table(table)
+        return file_fingerprint(self.location, Path(str(self.location) + ".wal"))

@@ -1,0 +1,336 @@
+"""Load and validate ``federation.toml`` and the parties' ``policies/<party>.toml``.
+
+Everything is checked before any query runs, and the first problem found is raised as a
+``ConfigError`` naming the file, the key (a dotted path such as
+``tables.loans.columns.amount.bounds``) and how to fix it. The rules (CONTRACT.md):
+
+- unknown keys are errors (typos), with a did-you-mean hint;
+- ``role`` is one of key, group, value; ``values`` (a public group domain) only on group
+  columns, ``bounds = [lo, hi]`` with lo <= hi required on value columns and only there;
+- a table's ``privacy_unit`` is one of its columns, with role key;
+- every party has a policy file, and every policy file belongs to a party;
+- every table and column in a policy exists in the party's connector catalog, which is
+  also where a column's type, and so its default fixed-point ``decimals``, comes from;
+- party names are unique identifiers, addresses are "local" or "host:port", budgets are
+  non-negative.
+
+Columns not listed in a policy are absent from ``TablePolicy.columns``: unusable (fail closed).
+
+Connectors of parties with ``address = "local"`` are always opened (read-only) to check
+tables and columns. A remote party's data lives on its own node, so unless
+``open_remote=True`` its policy is checked for structure only; the node checks the rest
+when it starts, and the policy must then declare ``decimals`` on its value columns, since
+the client cannot see their types and every party must agree on the fixed-point scale.
+"""
+
+from __future__ import annotations
+
+import os.path
+import re
+from pathlib import Path
+from typing import Any
+
+from veilql.connectors.base import ColumnInfo, open_connector, resolve_spec
+from veilql.errors import ConfigError
+from veilql.policies.columns import parse_column
+from veilql.policies.model import (
+    JOIN_REVEALS,
+    Analyst,
+    ColumnPolicy,
+    Federation,
+    JoinReveal,
+    Party,
+    TablePolicy,
+)
+from veilql.policies.tomlcheck import TomlFile, describe, did_you_mean, path_text, read_toml
+
+FEDERATION_TOP_KEYS = ("federation", "party", "analyst")
+FEDERATION_KEYS = ("name", "policies", "default_epsilon", "default_delta", "ledger_dir", "timeout")
+PARTY_KEYS = ("name", "address", "connector")
+ANALYST_KEYS = ("epsilon", "delta")
+POLICY_TOP_KEYS = ("tables",)
+TABLE_KEYS = ("privacy_unit", "max_rows_per_unit", "join_reveal", "columns")
+
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ADDRESS = re.compile(
+    r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+    r":(?P<port>[0-9]{1,5})$"
+)
+
+
+def load_federation(path: str | Path, *, open_remote: bool = False) -> Federation:
+    """Load ``path`` (a federation.toml) and every policy file, validated; see module doc.
+
+    ``open_remote`` also opens the connectors of parties that are not ``local`` (a party's
+    own node does this for itself), to check their tables and columns.
+    """
+    fed_path = Path(path).expanduser().absolute()
+    raw = read_toml(
+        fed_path,
+        "federation file",
+        "pass an existing federation.toml with -f, or set $VEIL_FEDERATION",
+    )
+    f = TomlFile(fed_path)
+    root = fed_path.parent
+    f.check_keys(raw, FEDERATION_TOP_KEYS, "")
+
+    if "federation" not in raw:
+        raise f.error(
+            "federation",
+            "section [federation] is missing",
+            'add [federation] with name = "..." at the top of the file',
+        )
+    sec = f.table(raw["federation"], "federation", '[federation] name = "..."')
+    f.check_keys(sec, FEDERATION_KEYS, "federation")
+    name = f.string(sec, "name", "federation", '"my-consortium"')
+    policies_dir = _resolve(
+        root, f.string(sec, "policies", "federation", '"policies"', default="policies")
+    )
+    default_epsilon = f.number(sec, "default_epsilon", "federation", default=1.0, strict=True)
+    default_delta = f.number(sec, "default_delta", "federation", default=0.0, below=1.0)
+    ledger_dir = _resolve(
+        root, f.string(sec, "ledger_dir", "federation", '"ledgers"', default="ledgers")
+    )
+    timeout = f.number(sec, "timeout", "federation", default=30.0, strict=True)
+
+    party_specs = _parse_parties(f, raw.get("party"), root)
+    analysts = _parse_analysts(f, raw.get("analyst", {}))
+
+    if not policies_dir.is_dir():
+        raise f.error(
+            "federation.policies",
+            f"policy folder {path_text(policies_dir)!r} does not exist",
+            "create it with one <party>.toml per party, or point "
+            "federation.policies at the right folder (relative to this file)",
+        )
+    _check_no_orphan_policies(policies_dir, [p[0] for p in party_specs])
+
+    parties = []
+    for pname, address, connector in party_specs:
+        catalog = None
+        if address == "local" or open_remote:
+            catalog = _party_catalog(f, pname, connector, root)
+        policy_file = policies_dir / f"{pname}.toml"
+        if not policy_file.is_file():
+            raise f.error(
+                f"party.{pname}",
+                f"party {pname!r} has no policy file {path_text(policy_file)!r}",
+                f"create {path_text(policy_file)} with a [tables.<table>] section per table "
+                "the party shares (an empty file shares nothing)",
+            )
+        tables = _parse_policy(policy_file, pname, catalog)
+        parties.append(
+            Party(
+                name=pname,
+                address=address,
+                connector=connector,
+                tables=tables,
+                policy_file=policy_file,
+            )
+        )
+
+    return Federation(
+        name=name,
+        path=fed_path,
+        parties=tuple(parties),
+        analysts=analysts,
+        default_epsilon=default_epsilon,
+        default_delta=default_delta,
+        ledger_dir=ledger_dir,
+        timeout=timeout,
+    )
+
+
+def _resolve(root: Path, rel: str) -> Path:
+    p = Path(rel).expanduser()
+    return Path(os.path.normpath(p if p.is_absolute() else root / p))
+
+
+def _parse_parties(f: TomlFile, raw: Any, root: Path) -> list[tuple[str, str, str]]:
+    """(name, address, absolute connector spec) of each [[party]], in file order."""
+    example = '[[party]] name = "bank" address = "local" connector = "duckdb:data/bank.duckdb"'
+    if raw is None:
+        raise f.error("party", "no [[party]] defined", f"add at least one: {example}")
+    if isinstance(raw, dict):
+        raise f.error(
+            "party",
+            "must be an array of tables",
+            "write each party as [[party]] (double brackets), not [party]",
+        )
+    out: list[tuple[str, str, str]] = []
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(raw, start=1):
+        where = f"party[{i}]"
+        entry = f.table(entry, where, example)
+        if _is_ident(entry.get("name")):
+            where = f"party.{entry['name']}"
+        f.check_keys(entry, PARTY_KEYS, where)
+        pname = f.string(entry, "name", where, '"bank"')
+        if not _IDENT.match(pname):
+            raise f.error(
+                f"{where}.name",
+                f"party name {pname!r} is not an identifier",
+                "use letters, digits and _ (not starting with a digit): tables are "
+                "addressed as <party>.<table> in SQL",
+            )
+        if pname.lower() in seen:
+            raise f.error(
+                f"{where}.name",
+                f"duplicate party {pname!r}",
+                f"party names must be unique (case-insensitive); it is already "
+                f"defined as {seen[pname.lower()]!r}, rename or remove one",
+            )
+        seen[pname.lower()] = pname
+        address = f.string(entry, "address", where, '"local"')
+        _check_address(f, address, f"{where}.address")
+        spec = f.string(entry, "connector", where, '"duckdb:data/bank.duckdb"')
+        try:
+            scheme, location = resolve_spec(spec, root)
+        except ConfigError as exc:
+            raise f.error(f"{where}.connector", exc.message, exc.hint or "") from exc
+        connector = spec if scheme == "postgresql" else f"{scheme}:{location}"
+        out.append((pname, address, connector))
+    if not out:
+        raise f.error("party", "no [[party]] defined", f"add at least one: {example}")
+    return out
+
+
+def _is_ident(v: object) -> bool:
+    return isinstance(v, str) and bool(_IDENT.match(v))
+
+
+def _check_address(f: TomlFile, address: str, key: str) -> None:
+    if address == "local":
+        return
+    m = _ADDRESS.match(address)
+    if not m or not 1 <= int(m.group("port")) <= 65535:
+        raise f.error(
+            key,
+            f"invalid address {address!r}",
+            'use "local" (runs in the client process) or "host:port" of a '
+            '`veil serve` node, e.g. "10.0.0.5:7401"',
+        )
+
+
+def _parse_analysts(f: TomlFile, raw: Any) -> dict[str, Analyst]:
+    raw = f.table(raw, "analyst", "[analyst.alice] epsilon = 10.0")
+    out: dict[str, Analyst] = {}
+    for aname, entry in raw.items():
+        where = f"analyst.{aname}"
+        entry = f.table(entry, where, f"[analyst.{aname}] epsilon = 10.0")
+        f.check_keys(entry, ANALYST_KEYS, where)
+        eps = f.number(entry, "epsilon", where, default=None)
+        delta = f.number(entry, "delta", where, default=0.0, below=1.0)
+        out[aname] = Analyst(name=aname, epsilon=eps, delta=delta)
+    return out
+
+
+def _check_no_orphan_policies(policies_dir: Path, party_names: list[str]) -> None:
+    for pf in sorted(policies_dir.glob("*.toml")):
+        if pf.stem not in party_names:
+            raise TomlFile(pf).error(
+                None,
+                f"policy for party {pf.stem!r}, which the federation does not define",
+                f"{did_you_mean(pf.stem, party_names)}parties are: {', '.join(party_names)}; "
+                "rename the file to <party>.toml, add the party, or remove the file",
+            )
+
+
+def _party_catalog(
+    f: TomlFile, pname: str, connector: str, root: Path
+) -> dict[str, list[ColumnInfo]]:
+    try:
+        with open_connector(connector, root) as conn:
+            return dict(conn.catalog())
+    except ConfigError as exc:
+        raise f.error(f"party.{pname}.connector", exc.message, exc.hint or "") from exc
+
+
+def _parse_policy(
+    path: Path, party: str, catalog: dict[str, list[ColumnInfo]] | None
+) -> dict[str, TablePolicy]:
+    raw = read_toml(path, "policy file", "")
+    f = TomlFile(path)
+    f.check_keys(raw, POLICY_TOP_KEYS, "")
+    tables_raw = f.table(raw.get("tables", {}), "tables", "[tables.<table>]")
+    out: dict[str, TablePolicy] = {}
+    for tname, traw in tables_raw.items():
+        where = f"tables.{tname}"
+        traw = f.table(traw, where, f'[tables.{tname}] privacy_unit = "id"')
+        f.check_keys(traw, TABLE_KEYS, where)
+        cat_cols: dict[str, ColumnInfo] | None = None
+        if catalog is not None:
+            if tname not in catalog:
+                raise f.error(
+                    where,
+                    f"party {party!r} has no table {tname!r}",
+                    f"{did_you_mean(tname, catalog)}its connector has: "
+                    f"{', '.join(sorted(catalog)) or '(no tables)'}",
+                )
+            cat_cols = {c.name: c for c in catalog[tname]}
+        out[tname] = _parse_table(f, tname, traw, cat_cols, party)
+    return out
+
+
+def _parse_table(
+    f: TomlFile,
+    tname: str,
+    traw: dict[str, Any],
+    cat_cols: dict[str, ColumnInfo] | None,
+    party: str,
+) -> TablePolicy:
+    where = f"tables.{tname}"
+    unit = f.string(traw, "privacy_unit", where, '"customer_id"')
+    max_rows: Any = traw.get("max_rows_per_unit", 1)
+    if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
+        raise f.error(
+            f"{where}.max_rows_per_unit",
+            f"must be an integer >= 1, got {describe(max_rows)}",
+            "write max_rows_per_unit = 1 (rows kept per person; the rest are dropped)",
+        )
+    reveal = traw.get("join_reveal", "none")
+    if reveal not in JOIN_REVEALS:
+        raise f.error(
+            f"{where}.join_reveal",
+            f"must be one of {', '.join(JOIN_REVEALS)}, got {describe(reveal)}",
+            f'{did_you_mean(str(reveal), JOIN_REVEALS)}write join_reveal = "none" '
+            '(default) or "intersection"',
+        )
+    if "columns" not in traw:
+        raise f.error(
+            f"{where}.columns",
+            "is required",
+            f'add [tables.{tname}.columns] listing at least {unit} = {{ role = "key" }}',
+        )
+    cols_raw = f.table(traw["columns"], f"{where}.columns", f"[tables.{tname}.columns]")
+    columns: dict[str, ColumnPolicy] = {}
+    for cname, craw in cols_raw.items():
+        columns[cname] = parse_column(
+            f, f"{where}.columns.{cname}", cname, craw, cat_cols, party, tname
+        )
+    unit_col = columns.get(unit)
+    if unit_col is None:
+        raise f.error(
+            f"{where}.privacy_unit",
+            f"privacy unit {unit!r} is not among the table's policy columns",
+            f'{did_you_mean(unit, columns)}add {unit} = {{ role = "key" }} under '
+            f"[tables.{tname}.columns], or name a listed key column",
+        )
+    if unit_col.role != "key":
+        raise f.error(
+            f"{where}.columns.{unit}.role",
+            f"privacy unit {unit!r} has role {unit_col.role!r}",
+            'the privacy unit column must have role = "key"',
+        )
+    return TablePolicy(
+        name=tname,
+        privacy_unit=unit,
+        max_rows_per_unit=max_rows,
+        join_reveal=_as_reveal(reveal),
+        columns=columns,
+    )
+
+
+def _as_reveal(v: str) -> JoinReveal:
+    return "intersection" if v == "intersection" else "none"

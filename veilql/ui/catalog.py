@@ -1,0 +1,165 @@
+"""Catalog commands: ``veil parties``, ``veil tables [PARTY]``, ``veil schema PARTY.TABLE``,
+and ``veil demo`` (for now: the sample federation's parties, tables and policies).
+
+Schemas and policies are public inside a federation (DESIGN.md), so these commands read only
+the federation and policy files, never rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from veilql.errors import ConfigError, UsageError
+from veilql.policies.discovery import bundled_sample, find_federation
+from veilql.policies.loader import load_federation
+from veilql.policies.model import Federation, Party, TablePolicy
+from veilql.policies.tomlcheck import did_you_mean
+from veilql.ui.clicommon import emit, federation_option, format_option, load
+from veilql.ui.formats import render, render_table
+
+COMPUTE_PARTIES = 3  # the first three parties in file order run the secure computation
+
+PARTY_COLUMNS = ["party", "address", "connector", "tables", "compute"]
+TABLE_COLUMNS = ["party", "table", "privacy_unit", "max_rows_per_unit", "join_reveal", "columns"]
+SCHEMA_COLUMNS = ["column", "type", "role", "decimals", "bounds", "values"]
+
+
+def party_rows(fed: Federation) -> list[list[Any]]:
+    """One row per party, in file order (``PARTY_COLUMNS``)."""
+    return [
+        [p.name, p.address, p.connector, len(p.tables), i < COMPUTE_PARTIES]
+        for i, p in enumerate(fed.parties)
+    ]
+
+
+def table_rows(parties: list[Party]) -> list[list[Any]]:
+    """One row per shared table of ``parties`` (``TABLE_COLUMNS``)."""
+    return [
+        [p.name, t.name, t.privacy_unit, t.max_rows_per_unit, t.join_reveal, len(t.columns)]
+        for p in parties
+        for t in p.tables.values()
+    ]
+
+
+def schema_rows(table: TablePolicy) -> list[list[Any]]:
+    """One row per usable column of ``table`` (``SCHEMA_COLUMNS``)."""
+    return [
+        [
+            c.name,
+            c.type,
+            c.role,
+            c.decimals,
+            list(c.bounds) if c.bounds is not None else None,
+            list(c.values) if c.values is not None else None,
+        ]
+        for c in table.columns.values()
+    ]
+
+
+def lookup_party(fed: Federation, name: str) -> Party:
+    """The party called ``name``, or a ``UsageError`` suggesting the closest name."""
+    party = fed.party(name)
+    if party is None:
+        raise UsageError(
+            f"no party {name!r} in federation {fed.name!r}",
+            f"{did_you_mean(name, fed.party_names)}parties are: {', '.join(fed.party_names)}",
+        )
+    return party
+
+
+def lookup_table(fed: Federation, qualified: str) -> tuple[Party, TablePolicy]:
+    """Resolve ``party.table`` to the party and its table policy."""
+    pname, dot, tname = qualified.partition(".")
+    if not dot or not pname or not tname or "." in tname:
+        raise UsageError(
+            f"expected PARTY.TABLE, got {qualified!r}",
+            "name a table as <party>.<table>, e.g. bank.loans; see `veil tables`",
+        )
+    party = lookup_party(fed, pname)
+    table = party.tables.get(tname)
+    if table is None:
+        raise UsageError(
+            f"party {pname!r} shares no table {tname!r}",
+            f"{did_you_mean(tname, party.tables)}its tables are: "
+            f"{', '.join(party.tables) or '(none)'}; a table without a policy cannot be used",
+        )
+    return party, table
+
+
+@click.command()
+@federation_option
+@format_option()
+def parties(federation: str | None, fmt: str) -> None:
+    """List the federation's parties (the first three are the compute parties)."""
+    fed = load(federation)
+    emit(render(PARTY_COLUMNS, party_rows(fed), fmt))
+
+
+@click.command()
+@click.argument("party", required=False)
+@federation_option
+@format_option()
+def tables(party: str | None, federation: str | None, fmt: str) -> None:
+    """List the tables every party shares, or only PARTY's."""
+    fed = load(federation)
+    chosen = [lookup_party(fed, party)] if party else list(fed.parties)
+    emit(render(TABLE_COLUMNS, table_rows(chosen), fmt))
+
+
+@click.command()
+@click.argument("table", metavar="PARTY.TABLE")
+@federation_option
+@format_option()
+def schema(table: str, federation: str | None, fmt: str) -> None:
+    """Show the usable columns of PARTY.TABLE: type, role, decimals, bounds, group domain.
+
+    Columns the policy does not list cannot be used by any query and are not shown.
+    """
+    fed = load(federation)
+    party, policy = lookup_table(fed, table)
+    meta = {
+        "party": party.name,
+        "table": policy.name,
+        "privacy_unit": policy.privacy_unit,
+        "max_rows_per_unit": policy.max_rows_per_unit,
+        "join_reveal": policy.join_reveal,
+    }
+    emit(render(SCHEMA_COLUMNS, schema_rows(policy), fmt, meta=meta))
+
+
+def describe_federation(fed: Federation) -> str:
+    """A readable overview: every party, its tables and their column policies."""
+    out = [
+        f"Federation {fed.name!r}: {len(fed.parties)} parties, "
+        f"analysts: {', '.join(fed.analysts) or '(none)'}"
+    ]
+    for i, p in enumerate(fed.parties):
+        role = "compute + data party" if i < COMPUTE_PARTIES else "data party"
+        out += ["", f"{p.name} ({role}, {p.address}, {p.connector})"]
+        for t in p.tables.values():
+            out += [
+                f"  {p.name}.{t.name}: privacy unit {t.privacy_unit}, at most "
+                f"{t.max_rows_per_unit} row(s) per unit, join_reveal = {t.join_reveal}"
+            ]
+            body = render_table(SCHEMA_COLUMNS, schema_rows(t))
+            out += ["    " + line for line in body.splitlines()]
+    return "\n".join(out)
+
+
+@click.command()
+@federation_option
+def demo(federation: str | None) -> None:
+    """Show the sample federation (or -f FILE): parties, tables and policies."""
+    if federation:
+        path = find_federation(federation)
+    else:
+        sample = bundled_sample()
+        if sample is None:
+            raise ConfigError(
+                "the bundled sample federation is not installed",
+                "reinstall VeilQL (make demo), or pass -f FEDERATION",
+            )
+        path = sample
+    emit(describe_federation(load_federation(path)))
