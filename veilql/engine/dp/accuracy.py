@@ -1,0 +1,248 @@
+"""Error bars: the half-width of a 95% interval for the TOTAL released noise of a plan.
+
+The analyst's value is ``true + sum of every adder's share``, so the interval is for that sum:
+
+- Laplace plans (two adders of DLap(t)): the pmf of the sum of two discrete Laplaces has a
+  closed form (derived in docs/PRIVACY.md), so the tail and the half-width are exact.
+- Gaussian plans (every party adds N_Z(0, s^2)): for s <= 2000 the pmf of the sum is computed
+  exactly by (FFT) convolution; above, the sum is numerically indistinguishable from
+  N_Z(0, m s^2) (the gap is of the order of the KLS21 tau, below 1e-30 there) and OpenDP's
+  ``discrete_gaussian_scale_to_accuracy`` on that scale is used.
+- AVG: an exact test inversion over the two independent noises (``avg_ci95``).
+
+The half-width h is the smallest integer with P(|noise| > h) <= alpha, so [v - h, v + h] covers
+the truth with probability >= 1 - alpha; at small scales the discreteness makes coverage exceed
+1 - alpha a little (it cannot be hit exactly by an integer h).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import lru_cache
+
+import numpy as np
+import opendp.prelude as dp
+
+from veilql.engine.dp.calibrate import NoisePlan
+
+_EXACT_GAUSS_MAX_SIGMA = 2000.0
+# Each of two independent parts at this level gives a joint level of exactly 95%.
+AVG_PART_ALPHA = 1.0 - math.sqrt(0.95)
+
+
+def _smallest_h(log_tail: Callable[[int], float], alpha: float, hi: int) -> int:
+    """Smallest integer h >= 0 with tail(h + 1) = P(|Z| >= h + 1) <= alpha (tail decreasing)."""
+    log_alpha = math.log(alpha)
+    while log_tail(hi + 1) > log_alpha:
+        hi *= 2
+    lo = -1  # tail(0) = 1 > alpha
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if log_tail(mid + 1) <= log_alpha:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def dlap_sum_log_tail(t: float, adders: int, a: int) -> float:
+    """log P(|Z| >= a), a >= 1, for Z the sum of ``adders`` (1 or 2) iid DLap(t).
+
+    With p = exp(-1/t), q = 1 - p: one DLap has P(|X| >= a) = 2 p^a / (1 + p); the sum of two
+    has P(|Z| >= a) = 2 p^a (a q + p + (1 + p^2)/(1 + p)) / (1 + p)^2.
+
+    >>> round(math.exp(dlap_sum_log_tail(1.0, 1, 1)), 6)  # 2/(e+1)
+    0.537883
+    """
+    if a < 1:
+        return 0.0
+    p = math.exp(-1.0 / t)
+    q = -math.expm1(-1.0 / t)
+    if adders == 1:
+        return math.log(2.0) - a / t - math.log1p(p)
+    if adders == 2:
+        bracket = a * q + p + (1 + p * p) / (1 + p)
+        return math.log(2.0) - a / t + math.log(bracket) - 2 * math.log1p(p)
+    raise NotImplementedError("closed-form tail only for one or two discrete Laplace adders")
+
+
+@lru_cache(maxsize=256)
+def _dgauss_sum_pmf(s: float, m: int) -> np.ndarray:
+    """Exact pmf (centred, index i <-> value i - len//2) of the sum of m iid N_Z(0, s^2)."""
+    half = math.ceil(12 * s + 12)  # mass beyond is below exp(-72)
+    xs = np.arange(-half, half + 1, dtype=np.float64)
+    one = np.exp(-(xs * xs) / (2 * s * s))
+    one /= one.sum()
+    pmf = one
+    for _ in range(m - 1):
+        n = len(pmf) + len(one) - 1
+        size = 1 << (n - 1).bit_length()
+        pmf = np.fft.irfft(np.fft.rfft(pmf, size) * np.fft.rfft(one, size), size)[:n]
+    # FFT round-off leaves ~1e-17 negatives far out in the tails.
+    return np.clip(pmf, 0.0, None)
+
+
+def _dgauss_half_width(s: float, m: int, alpha: float) -> int:
+    if s <= _EXACT_GAUSS_MAX_SIGMA:
+        pmf = _dgauss_sum_pmf(s, m)
+        centre = len(pmf) // 2
+        # inside[h] = P(|Z| <= h)
+        inside = np.cumsum(pmf[centre:] + pmf[centre::-1]) - pmf[centre]
+        h = int(np.searchsorted(inside, 1.0 - alpha))
+        return min(h, centre)
+    acc = dp.discrete_gaussian_scale_to_accuracy(math.sqrt(m) * s, alpha, T="f64")
+    # OpenDP's accuracy satisfies P(|Z| >= acc) <= alpha; for an integer Z, |Z| <= ceil(acc) - 1.
+    return max(0, math.ceil(acc) - 1)
+
+
+@lru_cache(maxsize=1024)
+def half_width(plan: NoisePlan, alpha: float) -> float:
+    """Half-width h of a (1 - alpha) interval for the plan's total released noise.
+
+    >>> from veilql.engine.dp.calibrate import calibrate
+    >>> half_width(calibrate(1, 1.0, 0.1), 0.05)
+    41.0
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    m = len(plan.adders)
+    if plan.mechanism == "laplace":
+        t = plan.party_scale
+        h = _smallest_h(lambda a: dlap_sum_log_tail(t, m, a), alpha, max(1, int(10 * t) + 10))
+        return float(h)
+    return float(_dgauss_half_width(plan.party_scale, m, alpha))
+
+
+def ci95(plan: NoisePlan) -> float:
+    """Half-width of the 95% interval of the total released noise of ``plan``.
+
+    >>> from veilql.engine.dp.calibrate import calibrate
+    >>> ci95(calibrate(1, 1.0, 1.0))
+    4.0
+    """
+    return half_width(plan, 0.05)
+
+
+class _TotalNoise:
+    """The total released noise of a plan as a distribution on Z: survival function and atoms."""
+
+    def __init__(self, plan: NoisePlan) -> None:
+        self.plan = plan
+        self.m = len(plan.adders)
+        self.s = plan.party_scale
+        self.exact_gauss = plan.mechanism == "gaussian" and self.s <= _EXACT_GAUSS_MAX_SIGMA
+        if self.exact_gauss:
+            pmf = _dgauss_sum_pmf(self.s, self.m)
+            self.offset = len(pmf) // 2
+            self.cdf = np.minimum(np.cumsum(pmf), 1.0)
+
+    def ge(self, y: np.ndarray) -> np.ndarray:
+        """P(Z >= y) for real y (vectorised)."""
+        a = np.ceil(y)
+        if self.plan.mechanism == "laplace":
+            return self._dlap_ge(a)
+        if self.exact_gauss:
+            idx = (a - 1 + self.offset).astype(np.int64)  # P(Z >= a) = 1 - cdf[a - 1]
+            below = np.where(idx < 0, 0.0, self.cdf[np.clip(idx, 0, len(self.cdf) - 1)])
+            return 1.0 - below
+        # Above sigma 2000 the sum of discrete Gaussians is N_Z(0, m s^2) up to terms like the
+        # KLS21 tau (far below 1e-30), and N_Z is a normal with continuity correction to the
+        # same order (Poisson summation).
+        z = (a - 0.5) / (math.sqrt(2 * self.m) * self.s)
+        return 0.5 * np.asarray(_ERFC(z), dtype=np.float64)
+
+    def _dlap_ge(self, a: np.ndarray) -> np.ndarray:
+        t = self.s
+        p, q = math.exp(-1.0 / t), -math.expm1(-1.0 / t)
+
+        def upper(k: np.ndarray) -> np.ndarray:  # P(Z >= k) for k >= 1
+            if self.m == 1:
+                return np.exp(-k / t) / (1 + p)
+            return np.exp(-k / t) * (k * q + p + (1 + p * p) / (1 + p)) / (1 + p) ** 2
+
+        pos = upper(np.maximum(a, 1.0))
+        neg = 1.0 - upper(np.maximum(1.0 - a, 1.0))  # P(Z >= a) = 1 - P(Z >= 1 - a), a <= 0
+        return np.where(a >= 1, pos, neg)
+
+    def atoms(self, limit: int = 20_001) -> tuple[np.ndarray, np.ndarray] | None:
+        """(values, probabilities) holding all but ~1e-13 of the mass; None if wider than limit."""
+        if self.plan.mechanism == "gaussian":
+            half = math.ceil(8 * math.sqrt(self.m) * self.s + 10)
+        else:
+            half = _smallest_h(lambda k: dlap_sum_log_tail(self.s, self.m, k), 1e-13,
+                               max(1, int(30 * self.s) + 30))
+        if 2 * half + 1 > limit:
+            return None
+        values = np.arange(-half, half + 1, dtype=np.float64)
+        probs = self.ge(values) - self.ge(values + 1)
+        return values, np.clip(probs, 0.0, None)
+
+
+_ERFC = np.frompyfunc(math.erfc, 1, 1)
+
+
+def _box_avg_half_width(noisy_sum: float, noisy_count: float, plan_sum: NoisePlan,
+                        plan_count: NoisePlan) -> float:
+    """Fallback: intervals at level sqrt(0.95) each hold jointly with probability 95%."""
+    h_s = half_width(plan_sum, AVG_PART_ALPHA)
+    h_c = half_width(plan_count, AVG_PART_ALPHA)
+    if noisy_count - h_c <= 0:
+        return math.inf
+    avg = noisy_sum / noisy_count
+    corners = [(noisy_sum + a) / (noisy_count + b) for a in (-h_s, h_s) for b in (-h_c, h_c)]
+    return max(max(corners) - avg, avg - min(corners))
+
+
+def avg_ci95(noisy_sum: float, noisy_count: float, plan_sum: NoisePlan,
+             plan_count: NoisePlan) -> float:
+    """Half-width of a 95% interval for AVG = noisy_sum / noisy_count (both noisy).
+
+    Method (test inversion): at the true average mu, S~ - mu C~ = e_S - mu e_C =: W_mu exactly,
+    and the law of W_mu is known (the two noises are independent with known pmfs). So
+    p(mu) = P(|W_mu| >= |S~ - mu C~|) is a valid p-value and {mu : p(mu) > 0.05} covers the
+    truth with probability >= 95%; it is not the conservative product of two intervals. The
+    set's endpoints are found by bisection outward from the released average; the half-width
+    is the larger distance to an endpoint, infinite when the noisy count is not clearly
+    positive. Falls back to the sqrt(0.95)-box of the two intervals (also sound, looser) when
+    the count noise is too wide to enumerate.
+
+    >>> from veilql.engine.dp.calibrate import calibrate
+    >>> plan = calibrate(1, 1.0, 1.0)
+    >>> round(avg_ci95(5000.0, 100.0, plan, plan), 2)
+    2.08
+    """
+    alpha = 0.05
+    if noisy_count - half_width(plan_count, AVG_PART_ALPHA) <= 0:
+        return math.inf
+    count_noise = _TotalNoise(plan_count).atoms()
+    if count_noise is None:
+        return _box_avg_half_width(noisy_sum, noisy_count, plan_sum, plan_count)
+    values, probs = count_noise
+    sum_noise = _TotalNoise(plan_sum)
+    avg = noisy_sum / noisy_count
+
+    def accepted(mu: float) -> bool:
+        d = abs(noisy_sum - mu * noisy_count)
+        shift = mu * values
+        p_value = float(probs @ (sum_noise.ge(d + shift) + sum_noise.ge(d - shift)))
+        return p_value > alpha
+
+    step0 = (half_width(plan_sum, alpha) + abs(avg) * half_width(plan_count, alpha) + 1.0) \
+        / noisy_count
+    ends = []
+    for sign in (1.0, -1.0):
+        inner, step = 0.0, step0
+        while accepted(avg + sign * step):
+            inner, step = step, 2 * step
+            if step > 1e6 * step0:
+                return math.inf
+        outer = step
+        while outer - inner > 1e-4 * step0:  # report the outer end: errs wide
+            mid = (inner + outer) / 2
+            if accepted(avg + sign * mid):
+                inner = mid
+            else:
+                outer = mid
+        ends.append(outer)
+    return max(ends)

@@ -1,0 +1,329 @@
+"""Calibrate distributed noise: which parties add what, so honest parties alone meet (eps, delta).
+
+Setting (docs/PRIVACY.md): ``parties`` compute parties, semi-honest, at most one corrupted and
+possibly colluding with the analyst, who sees ``true + sum of all noise shares``. The corrupted
+party knows its own share and can subtract it, so the guarantee must come from the honest
+parties' noise alone; everything else is post-processing.
+
+- Pure epsilon (delta = 0): discrete Laplace DLap(t), t = L1/eps, added in full by two parties
+  (0 and 1). Whoever is corrupted, one full-scale DLap(t) from an honest adder remains (geometric
+  mechanism, Ghosh-Roughgarden-Sundararajan 2009). Released variance: 2x a central curator's.
+- delta > 0: discrete Gaussian N_Z(0, sigma_p^2) from every party. Any ``parties - 1`` honest
+  shares sum to a sum of discrete Gaussians, which is rho-zCDP up to an extra tau term by
+  Kairouz-Liu-Steinke 2021, Proposition 14; we calibrate so ``rho + tau * d`` meets the target.
+  zCDP converts to (eps, delta) through OpenDP's ``make_zCDP_to_approxDP`` (the conversion of
+  Canonne-Kamath-Steinke 2020, Corollary 13).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Literal
+
+import opendp.prelude as dp
+
+from veilql.errors import QueryError
+
+dp.enable_features("contrib")
+
+Mechanism = Literal["laplace", "gaussian"]
+MECHANISMS = ("auto", "laplace", "gaussian")
+LARGE_EPSILON = 5
+# Relative slack kept below the zCDP target so float rounding in the bound cannot push it over.
+_RHO_SLACK = 1e-9
+
+
+class LargeEpsilonWarning(UserWarning):
+    """Epsilon above 5: the guarantee is weak (e^5 ~ 148x likelihood ratio)."""
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """How much noise each party adds for one (vector-valued) aggregate.
+
+    ``scale`` is the noise of the honest parties' sum (the quantity the privacy proof is about):
+    the discrete Laplace scale t, or the discrete Gaussian sigma with ``sigma^2`` the sum of the
+    honest parties' variances. ``party_scale`` is what each adder passes to OpenDP's sampler.
+    ``epsilon``/``delta`` are what is charged to the budget (exact fractions). ``rho`` is the
+    proven zCDP of the honest sum (Gaussian only, including the KLS21 tau term).
+    """
+
+    mechanism: Mechanism
+    scale: float
+    party_scale: float
+    adders: tuple[int, ...]
+    epsilon: Fraction
+    delta: Fraction
+    l1: int
+    l2: float
+    parties: int = 3
+    rho: float | None = None
+
+    def describe(self) -> str:
+        """One line for ``veil explain``.
+
+        >>> calibrate(1, 1.0, 1.0, 0).describe()
+        'discrete Laplace t=1 added in full by parties 0,1 (L1=1); charged eps=1, delta=0'
+        """
+        who = ",".join(str(i) for i in self.adders)
+        cost = f"charged eps={_fmt(self.epsilon)}, delta={_fmt(self.delta)}"
+        if self.mechanism == "laplace":
+            return (f"discrete Laplace t={self.scale:.6g} added in full by parties {who} "
+                    f"(L1={self.l1}); {cost}")
+        return (f"discrete Gaussian sigma={self.scale:.6g} over honest parties, each of parties "
+                f"{who} adds N_Z(0, {self.party_scale:.6g}^2) (L2={self.l2:.6g}, "
+                f"rho={self.rho:.6g}); {cost}")
+
+    @property
+    def total_variance(self) -> float:
+        """Variance of the released noise (sum over all adders), per cell; an upper bound for
+        the discrete Gaussian (CKS20: Var N_Z(0, s^2) <= s^2)."""
+        if self.mechanism == "laplace":
+            return len(self.adders) * dlap_variance(self.party_scale)
+        return len(self.adders) * self.party_scale**2
+
+
+def _fmt(x: Fraction) -> str:
+    return f"{float(x):.6g}"
+
+
+def dlap_variance(t: float) -> float:
+    """Variance of the discrete Laplace with pmf proportional to exp(-|x|/t): 2p/(1-p)^2.
+
+    >>> round(dlap_variance(1.0), 4)
+    1.8413
+    """
+    p = math.exp(-1.0 / t)
+    one_minus_p = -math.expm1(-1.0 / t)
+    return 2.0 * p / one_minus_p**2
+
+
+def _as_fraction(value: object, name: str) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise QueryError(f"{name} must be a number, got {value!r}",
+                         hint=f"write {name} as a decimal number, e.g. {name} = 1.0")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise QueryError(f"{name} must be finite, got {value!r}",
+                         hint=f"give a finite {name}, e.g. {name} = 1.0")
+    # Floats mean their shortest decimal (0.1 is one tenth), as in the ledger (docs/ledger.md),
+    # so the charge here and the ledger's agree exactly; calibration then rounds the float
+    # parameters it hands to OpenDP in the safe direction.
+    return Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
+
+
+def check_budget(epsilon: object, delta: object) -> tuple[Fraction, Fraction]:
+    """Validate (epsilon, delta) and return them as exact fractions; warn when epsilon > 5.
+
+    >>> check_budget(0.5, 0)
+    (Fraction(1, 2), Fraction(0, 1))
+    """
+    eps = _as_fraction(epsilon, "epsilon")
+    dlt = _as_fraction(delta, "delta")
+    if eps <= 0:
+        raise QueryError(f"epsilon must be > 0, got {float(eps)}",
+                         hint="set a positive epsilon in OPTIONS (epsilon = ...) or --epsilon")
+    if dlt < 0 or dlt >= 1:
+        raise QueryError(f"delta must be in [0, 1), got {float(dlt)}",
+                         hint="use delta = 0 for pure DP, or a small delta such as 1e-6")
+    if eps > LARGE_EPSILON:
+        warnings.warn(f"epsilon = {float(eps):g} is above {LARGE_EPSILON}: the privacy "
+                      "guarantee is weak", LargeEpsilonWarning, stacklevel=3)
+    return eps, dlt
+
+
+def split_budget(epsilon: object, delta: object, k: int) -> list[tuple[Fraction, Fraction]]:
+    """Split (epsilon, delta) equally over k aggregates by basic composition, exactly.
+
+    Group cells of one aggregate are one vector-valued query (its sensitivity covers all cells
+    a person touches), so they are not split here.
+
+    >>> shares = split_budget(1.0, 1e-6, 3)
+    >>> shares[0], sum(e for e, _ in shares), sum(d for _, d in shares)
+    ((Fraction(1, 3), Fraction(1, 3000000)), Fraction(1, 1), Fraction(1, 1000000))
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise QueryError(f"cannot split a privacy budget over {k!r} aggregates",
+                         hint="a DP query needs at least one aggregate (COUNT, SUM, AVG)")
+    eps, dlt = check_budget(epsilon, delta)
+    return [(eps / k, dlt / k)] * k
+
+
+def _float_down(x: Fraction) -> float:
+    """Largest float <= x (so a float parameter never claims more budget than x)."""
+    f = float(x)
+    return f if Fraction(f) <= x else math.nextafter(f, -math.inf)
+
+
+def _check_sensitivity(l1: int, l2: float) -> None:
+    if isinstance(l1, bool) or not isinstance(l1, numbers.Integral) or l1 < 1:
+        raise ValueError(f"L1 sensitivity must be a positive integer, got {l1!r}")
+    if not (isinstance(l2, numbers.Real) and math.isfinite(l2) and 0 < l2 <= l1):
+        raise ValueError(f"L2 sensitivity must be in (0, L1={l1}], got {l2!r}")
+    if l2 * l2 < 1 - 1e-12:
+        # An integer vector that differs at all has L2 >= 1.
+        raise ValueError(f"L2 sensitivity of an integer query is at least 1, got {l2!r}")
+
+
+def laplace_scale(l1: int, epsilon: Fraction) -> float:
+    """Smallest float t with l1/t <= epsilon exactly (t = L1/eps rounded up).
+
+    >>> laplace_scale(3, Fraction(1, 2))
+    6.0
+    """
+    t = float(Fraction(l1) / epsilon)
+    while Fraction(l1) / Fraction(t) > epsilon:
+        t = math.nextafter(t, math.inf)
+    return t
+
+
+@lru_cache(maxsize=256)
+def rho_for(epsilon: float, delta: float) -> float:
+    """Largest zCDP rho that OpenDP's zCDP -> (eps, delta) conversion certifies (CKS20 Cor. 13).
+
+    Bisection over a unit-sensitivity discrete Gaussian whose privacy map OpenDP computes; the
+    returned rho is OpenDP's own (rounded-up) map value, so the certification is OpenDP's.
+
+    >>> 0.0243 < rho_for(1.0, 1e-6) < 0.0244
+    True
+    """
+    space = dp.atom_domain(T="i64"), dp.absolute_distance(T="i64")
+
+    def eps_of(scale: float) -> tuple[float, float]:
+        meas = dp.m.make_gaussian(*space, scale=scale)
+        rho = meas.map(1)
+        return dp.c.make_zCDP_to_approxDP(meas).map(1).epsilon(delta), rho
+
+    # Bracket: eps(scale) decreases in scale. Start from the classical sqrt(2 ln(1.25/d))/eps.
+    hi = max(1.0, math.sqrt(2 * math.log(1.25 / delta)) / epsilon)
+    while eps_of(hi)[0] > epsilon:
+        hi *= 2
+    lo = hi / 2
+    while lo > 1e-6 and eps_of(lo)[0] <= epsilon:
+        lo /= 2
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if eps_of(mid)[0] <= epsilon:
+            hi = mid
+        else:
+            lo = mid
+    eps_hi, rho = eps_of(hi)
+    if eps_hi > epsilon:  # cannot happen: hi only ever moves to scales that passed the check
+        raise RuntimeError(f"zCDP calibration failed for epsilon={epsilon}, delta={delta}")
+    return rho
+
+
+def kls_tau(party_sigma: float, honest: int) -> float:
+    """tau of Kairouz-Liu-Steinke 2021, Prop. 14, for a sum of ``honest`` N_Z(0, s^2) draws.
+
+    tau = 10 * sum_{k=1}^{n-1} exp(-2 pi^2 s^2 k/(k+1)); zero for a single summand.
+
+    >>> kls_tau(1.0, 1)
+    0.0
+    >>> f"{kls_tau(1.0, 2):.3e}"
+    '5.172e-04'
+    """
+    return 10.0 * sum(math.exp(-2 * math.pi**2 * party_sigma**2 * k / (k + 1))
+                      for k in range(1, honest))
+
+
+def gaussian_rho_bound(l2: float, party_sigma: float, honest: int, dims: int) -> float:
+    """Proven zCDP of the honest sum: L2^2/(2 n s^2) + tau*d (KLS21 Prop. 14, first bound).
+
+    KLS21 give D_alpha <= alpha*L2^2/(2 n s^2) + tau*d; since alpha >= 1, tau*d <= alpha*tau*d,
+    so the sum is (L2^2/(2 n s^2) + tau*d)-zCDP. Only coordinates where neighbours differ
+    contribute (Renyi divergence adds over independent coordinates and is 0 where they agree),
+    so ``dims`` is the number of cells one person can change, at most min(L1, L2^2).
+    """
+    if party_sigma < 0.5:
+        raise ValueError("KLS21 Prop. 14 needs each summand's sigma >= 1/2")
+    return l2 * l2 / (2 * honest * party_sigma**2) + kls_tau(party_sigma, honest) * dims
+
+
+def _gaussian_party_sigma(l2: float, l1: int, rho_target: float, honest: int) -> float:
+    """Smallest per-party sigma (>= 1/2) whose proven rho stays below the target."""
+    dims = min(l1, math.ceil(l2 * l2 - 1e-9))
+    goal = rho_target * (1 - _RHO_SLACK)
+
+    def ok(s: float) -> bool:
+        return gaussian_rho_bound(l2, s, honest, dims) <= goal
+
+    lo = max(0.5, l2 / math.sqrt(2 * honest * goal))
+    if ok(lo):
+        return lo
+    hi = lo * 1.01
+    while not ok(hi):
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def calibrate_laplace(l1: int, l2: float, epsilon: Fraction, parties: int = 3) -> NoisePlan:
+    """Pure-DP plan: parties 0 and 1 each add DLap(L1/eps) in full; charges (eps, 0).
+
+    >>> calibrate_laplace(2, 2.0, Fraction(1, 2)).scale
+    4.0
+    """
+    t = laplace_scale(l1, epsilon)
+    return NoisePlan("laplace", t, t, (0, 1), epsilon, Fraction(0), int(l1), float(l2), parties)
+
+
+def calibrate_gaussian(l1: int, l2: float, epsilon: Fraction, delta: Fraction,
+                       parties: int = 3) -> NoisePlan:
+    """zCDP plan: every party adds N_Z(0, sigma_p^2); any parties-1 honest shares meet (eps, delta).
+
+    >>> plan = calibrate_gaussian(1, 1.0, Fraction(1), Fraction(1, 10**6))
+    >>> round(plan.scale, 3), round(plan.party_scale, 3)
+    (4.531, 3.204)
+    """
+    if delta <= 0:
+        raise QueryError("the discrete Gaussian mechanism needs delta > 0",
+                         hint="set delta (e.g. delta = 1e-6) or use mechanism 'laplace'")
+    honest = parties - 1
+    rho_target = rho_for(_float_down(epsilon), _float_down(delta))
+    s = _gaussian_party_sigma(float(l2), int(l1), rho_target, honest)
+    dims = min(int(l1), math.ceil(l2 * l2 - 1e-9))
+    rho = gaussian_rho_bound(float(l2), s, honest, dims)
+    return NoisePlan("gaussian", s * math.sqrt(honest), s, tuple(range(parties)), epsilon, delta,
+                     int(l1), float(l2), parties, rho)
+
+
+def calibrate(l1: int, l2: float, epsilon: object, delta: object = 0,
+              mechanism: str = "auto", *, parties: int = 3) -> NoisePlan:
+    """Choose and calibrate the mechanism for one aggregate with L1/L2 sensitivities l1, l2.
+
+    ``mechanism="auto"``: Laplace when delta == 0; otherwise whichever of Laplace and Gaussian
+    releases the smaller noise variance (Laplace then charges delta 0).
+
+    >>> calibrate(1, 1.0, 1.0, 1e-6).mechanism
+    'laplace'
+    >>> calibrate(100, 10.0, 1.0, 1e-6).mechanism
+    'gaussian'
+    """
+    if mechanism not in MECHANISMS:
+        raise QueryError(f"unknown noise mechanism {mechanism!r}",
+                         hint="use one of: " + ", ".join(MECHANISMS))
+    if parties < 2:
+        raise ValueError("distributed noise needs at least 2 compute parties")
+    eps, dlt = check_budget(epsilon, delta)
+    _check_sensitivity(l1, l2)
+    if mechanism == "laplace" or (mechanism == "auto" and dlt == 0):
+        return calibrate_laplace(l1, l2, eps, parties)
+    if mechanism == "gaussian":
+        return calibrate_gaussian(l1, l2, eps, dlt, parties)
+    lap = calibrate_laplace(l1, l2, eps, parties)
+    try:
+        gauss = calibrate_gaussian(l1, l2, eps, dlt, parties)
+    except (dp.OpenDPException, OverflowError):
+        # At very large epsilon the zCDP conversion overflows; Laplace is then tiny anyway.
+        return lap
+    return lap if lap.total_variance <= gauss.total_variance else gauss
