@@ -7,7 +7,9 @@ or session can never be taken for the one awaited; messages that arrive early ar
 until asked for. Every ``recv`` has a timeout; a silent or dead party raises
 ``PartyUnavailable`` naming it.
 
-Arrays travel as a tiny header (dtype, shape) plus their raw bytes (``encode_array``).
+Arrays travel as a tiny header (dtype, shape as 32-bit lengths) plus their raw bytes
+(``encode_array``). Lengths are 32-bit so that no header ever holds a 64-bit small
+integer: audits scan transcripts for parties' identifiers as 64-bit words.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ def encode_array(arr: np.ndarray) -> bytes:
     code = _CODES.get(np.dtype(dt))
     if code is None:
         raise ProtocolError(f"cannot send arrays of dtype {a.dtype}")
-    header = struct.pack(f"<BB{a.ndim}Q", code, a.ndim, *a.shape)
+    if any(d >= 1 << 32 for d in a.shape):
+        raise ProtocolError(f"array of shape {a.shape} is too large for one message")
+    header = struct.pack(f"<BB{a.ndim}I", code, a.ndim, *a.shape)
     return header + a.astype(dt, copy=False).tobytes()
 
 
@@ -49,9 +53,9 @@ def decode_array(data: bytes | memoryview) -> np.ndarray:
     """Inverse of ``encode_array``; raises ProtocolError on a malformed payload."""
     try:
         code, ndim = struct.unpack_from("<BB", data, 0)
-        shape = struct.unpack_from(f"<{ndim}Q", data, 2)
+        shape = struct.unpack_from(f"<{ndim}I", data, 2)
         dt = _DTYPES[code]
-        off = 2 + 8 * ndim
+        off = 2 + 4 * ndim
         n = int(np.prod(shape, dtype=np.int64)) if ndim else 1
         if len(data) - off != n * dt.itemsize:
             raise ValueError("length mismatch")

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import defaultdict
 
-from veilql.engine.transport.base import Transport, TranscriptWriter
+from veilql.engine.transport.base import TranscriptWriter, Transport
 from veilql.errors import PartyUnavailable, ProtocolError
 
 
