@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from veilql import __version__
-from veilql.ui import catalog
+from veilql.ui import catalog, demo, query
 from veilql.ui.clicommon import VeilGroup
 
 #: Every ``veil`` subcommand; add new commands (query, explain, budget, ...) here.
@@ -18,7 +18,11 @@ COMMANDS: tuple[click.Command, ...] = (
     catalog.parties,
     catalog.tables,
     catalog.schema,
-    catalog.demo,
+    demo.demo,
+    query.query,
+    query.explain,
+    query.budget,
+    query.ledger,
 )
 
 

@@ -11,9 +11,7 @@ from typing import Any
 
 import click
 
-from veilql.errors import ConfigError, UsageError
-from veilql.policies.discovery import bundled_sample, find_federation
-from veilql.policies.loader import load_federation
+from veilql.errors import UsageError
 from veilql.policies.model import Federation, Party, TablePolicy
 from veilql.policies.tomlcheck import did_you_mean
 from veilql.ui.clicommon import emit, federation_option, format_option, load
@@ -146,20 +144,3 @@ def describe_federation(fed: Federation) -> str:
             body = render_table(SCHEMA_COLUMNS, schema_rows(t))
             out += ["    " + line for line in body.splitlines()]
     return "\n".join(out)
-
-
-@click.command()
-@federation_option
-def demo(federation: str | None) -> None:
-    """Show the sample federation (or -f FILE): parties, tables and policies."""
-    if federation:
-        path = find_federation(federation)
-    else:
-        sample = bundled_sample()
-        if sample is None:
-            raise ConfigError(
-                "the bundled sample federation is not installed",
-                "reinstall VeilQL (make demo), or pass -f FEDERATION",
-            )
-        path = sample
-    emit(describe_federation(load_federation(path)))

@@ -1,0 +1,63 @@
+"""Run the same SQL securely and in plain DuckDB over the union of the parties' tables."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from veilql.connectors.base import open_connector
+from veilql.policies.loader import load_federation
+from veilql.policies.model import Federation
+
+HUGE_EPSILON = 1e12
+
+
+def oracle_federation(src: Path, dst: Path) -> Path:
+    """A copy of the federation at ``src`` with an analyst whose budget never runs out."""
+    shutil.copytree(src, dst)
+    fed = dst / "federation.toml"
+    with fed.open("a") as fh:
+        fh.write("\n[analyst.oracle]\nepsilon = 1e15\ndelta = 0.5\n")
+    return fed
+
+
+def union_connection(federation: Federation) -> duckdb.DuckDBPyConnection:
+    """One DuckDB holding every party's tables as ``party.table`` views (the trusted union)."""
+    con = duckdb.connect()
+    for party in federation.parties:
+        con.execute(f'CREATE SCHEMA "{party.name}"')
+        conn = open_connector(party.connector, federation.root)
+        for table in conn.catalog():
+            arrow = conn.run(f'SELECT * FROM "{table}"')
+            con.register(f"__{party.name}_{table}", arrow)
+            con.execute(f'CREATE TABLE "{party.name}"."{table}" AS '
+                        f'SELECT * FROM "__{party.name}_{table}"')
+        conn.close()
+    return con
+
+
+def plain(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
+    """The query in plain DuckDB, without the DP clause."""
+    sql = re.sub(r"WITH\s+DIFFERENTIAL_PRIVACY\s+OPTIONS\s*\([^)]*\)", "", sql, flags=re.I)
+    return con.execute(sql).fetchall()
+
+
+def same(a: Any, b: Any, tol: float) -> bool:
+    """Equal values: numbers within ``tol``, None/NaN matching None."""
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, str) or isinstance(b, str):
+        return str(a) == str(b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return bool(a) == bool(b)
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=tol)
+
+
+def load(path: Path) -> Federation:
+    """Load a federation file."""
+    return load_federation(path)

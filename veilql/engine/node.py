@@ -1,0 +1,432 @@
+"""A party's node: compiles the query itself, charges its own ledger, runs its own part.
+
+The same code runs in a thread of the client process (``address = "local"``) and, later,
+behind ``veil serve``: everything a node knows comes from its own federation files, its
+own connector, its own ledger and the messages on its own transport.
+
+The life of a query at a node (DESIGN.md, "The life of a query"):
+
+1. compile the SQL into a plan; agree with the other participants on the plan's hash;
+2. if the plan reads this party's tables: reserve the cost in its own ledger and tell
+   the others and the analyst; if any party refuses, abort and stop;
+3. run the local SQL (bounded contributions), compute its factors;
+4. secure mode: share, join, evaluate cross-party predicates, aggregate, add this
+   party's noise share, send its output shares to the analyst;
+   local mode: aggregate and add the noise itself, send the noisy values to the analyst;
+5. commit the reservation (abort it on any failure before release).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from veilql.connectors.base import Connector, open_connector
+from veilql.engine.dp import sample_share
+from veilql.engine.ledger.errors import BudgetRefused
+from veilql.engine.ledger.ledger import Ledger
+from veilql.engine.ledger.multi import ledger_path
+from veilql.engine.mpc.protocols.arith import share_from_outside
+from veilql.engine.mpc.runtime import Runtime
+from veilql.engine.mpc.shares import AShare
+from veilql.engine.operators import factors as fac
+from veilql.engine.operators.aggregate import expand, secure_sum
+from veilql.engine.operators.join import SharedTable, join_stage
+from veilql.engine.operators.local import PartyRows, fetch
+from veilql.engine.operators.predicate import evaluate
+from veilql.engine.operators.tags import new_key, tags
+from veilql.engine.plan.nodes import Plan
+from veilql.engine.rewrite import compile_plan
+from veilql.engine.transport.base import Transport
+from veilql.errors import ProtocolError, UsageError
+from veilql.policies.model import Federation
+
+ANALYST = "analyst"  # the client's endpoint name on the query's network
+JOIN_CACHE_ENTRIES = 4  # joined share tables a compute party keeps for repeated queries
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """What the analyst asks every node: the SQL and the requested cost."""
+
+    query_id: str
+    sql: str
+    analyst: str
+    epsilon: float | None = None
+    delta: float | None = None
+    mechanism: str = "auto"
+
+    def to_bytes(self) -> bytes:
+        """JSON encoding, for the network."""
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> QueryRequest:
+        """Inverse of ``to_bytes``."""
+        return cls(**json.loads(data))
+
+
+def participants(plan: Plan) -> tuple[str, ...]:
+    """Parties that take part in running ``plan`` (its data parties and compute parties)."""
+    if plan.mode == "local":
+        return plan.parties
+    return tuple(dict.fromkeys((*plan.compute, *plan.parties)))
+
+
+def structure_hash(plan: Plan) -> str:
+    """A digest of what the join and the shared columns depend on: the plan minus noise."""
+    bare = replace(plan, aggregates=tuple(replace(a, noise=None, l1=0, l2=0.0)
+                                          for a in plan.aggregates), epsilon=0.0, delta=0.0,
+                   sql="", having=None, order_by=(), limit=None)
+    return hashlib.sha256(bare.to_s().encode()).hexdigest()
+
+
+def plan_hash(plan: Plan) -> str:
+    """A digest of the plan every participant compiles; they must all agree on it."""
+    return hashlib.sha256(plan.to_s().encode()).hexdigest()
+
+
+def ledger_dir_override(federation: Federation) -> Path | None:
+    """``$VEIL_LEDGER_DIR``, when set, replaces the federation's ledger folder."""
+    env = os.environ.get("VEIL_LEDGER_DIR")
+    return Path(env) if env else None
+
+
+class PartyNode:
+    """One data party: its federation view, connector, ledger and bounding seed."""
+
+    def __init__(self, federation: Federation, party: str) -> None:
+        p = federation.party(party)
+        if p is None:
+            raise UsageError(f"no party named {party!r} in {federation.path}",
+                             "name one of: " + ", ".join(federation.party_names))
+        self.federation = federation
+        self.party = p
+        self._connector: Connector | None = None
+        self._ledger: Ledger | None = None
+        self._join_cache: dict[str, SharedTable] = {}
+
+    # -- resources ---------------------------------------------------------------------
+    @property
+    def connector(self) -> Connector:
+        """The party's own engine, opened read-only on first use."""
+        if self._connector is None:
+            self._connector = open_connector(self.party.connector, self.federation.root)
+        return self._connector
+
+    def state_dir(self) -> Path:
+        """Where this party keeps its ledger and its secret bounding seed."""
+        override = ledger_dir_override(self.federation)
+        if override is not None:
+            return override
+        return ledger_path(self.federation, self.party.name).parent
+
+    @property
+    def ledger(self) -> Ledger:
+        """The party's own ledger."""
+        if self._ledger is None:
+            d = self.state_dir()
+            d.mkdir(parents=True, exist_ok=True)
+            self._ledger = Ledger(d / f"{self.party.name}.jsonl", self.party.name)
+        return self._ledger
+
+    def seed(self) -> str:
+        """The party's secret seed for choosing rows per unit (created once, kept private)."""
+        path = self.state_dir() / f"{self.party.name}.seed"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(16))
+        return path.read_text().strip()
+
+    def close(self) -> None:
+        """Close the connector."""
+        if self._connector is not None:
+            self._connector.close()
+            self._connector = None
+
+    # -- one query -----------------------------------------------------------------------
+    def serve(self, transport: Transport, request: QueryRequest) -> None:
+        """Run this party's part of ``request``; returns when its part is done."""
+        plan = compile_plan(request.sql, self.federation, epsilon=request.epsilon,
+                            delta=request.delta, mechanism=request.mechanism)
+        who = participants(plan)
+        me = self.party.name
+        if me not in who:
+            return
+        join_key = self._agree(transport, plan, who, request.query_id)
+        reservation = self._reserve(transport, plan, request)
+        try:
+            if plan.mode == "local":
+                self._run_local(transport, plan)
+            else:
+                self._run_secure(transport, plan, request.query_id, join_key)
+        except BaseException:
+            if reservation is not None:
+                self.ledger.abort(reservation, "query failed before release")
+            raise
+        if reservation is not None:
+            self.ledger.commit(reservation)
+
+    def _agree(self, transport: Transport, plan: Plan, who: tuple[str, ...], qid: str) -> str:
+        """Check that every participant compiled the same plan; return the join cache key.
+
+        The key covers the plan without its noise and every party's table versions, so a
+        repeated query (at any epsilon) over unchanged tables can reuse its join.
+        """
+        me = self.party.name
+        versions = {}
+        if me in plan.parties:
+            for table in plan.step(me).tables:
+                versions[f"{me}.{table}"] = self.connector.table_version(table)
+        mine = {"plan": plan_hash(plan), "versions": versions}
+        for p in who:
+            if p != me:
+                transport.send(p, f"{qid}/plan", json.dumps(mine).encode())
+        everything = dict(versions)
+        for p in who:
+            if p == me:
+                continue
+            theirs = json.loads(transport.recv(p, f"{qid}/plan"))
+            if theirs["plan"] != mine["plan"]:
+                raise ProtocolError(
+                    f"{me} and {p} compiled different plans for this query",
+                    "every party must use the same federation and policy files",
+                )
+            everything.update(theirs["versions"])
+        structure = structure_hash(plan)
+        return hashlib.sha256(json.dumps([structure, sorted(everything.items())]).encode()
+                              ).hexdigest()
+
+    def _reserve(self, transport: Transport, plan: Plan, request: QueryRequest):
+        """Reserve at this party's ledger if the plan reads its tables, and exchange the
+        outcome with every participant and the analyst; stop everywhere if any refused."""
+        me = self.party.name
+        reservation = None
+        if me in plan.charged:
+            status = self._try_reserve(plan, request)
+            reservation = status.pop("reservation")
+            payload = json.dumps(status).encode()
+            for p in participants(plan):
+                if p != me:
+                    transport.send(p, f"{request.query_id}/budget/{me}", payload)
+            transport.send(ANALYST, f"{request.query_id}/budget/{me}", payload)
+            refused = not status["ok"]
+        else:
+            refused = False
+        for p in plan.charged:
+            if p != me:
+                theirs = json.loads(transport.recv(p, f"{request.query_id}/budget/{p}"))
+                refused = refused or not theirs["ok"]
+        if refused:
+            if reservation is not None:
+                self.ledger.abort(reservation, "another party refused the query")
+            raise Refused()
+        return reservation
+
+    def _try_reserve(self, plan: Plan, request: QueryRequest) -> dict:
+        """Reserve the plan's cost for the analyst; the outcome as a status message."""
+        me = self.party.name
+        analyst = self.federation.analysts.get(request.analyst)
+        if analyst is None:
+            return {"party": me, "ok": False, "reservation": None,
+                    "message": f"{me}: analyst {request.analyst!r} has no budget here"}
+        tables = [t for step in plan.steps if step.party == me for t in step.tables]
+        try:
+            reservation = self.ledger.reserve(
+                analyst, plan.epsilon, plan.delta, query_id=request.query_id,
+                sql=request.sql, tables=tables)
+        except BudgetRefused as refusal:
+            return {"party": me, "ok": False, "reservation": None, "message": refusal.detail()}
+        eps, delta = self.ledger.remaining(analyst)
+        return {"party": me, "ok": True, "reservation": reservation,
+                "epsilon_remaining": float(eps), "delta_remaining": float(delta)}
+
+    # -- local mode --------------------------------------------------------------------
+    def _run_local(self, transport: Transport, plan: Plan) -> None:
+        """One party: aggregate its own rows in the clear and add the full noise itself."""
+        rows = fetch(plan.steps[0], self.connector, self.seed())
+        values = aggregate_plain(plan, {self.party.name: rows})
+        noisy = values + noise_vector(plan, 0, values.shape[1])
+        transport.send_array(ANALYST, "release", noisy)
+
+    # -- secure mode -------------------------------------------------------------------
+    def _run_secure(self, transport: Transport, plan: Plan, qid: str, join_key: str) -> None:
+        me = self.party.name
+        if me not in plan.compute:  # a data party that does not compute: send shares, done
+            if not _all_cached(transport, plan, qid):
+                _announce_and_send(transport, plan, me, self._local_columns(transport, plan, qid),
+                                   qid)
+            return
+        rt = Runtime(transport, plan.compute, timeout=self.federation.timeout)
+        rt.setup()
+        if _agree_cached(rt, plan, qid, join_key in self._join_cache):
+            joined = self._join_cache[join_key]
+        else:
+            columns = self._local_columns(transport, plan, qid) if me in plan.parties else None
+            tables = {p: _receive_table(rt, plan, p, columns if p == me else None, qid)
+                      for p in plan.parties}
+            joined = tables[plan.parties[0]]
+            for j, stage in enumerate(plan.joins):
+                right = tables[stage.right]
+                left_tag = f"{stage.key_parties[0]}.tag{j}"
+                right_tag = f"{stage.right}.tag{j}"
+                right = SharedTable(right.n, {**right.cols, left_tag: right.cols.pop(right_tag)})
+                joined = join_stage(rt, stage, joined, right, left_tag)
+                joined.cols.pop(left_tag, None)
+            self._remember(join_key, joined)
+        result = secure_aggregate(rt, plan, joined)
+        total = _add_noise(rt, plan, result)
+        transport.send_array(ANALYST, "release", np.stack([total.a, total.b]))
+
+    def _remember(self, key: str, joined: SharedTable) -> None:
+        """Keep the joined shares for reuse (a few entries; shares are never mutated)."""
+        self._join_cache[key] = joined
+        while len(self._join_cache) > JOIN_CACHE_ENTRIES:
+            self._join_cache.pop(next(iter(self._join_cache)))
+
+    def _local_columns(self, transport: Transport, plan: Plan, qid: str) -> dict[str, np.ndarray]:
+        """This party's columns to share: join tags, factors, predicate atoms and operands."""
+        me = self.party.name
+        step = plan.step(me)
+        rows = fetch(step, self.connector, self.seed())
+        out: dict[str, np.ndarray] = {}
+        for j, stage in enumerate(plan.joins):
+            if me not in stage.key_parties:
+                continue
+            other = stage.key_parties[1] if stage.key_parties[0] == me else stage.key_parties[0]
+            key_tag = f"{qid}/tagkey{j}"
+            if me == stage.key_parties[0]:
+                key = new_key()
+                transport.send(other, key_tag, key)
+            else:
+                key = transport.recv(other, key_tag)
+            out[f"tag{j}"] = tags(key, rows.keys)
+        chains, _ = fac.expand_terms(plan)
+        out["F"] = fac.build_factors(plan, me, rows, chains, slot_level=plan.cross is not None)
+        for col in step.columns:
+            if col.role in ("atom", "operand"):
+                out[col.name] = rows.cols[col.name] * rows.present
+        return out
+
+
+class Refused(Exception):
+    """This node stopped because some party refused the budget (the analyst reports it)."""
+
+
+def aggregate_plain(plan: Plan, rows: dict[str, PartyRows]) -> np.ndarray:
+    """Aggregates in the clear for a single-party plan: shape (aggregates, cells)."""
+    chains, owner = fac.expand_terms(plan)
+    party = plan.parties[0]
+    f = fac.build_factors(plan, party, rows[party], chains, slot_level=False)
+    per_chain = fac.combine_plain([f])
+    out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=np.int64)
+    for i, agg in enumerate(owner):
+        out[agg] += per_chain[i]
+    return out
+
+
+def noise_vector(plan: Plan, party_index: int, cells: int) -> np.ndarray:
+    """This party's noise shares for every aggregate and cell (zeros where it adds none)."""
+    return np.stack([sample_share(a.noise, party_index, cells) for a in plan.aggregates])
+
+
+def _agree_cached(rt: Runtime, plan: Plan, qid: str, hit: bool) -> bool:
+    """All compute parties hold the join in their caches? Tell the non-computing parties."""
+    flag = b"1" if hit else b"0"
+    for p in rt.parties:
+        if p != rt.parties[rt.me]:
+            rt.transport.send(p, f"{qid}/cached", flag)
+    for p in plan.parties:
+        if p not in rt.parties:
+            rt.transport.send(p, f"{qid}/cached", flag)
+    flags = [rt.transport.recv(p, f"{qid}/cached", rt.timeout)
+             for p in rt.parties if p != rt.parties[rt.me]]
+    return hit and all(f == b"1" for f in flags)
+
+
+def _all_cached(transport: Transport, plan: Plan, qid: str) -> bool:
+    """At a non-computing data party: whether every compute party reuses a cached join."""
+    return all(transport.recv(p, f"{qid}/cached") == b"1" for p in plan.compute)
+
+
+def _announce_and_send(transport: Transport, plan: Plan, me: str,
+                       columns: dict[str, np.ndarray], qid: str) -> None:
+    """A non-computing data party: tell the compute parties its shapes, then send shares."""
+    shapes = {k: list(v.shape) for k, v in columns.items()}
+    for p in plan.compute:
+        transport.send(p, f"{qid}/shape/{me}", json.dumps(shapes).encode())
+    for name, values in columns.items():
+        share_from_outside(transport, plan.compute, values, f"{qid}/input/{me}/{name}")
+
+
+def _receive_table(rt: Runtime, plan: Plan, party: str,
+                   columns: dict[str, np.ndarray] | None, qid: str) -> SharedTable:
+    """Shares of ``party``'s columns at this compute party."""
+    if party in plan.compute:
+        owner = rt.party_index(party)
+        if rt.me == owner:
+            assert columns is not None
+            shapes = {k: list(v.shape) for k, v in columns.items()}
+            msg = json.dumps(shapes).encode()
+            for i in range(3):
+                if i != owner:
+                    rt.transport.send(rt.parties[i], f"{qid}/shape/{party}", msg)
+        else:
+            shapes = json.loads(rt.transport.recv(party, f"{qid}/shape/{party}", rt.timeout))
+        cols = {}
+        for name in sorted(shapes):
+            values = columns[name] if columns is not None and rt.me == owner else None
+            cols[f"{party}.{name}"] = rt.share(owner, values, tuple(shapes[name]))
+    else:
+        shapes = json.loads(rt.transport.recv(party, f"{qid}/shape/{party}", rt.timeout))
+        cols = {f"{party}.{name}": rt.receive_input(party, f"{qid}/input/{party}/{name}",
+                                                    tuple(shape))
+                for name, shape in shapes.items()}
+    n = {v.shape[0] for v in cols.values()}
+    if len(n) != 1:
+        raise ProtocolError(f"columns of {party} have different lengths {sorted(n)}")
+    return SharedTable(n.pop(), cols)
+
+
+def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
+    """Shares of every aggregate and cell: shape (aggregates, cells in party order)."""
+    chains, owner = fac.expand_terms(plan)
+    factors = [joined.cols[f"{p}.F"] for p in plan.parties]
+    cross = None
+    if plan.cross is not None:
+        n = joined.n
+        slots = [plan.step(p).slots for p in plan.parties]
+
+        def column(party: str, name: str) -> AShare:
+            i = plan.parties.index(party)
+            axes = [1] * len(slots)
+            axes[i] = slots[i]
+            return expand(joined.cols[f"{party}.{name}"], (n, *axes), (n, *slots))
+
+        cross = evaluate(rt, plan.cross, column)
+    distinct = np.array([c.kind == "count_distinct" for c in chains])
+    per_chain = secure_sum(rt, factors, cross, distinct)
+    cells = per_chain.shape[1]
+    a = np.zeros((len(plan.aggregates), cells), dtype=np.uint64)
+    b = np.zeros_like(a)
+    for i, agg in enumerate(owner):
+        a[agg] += per_chain.a[i]
+        b[agg] += per_chain.b[i]
+    return AShare(rt.me, a, b)
+
+
+def _add_noise(rt: Runtime, plan: Plan, x: AShare) -> AShare:
+    """Each adding compute party secret-shares its own noise and all add it in."""
+    adders = sorted({i for a in plan.aggregates for i in a.noise.adders})  # type: ignore[union-attr]
+    for i in adders:
+        mine = noise_vector(plan, i, x.shape[1]) if rt.me == i else None
+        x = x + rt.share(i, mine, x.shape)
+    return x

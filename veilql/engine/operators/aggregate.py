@@ -1,0 +1,93 @@
+"""Secure aggregation: sum over joined rows of the product of the parties' factors.
+
+Every party's factors (see ``factors.py``) arrive as shares of shape
+(units, slots, aggregates, cells of that party). They are laid out on a joint grid
+(units, slots of each party..., aggregates, cells of each party...), multiplied party by
+party (one round each, the cross-party predicate being one more factor), and the last
+product is an inner product over units and slots, which costs one word per cell rather
+than one per row. COUNT(DISTINCT unit) under a cross-party predicate ORs its slot
+combinations first (a OR b = a + b - ab), so a person counts at most once per cell.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from veilql.engine.mpc.runtime import Runtime
+from veilql.engine.mpc.shares import AShare
+
+
+def expand(x: AShare, axes_shape: tuple[int, ...], joint: tuple[int, ...]) -> AShare:
+    """``x`` reshaped to ``axes_shape`` (singletons for missing axes), broadcast to ``joint``."""
+    a = np.broadcast_to(x.a.reshape(axes_shape), joint)
+    b = np.broadcast_to(x.b.reshape(axes_shape), joint)
+    return AShare(x.party, np.ascontiguousarray(a), np.ascontiguousarray(b))
+
+
+def layout(index: int, factor_shape: tuple[int, ...], k: int) -> tuple[int, ...]:
+    """Where party ``index`` (of ``k``) puts its (units, slots, aggs, cells) axes on the grid."""
+    n, s, a, c = factor_shape
+    slots = [1] * k
+    cells = [1] * k
+    slots[index] = s
+    cells[index] = c
+    return (n, *slots, a, *cells)
+
+
+def secure_sum(
+    rt: Runtime, factors: list[AShare], cross: AShare | None, distinct: np.ndarray,
+) -> AShare:
+    """Shares of every aggregate and cell, shape (aggregates, cells in party order)."""
+    k = len(factors)
+    shapes = [f.shape for f in factors]
+    n = shapes[0][0]
+    aggs = shapes[0][2]
+    joint = (n, *[s[1] for s in shapes], aggs, *[s[3] for s in shapes])
+    grid = [expand(f, layout(i, f.shape, k), joint) for i, f in enumerate(factors)]
+    if cross is not None:
+        cross_axes = (n, *[s[1] for s in shapes], 1, *[1] * k)
+        grid.append(expand(cross, cross_axes, joint))
+    acc = grid[0]
+    for g in grid[1:-1]:
+        acc = rt.mul(acc, g)
+    last = grid[-1] if len(grid) > 1 else None
+    ncells = int(np.prod(joint[2 + k:], dtype=np.int64))
+    rows = n * int(np.prod(joint[1:1 + k], dtype=np.int64))
+    if last is None:  # one party only (tests): a plain local sum
+        return _sum_rows(acc, rows, aggs * ncells).reshape(aggs, ncells)
+    if cross is None or not distinct.any():
+        return _dot_rows(rt, acc, last, rows, aggs * ncells).reshape(aggs, ncells)
+    full = rt.mul(acc, last)  # keep rows to OR the slot combinations of each unit
+    ored = _or_slots(rt, full.reshape(n, -1, aggs * ncells))
+    plain = _sum_rows(full, rows, aggs * ncells)
+    summed = ored.a.sum(axis=0, dtype=np.uint64), ored.b.sum(axis=0, dtype=np.uint64)
+    mask = np.repeat(distinct, ncells)
+    a = np.where(mask, summed[0], plain.a)
+    b = np.where(mask, summed[1], plain.b)
+    return AShare(rt.me, a, b).reshape(aggs, ncells)
+
+
+def _rows_last(x: AShare, rows: int, width: int) -> AShare:
+    return AShare(x.party, np.ascontiguousarray(x.a.reshape(rows, width).T),
+                  np.ascontiguousarray(x.b.reshape(rows, width).T))
+
+
+def _dot_rows(rt: Runtime, x: AShare, y: AShare, rows: int, width: int) -> AShare:
+    return rt.dot(_rows_last(x, rows, width), _rows_last(y, rows, width))
+
+
+def _sum_rows(x: AShare, rows: int, width: int) -> AShare:
+    return AShare(x.party, x.a.reshape(rows, width).sum(axis=0, dtype=np.uint64),
+                  x.b.reshape(rows, width).sum(axis=0, dtype=np.uint64))
+
+
+def _or_slots(rt: Runtime, x: AShare) -> AShare:
+    """OR over axis 1 (slot combinations) of 0/1 shares, by a tree of products."""
+    while x.shape[1] > 1:
+        half = x.shape[1] // 2
+        left, right = x[:, :half], x[:, half:2 * half]
+        merged = left + right - rt.mul(left, right)
+        if x.shape[1] % 2:
+            merged = AShare.concat([merged, x[:, 2 * half:]], axis=1)
+        x = merged
+    return x[:, 0]

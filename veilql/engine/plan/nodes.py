@@ -1,0 +1,273 @@
+"""The plan: small frozen dataclasses, each with ``to_s()`` for ``veil explain``.
+
+A plan says, for one query, what every party computes locally (plain SQL on its own
+engine, one row per privacy unit and slot), how the secure runtime aligns the parties'
+rows (a join on blinded tags), which predicates and aggregates run on secret shares,
+how much noise each released value gets, and what the analyst does afterwards on the
+noisy values (HAVING, ORDER BY, LIMIT).
+
+Names of local columns are stable (``w``, ``g0``, ``v0``, ``a0``, ``o0``, ``n0``), so a
+cross-party predicate can refer to them as ``party.column``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sqlglot import exp
+
+LocalRole = Literal["weight", "group", "value", "nn", "atom", "operand"]
+AggKind = Literal["count", "count_distinct", "sum", "avg"]
+SEED_PLACEHOLDER = "$seed"  # replaced by the party's own secret seed when it runs the SQL
+
+
+@dataclass(frozen=True)
+class LocalColumn:
+    """One column of a party's local result.
+
+    ``role``: ``weight`` (1 when the row passes the party's own predicates), ``group``
+    (index of the row's value in the public domain, -1 outside it), ``value`` (a clamped
+    aggregate argument in fixed point), ``nn`` (1 when that argument is not NULL),
+    ``atom`` (a 0/1 single-party piece of a cross-party predicate), ``operand`` (this
+    party's part of a cross-party comparison, in fixed point).
+    """
+
+    name: str
+    role: LocalRole
+    sql: str
+    decimals: int = 0
+    bounds: tuple[float, float] | None = None
+    domain: tuple[str | int | float | bool, ...] | None = None
+
+    def to_s(self) -> str:
+        """One line: name, role, expression and, where set, bounds and domain."""
+        extra = ""
+        if self.bounds is not None:
+            extra += f" clamp [{_num(self.bounds[0])}, {_num(self.bounds[1])}]"
+        if self.decimals:
+            extra += f" x10^{self.decimals}"
+        if self.domain is not None:
+            extra += f" domain {list(self.domain)}"
+        return f"{self.name} ({self.role}) = {self.sql}{extra}"
+
+
+@dataclass(frozen=True)
+class LocalStep:
+    """What one party runs on its own engine: bounded tables, local join, local SQL."""
+
+    party: str
+    aliases: tuple[str, ...]
+    tables: tuple[str, ...]
+    units: tuple[str, ...]  # privacy-unit column of each alias
+    max_rows: tuple[int, ...]  # max_rows_per_unit of each alias
+    columns: tuple[LocalColumn, ...]
+    where: str | None = None  # the party's own conjuncts, folded into the weight
+    sql: str = ""  # the full local query (DuckDB dialect), set by ``bound_contributions``
+
+    @property
+    def slots(self) -> int:
+        """Rows per privacy unit this party can contribute after bounding."""
+        n = 1
+        for m in self.max_rows:
+            n *= m
+        return n
+
+    def column(self, name: str) -> LocalColumn:
+        """The local column called ``name``."""
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def to_s(self) -> str:
+        """The party's tables, bounding and local SQL."""
+        tables = ", ".join(
+            f"{t} AS {a} (<= {m} rows per unit)"
+            for a, t, m in zip(self.aliases, self.tables, self.max_rows, strict=True)
+        )
+        lines = [f"at {self.party}: {tables}"]
+        lines += [f"  {c.to_s()}" for c in self.columns]
+        if self.sql:
+            lines.append("  SQL: " + self.sql.replace("\n", "\n       "))
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class JoinStage:
+    """Align the rows of ``left`` (parties joined so far) with ``right`` on the unit key.
+
+    Tags are keyed pseudorandom functions of the unit key under a key that only the two
+    ``key_parties`` share; after a secret shuffle the tags are opened to ``viewer``, who
+    knows neither the key nor the whole permutation, and who publishes matching positions.
+    """
+
+    left: tuple[str, ...]
+    right: str
+    key_parties: tuple[str, str]
+    viewer: str
+
+    def to_s(self) -> str:
+        """One line describing the stage and what it reveals."""
+        left = " + ".join(self.left)
+        return (
+            f"secure join {left} with {self.right} on the privacy unit: tags keyed by "
+            f"{self.key_parties[0]}&{self.key_parties[1]}, shuffled, matched by "
+            f"{self.viewer}; reveals the number of matching units"
+        )
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """A GROUP BY column with a public domain, held by ``party`` as local column ``column``."""
+
+    output: str
+    party: str
+    column: str
+    domain: tuple[str | int | float | bool, ...]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One party's contribution to an aggregate: a local value column, or a count."""
+
+    party: str | None  # owner of ``column``; None for a plain count
+    column: str | None
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """One noisy quantity the analyst receives (AVG is two: a sum and a count).
+
+    ``value`` is the sum of the terms' columns over the rows (units for
+    ``count_distinct``) that pass every predicate, per group cell.
+    """
+
+    name: str  # internal name, e.g. "total" or "avg_amount.num"
+    output: str  # the SELECT output it feeds
+    kind: Literal["count", "count_distinct", "sum"]
+    terms: tuple[Term, ...]
+    decimals: int = 0
+    bound: float = 1.0  # largest |value| one row adds (before fixed-point scaling)
+    l1: int = 0  # sensitivity of the cell vector, fixed-point units (set by attach_noise)
+    l2: float = 0.0
+    noise: object | None = None  # veilql.engine.dp.NoisePlan, set by attach_noise
+
+    def to_s(self) -> str:
+        """One line: what is summed and, once attached, its sensitivity and noise."""
+        what = {"count": "COUNT(*)", "count_distinct": "COUNT(DISTINCT unit)"}.get(self.kind)
+        if what is None:
+            what = "SUM(" + " + ".join(f"{t.party}.{t.column}" for t in self.terms) + ")"
+        line = f"{self.name} = {what}"
+        if self.l1:
+            line += f"; sensitivity L1 {self.l1}, L2 {self.l2:g} (x10^{self.decimals})"
+        if self.noise is not None:
+            describe = getattr(self.noise, "describe", None)
+            line += "; noise " + (describe() if describe else str(self.noise))
+        return line
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One released column: a group key, or a noisy aggregate (AVG = num / den)."""
+
+    name: str
+    kind: Literal["group", "count", "count_distinct", "sum", "avg"]
+    aggregates: tuple[str, ...] = ()  # AggregateSpec names (avg: numerator, denominator)
+    group: str | None = None  # GroupKey.output for group outputs
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole plan of one query."""
+
+    sql: str
+    mode: Literal["local", "secure"]
+    compute: tuple[str, ...]
+    steps: tuple[LocalStep, ...]
+    outputs: tuple[OutputSpec, ...]
+    groups: tuple[GroupKey, ...] = ()
+    aggregates: tuple[AggregateSpec, ...] = ()
+    joins: tuple[JoinStage, ...] = ()
+    cross: exp.Expression | None = None  # over ``party.column`` references to local columns
+    having: exp.Expression | None = None
+    order_by: tuple[tuple[exp.Expression, bool], ...] = ()
+    limit: int | None = None
+    epsilon: float = 1.0
+    delta: float = 0.0
+    charged: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def step(self, party: str) -> LocalStep:
+        """The local step of ``party``."""
+        for s in self.steps:
+            if s.party == party:
+                return s
+        raise KeyError(party)
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        """Parties whose data the plan reads."""
+        return tuple(s.party for s in self.steps)
+
+    def aggregate(self, name: str) -> AggregateSpec:
+        """The aggregate called ``name``."""
+        for a in self.aggregates:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def to_s(self) -> str:
+        """The plan as a person reads it (``veil explain``)."""
+        out = [f"plan ({self.mode}): {' '.join(self.sql.split())}"]
+        out.append("1. local work, each party on its own engine:")
+        out += ["   " + line for s in self.steps for line in s.to_s().splitlines()]
+        n = 2
+        if self.mode == "local":
+            party = self.steps[0].party
+            out.append(
+                f"{n}. {party} computes the aggregates on its own rows and adds the noise; "
+                "nothing is secret-shared and no other party takes part"
+            )
+        else:
+            out.append(
+                f"{n}. each party secret-shares one row per privacy unit among the compute "
+                f"parties {', '.join(self.compute)}; reveals each party's number of units"
+            )
+            for j in self.joins:
+                n += 1
+                out.append(f"{n}. {j.to_s()}")
+            if self.cross is not None:
+                n += 1
+                out.append(f"{n}. secure predicate on shares: {self.cross.sql()}")
+            n += 1
+            cells = " x ".join(f"{g.output}{list(g.domain)}" for g in self.groups) or "one cell"
+            out.append(f"{n}. secure aggregates over {cells}:")
+        out += [f"   {a.to_s()}" for a in self.aggregates]
+        n += 1
+        who = "the compute parties each add" if self.mode == "secure" else "the party adds"
+        out.append(
+            f"{n}. noise: {who} noise before anything is opened; "
+            f"total cost epsilon={_num(self.epsilon)} delta={_num(self.delta)}, charged at "
+            f"{', '.join(self.charged)}"
+        )
+        n += 1
+        post = []
+        if self.having is not None:
+            post.append(f"HAVING {self.having.sql()}")
+        if self.order_by:
+            post.append(
+                "ORDER BY "
+                + ", ".join(e.sql() + (" DESC" if d else "") for e, d in self.order_by)
+            )
+        if self.limit is not None:
+            post.append(f"LIMIT {self.limit}")
+        tail = (" then " + ", ".join(post)) if post else ""
+        out.append(f"{n}. release: only the analyst sees the noisy values{tail}")
+        out += [f"note: {note}" for note in self.notes]
+        return "\n".join(out)
+
+
+def _num(x: float) -> str:
+    """Numbers without a trailing ``.0`` where they are whole."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))

@@ -1,0 +1,83 @@
+"""Bound each person's contribution at the owner, before anything leaves the party.
+
+Every table keeps at most ``max_rows_per_unit`` rows per privacy unit, chosen by a
+keyed hash of the row under the party's own secret seed (a fresh cryptographic seed per
+party and table, so the choice is random to everyone else yet stable across queries,
+which lets a repeated query reuse its join). Aggregate arguments are clamped to their
+declared bounds (never bounds taken from the data) and scaled to fixed point; rows with
+no unit are dropped. The result is the party's local SQL, in DuckDB's dialect; the
+connector transpiles it to its own.
+
+>>> from tests.sql_fixtures import federation
+>>> from veilql.engine.rewrite import compile_plan
+>>> plan = compile_plan("SELECT SUM(amount) FROM bank.loans", federation(),
+...                     stop_after="bound_contributions")
+>>> print(plan.step("bank").sql)  # doctest: +NORMALIZE_WHITESPACE
+SELECT loans.customer_id AS __unit, 1 AS w,
+  COALESCE(CAST(ROUND(LEAST(GREATEST(loans.amount, 0), 100000) * 100) AS BIGINT), 0) AS v0
+FROM (SELECT customer_id, amount FROM (SELECT customer_id, amount, ROW_NUMBER() OVER
+  (PARTITION BY customer_id ORDER BY MD5(CONCAT('$seed:loans', '|', CAST(customer_id AS TEXT),
+  '|', CAST(amount AS TEXT)))) AS __rn FROM loans WHERE NOT customer_id IS NULL) AS __b
+  WHERE __rn <= 3) AS loans
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import sqlglot
+
+from veilql.engine.plan.nodes import SEED_PLACEHOLDER, LocalColumn, LocalStep, Plan
+from veilql.engine.rewrite.context import Context
+from veilql.engine.sql.bound import columns_used
+
+
+def bound_contributions(plan: Plan, ctx: Context) -> Plan:
+    """Write each party's local SQL: bounded tables, local join, clamped fixed-point columns."""
+    used = columns_used(ctx.bound)
+    steps = tuple(replace(s, sql=_local_sql(s, used)) for s in plan.steps)
+    return replace(plan, steps=steps)
+
+
+def _column_sql(col: LocalColumn) -> str:
+    """The select expression of one local column."""
+    if col.role == "value":
+        assert col.bounds is not None
+        lo, hi = (_number(b) for b in col.bounds)
+        scaled = f"LEAST(GREATEST({col.sql}, {lo}), {hi}) * {10 ** col.decimals}"
+        return f"COALESCE(CAST(ROUND({scaled}) AS BIGINT), 0)"
+    if col.role == "operand":
+        # Comparisons need no clamping; NULL compares as 0 (documented in the user guide).
+        return f"COALESCE(CAST(ROUND(({col.sql}) * {10 ** col.decimals}) AS BIGINT), 0)"
+    return col.sql
+
+
+def _local_sql(step: LocalStep, used: dict[str, set[str]]) -> str:
+    """The SQL of one party's step (see the module docstring)."""
+    sources = []
+    for alias, table, unit, m in zip(step.aliases, step.tables, step.units, step.max_rows,
+                                     strict=True):
+        cols = [unit] + sorted(used[alias] - {unit})
+        listed = ", ".join(cols)
+        key = ", '|', ".join(f"CAST({c} AS VARCHAR)" for c in cols)
+        seed = f"'{SEED_PLACEHOLDER}:{table}'"
+        ranked = (
+            f"SELECT {listed}, ROW_NUMBER() OVER (PARTITION BY {unit} "
+            f"ORDER BY MD5(CONCAT({seed}, '|', {key}))) AS __rn "
+            f"FROM {table} WHERE {unit} IS NOT NULL"
+        )
+        sources.append(f"(SELECT {listed} FROM ({ranked}) AS __b WHERE __rn <= {m}) AS {alias}")
+    first = step.aliases[0]
+    joins = "".join(
+        f" JOIN {src} ON {first}.{step.units[0]} = {alias}.{unit}"
+        for src, alias, unit in zip(sources[1:], step.aliases[1:], step.units[1:], strict=True)
+    )
+    select = [f"{first}.{step.units[0]} AS __unit"]
+    select += [f"{_column_sql(c)} AS {c.name}" for c in step.columns]
+    sql = f"SELECT {', '.join(select)} FROM {sources[0]}{joins}"
+    # Normalise through sqlglot so golden files are stable and the SQL is known to parse.
+    return sqlglot.transpile(sql, read="duckdb", write="duckdb")[0]
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))

@@ -1,0 +1,113 @@
+"""Place what spans parties on the secure runtime: the joins and cross-party predicates.
+
+A query over one party's tables stays at that party (``mode = "local"``). Otherwise the
+parties' rows are aligned by join stages in FROM order: stage ``j`` joins the parties
+joined so far with the next one, on tags keyed by the previous party and the next one,
+opened to a compute party outside that pair. Every WHERE conjunct spanning parties is
+rewritten over local columns: single-party pieces become 0/1 ``atom`` columns computed by
+their owner, and comparisons across parties become ``sum of parts <op> 0`` over
+fixed-point ``operand`` columns, one part per party.
+
+>>> from tests.sql_fixtures import federation
+>>> from veilql.engine.rewrite import compile_plan
+>>> plan = compile_plan(
+...     "SELECT COUNT(*) FROM bank.loans l JOIN insurer.policies p "
+...     "ON l.customer_id = p.customer_id WHERE l.amount > p.claims_amount OR p.open_claim = 1",
+...     federation(), stop_after="place_secure")
+>>> plan.cross.sql()
+'bank.o0 + insurer.o0 > 0 OR insurer.a0 = 1'
+>>> [j.to_s() for j in plan.joins]  # doctest: +NORMALIZE_WHITESPACE
+['secure join bank with insurer on the privacy unit: tags keyed by bank&insurer,
+  shuffled, matched by payments; reveals the number of matching units']
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sqlglot import exp
+
+from veilql.engine.plan.nodes import JoinStage, LocalColumn, Plan
+from veilql.engine.rewrite.context import Context
+from veilql.engine.rewrite.linear import split_linear
+from veilql.engine.sql.bound import parties_in
+from veilql.errors import UnsupportedError
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+
+def place_secure(plan: Plan, ctx: Context) -> Plan:
+    """Choose local or secure mode, the join stages, and the cross-party predicate."""
+    parties = ctx.bound.parties
+    if len(parties) == 1:
+        return replace(plan, mode="local")
+    compute = ctx.federation.party_names[:3]
+    if len(compute) < 3:
+        raise UnsupportedError(
+            "a query across parties needs three compute parties, and the federation has "
+            f"{len(compute)}",
+            "add a helper party to federation.toml",
+        )
+    joins = []
+    for j in range(1, len(parties)):
+        pair = (parties[j - 1], parties[j])
+        viewer = next(p for p in compute if p not in pair)
+        joins.append(JoinStage(tuple(parties[:j]), parties[j], pair, viewer))
+
+    new_cols: dict[str, list[LocalColumn]] = {s.party: list(s.columns) for s in plan.steps}
+    cross = [c for c in ctx.bound.conjuncts if len(parties_in(c, ctx.bound)) > 1]
+    expr = None
+    for conj in cross:
+        part = _rewrite(conj, ctx, new_cols)
+        expr = part if expr is None else exp.And(this=expr, expression=part)
+    steps = tuple(replace(s, columns=tuple(new_cols[s.party])) for s in plan.steps)
+    return replace(plan, mode="secure", compute=compute, joins=tuple(joins), steps=steps,
+                   cross=expr)
+
+
+def _rewrite(
+    node: exp.Expression, ctx: Context, cols: dict[str, list[LocalColumn]]
+) -> exp.Expression:
+    """The cross-party predicate over local columns (see the module docstring)."""
+    if isinstance(node, exp.Paren):
+        return _rewrite(node.this, ctx, cols)
+    owners = parties_in(node, ctx.bound)
+    if len(owners) == 1:
+        party = next(iter(owners))
+        name = _add(cols[party], "a", "atom",
+                    f"CASE WHEN {node.sql(dialect='duckdb')} THEN 1 ELSE 0 END", 0)
+        return exp.EQ(this=exp.column(name, table=party), expression=exp.Literal.number(1))
+    if isinstance(node, exp.And | exp.Or):
+        cls = type(node)
+        return cls(this=_rewrite(node.this, ctx, cols),
+                   expression=_rewrite(node.expression, ctx, cols))
+    if isinstance(node, exp.Not):
+        return exp.Not(this=_rewrite(node.this, ctx, cols))
+    if isinstance(node, exp.Between):
+        low = exp.GTE(this=node.this.copy(), expression=node.args["low"].copy())
+        high = exp.LTE(this=node.this.copy(), expression=node.args["high"].copy())
+        return _rewrite(exp.And(this=low, expression=high), ctx, cols)
+    if isinstance(node, _COMPARISONS):
+        diff = exp.Sub(this=node.this.copy(), expression=exp.Paren(this=node.expression.copy()))
+        decimals = ctx.decimals_of(node)
+        parts = split_linear(diff, ctx.party_of)
+        constant = parts.pop(None, None)
+        total: exp.Expression | None = None
+        for i, (party, part) in enumerate(parts.items()):
+            if i == 0 and constant is not None:
+                part = exp.Add(this=part, expression=constant)
+            name = _add(cols[party], "o", "operand", part.sql(dialect="duckdb"), decimals)
+            ref = exp.column(name, table=party)
+            total = ref if total is None else exp.Add(this=total, expression=ref)
+        return type(node)(this=total, expression=exp.Literal.number(0))
+    raise UnsupportedError(
+        f"{node.sql(dialect='duckdb')} across parties is not supported",
+        "compare arithmetic of value columns across parties with = <> < <= > >=",
+    )
+
+
+def _add(cols: list[LocalColumn], prefix: str, role: str, sql: str, decimals: int) -> str:
+    n = sum(1 for c in cols if c.name.startswith(prefix) and c.name[len(prefix):].isdigit())
+    name = f"{prefix}{n}"
+    cols.append(LocalColumn(name, role, sql, decimals=decimals))  # type: ignore[arg-type]
+    return name

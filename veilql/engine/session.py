@@ -1,0 +1,231 @@
+"""The analyst's session: compile, run the parties' nodes, reconstruct, post-process.
+
+With ``address = "local"`` every party's node runs in a thread of this process, each
+with its own connector, ledger and transport endpoint on an in-process network; the
+analyst is one more endpoint that receives only budget outcomes and output shares.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veilql.engine.dp import LargeEpsilonWarning
+from veilql.engine.ledger.ledger import Ledger
+from veilql.engine.node import ANALYST, PartyNode, QueryRequest, Refused, participants
+from veilql.engine.plan.nodes import Plan
+from veilql.engine.result import Result, build_result
+from veilql.engine.rewrite import compile_plan
+from veilql.engine.transport.inprocess import InProcessNetwork
+from veilql.errors import (
+    BudgetExceeded,
+    PartyUnavailable,
+    ProtocolError,
+    UsageError,
+    VeilError,
+)
+from veilql.policies.discovery import find_federation
+from veilql.policies.loader import load_federation
+from veilql.policies.model import Federation
+
+LARGE_EPSILON = 5.0
+BUDGET_HINT = "ask for a smaller epsilon/delta, or ask the party to raise your budget"
+
+
+class Session:
+    """A connection to a federation as one analyst (``veilql.connect``)."""
+
+    def __init__(self, federation: Federation | str | Path | None = None,
+                 analyst: str | None = None, *, timeout: float | None = None) -> None:
+        if not isinstance(federation, Federation):
+            federation = load_federation(find_federation(
+                None if federation is None else str(federation)))
+        self.federation = federation
+        self.analyst = analyst
+        self.timeout = timeout if timeout is not None else federation.timeout
+        self._nodes: dict[str, PartyNode] = {}
+        self._catalog: dict[str, dict[str, list[str]]] | None = None
+
+    # -- compile ---------------------------------------------------------------------------
+    def catalog(self) -> dict[str, dict[str, list[str]]]:
+        """Table and column names of every local party (public inside the federation)."""
+        if self._catalog is None:
+            self._catalog = {
+                p.name: {t: [c.name for c in cols]
+                         for t, cols in self._node(p.name).connector.catalog().items()}
+                for p in self.federation.parties if p.is_local
+            }
+        return self._catalog
+
+    def plan(self, sql: str, epsilon: float | None = None, delta: float | None = None,
+             mechanism: str = "auto") -> Plan:
+        """The plan of ``sql`` (spends nothing)."""
+        return compile_plan(sql, self.federation, epsilon=epsilon, delta=delta,
+                            mechanism=mechanism, catalog=self.catalog())
+
+    def explain(self, sql: str, epsilon: float | None = None, delta: float | None = None) -> str:
+        """``veil explain``: the plan as text (spends nothing)."""
+        return self.plan(sql, epsilon, delta).to_s()
+
+    # -- run -------------------------------------------------------------------------------
+    def sql(self, sql: str, epsilon: float | None = None, delta: float | None = None, *,
+            dry_run: bool = False, mechanism: str = "auto") -> Result:
+        """Run ``sql`` and return the released noisy answer (charged at every party read)."""
+        analyst = self._analyst()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LargeEpsilonWarning)
+            plan = self.plan(sql, epsilon, delta, mechanism)
+        if plan.epsilon > LARGE_EPSILON:
+            warnings.warn(
+                f"epsilon {plan.epsilon:g} is above {LARGE_EPSILON:g}: the privacy guarantee "
+                "of this single answer is weak", LargeEpsilonWarning, stacklevel=2)
+        if dry_run:
+            budget = self.budget(parties=plan.charged)
+            return Result([o.name for o in plan.outputs], [], {},
+                          {"epsilon": float(plan.epsilon), "delta": float(plan.delta)},
+                          budget, plan, dry_run=True)
+        remote = [p for p in participants(plan) if not self.federation.party(p).is_local]
+        if remote:
+            raise UsageError(
+                f"parties {', '.join(remote)} run on their own nodes, which this version "
+                "cannot reach yet", "use address = \"local\" for every party for now",
+            )
+        request = QueryRequest(uuid.uuid4().hex, sql, analyst, epsilon, delta, mechanism)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LargeEpsilonWarning)
+            return self._run(plan, request)
+
+    def _analyst(self) -> str:
+        if not self.analyst:
+            raise UsageError("no analyst given", "pass --analyst NAME or set VEIL_ANALYST")
+        if self.analyst not in self.federation.analysts:
+            known = ", ".join(sorted(self.federation.analysts)) or "none"
+            raise UsageError(
+                f"analyst {self.analyst!r} has no budget in {self.federation.path}",
+                f"known analysts: {known}",
+            )
+        return self.analyst
+
+    def _node(self, party: str) -> PartyNode:
+        if party not in self._nodes:
+            self._nodes[party] = PartyNode(self.federation, party)
+        return self._nodes[party]
+
+    def _run(self, plan: Plan, request: QueryRequest) -> Result:
+        who = participants(plan)
+        net = InProcessNetwork([*who, ANALYST], timeout=self.timeout)
+        errors: dict[str, BaseException] = {}
+
+        def run(party: str) -> None:
+            try:
+                self._node(party).serve(net.endpoint(party), request)
+            except Refused:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - reported to the analyst below
+                errors[party] = exc
+                net.mark_dead(party, _reason(exc))
+
+        threads = [threading.Thread(target=run, args=(p,), name=f"veil-{p}", daemon=True)
+                   for p in who]
+        for t in threads:
+            t.start()
+        me = net.endpoint(ANALYST)
+        try:
+            budget = self._collect_budget(me, plan, request.query_id)
+            noisy = self._receive(me, plan)
+        except VeilError as exc:
+            for t in threads:
+                t.join(self.timeout + 5)
+            raise _root_cause(errors) or exc from None
+        for t in threads:
+            t.join(self.timeout + 5)
+        root = _root_cause(errors)
+        if root is not None:
+            raise root
+        return build_result(plan, noisy, budget)
+
+    def _collect_budget(self, me: Any, plan: Plan, qid: str) -> dict[str, dict[str, float]]:
+        statuses = [json.loads(me.recv(p, f"{qid}/budget/{p}")) for p in plan.charged]
+        refused = [s["message"] for s in statuses if not s["ok"]]
+        if refused:
+            raise BudgetExceeded(
+                f"privacy budget of analyst {self.analyst!r} would be exceeded at "
+                + "; ".join(refused) + "; nothing was charged", BUDGET_HINT)
+        return {s["party"]: {"epsilon_remaining": s["epsilon_remaining"],
+                             "delta_remaining": s["delta_remaining"]} for s in statuses}
+
+    def _receive(self, me: Any, plan: Plan) -> np.ndarray:
+        if plan.mode == "local":
+            return np.asarray(me.recv_array(plan.parties[0], "release"), dtype=np.int64)
+        pairs = [me.recv_array(p, "release") for p in plan.compute]
+        for i in range(3):  # party i sends (x_i, x_{i+1}); both copies of x_{i+1} must agree
+            if not np.array_equal(pairs[i][1], pairs[(i + 1) % 3][0]):
+                raise ProtocolError(
+                    f"output shares of {plan.compute[i]} and {plan.compute[(i + 1) % 3]} "
+                    "disagree", "a party is faulty; nothing was released")
+        total = pairs[0][0] + pairs[1][0] + pairs[2][0]
+        return total.astype(np.uint64).view(np.int64)
+
+    # -- budgets ------------------------------------------------------------------------------
+    def budget(self, parties: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+        """Spent and remaining (epsilon, delta) of this analyst at each party's ledger."""
+        analyst = self.federation.analysts[self._analyst()]
+        out = {}
+        for name in parties or self.federation.party_names:
+            ledger = self.ledger(name)
+            spent = ledger.spent(analyst.name) if ledger else (0, 0)
+            remaining = ledger.remaining(analyst) if ledger else (analyst.epsilon, analyst.delta)
+            out[name] = {"epsilon_spent": float(spent[0]), "delta_spent": float(spent[1]),
+                         "epsilon_remaining": float(remaining[0]),
+                         "delta_remaining": float(remaining[1])}
+        return out
+
+    def ledger(self, party: str) -> Ledger | None:
+        """The ledger of local ``party``, or None when it has charged nothing yet."""
+        node = self._node(party)
+        path = node.state_dir() / f"{party}.jsonl"
+        return Ledger(path, party) if path.exists() else None
+
+    def close(self) -> None:
+        """Close every local node's connector."""
+        for node in self._nodes.values():
+            node.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(federation: str | Path | None = None, analyst: str | None = None,
+            **kwargs: Any) -> Session:
+    """Open a session on a federation file (default: discovery as in CONTRACT.md)."""
+    import os
+
+    return Session(federation, analyst or os.environ.get("VEIL_ANALYST"), **kwargs)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"it failed: {exc}" if str(exc) else f"it failed: {type(exc).__name__}"
+
+
+def _root_cause(errors: dict[str, BaseException]) -> BaseException | None:
+    """The error that started a failure: not the PartyUnavailable it caused elsewhere."""
+    if not errors:
+        return None
+    for exc in errors.values():
+        if not isinstance(exc, PartyUnavailable):
+            if isinstance(exc, VeilError):
+                return exc
+            wrapped = ProtocolError(f"internal error at a party: {type(exc).__name__}: {exc}",
+                                    "this is a bug; please report it with the query")
+            wrapped.__cause__ = exc
+            return wrapped
+    return next(iter(errors.values()))

@@ -1,0 +1,168 @@
+"""``veil query``, ``veil explain``, ``veil budget`` and ``veil ledger verify``.
+
+Stdout carries the answer only; warnings, the cost footer of the table format and
+errors go to stderr. A refused or failed query charges nothing (see the ledger).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any
+
+import click
+
+from veilql.engine.dp import LargeEpsilonWarning
+from veilql.engine.ledger.multi import verify_all
+from veilql.engine.result import Result
+from veilql.engine.session import Session
+from veilql.errors import ExitCode, UsageError
+from veilql.ui.clicommon import emit, federation_option, format_option, load
+from veilql.ui.formats import render
+
+
+def analyst_option(func: Any) -> Any:
+    """``--analyst NAME`` (default ``$VEIL_ANALYST``)."""
+    return click.option("--analyst", default=None, metavar="NAME",
+                        help="Analyst whose budget pays (default: $VEIL_ANALYST).")(func)
+
+
+def cost_options(func: Any) -> Any:
+    """``--epsilon`` and ``--delta``: the cost when the SQL has no OPTIONS clause."""
+    func = click.option("--delta", type=float, default=None,
+                        help="Delta when the SQL has no OPTIONS (default: federation's).")(func)
+    return click.option("--epsilon", type=float, default=None,
+                        help="Epsilon when the SQL has no OPTIONS (default: federation's).")(func)
+
+
+def read_sql(sql: str) -> str:
+    """The SQL argument, or standard input for ``-``."""
+    text = sys.stdin.read() if sql == "-" else sql
+    if not text.strip():
+        raise UsageError("no SQL given", "pass the query as an argument, or - to read stdin")
+    return text
+
+
+def open_session(federation: str | None, analyst: str | None) -> Session:
+    """A session on the discovered federation as the named analyst."""
+    return Session(load(federation), analyst or os.environ.get("VEIL_ANALYST"))
+
+
+def cell(value: Any, half: Any) -> str:
+    """``1203 ± 3`` for the table format."""
+    if value is None:
+        return "NULL"
+    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    return text if half is None else f"{text} ± {half:g}"
+
+
+def format_result(result: Result, fmt: str) -> str:
+    """The answer in ``fmt``; json keeps accuracy, privacy and budget beside the rows."""
+    if fmt == "json":
+        meta = {k: v for k, v in result.to_dict().items() if k not in ("columns", "rows")}
+        return render(result.columns, result.rows, "json", meta=meta)
+    if fmt != "table":
+        return render(result.columns, result.rows, fmt)
+    rows = []
+    for r, row in enumerate(result.rows):
+        out = []
+        for name, value in zip(result.columns, row, strict=True):
+            acc = result.accuracy.get(name)
+            half = None
+            if acc is not None:
+                half = acc["ci95_rows"][r] if "ci95_rows" in acc else acc.get("ci95")
+            out.append(cell(value, half) if acc is not None else value)
+        rows.append(out)
+    return render(result.columns, rows, "table")
+
+
+def footer(result: Result) -> str:
+    """One stderr line: the cost and what is left at each party."""
+    cost = f"epsilon {result.privacy['epsilon']:g}, delta {result.privacy['delta']:g}"
+    left = ", ".join(f"{p} {b['epsilon_remaining']:g}" for p, b in result.budget.items())
+    verb = "would spend" if result.dry_run else "spent"
+    return f"{verb} {cost}; epsilon remaining: {left} (± is a 95% interval of the noise)"
+
+
+@click.command("query")
+@federation_option
+@analyst_option
+@cost_options
+@format_option(("table", "json", "jsonl", "csv"))
+@click.option("--dry-run", is_flag=True, help="Show the cost and remaining budget; spend nothing.")
+@click.argument("sql")
+def query(federation: str | None, analyst: str | None, epsilon: float | None,
+          delta: float | None, fmt: str, dry_run: bool, sql: str) -> None:
+    """Run SQL across the parties and print the noisy answer (charged to your budget)."""
+    text = read_sql(sql)
+    session = open_session(federation, analyst)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", LargeEpsilonWarning)
+            try:
+                result = session.sql(text, epsilon, delta, dry_run=dry_run)
+            finally:
+                for w in caught:
+                    click.echo(f"veil: warning: {w.message}", err=True)
+    finally:
+        session.close()
+    if dry_run and fmt == "table":
+        click.echo(footer(result), err=True)
+        return
+    emit(format_result(result, fmt))
+    if fmt == "table":
+        click.echo(footer(result), err=True)
+
+
+@click.command("explain")
+@federation_option
+@cost_options
+@click.argument("sql")
+def explain(federation: str | None, epsilon: float | None, delta: float | None,
+            sql: str) -> None:
+    """Show the plan: each party's local SQL, the secure steps, what is revealed, the cost."""
+    session = open_session(federation, None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LargeEpsilonWarning)
+            emit(session.explain(read_sql(sql), epsilon, delta))
+    finally:
+        session.close()
+
+
+@click.command("budget")
+@federation_option
+@analyst_option
+@format_option()
+def budget(federation: str | None, analyst: str | None, fmt: str) -> None:
+    """Spent and remaining privacy budget of the analyst at every party."""
+    session = open_session(federation, analyst)
+    rows = [[party, b["epsilon_spent"], b["epsilon_remaining"], b["delta_spent"],
+             b["delta_remaining"]] for party, b in session.budget().items()]
+    cols = ["party", "epsilon_spent", "epsilon_remaining", "delta_spent", "delta_remaining"]
+    emit(render(cols, rows, fmt))
+
+
+@click.group("ledger")
+def ledger() -> None:
+    """Inspect the parties' privacy-budget ledgers."""
+
+
+@ledger.command("verify")
+@federation_option
+@format_option()
+def verify(federation: str | None, fmt: str) -> None:
+    """Check every local party's ledger hash chain; exit 3 when any fails."""
+    session = Session(load(federation))
+    ledgers = {}
+    for p in session.federation.parties:
+        found = session.ledger(p.name)
+        if found is not None:
+            ledgers[p.name] = found
+    results = verify_all(ledgers) if ledgers else {}
+    rows = [[party, "ok" if r.ok else "FAILED", r.entries, "" if r.ok else str(r)]
+            for party, r in results.items()]
+    emit(render(["party", "status", "entries", "problem"], rows, fmt))
+    if any(not r.ok for r in results.values()):
+        raise click.exceptions.Exit(int(ExitCode.UNAVAILABLE))
