@@ -14,6 +14,7 @@ import pytest
 from oracle import HUGE_EPSILON, oracle_federation, plain, same, union_connection
 
 import veilql
+import veilql.errors
 from veilql.engine.dp import LargeEpsilonWarning
 
 DEMO = Path(__file__).resolve().parent.parent / "sample_data" / "demo"
@@ -97,3 +98,39 @@ def test_secure_answer_equals_plain_duckdb(oracle, sql: str) -> None:
         assert got is not None, f"missing group {want}"
         for g, w in zip(got, want, strict=True):
             assert same(g, w, tol=0.011), (got, want)
+
+
+PRIVATE_GROUPS = [
+    ("SELECT branch, COUNT(*) AS n, AVG(income) AS inc FROM bank.customers GROUP BY branch",
+     "SELECT branch, COUNT(*) AS n, AVG(income) AS inc FROM bank.customers GROUP BY branch "
+     "HAVING COUNT(DISTINCT customer_id) >= 2"),
+    ("SELECT c.branch, p.product, COUNT(*) AS n FROM bank.customers c "
+     "JOIN insurer.policies p ON c.customer_id = p.customer_id WHERE p.open_claim = 1 "
+     "GROUP BY c.branch, p.product",
+     "SELECT c.branch, p.product, COUNT(*) AS n FROM bank.customers c "
+     "JOIN insurer.policies p ON c.customer_id = p.customer_id WHERE p.open_claim = 1 "
+     "GROUP BY c.branch, p.product HAVING COUNT(DISTINCT c.customer_id) >= 2"),
+]
+
+
+@pytest.mark.parametrize("sql,reference", PRIVATE_GROUPS, ids=["local", "secure"])
+def test_private_group_keys_pass_a_noisy_threshold(oracle, sql: str, reference: str) -> None:
+    """Keys without a public domain: at a huge epsilon exactly the groups of two or more
+    people are released (the smallest threshold that a single person fails)."""
+    session, con = oracle
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LargeEpsilonWarning)
+        result = session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6)
+    assert result.plan.threshold == 1
+    expected = {tuple(str(v) for v in row[:-1]): row[-1] for row in plain(con, reference)}
+    got = {tuple(str(v) for v in row[:-1]): row[-1] for row in result.rows}
+    assert got.keys() == expected.keys() and len(got) > 3
+    for key, value in expected.items():
+        assert same(got[key], value, tol=0.011)
+
+
+def test_private_group_keys_need_delta(oracle) -> None:
+    session, _ = oracle
+    with pytest.raises(veilql.errors.QueryError, match="needs delta > 0"):
+        session.sql("SELECT branch, COUNT(*) FROM bank.customers GROUP BY branch",
+                    epsilon=1.0, delta=0)

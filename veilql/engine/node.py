@@ -41,8 +41,9 @@ from veilql.engine.operators.join import SharedTable, join_stage
 from veilql.engine.operators.local import PartyRows, fetch
 from veilql.engine.operators.predicate import evaluate
 from veilql.engine.operators.tags import new_key, tags
-from veilql.engine.plan.nodes import Plan
+from veilql.engine.plan.nodes import GroupKey, Plan
 from veilql.engine.rewrite import compile_plan
+from veilql.engine.rewrite.push_local import SELECTION
 from veilql.engine.transport.base import Transport
 from veilql.errors import ProtocolError, UsageError
 from veilql.policies.model import Federation
@@ -110,7 +111,8 @@ class PartyNode:
         self.party = p
         self._connector: Connector | None = None
         self._ledger: Ledger | None = None
-        self._join_cache: dict[str, SharedTable] = {}
+        self._join_cache: dict[str, tuple[SharedTable, PartyRows | None]] = {}
+        self._last_rows: PartyRows | None = None
 
     # -- resources ---------------------------------------------------------------------
     @property
@@ -255,6 +257,10 @@ class PartyNode:
         rows = fetch(plan.steps[0], self.connector, self.seed())
         values = aggregate_plain(plan, {self.party.name: rows})
         noisy = values + noise_vector(plan, 0, values.shape[1])
+        if plan.threshold is not None:
+            cells = np.flatnonzero(noisy[_selection_index(plan)] > plan.threshold)
+            noisy = noisy[:, cells]
+            transport.send(ANALYST, "cells", json.dumps(cell_info(plan, rows, cells)).encode())
         transport.send_array(ANALYST, "release", noisy)
 
     # -- secure mode -------------------------------------------------------------------
@@ -268,7 +274,7 @@ class PartyNode:
         rt = Runtime(transport, plan.compute, timeout=self.federation.timeout)
         rt.setup()
         if _agree_cached(rt, plan, qid, join_key in self._join_cache):
-            joined = self._join_cache[join_key]
+            joined, self._last_rows = self._join_cache[join_key]
         else:
             columns = self._local_columns(transport, plan, qid) if me in plan.parties else None
             tables = {p: _receive_table(rt, plan, p, columns if p == me else None, qid)
@@ -281,14 +287,28 @@ class PartyNode:
                 right = SharedTable(right.n, {**right.cols, left_tag: right.cols.pop(right_tag)})
                 joined = join_stage(rt, stage, joined, right, left_tag)
                 joined.cols.pop(left_tag, None)
+            if me not in plan.parties:
+                self._last_rows = None
             self._remember(join_key, joined)
         result = secure_aggregate(rt, plan, joined)
         total = _add_noise(rt, plan, result)
+        if plan.threshold is not None:
+            # Only cells whose noisy unit count passes the threshold are released; the
+            # compute parties learn which (the released key set), nothing else.
+            passed = rt.gt(total[_selection_index(plan)], plan.threshold)
+            cells = np.flatnonzero(np.asarray(rt.open(passed)) & 1)
+            total = total[:, cells]
+            owner = next(g.party for g in plan.groups if g.private)
+            if me == owner:
+                assert self._last_rows is not None
+                info = cell_info(plan, self._last_rows, cells)
+                transport.send(ANALYST, "cells", json.dumps(info).encode())
         transport.send_array(ANALYST, "release", np.stack([total.a, total.b]))
 
     def _remember(self, key: str, joined: SharedTable) -> None:
-        """Keep the joined shares for reuse (a few entries; shares are never mutated)."""
-        self._join_cache[key] = joined
+        """Keep the joined shares for reuse (a few entries; shares are never mutated),
+        with this party's private group keys, which index into them."""
+        self._join_cache[key] = (joined, self._last_rows)
         while len(self._join_cache) > JOIN_CACHE_ENTRIES:
             self._join_cache.pop(next(iter(self._join_cache)))
 
@@ -297,6 +317,7 @@ class PartyNode:
         me = self.party.name
         step = plan.step(me)
         rows = fetch(step, self.connector, self.seed())
+        self._last_rows = rows  # private group keys stay here until the release
         out: dict[str, np.ndarray] = {}
         for j, stage in enumerate(plan.joins):
             if me not in stage.key_parties:
@@ -331,6 +352,41 @@ def aggregate_plain(plan: Plan, rows: dict[str, PartyRows]) -> np.ndarray:
     for i, agg in enumerate(owner):
         out[agg] += per_chain[i]
     return out
+
+
+def _selection_index(plan: Plan) -> int:
+    return next(i for i, a in enumerate(plan.aggregates) if a.name == SELECTION)
+
+
+def ordered_groups(plan: Plan) -> list[GroupKey]:
+    """Group keys in the order of the cell axes: by party, then GROUP BY order."""
+    return [g for p in plan.parties for g in plan.groups if g.party == p]
+
+
+def cell_info(plan: Plan, rows: PartyRows, cells: np.ndarray) -> dict:
+    """At the owner of private group keys: the released cells and only their keys."""
+    ordered = ordered_groups(plan)
+    sizes = [fac.group_size(g, rows if g.private else None) for g in ordered]
+    labels: dict[str, dict[str, str | None]] = {}
+    for cell in cells.tolist():
+        for g, i in zip(ordered, decompose(cell, sizes), strict=True):
+            if g.private:
+                labels.setdefault(g.output, {})[str(i)] = rows.labels[g.column][i]
+    return {"cells": cells.tolist(), "labels": labels,
+            "sizes": {g.output: s for g, s in zip(ordered, sizes, strict=True) if g.private}}
+
+
+def decompose(cell: int, sizes: list[int]) -> list[int]:
+    """Mixed-radix digits of a cell index (last group varies fastest).
+
+    >>> decompose(7, [2, 4])
+    [1, 3]
+    """
+    digits = []
+    for size in reversed(sizes):
+        digits.append(cell % size)
+        cell //= size
+    return digits[::-1]
 
 
 def noise_vector(plan: Plan, party_index: int, cells: int) -> np.ndarray:

@@ -51,20 +51,39 @@ class Result:
         return f"Result(columns={self.columns}, rows={len(self.rows)})"
 
 
-def cell_values(plan: Plan) -> list[dict[str, Any]]:
-    """For each cell index (party order), the value of every group output."""
+def cell_values(plan: Plan, info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """For each released cell (party order), the value of every group output.
+
+    ``info`` comes from the owner of private group keys: the released cells and their keys.
+    """
     ordered: list[GroupKey] = [g for p in plan.parties for g in plan.groups if g.party == p]
     if not ordered:
         return [{}]
-    return [
-        {g.output: v for g, v in zip(ordered, combo, strict=True)}
-        for combo in itertools.product(*(g.domain for g in ordered))
-    ]
+    if info is None:
+        return [
+            {g.output: v for g, v in zip(ordered, combo, strict=True)}
+            for combo in itertools.product(*(g.domain for g in ordered))  # type: ignore[misc]
+        ]
+    sizes = [len(g.domain) if g.domain is not None else info["sizes"][g.output]
+             for g in ordered]
+    out = []
+    for cell in info["cells"]:
+        digits = []
+        for size in reversed(sizes):
+            digits.append(cell % size)
+            cell //= size
+        digits.reverse()
+        out.append({
+            g.output: g.domain[i] if g.domain is not None else info["labels"][g.output][str(i)]
+            for g, i in zip(ordered, digits, strict=True)
+        })
+    return out
 
 
-def build_result(plan: Plan, noisy: np.ndarray, budget: dict[str, dict[str, float]]) -> Result:
+def build_result(plan: Plan, noisy: np.ndarray, budget: dict[str, dict[str, float]],
+                 info: dict[str, Any] | None = None) -> Result:
     """Rows, accuracy and post-processing from the released noisy array (aggs, cells)."""
-    cells = cell_values(plan)
+    cells = cell_values(plan, info)
     scaled = {}
     for i, agg in enumerate(plan.aggregates):
         values = noisy[i].astype(np.int64)

@@ -138,6 +138,10 @@ class Session:
         me = net.endpoint(ANALYST)
         try:
             budget = self._collect_budget(me, plan, request.query_id)
+            info = None
+            if plan.threshold is not None:
+                owner = next(g.party for g in plan.groups if g.private)
+                info = json.loads(me.recv(owner, "cells"))
             noisy = self._receive(me, plan)
         except VeilError as exc:
             for t in threads:
@@ -148,7 +152,7 @@ class Session:
         root = _root_cause(errors)
         if root is not None:
             raise root
-        return build_result(plan, noisy, budget)
+        return build_result(plan, noisy, budget, info)
 
     def _collect_budget(self, me: Any, plan: Plan, qid: str) -> dict[str, dict[str, float]]:
         statuses = [json.loads(me.recv(p, f"{qid}/budget/{p}")) for p in plan.charged]

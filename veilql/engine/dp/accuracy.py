@@ -67,6 +67,18 @@ def dlap_sum_log_tail(t: float, adders: int, a: int) -> float:
     raise NotImplementedError("closed-form tail only for one or two discrete Laplace adders")
 
 
+def dlap_sum_upper(t: float, adders: int, alpha: float) -> int:
+    """Smallest integer a >= 1 with P(Z >= a) <= alpha, for Z the sum of ``adders`` DLap(t).
+
+    Used for noisy thresholds (partition selection). By symmetry P(Z >= a) is half of
+    P(|Z| >= a).
+
+    >>> dlap_sum_upper(1.0, 1, 1e-6)
+    14
+    """
+    return _smallest_h(lambda a: dlap_sum_log_tail(t, adders, a), 2 * alpha, 64) + 1
+
+
 @lru_cache(maxsize=256)
 def _dgauss_sum_pmf(s: float, m: int) -> np.ndarray:
     """Exact pmf (centred, index i <-> value i - len//2) of the sum of m iid N_Z(0, s^2)."""

@@ -23,11 +23,20 @@ def party_cells(groups: tuple[GroupKey, ...], party: str) -> tuple[GroupKey, ...
     return tuple(g for g in groups if g.party == party)
 
 
-def cell_count(groups: tuple[GroupKey, ...]) -> int:
+def group_size(g: GroupKey, rows: PartyRows | None = None) -> int:
+    """Size of a group's domain: public, or the owner's private list of keys."""
+    if g.domain is not None:
+        return len(g.domain)
+    if rows is None or g.column not in rows.labels:
+        raise ValueError(f"the keys of {g.output} are private to {g.party}")
+    return len(rows.labels[g.column])
+
+
+def cell_count(groups: tuple[GroupKey, ...], rows: PartyRows | None = None) -> int:
     """Number of cells spanned by ``groups`` (1 when there are none)."""
     n = 1
     for g in groups:
-        n *= len(g.domain)
+        n *= group_size(g, rows)
     return n
 
 
@@ -44,7 +53,7 @@ def cell_index(rows: PartyRows, groups: tuple[GroupKey, ...]) -> np.ndarray:
     for g in groups:
         col = rows.cols[g.column]
         outside |= col < 0
-        idx = idx * len(g.domain) + np.maximum(col, 0)
+        idx = idx * group_size(g, rows) + np.maximum(col, 0)
     idx[outside] = -1
     return idx
 
@@ -68,7 +77,7 @@ def build_factors(
     passes one aggregate per term (see ``expand_terms``).
     """
     groups = party_cells(plan.groups, party)
-    ncell = cell_count(groups)
+    ncell = cell_count(groups, rows)
     cells = cell_index(rows, groups)
     w = rows.cols["w"] * rows.present
     onehot = (cells[..., None] == np.arange(ncell)).astype(np.int64)  # (n, S, C)

@@ -9,7 +9,7 @@ per unit and a cross-party join matches units one to one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +25,7 @@ class PartyRows:
     keys: np.ndarray
     cols: dict[str, np.ndarray]
     present: np.ndarray  # (units, slots) bool
+    labels: dict[str, list[str | None]] = field(default_factory=dict)  # private group keys
 
     @property
     def units(self) -> int:
@@ -37,7 +38,28 @@ def fetch(step: LocalStep, connector: Connector, seed: str) -> PartyRows:
     if not all(ch in "0123456789abcdef" for ch in seed):
         raise ProtocolError("a party's bounding seed must be hexadecimal")
     data = connector.run_numpy(step.sql.replace(SEED_PLACEHOLDER, seed))
-    return pivot(data, [c.name for c in step.columns], step.slots)
+    labels = {}
+    for col in step.columns:
+        if col.role == "label":  # private group keys: index them; the labels stay here
+            data[col.name], labels[col.name] = index_labels(data[col.name])
+    rows = pivot(data, [c.name for c in step.columns], step.slots)
+    rows.labels = labels
+    return rows
+
+
+def index_labels(values: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    """Each value's index in the sorted list of distinct values (NULL last), and the list.
+
+    >>> index_labels(np.array(["b", None, "a", "b"], dtype=object))
+    (array([1, 2, 0, 1]), ['a', 'b', None])
+    """
+    distinct = sorted({v for v in values if v is not None})
+    labels: list[str | None] = [str(v) for v in distinct]
+    if any(v is None for v in values):
+        labels.append(None)
+    where = {v: i for i, v in enumerate(labels)}
+    return np.array([where[None if v is None else str(v)] for v in values],
+                    dtype=np.int64), labels
 
 
 def pivot(data: dict[str, np.ndarray], names: list[str], slots: int) -> PartyRows:

@@ -17,7 +17,7 @@ from typing import Literal
 
 from sqlglot import exp
 
-LocalRole = Literal["weight", "group", "value", "nn", "atom", "operand"]
+LocalRole = Literal["weight", "group", "label", "value", "nn", "atom", "operand"]
 AggKind = Literal["count", "count_distinct", "sum", "avg"]
 SEED_PLACEHOLDER = "$seed"  # replaced by the party's own secret seed when it runs the SQL
 
@@ -119,12 +119,21 @@ class JoinStage:
 
 @dataclass(frozen=True)
 class GroupKey:
-    """A GROUP BY column with a public domain, held by ``party`` as local column ``column``."""
+    """A GROUP BY column held by ``party`` as local column ``column``.
+
+    ``domain`` is the public domain; None for a column without one, whose keys are
+    chosen privately (partition selection with a noisy threshold, ``Plan.threshold``).
+    """
 
     output: str
     party: str
     column: str
-    domain: tuple[str | int | float | bool, ...]
+    domain: tuple[str | int | float | bool, ...] | None
+
+    @property
+    def private(self) -> bool:
+        """True when the keys are not public and must pass the noisy threshold."""
+        return self.domain is None
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,7 @@ class Plan:
     epsilon: float = 1.0
     delta: float = 0.0
     charged: tuple[str, ...] = ()
+    threshold: int | None = None  # partition selection: release cells whose noisy count exceeds it
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def step(self, party: str) -> LocalStep:
@@ -241,9 +251,18 @@ class Plan:
                 n += 1
                 out.append(f"{n}. secure predicate on shares: {self.cross.sql()}")
             n += 1
-            cells = " x ".join(f"{g.output}{list(g.domain)}" for g in self.groups) or "one cell"
+            cells = " x ".join(
+                f"{g.output}{list(g.domain) if g.domain is not None else '[private keys]'}"
+                for g in self.groups) or "one cell"
             out.append(f"{n}. secure aggregates over {cells}:")
         out += [f"   {a.to_s()}" for a in self.aggregates]
+        if self.threshold is not None:
+            n += 1
+            out.append(
+                f"{n}. partition selection: a cell (private group key) is released only when "
+                f"its noisy __selection count exceeds {self.threshold}; the compute parties "
+                "learn which cells pass, the key owner sends only those keys to the analyst"
+            )
         n += 1
         who = "the compute parties each add" if self.mode == "secure" else "the party adds"
         out.append(

@@ -22,23 +22,43 @@ from dataclasses import replace
 from fractions import Fraction
 
 from veilql.engine.dp import calibrate, split_budget
+from veilql.engine.dp.accuracy import dlap_sum_upper
 from veilql.engine.plan.nodes import AggregateSpec, Plan
 from veilql.engine.rewrite.context import Context
+from veilql.engine.rewrite.push_local import SELECTION
+from veilql.errors import QueryError
 
 
 def attach_noise(plan: Plan, ctx: Context) -> Plan:
-    """Set sensitivities and noise plans; set the cost and the parties charged."""
+    """Set sensitivities and noise plans; the partition threshold; the cost and who pays."""
     rows = 1
     for step in plan.steps:
         rows *= step.slots
+    private = any(g.private for g in plan.groups)
     cells = 1
     for g in plan.groups:
-        cells *= len(g.domain)
-    shares = split_budget(ctx.epsilon, ctx.delta, len(plan.aggregates))
+        cells *= len(g.domain) if g.domain is not None else rows
+    delta_values = ctx.delta
+    if private:
+        if ctx.delta <= 0:
+            raise QueryError(
+                "GROUP BY a column without a public domain needs delta > 0: which keys appear "
+                "is released through a noisy threshold, which fails with a small probability",
+                "set delta (e.g. OPTIONS (epsilon = 1, delta = 1e-6) or --delta 1e-6), or "
+                "declare the column's values in its party's policy",
+            )
+        delta_values = Fraction(repr(float(ctx.delta))) / 2
+    shares = split_budget(ctx.epsilon, delta_values, len(plan.aggregates))
     aggregates = []
+    threshold = None
+    adders = 1 if plan.mode == "local" else 2
     for agg, (eps, delta) in zip(plan.aggregates, shares, strict=True):
         l1, l2 = _sensitivity(agg, rows, cells)
-        noise = calibrate(l1, l2, eps, delta, ctx.mechanism)
+        if agg.name == SELECTION:
+            noise = calibrate(l1, l2, eps, 0, "laplace")
+            threshold = selection_threshold(noise.scale, adders, l1, ctx.delta / 2)
+        else:
+            noise = calibrate(l1, l2, eps, delta, ctx.mechanism)
         if plan.mode == "local":
             # One party sees its own rows anyway: it alone adds the full noise.
             noise = replace(noise, adders=(0,), party_scale=noise.scale)
@@ -46,8 +66,24 @@ def attach_noise(plan: Plan, ctx: Context) -> Plan:
     # Charge what the mechanisms spend: a Laplace plan spends no delta even when allowed one.
     epsilon = float(sum((a.noise.epsilon for a in aggregates), Fraction(0)))  # type: ignore[union-attr]
     delta = float(sum((a.noise.delta for a in aggregates), Fraction(0)))  # type: ignore[union-attr]
+    if private:
+        delta += float(ctx.delta) / 2
     return replace(plan, aggregates=tuple(aggregates), epsilon=epsilon, delta=delta,
-                   charged=ctx.bound.parties)
+                   charged=ctx.bound.parties, threshold=threshold)
+
+
+def selection_threshold(t: float, adders: int, reach: int, delta: float) -> int:
+    """Release a cell when its noisy unit count exceeds this.
+
+    A cell that exists only because of one person has true count 1; with the released
+    noise Z (the sum of ``adders`` discrete Laplaces of scale t) it passes with
+    probability P(Z >= threshold). A person reaches at most ``reach`` cells, so each may
+    fail with at most delta / reach (union bound).
+
+    >>> selection_threshold(1.0, 1, 1, 1e-6)
+    14
+    """
+    return dlap_sum_upper(t, adders, float(delta) / reach)
 
 
 def _sensitivity(agg: AggregateSpec, rows: int, cells: int) -> tuple[int, float]:

@@ -48,6 +48,13 @@ def place_secure(plan: Plan, ctx: Context) -> Plan:
             f"{len(compute)}",
             "add a helper party to federation.toml",
         )
+    for g in plan.groups:
+        if g.private and g.party not in compute:
+            raise UnsupportedError(
+                f"GROUP BY {g.output}: {g.party} is not a compute party, and keys without a "
+                "public domain can only be selected at a compute party for now",
+                f"declare values = [...] for {g.output} in policies/{g.party}.toml",
+            )
     joins = []
     for j in range(1, len(parties)):
         pair = (parties[j - 1], parties[j])

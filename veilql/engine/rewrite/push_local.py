@@ -35,6 +35,8 @@ from veilql.engine.rewrite.linear import split_linear
 from veilql.engine.sql.bound import Output, parties_in
 from veilql.errors import UnsupportedError
 
+SELECTION = "__selection"  # internal aggregate of partition selection
+
 
 def push_local(plan: Plan, ctx: Context) -> Plan:
     """Build each party's local step, the group keys, the aggregates and the outputs."""
@@ -47,13 +49,22 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
         columns[party].append(LocalColumn("w", "weight", sql))
 
     groups = []
+    private = [c for c in bound.group_by if c.policy.values is None]
+    if len(private) > 1:
+        raise UnsupportedError(
+            "GROUP BY " + ", ".join(f"{c.alias}.{c.column}" for c in private) + ": only one "
+            "column without a public domain per query is supported",
+            "declare values = [...] for all but one of them in the parties' policies",
+        )
+    for col in private:
+        name = _next_name(columns[col.party], "k")
+        columns[col.party].append(
+            LocalColumn(name, "label", f"CAST({col.expr().sql(dialect='duckdb')} AS VARCHAR)"))
     for col in bound.group_by:
         if col.policy.values is None:
-            raise UnsupportedError(
-                f"GROUP BY {col.alias}.{col.column}: the column has no public domain, and "
-                "private partition selection is not supported yet",
-                f"declare values = [...] for {col.column} in policies/{col.party}.toml",
-            )
+            label = next(c.name for c in columns[col.party] if c.role == "label")
+            groups.append(GroupKey(col.column, col.party, label, None))
+            continue
         name = _next_name(columns[col.party], "g")
         cases = " ".join(
             f"WHEN {col.expr().sql(dialect='duckdb')} = {_literal(v)} THEN {i}"
@@ -84,6 +95,9 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
                 aggregates.append(den)
                 names += (den.name,)
             outputs.append(OutputSpec(out.name, out.kind, names))
+
+    if private:  # the unit count per cell that decides which private keys are released
+        aggregates.append(AggregateSpec(SELECTION, "", "count_distinct", (Term(None, None),)))
 
     steps = []
     for party in bound.parties:
