@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -25,7 +26,6 @@ from veilql.engine.rewrite import compile_plan
 from veilql.engine.transport.inprocess import InProcessNetwork
 from veilql.errors import (
     BudgetExceeded,
-    PartyUnavailable,
     ProtocolError,
     UsageError,
     VeilError,
@@ -120,7 +120,7 @@ class Session:
     def _run(self, plan: Plan, request: QueryRequest) -> Result:
         who = participants(plan)
         net = InProcessNetwork([*who, ANALYST], timeout=self.timeout)
-        errors: dict[str, BaseException] = {}
+        errors: dict[str, tuple[float, BaseException]] = {}
 
         def run(party: str) -> None:
             try:
@@ -128,7 +128,7 @@ class Session:
             except Refused:
                 pass
             except BaseException as exc:  # noqa: BLE001 - reported to the analyst below
-                errors[party] = exc
+                errors[party] = (time.monotonic(), exc)
                 net.mark_dead(party, _reason(exc))
 
         threads = [threading.Thread(target=run, args=(p,), name=f"veil-{p}", daemon=True)
@@ -220,16 +220,14 @@ def _reason(exc: BaseException) -> str:
     return f"it failed: {exc}" if str(exc) else f"it failed: {type(exc).__name__}"
 
 
-def _root_cause(errors: dict[str, BaseException]) -> BaseException | None:
-    """The error that started a failure: not the PartyUnavailable it caused elsewhere."""
+def _root_cause(errors: dict[str, tuple[float, BaseException]]) -> BaseException | None:
+    """The error that started a failure: the earliest one (the others follow from it)."""
     if not errors:
         return None
-    for exc in errors.values():
-        if not isinstance(exc, PartyUnavailable):
-            if isinstance(exc, VeilError):
-                return exc
-            wrapped = ProtocolError(f"internal error at a party: {type(exc).__name__}: {exc}",
-                                    "this is a bug; please report it with the query")
-            wrapped.__cause__ = exc
-            return wrapped
-    return next(iter(errors.values()))
+    party, (_, exc) = min(errors.items(), key=lambda item: item[1][0])
+    if isinstance(exc, VeilError):
+        return exc
+    wrapped = ProtocolError(f"internal error at {party}: {type(exc).__name__}: {exc}",
+                            "this is a bug; please report it with the query")
+    wrapped.__cause__ = exc
+    return wrapped
