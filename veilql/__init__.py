@@ -25,4 +25,18 @@ def connect(federation: Any = None, analyst: str | None = None, **kwargs: Any) -
     return _connect(federation, analyst, **kwargs)
 
 
-__all__ = ["__version__", "connect"]
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext veilql``: register the ``%veil`` magic (IPython is imported only here)."""
+    from veilql.ui.magic import load_ipython_extension as _load
+
+    _load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext veilql``: close the magic's session."""
+    from veilql.ui.magic import unload_ipython_extension as _unload
+
+    _unload(ipython)
+
+
+__all__ = ["__version__", "connect", "load_ipython_extension", "unload_ipython_extension"]
