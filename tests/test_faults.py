@@ -73,10 +73,10 @@ def test_a_failing_party_is_named_and_reservations_are_aborted(fed: Path, monkey
 
 
 def test_unavailable_party_error_names_it(fed: Path, monkeypatch) -> None:
-    def vanish(self, transport, request):
+    def vanish(self, transport, request, progress=None):
         if self.party.name == "payments":
             raise PartyUnavailable("payments", "party 'payments' is unavailable: crashed")
-        return real(self, transport, request)
+        return real(self, transport, request, progress)
 
     real = node_module.PartyNode.serve
     monkeypatch.setattr(node_module.PartyNode, "serve", vanish)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import click
 
 from veilql import __version__
-from veilql.ui import catalog, demo, query
+from veilql.ui import catalog, demo, query, shell
 from veilql.ui.clicommon import VeilGroup
+from veilql.ui.report.command import report
 
 #: Every ``veil`` subcommand; add new commands (query, explain, budget, ...) here.
 COMMANDS: tuple[click.Command, ...] = (
@@ -23,6 +24,8 @@ COMMANDS: tuple[click.Command, ...] = (
     query.explain,
     query.budget,
     query.ledger,
+    shell.shell,
+    report,
 )
 
 

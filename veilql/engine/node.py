@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from veilql.errors import ProtocolError, UsageError
 from veilql.policies.model import Federation
 
 ANALYST = "analyst"  # the client's endpoint name on the query's network
+Progress = Callable[[str, str], None]  # (party, step) -> None
 JOIN_CACHE_ENTRIES = 4  # joined share tables a compute party keeps for repeated queries
 
 
@@ -71,6 +73,10 @@ class QueryRequest:
     def from_bytes(cls, data: bytes) -> QueryRequest:
         """Inverse of ``to_bytes``."""
         return cls(**json.loads(data))
+
+
+def _quiet(party: str, step: str) -> None:
+    """The default progress sink: nothing."""
 
 
 def participants(plan: Plan) -> tuple[str, ...]:
@@ -113,6 +119,7 @@ class PartyNode:
         self._ledger: Ledger | None = None
         self._join_cache: dict[str, tuple[SharedTable, PartyRows | None]] = {}
         self._last_rows: PartyRows | None = None
+        self._progress: Progress = _quiet
 
     # -- resources ---------------------------------------------------------------------
     @property
@@ -155,15 +162,22 @@ class PartyNode:
             self._connector = None
 
     # -- one query -----------------------------------------------------------------------
-    def serve(self, transport: Transport, request: QueryRequest) -> None:
-        """Run this party's part of ``request``; returns when its part is done."""
+    def serve(self, transport: Transport, request: QueryRequest,
+              progress: Progress | None = None) -> None:
+        """Run this party's part of ``request``; returns when its part is done.
+
+        ``progress(party, step)`` is told each step as it starts (names only, no data).
+        """
+        self._progress = progress or _quiet
         plan = compile_plan(request.sql, self.federation, epsilon=request.epsilon,
                             delta=request.delta, mechanism=request.mechanism)
         who = participants(plan)
         me = self.party.name
         if me not in who:
             return
+        self._step("agreeing on the plan")
         join_key = self._agree(transport, plan, who, request.query_id)
+        self._step("reserving budget")
         reservation = self._reserve(transport, plan, request)
         try:
             if plan.mode == "local":
@@ -176,6 +190,10 @@ class PartyNode:
             raise
         if reservation is not None:
             self.ledger.commit(reservation)
+        self._step("done")
+
+    def _step(self, name: str) -> None:
+        self._progress(self.party.name, name)
 
     def _agree(self, transport: Transport, plan: Plan, who: tuple[str, ...], qid: str) -> str:
         """Check that every participant compiled the same plan; return the join cache key.
@@ -254,7 +272,9 @@ class PartyNode:
     # -- local mode --------------------------------------------------------------------
     def _run_local(self, transport: Transport, plan: Plan) -> None:
         """One party: aggregate its own rows in the clear and add the full noise itself."""
+        self._step("running local SQL")
         rows = fetch(plan.steps[0], self.connector, self.seed())
+        self._step("aggregating and adding noise")
         values = aggregate_plain(plan, {self.party.name: rows})
         noisy = values + noise_vector(plan, 0, values.shape[1])
         if plan.threshold is not None:
@@ -276,7 +296,9 @@ class PartyNode:
         if _agree_cached(rt, plan, qid, join_key in self._join_cache):
             joined, self._last_rows = self._join_cache[join_key]
         else:
+            self._step("running local SQL")
             columns = self._local_columns(transport, plan, qid) if me in plan.parties else None
+            self._step("secret-sharing")
             tables = {p: _receive_table(rt, plan, p, columns if p == me else None, qid)
                       for p in plan.parties}
             joined = tables[plan.parties[0]]
@@ -285,12 +307,15 @@ class PartyNode:
                 left_tag = f"{stage.key_parties[0]}.tag{j}"
                 right_tag = f"{stage.right}.tag{j}"
                 right = SharedTable(right.n, {**right.cols, left_tag: right.cols.pop(right_tag)})
+                self._step(f"secure join with {stage.right}")
                 joined = join_stage(rt, stage, joined, right, left_tag)
                 joined.cols.pop(left_tag, None)
             if me not in plan.parties:
                 self._last_rows = None
             self._remember(join_key, joined)
+        self._step("secure aggregates")
         result = secure_aggregate(rt, plan, joined)
+        self._step("adding noise")
         total = _add_noise(rt, plan, result)
         if plan.threshold is not None:
             # Only cells whose noisy unit count passes the threshold are released; the

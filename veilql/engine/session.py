@@ -19,7 +19,14 @@ import numpy as np
 
 from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.ledger.ledger import Ledger
-from veilql.engine.node import ANALYST, PartyNode, QueryRequest, Refused, participants
+from veilql.engine.node import (
+    ANALYST,
+    PartyNode,
+    Progress,
+    QueryRequest,
+    Refused,
+    participants,
+)
 from veilql.engine.plan.nodes import Plan
 from veilql.engine.result import Result, build_result
 from veilql.engine.rewrite import compile_plan
@@ -75,8 +82,12 @@ class Session:
 
     # -- run -------------------------------------------------------------------------------
     def sql(self, sql: str, epsilon: float | None = None, delta: float | None = None, *,
-            dry_run: bool = False, mechanism: str = "auto") -> Result:
-        """Run ``sql`` and return the released noisy answer (charged at every party read)."""
+            dry_run: bool = False, mechanism: str = "auto",
+            on_step: Progress | None = None) -> Result:
+        """Run ``sql`` and return the released noisy answer (charged at every party read).
+
+        ``on_step(party, step)`` hears each party's steps as they start (for progress).
+        """
         analyst = self._analyst()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LargeEpsilonWarning)
@@ -99,7 +110,7 @@ class Session:
         request = QueryRequest(uuid.uuid4().hex, sql, analyst, epsilon, delta, mechanism)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LargeEpsilonWarning)
-            return self._run(plan, request)
+            return self._run(plan, request, on_step)
 
     def _analyst(self) -> str:
         if not self.analyst:
@@ -117,14 +128,14 @@ class Session:
             self._nodes[party] = PartyNode(self.federation, party)
         return self._nodes[party]
 
-    def _run(self, plan: Plan, request: QueryRequest) -> Result:
+    def _run(self, plan: Plan, request: QueryRequest, on_step: Progress | None = None) -> Result:
         who = participants(plan)
         net = InProcessNetwork([*who, ANALYST], timeout=self.timeout)
         errors: dict[str, tuple[float, BaseException]] = {}
 
         def run(party: str) -> None:
             try:
-                self._node(party).serve(net.endpoint(party), request)
+                self._node(party).serve(net.endpoint(party), request, on_step)
             except Refused:
                 pass
             except BaseException as exc:  # noqa: BLE001 - reported to the analyst below

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 import warnings
 from typing import Any
 
@@ -34,6 +36,31 @@ def cost_options(func: Any) -> Any:
                         help="Delta when the SQL has no OPTIONS (default: federation's).")(func)
     return click.option("--epsilon", type=float, default=None,
                         help="Epsilon when the SQL has no OPTIONS (default: federation's).")(func)
+
+
+class StepPrinter:
+    """Progress on a terminal's stderr: one line per party, redrawn as its steps start."""
+
+    def __init__(self) -> None:
+        self._steps: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._drawn = False
+
+    def __call__(self, party: str, step: str) -> None:
+        with self._lock:
+            self._steps[party] = step
+            if time.monotonic() - self._start < 0.3:  # short queries: no flicker
+                return
+            line = "; ".join(f"{p}: {s}" for p, s in sorted(self._steps.items()))
+            click.echo(f"\r\x1b[2K{line[:200]}", err=True, nl=False)
+            self._drawn = True
+
+    def close(self) -> None:
+        """Erase the progress line."""
+        with self._lock:
+            if self._drawn:
+                click.echo("\r\x1b[2K", err=True, nl=False)
 
 
 def read_sql(sql: str) -> str:
@@ -100,9 +127,12 @@ def query(federation: str | None, analyst: str | None, epsilon: float | None,
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LargeEpsilonWarning)
+            progress = StepPrinter() if sys.stderr.isatty() and not dry_run else None
             try:
-                result = session.sql(text, epsilon, delta, dry_run=dry_run)
+                result = session.sql(text, epsilon, delta, dry_run=dry_run, on_step=progress)
             finally:
+                if progress is not None:
+                    progress.close()
                 for w in caught:
                     click.echo(f"veil: warning: {w.message}", err=True)
     finally:

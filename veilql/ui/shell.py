@@ -345,7 +345,7 @@ class Shell:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LargeEpsilonWarning)
             try:
-                result = self.session.sql(sql, *self._cost())
+                result = self.session.sql(sql, *self._cost(), on_step=self._on_step)
             finally:
                 self._left_known = False  # the ledgers may have moved, whatever happened
         elapsed = time.monotonic() - started
@@ -354,6 +354,10 @@ class Shell:
         if self.settings.timer:
             notes.append(f"run time: {elapsed:.3f} s")
         return Reply(out=self.format(result), note="\n".join(notes))
+
+    def _on_step(self, party: str, step: str) -> None:
+        """The engine's steps, as they start at each party, on the status line."""
+        self.status(f"{party}: {step}")
 
     def _footer(self, result: Result) -> str:
         n = len(result.rows)

@@ -1,0 +1,420 @@
+"""``veil report``: compliance reports from real ledgers of a tmp copy of the demo federation.
+
+The ledgers come from real queries: alice runs a one-party and a cross-party query; bob spends
+most of his budget at the bank, so his cross-party query is refused by the bank while the
+insurer had reserved it, which leaves an aborted charge at the insurer. Golden JSON and CSV
+(times, query ids, hashes and paths normalised) live in ``tests/golden/report``; regenerate
+after an intended change with ``VEIL_UPDATE_GOLDEN=1 pytest tests/test_report.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import zlib
+from fractions import Fraction
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import veilql
+from veilql.cli import main
+from veilql.engine.ledger import Ledger
+from veilql.errors import BudgetExceeded, UsageError
+from veilql.policies.loader import load_federation
+from veilql.ui.report.collect import collect, collect_ledgers, lenient_charges, read_ledger
+from veilql.ui.report.command import render
+from veilql.ui.report.render_csv import render_csv
+from veilql.ui.report.render_json import render_json
+from veilql.ui.report.render_pdf import digest
+
+DEMO = Path(__file__).resolve().parent.parent / "sample_data" / "demo"
+GOLDEN = Path(__file__).parent / "golden" / "report"
+NOW = "2030-01-01T00:00:00+00:00"
+
+JOIN = ("SELECT COUNT(*) AS n, SUM(l.amount) AS total FROM bank.loans l JOIN insurer.policies p "
+        "ON l.customer_id = p.customer_id")
+QUERIES = {
+    "alice_groups": "SELECT region, COUNT(*) AS n FROM bank.customers GROUP BY region",
+    "alice_join": JOIN + " WHERE p.open_claim = 1",
+    "bob_bank": "SELECT COUNT(*) AS n FROM bank.loans",
+    "bob_refused": JOIN,
+    # a string a careless renderer would turn into markup
+    "alice_markup": "SELECT COUNT(*) AS n FROM bank.loans WHERE amount < 5000",
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    """(federation.toml, ledger dir) of a tmp demo copy whose ledgers hold real queries."""
+    root = tmp_path_factory.mktemp("report")
+    fed = root / "fed"
+    shutil.copytree(DEMO, fed, ignore=shutil.ignore_patterns("ledgers"))
+    ledgers = root / "ledgers"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VEIL_LEDGER_DIR", str(ledgers))
+        with veilql.connect(fed / "federation.toml", analyst="alice") as s:
+            s.sql(QUERIES["alice_groups"], epsilon=1.0)
+            s.sql(QUERIES["alice_join"], epsilon=0.5)
+            s.sql(QUERIES["alice_markup"], epsilon=0.25)
+        with veilql.connect(fed / "federation.toml", analyst="bob") as s:
+            s.sql(QUERIES["bob_bank"], epsilon=2.5)
+            with pytest.raises(BudgetExceeded):
+                s.sql(QUERIES["bob_refused"], epsilon=1.0)
+    return fed / "federation.toml", ledgers
+
+
+@pytest.fixture
+def env(demo, monkeypatch: pytest.MonkeyPatch):
+    """The demo with ``VEIL_LEDGER_DIR`` set to its ledgers; yields the federation file."""
+    fed, ledgers = demo
+    monkeypatch.setenv("VEIL_LEDGER_DIR", str(ledgers))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1893456000")  # 2030-01-01T00:00:00Z
+    return fed
+
+
+@pytest.fixture
+def tampered(demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A copy of the ledgers with one epsilon edited in the bank's ledger."""
+    fed, ledgers = demo
+    copy = tmp_path / "ledgers"
+    shutil.copytree(ledgers, copy)
+    path = copy / "bank.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        obj = json.loads(line)
+        if obj.get("kind") == "reserve" and obj["analyst"] == "bob":
+            obj["epsilon"] = "0.1"  # someone hides bob's spending
+            lines[i] = json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n"
+            bad = i
+            break
+    path.write_text("".join(lines))
+    monkeypatch.setenv("VEIL_LEDGER_DIR", str(copy))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1893456000")
+    return fed, bad
+
+
+def cli(*args: str):
+    """Run ``veil`` in-process."""
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def normalise(text: str, ledgers: Path) -> str:
+    """Make a report comparable across runs: times, query ids, hashes, paths."""
+    text = text.replace(str(ledgers), "<ledgers>")
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+\+00:00", "<time>", text)
+    text = re.sub(r"\b[0-9a-f]{64}\b", "<hash>", text)
+    ids: dict[str, str] = {}
+    return re.sub(r"\b[0-9a-f]{32}\b", lambda m: ids.setdefault(m.group(), f"Q{len(ids) + 1}"),
+                  text)
+
+
+def check_golden(name: str, actual: str) -> None:
+    """Compare with ``tests/golden/report/<name>`` (write it when updating)."""
+    path = GOLDEN / name
+    if os.environ.get("VEIL_UPDATE_GOLDEN") or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual)
+    assert actual == path.read_text()
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def test_model_figures(env) -> None:
+    rep = collect(load_federation(env), now=NOW)
+    assert rep.ok and rep.failed == ()
+    by = {(b.analyst, b.party): b for b in rep.budgets}
+    assert float(by["alice", "bank"].spent_epsilon) == 1.75
+    assert float(by["alice", "bank"].remaining_epsilon) == 8.25
+    assert float(by["alice", "insurer"].spent_epsilon) == 0.5
+    assert float(by["bob", "bank"].remaining_epsilon) == 0.5
+    assert float(by["bob", "insurer"].spent_epsilon) == 0  # the refused query was given back
+    assert by["bob", "payments"].queries == 0
+    assert [q.sql for q in rep.queries] == [
+        QUERIES[k] for k in ("alice_groups", "alice_join", "alice_markup", "bob_bank",
+                             "bob_refused")]
+    statuses = [q.status for q in rep.queries]
+    assert statuses == ["committed"] * 4 + ["aborted"]
+    refused = rep.queries[-1]
+    assert refused.parties == ("insurer",) and refused.charged == ()
+    assert refused.reasons == ("another party refused the query",)
+    join = rep.queries[1]
+    assert join.parties == ("bank", "insurer") and join.charged == ("bank", "insurer")
+    # the chart's series end at the spent totals
+    assert float(rep.series["alice"]["bank"].points[-1][1]) == 1.75
+    assert "insurer" not in rep.series["bob"]
+
+
+def test_readers_agree_with_ledger_history_on_a_clean_ledger(demo) -> None:
+    _, ledgers = demo
+    for party in ("bank", "insurer"):
+        ledger = Ledger(ledgers / f"{party}.jsonl", party)
+        check, charges = read_ledger(ledger.path, party)
+        assert check.ok and check.entries == ledger.verify().entries
+        assert charges == ledger.history()
+        assert lenient_charges(ledger.path.read_bytes(), party) == (ledger.history(), 0)
+
+
+def test_torn_last_line_is_reported_as_damage(demo, tmp_path: Path) -> None:
+    _, ledgers = demo
+    path = tmp_path / "bank.jsonl"
+    data = (ledgers / "bank.jsonl").read_bytes()
+    path.write_bytes(data + b'{"analyst":"al')  # a write cut short, never completed
+    check, charges = read_ledger(path, "bank")
+    assert not check.ok and "truncated" in (check.problem or "")
+    assert check.bad_index == data.count(b"\n") and check.skipped == 1
+    assert len(charges) == 4  # every complete entry is still shown
+
+
+def test_report_needs_no_write_access(demo, tmp_path: Path) -> None:
+    _, ledgers = demo
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(ledgers / "bank.jsonl", folder / "bank.jsonl")
+    folder.chmod(0o555)  # (root ignores this; the no-lock-file check below still holds)
+    try:
+        rep = collect_ledgers({"bank": folder / "bank.jsonl", "payments":
+                               folder / "payments.jsonl"}, {}, federation_name="x", now=NOW)
+        assert rep.ok and len(rep.queries) == 4
+        assert sorted(p.name for p in folder.iterdir()) == ["bank.jsonl"]  # no lock files
+    finally:
+        folder.chmod(0o755)
+
+
+def test_filters(env) -> None:
+    fed = load_federation(env)
+    bob = collect(fed, analyst="bob", now=NOW)
+    assert {q.analyst for q in bob.queries} == {"bob"} and len(bob.queries) == 2
+    assert {b.analyst for b in bob.budgets} == {"bob"}
+    insurer = collect(fed, party="insurer", now=NOW)
+    assert [i.party for i in insurer.integrity] == ["insurer"]
+    assert [q.sql for q in insurer.queries] == [QUERIES["alice_join"], QUERIES["bob_refused"]]
+    assert collect(fed, since="2999-01-01", now=NOW).queries == ()
+    late = collect(fed, since=collect(fed, now=NOW).queries[3].time, now=NOW)
+    assert [q.sql for q in late.queries] == [QUERIES["bob_bank"], QUERIES["bob_refused"]]
+    # spending before --since is carried into the chart's starting value
+    assert float(late.series["alice"]["bank"].start) == 1.75
+    assert late.series["alice"]["bank"].points == ()
+    with pytest.raises(UsageError, match="no party named 'nobody'"):
+        collect(fed, party="nobody")
+    with pytest.raises(UsageError, match="analyst 'carol'"):
+        collect(fed, analyst="carol")
+    with pytest.raises(UsageError, match="not a date"):
+        collect(fed, since="last tuesday")
+
+
+def test_open_mixed_and_unknown_analyst(tmp_path: Path) -> None:
+    from veilql.policies.model import Analyst
+    a = {p: Ledger(tmp_path / f"{p}.jsonl", p) for p in ("bank", "insurer")}
+    ann, gone = Analyst("ann", 2.0, 1e-6), Analyst("gone", 5.0)
+    # a crash after reserving: the reservation stays open and counts as spent
+    a["bank"].reserve(ann, 0.5, 1e-7, query_id="q-open", sql="SELECT 1", tables=["t"])
+    # parties that disagree on one query (never produced by the protocol)
+    a["bank"].commit(a["bank"].reserve(ann, 0.25, query_id="q-mix", sql="S", tables=["t"]))
+    r = a["insurer"].reserve(ann, 0.25, query_id="q-mix", sql="S", tables=["u"])
+    a["insurer"].abort(r, "lost")
+    # an analyst the federation file no longer lists
+    a["insurer"].commit(a["insurer"].reserve(gone, 1.0, query_id="q-gone", sql="G"))
+    rep = collect_ledgers({p: led.path for p, led in a.items()}, {"ann": ann},
+                          federation_name="x", now=NOW)
+    assert {q.query_id: q.status for q in rep.queries} == {
+        "q-open": "open", "q-mix": "mixed", "q-gone": "committed"}
+    by = {(b.analyst, b.party): b for b in rep.budgets}
+    assert by["ann", "bank"].spent_epsilon == Fraction(3, 4)
+    assert by["ann", "bank"].spent_delta == Fraction(1, 10**7)
+    assert by["ann", "insurer"].spent_epsilon == 0
+    assert by["gone", "insurer"].budget_epsilon is None
+    assert by["gone", "insurer"].remaining_epsilon is None
+    assert by["gone", "insurer"].spent_epsilon == 1
+    obj = json.loads(render_json(rep))
+    assert obj["budgets"][-1]["remaining_epsilon"] is None
+    for fmt in ("csv", "html", "pdf"):  # every renderer copes with unknown budgets
+        assert render(rep, fmt)
+
+
+def test_cli_since_and_party(env, tmp_path: Path) -> None:
+    times = [q.time for q in collect(load_federation(env)).queries]
+    out = tmp_path / "r.json"
+    res = cli("report", "-f", str(env), "--since", times[3], "--party", "bank",
+              "--format", "json", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    obj = json.loads(out.read_text())
+    assert [q["sql"] for q in obj["queries"]] == [QUERIES["bob_bank"]]
+    assert list(obj["integrity"]["parties"]) == ["bank"]
+    assert obj["filters"] == {"analyst": None, "party": "bank",
+                              "since": times[3]}
+    assert {b["party"] for b in obj["budgets"]} == {"bank"}
+
+
+# ---------------------------------------------------------------------------- golden
+
+
+def test_golden_json(env, demo) -> None:
+    text = render_json(collect(load_federation(env), now=NOW))
+    obj = json.loads(text)
+    assert next(iter(obj)) == "integrity" and obj["integrity"]["ok"] is True
+    check_golden("report.json", normalise(text, demo[1]))
+
+
+def test_golden_csv(env, demo) -> None:
+    text = render_csv(collect(load_federation(env), now=NOW))
+    check_golden("report.csv", normalise(text, demo[1]))
+
+
+def test_cli_json_and_csv_match_the_renderers(env, tmp_path: Path) -> None:
+    rep = collect(load_federation(env))
+    for fmt in ("json", "csv"):
+        out = tmp_path / f"r.{fmt}"
+        res = cli("report", "-f", str(env), "--format", fmt, "-o", str(out))
+        assert res.exit_code == 0, res.output
+        assert out.read_bytes() == render(rep, fmt)
+    # the format may come from the file name; bob only
+    res = cli("report", "-f", str(env), "--analyst", "bob", "-o", str(tmp_path / "b.json"))
+    assert res.exit_code == 0
+    assert {q["analyst"] for q in json.loads((tmp_path / "b.json").read_text())["queries"]} \
+        == {"bob"}
+
+
+def test_cli_usage_errors(env, tmp_path: Path) -> None:
+    res = cli("report", "-f", str(env), "-o", str(tmp_path / "r.txt"))
+    assert res.exit_code == 2 and "--format" in res.output
+    res = cli("report", "-f", str(env), "--format", "json", "-o",
+              str(tmp_path / "missing" / "r.json"))
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = cli("report", "-f", str(env), "--since", "yesterday-ish", "--format", "json", "-o",
+              str(tmp_path / "r.json"))
+    assert res.exit_code == 2 and not (tmp_path / "r.json").exists()
+
+
+# ---------------------------------------------------------------------------- HTML
+
+
+class _Page(HTMLParser):
+    """Collects images, text, and the classes of elements."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str | None]] = []
+        self.text: list[str] = []
+        self.classes: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a)
+        self.classes += (a.get("class") or "").split()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse_html(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def test_html_is_self_contained_and_holds_chart_and_every_query(env) -> None:
+    rep = collect(load_federation(env), now=NOW)
+    page = parse_html(render(rep, "html").decode())
+    (img,) = page.images
+    assert img["src"] is not None and img["src"].startswith("data:image/png;base64,")
+    import base64
+    assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "script" not in page.tags and "link" not in page.tags
+    text = "".join(page.text)
+    for q in rep.queries:  # every SQL, as text (escaped in the markup)
+        assert q.sql in text
+    assert "amount < 5000" in text
+    assert "Ledger integrity verified" in text and "fail" not in page.classes
+    for b in rep.budgets:
+        assert f"{float(b.spent_epsilon):g}" in text
+
+
+def test_html_escapes_sql(demo, tmp_path: Path) -> None:
+    led = Ledger(tmp_path / "bank.jsonl", "bank")
+    from veilql.policies.model import Analyst
+    from veilql.ui.report.render_html import render_html
+    evil = "SELECT 1 /* </code><script>alert(1)</script> */"
+    led.commit(led.reserve(Analyst("eve", 1.0), 0.1, sql=evil, tables=["t"]))
+    page = render_html(collect_ledgers({"bank": led.path}, {}, federation_name="x", now=NOW))
+    assert "<script>" not in page
+    assert evil in "".join(parse_html(page).text)
+
+
+# ---------------------------------------------------------------------------- PDF
+
+
+def pdf_text(data: bytes) -> str:
+    """The text drawn in a matplotlib PDF (Type 42 fonts: UTF-16BE strings in TJ arrays)."""
+    out = []
+    for stream in re.findall(rb"stream\r?\n(.*?)\r?\nendstream", data, re.S):
+        try:
+            body = zlib.decompress(stream)
+        except zlib.error:
+            continue
+        for array in re.findall(rb"\[(.*?)\]\s*TJ", body, re.S):
+            raw = b"".join(re.findall(rb"\(((?:\\.|[^\\)])*)\)", array, re.S))
+            raw = re.sub(rb"\\([0-7]{1,3})", lambda m: bytes([int(m.group(1), 8)]), raw)
+            raw = re.sub(rb"\\(.)", rb"\1", raw, flags=re.S)
+            out.append(raw.decode("utf-16-be", errors="replace"))
+    return "\n".join(out)
+
+
+def test_pdf_has_pages_and_the_same_figures(env) -> None:
+    rep = collect(load_federation(env), now=NOW)
+    data = render(rep, "pdf")
+    assert data.startswith(b"%PDF")
+    assert render(rep, "pdf") == data  # deterministic: the same ledgers give the same file
+    assert len(re.findall(rb"/Type\s*/Page\b", data)) >= 1
+    assert f"sha256={digest(rep)}".encode() in data  # built from this very model
+    assert b"ledger integrity verified" in data
+    text = pdf_text(data)
+    assert "Privacy budget compliance report" in text
+    flat = re.sub(r"\s+", "", text)
+    for q in rep.queries:
+        assert re.sub(r"\s+", "", q.sql) in flat  # wrapped over lines, but all there
+        assert q.query_id in flat
+    for b in rep.budgets:
+        assert f"{float(b.remaining_epsilon):.1f}" in text
+
+
+# ---------------------------------------------------------------------------- tampering
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "html", "pdf"])
+def test_tampered_ledger_fails_loudly_in_every_format(tampered, tmp_path: Path,
+                                                      fmt: str) -> None:
+    fed, bad = tampered
+    out = tmp_path / f"r.{fmt}"
+    res = cli("report", "-f", str(fed), "--format", fmt, "-o", str(out))
+    assert res.exit_code == 3
+    assert "integrity check FAILED for bank" in res.output
+    data = out.read_bytes()  # still written
+    if fmt == "json":
+        obj = json.loads(data)
+        assert obj["integrity"]["ok"] is False and obj["integrity"]["failed"] == ["bank"]
+        assert obj["integrity"]["parties"]["bank"]["bad_index"] == bad
+        assert obj["integrity"]["parties"]["insurer"]["ok"] is True
+        # the report still shows what the file claims, marked unverified
+        bob = [q for q in obj["queries"] if q["sql"] == QUERIES["bob_bank"]][0]
+        assert bob["epsilon"] == 0.1 and bob["verified"] is False
+    elif fmt == "csv":
+        first = data.decode().splitlines()[1]
+        assert first.startswith("integrity,,,bank,,FAILED,")
+        assert f"broken at entry {bad}" in first
+    elif fmt == "html":
+        page = parse_html(data.decode())
+        assert "fail" in page.classes and "unverified" in page.classes
+        assert "LEDGER INTEGRITY CHECK FAILED" in "".join(page.text)
+    else:
+        assert b"FAILED: bank" in data  # the document's Subject
+        assert "LEDGER INTEGRITY CHECK FAILED" in pdf_text(data)

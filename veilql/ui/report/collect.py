@@ -1,0 +1,449 @@
+"""Build the compliance report model from the parties' ledgers.
+
+Every party keeps its own hash-chained ledger (DESIGN.md, "Ledger"), so a report reads each one,
+checks its chain with the ledger's own verifier (``ChainState``) and only then trusts its
+figures. A ledger that fails the check is still read, leniently, line by line, so the officer
+sees what the file claims; but the report's ``ok`` is False, every query charged at or after
+the broken entry is marked unverified, and so are all of that party's budget totals (a broken
+chain may also hide deleted or inserted entries). The renderers make that impossible to miss.
+
+A query reserves at every party it reads under one query id (``multi.reserve_all``), so the
+report groups charges by ``(analyst, query_id)`` into one row per query. Budgets are the
+federation's; spent counts every reservation not given back by an abort (open ones included,
+as the ledger does).
+
+>>> import tempfile, pathlib
+>>> from veilql.engine.ledger import Ledger
+>>> from veilql.policies.model import Analyst
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> alice = Analyst("alice", epsilon=2.0, delta=1e-6)
+>>> bank = Ledger(d / "bank.jsonl", "bank")
+>>> bank.commit(bank.reserve(alice, 0.5, 0, query_id="q1", sql="SELECT 1", tables=["loans"]))
+>>> rep = collect_ledgers({"bank": bank.path}, {"alice": alice}, federation_name="demo",
+...                       now="2026-01-01T00:00:00+00:00")
+>>> rep.ok, [(q.query_id, q.status, q.epsilon) for q in rep.queries]
+(True, [('q1', 'committed', Fraction(1, 2))])
+>>> [(b.analyst, b.party, b.spent_epsilon, b.remaining_epsilon) for b in rep.budgets]
+[('alice', 'bank', Fraction(1, 2), Fraction(3, 2))]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+
+from veilql.engine.ledger.chain import BadEntry, ChainState
+from veilql.engine.ledger.entries import STATUS, EntryError, parse_obj
+from veilql.engine.ledger.ledger import Charge
+from veilql.engine.ledger.money import to_fraction
+from veilql.engine.ledger.multi import ledger_path
+from veilql.engine.node import ledger_dir_override
+from veilql.errors import UsageError
+from veilql.policies.model import Analyst, Federation
+
+ZERO = Fraction(0)
+TORN_RETRY_SECONDS = 0.2  # a writer's single-line append finishes well within this
+
+
+@dataclass(frozen=True)
+class PartyIntegrity:
+    """The outcome of one party's ledger check.
+
+    ``entries`` is how many entries verified; ``bad_index``/``problem`` say where and why the
+    chain broke; ``skipped`` counts lines the lenient reader could not read at all.
+    """
+
+    party: str
+    path: str
+    exists: bool
+    ok: bool
+    entries: int
+    bad_index: int | None = None
+    problem: str | None = None
+    head: str | None = None
+    skipped: int = 0
+
+    def summary(self) -> str:
+        """One line for people, e.g. ``ok, 7 entries`` or ``FAILED at entry 3: ...``."""
+        if not self.exists:
+            return "no ledger yet (nothing charged)"
+        if self.ok:
+            return f"ok, {self.entries} entries verified"
+        return f"FAILED at entry {self.bad_index}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    """One analyst at one party: budget, spent (all time) and remaining.
+
+    ``budget_*`` and ``remaining_*`` are None for an analyst the ledger names but the
+    federation file no longer lists. ``verified`` is False when the figures rest on a ledger
+    that failed its check.
+    """
+
+    analyst: str
+    party: str
+    budget_epsilon: Fraction | None
+    budget_delta: Fraction | None
+    spent_epsilon: Fraction
+    spent_delta: Fraction
+    remaining_epsilon: Fraction | None
+    remaining_delta: Fraction | None
+    queries: int
+    verified: bool = True
+
+
+@dataclass(frozen=True)
+class QueryRow:
+    """One query across the parties it charged.
+
+    ``status`` is ``committed`` (released), ``aborted`` (failed or refused before release,
+    charge given back), ``open`` (reserved, never settled: still counts as spent) or
+    ``mixed`` (parties disagree, which the protocol never produces: investigate).
+    ``statuses`` is per party; ``reasons`` are the abort reasons the ledgers recorded.
+    """
+
+    query_id: str
+    time: str
+    analyst: str
+    sql: str
+    epsilon: Fraction
+    delta: Fraction
+    parties: tuple[str, ...]
+    statuses: tuple[tuple[str, str], ...]
+    status: str
+    reasons: tuple[str, ...] = ()
+    verified: bool = True
+
+    @property
+    def charged(self) -> tuple[str, ...]:
+        """Parties where the charge stands (not given back by an abort)."""
+        return tuple(p for p, s in self.statuses if s != "aborted")
+
+
+@dataclass(frozen=True)
+class Series:
+    """Cumulative epsilon of one analyst at one party: ``start`` before the first point (what
+    was spent before ``since``), then ``(time, cumulative)`` after each charge."""
+
+    start: Fraction
+    points: tuple[tuple[str, Fraction], ...]
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a compliance report shows; the renderers only format it."""
+
+    federation: str
+    generated_at: str
+    filters: dict[str, str | None]
+    integrity: tuple[PartyIntegrity, ...]
+    budgets: tuple[BudgetRow, ...]
+    queries: tuple[QueryRow, ...]
+    series: dict[str, dict[str, Series]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every ledger read passed its integrity check."""
+        return all(i.ok for i in self.integrity)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        """Parties whose ledger failed its integrity check."""
+        return tuple(i.party for i in self.integrity if not i.ok)
+
+    def analyst_budget(self, analyst: str) -> Fraction | None:
+        """The analyst's epsilon budget (the same at every party), if known."""
+        for b in self.budgets:
+            if b.analyst == analyst and b.budget_epsilon is not None:
+                return b.budget_epsilon
+        return None
+
+
+# ---------------------------------------------------------------------------- inputs
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since``: an ISO date or datetime (UTC unless it says otherwise), or an age such
+    as ``7d``, ``12h`` or ``30m`` before ``now``.
+
+    >>> parse_since("2026-03-01").isoformat()
+    '2026-03-01T00:00:00+00:00'
+    >>> parse_since("2d", datetime(2026, 3, 3, tzinfo=UTC)).isoformat()
+    '2026-03-01T00:00:00+00:00'
+    """
+    text = text.strip()
+    age = re.fullmatch(r"(\d+)\s*([dhm])", text)
+    if age:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[age.group(2)]
+        return (now or datetime.now(UTC)) - timedelta(**{unit: int(age.group(1))})
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r} is not a date",
+            "give an ISO date or time (2026-03-01, 2026-03-01T09:30) or an age (7d, 12h, 30m)",
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def report_time(now: datetime | str | None = None) -> str:
+    """The report's generation time in ISO 8601 (UTC, seconds): ``now`` when given, else
+    ``$SOURCE_DATE_EPOCH`` (reproducible builds convention), else the clock."""
+    if isinstance(now, str):
+        return now
+    if now is None:
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        now = (datetime.fromtimestamp(int(epoch), UTC) if epoch and epoch.isdigit()
+               else datetime.now(UTC))
+    return now.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def ledger_file(federation: Federation, party: str) -> Path:
+    """Where ``party``'s ledger lives: ``$VEIL_LEDGER_DIR`` when set, as the nodes do, else
+    the federation's ledger folder."""
+    override = ledger_dir_override(federation)
+    if override is not None:
+        return override / f"{party}.jsonl"
+    return ledger_path(federation, party)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def read_ledger(path: Path, party: str, key: bytes | None = None,
+                ) -> tuple[PartyIntegrity, list[Charge]]:
+    """Verify the ledger file of ``party`` and return its integrity and its charges (one per
+    reservation, oldest first).
+
+    Reads one snapshot of the file and replays it with the ledger's own verifier
+    (``ChainState``), without taking the ledger lock: a compliance officer may have read-only
+    access (DESIGN.md, roles), and the report must neither create lock files nor block
+    writers. Appends are whole lines, so a snapshot is a consistent prefix; a last line
+    caught mid-write is re-read once before it counts as damage. A damaged file is read by
+    ``lenient_charges`` instead.
+    """
+    for attempt in range(2):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return PartyIntegrity(party, str(path), False, True, 0), []
+        state = ChainState(party, key)
+        try:
+            state.feed_bytes(data)
+        except BadEntry as bad:
+            if attempt == 0 and bad.problem.startswith("last entry is truncated"):
+                time.sleep(TORN_RETRY_SECONDS)
+                continue
+            charges, skipped = lenient_charges(data, party)
+            return PartyIntegrity(party, str(path), True, False, len(state.entries),
+                                  bad.index, bad.problem, None, skipped), charges
+        break
+    return (PartyIntegrity(party, str(path), True, True, len(state.entries),
+                           head=state.last_hash), _verified_charges(state))
+
+
+def _verified_charges(state: ChainState) -> list[Charge]:
+    """Charges of a verified chain, as ``Ledger.history`` builds them."""
+    out = []
+    for seq, e in state.reserves.items():
+        done = state.settled.get(seq)
+        assert e.analyst is not None and e.query_id is not None and e.sql is not None
+        assert e.epsilon is not None and e.delta is not None and e.tables is not None
+        out.append(Charge(
+            party=state.party, seq=seq, analyst=e.analyst, query_id=e.query_id, sql=e.sql,
+            epsilon=e.epsilon, delta=e.delta, tables=e.tables,
+            status=done.status if done and done.status else STATUS["reserve"],
+            reserved_at=e.time, settled_at=done.time if done else None,
+            reason=done.reason if done else None,
+        ))
+    return out
+
+
+def lenient_charges(data: bytes, party: str) -> tuple[list[Charge], int]:
+    """Charges as a damaged ledger file's bytes state them, and how many lines could not be
+    read at all.
+
+    Each line is parsed on its own (schema checked, hash not); reserves are paired with the
+    commit or abort that refers to them. Nothing here is trusted: it is what the file says.
+    """
+    reserves: dict[int, dict] = {}
+    settled: dict[int, dict] = {}
+    skipped = 0
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+            entry = parse_obj(obj)
+        except (ValueError, EntryError, TypeError):
+            skipped += 1
+            continue
+        if entry.kind == "reserve":
+            reserves[entry.seq] = obj
+        elif entry.kind in ("commit", "abort") and entry.ref is not None:
+            settled.setdefault(entry.ref, obj)
+    out = []
+    for seq, r in sorted(reserves.items()):
+        done = settled.get(seq)
+        out.append(Charge(
+            party=party, seq=seq, analyst=r["analyst"], query_id=r["query_id"], sql=r["sql"],
+            epsilon=to_fraction(r["epsilon"]), delta=to_fraction(r["delta"]),
+            tables=tuple(r["tables"]), status=done["status"] if done else STATUS["reserve"],
+            reserved_at=r["time"], settled_at=done["time"] if done else None,
+            reason=done.get("reason") if done else None,
+        ))
+    return out, skipped
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+def collect(
+    federation: Federation, *, analyst: str | None = None, party: str | None = None,
+    since: datetime | str | None = None, now: datetime | str | None = None,
+    keys: Mapping[str, bytes] | None = None,
+) -> Report:
+    """The report over every party's ledger of ``federation`` (``veil report``).
+
+    Filters: one ``analyst``, one ``party``, queries from ``since`` on (a ``datetime`` or the
+    ``--since`` text). Budgets and integrity are always all-time. ``keys`` are the parties'
+    HMAC ledger keys, if their ledgers are keyed. Raises ``UsageError`` for a party or
+    analyst the federation does not know.
+    """
+    if party is not None and federation.party(party) is None:
+        raise UsageError(f"no party named {party!r} in {federation.path}",
+                         "name one of: " + ", ".join(federation.party_names))
+    names = [party] if party is not None else list(federation.party_names)
+    paths = {p: ledger_file(federation, p) for p in names}
+    return collect_ledgers(paths, federation.analysts, federation_name=federation.name,
+                           analyst=analyst, since=since, now=now, keys=keys)
+
+
+def collect_ledgers(
+    ledgers: Mapping[str, Path], analysts: Mapping[str, Analyst], *, federation_name: str,
+    analyst: str | None = None, since: datetime | str | None = None,
+    now: datetime | str | None = None, keys: Mapping[str, bytes] | None = None,
+) -> Report:
+    """The report over ``ledgers`` (party -> ledger file, in display order) with the budgets
+    of ``analysts``; see ``collect`` for the filters."""
+    generated = report_time(now)
+    cutoff = since if isinstance(since, datetime) or since is None else parse_since(
+        since, datetime.fromisoformat(generated))
+    if cutoff is not None and cutoff.tzinfo is None:
+        cutoff = cutoff.replace(tzinfo=UTC)
+    integrity, charges = [], []
+    for party, path in ledgers.items():
+        check, found = read_ledger(Path(path), party, (keys or {}).get(party))
+        integrity.append(check)
+        bad = check.bad_index
+        charges += [(c, bad is None or c.seq < bad) for c in found]
+    seen = {c.analyst for c, _ in charges}
+    if analyst is not None and analyst not in analysts and analyst not in seen:
+        raise UsageError(f"analyst {analyst!r} has no budget and no charges in this federation",
+                         "known analysts: " + (", ".join(sorted(set(analysts) | seen))
+                                                or "none"))
+    if analyst is not None:
+        charges = [(c, v) for c, v in charges if c.analyst == analyst]
+    who = [analyst] if analyst is not None else sorted(set(analysts) | seen)
+    filters = {"analyst": analyst, "party": next(iter(ledgers)) if len(ledgers) == 1 else None,
+               "since": cutoff.isoformat() if cutoff is not None else None}
+    return Report(
+        federation=federation_name, generated_at=generated, filters=filters,
+        integrity=tuple(integrity),
+        budgets=tuple(_budgets(who, integrity, analysts, charges)),
+        queries=tuple(_queries(charges, cutoff)),
+        series=_series(who, list(ledgers), charges, cutoff),
+    )
+
+
+def _stands(c: Charge) -> bool:
+    """A charge that counts as spent: reserved (open) or committed, not aborted."""
+    return c.status != STATUS["abort"]
+
+
+def _budgets(who: Iterable[str], integrity: list[PartyIntegrity],
+             analysts: Mapping[str, Analyst], charges: list[tuple[Charge, bool]],
+             ) -> list[BudgetRow]:
+    rows = []
+    for name in who:
+        known = analysts.get(name)
+        for check in integrity:
+            party = check.party
+            mine = [(c, v) for c, v in charges if c.analyst == name and c.party == party
+                    and _stands(c)]
+            eps = sum((c.epsilon for c, _ in mine), ZERO)
+            dlt = sum((c.delta for c, _ in mine), ZERO)
+            b_eps = to_fraction(known.epsilon) if known else None
+            b_dlt = to_fraction(known.delta) if known else None
+            rows.append(BudgetRow(
+                analyst=name, party=party, budget_epsilon=b_eps, budget_delta=b_dlt,
+                spent_epsilon=eps, spent_delta=dlt,
+                remaining_epsilon=max(ZERO, b_eps - eps) if b_eps is not None else None,
+                remaining_delta=max(ZERO, b_dlt - dlt) if b_dlt is not None else None,
+                queries=len(mine),
+                verified=check.ok,
+            ))
+    return rows
+
+
+def _combined(statuses: list[str]) -> str:
+    """One status for a query from its per-party statuses."""
+    if STATUS["reserve"] in statuses:
+        return "open"
+    if len(set(statuses)) == 1:
+        return statuses[0]
+    return "mixed"
+
+
+def _queries(charges: list[tuple[Charge, bool]], cutoff: datetime | None) -> list[QueryRow]:
+    groups: dict[tuple[str, str], list[tuple[Charge, bool]]] = {}
+    for c, v in charges:
+        groups.setdefault((c.analyst, c.query_id), []).append((c, v))
+    rows = []
+    for (analyst, qid), group in groups.items():
+        group.sort(key=lambda cv: cv[0].party)
+        time = min(c.reserved_at for c, _ in group)
+        if cutoff is not None and datetime.fromisoformat(time) < cutoff:
+            continue
+        statuses = [c.status for c, _ in group]
+        rows.append(QueryRow(
+            query_id=qid, time=time, analyst=analyst, sql=group[0][0].sql,
+            epsilon=max(c.epsilon for c, _ in group), delta=max(c.delta for c, _ in group),
+            parties=tuple(c.party for c, _ in group),
+            statuses=tuple((c.party, c.status) for c, _ in group),
+            status=_combined(statuses),
+            reasons=tuple(sorted({c.reason for c, _ in group if c.reason})),
+            verified=all(v for _, v in group),
+        ))
+    rows.sort(key=lambda q: (q.time, q.query_id))
+    return rows
+
+
+def _series(who: Iterable[str], parties: list[str], charges: list[tuple[Charge, bool]],
+            cutoff: datetime | None) -> dict[str, dict[str, Series]]:
+    out: dict[str, dict[str, Series]] = {}
+    for name in who:
+        lines = {}
+        for party in parties:
+            mine = sorted((c for c, _ in charges if c.analyst == name and c.party == party
+                           and _stands(c)), key=lambda c: (c.reserved_at, c.seq))
+            total, start, points = ZERO, ZERO, []
+            for c in mine:
+                total += c.epsilon
+                if cutoff is not None and datetime.fromisoformat(c.reserved_at) < cutoff:
+                    start = total
+                else:
+                    points.append((c.reserved_at, total))
+            if points or start:
+                lines[party] = Series(start, tuple(points))
+        if lines:
+            out[name] = lines
+    return out

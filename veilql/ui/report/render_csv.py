@@ -1,0 +1,72 @@
+"""The report as one CSV table: integrity rows first, then budgets, then queries.
+
+A spreadsheet wants one rectangle, so every row starts with ``record`` (``integrity``,
+``budget`` or ``query``) and leaves the columns that do not apply empty. Integrity rows come
+first, one per party, with ``status`` ``FAILED`` and the problem in ``detail`` when a chain
+is broken, so a failure is the first thing anyone opening the file sees. Amounts are the
+ledger's exact values printed by ``money.fmt`` (``0.5``, ``1e-06``).
+
+>>> from veilql.ui.report.collect import PartyIntegrity, Report
+>>> rep = Report("demo", "2026-01-01T00:00:00+00:00", {},
+...              (PartyIntegrity("bank", "b.jsonl", True, False, 3, 2, "edited"),), (), ())
+>>> print(render_csv(rep).splitlines()[1])
+integrity,,,bank,,FAILED,,,,,,,,,,,,broken at entry 2: edited
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from fractions import Fraction
+
+from veilql.engine.ledger.money import fmt
+from veilql.ui.report.collect import Report
+
+COLUMNS: tuple[str, ...] = (
+    "record", "time", "analyst", "party", "query_id", "status", "epsilon", "delta",
+    "budget_epsilon", "budget_delta", "spent_epsilon", "spent_delta", "remaining_epsilon",
+    "remaining_delta", "queries", "verified", "reason", "detail",
+)
+
+
+def amount(value: Fraction | None) -> str:
+    """An exact amount as text; empty for unknown."""
+    return "" if value is None else fmt(value)
+
+
+def rows(report: Report) -> list[dict[str, str]]:
+    """The CSV rows as dicts keyed by ``COLUMNS``."""
+    out: list[dict[str, str]] = []
+    for i in report.integrity:
+        status = "ok" if i.ok else "FAILED"
+        detail = (f"broken at entry {i.bad_index}: {i.problem}" if not i.ok
+                  else i.summary())
+        out.append({"record": "integrity", "party": i.party, "status": status,
+                    "queries": "", "detail": detail})
+    for b in report.budgets:
+        out.append({
+            "record": "budget", "analyst": b.analyst, "party": b.party,
+            "budget_epsilon": amount(b.budget_epsilon), "budget_delta": amount(b.budget_delta),
+            "spent_epsilon": amount(b.spent_epsilon), "spent_delta": amount(b.spent_delta),
+            "remaining_epsilon": amount(b.remaining_epsilon),
+            "remaining_delta": amount(b.remaining_delta), "queries": str(b.queries),
+            "verified": "yes" if b.verified else "NO",
+        })
+    for q in report.queries:
+        out.append({
+            "record": "query", "time": q.time, "analyst": q.analyst,
+            "party": ";".join(q.parties), "query_id": q.query_id, "status": q.status,
+            "epsilon": amount(q.epsilon), "delta": amount(q.delta),
+            "verified": "yes" if q.verified else "NO", "reason": "; ".join(q.reasons),
+            "detail": q.sql,
+        })
+    return out
+
+
+def render_csv(report: Report) -> str:
+    """The report as CSV text with a header row (``\\n`` line endings)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", restval="")
+    writer.writeheader()
+    writer.writerows(rows(report))
+    return buf.getvalue()

@@ -1,0 +1,99 @@
+"""The report as one JSON object, with integrity at the top.
+
+Amounts are JSON numbers (the nearest double of the ledger's exact value, printed by Python's
+shortest round-trip ``repr``); keys are sorted and the indentation fixed, so the same ledgers
+give the same bytes. ``integrity.ok`` is the first thing a script should read.
+
+>>> from veilql.ui.report.collect import Report
+>>> rep = Report("demo", "2026-01-01T00:00:00+00:00", {}, (), (), ())
+>>> print(render_json(rep).splitlines()[1])
+  "integrity": {
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from typing import Any
+
+from veilql.ui.report.collect import PartyIntegrity, Report
+
+FORMAT_VERSION = 1
+
+
+def number(value: Fraction | None) -> float | int | None:
+    """An exact amount as a JSON number: ints stay ints.
+
+    >>> number(Fraction(1, 2)), number(Fraction(3)), number(None)
+    (0.5, 3, None)
+    """
+    if value is None:
+        return None
+    return int(value) if value.denominator == 1 else float(value)
+
+
+def integrity_obj(report: Report) -> dict[str, Any]:
+    """``{"ok", "failed", "parties"}``: the integrity section every format starts with."""
+    return {
+        "ok": report.ok,
+        "failed": list(report.failed),
+        "parties": {i.party: _party(i) for i in report.integrity},
+    }
+
+
+def _party(i: PartyIntegrity) -> dict[str, Any]:
+    return {"ok": i.ok, "exists": i.exists, "entries": i.entries, "bad_index": i.bad_index,
+            "problem": i.problem, "head": i.head, "skipped_lines": i.skipped, "path": i.path,
+            "summary": i.summary()}
+
+
+def to_obj(report: Report) -> dict[str, Any]:
+    """The report as plain JSON-ready data."""
+    return {
+        "report": "veilql compliance report",
+        "format_version": FORMAT_VERSION,
+        "federation": report.federation,
+        "generated_at": report.generated_at,
+        "filters": dict(report.filters),
+        "integrity": integrity_obj(report),
+        "budgets": [{
+            "analyst": b.analyst, "party": b.party,
+            "budget_epsilon": number(b.budget_epsilon), "budget_delta": number(b.budget_delta),
+            "spent_epsilon": number(b.spent_epsilon), "spent_delta": number(b.spent_delta),
+            "remaining_epsilon": number(b.remaining_epsilon),
+            "remaining_delta": number(b.remaining_delta),
+            "queries": b.queries, "verified": b.verified,
+        } for b in report.budgets],
+        "queries": [{
+            "time": q.time, "query_id": q.query_id, "analyst": q.analyst, "sql": q.sql,
+            "epsilon": number(q.epsilon), "delta": number(q.delta),
+            "parties": list(q.parties), "charged": list(q.charged),
+            "status": q.status, "statuses": dict(q.statuses), "reasons": list(q.reasons),
+            "verified": q.verified,
+        } for q in report.queries],
+        "cumulative_epsilon": {
+            analyst: {party: {"start": number(s.start),
+                              "points": [[t, number(v)] for t, v in s.points]}
+                      for party, s in lines.items()}
+            for analyst, lines in report.series.items()
+        },
+    }
+
+
+def render_json(report: Report) -> str:
+    """The report as indented JSON text with sorted keys (newline-terminated)."""
+    # sort_keys would bury "integrity" among the keys; keep the top level in reading order
+    # and sort everything below it.
+    top = to_obj(report)
+    parts = [f"  {json.dumps(k)}: " + _indented(v) for k, v in
+             sorted(top.items(), key=lambda kv: _ORDER.index(kv[0]))]
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
+_ORDER = ("integrity", "report", "format_version", "federation", "generated_at", "filters",
+          "budgets", "queries", "cumulative_epsilon")
+
+
+def _indented(value: Any) -> str:
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    return text.replace("\n", "\n  ")
