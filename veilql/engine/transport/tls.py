@@ -28,6 +28,7 @@ never block each other. Large payloads go out as ``memoryview`` slices and come 
 from __future__ import annotations
 
 import hashlib
+import json
 import select
 import socket
 import ssl
@@ -503,7 +504,7 @@ class TlsTransport(Transport):
         err = self._errors[peer]
         where = f" (at {self.me!r}, round {tag!r})"
         if isinstance(err, PartyUnavailable):
-            raise PartyUnavailable(peer, err.message + where, err.hint)
+            raise PartyUnavailable(err.party, err.message + where, err.hint)
         raise ProtocolError(err.message + where, err.hint)
 
     def send(self, to: str, tag: str, payload: bytes | bytearray | memoryview) -> None:
@@ -527,6 +528,10 @@ class TlsTransport(Transport):
                 to, f"party {to!r} accepted no data for {self.timeout:g} s"))
             self._raise_for(to, tag)
         except (_Closing, OSError, ValueError) as exc:
+            # The peer's goodbye (which may name the party that really failed) can still be
+            # in our reader's hands: give it a moment to land before blaming the peer.
+            with self._cond:
+                self._cond.wait_for(lambda: to in self._errors, timeout=0.2)
             self._fail(to, PartyUnavailable(
                 to, f"connection to party {to!r} lost while sending: {_describe(exc)}"))
             self._raise_for(to, tag)
@@ -583,8 +588,7 @@ class TlsTransport(Transport):
                 buf = bytearray(n)
                 conn.read_into(memoryview(buf))
                 if kind == KIND_BYE:
-                    self._fail(peer, PartyUnavailable(
-                        peer, f"party {peer!r} closed its connection"))
+                    self._fail(peer, _goodbye_error(peer, self.me, buf))
                     return
                 if kind != KIND_DATA:
                     raise ProtocolError(f"unexpected frame kind {kind} after set-up")
@@ -608,10 +612,23 @@ class TlsTransport(Transport):
 
     def close(self) -> None:
         """Say goodbye to every peer, drain their last frames briefly, close the sockets."""
+        self._shutdown(b"")
+
+    def abort(self, exc: BaseException) -> None:
+        """Close because of ``exc``, telling the peers why.
+
+        A party that gives up because another died passes the culprit on, so the peers
+        waiting on *it* report the party that really failed rather than the messenger.
+        """
+        culprit = exc.party if isinstance(exc, PartyUnavailable) else None
+        reason = exc.message if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}"
+        self._shutdown(json.dumps({"culprit": culprit, "reason": reason[:1000]}).encode())
+
+    def _shutdown(self, why: bytes) -> None:
         if self._closed:
             return
         self._closed = True
-        bye = memoryview(encode_frame(KIND_BYE, self._session, self.me, b""))
+        bye = memoryview(encode_frame(KIND_BYE, self._session, self.me, why))
         for p, conn in self._conns.items():
             if p in self._errors:
                 continue
@@ -637,7 +654,24 @@ class TlsTransport(Transport):
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+def _goodbye_error(peer: str, me: str, payload: bytes | bytearray) -> PartyUnavailable:
+    """The error a BYE frame from ``peer`` leaves behind (its payload may say why)."""
+    if not payload:
+        return PartyUnavailable(peer, f"party {peer!r} closed its connection")
+    try:
+        info = json.loads(bytes(payload))
+        culprit, reason = info.get("culprit"), str(info.get("reason"))
+    except (ValueError, AttributeError):
+        culprit, reason = None, bytes(payload[:200]).decode(errors="replace")
+    if isinstance(culprit, str) and culprit not in (peer, me):
+        return PartyUnavailable(culprit, f"party {peer!r} stopped because {reason}")
+    return PartyUnavailable(peer, f"party {peer!r} stopped the session: {reason}")
 
 
 def _describe(exc: BaseException) -> str:
