@@ -175,3 +175,13 @@ def test_concurrent_processes_never_overspend(fed: Path) -> None:
     assert sorted(codes) == [0] * 5 + [4] * 7
     assert remaining(fed) == 0.0
     assert veil("ledger", "verify", "-f", str(fed)).exit_code == 0
+
+
+def test_demo_runs_a_cross_party_query_and_leaves_no_state(monkeypatch) -> None:
+    monkeypatch.delenv("VEIL_LEDGER_DIR", raising=False)
+    res = veil("demo")
+    assert res.exit_code == 0, res.stderr
+    assert "default_rate" in res.stdout and "±" in res.stdout
+    assert "spent epsilon 2" in res.stdout
+    assert "VEIL_LEDGER_DIR" not in os.environ
+    assert not (DEMO / "ledgers").exists()

@@ -48,10 +48,15 @@ def demo(federation: str | None) -> None:
     emit("\nDefault rate by region among insured customers with more than 10 payments a "
          "month,\nanswered on secret shares with differential privacy (analyst alice):\n")
     emit(DEMO_SQL + "\n")
+    before = os.environ.get("VEIL_LEDGER_DIR")
     with tempfile.TemporaryDirectory(prefix="veil-demo-") as tmp:
-        if not os.environ.get("VEIL_LEDGER_DIR"):
+        if not before:
             os.environ["VEIL_LEDGER_DIR"] = tmp
-        with Session(fed, "alice") as session:
-            result = session.sql(DEMO_SQL)
+        try:
+            with Session(fed, "alice") as session:
+                result = session.sql(DEMO_SQL)
+        finally:  # the demo's throw-away ledgers must not outlive it (in-process callers)
+            if not before:
+                os.environ.pop("VEIL_LEDGER_DIR", None)
         emit(format_result(result, "table"))
         emit("\n" + footer(result))
