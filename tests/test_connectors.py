@@ -216,7 +216,7 @@ def test_run_transpiles_to_the_connector_dialect() -> None:
 
 
 def test_register_connector_scheme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Registered factories take precedence, e.g. a future postgresql connector."""
+    """Registered factories take precedence over the built-in ones."""
     import veilql.connectors.base as base
 
     monkeypatch.setattr(base, "_FACTORIES", {})
@@ -237,8 +237,8 @@ def test_register_connector_scheme(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("data/bank.duckdb", "'data/bank.duckdb' has no scheme"),
         ("nocolon", "has no scheme"),
         ("csv:", "names no location"),
-        ("postgresql://user@db/warehouse", "'postgresql' is not supported yet"),
-        ("postgres://db/warehouse", "'postgresql' is not supported yet"),
+        ("postgresql://user@db/warehouse?colour=blue", "invalid PostgreSQL URL"),
+        ("postgres://db/warehouse?schema=", "at most one non-empty schema"),
     ],
 )
 def test_open_errors(tmp_path: Path, spec: str, message: str) -> None:

@@ -350,12 +350,12 @@ CASES = [
         "postgresql:",
     ),
     Case(
-        "connector-postgres-later",
-        _fed("csv:data/shop", "postgresql://db.example/shop"),
+        "connector-postgres-bad-url",
+        _fed("csv:data/shop", "postgresql://db.example/shop?colour=blue"),
         "federation.toml",
         "party.shop.connector",
-        "not supported yet",
-        "duckdb:<file>",
+        "invalid PostgreSQL URL",
+        "?schema=NAME",
     ),
     Case(
         "duplicate-party",

@@ -1,7 +1,7 @@
 """The connector interface: how VeilQL reads one party's data in that party's own engine.
 
 A connector is opened from a spec string in ``federation.toml`` (``duckdb:<file>``,
-``csv:<folder>``, ``parquet:<folder>``, later ``postgresql://...``). It reports its catalog
+``csv:<folder>``, ``parquet:<folder>``, ``postgresql://...``). It reports its catalog
 (tables, columns, types) and runs the party's pushed-down local SQL. That SQL is always
 written once, in DuckDB's dialect; ``Connector.run`` transpiles it with sqlglot to the
 connector's own ``dialect`` before execution, so the planner never writes per-engine SQL.
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,8 +37,8 @@ from veilql.errors import ConfigError, ProtocolError, QueryError
 SCHEMES: tuple[str, ...] = ("duckdb", "csv", "parquet", "postgresql")
 
 _SPEC_HINT = (
-    "write the connector as duckdb:<file>, csv:<folder> or parquet:<folder> "
-    "(paths relative to the federation file)"
+    "write the connector as duckdb:<file>, csv:<folder>, parquet:<folder> "
+    "(paths relative to the federation file) or postgresql://host/database"
 )
 
 
@@ -186,7 +186,8 @@ def _normalise(path: Path) -> str:
     return os.path.normpath(str(path.absolute()))
 
 
-_Factory = Callable[[Path], Connector]
+# Called with the resolved location: a Path for files and folders, the URL for postgresql.
+_Factory = Callable[[Any], Connector]
 _FACTORIES: dict[str, _Factory] = {}
 
 
@@ -209,6 +210,10 @@ def _builtin_factory(scheme: str) -> _Factory | None:
         from veilql.connectors.files import ParquetConnector
 
         return ParquetConnector
+    if scheme == "postgresql":
+        from veilql.connectors.postgres import PostgresConnector
+
+        return PostgresConnector
     return None
 
 
@@ -226,7 +231,8 @@ def open_connector(spec: str, base_dir: Path) -> Connector:
             "export the tables to a DuckDB file or to a folder of CSV/Parquet files "
             "and use duckdb:<file>, csv:<folder> or parquet:<folder>",
         )
-    assert isinstance(location, Path)
+    if isinstance(location, str):  # a URL: the connector checks it when it connects
+        return factory(location)
     if scheme == "duckdb" and not location.is_file():
         raise ConfigError(
             f"DuckDB file {str(location)!r} does not exist",
