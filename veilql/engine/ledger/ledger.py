@@ -129,6 +129,20 @@ def _utc(since: datetime | date | str) -> datetime:
     return since if since.tzinfo else since.replace(tzinfo=UTC)
 
 
+def charge_of(party: str, seq: int, reserve: Entry, settled: Entry | None) -> Charge:
+    """The ``Charge`` of reserve entry ``seq`` and its commit or abort entry, if any."""
+    e, done = reserve, settled
+    assert e.analyst is not None and e.query_id is not None and e.sql is not None
+    assert e.epsilon is not None and e.delta is not None and e.tables is not None
+    return Charge(
+        party=party, seq=seq, analyst=e.analyst, query_id=e.query_id, sql=e.sql,
+        epsilon=e.epsilon, delta=e.delta, tables=e.tables,
+        status=done.status if done and done.status else STATUS["reserve"],
+        reserved_at=e.time, settled_at=done.time if done else None,
+        reason=done.reason if done else None,
+    )
+
+
 class Ledger:
     """The append-only, hash-chained budget ledger of ``party`` stored at ``path`` (JSON lines).
 
@@ -248,16 +262,7 @@ class Ledger:
                 continue
             if cutoff is not None and datetime.fromisoformat(e.time) < cutoff:
                 continue
-            done = settled.get(seq)
-            assert e.analyst is not None and e.query_id is not None and e.sql is not None
-            assert e.epsilon is not None and e.delta is not None and e.tables is not None
-            out.append(Charge(
-                party=self.party, seq=seq, analyst=e.analyst, query_id=e.query_id, sql=e.sql,
-                epsilon=e.epsilon, delta=e.delta, tables=e.tables,
-                status=done.status if done and done.status else STATUS["reserve"],
-                reserved_at=e.time, settled_at=done.time if done else None,
-                reason=done.reason if done else None,
-            ))
+            out.append(charge_of(self.party, seq, e, settled.get(seq)))
         return out
 
     def verify(self, anchor: tuple[int, str] | None = None) -> VerifyResult:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from veilql.engine.ledger.chain import BadEntry, ChainState
 from veilql.engine.ledger.entries import STATUS, EntryError, parse_obj
-from veilql.engine.ledger.ledger import Charge
+from veilql.engine.ledger.ledger import Charge, charge_of
 from veilql.engine.ledger.money import to_fraction
 from veilql.engine.ledger.multi import ledger_path
 from veilql.engine.node import ledger_dir_override
@@ -252,19 +252,8 @@ def read_ledger(path: Path, party: str, key: bytes | None = None,
 
 def _verified_charges(state: ChainState) -> list[Charge]:
     """Charges of a verified chain, as ``Ledger.history`` builds them."""
-    out = []
-    for seq, e in state.reserves.items():
-        done = state.settled.get(seq)
-        assert e.analyst is not None and e.query_id is not None and e.sql is not None
-        assert e.epsilon is not None and e.delta is not None and e.tables is not None
-        out.append(Charge(
-            party=state.party, seq=seq, analyst=e.analyst, query_id=e.query_id, sql=e.sql,
-            epsilon=e.epsilon, delta=e.delta, tables=e.tables,
-            status=done.status if done and done.status else STATUS["reserve"],
-            reserved_at=e.time, settled_at=done.time if done else None,
-            reason=done.reason if done else None,
-        ))
-    return out
+    return [charge_of(state.party, seq, e, state.settled.get(seq))
+            for seq, e in state.reserves.items()]
 
 
 def lenient_charges(data: bytes, party: str) -> tuple[list[Charge], int]:
