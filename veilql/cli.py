@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from veilql import __version__
-from veilql.ui import catalog, demo, query, shell
+from veilql.ui import catalog, certs, demo, query, serve, shell
 from veilql.ui.clicommon import VeilGroup
 from veilql.ui.report.command import report
 
@@ -26,6 +26,8 @@ COMMANDS: tuple[click.Command, ...] = (
     query.ledger,
     shell.shell,
     report,
+    certs.certs,
+    serve.serve,
 )
 
 

@@ -8,6 +8,7 @@ analyst is one more endpoint that receives only budget outcomes and output share
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -28,8 +29,10 @@ from veilql.engine.node import (
     participants,
 )
 from veilql.engine.plan.nodes import Plan
+from veilql.engine.remote import RemoteAnalyst, all_remote, analyst_credentials
 from veilql.engine.result import Result, build_result
 from veilql.engine.rewrite import compile_plan
+from veilql.engine.transport.identity import certificate_name
 from veilql.engine.transport.inprocess import InProcessNetwork
 from veilql.errors import (
     BudgetExceeded,
@@ -101,18 +104,16 @@ class Session:
             return Result([o.name for o in plan.outputs], [], {},
                           {"epsilon": float(plan.epsilon), "delta": float(plan.delta)},
                           budget, plan, dry_run=True)
-        remote = [p for p in participants(plan) if not self.federation.party(p).is_local]
-        if remote:
-            raise UsageError(
-                f"parties {', '.join(remote)} run on their own nodes, which this version "
-                "cannot reach yet", "use address = \"local\" for every party for now",
-            )
         request = QueryRequest(uuid.uuid4().hex, sql, analyst, epsilon, delta, mechanism)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LargeEpsilonWarning)
             return self._run(plan, request, on_step)
 
     def _analyst(self) -> str:
+        if not self.analyst and os.environ.get("VEIL_CERT") and all(
+                not p.is_local for p in self.federation.parties):
+            # Remote nodes charge the analyst named by the certificate; default to it.
+            self.analyst = certificate_name(os.environ["VEIL_CERT"])
         if not self.analyst:
             raise UsageError("no analyst given", "pass --analyst NAME or set VEIL_ANALYST")
         if self.analyst not in self.federation.analysts:
@@ -130,6 +131,13 @@ class Session:
 
     def _run(self, plan: Plan, request: QueryRequest, on_step: Progress | None = None) -> Result:
         who = participants(plan)
+        if all_remote(self.federation, who):
+            # Party nodes run elsewhere (`veil serve`): the analyst endpoint is a TLS client;
+            # the nodes charge the analyst named by its certificate.
+            name, creds = analyst_credentials(self.federation, self.analyst)
+            with RemoteAnalyst(self.federation, who, request, creds, timeout=self.timeout,
+                               on_step=on_step) as me:
+                return self._collect(me, plan, request.query_id, name)
         net = InProcessNetwork([*who, ANALYST], timeout=self.timeout)
         errors: dict[str, tuple[float, BaseException]] = {}
 
@@ -148,12 +156,7 @@ class Session:
             t.start()
         me = net.endpoint(ANALYST)
         try:
-            budget = self._collect_budget(me, plan, request.query_id)
-            info = None
-            if plan.threshold is not None:
-                owner = next(g.party for g in plan.groups if g.private)
-                info = json.loads(me.recv(owner, "cells"))
-            noisy = self._receive(me, plan)
+            result = self._collect(me, plan, request.query_id, request.analyst)
         except VeilError as exc:
             for t in threads:
                 t.join(self.timeout + 5)
@@ -163,14 +166,25 @@ class Session:
         root = _root_cause(errors)
         if root is not None:
             raise root
+        return result
+
+    def _collect(self, me: Any, plan: Plan, qid: str, analyst: str) -> Result:
+        """What the analyst endpoint receives, in either mode, made into the Result."""
+        budget = self._collect_budget(me, plan, qid, analyst)
+        info = None
+        if plan.threshold is not None:
+            owner = next(g.party for g in plan.groups if g.private)
+            info = json.loads(me.recv(owner, "cells"))
+        noisy = self._receive(me, plan)
         return build_result(plan, noisy, budget, info)
 
-    def _collect_budget(self, me: Any, plan: Plan, qid: str) -> dict[str, dict[str, float]]:
+    def _collect_budget(self, me: Any, plan: Plan, qid: str,
+                        analyst: str) -> dict[str, dict[str, float]]:
         statuses = [json.loads(me.recv(p, f"{qid}/budget/{p}")) for p in plan.charged]
         refused = [s["message"] for s in statuses if not s["ok"]]
         if refused:
             raise BudgetExceeded(
-                f"privacy budget of analyst {self.analyst!r} would be exceeded at "
+                f"privacy budget of analyst {analyst!r} would be exceeded at "
                 + "; ".join(refused) + "; nothing was charged", BUDGET_HINT)
         return {s["party"]: {"epsilon_remaining": s["epsilon_remaining"],
                              "delta_remaining": s["delta_remaining"]} for s in statuses}
@@ -222,8 +236,6 @@ class Session:
 def connect(federation: str | Path | None = None, analyst: str | None = None,
             **kwargs: Any) -> Session:
     """Open a session on a federation file (default: discovery as in CONTRACT.md)."""
-    import os
-
     return Session(federation, analyst or os.environ.get("VEIL_ANALYST"), **kwargs)
 
 

@@ -45,7 +45,9 @@ from veilql.policies.model import (
 from veilql.policies.tomlcheck import TomlFile, describe, did_you_mean, path_text, read_toml
 
 FEDERATION_TOP_KEYS = ("federation", "party", "analyst")
-FEDERATION_KEYS = ("name", "policies", "default_epsilon", "default_delta", "ledger_dir", "timeout")
+FEDERATION_KEYS = (
+    "name", "policies", "default_epsilon", "default_delta", "ledger_dir", "timeout", "certs",
+)
 PARTY_KEYS = ("name", "address", "connector")
 ANALYST_KEYS = ("epsilon", "delta")
 POLICY_TOP_KEYS = ("tables",)
@@ -93,6 +95,7 @@ def load_federation(path: str | Path, *, open_remote: bool = False) -> Federatio
         root, f.string(sec, "ledger_dir", "federation", '"ledgers"', default="ledgers")
     )
     timeout = f.number(sec, "timeout", "federation", default=30.0, strict=True)
+    certs = _resolve(root, f.string(sec, "certs", "federation", '"certs"', default="certs"))
 
     party_specs = _parse_parties(f, raw.get("party"), root)
     analysts = _parse_analysts(f, raw.get("analyst", {}))
@@ -139,6 +142,7 @@ def load_federation(path: str | Path, *, open_remote: bool = False) -> Federatio
         default_delta=default_delta,
         ledger_dir=ledger_dir,
         timeout=timeout,
+        certs=certs,
     )
 
 

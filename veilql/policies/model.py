@@ -88,6 +88,7 @@ class Federation:
     default_delta: float = 0.0
     ledger_dir: Path | None = None  # where each party keeps its ledger; default <dir>/ledgers
     timeout: float = 30.0  # seconds any party may stay silent before PartyUnavailable
+    certs: Path | None = None  # folder of the CA and party/analyst certificates (veil serve)
 
     @property
     def root(self) -> Path:
