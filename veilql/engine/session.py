@@ -100,7 +100,8 @@ class Session:
                 f"epsilon {plan.epsilon:g} is above {LARGE_EPSILON:g}: the privacy guarantee "
                 "of this single answer is weak", LargeEpsilonWarning, stacklevel=2)
         if dry_run:
-            budget = self.budget(parties=plan.charged)
+            local = tuple(p for p in plan.charged if self.federation.party(p).is_local)
+            budget = self.budget(parties=local) if local else {}
             return Result([o.name for o in plan.outputs], [], {},
                           {"epsilon": float(plan.epsilon), "delta": float(plan.delta)},
                           budget, plan, dry_run=True)
@@ -203,10 +204,23 @@ class Session:
 
     # -- budgets ------------------------------------------------------------------------------
     def budget(self, parties: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
-        """Spent and remaining (epsilon, delta) of this analyst at each party's ledger."""
+        """Spent and remaining (epsilon, delta) of this analyst at each local party's ledger.
+
+        A remote party keeps its ledger at its node; its remaining budget comes back with
+        every answer (``Result.budget``), and it is left out here rather than guessed.
+        """
         analyst = self.federation.analysts[self._analyst()]
         out = {}
-        for name in parties or self.federation.party_names:
+        names = parties or self.federation.party_names
+        local = [n for n in names if self.federation.party(n).is_local]
+        if names and not local:
+            raise UsageError(
+                "every party keeps its ledger at its own node, which this client cannot read",
+                "the remaining budget at each party comes back with every answer "
+                "(--format json: budget); on a node's host, `veil report --party P` "
+                "reads its ledger",
+            )
+        for name in local:
             ledger = self.ledger(name)
             spent = ledger.spent(analyst.name) if ledger else (0, 0)
             remaining = ledger.remaining(analyst) if ledger else (analyst.epsilon, analyst.delta)
