@@ -33,9 +33,15 @@ test-all: $(TEST_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check veilql tests sample_data bench
 
+BENCH_ARGS ?=
+# `make bench` (about half an hour) or `make bench BENCH_ARGS=--quick` (a few minutes);
+# writes bench/results/<date>.json and .md. smartnoise-sql pins an older OpenDP, so it gets
+# its own virtual environment and runs as a subprocess.
 bench: $(TEST_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m bench.mpc --json
+	@test -x bench/.venv-smartnoise/bin/python || { $(PYTHON) -m venv bench/.venv-smartnoise && \
+	  bench/.venv-smartnoise/bin/python -m pip install --quiet 'smartnoise-sql==1.0.10'; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
