@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from test_oracle import QUERIES as ORACLE_QUERIES
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -246,29 +247,7 @@ INSURER_QUERIES = [
     "FROM insurer.policies WHERE premium BETWEEN 100 AND 800 GROUP BY product",
     "SELECT COUNT(*) AS n, SUM(claims_amount) AS c, AVG(open_claim) AS rate "
     "FROM insurer.policies WHERE premium > 2 * claims_amount OR product IN ('life', 'home')",
-    # from tests/test_oracle.py: joins, filters at one party, cross-party predicates
-    "SELECT COUNT(*) AS n, SUM(l.amount) AS total FROM bank.loans l "
-    "JOIN insurer.policies p ON l.customer_id = p.customer_id WHERE p.open_claim = 1",
-    "SELECT COUNT(DISTINCT l.customer_id) AS people FROM bank.loans l "
-    "JOIN insurer.policies p ON l.customer_id = p.customer_id WHERE p.open_claim = 1",
-    "SELECT a.segment, p.product, COUNT(*) AS n FROM payments.accounts a "
-    "JOIN insurer.policies p ON a.customer_id = p.customer_id GROUP BY a.segment, p.product",
-    "SELECT COUNT(*) AS n, SUM(p.premium) AS prem FROM bank.loans l JOIN insurer.policies p "
-    "ON l.customer_id = p.customer_id WHERE l.amount > 2 * p.claims_amount + 100 "
-    "OR p.premium < 500",
-    "SELECT COUNT(DISTINCT l.customer_id) AS people FROM bank.loans l "
-    "JOIN insurer.policies p ON l.customer_id = p.customer_id WHERE l.amount < p.premium * 10",
-    "SELECT COUNT(*) AS n FROM payments.accounts a JOIN insurer.policies p "
-    "ON a.customer_id = p.customer_id WHERE NOT (a.monthly_txn_amount <= p.premium) "
-    "AND a.monthly_txn_count <> 3",
-    "SELECT SUM(a.monthly_txn_amount - p.premium) AS d FROM payments.accounts a "
-    "JOIN insurer.policies p ON a.customer_id = p.customer_id",
-    "SELECT c.region, AVG(l.defaulted) AS rate, COUNT(*) AS n FROM bank.customers c "
-    "JOIN bank.loans l ON c.customer_id = l.customer_id "
-    "JOIN payments.accounts a ON a.customer_id = c.customer_id "
-    "JOIN insurer.policies p ON p.customer_id = c.customer_id "
-    "WHERE a.monthly_txn_count > 10 AND p.open_claim = 1 GROUP BY c.region",
-]
+] + [q for q in ORACLE_QUERIES if "insurer." in q and "OPTIONS" not in q]
 
 BANK_QUERIES = [
     "SELECT region, COUNT(*) AS n, AVG(income) AS inc FROM bank.customers WHERE age > 40 "
