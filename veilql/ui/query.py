@@ -22,6 +22,7 @@ from veilql.engine.session import Session
 from veilql.errors import ExitCode, UsageError
 from veilql.ui.clicommon import emit, federation_option, format_option, load
 from veilql.ui.formats import render
+from veilql.ui.noisy import noisy_text
 
 
 def analyst_option(func: Any) -> Any:
@@ -77,11 +78,9 @@ def open_session(federation: str | None, analyst: str | None) -> Session:
 
 
 def cell(value: Any, half: Any) -> str:
-    """``1203 ± 3`` for the table format."""
-    if value is None:
-        return "NULL"
-    text = f"{value:.6g}" if isinstance(value, float) else str(value)
-    return text if half is None else f"{text} ± {half:g}"
+    """``1203 ± 3`` for the table format (``noisy.noisy_text`` sets the precision)."""
+    text, width = noisy_text(value, half)
+    return f"{text} ± {width}" if width else text
 
 
 def format_result(result: Result, fmt: str) -> str:
