@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -118,8 +119,8 @@ class PartyNode:
         self._connector: Connector | None = None
         self._ledger: Ledger | None = None
         self._join_cache: dict[str, tuple[SharedTable, PartyRows | None]] = {}
-        self._last_rows: PartyRows | None = None
-        self._progress: Progress = _quiet
+        # Per-query state lives per thread: a node serves concurrent queries, one thread each.
+        self._query = threading.local()
 
     # -- resources ---------------------------------------------------------------------
     @property
@@ -168,7 +169,8 @@ class PartyNode:
 
         ``progress(party, step)`` is told each step as it starts (names only, no data).
         """
-        self._progress = progress or _quiet
+        self._query.progress = progress or _quiet
+        self._query.rows = None
         plan = compile_plan(request.sql, self.federation, epsilon=request.epsilon,
                             delta=request.delta, mechanism=request.mechanism)
         who = participants(plan)
@@ -193,7 +195,7 @@ class PartyNode:
         self._step("done")
 
     def _step(self, name: str) -> None:
-        self._progress(self.party.name, name)
+        getattr(self._query, "progress", _quiet)(self.party.name, name)
 
     def _agree(self, transport: Transport, plan: Plan, who: tuple[str, ...], qid: str) -> str:
         """Check that every participant compiled the same plan; return the join cache key.
@@ -294,7 +296,7 @@ class PartyNode:
         rt = Runtime(transport, plan.compute, timeout=self.federation.timeout)
         rt.setup()
         if _agree_cached(rt, plan, qid, join_key in self._join_cache):
-            joined, self._last_rows = self._join_cache[join_key]
+            joined, self._query.rows = self._join_cache[join_key]
         else:
             self._step("running local SQL")
             columns = self._local_columns(transport, plan, qid) if me in plan.parties else None
@@ -311,7 +313,7 @@ class PartyNode:
                 joined = join_stage(rt, stage, joined, right, left_tag)
                 joined.cols.pop(left_tag, None)
             if me not in plan.parties:
-                self._last_rows = None
+                self._query.rows = None
             self._remember(join_key, joined)
         self._step("secure aggregates")
         result = secure_aggregate(rt, plan, joined)
@@ -325,15 +327,15 @@ class PartyNode:
             total = total[:, cells]
             owner = next(g.party for g in plan.groups if g.private)
             if me == owner:
-                assert self._last_rows is not None
-                info = cell_info(plan, self._last_rows, cells)
+                assert self._query.rows is not None
+                info = cell_info(plan, self._query.rows, cells)
                 transport.send(ANALYST, "cells", json.dumps(info).encode())
         transport.send_array(ANALYST, "release", np.stack([total.a, total.b]))
 
     def _remember(self, key: str, joined: SharedTable) -> None:
         """Keep the joined shares for reuse (a few entries; shares are never mutated),
         with this party's private group keys, which index into them."""
-        self._join_cache[key] = (joined, self._last_rows)
+        self._join_cache[key] = (joined, self._query.rows)
         while len(self._join_cache) > JOIN_CACHE_ENTRIES:
             self._join_cache.pop(next(iter(self._join_cache)))
 
@@ -342,7 +344,7 @@ class PartyNode:
         me = self.party.name
         step = plan.step(me)
         rows = fetch(step, self.connector, self.seed())
-        self._last_rows = rows  # private group keys stay here until the release
+        self._query.rows = rows  # private group keys stay here until the release
         out: dict[str, np.ndarray] = {}
         for j, stage in enumerate(plan.joins):
             if me not in stage.key_parties:
