@@ -11,7 +11,10 @@ Sections (each figure a median over several runs, peers measured in the same run
   (``bench.peers_mpyc``);
 - ``join``: VeilQL's secure join beside openmined-psi on the same key sets
   (``bench.peers_psi``);
-- ``accuracy``: RMSE at equal total epsilon beside smartnoise-sql (``bench.accuracy``).
+- ``accuracy``: RMSE at equal total epsilon beside smartnoise-sql (``bench.accuracy``);
+- ``nodes``: the two join queries over three ``veil serve`` processes on loopback TLS
+  beside the embedded mode, bytes written and peak memory per node (``bench.nodes``, in
+  its own process; 1,000,000 people, 100,000 with ``--quick``).
 
 A peer that is not installed is skipped (its figures are null). The load average before
 and after each section is recorded: on a shared machine, compare ratios, not times.
@@ -34,17 +37,18 @@ from bench import accuracy, peers_mpyc, peers_psi
 from bench.e2e import CACHE, ROOT
 
 RESULTS = ROOT / "bench" / "results"
-SECTIONS = ("e2e", "mpc", "join", "accuracy")
+SECTIONS = ("e2e", "mpc", "join", "accuracy", "nodes")
 
 
 def settings(quick: bool) -> dict[str, Any]:
     """Sizes and repetitions of each section: a few minutes with ``quick``, else ~30."""
     if quick:
         return {"people": [100_000], "e2e_reps": 2, "mpyc_n": 10_000, "mpyc_reps": 1,
-                "psi_n": 20_000, "psi_reps": 2, "acc_people": 100_000, "acc_runs": 100}
+                "psi_n": 20_000, "psi_reps": 2, "acc_people": 100_000, "acc_runs": 100,
+                "nodes_people": 100_000, "nodes_reps": 2}
     return {"people": [100_000, 1_000_000], "e2e_reps": 5, "mpyc_n": 100_000, "mpyc_reps": 3,
             "psi_n": 100_000, "psi_reps": 3, "acc_people": 100_000, "acc_runs": 300,
-            "join_tls_big": 1_000_000}
+            "join_tls_big": 1_000_000, "nodes_people": 1_000_000, "nodes_reps": 3}
 
 
 def machine() -> dict[str, Any]:
@@ -77,6 +81,17 @@ def _e2e(people: int, reps: int, cache: Path) -> dict[str, Any]:
                           capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
         raise RuntimeError(f"bench.e2e --people {people} failed: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)
+
+
+def _nodes(people: int, reps: int, cache: Path) -> dict[str, Any]:
+    """``bench.nodes`` in a fresh process (its own peak memory; nothing left running)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "bench.nodes", "--people", str(people),
+                           "--reps", str(reps), "--cache", str(cache), "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=7200)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.nodes --people {people} failed: {proc.stderr[-3000:]}")
     return json.loads(proc.stdout)
 
 
@@ -176,6 +191,8 @@ def run(quick: bool = False, peers: bool = True, people: list[int] | None = None
     if "accuracy" in sections:
         timed("accuracy", lambda: accuracy.run(cfg["acc_people"], cfg["acc_runs"],
                                                      peers=peers, cache=cache))
+    if "nodes" in sections:
+        timed("nodes", lambda: _nodes(cfg["nodes_people"], cfg["nodes_reps"], cache))
     res["resources"] = resources(res)
     res["targets"] = targets(res)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +223,12 @@ def resources(res: dict[str, Any]) -> dict[str, Any]:
             t = join.get(key)
             if t:
                 out["join"][f"{key}_peak_rss_mb_per_party"] = t["peak_rss_mb_per_party"]
+    nodes = res.get("nodes")
+    if nodes:
+        out["nodes"] = {k: {f"{m}_{r}": q["network"][f"{m}_{r}"]
+                            for m in ("bytes_written", "peak_rss_mb")
+                            for r in ("first", "repeated")}
+                        for k, q in nodes["queries"].items()}
     return out
 
 
@@ -325,7 +348,38 @@ def markdown(res: dict[str, Any]) -> str:
                      + ", ".join(f"{k} {x:.3g}" for k, x in exp.items())
                      + f". Ratios VeilQL / smartnoise: COUNT {_fmt(acc['ratio_count'])}, "
                      f"SUM {_fmt(acc['ratio_sum'])}.")
+    nodes = res.get("nodes")
+    if nodes:
+        lines += ["", "## Join queries over three `veil serve` nodes (loopback TLS) beside the "
+                  f"embedded mode, {nodes['people']:,} people", "",
+                  "| query | run | network s | embedded s | network / embedded | "
+                  "bytes written per node (wchar) | bytes sent per party (embedded) | "
+                  "peak RSS per node MiB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for k, q in nodes["queries"].items():
+            nw, em = q["network"], q["embedded"]
+            for run_ in ("first", "repeated"):
+                sent = {p: b for p, b in em[f"bytes_sent_{run_}"].items() if p != "analyst"}
+                lines.append(f"| {k} | {run_} | {_fmt(nw[run_ + '_s'])} | "
+                             f"{_fmt(em[run_ + '_s'])} | {_fmt(q['ratio_' + run_])} | "
+                             f"{_mb(nw['bytes_written_' + run_])} | {_mb(sent)} | "
+                             f"{_per_party(nw['peak_rss_mb_' + run_], 1)} |")
+        lines.append(f"\nPeak RSS of the embedded process (all parties as threads, plus the "
+                     f"network client): {nodes['peak_rss_mb_embedded_process']:.0f} MiB. "
+                     "wchar counts every byte a node wrote (TLS records to peers and client, "
+                     "its log line and ledger entries). A node's peak is reset to its "
+                     "resident size before each run, so it includes what the node already "
+                     "holds (the cached join, for the repeated run).")
     return "\n".join(lines) + "\n"
+
+
+def _mb(per_party: dict[str, int]) -> str:
+    """Bytes per party in MB (10^6), or kB when under a megabyte."""
+    return ", ".join(f"{p} {b / 1e6:.1f} MB" if b >= 1e6 else f"{p} {b / 1e3:.1f} kB"
+                     for p, b in per_party.items())
+
+
+def _per_party(values: dict[str, float], scale: float) -> str:
+    return ", ".join(f"{p} {v / scale:.0f}" for p, v in values.items())
 
 
 def main(argv: list[str] | None = None) -> int:

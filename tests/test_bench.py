@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from bench import run as bench_run
 
@@ -46,3 +49,32 @@ def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     targets = {t["target"]: t for t in res["targets"]}
     assert targets["join throughput vs openmined-psi (VeilQL in-process threads)"]["met"] is None
     assert "## End to end, 2,000 people" in mpath.read_text()
+
+
+@pytest.mark.network
+def test_nodes_benchmark_runs_three_serve_processes_and_leaves_none(tmp_path: Path) -> None:
+    """``bench.nodes`` at 2,000 people: both modes answer, bytes and peaks per node, no
+    node process survives the run."""
+    from bench import nodes
+
+    res = nodes.run(people=2000, reps=1, cache=tmp_path / "data")
+    assert set(res["queries"]) == {"join_filter_sum", "cross_party_predicate"}
+    for name, q in res["queries"].items():
+        nw, em = q["network"], q["embedded"]
+        assert nw["first_s"] > 0 and em["first_s"] > 0, name
+        assert q["ratio_first"] == pytest.approx(nw["first_s"] / em["first_s"])
+        for run_ in ("first", "repeated"):
+            written = nw[f"bytes_written_{run_}"]
+            sent = em[f"bytes_sent_{run_}"]
+            assert set(written) == {"bank", "payments", "insurer"}
+            # wchar counts the TLS records (payload plus framing) and a log line: at least
+            # what the same party sent in the embedded mode, and not wildly more
+            for p in written:
+                assert sent[p] > 0 and sent[p] <= written[p] < 3 * sent[p] + 100_000, (p, run_)
+            assert all(10 < mb < 4000 for mb in nw[f"peak_rss_mb_{run_}"].values())
+        # the repeated run reuses the join on the nodes: much less traffic
+        assert sum(nw["bytes_written_repeated"].values()) < sum(
+            nw["bytes_written_first"].values())
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert res["workdir"] not in ps, "a node process was left behind"
+    assert not Path(res["workdir"]).exists()
