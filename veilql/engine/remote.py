@@ -26,11 +26,11 @@ from veilql.engine.server import certs_dir
 from veilql.engine.transport.base import Transport, decode_array
 from veilql.engine.transport.certs import PartyCredentials, client_context
 from veilql.engine.transport.identity import ANALYST_KIND, certificate_identity, certificate_name
+from veilql.engine.transport.mailbox import Mailbox
 from veilql.engine.transport.mux import (
     NO_SESSION,
     PROGRESS_TAG,
     QUERY_TAG,
-    Mailbox,
     goodbye_error,
     handshake_client,
     read_frame,

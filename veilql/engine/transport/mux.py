@@ -33,7 +33,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict, defaultdict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
@@ -42,6 +42,7 @@ import numpy as np
 from veilql.engine.transport.base import TranscriptWriter, Transport, decode_array
 from veilql.engine.transport.certs import PartyCredentials, client_context, server_context
 from veilql.engine.transport.identity import ANALYST_KIND, PARTY, peer_identity
+from veilql.engine.transport.mailbox import Mailbox
 from veilql.engine.transport.tls import (
     HEADER_SIZE,
     KIND_BYE,
@@ -82,58 +83,6 @@ def routing_id(analyst: str, session_id: str) -> str:
 
 def _no_log(line: str) -> None:
     """The default log sink: nothing."""
-
-
-class Mailbox:
-    """Payloads per (sender, tag) plus per-sender errors, waited on with a timeout."""
-
-    def __init__(self, me: str) -> None:
-        self.me = me
-        self.cond = threading.Condition()
-        self.boxes: dict[tuple[str, str], deque[bytes | bytearray]] = defaultdict(deque)
-        self.errors: dict[str, ProtocolError] = {}
-
-    def put(self, frm: str, tag: str, payload: bytes | bytearray) -> None:
-        """Deliver one payload."""
-        with self.cond:
-            self.boxes[(frm, tag)].append(payload)
-            self.cond.notify_all()
-
-    def fail(self, frm: str, exc: ProtocolError) -> None:
-        """Record the first error of ``frm``; waiters on it raise at once."""
-        with self.cond:
-            self.errors.setdefault(frm, exc)
-            self.cond.notify_all()
-
-    def raise_for(self, frm: str, tag: str) -> None:
-        """Raise ``frm``'s recorded error, saying where we were."""
-        err = self.errors[frm]
-        # Errors relayed from peer to peer already say where they arose: say it once.
-        where = "" if " (at '" in err.message else f" (at {self.me!r}, round {tag!r})"
-        if isinstance(err, PartyUnavailable):
-            raise PartyUnavailable(err.party, err.message + where, err.hint)
-        raise ProtocolError(err.message + where, err.hint)
-
-    def take(self, frm: str, tag: str, limit: float) -> bytes | bytearray:
-        """Pop the first payload of ``(frm, tag)``, waiting up to ``limit`` seconds."""
-        deadline = time.monotonic() + limit
-        key = (frm, tag)
-        with self.cond:
-            while True:
-                queue = self.boxes.get(key)
-                if queue:
-                    payload = queue.popleft()
-                    if not queue:
-                        del self.boxes[key]
-                    return payload
-                if frm in self.errors:
-                    self.raise_for(frm, tag)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise PartyUnavailable(
-                        frm, f"party {frm!r} sent nothing for {limit:g} s "
-                        f"(waiting for {tag!r} at {self.me!r})")
-                self.cond.wait(left)
 
 
 def abort_payload(exc: BaseException) -> bytes:

@@ -35,7 +35,6 @@ import ssl
 import struct
 import threading
 import time
-from collections import defaultdict, deque
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -49,6 +48,7 @@ from veilql.engine.transport.certs import (
     peer_party_names,
     server_context,
 )
+from veilql.engine.transport.mailbox import Mailbox
 from veilql.errors import ConfigError, PartyUnavailable, ProtocolError
 from veilql.policies.model import Federation
 
@@ -288,9 +288,10 @@ class TlsTransport(Transport):
         self._server_ctx = server_context(credentials)
         self._client_ctx = client_context(credentials)
         self._transcript = TranscriptWriter(me, transcript_dir)
-        self._cond = threading.Condition()
-        self._boxes: dict[tuple[str, str], deque[bytearray]] = defaultdict(deque)
-        self._errors: dict[str, ProtocolError] = {}
+        self._mail = Mailbox(me)
+        self._cond = self._mail.cond  # also guards the connection-state checks below
+        self._boxes = self._mail.boxes
+        self._errors = self._mail.errors
         self._closed = False
         self.bytes_sent: dict[str, int] = {p: 0 for p in self.peers}
         self.bytes_received: dict[str, int] = {p: 0 for p in self.peers}
@@ -496,16 +497,10 @@ class TlsTransport(Transport):
         return conn
 
     def _fail(self, peer: str, exc: ProtocolError) -> None:
-        with self._cond:
-            self._errors.setdefault(peer, exc)
-            self._cond.notify_all()
+        self._mail.fail(peer, exc)
 
     def _raise_for(self, peer: str, tag: str) -> None:
-        err = self._errors[peer]
-        where = f" (at {self.me!r}, round {tag!r})"
-        if isinstance(err, PartyUnavailable):
-            raise PartyUnavailable(err.party, err.message + where, err.hint)
-        raise ProtocolError(err.message + where, err.hint)
+        self._mail.raise_for(peer, tag)
 
     def send(self, to: str, tag: str, payload: bytes | bytearray | memoryview) -> None:
         """Frame ``payload`` with the session and ``tag`` and write it to ``to``."""
@@ -553,26 +548,7 @@ class TlsTransport(Transport):
     def _take(self, frm: str, tag: str, timeout: float | None) -> bytearray:
         """Pop the first buffered payload of ``(frm, tag)``, waiting up to the timeout."""
         self._check_peer(frm)
-        limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        key = (frm, tag)
-        with self._cond:
-            while True:
-                queue = self._boxes.get(key)
-                if queue:
-                    payload = queue.popleft()
-                    if not queue:
-                        del self._boxes[key]
-                    return payload
-                if frm in self._errors:
-                    self._raise_for(frm, tag)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise PartyUnavailable(
-                        frm, f"party {frm!r} sent nothing for {limit:g} s "
-                        f"(waiting for {tag!r} at {self.me!r})",
-                    )
-                self._cond.wait(left)
+        return self._mail.take(frm, tag, self.timeout if timeout is None else timeout)
 
     def _read_loop(self, conn: _Conn) -> None:
         peer = conn.peer
