@@ -131,12 +131,22 @@ def make_cert(
     if not name or any(c in name for c in "/\\\0") or name != name.strip():
         raise ConfigError(f"invalid party name {name!r} for a certificate",
                           "use a plain name such as 'bank'")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(PARTY_URI_PREFIX + name)]
     if name.isascii() and all(c.isalnum() or c == "-" for c in name):
         sans.insert(0, x509.DNSName(name))
+    usages = [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+    return issue_cert(ca, name, directory, sans, usages, days)
+
+
+def issue_cert(
+    ca: CertificateAuthority, name: str, directory: str | os.PathLike[str],
+    sans: list[x509.GeneralName], usages: list[x509.ObjectIdentifier], days: int = 365,
+) -> tuple[Path, Path]:
+    """Sign a fresh P-256 key for CN ``name`` with these SANs and extended key usages;
+    writes ``<name>.pem`` and ``<name>.key`` (0600) and returns their paths."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
     not_before, not_after = _validity(days)
     cert = (
         x509.CertificateBuilder()
@@ -148,13 +158,7 @@ def make_cert(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
-                 x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False
         )

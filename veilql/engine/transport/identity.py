@@ -14,15 +14,12 @@ import os
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from veilql.engine.transport.certs import (
     PARTY_URI_PREFIX,
     CertificateAuthority,
-    _validity,
-    _write_key,
+    issue_cert,
 )
 from veilql.errors import ConfigError
 
@@ -34,35 +31,11 @@ def make_analyst_cert(
     ca: CertificateAuthority, name: str, directory: str | os.PathLike[str], *, days: int = 365
 ) -> tuple[Path, Path]:
     """Issue a client certificate for analyst ``name``; returns ``(cert_path, key_path)``."""
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     if not name or any(c in name for c in "/\\\0") or name != name.strip():
         raise ConfigError(f"invalid analyst name {name!r} for a certificate",
                           "use a plain name such as 'alice'")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    not_before, not_after = _validity(days)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.UniformResourceIdentifier(ANALYST_URI_PREFIX + name)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    cert_path, key_path = d / f"{name}.pem", d / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(Encoding.PEM))
-    _write_key(key_path, key)
-    return cert_path, key_path
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(ANALYST_URI_PREFIX + name)]
+    return issue_cert(ca, name, directory, sans, [ExtendedKeyUsageOID.CLIENT_AUTH], days)
 
 
 def peer_identity(peercert: dict | None) -> tuple[str, str] | None:
