@@ -170,7 +170,7 @@ def test_notebook_result_delegates() -> None:
     assert res.columns == ["region", "n", "mean"] and len(res) == 2
     assert list(res)[1] == ["a&b", 7, None]
     assert res._repr_html_() == result_html(res.result)
-    assert "12 ± 2.9" in repr(res) and "spent epsilon 0.5" in repr(res)
+    assert "12 ± 3" in repr(res) and "spent epsilon 0.5" in repr(res)
     frame = res.to_pandas()
     assert list(frame["n"]) == [12, 7]
     assert frame.attrs["accuracy"]["n"] == {"ci95": 2.9}
