@@ -55,6 +55,7 @@ from veilql.engine.transport.tls import (
     _describe,
     _read_exact_blocking,
     _Stalled,
+    connect_with_retry,
     encode_frame,
     encode_header,
     parse_address,
@@ -555,21 +556,8 @@ class MuxEndpoint:
 
     def _dial(self, peer: str, limit: float) -> ssl.SSLSocket:
         host, port = self._addr[peer]
-        deadline = time.monotonic() + limit
-        delay, last = 0.05, "no attempt"
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self._closing:
-                raise PartyUnavailable(peer, f"could not connect to party {peer!r} at "
-                                       f"{host}:{port} within {limit:g} s ({last})")
-            try:
-                raw = socket.create_connection((host, port), timeout=min(left, 5.0))
-                break
-            except OSError as exc:
-                last = _describe(exc)
-                time.sleep(min(delay, max(0.0, left)))
-                delay = min(delay * 2, 0.5)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw = connect_with_retry(peer, host, port, time.monotonic() + limit, limit,
+                                 stop=lambda: self._closing, first_delay=0.05)
         raw.settimeout(HANDSHAKE_TIMEOUT)
         return handshake_client(self._client_ctx, raw, peer, self.me, f"{host}:{port}")
 

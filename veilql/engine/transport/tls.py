@@ -35,7 +35,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -157,6 +157,32 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"invalid party address {address!r}", "write it as host:port")
     return host.strip("[]"), int(port)
+
+
+def connect_with_retry(
+    peer: str, host: str, port: int, deadline: float, limit: float,
+    stop: Callable[[], bool] = lambda: False, first_delay: float = 0.02,
+) -> socket.socket:
+    """A TCP connection to ``peer`` (Nagle off), retried with backoff until ``deadline``.
+
+    Nodes start in any order, so a refused connection is retried; ``PartyUnavailable``
+    names the party when the deadline passes (or ``stop()`` says to give up).
+    """
+    delay, last = first_delay, "no attempt"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or stop():
+            raise PartyUnavailable(peer, f"could not connect to party {peer!r} at "
+                                   f"{host}:{port} within {limit:g} s ({last})")
+        try:
+            raw = socket.create_connection((host, port), timeout=min(left, 5.0))
+            break
+        except OSError as exc:
+            last = _describe(exc)
+            time.sleep(min(delay, max(0.0, left)))
+            delay = min(delay * 2, 0.5)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return raw
 
 
 class _Stalled(Exception):
@@ -428,22 +454,7 @@ class TlsTransport(Transport):
 
     def _dial(self, peer: str, deadline: float) -> ssl.SSLSocket:
         host, port = self._addr[peer]
-        delay, last = 0.02, "no attempt"
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise PartyUnavailable(
-                    peer, f"could not connect to party {peer!r} at {host}:{port} within "
-                    f"{self.connect_timeout:g} s ({last})",
-                )
-            try:
-                raw = socket.create_connection((host, port), timeout=min(left, 5.0))
-                break
-            except OSError as exc:
-                last = _describe(exc)
-                time.sleep(min(delay, max(0.0, left)))
-                delay = min(delay * 2, 0.5)
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw = connect_with_retry(peer, host, port, deadline, self.connect_timeout)
         raw.settimeout(max(0.5, deadline - time.monotonic()))
         hint = "check that every node uses a certificate from the same federation CA"
         try:
