@@ -277,21 +277,25 @@ def test_a_node_killed_mid_query_is_named_and_nothing_is_released(cluster: Clust
     assert query.returncode == 3, err
     assert "insurer" in err and out == ""
     qid = insurer.history()[-1].query_id
-    assert insurer.history()[-1].status == "reserved"  # killed before it could settle
+    # Killed before it could settle, or just after its commit (once every party admitted
+    # the query the charge stands: CONTRACT, a failure after a party read data keeps it).
+    left_open = insurer.history()[-1].status == "reserved"
+    assert insurer.history()[-1].status in ("reserved", "committed")
     for party in ("bank", "payments"):
         ledger = cluster.ledger(party)
-        # The client returns as soon as insurer's link drops; the others abort right after.
+        # The client returns as soon as insurer's link drops; the others settle right after.
         settle = time.monotonic() + TIMEOUT + 5
         while ledger.open_reservations() and time.monotonic() < settle:
             time.sleep(0.05)
         assert ledger.verify().ok
         mine = [c for c in ledger.history() if c.query_id == qid]
-        assert all(c.status == "aborted" for c in mine), mine
+        assert mine and all(c.status in ("aborted", "committed") for c in mine), mine
         assert not ledger.open_reservations()
-    # Restart: the ledger is intact, the leftover reservation stays charged, queries work.
+    # Restart: the ledger is intact, a leftover reservation stays charged, queries work.
     cluster.start("insurer")
     assert insurer.verify().ok
-    assert "left open by an earlier run stay charged" in cluster.log("insurer")
+    if left_open:
+        assert "left open by an earlier run stay charged" in cluster.log("insurer")
     done = cluster.veil("query", "-f", str(cluster.fed), "--analyst", "oracle", "--epsilon",
                         "1e12", "--delta", "0", "--format", "json",
                         QUERIES[1])
@@ -410,12 +414,15 @@ def test_a_frozen_node_is_named_within_the_timeout(cluster: Cluster) -> None:
     assert query.returncode == 3, err
     assert "'payments'" in err.splitlines()[-2] and out == ""
     qid = payments.history()[-1].query_id
-    for party in PARTIES:  # everyone, the frozen node too once resumed, gives the charge back
+    for party in PARTIES:  # everyone, the frozen node too once resumed, settles its charge
         ledger = cluster.ledger(party)
         settle = time.monotonic() + TIMEOUT + 5
         while ledger.open_reservations() and time.monotonic() < settle:
             time.sleep(0.05)
-        assert [c.status for c in ledger.history() if c.query_id == qid] in ([], ["aborted"])
+        # Given back if the freeze came before every party admitted the query; kept after.
+        statuses = [c.status for c in ledger.history() if c.query_id == qid]
+        assert statuses in ([], ["aborted"], ["committed"]), statuses
+        assert not ledger.open_reservations()
     done = cluster.veil("query", "-f", str(cluster.fed), "--analyst", "oracle", "--epsilon",
                         "1e12", "--delta", "0", QUERIES[2])
     assert done.returncode == 0, done.stderr

@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad flags, missing file, invalid configuration
     UNAVAILABLE = 3  # party unreachable, protocol failure, timeout
     BUDGET = 4  # privacy budget would be exceeded
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
 class VeilError(Exception):
@@ -101,6 +102,29 @@ class PartyUnavailable(ProtocolError):
             hint or "check that the party's node is running and reachable, or raise the timeout",
         )
         self.party = party
+
+
+class QueryFailed(ProtocolError):
+    """A party failed after the charge was committed (exit 3).
+
+    The message names only the party and the query: whatever went wrong may depend on the
+    party's data, so the details stay in that party's own log.
+    """
+
+    def __init__(self, party: str, query_id: str) -> None:
+        super().__init__(
+            f"query {query_id[:12]} failed at party {party!r} after the parties began "
+            "computing; the charge stands",
+            f"the details are in {party}'s node log under query {query_id[:12]}",
+        )
+        self.party = party
+        self.query_id = query_id
+
+
+class Interrupted(VeilError):
+    """The analyst cancelled the query (Ctrl-C, exit 130); says what stays charged."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
 class BudgetExceeded(VeilError):

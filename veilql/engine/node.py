@@ -19,10 +19,12 @@ The life of a query at a node (DESIGN.md, "The life of a query"):
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -47,7 +49,7 @@ from veilql.engine.plan.nodes import GroupKey, Plan
 from veilql.engine.rewrite import compile_plan
 from veilql.engine.rewrite.push_local import SELECTION
 from veilql.engine.transport.base import Transport
-from veilql.errors import ProtocolError, UsageError
+from veilql.errors import PartyUnavailable, ProtocolError, QueryFailed, UsageError
 from veilql.policies.model import Federation
 
 ANALYST = "analyst"  # the client's endpoint name on the query's network
@@ -109,7 +111,8 @@ def ledger_dir_override(federation: Federation) -> Path | None:
 class PartyNode:
     """One data party: its federation view, connector, ledger and bounding seed."""
 
-    def __init__(self, federation: Federation, party: str) -> None:
+    def __init__(self, federation: Federation, party: str, *,
+                 log: Callable[[str], None] | None = None) -> None:
         p = federation.party(party)
         if p is None:
             raise UsageError(f"no party named {party!r} in {federation.path}",
@@ -118,6 +121,7 @@ class PartyNode:
         self.party = p
         self._connector: Connector | None = None
         self._ledger: Ledger | None = None
+        self._log = log  # where failure details go; default: <state dir>/<party>.log
         self._join_cache: dict[str, tuple[SharedTable, PartyRows | None]] = {}
         # Per-query state lives per thread: a node serves concurrent queries, one thread each.
         self._query = threading.local()
@@ -167,6 +171,22 @@ class PartyNode:
               progress: Progress | None = None) -> None:
         """Run this party's part of ``request``; returns when its part is done.
 
+        The query's lifecycle, with every failure settled in one place:
+
+        1. **agree** on the plan (and the join cache key) with every participant;
+        2. **reserve** the cost in this party's ledger and exchange the outcome; a refusal
+           anywhere aborts every reservation (``Refused``);
+        3. **commit**: once every charged party admitted the query, some party may read its
+           data, so from here on the charge stands whatever happens (CONTRACT: "a failure
+           after a party has read data keeps that charge"); each charged party commits
+           and tells the others, and no output share leaves a compute party before every
+           charged party said it committed, so no release is ever uncharged anywhere;
+        4. **run** the local or secure part and **release** to the analyst.
+
+        A failure before step 3 aborts this party's reservation. A failure after it keeps
+        the charge, and what reaches the analyst is a generic error naming this party and
+        the query: the details (which may depend on data) go to this party's log only.
+
         ``progress(party, step)`` is told each step as it starts (names only, no data).
         """
         self._query.progress = progress or _quiet
@@ -174,40 +194,83 @@ class PartyNode:
         plan = compile_plan(request.sql, self.federation, epsilon=request.epsilon,
                             delta=request.delta, mechanism=request.mechanism)
         who = participants(plan)
-        me = self.party.name
-        if me not in who:
+        if self.party.name not in who:
             return
-        self._step("agreeing on the plan")
-        join_key = self._agree(transport, plan, who, request.query_id)
-        self._step("reserving budget")
-        reservation = self._reserve(transport, plan, request)
+        qid = request.query_id
+        reservation = None
+        begun = False
         try:
+            self._step("agreeing on the plan")
+            join_key = self._agree(transport, plan, who, qid)
+            self._step("reserving budget")
+            reservation = self._reserve(transport, plan, request)
+            begun = True  # every charged party admitted the query: the charge now stands
+            if reservation is not None:
+                self.ledger.commit(reservation)
+                self._announce_commit(transport, plan, qid)
             if plan.mode == "local":
                 self._run_local(transport, plan)
             else:
-                self._run_secure(transport, plan, request.query_id, join_key)
-        except BaseException:
-            if reservation is not None:
-                self.ledger.abort(reservation, "query failed before release")
+                self._run_secure(transport, plan, qid, join_key)
+        except Refused:
             raise
-        if reservation is not None:
-            self.ledger.commit(reservation)
+        except BaseException as exc:
+            if not begun:
+                if reservation is not None:
+                    self.ledger.abort(reservation, "query failed before any party read data")
+                raise
+            raise self._failed(exc, qid) from None
         self._step("done")
+
+    def _failed(self, exc: BaseException, qid: str) -> BaseException:
+        """The error the analyst may see for a failure after the charge stands.
+
+        A peer that stopped answering is named as such (which party is unavailable does not
+        depend on a person's data); anything else becomes a generic error naming this party
+        and the query, and its details go to this party's own log.
+        """
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            return exc
+        me = self.party.name
+        detail = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
+        self.log(f"query {qid[:12]} failed after its charge was committed: {detail}")
+        if isinstance(exc, PartyUnavailable) and exc.party != me:
+            return exc
+        return QueryFailed(me, qid)
+
+    def log(self, line: str) -> None:
+        """Append one line to this party's own log (its state folder, never the analyst)."""
+        if self._log is not None:
+            self._log(f"{self.party.name}: {line}")
+            return
+        path = self.state_dir() / f"{self.party.name}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} {line}\n")
 
     def _step(self, name: str) -> None:
         getattr(self._query, "progress", _quiet)(self.party.name, name)
 
+    def _version_digest(self, table: str) -> str:
+        """A keyed digest of ``table``'s version: equal versions give equal digests, and a
+        peer learns nothing else (not the row count, size or time a raw version carries)."""
+        key = hmac.new(self.seed().encode(), b"veilql/table-version", hashlib.sha256).digest()
+        version = self.connector.table_version(table)
+        return hmac.new(key, f"{table}\0{version}".encode(), hashlib.sha256).hexdigest()[:32]
+
     def _agree(self, transport: Transport, plan: Plan, who: tuple[str, ...], qid: str) -> str:
         """Check that every participant compiled the same plan; return the join cache key.
 
-        The key covers the plan without its noise and every party's table versions, so a
-        repeated query (at any epsilon) over unchanged tables can reuse its join.
+        The key covers the plan without its noise and every party's table versions (as
+        keyed digests), so a repeated query (at any epsilon) over unchanged tables can
+        reuse its join.
         """
         me = self.party.name
         versions = {}
         if me in plan.parties:
             for table in plan.step(me).tables:
-                versions[f"{me}.{table}"] = self.connector.table_version(table)
+                versions[f"{me}.{table}"] = self._version_digest(table)
         mine = {"plan": plan_hash(plan), "versions": versions}
         for p in who:
             if p != me:
@@ -229,29 +292,64 @@ class PartyNode:
 
     def _reserve(self, transport: Transport, plan: Plan, request: QueryRequest):
         """Reserve at this party's ledger if the plan reads its tables, and exchange the
-        outcome with every participant and the analyst; stop everywhere if any refused."""
+        outcome with every participant and the analyst; stop everywhere if any refused.
+
+        The reservation is aborted here on any failure of the exchange (a peer that died,
+        a refusal elsewhere), so no reservation is ever left open by a live node.
+        """
         me = self.party.name
         reservation = None
-        if me in plan.charged:
-            status = self._try_reserve(plan, request)
-            reservation = status.pop("reservation")
-            payload = json.dumps(status).encode()
-            for p in participants(plan):
+        refused = False
+        try:
+            if me in plan.charged:
+                status = self._try_reserve(plan, request)
+                reservation = status.pop("reservation")
+                payload = json.dumps(status).encode()
+                for p in participants(plan):
+                    if p != me:
+                        transport.send(p, f"{request.query_id}/budget/{me}", payload)
+                transport.send(ANALYST, f"{request.query_id}/budget/{me}", payload)
+                refused = not status["ok"]
+            for p in plan.charged:
                 if p != me:
-                    transport.send(p, f"{request.query_id}/budget/{me}", payload)
-            transport.send(ANALYST, f"{request.query_id}/budget/{me}", payload)
-            refused = not status["ok"]
-        else:
-            refused = False
-        for p in plan.charged:
-            if p != me:
-                theirs = json.loads(transport.recv(p, f"{request.query_id}/budget/{p}"))
-                refused = refused or not theirs["ok"]
+                    theirs = json.loads(transport.recv(p, f"{request.query_id}/budget/{p}"))
+                    refused = refused or not theirs["ok"]
+        except BaseException:
+            if reservation is not None:
+                self.ledger.abort(reservation, "the budget exchange failed")
+            raise
         if refused:
             if reservation is not None:
                 self.ledger.abort(reservation, "another party refused the query")
             raise Refused()
         return reservation
+
+    def _announce_commit(self, transport: Transport, plan: Plan, qid: str) -> None:
+        """Tell every participant and the analyst that this party committed its charge,
+        with its ledger's head (which the others keep as an anchor)."""
+        me = self.party.name
+        seq, digest = self.ledger.head()
+        payload = json.dumps({"party": me, "seq": seq, "hash": digest}).encode()
+        for p in participants(plan):
+            if p != me:
+                transport.send(p, f"{qid}/committed/{me}", payload)
+        transport.send(ANALYST, f"{qid}/committed/{me}", payload)
+
+    def _await_commits(self, transport: Transport, plan: Plan, qid: str) -> None:
+        """Before any output share leaves: every other charged party has committed.
+
+        Each commit carries that party's ledger head; this party keeps it as an anchor.
+        """
+        me = self.party.name
+        for p in plan.charged:
+            if p == me:
+                continue
+            theirs = json.loads(transport.recv(p, f"{qid}/committed/{p}"))
+            if theirs.get("party") != p:
+                raise ProtocolError(f"party {p!r} sent a malformed commit notice")
+            record = getattr(self.ledger, "record_anchor", None)
+            if record is not None:
+                record(p, int(theirs["seq"]), str(theirs["hash"]), qid)
 
     def _try_reserve(self, plan: Plan, request: QueryRequest) -> dict:
         """Reserve the plan's cost for the analyst; the outcome as a status message."""
@@ -325,6 +423,8 @@ class PartyNode:
             passed = rt.gt(total[_selection_index(plan)], plan.threshold)
             cells = np.flatnonzero(np.asarray(rt.open(passed)) & 1)
             total = total[:, cells]
+        self._await_commits(transport, plan, qid)  # no output share before every charge
+        if plan.threshold is not None:
             owner = next(g.party for g in plan.groups if g.private)
             if me == owner:
                 assert self._query.rows is not None
@@ -391,16 +491,23 @@ def ordered_groups(plan: Plan) -> list[GroupKey]:
 
 
 def cell_info(plan: Plan, rows: PartyRows, cells: np.ndarray) -> dict:
-    """At the owner of private group keys: the released cells and only their keys."""
+    """At the owner of private group keys: the group values of the released cells only.
+
+    One list of values (in the order of ``ordered_groups``) per released cell, in release
+    order. Nothing else leaves: not the number of candidate keys, not a cell's index (a
+    key's rank among all keys), so adding a person with a new key changes this message
+    only if that key is released. Cells are in index order, and private keys are indexed
+    in sorted order (``index_labels``), so the order is a function of the released labels.
+    """
     ordered = ordered_groups(plan)
     sizes = [fac.group_size(g, rows if g.private else None) for g in ordered]
-    labels: dict[str, dict[str, str | None]] = {}
+    out = []
     for cell in cells.tolist():
+        values = []
         for g, i in zip(ordered, decompose(cell, sizes), strict=True):
-            if g.private:
-                labels.setdefault(g.output, {})[str(i)] = rows.labels[g.column][i]
-    return {"cells": cells.tolist(), "labels": labels,
-            "sizes": {g.output: s for g, s in zip(ordered, sizes, strict=True) if g.private}}
+            values.append(rows.labels[g.column][i] if g.private else g.domain[i])  # type: ignore[index]
+        out.append(values)
+    return {"cells": out}
 
 
 def decompose(cell: int, sizes: list[int]) -> list[int]:

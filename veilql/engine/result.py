@@ -54,7 +54,8 @@ class Result:
 def cell_values(plan: Plan, info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """For each released cell (party order), the value of every group output.
 
-    ``info`` comes from the owner of private group keys: the released cells and their keys.
+    ``info`` comes from the owner of private group keys: the group values of each released
+    cell, in release order (``node.cell_info``), and nothing else.
     """
     ordered: list[GroupKey] = [g for p in plan.parties for g in plan.groups if g.party == p]
     if not ordered:
@@ -64,20 +65,8 @@ def cell_values(plan: Plan, info: dict[str, Any] | None = None) -> list[dict[str
             {g.output: v for g, v in zip(ordered, combo, strict=True)}
             for combo in itertools.product(*(g.domain for g in ordered))  # type: ignore[misc]
         ]
-    sizes = [len(g.domain) if g.domain is not None else info["sizes"][g.output]
-             for g in ordered]
-    out = []
-    for cell in info["cells"]:
-        digits = []
-        for size in reversed(sizes):
-            digits.append(cell % size)
-            cell //= size
-        digits.reverse()
-        out.append({
-            g.output: g.domain[i] if g.domain is not None else info["labels"][g.output][str(i)]
-            for g, i in zip(ordered, digits, strict=True)
-        })
-    return out
+    return [{g.output: v for g, v in zip(ordered, values, strict=True)}
+            for values in info["cells"]]
 
 
 def build_result(plan: Plan, noisy: np.ndarray, budget: dict[str, dict[str, float]],

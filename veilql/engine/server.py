@@ -75,7 +75,7 @@ class NodeServer:
         self.federation = federation
         self.party = party
         self.log = log
-        self._idle: list[PartyNode] = [PartyNode(federation, party)]
+        self._idle: list[PartyNode] = [self._new_node()]
         self._all: list[PartyNode] = list(self._idle)
         self._lock = threading.Lock()
         self.endpoint = MuxEndpoint(
@@ -114,9 +114,12 @@ class NodeServer:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-            node = PartyNode(self.federation, self.party)
+            node = self._new_node()
             self._all.append(node)
             return node
+
+    def _new_node(self) -> PartyNode:
+        return PartyNode(self.federation, self.party, log=self.log)
 
     def _release(self, node: PartyNode) -> None:
         with self._lock:
@@ -162,7 +165,10 @@ class NodeServer:
             if isinstance(exc, VeilError):
                 outcome = f"failed: {exc.message}"
             else:
+                # The text stays in this node's log: it may carry the party's data.
                 outcome = f"failed: internal error {type(exc).__name__}: {exc}"
+                exc = ProtocolError(f"internal error at {self.party} (query {qid})",
+                                    f"the details are in {self.party}'s node log")
             session.abort(exc)
         finally:
             self._release(node)

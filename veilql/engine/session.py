@@ -36,6 +36,7 @@ from veilql.engine.transport.identity import certificate_name
 from veilql.engine.transport.inprocess import InProcessNetwork
 from veilql.errors import (
     BudgetExceeded,
+    Interrupted,
     ProtocolError,
     UsageError,
     VeilError,
@@ -45,7 +46,43 @@ from veilql.policies.loader import load_federation
 from veilql.policies.model import Federation
 
 LARGE_EPSILON = 5.0
+CANCEL_WAIT = 5.0  # seconds to let cancelled local nodes settle their ledgers
 BUDGET_HINT = "ask for a smaller epsilon/delta, or ask the party to raise your budget"
+
+
+class EmbeddedModeWarning(UserWarning):
+    """Every party runs inside the analyst's process: nothing is enforced against it."""
+
+
+EMBEDDED_TEXT = (
+    "running embedded: every party's data, seeds and ledger are in this process, so nothing "
+    "here is enforced against the analyst; only `veil serve` nodes enforce the privacy "
+    "guarantee (docs/SECURITY.md)")
+
+
+class _Charges:
+    """What the analyst endpoint heard about charges during one query."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.admitted = False  # every charged party's reservation succeeded
+        self.committed: list[str] = []
+
+    def note(self) -> str:
+        """One sentence on what stays charged where."""
+        charged = list(self.plan.charged)
+        if not charged:
+            return "nothing was charged"
+        if self.committed and len(self.committed) == len(charged):
+            return "the charge stands at " + ", ".join(self.committed)
+        unknown = [p for p in charged if p not in self.committed]
+        if self.committed:
+            return ("the charge stands at " + ", ".join(self.committed) + "; "
+                    + ", ".join(unknown) + " may also have kept it (see `veil budget`)")
+        if self.admitted:
+            return ("every party had admitted the query, so it may stay charged at "
+                    + ", ".join(charged) + " (see `veil budget`)")
+        return "no party had begun: nothing was charged"
 
 
 class Session:
@@ -60,6 +97,7 @@ class Session:
         self.analyst = analyst
         self.timeout = timeout if timeout is not None else federation.timeout
         self._nodes: dict[str, PartyNode] = {}
+        self._warned_embedded = False
         self._catalog: dict[str, dict[str, list[str]]] | None = None
 
     # -- compile ---------------------------------------------------------------------------
@@ -132,13 +170,24 @@ class Session:
 
     def _run(self, plan: Plan, request: QueryRequest, on_step: Progress | None = None) -> Result:
         who = participants(plan)
+        charges = _Charges(plan)
         if all_remote(self.federation, who):
             # Party nodes run elsewhere (`veil serve`): the analyst endpoint is a TLS client;
             # the nodes charge the analyst named by its certificate.
             name, creds = analyst_credentials(self.federation, self.analyst)
             with RemoteAnalyst(self.federation, who, request, creds, timeout=self.timeout,
                                on_step=on_step) as me:
-                return self._collect(me, plan, request.query_id, name)
+                try:
+                    return self._collect(me, plan, request.query_id, name, charges)
+                except KeyboardInterrupt:
+                    # Leaving the block says goodbye to every node: each settles its charge.
+                    self._drain_commits(me, charges, request.query_id, 0.5)
+                    raise Interrupted(f"query cancelled; {charges.note()}",
+                                      "a cancelled query is charged once any party may "
+                                      "have computed") from None
+        if len(who) > 1 and not self._warned_embedded:
+            self._warned_embedded = True
+            warnings.warn(EMBEDDED_TEXT, EmbeddedModeWarning, stacklevel=4)
         net = InProcessNetwork([*who, ANALYST], timeout=self.timeout)
         errors: dict[str, tuple[float, BaseException]] = {}
 
@@ -157,27 +206,54 @@ class Session:
             t.start()
         me = net.endpoint(ANALYST)
         try:
-            result = self._collect(me, plan, request.query_id, request.analyst)
+            result = self._collect(me, plan, request.query_id, request.analyst, charges)
+        except KeyboardInterrupt:
+            for p in (*who, ANALYST):
+                net.mark_dead(p, "the analyst cancelled the query")
+            for t in threads:
+                t.join(CANCEL_WAIT)
+            self._drain_commits(me, charges, request.query_id, 0.0)
+            raise Interrupted(f"query cancelled; {charges.note()}",
+                              "a cancelled query is charged once any party may have "
+                              "computed") from None
         except VeilError as exc:
             for t in threads:
                 t.join(self.timeout + 5)
-            raise _root_cause(errors) or exc from None
+            raise _with_charges(_root_cause(errors) or exc, charges) from None
         for t in threads:
             t.join(self.timeout + 5)
         root = _root_cause(errors)
         if root is not None:
-            raise root
+            raise _with_charges(root, charges)
         return result
 
-    def _collect(self, me: Any, plan: Plan, qid: str, analyst: str) -> Result:
+    def _collect(self, me: Any, plan: Plan, qid: str, analyst: str,
+                 charges: _Charges | None = None) -> Result:
         """What the analyst endpoint receives, in either mode, made into the Result."""
+        charges = charges or _Charges(plan)
         budget = self._collect_budget(me, plan, qid, analyst)
+        charges.admitted = True
+        for p in plan.charged:
+            json.loads(me.recv(p, f"{qid}/committed/{p}"))
+            charges.committed.append(p)
         info = None
         if plan.threshold is not None:
             owner = next(g.party for g in plan.groups if g.private)
             info = json.loads(me.recv(owner, "cells"))
         noisy = self._receive(me, plan)
         return build_result(plan, noisy, budget, info)
+
+    @staticmethod
+    def _drain_commits(me: Any, charges: _Charges, qid: str, wait: float) -> None:
+        """After a cancel: pick up commit notices that had arrived but were not read."""
+        for p in charges.plan.charged:
+            if p in charges.committed:
+                continue
+            try:
+                me.recv(p, f"{qid}/committed/{p}", wait)
+                charges.committed.append(p)
+            except (VeilError, OSError):
+                continue
 
     def _collect_budget(self, me: Any, plan: Plan, qid: str,
                         analyst: str) -> dict[str, dict[str, float]]:
@@ -254,17 +330,29 @@ def connect(federation: str | Path | None = None, analyst: str | None = None,
 
 
 def _reason(exc: BaseException) -> str:
-    return f"it failed: {exc}" if str(exc) else f"it failed: {type(exc).__name__}"
+    if isinstance(exc, VeilError):
+        return f"it failed: {exc}"
+    return f"it failed: internal error ({type(exc).__name__})"
 
 
 def _root_cause(errors: dict[str, tuple[float, BaseException]]) -> BaseException | None:
-    """The error that started a failure: the earliest one (the others follow from it)."""
+    """The error that started a failure: the earliest one (the others follow from it).
+
+    An unexpected exception is reported by its type only: its text may carry a party's data.
+    """
     if not errors:
         return None
     party, (_, exc) = min(errors.items(), key=lambda item: item[1][0])
     if isinstance(exc, VeilError):
         return exc
-    wrapped = ProtocolError(f"internal error at {party}: {type(exc).__name__}: {exc}",
+    wrapped = ProtocolError(f"internal error at {party} ({type(exc).__name__})",
                             "this is a bug; please report it with the query")
     wrapped.__cause__ = exc
     return wrapped
+
+
+def _with_charges(exc: BaseException, charges: _Charges) -> BaseException:
+    """Add what stays charged to a failure's hint (budget refusals say it themselves)."""
+    if isinstance(exc, VeilError) and not isinstance(exc, BudgetExceeded) and charges.admitted:
+        exc.hint = f"{charges.note()}" + (f"; {exc.hint}" if exc.hint else "")
+    return exc

@@ -106,6 +106,10 @@ class VeilGroup(click.Group):
         except click.Abort:
             click.echo("veil: aborted", err=True)
             code = 1
+        except KeyboardInterrupt:
+            # Outside a running query (which raises Interrupted with what stays charged).
+            report_error("interrupted", None)
+            code = int(ExitCode.INTERRUPTED)
         except OSError as err:
             if err.errno != errno.EPIPE:
                 raise

@@ -18,7 +18,7 @@ import click
 from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.ledger.multi import verify_all
 from veilql.engine.result import Result
-from veilql.engine.session import Session
+from veilql.engine.session import EmbeddedModeWarning, Session
 from veilql.errors import ExitCode, UsageError
 from veilql.ui.clicommon import emit, federation_option, format_option, load
 from veilql.ui.formats import render
@@ -126,6 +126,7 @@ def query(federation: str | None, analyst: str | None, epsilon: float | None,
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LargeEpsilonWarning)
+            warnings.simplefilter("always", EmbeddedModeWarning)
             progress = StepPrinter() if sys.stderr.isatty() and not dry_run else None
             try:
                 result = session.sql(text, epsilon, delta, dry_run=dry_run, on_step=progress)
