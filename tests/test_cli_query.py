@@ -185,3 +185,13 @@ def test_demo_runs_a_cross_party_query_and_leaves_no_state(monkeypatch) -> None:
     assert "spent epsilon 2" in res.stdout
     assert "VEIL_LEDGER_DIR" not in os.environ
     assert not (DEMO / "ledgers").exists()
+
+
+def test_embedded_mode_says_once_that_it_enforces_nothing(fed: Path) -> None:
+    # Every party runs in the analyst's process: say so, plainly, for a cross-party query.
+    res = veil("query", "-f", str(fed), "--epsilon", "0.5", CROSS)
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr.count("veil: warning: running embedded") == 1
+    assert "only `veil serve` nodes enforce" in res.stderr
+    one = veil("query", "-f", str(fed), "--epsilon", "0.5", COUNT_BY_REGION)
+    assert one.exit_code == 0 and "running embedded" not in one.stderr

@@ -39,7 +39,7 @@ def main() -> None:
     """VeilQL: SQL across organisations on secret shares, with differential privacy.
 
     Exit codes: 0 released, 1 query refused, 2 usage or configuration error,
-    3 party unreachable or protocol failure, 4 privacy budget exceeded.
+    3 party unreachable or protocol failure, 4 privacy budget exceeded, 130 interrupted.
     """
 
 
