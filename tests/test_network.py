@@ -104,11 +104,12 @@ class Cluster:
     def log(self, party: str) -> str:
         return (self.root / f"{party}.log").read_text()
 
-    def start(self, party: str) -> None:
+    def start(self, party: str, *extra: str) -> None:
         log = open(self.root / f"{party}.log", "ab")  # noqa: SIM115 - closed with the process
         before = len(self.log(party)) if (self.root / f"{party}.log").exists() else 0
         self.procs[party] = subprocess.Popen(
-            [*VEIL, "serve", "-f", str(self.fed), "--party", party], stdout=subprocess.DEVNULL,
+            [*VEIL, "serve", "-f", str(self.fed), "--party", party, *extra],
+            stdout=subprocess.DEVNULL,
             stderr=log, env=self.env, cwd=self.root)
         log.close()
         deadline = time.monotonic() + 30

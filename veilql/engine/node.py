@@ -123,16 +123,20 @@ class PartyNode:
         self._ledger: Ledger | None = None
         self._log = log  # where failure details go; default: <state dir>/<party>.log
         self._join_cache: dict[str, tuple[SharedTable, PartyRows | None]] = {}
+        self._cache_lock = threading.Lock()  # concurrent queries share the cache
+        self._open_lock = threading.Lock()  # ... and the connector, ledger and seed
+        self._seed: str | None = None
         # Per-query state lives per thread: a node serves concurrent queries, one thread each.
         self._query = threading.local()
 
     # -- resources ---------------------------------------------------------------------
     @property
     def connector(self) -> Connector:
-        """The party's own engine, opened read-only on first use."""
-        if self._connector is None:
-            self._connector = open_connector(self.party.connector, self.federation.root)
-        return self._connector
+        """The party's own engine, opened read-only on first use (once per node)."""
+        with self._open_lock:
+            if self._connector is None:
+                self._connector = open_connector(self.party.connector, self.federation.root)
+            return self._connector
 
     def state_dir(self) -> Path:
         """Where this party keeps its ledger and its secret bounding seed."""
@@ -144,21 +148,19 @@ class PartyNode:
     @property
     def ledger(self) -> Ledger:
         """The party's own ledger."""
-        if self._ledger is None:
-            d = self.state_dir()
-            d.mkdir(parents=True, exist_ok=True)
-            self._ledger = Ledger(d / f"{self.party.name}.jsonl", self.party.name)
-        return self._ledger
+        with self._open_lock:
+            if self._ledger is None:
+                d = self.state_dir()
+                d.mkdir(parents=True, exist_ok=True)
+                self._ledger = Ledger(d / f"{self.party.name}.jsonl", self.party.name)
+            return self._ledger
 
     def seed(self) -> str:
         """The party's secret seed for choosing rows per unit (created once, kept private)."""
-        path = self.state_dir() / f"{self.party.name}.seed"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(16))
-        return path.read_text().strip()
+        with self._open_lock:
+            if self._seed is None:
+                self._seed = _secret_file(self.state_dir() / f"{self.party.name}.seed")
+            return self._seed
 
     def close(self) -> None:
         """Close the connector."""
@@ -393,8 +395,11 @@ class PartyNode:
             return
         rt = Runtime(transport, plan.compute, timeout=self.federation.timeout)
         rt.setup()
-        if _agree_cached(rt, plan, qid, join_key in self._join_cache):
-            joined, self._query.rows = self._join_cache[join_key]
+        with self._cache_lock:
+            cached = self._join_cache.get(join_key)
+        if _agree_cached(rt, plan, qid, cached is not None):
+            assert cached is not None
+            joined, self._query.rows = cached
         else:
             self._step("running local SQL")
             columns = self._local_columns(transport, plan, qid) if me in plan.parties else None
@@ -435,9 +440,10 @@ class PartyNode:
     def _remember(self, key: str, joined: SharedTable) -> None:
         """Keep the joined shares for reuse (a few entries; shares are never mutated),
         with this party's private group keys, which index into them."""
-        self._join_cache[key] = (joined, self._query.rows)
-        while len(self._join_cache) > JOIN_CACHE_ENTRIES:
-            self._join_cache.pop(next(iter(self._join_cache)))
+        with self._cache_lock:
+            self._join_cache[key] = (joined, self._query.rows)
+            while len(self._join_cache) > JOIN_CACHE_ENTRIES:
+                self._join_cache.pop(next(iter(self._join_cache)))
 
     def _local_columns(self, transport: Transport, plan: Plan, qid: str) -> dict[str, np.ndarray]:
         """This party's columns to share: join tags, factors, predicate atoms and operands."""
@@ -463,6 +469,27 @@ class PartyNode:
             if col.role in ("atom", "operand"):
                 out[col.name] = rows.cols[col.name] * rows.present
         return out
+
+
+def _secret_file(path: Path) -> str:
+    """The hex secret in ``path``, created (0600, atomically) on first use.
+
+    The secret is written to a private temporary file and linked into place, so a
+    concurrent process either creates it or reads the complete one, never a partial file.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(16))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
 
 
 class Refused(Exception):

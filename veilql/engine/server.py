@@ -64,19 +64,40 @@ def stderr_log(line: str) -> None:
     print(f"{stamp} {line}", file=sys.stderr, flush=True)
 
 
+MAX_SESSIONS = 16  # concurrent queries a node runs before it answers "busy, retry"
+MAX_SESSIONS_PER_ANALYST = 8  # of which one analyst may hold at most this many
+
+
+class NodeBusy(ProtocolError):
+    """The node runs as many queries as its limits allow (exit 3): retry shortly."""
+
+
 class NodeServer:
-    """One party's node: a ``MuxEndpoint`` plus a pool of ``PartyNode`` workers."""
+    """One party's node: a ``MuxEndpoint`` plus one ``PartyNode`` shared by its queries.
+
+    Every query runs in a thread of its own, on the same ``PartyNode``: one connector (its
+    engine's own thread pool, opened once), one ledger, one join cache; per-query state is
+    thread-local in the node. Concurrent queries are capped (``max_sessions`` in all,
+    ``max_per_analyst`` per analyst); a query over a cap is refused before it reads or
+    reserves anything, with a "busy, retry" error.
+    """
 
     def __init__(self, federation: Federation, party: str, *, bind: str | None = None,
-                 log: Callable[[str], None] = stderr_log) -> None:
+                 log: Callable[[str], None] = stderr_log, max_sessions: int = MAX_SESSIONS,
+                 max_per_analyst: int = MAX_SESSIONS_PER_ANALYST) -> None:
         if federation.party(party) is None:
             raise UsageError(f"no party named {party!r} in {federation.path}",
                              "name one of: " + ", ".join(federation.party_names))
+        if max_sessions < 1 or max_per_analyst < 1:
+            raise UsageError("session limits must be at least 1",
+                             "pass --max-sessions and --max-per-analyst of 1 or more")
         self.federation = federation
         self.party = party
         self.log = log
-        self._idle: list[PartyNode] = [self._new_node()]
-        self._all: list[PartyNode] = list(self._idle)
+        self.max_sessions = max_sessions
+        self.max_per_analyst = max_per_analyst
+        self.node = PartyNode(federation, party, log=log)
+        self._running: dict[str, int] = {}  # analyst -> queries running now
         self._lock = threading.Lock()
         self.endpoint = MuxEndpoint(
             party, remote_addresses(federation), party_credentials(federation, party),
@@ -85,7 +106,7 @@ class NodeServer:
 
     def start(self) -> tuple[str, int]:
         """Check the ledger left by the last run, then listen; returns the bound address."""
-        ledger = self._idle[0].ledger
+        ledger = self.node.ledger
         if ledger.repair():
             self.log(f"{self.party}: dropped a torn last line of {ledger.path} (see its "
                      "repair entry)")
@@ -105,25 +126,34 @@ class NodeServer:
         end = time.monotonic() + wait
         while self.endpoint.active and time.monotonic() < end:
             time.sleep(0.05)
-        for node in self._all:
-            node.close()
+        self.node.close()
 
-    # Concurrent queries each get their own PartyNode (its join cache and progress state
-    # are per query); the ledger file is shared safely through its flock.
-    def _acquire(self) -> PartyNode:
+    @property
+    def running(self) -> int:
+        """Queries this node runs now."""
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-            node = self._new_node()
-            self._all.append(node)
-            return node
+            return sum(self._running.values())
 
-    def _new_node(self) -> PartyNode:
-        return PartyNode(self.federation, self.party, log=self.log)
-
-    def _release(self, node: PartyNode) -> None:
+    def _admit(self, analyst: str) -> str | None:
+        """Count a new query in; the reason it is refused instead, if over a limit."""
         with self._lock:
-            self._idle.append(node)
+            total = sum(self._running.values())
+            mine = self._running.get(analyst, 0)
+            if total >= self.max_sessions:
+                return f"{total} queries running, the node's limit (--max-sessions)"
+            if mine >= self.max_per_analyst:
+                return (f"{mine} queries of analyst {analyst!r} running, the limit per "
+                        "analyst (--max-per-analyst)")
+            self._running[analyst] = mine + 1
+            return None
+
+    def _leave(self, analyst: str) -> None:
+        with self._lock:
+            left = self._running.get(analyst, 0) - 1
+            if left > 0:
+                self._running[analyst] = left
+            else:
+                self._running.pop(analyst, None)
 
     def _handle(self, session: MuxSession, query: ClientQuery) -> None:
         """Run one client's query; log one line; never let an error escape the thread."""
@@ -145,7 +175,13 @@ class NodeServer:
         if claimed != query.analyst:
             self.log(f"{self.party}: query {qid}: client asked for analyst {claimed!r}; "
                      f"charging {query.analyst!r}, named by its certificate")
-        node = self._acquire()
+        busy = self._admit(query.analyst)
+        if busy is not None:
+            self.log(f"{self.party}: query {qid} analyst={query.analyst} refused: busy ({busy})")
+            session.abort(NodeBusy(f"node {self.party!r} is busy: {busy}",
+                                   "nothing was read or charged; retry in a moment"))
+            return
+        node = self.node
         outcome = "ok"
 
         def progress(party: str, step: str) -> None:
@@ -171,7 +207,7 @@ class NodeServer:
                                     f"the details are in {self.party}'s node log")
             session.abort(exc)
         finally:
-            self._release(node)
+            self._leave(query.analyst)
         sql = " ".join(request.sql.split())[:80]
         self.log(f"{self.party}: query {qid} analyst={query.analyst} from={query.address} "
                  f"{outcome} in {time.monotonic() - start:.2f}s: {sql}")

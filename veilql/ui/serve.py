@@ -10,7 +10,7 @@ from types import FrameType
 import click
 
 from veilql.engine.dp import LargeEpsilonWarning
-from veilql.engine.server import NodeServer, stderr_log
+from veilql.engine.server import MAX_SESSIONS, MAX_SESSIONS_PER_ANALYST, NodeServer, stderr_log
 from veilql.ui.clicommon import federation_option, load
 
 
@@ -19,12 +19,20 @@ from veilql.ui.clicommon import federation_option, load
 @click.option("--party", required=True, metavar="NAME", help="The party this node runs.")
 @click.option("--bind", default=None, metavar="HOST:PORT",
               help="Listen here instead of the party's address (e.g. 0.0.0.0:7001).")
-def serve(federation: str | None, party: str, bind: str | None) -> None:
+@click.option("--max-sessions", type=click.IntRange(min=1), default=MAX_SESSIONS,
+              show_default=True, help="Queries this node runs at once; more are refused "
+              "with 'busy, retry' (exit 3) before anything is read or charged.")
+@click.option("--max-per-analyst", type=click.IntRange(min=1),
+              default=MAX_SESSIONS_PER_ANALYST, show_default=True,
+              help="Queries one analyst may run at once at this node.")
+def serve(federation: str | None, party: str, bind: str | None, max_sessions: int,
+          max_per_analyst: int) -> None:
     """Run PARTY's node at its address: answer queries from analysts and peer nodes."""
     # Each query's cost is the analyst's choice; the client is the one warned about it.
     warnings.simplefilter("ignore", LargeEpsilonWarning)
     fed = load(federation)
-    server = NodeServer(fed, party, bind=bind)
+    server = NodeServer(fed, party, bind=bind, max_sessions=max_sessions,
+                        max_per_analyst=max_per_analyst)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
