@@ -193,6 +193,7 @@ class PartyNode:
         """
         self._query.progress = progress or _quiet
         self._query.rows = None
+        self._query.step = None
         plan = compile_plan(request.sql, self.federation, epsilon=request.epsilon,
                             delta=request.delta, mechanism=request.mechanism)
         who = participants(plan)
@@ -217,10 +218,12 @@ class PartyNode:
         except Refused:
             raise
         except BaseException as exc:
+            if isinstance(exc, PartyUnavailable):
+                exc = self._silent_peer(exc)
             if not begun:
                 if reservation is not None:
                     self.ledger.abort(reservation, "query failed before any party read data")
-                raise
+                raise exc from None
             raise self._failed(exc, qid) from None
         self._step("done")
 
@@ -252,7 +255,18 @@ class PartyNode:
             fh.write(f"{stamp} {line}\n")
 
     def _step(self, name: str) -> None:
+        self._query.step = name
         getattr(self._query, "progress", _quiet)(self.party.name, name)
+
+    def _silent_peer(self, exc: PartyUnavailable) -> PartyUnavailable:
+        """Say which peer went silent and what this party was doing, in an analyst's words
+        (never the protocol's internal round names)."""
+        if exc.party == self.party.name or "sent nothing" not in exc.message:
+            return exc
+        doing = getattr(self._query, "step", None) or "starting the query"
+        return PartyUnavailable(
+            exc.party, f"party {exc.party!r} did not answer within "
+            f"{self.federation.timeout:g} s while {self.party.name} was {doing}", exc.hint)
 
     def _version_digest(self, table: str) -> str:
         """A keyed digest of ``table``'s version: equal versions give equal digests, and a
@@ -374,7 +388,7 @@ class PartyNode:
     # -- local mode --------------------------------------------------------------------
     def _run_local(self, transport: Transport, plan: Plan) -> None:
         """One party: aggregate its own rows in the clear and add the full noise itself."""
-        self._step("running local SQL")
+        self._step("running its local SQL")
         rows = fetch(plan.steps[0], self.connector, self.seed())
         self._step("aggregating and adding noise")
         values = aggregate_plain(plan, {self.party.name: rows})
@@ -401,9 +415,9 @@ class PartyNode:
             assert cached is not None
             joined, self._query.rows = cached
         else:
-            self._step("running local SQL")
+            self._step("running its local SQL")
             columns = self._local_columns(transport, plan, qid) if me in plan.parties else None
-            self._step("secret-sharing")
+            self._step("secret-sharing its columns")
             tables = {p: _receive_table(rt, plan, p, columns if p == me else None, qid)
                       for p in plan.parties}
             joined = tables[plan.parties[0]]
@@ -412,13 +426,13 @@ class PartyNode:
                 left_tag = f"{stage.key_parties[0]}.tag{j}"
                 right_tag = f"{stage.right}.tag{j}"
                 right = SharedTable(right.n, {**right.cols, left_tag: right.cols.pop(right_tag)})
-                self._step(f"secure join with {stage.right}")
+                self._step(f"joining with {stage.right} on shares")
                 joined = join_stage(rt, stage, joined, right, left_tag)
                 joined.cols.pop(left_tag, None)
             if me not in plan.parties:
                 self._query.rows = None
             self._remember(join_key, joined)
-        self._step("secure aggregates")
+        self._step("aggregating on shares")
         result = secure_aggregate(rt, plan, joined)
         self._step("adding noise")
         total = _add_noise(rt, plan, result)
