@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +33,7 @@ from veilql.engine.ledger import (
     verify_all,
 )
 from veilql.engine.ledger.entries import digest
+from veilql.engine.ledger.keys import load_key
 from veilql.engine.ledger.money import decode, encode, fmt, to_fraction
 from veilql.errors import BudgetExceeded, ExitCode
 from veilql.policies.model import Analyst, Federation, Party
@@ -62,6 +64,11 @@ def reseal(line: bytes, key: bytes | None = None, **changes) -> bytes:
     obj.pop("hash")
     obj["hash"] = digest(obj, key)
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def key_of(ledger: Ledger) -> bytes | None:
+    """The key in ``ledger``'s key file: what the party itself (or a thief) would use."""
+    return load_key(ledger.key_path)
 
 
 def populated(tmp_path: Path, **kw) -> Ledger:
@@ -370,7 +377,7 @@ def test_edit_fails_at_the_edited_entry(tmp_path: Path) -> None:
 def test_edit_with_recomputed_hash_fails_at_the_next_entry(tmp_path: Path) -> None:
     led = populated(tmp_path)
     rows = lines(led)
-    rows[3] = reseal(rows[3], epsilon="0.01")
+    rows[3] = reseal(rows[3], key_of(led), epsilon="0.01")  # even with the party's key
     write_lines(led, rows)
     result = led.verify()
     assert (result.ok, result.bad_index) == (False, 4) and "prev" in (result.problem or "")
@@ -383,7 +390,8 @@ def test_deletion_reordering_insertion_and_truncation(tmp_path: Path) -> None:
         "deleted": (orig[:3] + orig[4:], 3, "seq"),
         "swapped": (orig[:3] + [orig[4], orig[3]] + orig[5:], 3, "seq"),
         "duplicate inserted": (orig[:5] + [orig[2]] + orig[5:], 5, "seq"),
-        "forged inserted": (orig[:5] + [reseal(orig[3], seq=5, prev=json.loads(orig[4])["hash"])]
+        "forged inserted": (orig[:5] + [reseal(orig[3], key_of(led), seq=5,
+                                               prev=json.loads(orig[4])["hash"])]
                             + orig[5:], 6, "seq"),
         "truncated": (orig[:6] + [orig[6][:40]], 6, "truncated"),
         "blank line": (orig[:2] + [b"\n"] + orig[2:], 2, "empty"),
@@ -429,7 +437,8 @@ def test_repair_drops_only_a_torn_tail_and_records_it(tmp_path: Path) -> None:
 
 
 def test_plain_chain_limits_and_what_anchors_and_keys_add(tmp_path: Path) -> None:
-    led = populated(tmp_path)
+    led = populated(tmp_path, key_file=False)  # a ledger made before ledger keys
+    assert not led.key_path.exists()
     anchor = led.head()
     assert anchor[0] == 6
     orig = lines(led)
@@ -459,7 +468,7 @@ def test_plain_chain_limits_and_what_anchors_and_keys_add(tmp_path: Path) -> Non
 
 def test_ledger_of_another_party_is_rejected(tmp_path: Path) -> None:
     led = populated(tmp_path)
-    result = Ledger(led.path, "insurer").verify()
+    result = Ledger(led.path, "insurer", key=key_of(led)).verify()
     assert (result.ok, result.bad_index) == (False, 0) and "bank" in (result.problem or "")
     other = make(tmp_path, "insurer")
     r = led.reserve(ALICE, 0.1)
@@ -544,3 +553,192 @@ def test_ledger_paths_from_the_federation(tmp_path: Path) -> None:
     ledgers["bank"].reserve(ALICE, 0.1)
     assert (tmp_path / "ledgers" / "bank.jsonl").exists()
     assert json.loads(lines(ledgers["bank"])[0])["mac"] == "hmac-sha256"
+
+
+# ---------------------------------------------------------------- ledger keys
+
+
+def test_new_ledger_gets_a_secret_key_file_and_an_hmac_chain(tmp_path: Path) -> None:
+    led = populated(tmp_path)
+    key = key_of(led)
+    assert led.key_path == tmp_path / "bank.ledger-key"
+    assert key is not None and len(key) == 32
+    assert led.key_path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(lines(led)[0])["mac"] == "hmac-sha256"
+    again = Ledger(led.path, "bank")  # every caller loads the key from beside the ledger
+    result = again.verify()
+    assert result.ok and result.keyed is True and result.warnings == ()
+    assert again.remaining(ALICE)[0] == Fraction(7, 10)
+    # the chain really is keyed: the same content under plain SHA-256 does not verify
+    assert Ledger(led.path, "bank", key=b"another key").verify().bad_index == 0
+
+
+def test_key_less_ledger_keeps_working_without_a_key_and_warns(tmp_path: Path) -> None:
+    old = populated(tmp_path, key_file=False)  # as made before ledger keys existed
+    assert json.loads(lines(old)[0])["mac"] == "sha256"
+    led = Ledger(old.path, "bank")
+    led.commit(led.reserve(ALICE, 0.1, query_id="q-new"))
+    assert not led.key_path.exists()  # an existing plain chain is never switched to a key
+    result = led.verify()
+    assert result.ok and result.keyed is False and result.entries == 9
+    assert len(result.warnings) == 1 and result.warnings[0].startswith("not keyed")
+    assert verify_all({"bank": led})["bank"].ok
+
+
+def test_ledger_whose_key_remains_but_file_is_gone_refuses_to_serve(tmp_path: Path) -> None:
+    led = populated(tmp_path)
+    led.path.unlink()
+    with pytest.raises(LedgerCorrupt, match="missing but its key"):
+        Ledger(led.path, "bank").reserve(ALICE, 0.1)
+    assert not led.path.exists()  # no fresh ledger with the whole budget
+    result = Ledger(led.path, "bank").verify()
+    assert not result.ok and not result.exists and result.problems[0].kind == "missing"
+    led.path.write_bytes(b"")  # emptied rather than deleted: the same
+    with pytest.raises(LedgerCorrupt, match="empty but its key"):
+        Ledger(led.path, "bank").spent("alice")
+
+
+def test_unusable_key_file_is_an_error_not_a_silent_plain_chain(tmp_path: Path) -> None:
+    led = populated(tmp_path)
+    led.key_path.write_text("not hex\n")
+    with pytest.raises(LedgerError, match="is not a key"):
+        Ledger(led.path, "bank").spent("alice")
+    result = Ledger(led.path, "bank").verify()
+    assert not result.ok and result.problems[0].kind == "key"
+    led.key_path.unlink()
+    result = Ledger(led.path, "bank").verify()
+    assert result.bad_index == 0 and "bank.ledger-key is missing" in (result.problem or "")
+
+
+# ---------------------------------------------------------------- anchors
+
+
+def test_record_anchor_keeps_the_latest_head_per_party(tmp_path: Path) -> None:
+    bank, insurer = make(tmp_path, "bank"), make(tmp_path, "insurer")
+    assert bank.anchors() == {}
+    for i in range(3):
+        insurer.commit(insurer.reserve(ALICE, 0.1, query_id=f"q{i}"))
+        seq, head = insurer.head()
+        bank.record_anchor("insurer", seq, head, f"q{i}")
+    bank.record_anchor("payments", 4, "a" * 64, "q9")
+    bank.record_anchor("insurer", 1, insurer.entries()[1].hash, "late")  # out of order
+    assert bank.anchors() == {"insurer": insurer.head(), "payments": (4, "a" * 64)}
+    assert Ledger(bank.path, "bank").anchors() == bank.anchors()  # durable, re-read
+    assert bank.anchors_path == tmp_path / "bank.anchors.jsonl"
+    first = json.loads(bank.anchors_path.read_text().splitlines()[0])
+    assert first["holder"] == "bank" and first["party"] == "insurer"
+    assert first["query_id"] == "q0" and set(first) == {
+        "holder", "party", "seq", "hash", "query_id", "time"}
+
+
+def test_record_anchor_refuses_nonsense(tmp_path: Path) -> None:
+    bank = make(tmp_path, "bank")
+    with pytest.raises(LedgerError, match="its own ledger"):
+        bank.record_anchor("bank", 1, "a" * 64, "q")
+    with pytest.raises(LedgerError, match="64 lowercase hex"):
+        bank.record_anchor("insurer", 1, "xyz", "q")
+    with pytest.raises(LedgerError, match="non-negative"):
+        bank.record_anchor("insurer", -1, "a" * 64, "q")
+    assert not bank.anchors_path.exists()
+
+
+def test_torn_anchor_line_is_dropped_before_the_next_append(tmp_path: Path) -> None:
+    bank = make(tmp_path, "bank")
+    bank.record_anchor("insurer", 1, "a" * 64, "q1")
+    with open(bank.anchors_path, "ab") as f:
+        f.write(b'{"holder":"bank","par')  # a crash in the middle of an append
+    assert bank.anchors() == {"insurer": (1, "a" * 64)}
+    bank.record_anchor("insurer", 2, "b" * 64, "q2")
+    assert Ledger(bank.path, "bank").anchor_book().damaged == []
+    assert bank.anchors() == {"insurer": (2, "b" * 64)}
+
+
+def test_threads_recording_anchors_never_interleave(tmp_path: Path) -> None:
+    bank = make(tmp_path, "bank")
+    others = [Ledger(bank.path, "bank") for _ in range(4)]
+
+    def run(led: Ledger, t: int) -> None:
+        for i in range(25):
+            led.record_anchor("insurer", t * 100 + i, f"{t:x}" * 64, f"q{t}-{i}")
+
+    threads = [threading.Thread(target=run, args=(led, t)) for t, led in enumerate(others)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    book = bank.anchor_book()
+    assert book.count == 100 and book.damaged == [] and book.conflicts == []
+    assert bank.anchors() == {"insurer": (324, "3" * 64)}
+
+
+def _anchored(tmp_path: Path) -> dict[str, Ledger]:
+    """bank and insurer charged for two queries; each anchors the other's head."""
+    ledgers = {p: make(tmp_path, p) for p in ("bank", "insurer")}
+    for i in range(2):
+        rs = reserve_all(ledgers, ALICE, 0.1, query_id=f"q{i}",
+                         tables={"bank": ["loans"], "insurer": ["claims"]})
+        commit_all(ledgers, rs)
+        for me, other in (("bank", "insurer"), ("insurer", "bank")):
+            ledgers[me].record_anchor(other, *ledgers[other].head(), f"q{i}")
+    return ledgers
+
+
+def test_verify_all_checks_each_ledger_against_the_anchors_of_the_others(
+        tmp_path: Path) -> None:
+    ledgers = _anchored(tmp_path)
+    results = verify_all(ledgers)
+    assert all(r.ok for r in results.values())
+    assert [(a.holder, a.seq) for a in results["bank"].anchors] == [("insurer", 4)]
+    orig = lines(ledgers["bank"])
+    write_lines(ledgers["bank"], orig[:-1])  # truncated: a valid prefix
+    bad = verify_all(ledgers)["bank"]
+    assert (bad.ok, bad.bad_index, bad.problems[0].kind, bad.problems[0].holder) == (
+        False, 4, "anchor", "insurer")
+    assert "ledger of bank has 4 entries but insurer holds an anchor at entry 4" in str(bad)
+    write_lines(ledgers["bank"], orig)
+    assert verify_all(ledgers)["bank"].ok
+    ledgers["bank"].path.unlink()
+    gone = verify_all(ledgers)["bank"]
+    assert not gone.ok and not gone.exists
+    assert "ledger of bank is missing; insurer holds an anchor at entry 4" in str(gone)
+
+
+def test_verify_all_accepts_a_party_never_charged_and_never_anchored(tmp_path: Path) -> None:
+    ledgers = _anchored(tmp_path)
+    ledgers["payments"] = make(tmp_path, "payments")
+    results = verify_all(ledgers)
+    assert results["payments"].ok and not results["payments"].exists
+    assert str(results["payments"]) == "no ledger (nothing charged)"
+    assert not (tmp_path / "payments.jsonl.lock").exists()  # verifying created nothing
+
+
+def test_verify_all_reports_old_open_reservations(tmp_path: Path) -> None:
+    led = make(tmp_path)
+    r = led.reserve(ALICE, 0.25, query_id="q-open")
+    soon = datetime.now(UTC) + timedelta(seconds=5)
+    assert verify_all({"bank": led}, max_open_age=30, now=soon)["bank"].ok  # still running
+    later = datetime.now(UTC) + timedelta(seconds=31)
+    old = verify_all({"bank": led}, max_open_age=30, now=later)["bank"]
+    assert not old.ok and old.problems[0].kind == "open-reservation"
+    assert old.bad_index == r.seq and "open reservation q-open since " in str(old)
+    assert led.verify().ok  # the chain itself is fine
+    assert verify_all({"bank": led}, max_open_age=None, now=later)["bank"].ok
+    led.commit(r)
+    assert verify_all({"bank": led}, max_open_age=30, now=later)["bank"].ok
+
+
+def test_limit_rewriting_a_ledger_and_every_anchor_file_goes_unnoticed(tmp_path: Path) -> None:
+    # Documented limit (docs/ledger.md): whoever holds the bank's key and can write every
+    # other party's anchor file (all parties' state in hand) rewrites history undetected.
+    ledgers = _anchored(tmp_path)
+    key = key_of(ledgers["bank"])
+    rows = lines(ledgers["bank"])
+    forged = rows[:3]
+    for i, row in enumerate(rows[3:], start=3):
+        extra = {"epsilon": "0.01"} if i in (3, 4) else {}
+        forged.append(reseal(row, key, prev=json.loads(forged[-1])["hash"], **extra))
+    write_lines(ledgers["bank"], forged)
+    assert not verify_all(ledgers)["bank"].ok  # the insurer's anchor still tells
+    ledgers["insurer"].anchors_path.unlink()
+    ledgers["insurer"].record_anchor("bank", *Ledger(ledgers["bank"].path, "bank").head(), "x")
+    assert verify_all(ledgers)["bank"].ok

@@ -163,6 +163,7 @@ def test_readers_agree_with_ledger_history_on_a_clean_ledger(demo) -> None:
 def test_torn_last_line_is_reported_as_damage(demo, tmp_path: Path) -> None:
     _, ledgers = demo
     path = tmp_path / "bank.jsonl"
+    shutil.copy(ledgers / "bank.ledger-key", tmp_path)  # a ledger moves with its key
     data = (ledgers / "bank.jsonl").read_bytes()
     path.write_bytes(data + b'{"analyst":"al')  # a write cut short, never completed
     check, charges = read_ledger(path, "bank")
@@ -175,13 +176,15 @@ def test_report_needs_no_write_access(demo, tmp_path: Path) -> None:
     _, ledgers = demo
     folder = tmp_path / "ro"
     folder.mkdir()
-    shutil.copy(ledgers / "bank.jsonl", folder / "bank.jsonl")
+    for name in ("bank.jsonl", "bank.ledger-key"):
+        shutil.copy(ledgers / name, folder / name)
     folder.chmod(0o555)  # (root ignores this; the no-lock-file check below still holds)
     try:
         rep = collect_ledgers({"bank": folder / "bank.jsonl", "payments":
                                folder / "payments.jsonl"}, {}, federation_name="x", now=NOW)
         assert rep.ok and len(rep.queries) == 4
-        assert sorted(p.name for p in folder.iterdir()) == ["bank.jsonl"]  # no lock files
+        # no lock files, no key or anchor files created
+        assert sorted(p.name for p in folder.iterdir()) == ["bank.jsonl", "bank.ledger-key"]
     finally:
         folder.chmod(0o755)
 
@@ -335,6 +338,7 @@ def test_html_is_self_contained_and_holds_chart_and_every_query(env) -> None:
         assert q.sql in text
     assert "amount < 5000" in text
     assert "Ledger integrity verified" in text and "fail" not in page.classes
+    assert "insurer: entry 4 (matches)" in text  # the anchors the others hold for the bank
     for b in rep.budgets:
         assert f"{float(b.spent_epsilon):g}" in text
 

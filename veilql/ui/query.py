@@ -16,13 +16,16 @@ from typing import Any
 import click
 
 from veilql.engine.dp import LargeEpsilonWarning
+from veilql.engine.ledger.ledger import Ledger, VerifyResult
 from veilql.engine.ledger.multi import verify_all
 from veilql.engine.result import Result
 from veilql.engine.session import EmbeddedModeWarning, Session
 from veilql.errors import ExitCode, UsageError
+from veilql.policies.model import Federation
 from veilql.ui.clicommon import emit, federation_option, format_option, load
 from veilql.ui.formats import render
 from veilql.ui.noisy import noisy_text
+from veilql.ui.report.collect import ledger_file
 
 
 def analyst_option(func: Any) -> Any:
@@ -182,17 +185,64 @@ def ledger() -> None:
 @ledger.command("verify")
 @federation_option
 @format_option()
-def verify(federation: str | None, fmt: str) -> None:
-    """Check every local party's ledger hash chain; exit 3 when any fails."""
-    session = Session(load(federation))
-    ledgers = {}
-    for p in session.federation.parties:
-        found = session.ledger(p.name)
-        if found is not None:
-            ledgers[p.name] = found
-    results = verify_all(ledgers) if ledgers else {}
-    rows = [[party, "ok" if r.ok else "FAILED", r.entries, "" if r.ok else str(r)]
-            for party, r in results.items()]
-    emit(render(["party", "status", "entries", "problem"], rows, fmt))
-    if any(not r.ok for r in results.values()):
+@click.option("--max-open-age", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Report reservations open longer than this (default: the federation's "
+                   "timeout).")
+def verify(federation: str | None, fmt: str, max_open_age: float | None) -> None:
+    """Check every local party's ledger: its keyed hash chain, the anchors the other parties
+    hold for it, and reservations left open; exit 3 when any check fails."""
+    fed = load(federation)
+    ledgers = local_ledgers(fed)
+    age = fed.timeout if max_open_age is None else max_open_age
+    results = verify_all(ledgers, max_open_age=age) if ledgers else {}
+    rows = [verify_row(party, r) for party, r in results.items()]
+    cols = ["party", "status", "entries", "head_seq", "head", "keyed", "anchors", "problem",
+            "warning"]
+    meta = {
+        "ok": all(r.ok for r in results.values()),
+        "problems": [{"party": party, "kind": p.kind, "message": p.message, "index": p.index,
+                      "holder": p.holder} for party, r in results.items() for p in r.problems],
+        "warnings": [{"party": party, "message": w} for party, r in results.items()
+                     for w in r.warnings],
+    }
+    emit(render(cols, rows, fmt, meta=meta))
+    for party, r in results.items():
+        for w in r.warnings:
+            click.echo(f"veil: warning: {party}: {w}", err=True)
+    failed = [(party, r) for party, r in results.items() if not r.ok]
+    if failed:
+        what = ", ".join(f"{party} ({', '.join(dict.fromkeys(p.kind for p in r.problems))})"
+                         for party, r in failed)
+        click.echo(f"veil: error: ledger verification FAILED for {what}", err=True)
+        click.echo("hint: a chain, anchor or missing-ledger failure means a ledger was edited, "
+                   "cut short, rewritten or deleted: restore it from a backup and investigate; "
+                   "an open reservation means a node lost track of a query (it stays charged)",
+                   err=True)
         raise click.exceptions.Exit(int(ExitCode.UNAVAILABLE))
+
+
+def local_ledgers(fed: Federation) -> dict[str, Ledger]:
+    """The ledgers ``veil ledger verify`` checks here: every party that runs in this process
+    (``address = "local"``: its ledger must be here, even if it was deleted), and every other
+    party that left a ledger, key or anchor file in its state folder on this host."""
+    out = {}
+    for p in fed.parties:
+        path = ledger_file(fed, p.name)
+        ledger = Ledger(path, p.name)
+        here = (path, ledger.key_path, ledger.anchors_path)
+        if p.is_local or any(f.exists() for f in here):
+            out[p.name] = ledger
+    return out
+
+
+def verify_row(party: str, r: VerifyResult) -> list[Any]:
+    """One row of ``veil ledger verify``: status, head, keyed, anchors held by others,
+    every problem and warning."""
+    if r.ok:
+        status = "ok" if r.exists else "no ledger"
+    else:
+        status = "MISSING" if r.problems and r.problems[0].kind == "missing" else "FAILED"
+    return [party, status, r.entries, r.head_seq if r.ok else None, r.head,
+            r.keyed, [f"{a.holder}@{a.seq}" for a in r.anchors],
+            "; ".join(f"{p.kind}: {p}" for p in r.problems),
+            "; ".join(r.warnings)]

@@ -26,6 +26,36 @@ class BadEntry(Exception):
         self.problem = problem
 
 
+#: The kinds of ``Problem``: each one makes verification fail.
+PROBLEM_KINDS: tuple[str, ...] = (
+    "chain",             # the file itself: a hash, seq, prev, schema or balance is wrong
+    "key",               # the party's ledger key is unreadable or does not match the chain
+    "missing",           # the ledger file is gone although it existed (an anchor or its key)
+    "anchor",            # the chain no longer holds an anchor another party keeps for it
+    "anchor-file",       # a party's own anchor file is damaged
+    "open-reservation",  # a reservation left open longer than a query can take
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a ledger fails verification.
+
+    ``kind`` is one of ``PROBLEM_KINDS``; ``index`` the entry concerned (if any); ``holder``
+    the party whose anchor revealed it (for ``anchor`` and ``missing``).
+    """
+
+    kind: str
+    message: str
+    index: int | None = None
+    holder: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "chain" and self.index is not None:
+            return f"broken at entry {self.index}: {self.message}"
+        return self.message
+
+
 def mac_name(key: bytes | None) -> str:
     """The ``mac`` a genesis entry names for this key: keyed or plain chaining."""
     return "sha256" if key is None else "hmac-sha256"

@@ -17,12 +17,15 @@ Concurrency. Every append, and the read-check-append of ``reserve``, happens und
 processes block up to ``timeout`` seconds rather than fail. Under the lock the file is re-read
 from the last verified byte and the new tail verified, so no process trusts another's memory.
 
-Integrity. Entries are hash-chained (``entries``). A plain SHA-256 chain detects accidental
-damage and any edit, deletion, insertion or reordering made without recomputing the later
-hashes, and a truncated last line. It does NOT stop someone with write access who recomputes
-every hash after the edit (the algorithm is public), nor deleting whole entries from the end
-or the whole file. A per-party HMAC ``key`` makes the first impossible without the key;
-comparing ``head()`` with a copy kept elsewhere (``verify(anchor=...)``) catches the others.
+Integrity. Entries are hash-chained (``entries``) under the party's secret ledger key
+(``keys``: ``<party>.ledger-key`` beside the ledger, created with the ledger, mode 0600), so
+nobody without the key can edit an entry and recompute a chain that verifies. A ledger made
+before keys existed keeps its plain SHA-256 chain and verifies with a "not keyed" warning.
+The chain alone cannot show that whoever holds the key rewrote it, cut entries off its end
+or deleted the file: for that every party keeps the heads of the other parties' ledgers
+(``record_anchor``, ``anchors``; see ``anchors``), and ``multi.verify_all`` checks each
+ledger against the anchors the others hold for it. A missing ledger whose key still exists
+counts as deleted. See docs/ledger.md for what is and is not detected.
 
 >>> import tempfile, pathlib
 >>> from veilql.policies.model import Analyst
@@ -49,7 +52,8 @@ from pathlib import Path
 
 import filelock
 
-from veilql.engine.ledger.chain import BadEntry, ChainState, mac_name
+from veilql.engine.ledger.anchors import Anchor, AnchorBook, anchors_path, validate
+from veilql.engine.ledger.chain import BadEntry, ChainState, Problem, mac_name
 from veilql.engine.ledger.entries import (
     FORMAT_VERSION,
     GENESIS_PREV,
@@ -58,6 +62,7 @@ from veilql.engine.ledger.entries import (
     now_utc,
 )
 from veilql.engine.ledger.errors import BudgetRefused, LedgerBusy, LedgerCorrupt, LedgerError
+from veilql.engine.ledger.keys import create_key, fsync_dir, key_path, load_key
 from veilql.engine.ledger.money import Amount, to_fraction
 from veilql.policies.model import Analyst
 
@@ -85,21 +90,65 @@ class Reservation:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """Outcome of ``Ledger.verify``: ``ok``, entries read, and where and why it broke."""
+    """Outcome of ``Ledger.verify`` (or ``multi.verify_all``): ``ok``, entries read, and
+    where and why it broke.
+
+    ``problems`` lists every reason it fails (``Problem.kind`` says which kind: chain, key,
+    missing, anchor, anchor-file, open-reservation); ``bad_index`` and ``problem`` are those
+    of the first. ``warnings`` do not make it fail (e.g. a ledger that is not keyed).
+    ``keyed`` says whether the chain is HMAC-keyed (None without entries); ``exists``
+    whether the file exists; ``anchors`` are the anchors other parties hold for this ledger
+    (filled in by ``multi.verify_all``).
+    """
 
     ok: bool
     entries: int
     bad_index: int | None = None
     problem: str | None = None
     head: str | None = None
+    problems: tuple[Problem, ...] = ()
+    warnings: tuple[str, ...] = ()
+    keyed: bool | None = None
+    exists: bool = True
+    anchors: tuple[Anchor, ...] = ()
+
+    @classmethod
+    def of(cls, entries: int, head: str | None, problems: Iterable[Problem] = (), *,
+           warnings: Iterable[str] = (), keyed: bool | None = None, exists: bool = True,
+           anchors: Iterable[Anchor] = ()) -> VerifyResult:
+        """A result whose ``ok``, ``bad_index`` and ``problem`` follow from ``problems``."""
+        found = tuple(problems)
+        first = found[0] if found else None
+        return cls(
+            ok=not found, entries=entries, bad_index=first.index if first else None,
+            problem=first.message if first else None, head=head if not found else None,
+            problems=found, warnings=tuple(warnings), keyed=keyed, exists=exists,
+            anchors=tuple(anchors),
+        )
+
+    def adding(self, problems: Iterable[Problem] = (), anchors: Iterable[Anchor] = (),
+               ) -> VerifyResult:
+        """This result with more problems and the anchors held for it (the head is kept
+        only while no problem remains)."""
+        return VerifyResult.of(
+            self.entries, self.head, (*self.problems, *problems), warnings=self.warnings,
+            keyed=self.keyed, exists=self.exists, anchors=(*self.anchors, *anchors),
+        )
+
+    @property
+    def head_seq(self) -> int | None:
+        """``seq`` of the last entry read (None for an empty or missing ledger)."""
+        return self.entries - 1 if self.entries else None
 
     def __bool__(self) -> bool:
         return self.ok
 
     def __str__(self) -> str:
         if self.ok:
+            if not self.exists:
+                return "no ledger (nothing charged)"
             return f"ok ({self.entries} entries, head {self.head})"
-        return f"broken at entry {self.bad_index}: {self.problem}"
+        return "; ".join(str(p) for p in self.problems)
 
 
 @dataclass(frozen=True)
@@ -118,6 +167,18 @@ class Charge:
     reserved_at: str
     settled_at: str | None
     reason: str | None
+
+
+def _file_lock(path: str, timeout: float) -> filelock.BaseFileLock:
+    """An exclusive ``flock`` on ``path`` whose lock file is kept.
+
+    Unlinking the lock file on release races with waiters, and a native flock (no soft
+    fallback) is released by the kernel if the holder crashes.
+    """
+    try:
+        return filelock.FileLock(path, timeout=timeout, preserve_lock_file=True)
+    except TypeError:  # filelock < 4 has no such option and always uses flock on Unix
+        return filelock.FileLock(path, timeout=timeout)
 
 
 def _utc(since: datetime | date | str) -> datetime:
@@ -146,27 +207,30 @@ def charge_of(party: str, seq: int, reserve: Entry, settled: Entry | None) -> Ch
 class Ledger:
     """The append-only, hash-chained budget ledger of ``party`` stored at ``path`` (JSON lines).
 
-    ``key`` (optional) makes the chain an HMAC-SHA256 chain; ``timeout`` is how long to wait
-    for the lock before raising ``LedgerBusy``. The file is created, with its genesis entry,
-    on the first write.
+    ``key`` is the HMAC-SHA256 key of the chain; without one the party's key file
+    ``<party>.ledger-key`` beside ``path`` is used, and created (with the genesis entry) for
+    a new ledger. ``key_file=False`` uses no key file: a new ledger is then chained with
+    plain SHA-256, as ledgers were before keys (for tests and tools; verification warns).
+    An existing ledger made without a key continues without one. ``timeout`` is how long to
+    wait for a lock before raising ``LedgerBusy``. The file is created, with its genesis
+    entry, on the first write. Anchors of other parties' ledgers go to ``anchors_path``.
     """
 
     def __init__(
         self, path: str | os.PathLike[str], party: str, *, key: bytes | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
+        key_file: bool = True, timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.path = Path(path)
         self.party = party
+        self.key_path = key_path(self.path, party)
+        self.anchors_path = anchors_path(self.path, party)
         self._key = key
+        self._auto_key = key is None and key_file
         self._timeout = timeout
         self._state: ChainState | None = None
-        lock_path = f"{self.path}.lock"
-        try:
-            # Keep the lock file: unlinking it on release races with waiters, and a native
-            # flock (no soft fallback) is released by the kernel if the holder crashes.
-            self._lock = filelock.FileLock(lock_path, timeout=timeout, preserve_lock_file=True)
-        except TypeError:  # filelock < 4 has no such option and always uses flock on Unix
-            self._lock = filelock.FileLock(lock_path, timeout=timeout)
+        self._book: AnchorBook | None = None
+        self._lock = _file_lock(f"{self.path}.lock", timeout)
+        self._anchor_lock = _file_lock(f"{self.anchors_path}.lock", timeout)
 
     # ------------------------------------------------------------------ budget operations
 
@@ -266,38 +330,125 @@ class Ledger:
         return out
 
     def verify(self, anchor: tuple[int, str] | None = None) -> VerifyResult:
-        """Check the whole file from scratch: every hash, ``seq``, ``prev`` and balance.
+        """Check the whole file from scratch: every hash, ``seq``, ``prev`` and balance, and
+        that the chain is keyed as the party's key file says.
 
         ``anchor`` is a ``(seq, hash)`` pair recorded earlier (``head()``); it must still be
         in the chain, which catches rewrites of the whole chain and deleted trailing entries.
-        A missing file verifies as empty.
+        A missing file verifies as empty, unless the party's key file exists (then the ledger
+        was deleted). A plain SHA-256 ledger verifies with a "not keyed" warning. The
+        anchors other parties hold are checked by ``multi.verify_all``.
         """
-        state = ChainState(self.party, self._key)
+        result, state = self.replay()
+        if anchor is None or not result.ok or state is None:
+            return result
+        seq, expected = anchor
+        n = len(state.entries)
+        if seq >= n:
+            return result.adding([Problem(
+                "anchor", f"ledger ends before anchored entry {seq} (entries deleted from the "
+                "end)", n)])
+        if state.entries[seq].hash != expected:
+            return result.adding([Problem(
+                "anchor", "hash differs from the anchor (chain rewritten)", seq)])
+        return result
+
+    def replay(self) -> tuple[VerifyResult, ChainState | None]:
+        """``verify()`` without an anchor, and the replayed chain (None when there is no
+        file or its key is unusable): ``multi.verify_all`` checks anchors and open
+        reservations against it. A missing file is read without taking the lock, so
+        verifying creates nothing."""
+        try:
+            key = self._resolve_key()
+        except LedgerError as exc:
+            return VerifyResult.of(0, None, [Problem("key", exc.message)],
+                                   exists=self.path.exists()), None
+        if not self.path.exists():
+            gone = self._deleted_problem(key, "missing")
+            return VerifyResult.of(0, None, gone, exists=False), None
         with self._locked():
             try:
                 data = self.path.read_bytes()
             except FileNotFoundError:
                 data = b""
+        state = ChainState(self.party, key)
+        problems: list[Problem] = []
         try:
             state.feed_bytes(data)
         except BadEntry as bad:
-            return VerifyResult(False, len(state.entries), bad.index, bad.problem)
-        if anchor is not None:
-            seq, expected = anchor
-            if seq >= len(state.entries):
-                return VerifyResult(False, len(state.entries), len(state.entries),
-                                    f"ledger ends before anchored entry {seq} (entries deleted "
-                                    "from the end)")
-            if state.entries[seq].hash != expected:
-                return VerifyResult(False, len(state.entries), seq,
-                                    "hash differs from the anchor (chain rewritten)")
-        return VerifyResult(True, len(state.entries), head=state.last_hash)
+            problems.append(Problem("chain", self._explain(bad), bad.index))
+        if not problems and not state.entries:
+            problems += self._deleted_problem(key, "empty")
+        keyed = state.entries[0].mac == "hmac-sha256" if state.entries else None
+        warnings = []
+        if keyed is False:
+            warnings.append(
+                f"not keyed: the ledger of {self.party} is chained with plain SHA-256 (made "
+                "before ledger keys), so whoever can write it can recompute every hash; only "
+                "the anchors other parties hold protect it")
+        return VerifyResult.of(len(state.entries), state.last_hash, problems,
+                               warnings=warnings, keyed=keyed), state
 
     def head(self) -> tuple[int, str]:
         """``(seq, hash)`` of the last entry, to record elsewhere as an anchor."""
         with self._locked():
             state = self._refresh()
             return state.next_seq - 1, state.last_hash
+
+    # ------------------------------------------------------------------ anchors
+
+    def record_anchor(self, party: str, seq: int, digest: str, query_id: str) -> None:
+        """Keep ``(seq, digest)``, the head of another ``party``'s ledger after query
+        ``query_id`` (what that party's ``head()`` returned), in this party's anchor file.
+
+        One JSON line is appended and fsynced under the anchor file's lock; nothing is ever
+        rewritten. Raises ``LedgerError`` for this party's own ledger or a malformed head.
+        """
+        if party == self.party:
+            raise LedgerError(
+                f"{self.party} cannot anchor its own ledger",
+                "record the heads of the other parties' ledgers; they record this one's",
+            )
+        try:
+            validate(party, seq, digest)
+        except ValueError as exc:
+            raise LedgerError(f"bad anchor for the ledger of {party}: {exc}",
+                              "pass the (seq, hash) that party's Ledger.head() returned"
+                              ) from None
+        anchor = Anchor(holder=self.party, party=party, seq=seq, hash=digest,
+                        query_id=str(query_id), time=now_utc())
+        line = anchor.line()
+        with self._locked(self._anchor_lock, self.anchors_path):
+            book = self._refresh_anchors(drop_torn=True)
+            created = not self.anchors_path.exists()
+            fd = os.open(self.anchors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if created:
+                fsync_dir(self.anchors_path.parent)
+            book.ident = (st.st_dev, st.st_ino)
+            book.feed(line)
+
+    def anchors(self) -> dict[str, tuple[int, str]]:
+        """The latest (highest ``seq``) anchor this party holds for each other party:
+        ``party -> (seq, hash)``."""
+        return self.anchor_book().heads()
+
+    def anchor_book(self) -> AnchorBook:
+        """Everything this party's anchor file holds: latest anchors, conflicting anchors
+        and damaged lines (a snapshot; read incrementally after the first call)."""
+        if not self.anchors_path.exists():
+            return AnchorBook(self.party)
+        with self._locked(self._anchor_lock, self.anchors_path):
+            book = self._refresh_anchors(drop_torn=False)
+            return replace(book, latest=dict(book.latest), conflicts=list(book.conflicts),
+                           damaged=list(book.damaged), seen=dict(book.seen))
 
     def repair(self) -> bool:
         """Drop a torn last line (a write cut short by a crash or power loss), recording the
@@ -312,7 +463,7 @@ class Ledger:
             cut = data.rfind(b"\n") + 1
             if cut == len(data):
                 return False
-            state = ChainState(self.party, self._key)
+            state = ChainState(self.party, self._resolve_key())
             try:
                 state.feed_bytes(data[:cut])
             except BadEntry as bad:
@@ -330,20 +481,49 @@ class Ledger:
     # ------------------------------------------------------------------ internals
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the exclusive ledger lock, waiting up to the timeout."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _locked(self, lock: filelock.BaseFileLock | None = None,
+                what: Path | None = None) -> Iterator[None]:
+        """Hold an exclusive lock (by default the ledger's), waiting up to the timeout."""
+        lock = lock or self._lock
+        what = what or self.path
+        what.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._lock.acquire(timeout=self._timeout)
+            lock.acquire(timeout=self._timeout)
         except filelock.Timeout:
             raise LedgerBusy(
-                f"ledger {self.path} stayed locked for {self._timeout:g} s",
-                "another process holds the ledger lock; retry, or raise the timeout",
+                f"{'ledger' if what == self.path else 'anchor file'} {what} stayed locked "
+                f"for {self._timeout:g} s",
+                "another process holds the lock; retry, or raise the timeout",
             ) from None
         try:
             yield
         finally:
-            self._lock.release()
+            lock.release()
+
+    def _resolve_key(self) -> bytes | None:
+        """The chain's key: the one given, else the party's key file once it exists."""
+        if self._auto_key and self._key is None:
+            self._key = load_key(self.key_path)
+        return self._key
+
+    def _deleted_problem(self, key: bytes | None, how: str) -> list[Problem]:
+        """A ``missing`` problem when the ledger is missing or empty while its key exists
+        (a key is only ever created together with the ledger's genesis entry)."""
+        if not (self._auto_key and key is not None):
+            return []
+        return [Problem("missing", f"the ledger file {self.path} is {how} but its key "
+                        f"{self.key_path} exists: the ledger was deleted or emptied (if a "
+                        "crash interrupted its very creation, delete the key file)", 0)]
+
+    def _explain(self, bad: BadEntry) -> str:
+        """The chain problem, saying which key file is missing or unexpected."""
+        if bad.index == 0 and self._auto_key:
+            if "without a key" in bad.problem:
+                return f"{bad.problem} (its key file {self.key_path} is missing)"
+            if "with a key" in bad.problem:
+                return (f"{bad.problem} (the key file {self.key_path} exists beside a plain "
+                        "SHA-256 ledger: the ledger may have been rewritten without the key)")
+        return bad.problem
 
     def _refresh(self) -> ChainState:
         """Bring the cached state up to the end of the file, verifying what is new.
@@ -351,14 +531,23 @@ class Ledger:
         Called under the lock. Re-reads from the last verified entry; if that entry is no
         longer where it was (file replaced, shrunk or rewritten), replays the whole file.
         """
+        key = self._resolve_key()
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            self._state = ChainState(self.party, self._key)
+            st = None
+        if st is None or st.st_size == 0:
+            gone = self._deleted_problem(key, "missing" if st is None else "empty")
+            if gone:
+                self._state = None
+                raise LedgerCorrupt(str(self.path), None, gone[0].message)
+        if st is None:
+            self._state = ChainState(self.party, key)
             return self._state
         ident = (st.st_dev, st.st_ino)
         state = self._state
-        fresh = state is None or state.ident != ident or st.st_size < state.offset
+        fresh = (state is None or state.ident != ident or st.st_size < state.offset
+                 or state.key != key)
         with open(self.path, "rb") as f:
             if not fresh:
                 assert state is not None
@@ -371,15 +560,40 @@ class Ledger:
             if fresh:
                 f.seek(0)
                 data = f.read()
-                state = ChainState(self.party, self._key, ident=ident)
+                state = ChainState(self.party, key, ident=ident)
         assert state is not None
         self._state = None  # if verification fails, the next call replays from scratch
         try:
             state.feed_bytes(data)
         except BadEntry as bad:
-            raise LedgerCorrupt(str(self.path), bad.index, bad.problem) from None
+            raise LedgerCorrupt(str(self.path), bad.index, self._explain(bad)) from None
         self._state = state
         return state
+
+    def _refresh_anchors(self, *, drop_torn: bool) -> AnchorBook:
+        """Bring the anchor book up to the end of the anchor file (under its lock).
+
+        Reads only what was appended since the last call, unless the file was replaced or
+        shrank. With ``drop_torn``, a last line without newline (a write cut short by a
+        crash, never acknowledged) is cut off so the next append starts a fresh line.
+        """
+        try:
+            st = os.stat(self.anchors_path)
+        except FileNotFoundError:
+            self._book = AnchorBook(self.party)
+            return self._book
+        book = self._book
+        ident = (st.st_dev, st.st_ino)
+        if book is None or book.ident != ident or st.st_size < book.offset:
+            book = AnchorBook(self.party, ident=ident)
+        with open(self.anchors_path, "rb") as f:
+            f.seek(book.offset)
+            data = f.read()
+        used = book.feed(data)
+        if drop_torn and used < len(data):
+            os.truncate(self.anchors_path, book.offset)
+        self._book = book
+        return book
 
     def _append(self, state: ChainState, entry: Entry) -> Entry:
         """Seal ``entry``, append it durably, and apply it to ``state`` (under the lock).
@@ -387,6 +601,9 @@ class Ledger:
         Writes the genesis entry first when the ledger is new.
         """
         if state.next_seq == 0 and entry.kind != "genesis":
+            if self._auto_key and self._key is None:
+                self._key = create_key(self.key_path)
+                state.key = self._key
             self._append(state, Entry(
                 seq=0, prev=GENESIS_PREV, kind="genesis", time=now_utc(), party=self.party,
                 version=FORMAT_VERSION, mac=mac_name(self._key),
@@ -405,7 +622,7 @@ class Ledger:
         finally:
             os.close(fd)
         if created:
-            self._fsync_dir()
+            fsync_dir(self.path.parent)
         state.ident = (st.st_dev, st.st_ino)
         try:
             state.feed_line(line)
@@ -413,14 +630,6 @@ class Ledger:
             self._state = None
             raise LedgerCorrupt(str(self.path), bad.index, bad.problem) from None
         return sealed
-
-    def _fsync_dir(self) -> None:
-        """Make a newly created ledger file's directory entry durable."""
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _settle(self, reservation: Reservation, kind: str, reason: str | None) -> None:
         """Append a commit or abort for ``reservation`` after checking it is open here."""

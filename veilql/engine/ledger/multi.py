@@ -1,4 +1,4 @@
-"""One query, many ledgers: reserve at every party the query reads, or at none.
+"""One query, many ledgers: reserve at every party the query reads, or at none; verify them all.
 
 Every party whose data a plan reads charges the query in its own ledger (DESIGN.md, step 6).
 ``reserve_all`` first asks each ledger whether the cost fits, so an ordinary refusal writes
@@ -21,17 +21,37 @@ Traceback (most recent call last):
 veilql.engine.ledger.errors.PartiesRefused: privacy budget of analyst 'bob' would be \
 exceeded at 2 parties: bank: requested epsilon 0.5, remaining 0.25, short by 0.25; \
 insurer: requested epsilon 0.5, remaining 0.25, short by 0.25
+
+``verify_all`` checks every ledger's chain and the anchors the others hold for it. After the
+insurer anchored the bank's head, cutting the bank's last entry off leaves a valid chain that
+no longer holds the anchored entry:
+
+>>> ledgers["insurer"].record_anchor("bank", *ledgers["bank"].head(), query_id="q1")
+>>> all(r.ok for r in verify_all(ledgers).values())
+True
+>>> data = ledgers["bank"].path.read_bytes().splitlines(keepends=True)
+>>> _ = ledgers["bank"].path.write_bytes(b"".join(data[:-1]))
+>>> ledgers["bank"].verify().ok, verify_all(ledgers)["bank"].problems[0].kind
+(True, 'anchor')
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
+from veilql.engine.ledger.anchors import (
+    Anchor,
+    check_anchor,
+    conflict_problem,
+    damage_problems,
+)
+from veilql.engine.ledger.chain import ChainState, Problem
 from veilql.engine.ledger.errors import BudgetRefused, LedgerError, PartiesRefused
 from veilql.engine.ledger.ledger import DEFAULT_TIMEOUT, Ledger, Reservation, VerifyResult
-from veilql.engine.ledger.money import Amount
+from veilql.engine.ledger.money import Amount, fmt
 from veilql.policies.model import Analyst, Federation
 
 
@@ -113,8 +133,8 @@ def open_ledgers(
     federation: Federation, parties: Iterable[str] | None = None, *,
     keys: Mapping[str, bytes] | None = None, timeout: float = DEFAULT_TIMEOUT,
 ) -> dict[str, Ledger]:
-    """A ``Ledger`` for each of ``parties`` (default: every party of the federation), with
-    optional per-party HMAC ``keys``."""
+    """A ``Ledger`` for each of ``parties`` (default: every party of the federation). Each
+    uses its party's key file beside the ledger unless ``keys`` gives that party's key."""
     names = list(parties) if parties is not None else list(federation.party_names)
     keys = keys or {}
     return {
@@ -123,6 +143,72 @@ def open_ledgers(
     }
 
 
-def verify_all(ledgers: Mapping[str, Ledger]) -> dict[str, VerifyResult]:
-    """``verify()`` every ledger, by party name (for ``veil ledger verify``)."""
-    return {party: ledgers[party].verify() for party in sorted(ledgers)}
+#: Seconds a reservation may stay open before verification reports it: the default
+#: federation ``timeout`` (``veil ledger verify`` passes the federation's own).
+DEFAULT_MAX_OPEN_AGE = 30.0
+
+
+def verify_all(
+    ledgers: Mapping[str, Ledger], *, max_open_age: float | None = DEFAULT_MAX_OPEN_AGE,
+    now: datetime | None = None,
+) -> dict[str, VerifyResult]:
+    """Verify every ledger and cross-check it against the anchors the others hold for it
+    (for ``veil ledger verify``); results by party name, sorted.
+
+    Besides each ledger's own chain (``Ledger.verify``), a ledger fails when the latest
+    anchor any *other* ledger of ``ledgers`` holds for it is no longer in its chain (entries
+    cut off its end, chain rewritten or replaced: kind ``anchor``), when an anchor exists for
+    it but its file does not (``missing``), when a holder has two different hashes for one of
+    its entries (``anchor``), when its own anchor file is damaged (``anchor-file``), and when
+    a reservation has stayed open for more than ``max_open_age`` seconds before ``now``
+    (``open-reservation``: a node lost track of a query; None skips this check). A missing
+    ledger that nobody anchored and whose key file does not exist is fine: that party was
+    never charged. Anchors held for parties outside ``ledgers`` are not checked.
+    """
+    replayed = {party: ledgers[party].replay() for party in sorted(ledgers)}
+    books = {party: ledgers[party].anchor_book() for party in sorted(ledgers)}
+    moment = now or datetime.now(UTC)
+    out: dict[str, VerifyResult] = {}
+    for party, (result, state) in replayed.items():
+        chain_ok = result.ok
+        hashes = [e.hash for e in state.entries] if state is not None else None
+        checkable = state is not None or not result.exists  # not when the key is unusable
+        problems: list[Problem] = []
+        held: list[Anchor] = []
+        for holder, book in books.items():
+            if holder == party:
+                continue
+            anchor = book.latest.get(party)
+            if anchor is not None:
+                held.append(anchor)
+                found = check_anchor(party, hashes, anchor) if checkable else None
+                if found is not None and (chain_ok or found.kind == "missing"):
+                    problems.append(found)
+            problems += [conflict_problem(a, b) for a, b in book.conflicts
+                         if a.party == party]
+        problems += damage_problems(books[party], ledgers[party].anchors_path)
+        if max_open_age is not None and state is not None:
+            problems += open_problems(state, max_open_age, moment)
+        out[party] = result.adding(problems, held)
+    return out
+
+
+def open_problems(state: ChainState, max_open_age: float, now: datetime) -> list[Problem]:
+    """An ``open-reservation`` problem per reservation of ``state`` neither committed nor
+    aborted and reserved more than ``max_open_age`` seconds before ``now``."""
+    out = []
+    for seq, e in state.reserves.items():
+        if seq in state.settled:
+            continue
+        since = datetime.fromisoformat(e.time)
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        if (now - since).total_seconds() <= max_open_age:
+            continue
+        assert e.epsilon is not None and e.delta is not None
+        out.append(Problem(
+            "open-reservation",
+            f"open reservation {e.query_id} since {e.time} (entry {seq}, analyst "
+            f"{e.analyst}, epsilon {fmt(e.epsilon)}, delta {fmt(e.delta)}): neither "
+            f"committed nor aborted after more than {max_open_age:g} s, so a node lost track "
+            "of the query; it stays charged", seq))
+    return out

@@ -1,11 +1,16 @@
 """Build the compliance report model from the parties' ledgers.
 
 Every party keeps its own hash-chained ledger (DESIGN.md, "Ledger"), so a report reads each one,
-checks its chain with the ledger's own verifier (``ChainState``) and only then trusts its
-figures. A ledger that fails the check is still read, leniently, line by line, so the officer
-sees what the file claims; but the report's ``ok`` is False, every query charged at or after
-the broken entry is marked unverified, and so are all of that party's budget totals (a broken
-chain may also hide deleted or inserted entries). The renderers make that impossible to miss.
+checks its chain with the ledger's own verifier (``ChainState``, under the party's ledger key
+when its key file is beside the ledger) and only then trusts its figures. It also checks each
+ledger against the anchors the *other* parties hold for it (``<party>.anchors.jsonl``): a
+ledger cut short, rewritten or replaced no longer holds the anchored entry, and a deleted
+ledger that some party anchored (or whose key file is still there) is reported missing.
+
+A ledger that fails is still read, leniently, line by line, so the officer sees what the file
+claims; but the report's ``ok`` is False and that party's budget totals are unverified, as is
+every query charged at or after a broken chain entry (every query of the party when an anchor
+or key shows the chain itself cannot be trusted). The renderers make that impossible to miss.
 
 A query reserves at every party it reads under one query id (``multi.reserve_all``), so the
 report groups charges by ``(analyst, query_id)`` into one row per query. Budgets are the
@@ -39,8 +44,19 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
 
-from veilql.engine.ledger.chain import BadEntry, ChainState
+from veilql.engine.ledger.anchors import (
+    Anchor,
+    AnchorBook,
+    anchors_path,
+    check_anchor,
+    conflict_problem,
+    damage_problems,
+    read_anchors,
+)
+from veilql.engine.ledger.chain import BadEntry, ChainState, Problem
 from veilql.engine.ledger.entries import STATUS, EntryError, parse_obj
+from veilql.engine.ledger.errors import LedgerError
+from veilql.engine.ledger.keys import key_path, load_key
 from veilql.engine.ledger.ledger import Charge, charge_of
 from veilql.engine.ledger.money import to_fraction
 from veilql.engine.ledger.multi import ledger_path
@@ -53,11 +69,27 @@ TORN_RETRY_SECONDS = 0.2  # a writer's single-line append finishes well within t
 
 
 @dataclass(frozen=True)
+class HeldAnchor:
+    """An anchor another party (``holder``) keeps for this ledger, and whether the ledger
+    still holds the anchored entry (None when the chain could not be checked)."""
+
+    holder: str
+    seq: int
+    hash: str
+    query_id: str
+    time: str
+    matches: bool | None
+
+
+@dataclass(frozen=True)
 class PartyIntegrity:
     """The outcome of one party's ledger check.
 
-    ``entries`` is how many entries verified; ``bad_index``/``problem`` say where and why the
-    chain broke; ``skipped`` counts lines the lenient reader could not read at all.
+    ``entries`` is how many entries verified; ``bad_index``/``problem`` say where and why it
+    failed first, ``problems`` every reason (``Problem.kind``: chain, key, missing, anchor,
+    anchor-file); ``skipped`` counts lines the lenient reader could not read at all.
+    ``head_seq``/``head`` identify the verified last entry; ``keyed`` whether the chain is
+    HMAC-keyed; ``anchors`` what the other parties hold for this ledger.
     """
 
     party: str
@@ -69,14 +101,49 @@ class PartyIntegrity:
     problem: str | None = None
     head: str | None = None
     skipped: int = 0
+    head_seq: int | None = None
+    keyed: bool | None = None
+    warnings: tuple[str, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    anchors: tuple[HeldAnchor, ...] = ()
 
     def summary(self) -> str:
-        """One line for people, e.g. ``ok, 7 entries`` or ``FAILED at entry 3: ...``."""
+        """One line for people, e.g. ``ok, 7 entries verified`` or ``FAILED at entry 3: ...``."""
+        if not self.ok:
+            return self.failure()
         if not self.exists:
             return "no ledger yet (nothing charged)"
+        text = f"ok, {self.entries} entries verified"
+        if self.anchors:
+            holders = ", ".join(sorted({a.holder for a in self.anchors}))
+            text += f"; matches the anchors held by {holders}"
+        if self.keyed is False:
+            text += "; WARNING: not keyed (plain SHA-256)"
+        return text
+
+    def failure(self) -> str:
+        """Why the check failed, every problem in one line (empty when it passed)."""
         if self.ok:
-            return f"ok, {self.entries} entries verified"
-        return f"FAILED at entry {self.bad_index}: {self.problem}"
+            return ""
+        if not self.problems:  # built by hand, without the list
+            return f"FAILED at entry {self.bad_index}: {self.problem}"
+        first = self.problems[0]
+        lead = ("MISSING" if first.kind == "missing" else
+                f"FAILED at entry {first.index}" if first.kind == "chain" else "FAILED")
+        return f"{lead}: " + "; ".join(p.message for p in self.problems)
+
+    @property
+    def trusted_before(self) -> int | None:
+        """Charges with a ``seq`` below this are verified; None: all of them are.
+
+        A broken chain is trusted up to the break; a chain that contradicts an anchor or
+        cannot be checked under its key is not trusted at all.
+        """
+        if self.ok:
+            return None
+        if self.problems and self.problems[0].kind != "chain":
+            return 0
+        return self.bad_index if self.bad_index is not None else 0
 
 
 @dataclass(frozen=True)
@@ -228,13 +295,34 @@ def read_ledger(path: Path, party: str, key: bytes | None = None,
     access (DESIGN.md, roles), and the report must neither create lock files nor block
     writers. Appends are whole lines, so a snapshot is a consistent prefix; a last line
     caught mid-write is re-read once before it counts as damage. A damaged file is read by
-    ``lenient_charges`` instead.
+    ``lenient_charges`` instead. Without ``key``, the party's key file beside the ledger is
+    used when there is one. Anchors are not checked here (see ``collect_ledgers``).
     """
+    check, charges, _ = _read(path, party, key)
+    return check, charges
+
+
+def _read(path: Path, party: str, key: bytes | None,
+          ) -> tuple[PartyIntegrity, list[Charge], list[str] | None]:
+    """``read_ledger`` plus the verified chain's entry hashes (None when there is no file,
+    an empty list when the chain could not be verified)."""
+    auto = key is None
+    if auto:
+        try:
+            key = load_key(key_path(path, party))
+        except LedgerError as exc:
+            exists = path.exists()
+            data = path.read_bytes() if exists else b""
+            charges, skipped = lenient_charges(data, party)
+            problem = Problem("key", f"{exc.message}: the chain cannot be verified")
+            return (_integrity(party, path, exists, 0, [problem], skipped=skipped), charges,
+                    [] if exists else None)
     for attempt in range(2):
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            return PartyIntegrity(party, str(path), False, True, 0), []
+            gone = _deleted(path, party, key if auto else None, "missing")
+            return _integrity(party, path, False, 0, gone), [], None
         state = ChainState(party, key)
         try:
             state.feed_bytes(data)
@@ -243,11 +331,75 @@ def read_ledger(path: Path, party: str, key: bytes | None = None,
                 time.sleep(TORN_RETRY_SECONDS)
                 continue
             charges, skipped = lenient_charges(data, party)
-            return PartyIntegrity(party, str(path), True, False, len(state.entries),
-                                  bad.index, bad.problem, None, skipped), charges
+            text = bad.problem
+            if auto and bad.index == 0 and "without a key" in text:
+                text += f" (its key file {key_path(path, party)} is missing or not readable)"
+            problem = Problem("chain", text, bad.index)
+            return (_integrity(party, path, True, len(state.entries), [problem],
+                               skipped=skipped), charges, [])
         break
-    return (PartyIntegrity(party, str(path), True, True, len(state.entries),
-                           head=state.last_hash), _verified_charges(state))
+    empty = [] if state.entries else _deleted(path, party, key if auto else None, "empty")
+    keyed = state.entries[0].mac == "hmac-sha256" if state.entries else None
+    warnings = [] if keyed is not False else [
+        f"the ledger of {party} is not keyed (plain SHA-256, made before ledger keys): "
+        "whoever can write it can recompute its chain; only anchors protect it"]
+    check = _integrity(party, path, True, len(state.entries), empty, head=state.last_hash,
+                       keyed=keyed, warnings=warnings)
+    return check, _verified_charges(state), [e.hash for e in state.entries]
+
+
+def _deleted(path: Path, party: str, key: bytes | None, how: str) -> list[Problem]:
+    """A ``missing`` problem when a ledger is missing or empty but its key file exists."""
+    if key is None:
+        return []
+    return [Problem("missing", f"ledger of {party} is {how} but its key "
+                    f"{key_path(path, party)} exists: the ledger was deleted or emptied", 0)]
+
+
+def _integrity(party: str, path: Path, exists: bool, entries: int, problems: list[Problem],
+               *, skipped: int = 0, head: str | None = None, keyed: bool | None = None,
+               warnings: list[str] | tuple[str, ...] = (),
+               anchors: tuple[HeldAnchor, ...] = ()) -> PartyIntegrity:
+    """A ``PartyIntegrity`` whose ``ok``, ``bad_index`` and ``problem`` follow from
+    ``problems``; the head only for a check that passed."""
+    first = problems[0] if problems else None
+    ok = first is None
+    return PartyIntegrity(
+        party, str(path), exists, ok, entries, first.index if first else None,
+        first.message if first else None, head if ok and entries else None, skipped,
+        head_seq=entries - 1 if ok and entries else None, keyed=keyed,
+        warnings=tuple(warnings), problems=tuple(problems), anchors=anchors,
+    )
+
+
+def cross_check(integrity: PartyIntegrity, hashes: list[str] | None,
+                books: Mapping[str, AnchorBook], anchor_files: Mapping[str, Path],
+                ) -> PartyIntegrity:
+    """``integrity`` checked against the latest anchor every *other* holder in ``books``
+    keeps for this party (and with its own anchor file's damage, if ``books`` has it)."""
+    party = integrity.party
+    chain_ok = integrity.ok
+    problems = list(integrity.problems)
+    if not integrity.ok and not problems:
+        problems.append(Problem("chain", integrity.problem or "failed", integrity.bad_index))
+    held = []
+    for holder, book in books.items():
+        if holder == party:
+            continue
+        anchor: Anchor | None = book.latest.get(party)
+        if anchor is not None:
+            checkable = chain_ok or hashes is None
+            found = check_anchor(party, hashes, anchor) if checkable else None
+            if found is not None:
+                problems.append(found)
+            held.append(HeldAnchor(holder, anchor.seq, anchor.hash, anchor.query_id,
+                                   anchor.time, (found is None) if checkable else None))
+        problems += [conflict_problem(a, b) for a, b in book.conflicts if a.party == party]
+    if party in books:
+        problems += damage_problems(books[party], anchor_files[party])
+    return _integrity(party, Path(integrity.path), integrity.exists, integrity.entries,
+                      problems, skipped=integrity.skipped, head=integrity.head,
+                      keyed=integrity.keyed, warnings=integrity.warnings, anchors=tuple(held))
 
 
 def _verified_charges(state: ChainState) -> list[Charge]:
@@ -304,35 +456,46 @@ def collect(
 
     Filters: one ``analyst``, one ``party``, queries from ``since`` on (a ``datetime`` or the
     ``--since`` text). Budgets and integrity are always all-time. ``keys`` are the parties'
-    HMAC ledger keys, if their ledgers are keyed. Raises ``UsageError`` for a party or
-    analyst the federation does not know.
+    HMAC ledger keys (default: each party's key file beside its ledger). Each ledger is
+    checked against the anchors every other party of the federation holds for it, also with
+    the ``party`` filter. Raises ``UsageError`` for a party or analyst the federation does
+    not know.
     """
     if party is not None and federation.party(party) is None:
         raise UsageError(f"no party named {party!r} in {federation.path}",
                          "name one of: " + ", ".join(federation.party_names))
     names = [party] if party is not None else list(federation.party_names)
     paths = {p: ledger_file(federation, p) for p in names}
+    holders = {p: anchors_path(ledger_file(federation, p), p) for p in federation.party_names}
     return collect_ledgers(paths, federation.analysts, federation_name=federation.name,
-                           analyst=analyst, since=since, now=now, keys=keys)
+                           analyst=analyst, since=since, now=now, keys=keys,
+                           anchor_files=holders)
 
 
 def collect_ledgers(
     ledgers: Mapping[str, Path], analysts: Mapping[str, Analyst], *, federation_name: str,
     analyst: str | None = None, since: datetime | str | None = None,
     now: datetime | str | None = None, keys: Mapping[str, bytes] | None = None,
+    anchor_files: Mapping[str, Path] | None = None,
 ) -> Report:
     """The report over ``ledgers`` (party -> ledger file, in display order) with the budgets
-    of ``analysts``; see ``collect`` for the filters."""
+    of ``analysts``; see ``collect`` for the filters. ``anchor_files`` (holder -> its
+    ``<party>.anchors.jsonl``; default: the one beside each ledger) are read, without
+    locking, to check each ledger against the anchors the other parties hold for it."""
     generated = report_time(now)
     cutoff = since if isinstance(since, datetime) or since is None else parse_since(
         since, datetime.fromisoformat(generated))
     if cutoff is not None and cutoff.tzinfo is None:
         cutoff = cutoff.replace(tzinfo=UTC)
+    if anchor_files is None:
+        anchor_files = {p: anchors_path(Path(path), p) for p, path in ledgers.items()}
+    books = {h: read_anchors(Path(f), h) for h, f in anchor_files.items()}
     integrity, charges = [], []
     for party, path in ledgers.items():
-        check, found = read_ledger(Path(path), party, (keys or {}).get(party))
+        check, found, hashes = _read(Path(path), party, (keys or {}).get(party))
+        check = cross_check(check, hashes, books, {h: Path(f) for h, f in anchor_files.items()})
         integrity.append(check)
-        bad = check.bad_index
+        bad = check.trusted_before
         charges += [(c, bad is None or c.seq < bad) for c in found]
     seen = {c.analyst for c, _ in charges}
     if analyst is not None and analyst not in analysts and analyst not in seen:

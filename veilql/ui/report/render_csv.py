@@ -2,8 +2,9 @@
 
 A spreadsheet wants one rectangle, so every row starts with ``record`` (``integrity``,
 ``budget`` or ``query``) and leaves the columns that do not apply empty. Integrity rows come
-first, one per party, with ``status`` ``FAILED`` and the problem in ``detail`` when a chain
-is broken, so a failure is the first thing anyone opening the file sees. Amounts are the
+first, one per party, with ``status`` ``FAILED`` (or ``MISSING`` for a deleted ledger) and
+the problems in ``detail`` when a check fails, so a failure is the first thing anyone opening
+the file sees. Amounts are the
 ledger's exact values printed by ``money.fmt`` (``0.5``, ``1e-06``).
 
 >>> from veilql.ui.report.collect import PartyIntegrity, Report
@@ -21,6 +22,7 @@ from fractions import Fraction
 
 from veilql.engine.ledger.money import fmt
 from veilql.ui.report.collect import Report
+from veilql.ui.report.text import chain_status
 
 COLUMNS: tuple[str, ...] = (
     "record", "time", "analyst", "party", "query_id", "status", "epsilon", "delta",
@@ -38,9 +40,13 @@ def rows(report: Report) -> list[dict[str, str]]:
     """The CSV rows as dicts keyed by ``COLUMNS``."""
     out: list[dict[str, str]] = []
     for i in report.integrity:
-        status = "ok" if i.ok else "FAILED"
-        detail = (f"broken at entry {i.bad_index}: {i.problem}" if not i.ok
-                  else i.summary())
+        status = chain_status(i)
+        detail = i.summary()
+        if not i.ok and (not i.problems or i.problems[0].kind == "chain"):
+            detail = f"broken at entry {i.bad_index}: " + "; ".join(
+                [p.message for p in i.problems] or [i.problem or ""])
+        elif not i.ok:
+            detail = "; ".join(p.message for p in i.problems)
         out.append({"record": "integrity", "party": i.party, "status": status,
                     "queries": "", "detail": detail})
     for b in report.budgets:

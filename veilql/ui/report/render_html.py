@@ -23,6 +23,8 @@ from veilql.ui.report.text import (
     STATUS_TEXT,
     TITLE,
     amount,
+    anchors_text,
+    chain_status,
     counts,
     filters_text,
     integrity_banner,
@@ -96,13 +98,14 @@ def _banner(report: Report) -> str:
 def _integrity(report: Report) -> str:
     rows = []
     for i in report.integrity:
-        status = _tag("ok", "ok") if i.ok else _tag("FAILED", "failed")
+        status = _tag("ok", "ok") if i.ok else _tag(chain_status(i), "failed")
         rows.append(
             f"<tr><td>{escape(i.party)}</td><td>{status}</td><td class=num>{i.entries}</td>"
-            f"<td>{escape(i.summary())}</td><td><code>{escape(i.path)}</code></td></tr>")
+            f"<td>{escape(i.summary())}</td><td>{escape(anchors_text(i)) or 'none'}</td>"
+            f"<td><code>{escape(i.path)}</code></td></tr>")
     return ("<table><thead><tr><th>Party</th><th>Chain</th><th>Entries verified</th>"
-            "<th>Result</th><th>Ledger file</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
+            "<th>Result</th><th>Anchors held by other parties</th><th>Ledger file</th>"
+            "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
 def _budgets(report: Report) -> str:

@@ -33,7 +33,12 @@ def number(value: Fraction | None) -> float | int | None:
 
 
 def integrity_obj(report: Report) -> dict[str, Any]:
-    """``{"ok", "failed", "parties"}``: the integrity section every format starts with."""
+    """``{"ok", "failed", "parties"}``: the integrity section every format starts with.
+
+    Each party has its chain's ``head`` and ``head_seq`` (when it verified), whether it is
+    ``keyed``, its ``problems`` (``kind``, ``message``, ``index``, ``holder``), ``warnings``,
+    and the ``anchors`` the other parties hold for it (``matches`` is False when the ledger
+    no longer holds the anchored entry)."""
     return {
         "ok": report.ok,
         "failed": list(report.failed),
@@ -43,8 +48,14 @@ def integrity_obj(report: Report) -> dict[str, Any]:
 
 def _party(i: PartyIntegrity) -> dict[str, Any]:
     return {"ok": i.ok, "exists": i.exists, "entries": i.entries, "bad_index": i.bad_index,
-            "problem": i.problem, "head": i.head, "skipped_lines": i.skipped, "path": i.path,
-            "summary": i.summary()}
+            "problem": i.problem, "head": i.head, "head_seq": i.head_seq, "keyed": i.keyed,
+            "skipped_lines": i.skipped, "path": i.path, "summary": i.summary(),
+            "warnings": list(i.warnings),
+            "problems": [{"kind": p.kind, "message": p.message, "index": p.index,
+                          "holder": p.holder} for p in i.problems],
+            "anchors": [{"holder": a.holder, "seq": a.seq, "hash": a.hash,
+                         "query_id": a.query_id, "time": a.time, "matches": a.matches}
+                        for a in i.anchors]}
 
 
 def to_obj(report: Report) -> dict[str, Any]:

@@ -25,7 +25,15 @@ from veilql import __version__
 from veilql.ui.report import chart
 from veilql.ui.report.collect import Report
 from veilql.ui.report.render_json import render_json
-from veilql.ui.report.text import TITLE, amount, counts, filters_text, integrity_banner, when
+from veilql.ui.report.text import (
+    TITLE,
+    amount,
+    chain_status,
+    counts,
+    filters_text,
+    integrity_banner,
+    when,
+)
 
 PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
 MARGIN = 0.7
@@ -239,7 +247,7 @@ def _content(p: _Pages, report: Report) -> None:
 
     p.heading("Ledger integrity")
     p.table(["Party", "Chain", "Entries", "Result and ledger file"], [1.0, 0.75, 0.7, 4.42],
-            [[i.party, "ok" if i.ok else "FAILED", str(i.entries),
+            [[i.party, chain_status(i), str(i.entries),
               f"{i.summary()}\n{i.path}"] for i in report.integrity],
             right={2}, shade={n: "#fde2e1" for n, i in enumerate(report.integrity)
                               if not i.ok})

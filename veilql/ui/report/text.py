@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 
 from veilql.engine.ledger.money import fmt
-from veilql.ui.report.collect import Report
+from veilql.ui.report.collect import PartyIntegrity, Report
 
 STATUS_TEXT = {
     "committed": "released",
@@ -50,13 +50,34 @@ def integrity_banner(report: Report) -> str:
         n = sum(1 for i in report.integrity if i.exists)
         if n == 0:
             return "No ledger has any entries yet: nothing has been charged to any analyst."
-        return (f"Ledger integrity verified: the hash chains of all {n} ledger(s) read are "
-                "intact.")
-    failed = "; ".join(f"{i.party}: broken at entry {i.bad_index}: {i.problem}"
-                       for i in report.integrity if not i.ok)
+        held = sum(len(i.anchors) for i in report.integrity)
+        text = (f"Ledger integrity verified: the hash chains of all {n} ledger(s) read are "
+                "intact")
+        text += (f" and hold the {held} anchor(s) the other parties keep for them."
+                 if held else ".")
+        unkeyed = [i.party for i in report.integrity if i.keyed is False]
+        if unkeyed:
+            text += (f" Warning: the ledger(s) of {', '.join(unkeyed)} are not keyed (plain "
+                     "SHA-256, made before ledger keys): only anchors would reveal a rewrite.")
+        return text
+    failed = "; ".join(f"{i.party}: {i.failure()}" for i in report.integrity if not i.ok)
     return (f"LEDGER INTEGRITY CHECK FAILED. {failed}. The figures drawn from these ledgers "
-            "are UNVERIFIED (marked as such below): the file was edited, truncated or "
-            "damaged. Restore it from a backup and investigate before relying on this report.")
+            "are UNVERIFIED (marked as such below): a ledger was edited, truncated, "
+            "rewritten, deleted or damaged. Restore it from a backup and investigate before "
+            "relying on this report.")
+
+
+def chain_status(i: PartyIntegrity) -> str:
+    """The status word of one ledger's check: ``ok``, ``MISSING`` or ``FAILED``."""
+    if i.ok:
+        return "ok"
+    return "MISSING" if i.problems and i.problems[0].kind == "missing" else "FAILED"
+
+
+def anchors_text(i: PartyIntegrity) -> str:
+    """The anchors others hold for this ledger, e.g. ``insurer: entry 12 (matches)``."""
+    verdict = {True: "matches", False: "DOES NOT MATCH", None: "not checked"}
+    return "; ".join(f"{a.holder}: entry {a.seq} ({verdict[a.matches]})" for a in i.anchors)
 
 
 def counts(report: Report) -> dict[str, int]:
