@@ -310,26 +310,38 @@ class PartyNode:
         """Reserve at this party's ledger if the plan reads its tables, and exchange the
         outcome with every participant and the analyst; stop everywhere if any refused.
 
+        Admission is a chain in ``plan.charged`` order: a party reserves only after every
+        earlier one admitted the query (a later one is not asked once one refused). So
+        the parties admit concurrent queries of one analyst in the same order, and a
+        party that waits for its open reservations to settle (``Ledger.reserve(wait=)``)
+        waits only on queries that every earlier party already admitted: no cycle, and a
+        budget for k queries releases exactly k however many race for it.
+
         The reservation is aborted here on any failure of the exchange (a peer that died,
         a refusal elsewhere), so no reservation is ever left open by a live node.
         """
         me = self.party.name
+        tag = f"{request.query_id}/budget"
         reservation = None
         refused = False
         try:
-            if me in plan.charged:
-                status = self._try_reserve(plan, request)
-                reservation = status.pop("reservation")
-                payload = json.dumps(status).encode()
-                for p in participants(plan):
-                    if p != me:
-                        transport.send(p, f"{request.query_id}/budget/{me}", payload)
-                transport.send(ANALYST, f"{request.query_id}/budget/{me}", payload)
-                refused = not status["ok"]
             for p in plan.charged:
                 if p != me:
-                    theirs = json.loads(transport.recv(p, f"{request.query_id}/budget/{p}"))
+                    theirs = json.loads(transport.recv(p, f"{tag}/{p}"))
                     refused = refused or not theirs["ok"]
+                    continue
+                if refused:
+                    status = {"party": me, "ok": False, "skipped": True,
+                              "message": f"{me}: not asked (another party refused first)"}
+                else:
+                    status = self._try_reserve(plan, request)
+                    reservation = status.pop("reservation")
+                payload = json.dumps(status).encode()
+                for other in participants(plan):
+                    if other != me:
+                        transport.send(other, f"{tag}/{me}", payload)
+                transport.send(ANALYST, f"{tag}/{me}", payload)
+                refused = refused or not status["ok"]
         except BaseException:
             if reservation is not None:
                 self.ledger.abort(reservation, "the budget exchange failed")
@@ -339,6 +351,27 @@ class PartyNode:
                 self.ledger.abort(reservation, "another party refused the query")
             raise Refused()
         return reservation
+
+    def _try_reserve(self, plan: Plan, request: QueryRequest) -> dict:
+        """Reserve the plan's cost for the analyst; the outcome as a status message."""
+        me = self.party.name
+        analyst = self.federation.analysts.get(request.analyst)
+        if analyst is None:
+            return {"party": me, "ok": False, "reservation": None,
+                    "message": f"{me}: analyst {request.analyst!r} has no budget here"}
+        tables = [t for step in plan.steps if step.party == me for t in step.tables]
+        # Waiting for open reservations to settle is silence to the peers down the chain:
+        # keep the chain's total wait inside their timeout.
+        wait = self.federation.timeout / (len(plan.charged) + 1)
+        try:
+            reservation = self.ledger.reserve(
+                analyst, plan.epsilon, plan.delta, query_id=request.query_id,
+                sql=request.sql, tables=tables, wait=wait)
+        except BudgetRefused as refusal:
+            return {"party": me, "ok": False, "reservation": None, "message": refusal.detail()}
+        eps, delta = self.ledger.remaining(analyst)
+        return {"party": me, "ok": True, "reservation": reservation,
+                "epsilon_remaining": float(eps), "delta_remaining": float(delta)}
 
     def _announce_commit(self, transport: Transport, plan: Plan, qid: str) -> None:
         """Tell every participant and the analyst that this party committed its charge,
@@ -363,27 +396,7 @@ class PartyNode:
             theirs = json.loads(transport.recv(p, f"{qid}/committed/{p}"))
             if theirs.get("party") != p:
                 raise ProtocolError(f"party {p!r} sent a malformed commit notice")
-            record = getattr(self.ledger, "record_anchor", None)
-            if record is not None:
-                record(p, int(theirs["seq"]), str(theirs["hash"]), qid)
-
-    def _try_reserve(self, plan: Plan, request: QueryRequest) -> dict:
-        """Reserve the plan's cost for the analyst; the outcome as a status message."""
-        me = self.party.name
-        analyst = self.federation.analysts.get(request.analyst)
-        if analyst is None:
-            return {"party": me, "ok": False, "reservation": None,
-                    "message": f"{me}: analyst {request.analyst!r} has no budget here"}
-        tables = [t for step in plan.steps if step.party == me for t in step.tables]
-        try:
-            reservation = self.ledger.reserve(
-                analyst, plan.epsilon, plan.delta, query_id=request.query_id,
-                sql=request.sql, tables=tables)
-        except BudgetRefused as refusal:
-            return {"party": me, "ok": False, "reservation": None, "message": refusal.detail()}
-        eps, delta = self.ledger.remaining(analyst)
-        return {"party": me, "ok": True, "reservation": reservation,
-                "epsilon_remaining": float(eps), "delta_remaining": float(delta)}
+            self.ledger.record_anchor(p, int(theirs["seq"]), str(theirs["hash"]), qid)
 
     # -- local mode --------------------------------------------------------------------
     def _run_local(self, transport: Transport, plan: Plan) -> None:

@@ -89,6 +89,15 @@ class ChainState:
         """(epsilon, delta) reserved and not aborted by ``analyst``: open ones count."""
         return self.spent.get(analyst, (Fraction(0), Fraction(0)))
 
+    def pending_by(self, analyst: str) -> tuple[Fraction, Fraction]:
+        """(epsilon, delta) of ``analyst``'s reservations that are still open (may abort)."""
+        eps, dlt = Fraction(0), Fraction(0)
+        for seq, entry in self.reserves.items():
+            if entry.analyst == analyst and seq not in self.settled:
+                assert entry.epsilon is not None and entry.delta is not None
+                eps, dlt = eps + entry.epsilon, dlt + entry.delta
+        return eps, dlt
+
     def feed_bytes(self, data: bytes) -> None:
         """Verify and apply every line of ``data``; a last piece without newline is torn."""
         pieces = data.split(b"\n")

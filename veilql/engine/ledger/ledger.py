@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -66,6 +67,7 @@ from veilql.engine.ledger.keys import create_key, fsync_dir, key_path, load_key
 from veilql.engine.ledger.money import Amount, to_fraction
 from veilql.policies.model import Analyst
 
+_WAIT_POLL = 0.02  # seconds between looks at open reservations while an admission waits
 DEFAULT_TIMEOUT = 120.0  # seconds; the lock is held for one read and one fsync, so this is slack
 
 
@@ -237,12 +239,15 @@ class Ledger:
     def reserve(
         self, analyst: Analyst, epsilon: Amount, delta: Amount = 0, *,
         query_id: str | None = None, sql: str = "", tables: Iterable[str] = (),
+        wait: float = 0.0,
     ) -> Reservation:
         """Charge (epsilon, delta) to ``analyst`` if it fits the analyst's budget.
 
         The budget is ``analyst.epsilon`` / ``analyst.delta`` (from the federation file).
-        Raises ``BudgetRefused`` (exit 4), appending nothing, when it does not fit. The
-        returned reservation is durable (fsynced) before this returns.
+        Raises ``BudgetRefused`` (exit 4), appending nothing, when it does not fit. When it
+        does not fit only because of the analyst's open reservations (queries not yet
+        settled, which may still abort), it waits up to ``wait`` seconds for them to settle
+        before deciding. The returned reservation is durable (fsynced) before this returns.
         """
         eps = to_fraction(epsilon, what="epsilon")
         dlt = to_fraction(delta, what="delta")
@@ -250,19 +255,29 @@ class Ledger:
                   to_fraction(analyst.delta, what="budget delta"))
         query_id = query_id or uuid.uuid4().hex
         table_list = tuple(tables)
-        with self._locked():
-            state = self._refresh()
-            remaining = self._remaining(state, analyst.name, budget)
-            if eps > remaining[0] or dlt > remaining[1]:
-                raise BudgetRefused(party=self.party, analyst=analyst.name,
-                                    requested=(eps, dlt), remaining=remaining)
-            entry = self._append(state, Entry(
-                seq=state.next_seq, prev=state.last_hash, kind="reserve", time=now_utc(),
-                party=self.party, analyst=analyst.name, query_id=query_id, sql=sql,
-                epsilon=eps, delta=dlt, tables=table_list, status=STATUS["reserve"],
-                budget_epsilon=budget[0], budget_delta=budget[1],
-            ))
-        return self._reservation(entry)
+        deadline = time.monotonic() + wait
+        while True:
+            with self._locked():
+                state = self._refresh()
+                remaining = self._remaining(state, analyst.name, budget)
+                if eps <= remaining[0] and dlt <= remaining[1]:
+                    entry = self._append(state, Entry(
+                        seq=state.next_seq, prev=state.last_hash, kind="reserve",
+                        time=now_utc(), party=self.party, analyst=analyst.name,
+                        query_id=query_id, sql=sql, epsilon=eps, delta=dlt,
+                        tables=table_list, status=STATUS["reserve"],
+                        budget_epsilon=budget[0], budget_delta=budget[1],
+                    ))
+                    return self._reservation(entry)
+                # Would it fit if the open reservations gave their charge back? Then wait
+                # for them to settle (bounded) instead of refusing a query that a moment
+                # later would have fitted.
+                pending = state.pending_by(analyst.name)
+                could = eps <= remaining[0] + pending[0] and dlt <= remaining[1] + pending[1]
+                if not could or time.monotonic() >= deadline:
+                    raise BudgetRefused(party=self.party, analyst=analyst.name,
+                                        requested=(eps, dlt), remaining=remaining)
+            time.sleep(_WAIT_POLL)
 
     def check(self, analyst: Analyst, epsilon: Amount, delta: Amount = 0) -> BudgetRefused | None:
         """The refusal ``reserve`` would raise now, or None if the cost fits; charges nothing."""
