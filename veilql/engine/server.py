@@ -64,8 +64,8 @@ def stderr_log(line: str) -> None:
     print(f"{stamp} {line}", file=sys.stderr, flush=True)
 
 
-MAX_SESSIONS = 16  # concurrent queries a node runs before it answers "busy, retry"
-MAX_SESSIONS_PER_ANALYST = 8  # of which one analyst may hold at most this many
+MAX_SESSIONS = 32  # concurrent queries a node runs before it answers "busy, retry"
+MAX_SESSIONS_PER_ANALYST = 16  # of which one analyst may hold at most this many
 
 
 class NodeBusy(ProtocolError):

@@ -135,8 +135,8 @@ class Session:
             plan = self.plan(sql, epsilon, delta, mechanism)
         if plan.epsilon > LARGE_EPSILON:
             warnings.warn(
-                f"epsilon {plan.epsilon:g} is above {LARGE_EPSILON:g}: the privacy guarantee "
-                "of this single answer is weak", LargeEpsilonWarning, stacklevel=2)
+                f"epsilon {float(plan.epsilon):g} is above {LARGE_EPSILON:g}: the privacy "
+                "guarantee of this single answer is weak", LargeEpsilonWarning, stacklevel=2)
         if dry_run:
             local = tuple(p for p in plan.charged if self.federation.party(p).is_local)
             budget = self.budget(parties=local) if local else {}
@@ -258,7 +258,7 @@ class Session:
     def _collect_budget(self, me: Any, plan: Plan, qid: str,
                         analyst: str) -> dict[str, dict[str, float]]:
         statuses = [json.loads(me.recv(p, f"{qid}/budget/{p}")) for p in plan.charged]
-        refused = [s["message"] for s in statuses if not s["ok"]]
+        refused = [s["message"] for s in statuses if not s["ok"] and not s.get("skipped")]
         if refused:
             raise BudgetExceeded(
                 f"privacy budget of analyst {analyst!r} would be exceeded at "
