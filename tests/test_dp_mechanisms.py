@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -31,11 +32,15 @@ from veilql.engine.dp import (
 )
 from veilql.engine.dp.accuracy import _box_avg_half_width, dlap_sum_log_tail, half_width
 from veilql.engine.dp.calibrate import (
+    MIN_DELTA,
+    MIN_EPSILON,
     gaussian_rho_bound,
     kls_tau,
     laplace_scale,
     rho_for,
 )
+from veilql.engine.dp.ring import SAFE_RANGE, adder_bound, noise_bound
+from veilql.engine.dp.sample import NoiseSaturated
 from veilql.errors import QueryError
 
 P_FAIL = 1e-6
@@ -380,3 +385,114 @@ def test_bad_sensitivity_is_a_programming_error() -> None:
         calibrate(0, 1.0, 1.0)
     with pytest.raises(ValueError):
         calibrate(2, 3.0, 1.0)  # L2 > L1 is impossible
+
+
+# ---------------------------------------------------------------- safe range of the ring
+
+
+@pytest.mark.parametrize(
+    ("eps", "delta", "needle"),
+    [(1e-18, 0, "is below 1e-17"), (1e-300, 1e-6, "is below 1e-17"),
+     (1e16, 0, "is above 1e+15"), (1.0, 1e-31, "delta 1e-31 is below 1e-30")],
+)
+def test_budget_outside_the_limits_is_refused_with_hint(eps: float, delta: float,
+                                                        needle: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(QueryError) as err:
+        calibrate(1, 1.0, eps, delta)
+    assert needle in str(err.value) and err.value.hint
+    assert time.monotonic() - started < 0.1
+
+
+def test_split_below_the_per_aggregate_floor_names_the_query_epsilon() -> None:
+    with pytest.raises(QueryError, match="split over 4 aggregates") as err:
+        split_budget(2e-17, 0, 4)
+    assert err.value.hint == "raise epsilon to at least 4e-17"
+    with pytest.raises(QueryError, match="gives 7.5e-31 each") as err:
+        split_budget(1.0, 3e-30, 4)
+    assert err.value.hint is not None and "raise delta to at least 4e-30" in err.value.hint
+    assert split_budget(MIN_EPSILON, MIN_DELTA, 1) == [(MIN_EPSILON, MIN_DELTA)]
+
+
+@pytest.mark.parametrize("adders", [1, 2, 3])
+@pytest.mark.parametrize("t", [0.5, 3.0, 1e3, 1e15])
+def test_laplace_noise_bound_holds_with_probability_2_to_minus_64(adders: int, t: float) -> None:
+    k = adder_bound("laplace", t, adders)
+    # P(|X| > k) = P(|X| >= k + 1), exact closed form, per adder; union over the adders.
+    assert dlap_sum_log_tail(t, 1, k + 1) + math.log(adders) <= -64 * math.log(2)
+    # and not wildly loose: at 0.9 k the tail is well above 2^-64 / adders
+    assert dlap_sum_log_tail(t, 1, int(0.9 * k)) + math.log(adders) > -64 * math.log(2)
+
+
+@pytest.mark.parametrize("s", [0.5, 3.0, 40.0])
+def test_gaussian_noise_bound_holds_with_probability_2_to_minus_64(s: float) -> None:
+    k = adder_bound("gaussian", s, 3)
+    xs = np.arange(-40 * math.ceil(s) - 40, 40 * math.ceil(s) + 41)
+    logw = -(xs.astype(np.float64) ** 2) / (2 * s * s)
+    log_z = np.logaddexp.reduce(logw)
+    outside = np.logaddexp.reduce(logw[np.abs(xs) > k]) - log_z  # exact discrete Gaussian tail
+    assert outside + math.log(3) <= -64 * math.log(2)
+
+
+def test_sampler_refuses_a_saturated_draw(monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenDP saturates an i64 draw at the limits; such a draw is not the claimed noise.
+    import veilql.engine.dp.sample as sample
+
+    plan = calibrate(1, 1.0, 1.0)
+    monkeypatch.setattr(sample, "_measurement",
+                        lambda *_: (lambda xs: [np.iinfo(np.int64).max] + xs[1:]))
+    with pytest.raises(NoiseSaturated):
+        sample_share(plan, 0, 3)
+    monkeypatch.setattr(sample, "_measurement",
+                        lambda *_: (lambda xs: [np.iinfo(np.int64).min] * len(xs)))
+    with pytest.raises(NoiseSaturated):
+        sample_share(plan, 1, 2)
+
+
+def _largest_accepted(mechanism: str, adders: int) -> NoisePlan:
+    """A plan whose noise bound just fits the ring, with nothing left for the value."""
+    c = 64 * math.log(2) + math.log(2 * adders)
+    per = SAFE_RANGE // adders - 2
+    scale = per / (c if mechanism == "laplace" else math.sqrt(2 * c)) / (1 + 1e-6)
+    plan = NoisePlan(mechanism, scale, scale, tuple(range(adders)), Fraction(1), Fraction(0),
+                     1, 1.0)
+    assert SAFE_RANGE * 0.99 < noise_bound(plan) < SAFE_RANGE
+    return plan
+
+
+@pytest.mark.parametrize(("mechanism", "adders"),
+                         [("laplace", 1), ("laplace", 2), ("gaussian", 1), ("gaussian", 3)])
+def test_error_bars_at_the_largest_accepted_scale_are_fast(mechanism: str, adders: int) -> None:
+    plan = _largest_accepted(mechanism, adders)
+    started = time.monotonic()
+    h = ci95(plan)
+    assert h == half_width(plan, 0.05)
+    per_sd = 4.11 if mechanism == "laplace" and adders == 2 else None
+    if per_sd:
+        assert abs(h / plan.party_scale - per_sd) < 0.01
+    assert 0 < h < SAFE_RANGE
+    assert half_width(plan, 1e-9) > h
+    avg_ci95(1e24, 1e19, plan, plan)
+    avg_ci95(10.0, 3.0, plan, plan)
+    assert time.monotonic() - started < 1
+
+
+def test_gaussian_half_width_is_continuous_where_opendp_hands_over() -> None:
+    # Up to a total scale of 1e5 OpenDP's accuracy, above it the normal tail: they agree.
+    import opendp.prelude as dp
+
+    for total in (9.9e4, 1e5):
+        s = total / math.sqrt(3)
+        plan = NoisePlan("gaussian", s, s, (0, 1, 2), Fraction(1), Fraction(1, 10**6), 1, 1.0)
+        acc = dp.discrete_gaussian_scale_to_accuracy(total, 0.05, T="f64")
+        assert abs(half_width(plan, 0.05) - (math.ceil(acc) - 1)) <= 1
+    above = NoisePlan("gaussian", 2e5, 2e5, (0, 1, 2), Fraction(1), Fraction(0), 1, 1.0)
+    assert abs(half_width(above, 0.05) / (math.sqrt(3) * 2e5) - 1.959964) < 1e-5
+
+
+def test_rho_for_is_bounded_at_the_smallest_epsilon() -> None:
+    # The zCDP bisection used to halve from 1e100 down to 1e-6 (~400 OpenDP calls at 25 ms).
+    started = time.monotonic()
+    rho = rho_for(float(MIN_EPSILON), 1e-6)
+    assert time.monotonic() - started < 5
+    assert 0 < rho < 1e-10

@@ -306,11 +306,12 @@ class Shell:
         plan = self._plan(sql)
         threshold = self.settings.confirm_above
         if plan.epsilon > threshold and not self.yes:
-            question = (f"This query spends epsilon {plan.epsilon:g} (delta {plan.delta:g}) at "
-                        f"{', '.join(plan.charged)}, above your threshold {threshold:g}. Run it?")
+            question = (f"This query spends epsilon {float(plan.epsilon):g} "
+                        f"(delta {float(plan.delta):g}) at {', '.join(plan.charged)}, above "
+                        f"your threshold {threshold:g}. Run it?")
             if self.confirm is None:
                 raise UsageError(
-                    f"query would spend epsilon {plan.epsilon:g}, above the confirmation "
+                    f"query would spend epsilon {float(plan.epsilon):g}, above the confirmation "
                     f"threshold {threshold:g}, and there is no terminal to ask",
                     "run `veil shell --yes` to allow it, raise the threshold with "
                     "--confirm-above or .confirm, or lower the cost with .epsilon",

@@ -34,6 +34,15 @@ dp.enable_features("contrib")
 Mechanism = Literal["laplace", "gaussian"]
 MECHANISMS = ("auto", "laplace", "gaussian")
 LARGE_EPSILON = 5
+# Limits of a budget (docs/PRIVACY.md, "Safe range of the ring"). Below MIN_EPSILON not even a
+# COUNT (L1 = 1, one adder) gets Laplace noise that provably fits the 64-bit ring (t <= 1e17);
+# only the Gaussian's (0, delta) regime would, where the charge is in effect all delta. Above
+# MAX_EPSILON, L1/epsilon and exp(-1/t) leave the range where float calibration means anything
+# (the exact-answer oracle tests run at 1e12). Below MIN_DELTA the Gaussian's zCDP conversion
+# works on numbers that small that the calibration is no longer checked by anything we trust.
+MIN_EPSILON = Fraction(1, 10**17)
+MAX_EPSILON = Fraction(10**15)
+MIN_DELTA = Fraction(1, 10**30)
 # Relative slack kept below the zCDP target so float rounding in the bound cannot push it over.
 _RHO_SLACK = 1e-9
 
@@ -116,8 +125,19 @@ def _as_fraction(value: object, name: str) -> Fraction:
     return Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
 
 
+def exact_amount(value: object, name: str = "epsilon") -> Fraction:
+    """``value`` as an exact ``Fraction``, a float read as its shortest decimal (as the ledger).
+
+    >>> exact_amount(0.1), exact_amount(Fraction(1, 3))
+    (Fraction(1, 10), Fraction(1, 3))
+    """
+    return _as_fraction(value, name)
+
+
 def check_budget(epsilon: object, delta: object) -> tuple[Fraction, Fraction]:
     """Validate (epsilon, delta) and return them as exact fractions; warn when epsilon > 5.
+
+    Refuses epsilon outside [MIN_EPSILON, MAX_EPSILON] and a positive delta below MIN_DELTA.
 
     >>> check_budget(0.5, 0)
     (Fraction(1, 2), Fraction(0, 1))
@@ -130,6 +150,24 @@ def check_budget(epsilon: object, delta: object) -> tuple[Fraction, Fraction]:
     if dlt < 0 or dlt >= 1:
         raise QueryError(f"delta must be in [0, 1), got {float(dlt)}",
                          hint="use delta = 0 for pure DP, or a small delta such as 1e-6")
+    if eps < MIN_EPSILON:
+        raise QueryError(
+            f"epsilon {float(eps):g} is below {float(MIN_EPSILON):g}, the smallest VeilQL "
+            "accepts: at a smaller epsilon no Laplace noise fits the 64-bit ring the parties "
+            "compute in",
+            f"raise epsilon to at least {float(MIN_EPSILON):g}; a query of larger sensitivity "
+            f"needs more, and planning it at {float(MIN_EPSILON):g} says how much")
+    if eps > MAX_EPSILON:
+        raise QueryError(
+            f"epsilon {float(eps):g} is above {float(MAX_EPSILON):g}, the largest VeilQL "
+            "accepts (the noise calibration is not meaningful beyond it)",
+            f"lower epsilon to at most {float(MAX_EPSILON):g}; anything above "
+            f"{LARGE_EPSILON} already gives a weak guarantee")
+    if 0 < dlt < MIN_DELTA:
+        raise QueryError(
+            f"delta {float(dlt):g} is below {float(MIN_DELTA):g}, the smallest positive delta "
+            "VeilQL accepts",
+            f"raise delta to at least {float(MIN_DELTA):g}, or use delta = 0 for pure DP")
     if eps > LARGE_EPSILON:
         warnings.warn(f"epsilon = {float(eps):g} is above {LARGE_EPSILON}: the privacy "
                       "guarantee is weak", LargeEpsilonWarning, stacklevel=3)
@@ -150,6 +188,17 @@ def split_budget(epsilon: object, delta: object, k: int) -> list[tuple[Fraction,
         raise QueryError(f"cannot split a privacy budget over {k!r} aggregates",
                          hint="a DP query needs at least one aggregate (COUNT, SUM, AVG)")
     eps, dlt = check_budget(epsilon, delta)
+    if eps / k < MIN_EPSILON:
+        least = MIN_EPSILON * k
+        raise QueryError(
+            f"epsilon {float(eps):g} split over {k} aggregates gives {float(eps / k):g} each, "
+            f"below {float(MIN_EPSILON):g}, the smallest VeilQL accepts per aggregate",
+            f"raise epsilon to at least {float(least):g}")
+    if 0 < dlt / k < MIN_DELTA:
+        raise QueryError(
+            f"delta {float(dlt):g} split over {k} aggregates gives {float(dlt / k):g} each, "
+            f"below {float(MIN_DELTA):g}, the smallest positive delta VeilQL accepts",
+            f"raise delta to at least {float(MIN_DELTA * k):g}, or use delta = 0 for pure DP")
     return [(eps / k, dlt / k)] * k
 
 
@@ -185,8 +234,12 @@ def laplace_scale(l1: int, epsilon: Fraction) -> float:
 def rho_for(epsilon: float, delta: float) -> float:
     """Largest zCDP rho that OpenDP's zCDP -> (eps, delta) conversion certifies (CKS20 Cor. 13).
 
-    Bisection over a unit-sensitivity discrete Gaussian whose privacy map OpenDP computes; the
-    returned rho is OpenDP's own (rounded-up) map value, so the certification is OpenDP's.
+    Bisection over the scale of a unit-sensitivity discrete Gaussian whose privacy map OpenDP
+    computes; the returned rho is OpenDP's own (rounded-up) map value, so the certification is
+    OpenDP's. Bounded time at any (epsilon, delta) that ``check_budget`` accepts: the bracket
+    starts at the Bun-Steinke rho (rho + 2 sqrt(rho ln(1/delta)) = epsilon), which CKS20's
+    tighter conversion always admits, moves by factors of 2 and 16 at most 64 times each, and
+    the bisection is geometric (at most ~60 steps to float resolution).
 
     >>> 0.0243 < rho_for(1.0, 1e-6) < 0.0244
     True
@@ -198,16 +251,29 @@ def rho_for(epsilon: float, delta: float) -> float:
         rho = meas.map(1)
         return dp.c.make_zCDP_to_approxDP(meas).map(1).epsilon(delta), rho
 
-    # Bracket: eps(scale) decreases in scale. Start from the classical sqrt(2 ln(1.25/d))/eps.
-    hi = max(1.0, math.sqrt(2 * math.log(1.25 / delta)) / epsilon)
-    while eps_of(hi)[0] > epsilon:
+    def ok(scale: float) -> bool:
+        return eps_of(scale)[0] <= epsilon
+
+    # eps(scale) decreases in scale. rho = 1 / (2 scale^2) for sensitivity 1.
+    log_inv = -math.log(delta)
+    root_rho = epsilon / (math.sqrt(log_inv + epsilon) + math.sqrt(log_inv))  # no cancellation
+    hi = max(1e-6, 1.0 / (math.sqrt(2.0) * root_rho))
+    for _ in range(64):
+        if ok(hi):
+            break
         hi *= 2
-    lo = hi / 2
-    while lo > 1e-6 and eps_of(lo)[0] <= epsilon:
-        lo /= 2
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        if eps_of(mid)[0] <= epsilon:
+    else:
+        raise RuntimeError(f"zCDP calibration failed for epsilon={epsilon}, delta={delta}")
+    lo = hi / 16
+    for _ in range(64):
+        if lo <= 1e-6 or not ok(lo):
+            break
+        hi, lo = lo, lo / 16
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if not lo < mid < hi:
+            break
+        if ok(mid):
             hi = mid
         else:
             lo = mid

@@ -53,8 +53,33 @@ def sample_share(plan: NoisePlan, party_index: int, n: int) -> np.ndarray:
         raise ValueError(f"number of cells must be >= 0, got {n}")
     if party_index not in plan.adders or n == 0:
         return np.zeros(n, dtype=np.int64)
-    noisy = _measurement(plan.mechanism, plan.party_scale)([0] * n)
-    return np.asarray(noisy, dtype=np.int64)
+    noisy = np.asarray(_measurement(plan.mechanism, plan.party_scale)([0] * n), dtype=np.int64)
+    _check_not_saturated(noisy)
+    return noisy
+
+
+class NoiseSaturated(RuntimeError):
+    """A noise draw hit the i64 limit, where OpenDP's sampler clamps: it is not exact noise."""
+
+
+_I64 = np.iinfo(np.int64)
+
+
+def _check_not_saturated(noisy: np.ndarray) -> None:
+    """Refuse draws at the i64 limits rather than release clamped (so not DP) noise.
+
+    OpenDP samples exactly on big integers and then saturates to i64, and two clamped draws
+    cancel in Z_2^64. The planner only accepts scales whose draws reach 2^62 with probability
+    below 2^-64 (``ring.py``), so this never fires for a plan it produced.
+
+    >>> _check_not_saturated(np.array([_I64.max]))
+    Traceback (most recent call last):
+    ...
+    veilql.engine.dp.sample.NoiseSaturated: a noise draw hit the i64 limit of OpenDP's sampler ...
+    """
+    if noisy.size and (noisy.max() >= _I64.max or noisy.min() <= _I64.min):
+        raise NoiseSaturated("a noise draw hit the i64 limit of OpenDP's sampler (the noise "
+                             "scale is too large for the ring); nothing is released")
 
 
 def sample_total(plan: NoisePlan, n: int) -> np.ndarray:

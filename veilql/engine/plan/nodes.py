@@ -13,6 +13,7 @@ cross-party predicate can refer to them as ``party.column``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Literal
 
 from sqlglot import exp
@@ -202,8 +203,10 @@ class Plan:
     having: exp.Expression | None = None
     order_by: tuple[tuple[exp.Expression, bool], ...] = ()
     limit: int | None = None
-    epsilon: float = 1.0
-    delta: float = 0.0
+    # The cost, exact: the sum of what the aggregates' mechanisms spend (set by attach_noise),
+    # reserved as is by every charged party's ledger. Print or serialise it with float().
+    epsilon: Fraction = Fraction(1)
+    delta: Fraction = Fraction(0)
     charged: tuple[str, ...] = ()
     threshold: int | None = None  # partition selection: release cells whose noisy count exceeds it
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -287,6 +290,10 @@ class Plan:
         return "\n".join(out)
 
 
-def _num(x: float) -> str:
-    """Numbers without a trailing ``.0`` where they are whole."""
+def _num(x: float | Fraction) -> str:
+    """Numbers (floats or exact fractions) without a trailing ``.0`` where they are whole.
+
+    >>> _num(Fraction(1)), _num(Fraction(1, 10**6)), _num(0.5)
+    ('1', '1e-06', '0.5')
+    """
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))

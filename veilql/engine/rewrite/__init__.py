@@ -3,17 +3,21 @@
 Each pass is one module with one public function ``(plan, ctx) -> plan``:
 ``push_local`` (per-party local columns, group keys, aggregates), ``place_secure``
 (local or secure mode, join stages, cross-party predicates), ``bound_contributions``
-(the local SQL with row bounding and clamping) and ``attach_noise`` (sensitivities,
-noise, cost). Policy checks happen before, in ``veilql.engine.sql.bind``.
+(the local SQL with row bounding and clamping), ``attach_noise`` (sensitivities,
+noise, cost) and ``check_ranges`` (every released value, noise included, provably fits
+the 64-bit ring, else the query is refused). Policy checks happen before, in
+``veilql.engine.sql.bind``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from veilql.engine.dp.calibrate import exact_amount
 from veilql.engine.plan.nodes import Plan
 from veilql.engine.rewrite.attach_noise import attach_noise
 from veilql.engine.rewrite.bound_contributions import bound_contributions
+from veilql.engine.rewrite.check_ranges import check_ranges
 from veilql.engine.rewrite.context import Context, Pass
 from veilql.engine.rewrite.place_secure import place_secure
 from veilql.engine.rewrite.push_local import push_local
@@ -21,7 +25,8 @@ from veilql.engine.sql.bind import bind
 from veilql.engine.sql.parse import ParsedQuery, parse
 from veilql.policies.model import Federation
 
-RULES: tuple[Pass, ...] = (push_local, place_secure, bound_contributions, attach_noise)
+RULES: tuple[Pass, ...] = (push_local, place_secure, bound_contributions, attach_noise,
+                          check_ranges)
 
 
 def resolve_cost(
@@ -50,8 +55,8 @@ def compile_plan(
     bound = bind(parsed, federation, catalog)
     eps, dlt = resolve_cost(parsed, federation, epsilon, delta)
     ctx = Context(bound, federation, eps, dlt, mechanism)
-    plan = Plan(sql=sql, mode="secure", compute=(), steps=(), outputs=(), epsilon=eps,
-                delta=dlt)
+    plan = Plan(sql=sql, mode="secure", compute=(), steps=(), outputs=(),
+                epsilon=exact_amount(eps, "epsilon"), delta=exact_amount(dlt, "delta"))
     for rule in RULES:
         plan = rule(plan, ctx)
         if stop_after == rule.__name__:

@@ -6,7 +6,9 @@ the joined rows; each row adds at most ``bound`` (in fixed-point units) to a SUM
 a COUNT. Removing the person changes the vector of group cells by at most that much in
 L1 and in L2 (all rows in one cell is the worst case for L2). COUNT(DISTINCT unit) adds at
 most 1 per cell the person reaches. The query's (epsilon, delta) is split equally over
-its aggregates (AVG counts twice: a sum and a count), by basic composition.
+its aggregates (AVG counts twice: a sum and a count), by basic composition. The plan's
+cost, ``Plan.epsilon`` and ``Plan.delta``, is the exact ``Fraction`` sum of what the
+mechanisms spend, which is what every party's ledger reserves.
 
 >>> from tests.sql_fixtures import federation
 >>> from veilql.engine.rewrite import compile_plan
@@ -23,6 +25,7 @@ from fractions import Fraction
 
 from veilql.engine.dp import calibrate, split_budget
 from veilql.engine.dp.accuracy import dlap_sum_upper
+from veilql.engine.dp.calibrate import MIN_DELTA, exact_amount
 from veilql.engine.plan.nodes import AggregateSpec, Plan
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.push_local import SELECTION
@@ -38,17 +41,28 @@ def attach_noise(plan: Plan, ctx: Context) -> Plan:
     cells = 1
     for g in plan.groups:
         cells *= len(g.domain) if g.domain is not None else rows
-    delta_values = ctx.delta
+    # Exact amounts throughout (a float is read as its shortest decimal, as in the ledger), so
+    # what the plan charges is exactly the sum of what its mechanisms use.
+    epsilon_q = exact_amount(ctx.epsilon, "epsilon")
+    delta_q = exact_amount(ctx.delta, "delta")
+    delta_values = delta_q
     if private:
-        if ctx.delta <= 0:
+        if delta_q <= 0:
             raise QueryError(
                 "GROUP BY a column without a public domain needs delta > 0: which keys appear "
                 "is released through a noisy threshold, which fails with a small probability",
                 "set delta (e.g. OPTIONS (epsilon = 1, delta = 1e-6) or --delta 1e-6), or "
                 "declare the column's values in its party's policy",
             )
-        delta_values = Fraction(repr(float(ctx.delta))) / 2
-    shares = split_budget(ctx.epsilon, delta_values, len(plan.aggregates))
+        delta_values = delta_q / 2
+        parts = 2 * len(plan.aggregates)
+        if delta_values / len(plan.aggregates) < MIN_DELTA:
+            raise QueryError(
+                f"delta {float(delta_q):g} leaves {float(delta_q / parts):g} to each aggregate "
+                "(half of delta goes to the partition selection's threshold), below "
+                f"{float(MIN_DELTA):g}, the smallest positive delta VeilQL accepts",
+                f"raise delta to at least {float(MIN_DELTA * parts):g}")
+    shares = split_budget(epsilon_q, delta_values, len(plan.aggregates))
     aggregates = []
     threshold = None
     adders = 1 if plan.mode == "local" else 2
@@ -56,7 +70,7 @@ def attach_noise(plan: Plan, ctx: Context) -> Plan:
         l1, l2 = _sensitivity(agg, rows, cells)
         if agg.name == SELECTION:
             noise = calibrate(l1, l2, eps, 0, "laplace")
-            threshold = selection_threshold(noise.scale, adders, l1, ctx.delta / 2)
+            threshold = selection_threshold(noise.scale, adders, l1, delta_q / 2)
         else:
             noise = calibrate(l1, l2, eps, delta, ctx.mechanism)
         if plan.mode == "local":
@@ -64,15 +78,15 @@ def attach_noise(plan: Plan, ctx: Context) -> Plan:
             noise = replace(noise, adders=(0,), party_scale=noise.scale)
         aggregates.append(replace(agg, l1=l1, l2=l2, noise=noise))
     # Charge what the mechanisms spend: a Laplace plan spends no delta even when allowed one.
-    epsilon = float(sum((a.noise.epsilon for a in aggregates), Fraction(0)))  # type: ignore[union-attr]
-    delta = float(sum((a.noise.delta for a in aggregates), Fraction(0)))  # type: ignore[union-attr]
+    epsilon = sum((a.noise.epsilon for a in aggregates), Fraction(0))  # type: ignore[union-attr]
+    delta = sum((a.noise.delta for a in aggregates), Fraction(0))  # type: ignore[union-attr]
     if private:
-        delta += float(ctx.delta) / 2
+        delta += delta_q / 2  # the threshold's part
     return replace(plan, aggregates=tuple(aggregates), epsilon=epsilon, delta=delta,
                    charged=ctx.bound.parties, threshold=threshold)
 
 
-def selection_threshold(t: float, adders: int, reach: int, delta: float) -> int:
+def selection_threshold(t: float, adders: int, reach: int, delta: float | Fraction) -> int:
     """Release a cell when its noisy unit count exceeds this.
 
     A cell that exists only because of one person has true count 1; with the released
@@ -83,7 +97,11 @@ def selection_threshold(t: float, adders: int, reach: int, delta: float) -> int:
     >>> selection_threshold(1.0, 1, 1, 1e-6)
     14
     """
-    return dlap_sum_upper(t, adders, float(delta) / reach)
+    alpha = exact_amount(delta, "delta") / reach
+    bound = float(alpha)
+    if Fraction(bound) > alpha:  # never a float above the exact share of delta
+        bound = math.nextafter(bound, -math.inf)
+    return dlap_sum_upper(t, adders, bound)
 
 
 def _sensitivity(agg: AggregateSpec, rows: int, cells: int) -> tuple[int, float]:
