@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from veilql.connectors.base import Connector
+from veilql.engine.dp.ring import MAX_UNITS
 from veilql.engine.plan.nodes import SEED_PLACEHOLDER, LocalStep
 from veilql.errors import ProtocolError
 
@@ -43,6 +44,11 @@ def fetch(step: LocalStep, connector: Connector, seed: str) -> PartyRows:
         if col.role == "label":  # private group keys: index them; the labels stay here
             data[col.name], labels[col.name] = index_labels(data[col.name])
     rows = pivot(data, [c.name for c in step.columns], step.slots)
+    if rows.units > MAX_UNITS:
+        # The plan's range analysis (rewrite/check_ranges.py) assumed at most MAX_UNITS
+        # people per party; enforce it rather than trust it.
+        raise ProtocolError(f"{step.party} holds more than {MAX_UNITS} people in the tables "
+                            "of this query, beyond the range the plan was checked for")
     rows.labels = labels
     return rows
 
