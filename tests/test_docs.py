@@ -18,7 +18,10 @@ REFERENCE = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").r
 
 def _commands(group: click.Group, prefix: str = "veil") -> list[tuple[str, click.Command]]:
     out = []
-    for name, cmd in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # the top group loads its commands lazily
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None
         path = f"{prefix} {name}"
         if isinstance(cmd, click.Group):
             out += _commands(cmd, path)

@@ -13,15 +13,15 @@ from __future__ import annotations
 import errno
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from veilql.errors import ExitCode, VeilError
-from veilql.policies.discovery import find_federation
-from veilql.policies.loader import load_federation
-from veilql.policies.model import Federation
 from veilql.ui.formats import FORMATS
+
+if TYPE_CHECKING:
+    from veilql.policies.model import Federation
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +52,11 @@ def format_option(formats: Sequence[str] = FORMATS, default: str = "table") -> C
 
 def load(federation: str | None) -> Federation:
     """Find (``-f``, ``$VEIL_FEDERATION``, ./federation.toml, sample) and load the federation."""
+    # Imported here: the loader validates against the connectors' catalogs (DuckDB, Arrow),
+    # which `veil --version` and `veil --help` should not pay for.
+    from veilql.policies.discovery import find_federation
+    from veilql.policies.loader import load_federation
+
     return load_federation(find_federation(federation))
 
 
