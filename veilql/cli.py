@@ -18,7 +18,7 @@ from veilql import __version__
 from veilql.ui.clicommon import VeilGroup
 
 #: Every ``veil`` subcommand: name -> (module, attribute, one-line help for ``veil --help``).
-#: ``tests/test_cli_catalog.py`` checks each line against the command's own help.
+#: ``tests/test_cli_startup.py`` checks that each entry loads the command of that name.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "budget": ("veilql.ui.query", "budget",
                "Spent and remaining privacy budget of the analyst at every party."),
