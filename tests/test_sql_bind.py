@@ -95,7 +95,6 @@ def test_default_aliases_names_and_unqualified_columns() -> None:
         ("amount * -2", (-200000.0, 0.0)),
         ("(amount + defaulted) * 0.5", (0.0, 50000.5)),
         ("defaulted * amount", (0.0, 100000.0)),
-        ("3", (3.0, 3.0)),
         ("defaulted - 1", (-1.0, 0.0)),
     ],
 )
@@ -223,3 +222,106 @@ def test_empty_party_policy_lists_tables() -> None:
     with pytest.raises(PolicyError, match="unknown table empty.t") as info:
         b("SELECT COUNT(*) FROM empty.t", fed)
     assert info.value.hint == "known tables of empty: none"
+
+
+# ---------------------------------------------------------------- types (engine/sql/typecheck.py)
+
+
+def _typed(**types: str) -> Federation:
+    """The sample federation with catalog types on bank.customers' and bank.loans' columns,
+    plus a BOOLEAN value column ``flag``, a DATE group column ``opened`` and an unsigned
+    and a TINYINT value column on customers."""
+    fed = federation()
+    bank = fed.party("bank")
+    assert bank is not None
+    customers, loans = bank.tables["customers"], bank.tables["loans"]
+    extra = {
+        "flag": ColumnPolicy("flag", "value", bounds=(0, 1)),
+        "opened": ColumnPolicy("opened", "group"),
+        "visits": ColumnPolicy("visits", "value", bounds=(0, 100)),
+        "score": ColumnPolicy("score", "value", bounds=(0, 100)),
+    }
+    catalog_types = {"age": "INTEGER", "region": "VARCHAR", "income": "DECIMAL(12,2)",
+                     "branch": "VARCHAR", "flag": "BOOLEAN", "opened": "DATE",
+                     "visits": "UINTEGER", "score": "TINYINT", "amount": "DECIMAL(12,2)",
+                     "term_months": "INTEGER", "defaulted": "INTEGER", **types}
+    def typed(cols: dict[str, ColumnPolicy]) -> dict[str, ColumnPolicy]:
+        return {n: replace(c, type=catalog_types.get(n, "BIGINT")) for n, c in cols.items()}
+    tables = {"customers": replace(customers, columns=typed({**customers.columns, **extra})),
+              "loans": replace(loans, columns=typed(loans.columns))}
+    return replace(fed, parties=(replace(bank, tables=tables),) + fed.parties[1:])
+
+
+ACCEPTED = [
+    "c.region = 'north'", "c.region = c.branch", "c.age > 30", "c.age BETWEEN 18 AND 30.5",
+    "c.income * c.income > 1", "c.age * 100000000.0 > 1", "c.age * 1e8 > 1",
+    "c.income / 12 > 1000", "c.flag = TRUE", "NOT c.flag = FALSE",
+    "c.opened = '2024-01-31'", "c.opened BETWEEN '2020-01-01' AND '2024-12-31 23:59:59'",
+    "c.score * 1 > 5", "c.score * 3e0 > 5", "c.visits + 10 > 5", "l.term_months IN (12, 24.5)",
+    "-c.age < -20",
+]
+REFUSED = [
+    ("c.branch = 5", "column c.branch (type VARCHAR) cannot be compared with the number 5"),
+    ("c.age = 'x'", "type INTEGER"),
+    ("c.age = '30'", "write the number without quotes"),
+    ("c.region = c.age", "cannot be compared with column c.age (type INTEGER)"),
+    ("c.age * 100000000 > 1", "beyond the integer type"),
+    ("c.income * l.amount * 100000 > 1", "beyond the DECIMAL(18,4)"),
+    ("c.score * 3 > 5", "beyond the integer type"),  # TINYINT * 3 is a TINYINT in DuckDB
+    ("c.visits - 10 > 5", "beyond the integer type"),  # unsigned minus goes below zero
+    ("-c.visits < 5", "beyond the integer type"),
+    ("c.flag = 1", "compare c.flag with TRUE or FALSE"),
+    ("c.flag * 2 > 1", "cannot be used in arithmetic"),
+    ("c.age = TRUE", "cannot be compared with TRUE"),
+    ("c.opened = 'yesterday'", "write it in ISO form"),
+    ("c.opened = '2024-02-30'", "is not a valid value"),
+    ("c.opened > 5", "cannot be compared"),
+    ("c.age / c.age > 1", "divisor is 0"),
+    ("c.age / (1 - 1) > 1", "division by"),
+    ("c.age > 1e400", "out of range"),
+]
+
+
+def test_predicates_are_typed_before_any_engine_sees_them() -> None:
+    fed = _typed()
+    sql = ("SELECT COUNT(*) FROM bank.customers c JOIN bank.loans l "
+           "ON c.customer_id = l.customer_id WHERE ")
+    for predicate in ACCEPTED:
+        b(sql + predicate, fed)
+    for predicate, fragment in REFUSED:
+        with pytest.raises(UnsupportedError) as info:
+            b(sql + predicate, fed)
+        assert fragment in info.value.message + " " + (info.value.hint or ""), predicate
+        assert info.value.exit_code == 1
+
+
+def test_aggregate_arguments_are_typed() -> None:
+    fed = _typed()
+    b("SELECT SUM(c.flag) AS f, AVG(c.score) AS s FROM bank.customers c", fed)
+    for arg, fragment in [("c.score * 3", "integer type"), ("c.flag * 2", "arithmetic"),
+                          ("c.income * 1e14", "fixed point"), ("3 - 2", "reads no column")]:
+        with pytest.raises(UnsupportedError, match=fragment):
+            b(f"SELECT SUM({arg}) FROM bank.customers c", fed)
+
+
+def test_cross_party_comparisons_are_on_fixed_point_numbers() -> None:
+    fed = _typed()
+    sql = ("SELECT COUNT(*) FROM bank.customers c JOIN insurer.policies p "
+           "ON c.customer_id = p.customer_id WHERE ")
+    b(sql + "c.income > p.premium * 10", fed)
+    with pytest.raises(UnsupportedError, match="fixed point"):
+        b(sql + "c.income * 1e13 > p.premium", fed)
+    with pytest.raises(UnsupportedError, match="c.flag .type BOOLEAN. cannot be compared"):
+        b(sql + "c.flag = p.open_claim", fed)
+
+
+def test_having_and_order_by_are_typed_over_outputs() -> None:
+    fed = _typed()
+    b("SELECT c.region, COUNT(*) AS n FROM bank.customers c GROUP BY c.region "
+      "HAVING n / 2 > 10 AND c.region = 'north' ORDER BY n * 2", fed)
+    with pytest.raises(UnsupportedError, match="cannot be compared with the number 3"):
+        b("SELECT c.region, COUNT(*) AS n FROM bank.customers c GROUP BY c.region "
+          "HAVING c.region = 3", fed)
+    with pytest.raises(UnsupportedError, match="cannot be used in arithmetic"):
+        b("SELECT c.region, COUNT(*) AS n FROM bank.customers c GROUP BY c.region "
+          "ORDER BY c.region + 1", fed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlglot
 from hypothesis import given, settings
@@ -195,3 +197,59 @@ def test_parsed_query_is_frozen() -> None:
     assert isinstance(q, ParsedQuery)
     with pytest.raises(AttributeError):
         q.epsilon = 2.0  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- limits (engine/sql/limits.py)
+
+
+def test_limits_are_the_documented_ones() -> None:
+    from veilql.engine.sql import limits
+
+    assert (limits.MAX_SQL_CHARS, limits.MAX_TOKENS, limits.MAX_NESTING, limits.MAX_NODES,
+            limits.MAX_DEPTH) == (100_000, 10_000, 64, 2_000, 256)
+    reference = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
+    for text in ("100,000", "10,000", "64", "2,000", "256"):
+        assert text in reference.split("### Limits", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("sql", "fragment"),
+    [
+        ("SELECT 1" + " + 1" * 2500, "too large: more than 2,000 terms"),
+        ("SELECT " + ", ".join(["a"] * 5001), "too large: 10,002 tokens"),
+        ("SELECT " + "(" * 65 + "1" + ")" * 65, "more than 64 levels"),
+        ("SELECT " + "- " * 65 + "1", "more than 64 levels"),
+        ("SELECT " + "CASE WHEN " * 65 + "1", "more than 64 levels"),
+        ("SELECT " + " OR ".join(["TRUE"] * 300), "301 levels deep"),
+        ("SELECT 1" + " " * 100_000, "too long: 100,008 characters"),
+    ],
+)
+def test_limits_are_checked_before_anything_recurses(sql: str, fragment: str) -> None:
+    with pytest.raises(UnsupportedError) as info:
+        parse(sql)
+    assert fragment in info.value.message and info.value.hint
+
+
+def test_control_characters_are_positioned_not_echoed() -> None:
+    with pytest.raises(ParseError) as info:
+        parse("SELECT\n  COUNT(*)\u200b FROM t")
+    e = info.value
+    assert (e.line, e.col, e.span) == (2, 11, (17, 18))
+    assert e.message == ("SQL contains an invisible character U+200B (ZERO WIDTH SPACE) at "
+                         "line 2, column 11")
+    assert "\u200b" not in e.message + (e.hint or "")
+    # Tabs, newlines and CRLF line ends are not refused.
+    assert parse("SELECT COUNT(*)\r\n\tFROM bank.loans\r\n").tree.sql() == \
+        "SELECT COUNT(*) FROM bank.loans"
+
+
+def test_quoted_line_escapes_what_a_terminal_would_not_print() -> None:
+    # A no-break space is allowed (it is no control character) but is shown escaped, and
+    # the caret still points at the bad token.
+    sql = "SELECT COUNT(*) FROM\xa0bank.loans WHERE = 1"
+    with pytest.raises(ParseError) as info:
+        parse(sql)
+    quoted, carets = info.value.message.splitlines()[1:]
+    assert "\xa0" not in quoted and "\\xa0" in quoted
+    assert info.value.col is not None and info.value.col > 21
+    assert quoted[carets.index("^")] == sql[info.value.col - 1]

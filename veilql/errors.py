@@ -131,3 +131,33 @@ class BudgetExceeded(VeilError):
     """The query would exceed the analyst's privacy budget at some party (exit 4)."""
 
     exit_code = ExitCode.BUDGET
+
+
+class LocalEngineError(ProtocolError):
+    """A party's own engine failed to run its part of the query (exit 3).
+
+    The message and hint are generic and carry no data: an engine's own text can quote a
+    row's value (``Could not convert string 'west-01' to INT32``), so it must never reach
+    the analyst. ``detail`` holds that text for the party's own log and is not part of
+    ``str()``, ``args``, ``repr()`` or the hint, and a pickled copy drops it; ``stage`` says
+    what the engine was doing (``"query"``, ``"transpile"``, ``"catalog"``, ``"version"``).
+
+    >>> e = LocalEngineError("Conversion Error: Could not convert string 'west-01'")
+    >>> str(e), e.detail.startswith("Conversion"), "west" in repr(e)
+    ("the party's engine could not run its part of the query", True, False)
+    """
+
+    GENERIC = "the party's engine could not run its part of the query"
+    GENERIC_HINT = (
+        "the party's operator finds the engine's own message in the party's log; the "
+        "analyst is not shown it, since it can quote the party's data"
+    )
+
+    def __init__(self, detail: str = "", *, stage: str = "query") -> None:
+        super().__init__(self.GENERIC, self.GENERIC_HINT)
+        self.detail = detail
+        self.stage = stage
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # A pickled copy may leave the party's process: it keeps the stage, not the detail.
+        return (type(self), (), {"stage": self.stage})

@@ -31,7 +31,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from veilql.errors import ConfigError, ProtocolError, QueryError
+from veilql.errors import ConfigError, LocalEngineError, ProtocolError, QueryError
 
 #: The schemes ``open_connector`` knows, in the order shown in error hints.
 SCHEMES: tuple[str, ...] = ("duckdb", "csv", "parquet", "postgresql")
@@ -55,7 +55,27 @@ class ColumnInfo:
 
 
 class ConnectorError(ProtocolError):
-    """A party's engine failed to run its local SQL (exit 3, like any failing party)."""
+    """A party's engine cannot be reached or set up, e.g. its server refuses the connection
+    (exit 3, like any failing party). Failures while running SQL are ``LocalSQLError``."""
+
+
+class LocalSQLError(LocalEngineError, ConnectorError):
+    """The party's engine failed on SQL it was running (the local SQL, the catalog query).
+
+    A ``LocalEngineError``: the message is generic and ``detail`` holds the engine's own text
+    for the party's log. Also a ``ConnectorError``, for callers that catch those.
+    """
+
+
+def engine_failure(exc: BaseException, spec: str, stage: str = "query") -> LocalSQLError:
+    """Wrap an engine's exception: generic message, the engine's text only in ``detail``.
+
+    >>> e = engine_failure(ValueError("Could not convert string 'west-01'"), "duckdb:x")
+    >>> "west-01" in str(e), e.detail
+    (False, "duckdb:x: ValueError: Could not convert string 'west-01'")
+    """
+    text = str(exc).strip() or "(no message)"
+    return LocalSQLError(f"{spec}: {type(exc).__name__}: {text}", stage=stage)
 
 
 class Connector(ABC):
@@ -93,33 +113,57 @@ class Connector(ABC):
         """A cheap fingerprint of ``table``'s data that changes whenever the data changes."""
 
     def transpile(self, sql_duckdb: str) -> str:
-        """Check that ``sql_duckdb`` is one read-only query and rewrite it in ``self.dialect``."""
+        """Check that ``sql_duckdb`` is one read-only query and rewrite it in ``self.dialect``.
+
+        Anything but one query is a ``QueryError``; SQL that sqlglot cannot read or write
+        is a ``LocalSQLError`` (its text, which quotes the SQL and so the party's seed,
+        stays in ``detail``).
+        """
+        return self._one_query(sql_duckdb).sql(dialect=self.dialect)
+
+    def _one_query(self, sql_duckdb: str) -> exp.Query:
+        """The single query statement of ``sql_duckdb`` (see ``transpile``)."""
         try:
             statements = [s for s in sqlglot.parse(sql_duckdb, read="duckdb") if s is not None]
         except SqlglotError as exc:
-            raise QueryError(
-                f"local SQL for {self.spec} does not parse: {exc}",
-                "local SQL must be one SELECT statement in DuckDB's dialect",
-            ) from exc
+            raise engine_failure(exc, self.spec, "transpile") from None
         if len(statements) != 1 or not isinstance(statements[0], exp.Query):
             kinds = ", ".join(type(s).__name__.upper() for s in statements) or "nothing"
             raise QueryError(
                 f"local SQL for {self.spec} must be exactly one query, got {kinds}",
                 "connectors are read-only: only a single SELECT statement can run at a party",
             )
-        return statements[0].sql(dialect=self.dialect)
+        return statements[0]
 
     def run(self, sql_duckdb: str) -> pa.Table:
-        """Run the party's local SQL (DuckDB dialect) and return the result as Arrow."""
-        return self._execute(self.transpile(sql_duckdb))
+        """Run the party's local SQL (DuckDB dialect) and return the result as Arrow.
+
+        Every failure of the engine, whatever its type, is a ``LocalSQLError`` (exit 3)
+        with a generic message; the engine's own text is in its ``detail`` only.
+        """
+        try:
+            sql = self.transpile(sql_duckdb)
+        except (QueryError, LocalEngineError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. sqlglot cannot write the dialect
+            raise engine_failure(exc, self.spec, "transpile") from None
+        try:
+            return self._execute(sql)
+        except LocalEngineError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any engine failure; its text stays here
+            raise engine_failure(exc, self.spec) from None
 
     def run_numpy(self, sql_duckdb: str) -> dict[str, np.ndarray]:
         """Like ``run``, but one numpy array per result column (in order)."""
         table = self.run(sql_duckdb)
-        return {
-            name: col.to_numpy(zero_copy_only=False)
-            for name, col in zip(table.column_names, table.columns, strict=True)
-        }
+        try:
+            return {
+                name: col.to_numpy(zero_copy_only=False)
+                for name, col in zip(table.column_names, table.columns, strict=True)
+            }
+        except Exception as exc:  # noqa: BLE001 - a conversion failure can quote a value
+            raise engine_failure(exc, self.spec) from None
 
     def close(self) -> None:  # noqa: B027 - optional hook with an empty default
         """Release the engine's resources; the default has nothing to release."""

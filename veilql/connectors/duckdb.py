@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from veilql.connectors.base import ColumnInfo, Connector, ConnectorError
+from veilql.connectors.base import ColumnInfo, Connector, engine_failure
 from veilql.errors import ConfigError, QueryError
 
 # Settings that keep pushed-down SQL from reaching anything but the party's own data: no
@@ -64,14 +64,19 @@ class DuckDBEngine(Connector):
         """Tables and views of the ``main`` schema, columns in declaration order."""
         if self._catalog is None:
             out: dict[str, list[ColumnInfo]] = {}
-            with self._lock:
-                rows = self._con.sql(_CATALOG_SQL).fetchall()
+            try:
+                with self._lock:
+                    rows = self._con.sql(_CATALOG_SQL).fetchall()
+            except duckdb.Error as exc:
+                raise engine_failure(exc, self.spec, "catalog") from None
             for table, column, dtype in rows:
                 out.setdefault(table, []).append(ColumnInfo(column, dtype))
             self._catalog = out
         return self._catalog
 
     def _execute(self, sql: str) -> pa.Table:
+        """Run ``sql`` on a fresh cursor; a failure is a ``LocalSQLError`` whose message
+        is generic (DuckDB's text, which can quote a row's value, is in its ``detail``)."""
         # One cursor per call: DuckDB connections are not safe to share across threads,
         # cursors on the same database are.
         with self._lock:
@@ -82,12 +87,7 @@ class DuckDBEngine(Connector):
                 raise QueryError(f"local SQL for {self.spec} returned no result", None)
             return rel.to_arrow_table()
         except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConnectorError(
-                f"{self.spec} failed to run local SQL: {first}",
-                "the party's data may have changed since the federation was loaded; "
-                "check its schema with `veil schema PARTY.TABLE`",
-            ) from exc
+            raise engine_failure(exc, self.spec) from None
         finally:
             cur.close()
 

@@ -33,8 +33,9 @@ import pyarrow as pa
 import sqlglot
 from psycopg.conninfo import conninfo_to_dict
 from sqlglot import exp
+from sqlglot.errors import SqlglotError
 
-from veilql.connectors.base import ColumnInfo, Connector, ConnectorError
+from veilql.connectors.base import ColumnInfo, Connector, ConnectorError, engine_failure
 from veilql.errors import ConfigError, QueryError
 
 #: Seconds to wait for the server when the URL does not say (libpq's ``connect_timeout``).
@@ -275,9 +276,11 @@ class PostgresConnector(Connector):
     def transpile(self, sql_duckdb: str) -> str:
         """Check and transpile as every connector does, with DuckDB's rounding kept
         (see ``round_half_away``)."""
-        super().transpile(sql_duckdb)  # refuses anything but one query
-        tree = sqlglot.parse_one(sql_duckdb, read="duckdb")
-        return tree.transform(round_half_away).sql(dialect=self.dialect)
+        tree = self._one_query(sql_duckdb)  # refuses anything but one query
+        try:
+            return tree.transform(round_half_away).sql(dialect=self.dialect)
+        except SqlglotError as exc:
+            raise engine_failure(exc, self.spec, "transpile") from None
 
     @property
     def spec(self) -> str:
@@ -286,6 +289,18 @@ class PostgresConnector(Connector):
 
     def _pin_schema(self, wanted: str | None) -> str:
         """Resolve the party's schema and make it the session's only search_path entry."""
+        try:
+            return self._pin(wanted)
+        except psycopg.Error as exc:
+            self._end()
+            raise ConnectorError(
+                f"{self.spec}: cannot set the session's schema: {_first_line(exc)}",
+                "check that the role may use the schema named by ?schema= (or its "
+                "search_path)",
+            ) from exc
+
+    def _pin(self, wanted: str | None) -> str:
+        """The body of ``_pin_schema``."""
         with self._con.cursor() as cur:
             if wanted is None:
                 cur.execute("SELECT current_schema()")
@@ -314,7 +329,7 @@ class PostgresConnector(Connector):
     def catalog(self) -> dict[str, list[ColumnInfo]]:
         """Tables and views of the schema that the role can see, columns in order."""
         if self._catalog is None:
-            rows = self._query(_CATALOG_SQL, (self.schema,))
+            rows = self._query(_CATALOG_SQL, (self.schema,), "catalog")
             out: dict[str, list[ColumnInfo]] = {}
             for table, column, dtype, precision, scale in rows:
                 out.setdefault(table, []).append(
@@ -339,23 +354,21 @@ class PostgresConnector(Connector):
                 f"{self.spec} has no table {table!r}",
                 f"tables here: {', '.join(sorted(self.catalog())) or '(none)'}",
             )
-        rows = self._query(_VERSION_SQL, (self.schema, table))
+        rows = self._query(_VERSION_SQL, (self.schema, table), "version")
         if not rows:
             return "view:" + secrets.token_hex(8)
         return ":".join("-" if v is None else str(v) for v in rows[0])
 
-    def _query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Run VeilQL's own catalog SQL (with parameters) in a read-only transaction."""
+    def _query(self, sql: str, params: Sequence[Any], stage: str) -> list[tuple[Any, ...]]:
+        """Run VeilQL's own catalog SQL (with parameters) in a read-only transaction; a
+        failure is a ``LocalSQLError`` (generic message, the server's text in ``detail``)."""
         with self._lock:
             try:
                 with self._con.cursor() as cur:
                     cur.execute(sql, params)
                     return cur.fetchall()
             except psycopg.Error as exc:
-                raise ConnectorError(
-                    f"{self.spec} failed to read its catalog or statistics: {_first_line(exc)}",
-                    "check that the server is up and the role may read information_schema",
-                ) from exc
+                raise engine_failure(exc, self.spec, stage) from None
             finally:
                 self._end()
 
@@ -382,11 +395,7 @@ class PostgresConnector(Connector):
                         if len(rows) < BATCH_ROWS:
                             break
             except psycopg.Error as exc:
-                raise ConnectorError(
-                    f"{self.spec} failed to run local SQL: {_first_line(exc)}",
-                    "the party's data may have changed since the federation was loaded; "
-                    "check its schema with `veil schema PARTY.TABLE`",
-                ) from exc
+                raise engine_failure(exc, self.spec) from None
             finally:
                 self._end()
         # Batches share one schema unless a column's type had to be inferred or fell

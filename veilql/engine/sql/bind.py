@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 
 from sqlglot import exp
 
-from veilql.engine.sql import checks
+from veilql.engine.sql import checks, limits, typecheck
 from veilql.engine.sql.bound import (
     BoundColumn,
     BoundQuery,
@@ -35,7 +35,7 @@ from veilql.engine.sql.bound import (
     OutputKind,
 )
 from veilql.engine.sql.parse import ParsedQuery
-from veilql.errors import PolicyError, UnsupportedError
+from veilql.errors import PolicyError, QueryError, UnsupportedError
 from veilql.policies.model import Federation
 
 # party -> table -> column names the party's engine really has (from its connector). Optional:
@@ -49,7 +49,26 @@ __all__ = ["Catalog", "bind"]
 def bind(
     parsed: ParsedQuery, federation: Federation, catalog: Catalog | None = None
 ) -> BoundQuery:
-    """Resolve and check ``parsed`` against ``federation``; refuse anything not allowed."""
+    """Resolve and check ``parsed`` against ``federation``; refuse anything not allowed.
+
+    Besides names and policies, every predicate and aggregate argument is type-checked
+    (``veilql.engine.sql.typecheck``), so that no query that binds can fail in a party's engine
+    because of a row's value. Every refusal is a ``QueryError`` whose message and hint hold
+    no control character; a ``RecursionError`` becomes one too.
+    """
+    try:
+        with limits.recursion_guard("binding"):
+            bound = _bind(parsed, federation, catalog)
+            typecheck.check_types(bound)
+            return bound
+    except QueryError as error:
+        raise limits.printable_error(error) from None
+
+
+def _bind(
+    parsed: ParsedQuery, federation: Federation, catalog: Catalog | None
+) -> BoundQuery:
+    """The body of ``bind``: names, joins, policies; the BoundQuery."""
     select = checks.check_statement(parsed.tree)
     checks.check_constructs(select)
     scope = _Scope(_bind_tables(select, federation, catalog), catalog)

@@ -16,7 +16,8 @@ from sqlglot import exp
 from sqlglot.errors import ErrorLevel, TokenError
 from sqlglot.errors import ParseError as SqlglotParseError
 
-from veilql.engine.sql.dialect import DP_ERROR_PREFIX, Veil, dp_options
+from veilql.engine.sql import limits
+from veilql.engine.sql.dialect import DP_ERROR_PREFIX, Veil, dp_options, dp_purpose
 from veilql.errors import ParseError, UnsupportedError
 
 GENERIC_HINT = (
@@ -41,6 +42,7 @@ class ParsedQuery:
     tree: exp.Expression
     epsilon: float | None = None
     delta: float | None = None
+    purpose: str | None = None  # OPTIONS (purpose = '...'): why the analyst asks
 
     def without_dp(self) -> exp.Expression:
         """A copy of the tree without the DP clause, printable in any sqlglot dialect."""
@@ -53,23 +55,32 @@ class ParsedQuery:
 def parse(sql: str) -> ParsedQuery:
     """Parse exactly one statement of ``sql`` with the ``Veil`` dialect.
 
-    Raises ``ParseError`` (with ``line``, ``col``, ``span``) when the text does not parse,
-    and ``UnsupportedError`` when it holds more than one statement.
+    Raises ``ParseError`` (with ``line``, ``col``, ``span``) when the text does not parse
+    or holds a control or invisible character, and ``UnsupportedError`` when it holds more
+    than one statement or exceeds a limit of ``veilql.engine.sql.limits`` (length, tokens,
+    nesting, nodes, depth). No input ends in a ``RecursionError``.
     """
+    if not isinstance(sql, str):
+        raise ParseError("the query must be text", "pass the SQL as a string")
+    limits.check_text(sql)
     dialect = Veil()
     tokenizer = dialect.tokenizer()
     try:
-        tokens = tokenizer.tokenize(sql)
-    except TokenError as e:
+        with limits.recursion_guard("reading"):
+            tokens = tokenizer.tokenize(sql)
+    except TokenError:
         # The tokenizer keeps where the failing token started (e.g. an unclosed quote).
         core = getattr(tokenizer, "_core", tokenizer)
         start = min(int(getattr(core, "_start", 0)), max(len(sql) - 1, 0))
         raise _positioned_error(sql, "cannot read the text (unclosed quote or bad character?)",
-                                start, len(sql), GENERIC_HINT) from e
+                                start, len(sql), GENERIC_HINT) from None
+    limits.check_tokens(tokens, sql)
+    limits.ensure_recursion_limit()
     try:
-        trees = dialect.parser(error_level=ErrorLevel.IMMEDIATE).parse(tokens, sql)
+        with limits.recursion_guard("parsing"):
+            trees = dialect.parser(error_level=ErrorLevel.IMMEDIATE).parse(tokens, sql)
     except SqlglotParseError as e:
-        raise _from_sqlglot(sql, e) from e
+        raise _from_sqlglot(sql, e) from None
 
     statements = [t for t in trees if t is not None]
     if not statements:
@@ -82,9 +93,10 @@ def parse(sql: str) -> ParsedQuery:
         )
     tree = statements[0]
     assert isinstance(tree, exp.Expression)
+    limits.check_tree(tree)
     options = dp_options(tree)
     return ParsedQuery(sql=sql, tree=tree, epsilon=options.get("epsilon"),
-                       delta=options.get("delta"))
+                       delta=options.get("delta"), purpose=dp_purpose(tree))
 
 
 def _clean(description: str) -> str:
@@ -95,7 +107,7 @@ def _clean(description: str) -> str:
 def _from_sqlglot(sql: str, error: SqlglotParseError) -> ParseError:
     """Translate sqlglot's first error into a positioned VeilQL ``ParseError``."""
     info = error.errors[0] if error.errors else {}
-    description = _clean(str(info.get("description") or error))
+    description = limits.printable(_clean(str(info.get("description") or error)))
     hint = DP_HINT if description.startswith(DP_ERROR_PREFIX) else GENERIC_HINT
     line, col = info.get("line"), info.get("col")
     highlight = str(info.get("highlight") or "")
@@ -131,14 +143,18 @@ def _positioned_error(sql: str, description: str, start: int, end: int, hint: st
     line_start = offsets[line_index]
     line_end = sql.find("\n", line_start)
     line_end = len(sql) if line_end < 0 else line_end
-    text = sql[line_start:line_end].rstrip("\r")
+    # check_text refused every control character but tab, newline and CR before CRLF.
+    raw = sql[line_start:line_end].rstrip("\r")
     col = start - line_start
-    width = max(1, min(end, line_start + len(text)) - start)
+    width = max(1, min(end, line_start + len(raw)) - start)
+    # Anything a terminal would not print is shown escaped (e.g. a no-break space as \xa0).
+    shown = [c if c == "\t" else limits.printable(c) for c in raw]
     # Keep tabs so the carets line up under the same characters in a terminal.
-    pad = "".join(c if c == "\t" else " " for c in text[:col])
+    pad = "".join(c if c == "\t" else " " * len(c) for c in shown[:col])
+    carets = sum(len(c) for c in shown[col:col + width]) or 1
     message = (
         f"syntax error at line {line_index + 1}, col {col + 1}: {description}\n"
-        f"  {text}\n  {pad}{'^' * width}"
+        f"  {''.join(shown)}\n  {pad}{'^' * carets}"
     )
     return ParseError(message, hint, line=line_index + 1, col=col + 1, sql=sql,
                       span=(start, end))

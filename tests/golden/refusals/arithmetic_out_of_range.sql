@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM bank.customers WHERE age * 1e35 > 1

@@ -1,0 +1,1 @@
+SELECT SUM(amount * 1e17) FROM bank.loans

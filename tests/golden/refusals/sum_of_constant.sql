@@ -1,0 +1,1 @@
+SELECT SUM(3) FROM bank.loans

@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM bank.loans WHERE amount * TRUE > 1

@@ -1,0 +1,1 @@
+SELECT COUNT(*) AS n FROM bank.loans HAVING n > 'many'

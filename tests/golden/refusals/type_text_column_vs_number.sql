@@ -1,0 +1,1 @@
+SELECT COUNT(*) FROM bank.customers WHERE region = 5
