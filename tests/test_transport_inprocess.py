@@ -1,4 +1,4 @@
-"""In-process transport: timeouts, dead parties, tag buffering, transcripts."""
+"""In-process transport: timeouts, dead parties, tag buffering, transcripts at delivery."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def test_unknown_party_and_closed_endpoint() -> None:
 
 
 def test_arrays_and_transcript(tmp_path: Path) -> None:
+    """Arrays round-trip; each message is recorded once, in delivery order."""
     net = InProcessNetwork(["a", "b"], transcript_dir=str(tmp_path))
     arr = np.array([0, 1, 2**64 - 1], dtype=np.uint64)
     net.endpoint("a").send_array("b", "x", arr)
@@ -79,8 +80,66 @@ def test_arrays_and_transcript(tmp_path: Path) -> None:
     got = net.endpoint("b").recv_array("a", "x")
     assert got.dtype == np.uint64 and got.tolist() == arr.tolist()
     recs = read_transcript(tmp_path / "b.bin")
-    assert [(f, t) for f, t, _ in recs] == [("a", "y"), ("a", "x")]
-    assert recs[0][2] == b"raw" and recs[1][2] == encode_array(arr)
+    # Recorded once each, in delivery order, whatever order they were read in.
+    assert recs == [("a", "x", encode_array(arr)), ("a", "y", b"raw")]
+    assert not (tmp_path / "a.bin").exists()
+
+
+def test_transcript_records_at_delivery_not_at_read(tmp_path: Path) -> None:
+    """Messages are recorded when they reach the mailbox, read or not, the analyst's too."""
+    net = InProcessNetwork(["a", "b", "analyst"], transcript_dir=str(tmp_path))
+    net.endpoint("a").send("b", "never/read", b"\x07" * 9)
+    net.endpoint("b").send("analyst", "release", b"shares")
+    assert read_transcript(tmp_path / "b.bin") == [("a", "never/read", b"\x07" * 9)]
+    assert read_transcript(tmp_path / "analyst.bin") == [("b", "release", b"shares")]
+    net.endpoint("a").close()  # closing an endpoint drops nothing already recorded
+    assert read_transcript(tmp_path / "b.bin") == [("a", "never/read", b"\x07" * 9)]
+
+
+def test_a_dead_party_leaves_an_error_record_everywhere_else(tmp_path: Path) -> None:
+    """``mark_dead`` delivers the reason to every other endpoint, the analyst's included."""
+    net = InProcessNetwork(["a", "b", "analyst"], transcript_dir=str(tmp_path))
+    net.endpoint("b").send("a", "r1", b"before")
+    net.mark_dead("b", "it failed: boom")
+    assert read_transcript(tmp_path / "a.bin") == [("b", "r1", b"before"),
+                                                   ("b", "!error/b", b"it failed: boom")]
+    assert read_transcript(tmp_path / "analyst.bin") == [("b", "!error/b", b"it failed: boom")]
+    assert not (tmp_path / "b.bin").exists()
+
+
+def test_control_tags_cannot_be_forged_by_a_data_tag(tmp_path: Path) -> None:
+    """A data tag starting with ``!`` is escaped, so it never reads as a control record."""
+    from veilql.engine.transport.base import split_transcript_tag, transcript_tag
+
+    net = InProcessNetwork(["a", "b"], transcript_dir=str(tmp_path))
+    net.endpoint("a").send("b", "!error/a", b"not an error")
+    assert net.endpoint("b").recv("a", "!error/a") == b"not an error"
+    (rec,) = read_transcript(tmp_path / "b.bin")
+    assert rec[1] == "!data/!error/a" and split_transcript_tag(rec[1]) == ("data", "!error/a")
+    assert transcript_tag("mul/1") == "mul/1"
+
+
+def test_concurrent_sessions_append_whole_records(tmp_path: Path) -> None:
+    """Two sessions in one process share ``b.bin``; concurrent appends never interleave."""
+    nets = [InProcessNetwork(["a", "b", "c"], transcript_dir=str(tmp_path)) for _ in range(2)]
+    sizes = [0, 1, 7, 1000, 70_000, 300_000]
+
+    def flood(net: InProcessNetwork, sender: str, seed: int) -> None:
+        for i in range(30):
+            size = sizes[(i + seed) % len(sizes)]
+            net.endpoint(sender).send("b", f"{sender}/{seed}/{i}", bytes([seed]) * size)
+
+    threads = [threading.Thread(target=flood, args=(net, who, 2 * k + j))
+               for k, net in enumerate(nets) for j, who in enumerate("ac")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    recs = read_transcript(tmp_path / "b.bin")
+    assert len(recs) == 4 * 30
+    for sender, tag, payload in recs:
+        who, seed, i = tag.split("/")
+        assert who == sender and payload == bytes([int(seed)]) * sizes[(int(i) + int(seed)) % 6]
 
 
 def test_transcript_directory_from_environment(

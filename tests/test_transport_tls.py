@@ -6,6 +6,7 @@ those marked ``network`` start real party processes through the launch harness.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
@@ -354,35 +355,61 @@ def test_large_arrays(trio: dict[str, TlsTransport]) -> None:
     assert trio["a"].bytes_received["b"] == big.nbytes + header
 
 
-def test_transcript_written_as_received(
+def _kinds(recs: list[tuple[str, str, bytes]]) -> list[tuple[str, str]]:
+    """``(sender, kind)`` of every record, in file order (control tags: ``!<kind>/<tag>``)."""
+    return [(f, t[1:].partition("/")[0] if t.startswith("!") else "data") for f, t, _ in recs]
+
+
+def test_transcript_written_at_delivery(
     creds: dict[str, PartyCredentials], tmp_path: Path
 ) -> None:
+    """Frames are recorded as they arrive: unread ones, HELLOs and goodbyes included."""
     ts = connect(creds, transcript_dir=str(tmp_path))
     try:
         ts["a"].send("c", "r1", b"\x00\x01")
         ts["b"].send("c", "r1", b"from b")
         ts["a"].send("c", "r2", b"")
+        ts["a"].send("c", "unread", b"never read by c")
         assert ts["c"].recv("a", "r2") == b""  # receiving out of order ...
         assert ts["c"].recv("b", "r1") == b"from b"
         assert ts["c"].recv("a", "r1") == b"\x00\x01"
+        ts["b"].abort(ProtocolError("b gives up"))  # an error goodbye
     finally:
         close_all(ts)
     recs = read_transcript(tmp_path / "c.bin")
-    assert sorted(recs) == sorted([("a", "r1", b"\x00\x01"), ("b", "r1", b"from b"),
-                                   ("a", "r2", b"")])
-    # ... is still recorded in arrival order per sender.
-    assert [r for r in recs if r[0] == "a"] == [("a", "r1", b"\x00\x01"), ("a", "r2", b"")]
-    assert not (tmp_path / "a.bin").exists() or read_transcript(tmp_path / "a.bin") == []
+    data = [r for r in recs if not r[1].startswith("!")]
+    assert sorted(data) == sorted([("a", "r1", b"\x00\x01"), ("b", "r1", b"from b"),
+                                   ("a", "r2", b""), ("a", "unread", b"never read by c")])
+    # ... is still recorded in arrival order per sender, and unread frames too.
+    assert [r for r in data if r[0] == "a"] == [
+        ("a", "r1", b"\x00\x01"), ("a", "r2", b""), ("a", "unread", b"never read by c")]
+    # Set-up and goodbye frames are delivered frames as well.
+    assert ("a", "!hello/a", b"") in recs and ("b", "!hello/b", b"") in recs
+    (bye_b,) = [p for f, t, p in recs if t == "!bye/b"]  # b aborted first: it told everyone
+    assert json.loads(bye_b) == {"culprit": None, "reason": "b gives up"}
+    assert sorted(_kinds(recs)[:2]) == [("a", "hello"), ("b", "hello")]  # before any data
+    # The dialer records its peers' HELLO answers; a got no data, only set-up and goodbyes.
+    at_a = _kinds(read_transcript(tmp_path / "a.bin"))
+    assert {("b", "hello"), ("c", "hello"), ("b", "bye")} <= set(at_a) <= {
+        ("b", "hello"), ("c", "hello"), ("b", "bye"), ("c", "bye")}
+    # a and c closed at once: whoever said goodbye first is not answered (its peer skips a
+    # party that already left), but that first goodbye, an empty one, is recorded.
+    assert ("a", "!bye/a", b"") in recs or ("c", "bye") in at_a
+    assert [p for f, t, p in recs if t == "!bye/a"] in ([], [b""])
 
 
 # ---------------------------------------------------------------------------- refusals
-def test_wrong_session_refused(creds: dict[str, PartyCredentials]) -> None:
+def test_wrong_session_refused(creds: dict[str, PartyCredentials], tmp_path: Path) -> None:
+    """A HELLO of another session is refused with a REJECT, and both are recorded."""
     ts = connect(creds, ("a", "b"), sessions={"a": "sess-1", "b": "sess-2"},
-                 connect_timeout=1.0)
+                 connect_timeout=1.0, transcript_dir=str(tmp_path))
     close_all(ts)
     assert isinstance(ts["a"], ProtocolError) and "session id mismatch" in str(ts["a"])
     assert isinstance(ts["b"], PartyUnavailable) and ts["b"].party == "a"
     assert "session id mismatch" in str(ts["b"])
+    # The refused HELLO and the REJECT that answered it are both in the transcripts.
+    assert read_transcript(tmp_path / "b.bin") == [("a", "!hello/a", b"")]
+    assert read_transcript(tmp_path / "a.bin") == [("b", "!reject/b", b"session id mismatch")]
 
 
 def test_certificate_from_another_ca_refused(
@@ -501,7 +528,13 @@ def test_processes_write_transcripts(tmp_path: Path) -> None:
     run_parties_tls("veilql.engine.transport.launch:ping_ring", PARTIES, (2, 0),
                     env={"VEIL_TRANSCRIPT_DIR": str(tmp_path)})
     recs = read_transcript(tmp_path / "a.bin")
-    assert recs == [("c", "ping/0", struct.pack("<Q", 2)), ("c", "ping/1", struct.pack("<Q", 3))]
+    assert [r for r in recs if not r[1].startswith("!")] == [
+        ("c", "ping/0", struct.pack("<Q", 2)), ("c", "ping/1", struct.pack("<Q", 3))]
+    control = _kinds([r for r in recs if r[1].startswith("!")])
+    # Both HELLOs; the peers' goodbyes too unless one comes after a has closed (then it is
+    # never delivered, so never recorded).
+    assert {("b", "hello"), ("c", "hello")} <= set(control)
+    assert set(control) <= {("b", "hello"), ("c", "hello"), ("b", "bye"), ("c", "bye")}
 
 
 @pytest.mark.network

@@ -7,6 +7,10 @@ shares, released cells), so ``Session`` reconstructs the answer with the same co
 modes. The analyst who pays is the one the certificate names: ``--analyst NAME`` picks
 ``<certs>/NAME.pem`` and ``NAME.key``; ``$VEIL_CERT``/``$VEIL_KEY`` (and optionally
 ``$VEIL_CA``) name the files directly and then win.
+
+With ``VEIL_TRANSCRIPT_DIR``, every frame a node sends this endpoint (its HELLO or REJECT,
+progress steps, budget statuses, released shares, its BYE) is appended to ``analyst.bin``
+as it arrives, like every party endpoint records what is delivered to it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +28,7 @@ import numpy as np
 
 from veilql.engine.node import ANALYST, Progress, QueryRequest
 from veilql.engine.server import certs_dir
-from veilql.engine.transport.base import Transport, decode_array
+from veilql.engine.transport.base import TranscriptWriter, Transport, decode_array
 from veilql.engine.transport.certs import PartyCredentials, client_context
 from veilql.engine.transport.identity import ANALYST_KIND, certificate_identity, certificate_name
 from veilql.engine.transport.mailbox import Mailbox
@@ -39,6 +44,7 @@ from veilql.engine.transport.mux import (
 from veilql.engine.transport.tls import (
     KIND_BYE,
     KIND_DATA,
+    KIND_NAMES,
     _Closing,
     _Conn,
     _describe,
@@ -52,6 +58,8 @@ from veilql.policies.model import Federation
 # Extra seconds the analyst waits beyond the timeout: a node that gives up on a silent peer
 # after the timeout then tells us which party it was, rather than us blaming that node.
 GRACE = 1.0
+# Seconds ``close`` waits for the nodes' goodbyes when transcripts are recorded.
+TRANSCRIPT_LINGER = 5.0
 
 
 def analyst_credentials(federation: Federation,
@@ -110,6 +118,7 @@ class RemoteAnalyst(Transport):
         self._conns: dict[str, _Conn] = {}
         self._closed = False
         self._on_step = on_step
+        self._transcript = TranscriptWriter(ANALYST)
         ctx = client_context(credentials)
         name = certificate_name(credentials.cert_path)
         self._digest = session_digest(routing_id(name, request.query_id))
@@ -129,7 +138,7 @@ class RemoteAnalyst(Transport):
                                            f"{_describe(exc)}") from exc
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 raw.settimeout(limit)
-                tls = handshake_client(ctx, raw, party, name, address)
+                tls = handshake_client(ctx, raw, party, name, address, self._transcript)
                 tls.sendall(encode_frame(KIND_DATA, self._digest, QUERY_TAG, query))
                 self._conns[party] = _Conn(party, tls)
             except BaseException as exc:  # noqa: BLE001 - re-raised below in party order
@@ -155,6 +164,7 @@ class RemoteAnalyst(Transport):
         try:
             while True:
                 kind, digest, tag, payload = read_frame(conn, 1 << 33)
+                self._transcript.record(party, tag, payload, KIND_NAMES[kind])
                 if digest != self._digest:
                     raise ProtocolError("frame for another session (session id mismatch)")
                 if kind == KIND_BYE:
@@ -214,6 +224,13 @@ class RemoteAnalyst(Transport):
                     conn.write(memoryview(bye), 1.0)
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
+        if self._transcript.enabled:
+            # Recording: let each node's goodbye (sent right after its last frame) arrive and
+            # be recorded before the connections close; bounded, and only with transcripts on.
+            end = time.monotonic() + TRANSCRIPT_LINGER
+            for t in getattr(self, "_readers", ()):
+                t.join(max(0.0, end - time.monotonic()))
+        for conn in self._conns.values():
             conn.close()
 
     def __enter__(self) -> RemoteAnalyst:

@@ -24,6 +24,11 @@ import numpy as np
 
 from veilql.errors import ProtocolError
 
+try:  # advisory locks across processes (POSIX); in-process locks alone elsewhere
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 _DTYPES: dict[int, np.dtype] = {
     0: np.dtype("<u8"),
     1: np.dtype("<i8"),
@@ -92,11 +97,62 @@ class Transport(ABC):
         return decode_array(self.recv(frm, tag, timeout))
 
 
-class TranscriptWriter:
-    """Appends every received message, as received, to ``DIR/<party>.bin``.
+# Kinds of delivered frames other than data, as recorded in transcripts (see TranscriptWriter).
+DATA, HELLO, BYE, REJECT, ERROR = "data", "hello", "bye", "reject", "error"
+CONTROL_PREFIX = "!"  # recorded tags of control frames: "!<kind>/<tag on the wire>"
 
-    Enabled by ``VEIL_TRANSCRIPT_DIR``. Each record is: u32 sender length, sender,
-    u32 tag length, tag, u64 payload length, payload (so the file can be audited).
+_PATH_LOCKS: dict[str, threading.Lock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+
+
+def _path_lock(path: Path) -> threading.Lock:
+    """One lock per transcript file in this process, shared by every writer of that file."""
+    key = os.path.abspath(path)
+    with _PATH_LOCKS_GUARD:
+        return _PATH_LOCKS.setdefault(key, threading.Lock())
+
+
+def transcript_tag(tag: str, kind: str = DATA) -> str:
+    """The tag a delivered frame is recorded under.
+
+    A data frame keeps its round tag; a control frame (hello, bye, reject, error) and a data
+    frame whose own tag starts with ``!`` are recorded as ``!<kind>/<tag>``, so the two can
+    never be confused (``split_transcript_tag`` inverts it).
+
+    >>> transcript_tag("mul/3"), transcript_tag("bank", BYE), transcript_tag("!x")
+    ('mul/3', '!bye/bank', '!data/!x')
+    """
+    if kind == DATA and not tag.startswith(CONTROL_PREFIX):
+        return tag
+    return f"{CONTROL_PREFIX}{kind}/{tag}"
+
+
+def split_transcript_tag(recorded: str) -> tuple[str, str]:
+    """``(kind, tag on the wire)`` of a recorded tag; inverse of ``transcript_tag``.
+
+    >>> split_transcript_tag("mul/3"), split_transcript_tag("!bye/bank")
+    (('data', 'mul/3'), ('bye', 'bank'))
+    """
+    if not recorded.startswith(CONTROL_PREFIX):
+        return DATA, recorded
+    kind, _, tag = recorded[1:].partition("/")
+    return kind, tag
+
+
+class TranscriptWriter:
+    """Appends every frame delivered to one endpoint to ``DIR/<party>.bin``.
+
+    Enabled by ``VEIL_TRANSCRIPT_DIR`` (read when the writer is made) or ``directory``.
+    Every transport calls ``record`` when a frame is handed to the endpoint, before anyone
+    reads it: data frames, set-up frames (HELLO, REJECT), goodbyes and aborts (BYE, whose
+    payload says why), failures announced in-process (``error``), frames of sessions that
+    ended or never started, frames that are never read. Each record is: u32 sender length,
+    sender, u32 tag length, tag (``transcript_tag``), u64 payload length, payload (all
+    little-endian), so the file can be audited with ``read_transcript``.
+
+    Appends are atomic per record: one lock per file in the process and an exclusive
+    ``flock`` across processes (several sessions or clients may share a file), and one
+    ``writev`` of the record on an ``O_APPEND`` descriptor.
     """
 
     def __init__(self, party: str, directory: str | os.PathLike[str] | None = None) -> None:
@@ -106,17 +162,50 @@ class TranscriptWriter:
         if d:
             Path(d).mkdir(parents=True, exist_ok=True)
             self.path = Path(d) / f"{party}.bin"
+            self._lock = _path_lock(self.path)
 
-    def record(self, frm: str, tag: str, payload: bytes) -> None:
-        """Append one received message (no-op when transcripts are off)."""
+    @property
+    def enabled(self) -> bool:
+        """True when records are written."""
+        return self.path is not None
+
+    def record(self, frm: str, tag: str, payload: bytes | bytearray | memoryview,
+               kind: str = DATA) -> None:
+        """Append one frame delivered from ``frm`` (no-op when transcripts are off)."""
         if self.path is None:
             return
-        f, t = frm.encode(), tag.encode()
-        rec = struct.pack("<I", len(f)) + f + struct.pack("<I", len(t)) + t
-        rec += struct.pack("<Q", len(payload))
-        with self._lock, open(self.path, "ab") as fh:
-            fh.write(rec)
-            fh.write(payload)
+        view = memoryview(payload).cast("B")
+        f, t = frm.encode(), transcript_tag(tag, kind).encode()
+        head = b"".join((struct.pack("<I", len(f)), f, struct.pack("<I", len(t)), t,
+                         struct.pack("<Q", len(view))))
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        with self._lock:
+            try:
+                fd = os.open(self.path, flags, 0o600)
+            except FileNotFoundError:  # the folder was removed under us: make it again
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, flags, 0o600)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                _write_all(fd, [memoryview(head), view])
+            finally:
+                os.close(fd)  # also releases the flock
+
+
+def _write_all(fd: int, parts: list[memoryview]) -> None:
+    """Write ``parts`` in order, with as few system calls as the OS allows."""
+    parts = [p for p in parts if len(p)]
+    while parts:
+        if hasattr(os, "writev"):
+            n = os.writev(fd, parts)
+        else:  # pragma: no cover - Windows
+            n = os.write(fd, parts[0])
+        while parts and n >= len(parts[0]):
+            n -= len(parts[0])
+            parts.pop(0)
+        if parts and n:
+            parts[0] = parts[0][n:]
 
 
 def read_transcript(path: str | os.PathLike[str]) -> list[tuple[str, str, bytes]]:

@@ -4,6 +4,11 @@ Nothing is shared between parties but the mailboxes: a party's endpoint delivers
 into the receiver's mailbox, exactly as the network transport would. A party whose
 thread fails is marked dead so the others get ``PartyUnavailable`` at once instead of
 waiting for the timeout.
+
+Transcripts (``VEIL_TRANSCRIPT_DIR``) are written at delivery: every message handed to
+an endpoint's mailbox is recorded in that endpoint's file whether or not it is ever read,
+and a party marked dead leaves an ``error`` record (its reason) at every other endpoint,
+the analyst's included.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import time
 import uuid
 from collections import defaultdict
 
-from veilql.engine.transport.base import TranscriptWriter, Transport
+from veilql.engine.transport.base import ERROR, TranscriptWriter, Transport
 from veilql.errors import PartyUnavailable, ProtocolError
 
 
@@ -56,6 +61,9 @@ class InProcessNetwork:
     def mark_dead(self, party: str, reason: str = "its thread stopped") -> None:
         """Declare ``party`` dead: every receive waiting on it fails now."""
         self._dead[party] = reason
+        for p, endpoint in self._endpoints.items():
+            if p != party:
+                endpoint._transcript.record(party, party, reason.encode(), ERROR)
         for box in self._boxes.values():
             with box.cond:
                 box.cond.notify_all()
@@ -64,6 +72,7 @@ class InProcessNetwork:
         box = self._boxes.get(to)
         if box is None:
             raise ProtocolError(f"no party named {to!r} in this session")
+        self._endpoints[to]._transcript.record(frm, tag, payload)
         with box.cond:
             box.items[(frm, tag)].append(payload)
             box.cond.notify_all()
@@ -115,7 +124,6 @@ class InProcessTransport(Transport):
                         f"(waiting for {tag!r} at {self.me!r})",
                     )
                 box.cond.wait(left)
-        self._transcript.record(frm, tag, payload)
         return payload
 
     def close(self) -> None:

@@ -21,6 +21,10 @@ instead keeps one listener at its address and multiplexes every query over it:
   (the payload names the culprit, as in ``tls.TlsTransport.abort``).
 - A malformed frame from a peer closes that connection and fails the peer's sessions with a
   ``ProtocolError``; it never stops the node.
+- With ``VEIL_TRANSCRIPT_DIR``, the node records every frame delivered to it in
+  ``<party>.bin`` as soon as it is read off a connection, before routing: HELLO frames, the
+  client's QUERY and BYE (sender ``analyst``), peers' data and BYE frames, frames of
+  sessions that ended or never start here, and the REJECT or HELLO a dialed peer answers.
 
 Framing, the per-connection TLS locking and header parsing come from ``tls.py``.
 """
@@ -48,6 +52,7 @@ from veilql.engine.transport.tls import (
     KIND_BYE,
     KIND_DATA,
     KIND_HELLO,
+    KIND_NAMES,
     KIND_REJECT,
     _Closing,
     _Conn,
@@ -148,12 +153,27 @@ def read_frame(conn: _Conn, max_payload: int) -> tuple[int, bytes, str, bytearra
     return kind, digest, _decode_tag(raw_tag), payload
 
 
-def read_hello(tls: ssl.SSLSocket) -> tuple[int, str, bytes]:
-    """Read a set-up frame on a blocking socket: ``(kind, tag, payload)``."""
+def read_hello(tls: ssl.SSLSocket, transcript: TranscriptWriter | None = None,
+               sender: str = "") -> tuple[int, str, bytes]:
+    """Read a set-up frame on a blocking socket: ``(kind, tag, payload)``.
+
+    The frame is recorded in ``transcript`` (as sent by ``sender``) before it is checked.
+    """
     head = _read_exact_blocking(tls, HEADER_SIZE)
     kind, tag_len, n, _ = parse_header(head, None, max_payload=MAX_QUERY_BYTES)
     body = _read_exact_blocking(tls, tag_len + n)
-    return kind, _decode_tag(body[:tag_len]), body[tag_len:]
+    tag, payload = _decode_tag(body[:tag_len]), body[tag_len:]
+    if transcript is not None:
+        transcript.record(sender, tag, payload, KIND_NAMES[kind])
+    return kind, tag, payload
+
+
+def _sender(who: tuple[str, str] | None) -> str:
+    """The transcript sender of an inbound connection: the party named by its certificate,
+    ``analyst`` for a client (its endpoint name in every session), else ``unknown``."""
+    if who is None:
+        return "unknown"
+    return who[1] if who[0] == PARTY else ANALYST if who[0] == ANALYST_KIND else "unknown"
 
 
 @dataclass(frozen=True)
@@ -187,7 +207,6 @@ class MuxSession(Transport):
         if kind == KIND_BYE:
             self._box.fail(frm, goodbye_error(frm, self.me, payload))
         else:
-            self._endpoint.transcript.record(frm, tag, payload)
             self._box.put(frm, tag, payload)
 
     def fail(self, frm: str, exc: ProtocolError) -> None:
@@ -417,7 +436,7 @@ class MuxEndpoint:
             return
         try:
             who = peer_identity(tls.getpeercert())
-            kind, name, _ = read_hello(tls)
+            kind, name, _ = read_hello(tls, self.transcript, _sender(who))
             if kind != KIND_HELLO:
                 raise ProtocolError("the connection did not start with HELLO")
             if who is None or who[1] != name:
@@ -447,7 +466,7 @@ class MuxEndpoint:
             tls.close()
 
     def _client_query(self, analyst: str, tls: ssl.SSLSocket, where: str) -> None:
-        kind, tag, payload = read_hello(tls)
+        kind, tag, payload = read_hello(tls, self.transcript, ANALYST)
         if kind != KIND_DATA or tag != QUERY_TAG:
             raise ProtocolError("expected a QUERY frame after HELLO")
         info = json.loads(payload)
@@ -475,7 +494,8 @@ class MuxEndpoint:
         """Watch the client link: the client sends nothing more, so any end fails it."""
         try:
             while True:
-                kind, _, _, _ = read_frame(conn, 4096)
+                kind, _, tag, payload = read_frame(conn, 4096)
+                self.transcript.record(ANALYST, tag, payload, KIND_NAMES[kind])
                 if kind == KIND_BYE:
                     raise EOFError
         except (_Closing, EOFError, ProtocolError, OSError, ValueError):
@@ -515,6 +535,9 @@ class MuxEndpoint:
         try:
             while True:
                 kind, digest, tag, payload = read_frame(conn, self.max_payload)
+                # Recorded on arrival, before routing: frames of sessions that ended, never
+                # start here or are never read are in the transcript too.
+                self.transcript.record(peer, tag, payload, KIND_NAMES[kind])
                 if kind not in (KIND_DATA, KIND_BYE):
                     raise ProtocolError(f"unexpected frame kind {kind} after set-up")
                 self._route(peer, kind, digest, tag, payload)
@@ -559,12 +582,16 @@ class MuxEndpoint:
         raw = connect_with_retry(peer, host, port, time.monotonic() + limit, limit,
                                  stop=lambda: self._closing, first_delay=0.05)
         raw.settimeout(HANDSHAKE_TIMEOUT)
-        return handshake_client(self._client_ctx, raw, peer, self.me, f"{host}:{port}")
+        return handshake_client(self._client_ctx, raw, peer, self.me, f"{host}:{port}",
+                                self.transcript)
 
 
 def handshake_client(ctx: ssl.SSLContext, raw: socket.socket, peer: str, me: str,
-                     where: str) -> ssl.SSLSocket:
-    """TLS-connect to node ``peer`` as ``me``, check it is that party, exchange HELLOs."""
+                     where: str, transcript: TranscriptWriter | None = None) -> ssl.SSLSocket:
+    """TLS-connect to node ``peer`` as ``me``, check it is that party, exchange HELLOs.
+
+    The node's answer (HELLO or REJECT) is recorded in ``transcript`` when one is given.
+    """
     hint = "check that every node and client uses certificates from the same federation CA"
     try:
         tls = ctx.wrap_socket(raw)
@@ -581,7 +608,7 @@ def handshake_client(ctx: ssl.SSLContext, raw: socket.socket, peer: str, me: str
             raise ProtocolError(f"the node at {where} does not hold a certificate for party "
                                 f"{peer!r}", "check the federation's party addresses")
         tls.sendall(encode_frame(KIND_HELLO, NO_SESSION, me, b""))
-        kind, tag, payload = read_hello(tls)
+        kind, tag, payload = read_hello(tls, transcript, peer)
         if kind == KIND_REJECT:
             raise ProtocolError(f"party {peer!r} refused the connection: "
                                 f"{payload.decode(errors='replace')}", hint)

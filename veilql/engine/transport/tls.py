@@ -12,7 +12,9 @@ Frames (all integers little-endian)::
     magic "VQL" | version u8 | kind u8 | reserved u8 = 0 | tag length u16 | payload length u64
     | session digest (16 bytes, BLAKE2b of the session id) | tag (UTF-8) | payload
 
-A reader thread per connection reads frames into per-(sender, tag) mailboxes; ``recv`` waits
+A reader thread per connection reads frames into per-(sender, tag) mailboxes, recording each
+frame in the transcript (``VEIL_TRANSCRIPT_DIR``) as it arrives, before anyone reads it:
+data, HELLO and REJECT frames of the set-up, and BYE frames included; ``recv`` waits
 on them with a timeout. A frame with a wrong session, magic, version or length fails that
 peer with ``ProtocolError``; a closed or reset connection marks the peer dead, so a ``recv``
 waiting on it raises ``PartyUnavailable`` at once instead of waiting for the timeout.
@@ -41,7 +43,15 @@ from typing import Any
 
 import numpy as np
 
-from veilql.engine.transport.base import TranscriptWriter, Transport, decode_array
+from veilql.engine.transport.base import (
+    BYE,
+    DATA,
+    HELLO,
+    REJECT,
+    TranscriptWriter,
+    Transport,
+    decode_array,
+)
 from veilql.engine.transport.certs import (
     PartyCredentials,
     client_context,
@@ -56,6 +66,7 @@ MAGIC = b"VQL"
 VERSION = 1
 KIND_DATA, KIND_HELLO, KIND_BYE, KIND_REJECT = 0, 1, 2, 3
 _KINDS = (KIND_DATA, KIND_HELLO, KIND_BYE, KIND_REJECT)
+KIND_NAMES = {KIND_DATA: DATA, KIND_HELLO: HELLO, KIND_BYE: BYE, KIND_REJECT: REJECT}
 _HEADER = struct.Struct("<3sBBBHQ16s")
 HEADER_SIZE = _HEADER.size  # 32 bytes
 DEFAULT_MAX_PAYLOAD = 1 << 33  # 8 GiB: refuses absurd lengths from a corrupt header
@@ -437,6 +448,8 @@ class TlsTransport(Transport):
         head = _read_exact_blocking(tls, HEADER_SIZE)
         kind, tag_len, n, sess = parse_header(head, None, max_payload=4096)
         body = _read_exact_blocking(tls, tag_len + n)
+        self._transcript.record(peer, _decode_tag(body[:tag_len]), body[tag_len:],
+                                KIND_NAMES[kind])
         if kind != KIND_HELLO or sess != self._session or _decode_tag(body[:tag_len]) != peer:
             reason = ("session id mismatch" if sess != self._session
                       else f"bad HELLO from {peer!r}")
@@ -478,6 +491,8 @@ class TlsTransport(Transport):
             head = _read_exact_blocking(tls, HEADER_SIZE)
             kind, tag_len, n, sess = parse_header(head, None, max_payload=4096)
             body = _read_exact_blocking(tls, tag_len + n)
+            self._transcript.record(peer, _decode_tag(body[:tag_len]), body[tag_len:],
+                                    KIND_NAMES[kind])
             if kind == KIND_REJECT:
                 reason = body[tag_len:].decode(errors="replace")
                 raise ProtocolError(f"party {peer!r} refused the connection: {reason}", hint)
@@ -574,12 +589,12 @@ class TlsTransport(Transport):
                 tag = _decode_tag(raw_tag)
                 buf = bytearray(n)
                 conn.read_into(memoryview(buf))
+                self._transcript.record(peer, tag, buf, KIND_NAMES[kind])
                 if kind == KIND_BYE:
                     self._fail(peer, _goodbye_error(peer, self.me, buf))
                     return
                 if kind != KIND_DATA:
                     raise ProtocolError(f"unexpected frame kind {kind} after set-up")
-                self._transcript.record(peer, tag, buf)
                 with self._cond:
                     self._boxes[(peer, tag)].append(buf)
                     self.bytes_received[peer] += n
