@@ -67,6 +67,8 @@ class QueryRequest:
     epsilon: float | None = None
     delta: float | None = None
     mechanism: str = "auto"
+    purpose: str = ""  # the analyst's stated purpose, recorded in each charged ledger entry
+    identity: str = "self-asserted"  # "certificate" when a `veil serve` node checked it
 
     def to_bytes(self) -> bytes:
         """JSON encoding, for the network."""
@@ -366,7 +368,8 @@ class PartyNode:
         try:
             reservation = self.ledger.reserve(
                 analyst, plan.epsilon, plan.delta, query_id=request.query_id,
-                sql=request.sql, tables=tables, wait=wait)
+                sql=request.sql, tables=tables, wait=wait, purpose=request.purpose,
+                identity=request.identity, record_refusal=True)
         except BudgetRefused as refusal:
             return {"party": me, "ok": False, "reservation": None, "message": refusal.detail()}
         eps, delta = self.ledger.remaining(analyst)

@@ -164,6 +164,7 @@ class NodeServer:
             claimed = fields.get("analyst")
             # The certificate wins over whatever analyst the client wrote in its request.
             fields["analyst"] = query.analyst
+            fields["identity"] = "certificate"  # recorded in the ledger as how it was known
             request = QueryRequest(**fields)
             if not isinstance(request.sql, str) or request.query_id != query.session_id:
                 raise ProtocolError("malformed query request")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from veilql.engine.dp import LargeEpsilonWarning
+from veilql.engine.ledger.entries import check_purpose
 from veilql.engine.ledger.ledger import Ledger
 from veilql.engine.node import (
     ANALYST,
@@ -32,6 +33,7 @@ from veilql.engine.plan.nodes import Plan
 from veilql.engine.remote import RemoteAnalyst, all_remote, analyst_credentials
 from veilql.engine.result import Result, build_result
 from veilql.engine.rewrite import compile_plan
+from veilql.engine.sql.parse import parse
 from veilql.engine.transport.identity import certificate_name
 from veilql.engine.transport.inprocess import InProcessNetwork
 from veilql.errors import (
@@ -48,6 +50,7 @@ from veilql.policies.model import Federation
 LARGE_EPSILON = 5.0
 CANCEL_WAIT = 5.0  # seconds to let cancelled local nodes settle their ledgers
 BUDGET_HINT = "ask for a smaller epsilon/delta, or ask the party to raise your budget"
+CLOSED_TEXT = "this session is closed; open a new one with veilql.connect(...)"
 
 
 class EmbeddedModeWarning(UserWarning):
@@ -86,7 +89,13 @@ class _Charges:
 
 
 class Session:
-    """A connection to a federation as one analyst (``veilql.connect``)."""
+    """A connection to a federation as one analyst (``veilql.connect``).
+
+    Use it as a context manager (``with veilql.connect(...) as s:``) or call ``close()``;
+    a closed session refuses every further call with a ``UsageError``.
+    """
+
+    _closed = False  # set by close(); a class default, so __init__ needs no change
 
     def __init__(self, federation: Federation | str | Path | None = None,
                  analyst: str | None = None, *, timeout: float | None = None) -> None:
@@ -103,6 +112,7 @@ class Session:
     # -- compile ---------------------------------------------------------------------------
     def catalog(self) -> dict[str, dict[str, list[str]]]:
         """Table and column names of every local party (public inside the federation)."""
+        self._check_open()
         if self._catalog is None:
             self._catalog = {
                 p.name: {t: [c.name for c in cols]
@@ -114,22 +124,29 @@ class Session:
     def plan(self, sql: str, epsilon: float | None = None, delta: float | None = None,
              mechanism: str = "auto") -> Plan:
         """The plan of ``sql`` (spends nothing)."""
+        self._check_open()
         return compile_plan(sql, self.federation, epsilon=epsilon, delta=delta,
                             mechanism=mechanism, catalog=self.catalog())
 
     def explain(self, sql: str, epsilon: float | None = None, delta: float | None = None) -> str:
         """``veil explain``: the plan as text (spends nothing)."""
+        self._check_open()
         return self.plan(sql, epsilon, delta).to_s()
 
     # -- run -------------------------------------------------------------------------------
     def sql(self, sql: str, epsilon: float | None = None, delta: float | None = None, *,
             dry_run: bool = False, mechanism: str = "auto",
-            on_step: Progress | None = None) -> Result:
+            on_step: Progress | None = None, purpose: str | None = None) -> Result:
         """Run ``sql`` and return the released noisy answer (charged at every party read).
 
         ``on_step(party, step)`` hears each party's steps as they start (for progress).
+        ``purpose`` is why the analyst asks (or ``OPTIONS (purpose = '...')`` in the SQL):
+        every charged party records it with the query in its ledger. A dry run spends
+        nothing and returns the cost, the budget left and no rows.
         """
+        self._check_open()
         analyst = self._analyst()
+        stated = _stated_purpose(sql, purpose)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LargeEpsilonWarning)
             plan = self.plan(sql, epsilon, delta, mechanism)
@@ -143,7 +160,8 @@ class Session:
             return Result([o.name for o in plan.outputs], [], {},
                           {"epsilon": float(plan.epsilon), "delta": float(plan.delta)},
                           budget, plan, dry_run=True)
-        request = QueryRequest(uuid.uuid4().hex, sql, analyst, epsilon, delta, mechanism)
+        request = QueryRequest(uuid.uuid4().hex, sql, analyst, epsilon, delta, mechanism,
+                               purpose=stated)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LargeEpsilonWarning)
             return self._run(plan, request, on_step)
@@ -285,6 +303,7 @@ class Session:
         A remote party keeps its ledger at its node; its remaining budget comes back with
         every answer (``Result.budget``), and it is left out here rather than guessed.
         """
+        self._check_open()
         analyst = self.federation.analysts[self._analyst()]
         out = {}
         names = parties or self.federation.party_names
@@ -307,16 +326,31 @@ class Session:
 
     def ledger(self, party: str) -> Ledger | None:
         """The ledger of local ``party``, or None when it has charged nothing yet."""
+        self._check_open()
         node = self._node(party)
         path = node.state_dir() / f"{party}.jsonl"
         return Ledger(path, party) if path.exists() else None
 
     def close(self) -> None:
-        """Close every local node's connector."""
-        for node in self._nodes.values():
+        """Close every local node's connector; later calls raise ``UsageError``. Closing
+        twice is harmless."""
+        self._closed = True
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for node in nodes:
             node.close()
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(CLOSED_TEXT, "a session is closed by close() or by leaving its "
+                             "`with` block")
+
     def __enter__(self) -> Session:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -327,6 +361,20 @@ def connect(federation: str | Path | None = None, analyst: str | None = None,
             **kwargs: Any) -> Session:
     """Open a session on a federation file (default: discovery as in CONTRACT.md)."""
     return Session(federation, analyst or os.environ.get("VEIL_ANALYST"), **kwargs)
+
+
+def _stated_purpose(sql: str, purpose: str | None) -> str:
+    """The query's purpose: the ``purpose`` argument or the SQL's ``OPTIONS (purpose =
+    ...)``, checked as a ledger records it (one line of plain text)."""
+    written = parse(sql).purpose
+    if purpose is not None and written is not None and purpose.strip() != written.strip():
+        raise UsageError(f"two purposes given: {purpose!r} and OPTIONS purpose {written!r}",
+                         "state the purpose once, as an option or in the SQL")
+    try:
+        return check_purpose(purpose if purpose is not None else written or "")
+    except ValueError as exc:
+        raise UsageError(f"cannot record the purpose: {exc}",
+                         "state the purpose as one line of plain text") from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, fields, replace
+import unicodedata
 from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
@@ -31,11 +32,17 @@ from veilql.engine.ledger.money import decode, encode
 
 FORMAT_VERSION = 1
 GENESIS_PREV = "0" * 64
-KINDS = ("genesis", "reserve", "commit", "abort", "repair")
-STATUS = {"reserve": "reserved", "commit": "committed", "abort": "aborted"}
+KINDS = ("genesis", "reserve", "commit", "abort", "repair", "refused")
+STATUS = {"reserve": "reserved", "commit": "committed", "abort": "aborted",
+          "refused": "refused"}
+#: How the analyst named in an entry was identified: by the client certificate a
+#: ``veil serve`` node checked, or by the name the analyst gave (embedded mode).
+IDENTITIES = ("certificate", "self-asserted")
+MAX_PURPOSE = 500  # characters of the analyst's stated purpose of one query
 
 _COMMON = {"seq", "prev", "hash", "kind", "time", "party"}
 _CHARGE = {"analyst", "query_id", "sql", "epsilon", "delta", "tables", "status"}
+_WHO = {"purpose", "identity"}  # why the analyst asked, and how the analyst was identified
 # The exact key set of each kind: a missing or extra key is damage, not an extension.
 KEYS: dict[str, frozenset[str]] = {
     "genesis": frozenset(_COMMON | {"version", "mac"}),
@@ -43,8 +50,16 @@ KEYS: dict[str, frozenset[str]] = {
     "commit": frozenset(_COMMON | _CHARGE | {"ref"}),
     "abort": frozenset(_COMMON | _CHARGE | {"ref", "reason"}),
     "repair": frozenset(_COMMON | {"discarded", "reason"}),
+    # A reservation the budget refused: it charges nothing (epsilon and delta are 0) and
+    # records what was requested, so a report shows over-budget attempts too.
+    "refused": frozenset(_COMMON | _CHARGE | _WHO | {
+        "budget_epsilon", "budget_delta", "requested_epsilon", "requested_delta", "reason"}),
 }
-_AMOUNTS = ("epsilon", "delta", "budget_epsilon", "budget_delta")
+# Keys a kind may carry besides its exact set: reserve entries written before purposes and
+# identities were recorded lack them and still verify (their hash covers what they hold).
+OPTIONAL: dict[str, frozenset[str]] = {"reserve": frozenset(_WHO)}
+_AMOUNTS = ("epsilon", "delta", "budget_epsilon", "budget_delta", "requested_epsilon",
+            "requested_delta")
 
 
 class EntryError(ValueError):
@@ -56,8 +71,12 @@ class Entry:
     """One ledger line. Fields a kind does not use are None (and absent from the JSON).
 
     ``ref`` (commit, abort) is the ``seq`` of the reserve entry being settled. ``status`` is
-    ``reserved`` / ``committed`` / ``aborted``, repeated on each entry so a report reading
-    single lines needs no joins.
+    ``reserved`` / ``committed`` / ``aborted`` / ``refused``, repeated on each entry so a
+    report reading single lines needs no joins. ``purpose`` is the analyst's stated reason
+    for the query and ``identity`` how the analyst was identified (``IDENTITIES``); both are
+    on reserve and refused entries (None on reserve entries written before they existed). A
+    ``refused`` entry charges nothing: its ``epsilon`` and ``delta`` are 0 and
+    ``requested_epsilon`` / ``requested_delta`` say what the budget refused.
     """
 
     seq: int
@@ -80,6 +99,10 @@ class Entry:
     ref: int | None = None
     reason: str | None = None
     discarded: str | None = None
+    purpose: str | None = None
+    identity: str | None = None
+    requested_epsilon: Fraction | None = None
+    requested_delta: Fraction | None = None
 
     def to_obj(self, *, with_hash: bool = True) -> dict[str, Any]:
         """The JSON object of this entry (amounts as exact strings, None fields dropped)."""
@@ -141,7 +164,7 @@ def _check_types(obj: dict[str, Any]) -> None:
         if name in obj and (type(obj[name]) is not int or obj[name] < 0):
             raise EntryError(f"{name} must be a non-negative integer")
     for name in ("prev", "hash", "kind", "time", "party", "mac", "analyst", "query_id", "sql",
-                 "status", "reason", "discarded"):
+                 "status", "reason", "discarded", "purpose", "identity"):
         if name in obj and not isinstance(obj[name], str):
             raise EntryError(f"{name} must be a string")
     if "tables" in obj and not (
@@ -163,9 +186,10 @@ def parse_obj(obj: Any) -> Entry:
     if kind not in KEYS:
         raise EntryError(f"unknown kind {kind!r}")
     keys = set(obj)
-    if keys != KEYS[kind]:
+    optional = OPTIONAL.get(kind, frozenset())
+    if not KEYS[kind] <= keys <= KEYS[kind] | optional:
         missing = sorted(KEYS[kind] - keys)
-        extra = sorted(keys - KEYS[kind])
+        extra = sorted(keys - KEYS[kind] - optional)
         raise EntryError(f"{kind} entry has missing keys {missing} / extra keys {extra}")
     _check_types(obj)
     values = dict(obj)
@@ -179,7 +203,31 @@ def parse_obj(obj: Any) -> Entry:
         values["tables"] = tuple(values["tables"])
     if kind in STATUS and values["status"] != STATUS[kind]:
         raise EntryError(f"{kind} entry has status {values['status']!r}")
+    if "identity" in values and values["identity"] not in IDENTITIES:
+        raise EntryError(f"identity must be one of {', '.join(IDENTITIES)}")
+    if kind == "refused" and (values["epsilon"] != 0 or values["delta"] != 0):
+        raise EntryError("a refused entry must charge nothing (epsilon and delta 0)")
     return Entry(**values)
+
+
+def check_purpose(purpose: object) -> str:
+    """The analyst's stated purpose of a query, checked for a ledger entry: text of at most
+    ``MAX_PURPOSE`` characters without control or invisible characters (a ledger line is
+    read by people), surrounding blanks dropped. Raises ``ValueError`` saying what is wrong.
+
+    >>> check_purpose("  fraud review Q3 ")
+    'fraud review Q3'
+    """
+    if not isinstance(purpose, str):
+        raise ValueError(f"the purpose must be text, not {type(purpose).__name__}")
+    text = purpose.strip()
+    if len(text) > MAX_PURPOSE:
+        raise ValueError(f"the purpose has {len(text)} characters; at most {MAX_PURPOSE}")
+    for c in text:
+        if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp"):
+            raise ValueError(f"the purpose holds the control or invisible character "
+                             f"U+{ord(c):04X}")
+    return text
 
 
 def parse_line(line: bytes, key: bytes | None) -> Entry:

@@ -58,8 +58,10 @@ from veilql.engine.ledger.chain import BadEntry, ChainState, Problem, mac_name
 from veilql.engine.ledger.entries import (
     FORMAT_VERSION,
     GENESIS_PREV,
+    IDENTITIES,
     STATUS,
     Entry,
+    check_purpose,
     now_utc,
 )
 from veilql.engine.ledger.errors import BudgetRefused, LedgerBusy, LedgerCorrupt, LedgerError
@@ -165,10 +167,13 @@ class Charge:
     epsilon: Fraction
     delta: Fraction
     tables: tuple[str, ...]
-    status: str  # reserved (still open) | committed | aborted
+    status: str  # reserved (still open) | committed | aborted | refused (charged nothing)
     reserved_at: str
     settled_at: str | None
     reason: str | None
+    purpose: str = ""
+    identity: str | None = None  # certificate | self-asserted; None before it was recorded
+    requested: tuple[Fraction, Fraction] | None = None  # refused: what the budget refused
 
 
 def _file_lock(path: str, timeout: float) -> filelock.BaseFileLock:
@@ -202,7 +207,21 @@ def charge_of(party: str, seq: int, reserve: Entry, settled: Entry | None) -> Ch
         epsilon=e.epsilon, delta=e.delta, tables=e.tables,
         status=done.status if done and done.status else STATUS["reserve"],
         reserved_at=e.time, settled_at=done.time if done else None,
-        reason=done.reason if done else None,
+        reason=done.reason if done else None, purpose=e.purpose or "", identity=e.identity,
+    )
+
+
+def refusal_of(party: str, entry: Entry) -> Charge:
+    """The ``Charge`` of a ``refused`` entry: nothing charged, what was requested kept."""
+    e = entry
+    assert e.analyst is not None and e.query_id is not None and e.sql is not None
+    assert e.tables is not None
+    assert e.requested_epsilon is not None and e.requested_delta is not None
+    return Charge(
+        party=party, seq=e.seq, analyst=e.analyst, query_id=e.query_id, sql=e.sql,
+        epsilon=Fraction(0), delta=Fraction(0), tables=e.tables, status=STATUS["refused"],
+        reserved_at=e.time, settled_at=e.time, reason=e.reason, purpose=e.purpose or "",
+        identity=e.identity, requested=(e.requested_epsilon, e.requested_delta),
     )
 
 
@@ -239,20 +258,35 @@ class Ledger:
     def reserve(
         self, analyst: Analyst, epsilon: Amount, delta: Amount = 0, *,
         query_id: str | None = None, sql: str = "", tables: Iterable[str] = (),
-        wait: float = 0.0,
+        wait: float = 0.0, purpose: str = "", identity: str = "self-asserted",
+        record_refusal: bool = False,
     ) -> Reservation:
         """Charge (epsilon, delta) to ``analyst`` if it fits the analyst's budget.
 
         The budget is ``analyst.epsilon`` / ``analyst.delta`` (from the federation file).
-        Raises ``BudgetRefused`` (exit 4), appending nothing, when it does not fit. When it
-        does not fit only because of the analyst's open reservations (queries not yet
-        settled, which may still abort), it waits up to ``wait`` seconds for them to settle
-        before deciding. The returned reservation is durable (fsynced) before this returns.
+        Raises ``BudgetRefused`` (exit 4) when it does not fit, charging nothing; with
+        ``record_refusal`` (what a party's node asks for) it first appends a ``refused``
+        entry that charges nothing and records what was requested, so that compliance
+        reports show over-budget attempts too (without it a refusal appends nothing).
+        When it does not fit only because of the analyst's open reservations (queries not
+        yet settled, which may still abort), it waits up to ``wait`` seconds for them to
+        settle before deciding. The returned reservation is durable (fsynced) before this
+        returns. ``purpose`` (the analyst's stated reason, ``entries.check_purpose``) and
+        ``identity`` (``certificate`` when a node took the analyst from a client
+        certificate, else ``self-asserted``) are recorded in the entry.
         """
         eps = to_fraction(epsilon, what="epsilon")
         dlt = to_fraction(delta, what="delta")
         budget = (to_fraction(analyst.epsilon, what="budget epsilon"),
                   to_fraction(analyst.delta, what="budget delta"))
+        try:
+            purpose = check_purpose(purpose)
+        except ValueError as exc:
+            raise LedgerError(f"cannot record the query's purpose: {exc}",
+                              "state the purpose as one line of plain text") from None
+        if identity not in IDENTITIES:
+            raise LedgerError(f"unknown analyst identity {identity!r}",
+                              f"use one of {', '.join(IDENTITIES)}")
         query_id = query_id or uuid.uuid4().hex
         table_list = tuple(tables)
         deadline = time.monotonic() + wait
@@ -267,6 +301,7 @@ class Ledger:
                         query_id=query_id, sql=sql, epsilon=eps, delta=dlt,
                         tables=table_list, status=STATUS["reserve"],
                         budget_epsilon=budget[0], budget_delta=budget[1],
+                        purpose=purpose, identity=identity,
                     ))
                     return self._reservation(entry)
                 # Would it fit if the open reservations gave their charge back? Then wait
@@ -275,9 +310,29 @@ class Ledger:
                 pending = state.pending_by(analyst.name)
                 could = eps <= remaining[0] + pending[0] and dlt <= remaining[1] + pending[1]
                 if not could or time.monotonic() >= deadline:
-                    raise BudgetRefused(party=self.party, analyst=analyst.name,
-                                        requested=(eps, dlt), remaining=remaining)
+                    refusal = BudgetRefused(party=self.party, analyst=analyst.name,
+                                            requested=(eps, dlt), remaining=remaining)
+                    if record_refusal:
+                        self._append(state, Entry(
+                            seq=state.next_seq, prev=state.last_hash, kind="refused",
+                            time=now_utc(), party=self.party, analyst=analyst.name,
+                            query_id=query_id, sql=sql, epsilon=Fraction(0),
+                            delta=Fraction(0), tables=table_list, status=STATUS["refused"],
+                            budget_epsilon=budget[0], budget_delta=budget[1],
+                            requested_epsilon=eps, requested_delta=dlt,
+                            reason=f"over budget: {refusal.detail()}",
+                            purpose=purpose, identity=identity,
+                        ))
+                    raise refusal
             time.sleep(_WAIT_POLL)
+
+    def refusals(self, analyst: str | None = None) -> list[Charge]:
+        """The queries this ledger refused for lack of budget (``refused`` entries, which
+        charged nothing), oldest first, optionally for one analyst."""
+        with self._locked():
+            entries = list(self._refresh().entries)
+        return [refusal_of(self.party, e) for e in entries
+                if e.kind == "refused" and (analyst is None or e.analyst == analyst)]
 
     def check(self, analyst: Analyst, epsilon: Amount, delta: Amount = 0) -> BudgetRefused | None:
         """The refusal ``reserve`` would raise now, or None if the cost fits; charges nothing."""

@@ -35,6 +35,9 @@ from sqlglot.tokens import Token, TokenType
 # max_groups_contributed) are refused: VeilQL takes the privacy unit and contribution
 # bounds from each party's policy, never from the analyst.
 DP_OPTIONS: tuple[str, ...] = ("epsilon", "delta")
+# VeilQL's own text option: ``purpose = '...'``, the analyst's stated reason for the query,
+# recorded with it in every charged party's ledger.
+TEXT_OPTIONS: tuple[str, ...] = ("purpose",)
 
 # Prefix of every parse-error description raised for the clause, so callers can attach
 # a clause-specific hint.
@@ -61,6 +64,24 @@ def _number_value(node: exp.Expr) -> float | None:
             return sign * float(node.this.replace("_", ""))
         except ValueError:
             return None
+    return None
+
+
+def dp_purpose(select: exp.Expr) -> str | None:
+    """The ``purpose = '...'`` option of a parsed Select (None when it has none).
+
+    >>> import sqlglot
+    >>> dp_purpose(sqlglot.parse_one(
+    ...     "SELECT WITH DIFFERENTIAL_PRIVACY OPTIONS (purpose = 'audit') 1", dialect=Veil))
+    'audit'
+    """
+    clause = select.args.get("hint")
+    if not isinstance(clause, DifferentialPrivacy):
+        return None
+    for option in clause.expressions:
+        value = option.expression
+        if option.this.name.lower() == "purpose" and isinstance(value, exp.Literal):
+            return str(value.this)
     return None
 
 
@@ -118,7 +139,7 @@ class VeilParser(DuckDBParser):
                 break
             self._advance()
             name = name_token.text.lower()
-            if name not in DP_OPTIONS:
+            if name not in DP_OPTIONS + TEXT_OPTIONS:
                 self.raise_error(
                     f"{DP_ERROR_PREFIX} OPTIONS: unknown option {name_token.text!r}"
                     f" (known: {', '.join(DP_OPTIONS)})",
@@ -142,7 +163,13 @@ class VeilParser(DuckDBParser):
     def _checked_option(
         self, name: str, value: exp.Expr | None, token: Token | None
     ) -> exp.EQ:
-        """Check one option's value is a number in range; return ``name = value``."""
+        """Check one option's value is a number in range (``purpose``: a string); return
+        ``name = value``."""
+        if name == "purpose":
+            if not (isinstance(value, exp.Literal) and value.is_string):
+                self.raise_error(f"{DP_ERROR_PREFIX} OPTIONS: purpose must be a quoted string",
+                                 token)
+            return exp.EQ(this=exp.var(name), expression=value or exp.Null())
         number = _number_value(value) if value is not None else None
         if value is None or number is None or not math.isfinite(number):
             self.raise_error(f"{DP_ERROR_PREFIX} OPTIONS: {name} must be a finite number", token)

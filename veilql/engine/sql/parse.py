@@ -17,7 +17,7 @@ from sqlglot.errors import ErrorLevel, TokenError
 from sqlglot.errors import ParseError as SqlglotParseError
 
 from veilql.engine.sql import limits
-from veilql.engine.sql.dialect import DP_ERROR_PREFIX, Veil, dp_options
+from veilql.engine.sql.dialect import DP_ERROR_PREFIX, Veil, dp_options, dp_purpose
 from veilql.errors import ParseError, UnsupportedError
 
 GENERIC_HINT = (
@@ -42,6 +42,7 @@ class ParsedQuery:
     tree: exp.Expression
     epsilon: float | None = None
     delta: float | None = None
+    purpose: str | None = None  # OPTIONS (purpose = '...'): why the analyst asks
 
     def without_dp(self) -> exp.Expression:
         """A copy of the tree without the DP clause, printable in any sqlglot dialect."""
@@ -95,7 +96,7 @@ def parse(sql: str) -> ParsedQuery:
     limits.check_tree(tree)
     options = dp_options(tree)
     return ParsedQuery(sql=sql, tree=tree, epsilon=options.get("epsilon"),
-                       delta=options.get("delta"))
+                       delta=options.get("delta"), purpose=dp_purpose(tree))
 
 
 def _clean(description: str) -> str:
