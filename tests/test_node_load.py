@@ -161,6 +161,42 @@ def test_clients_killed_mid_query_leave_no_open_reservation(cluster: Cluster) ->
     _settled(cluster)
 
 
+def test_a_node_killed_under_load_settles_everything_after_a_restart(cluster: Cluster) -> None:
+    insurer = cluster.ledger("insurer")
+    seen = len(insurer.history())
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        with veilql.connect(cluster.fed, analyst="oracle") as session:
+            sql = QUERIES[3].replace("+ 100", f"+ {100 + i}")  # no join cache between them
+            try:
+                session.sql(sql, epsilon=1.0, delta=0)
+            except VeilError as exc:
+                errors.append(str(exc))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(insurer.history()) == seen and time.monotonic() < deadline:
+            time.sleep(0.005)
+        cluster.kill("insurer")  # SIGKILL, mid-query
+        for t in threads:
+            t.join(3 * TIMEOUT)
+    finally:
+        cluster.start("insurer")
+    assert errors  # at least the query it was serving failed, naming a party
+    # The restarted node asks its peers what became of what it left open and settles it.
+    deadline = time.monotonic() + 3 * TIMEOUT
+    while insurer.open_reservations() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _settled(cluster)
+    done = cluster.veil("query", "-f", str(cluster.fed), "--analyst", "oracle", "--epsilon",
+                        "1", "--delta", "0", QUERIES[1])
+    assert done.returncode == 0, done.stderr
+
+
 def _hold_bank(cluster: Cluster, stop: threading.Event,
                sent: threading.Event) -> threading.Thread:
     """A query of ``oracle`` that only the bank hears of: the bank waits for its peers."""

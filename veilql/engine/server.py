@@ -10,6 +10,7 @@ does that on any exception), its peers and client told why, and the node keeps s
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from veilql.engine.ledger.ledger import Reservation
 from veilql.engine.node import PartyNode, QueryRequest, Refused
 from veilql.engine.transport.certs import PartyCredentials
 from veilql.engine.transport.mux import (
@@ -64,6 +66,7 @@ def stderr_log(line: str) -> None:
     print(f"{stamp} {line}", file=sys.stderr, flush=True)
 
 
+SETTLE_ROUNDS = 10  # tries to settle a reservation left open by a crash, as peers come up
 MAX_SESSIONS = 32  # concurrent queries a node runs before it answers "busy, retry"
 MAX_SESSIONS_PER_ANALYST = 16  # of which one analyst may hold at most this many
 
@@ -102,22 +105,93 @@ class NodeServer:
         self.endpoint = MuxEndpoint(
             party, remote_addresses(federation), party_credentials(federation, party),
             analysts=federation.analysts, on_query=self._handle, timeout=federation.timeout,
-            bind=bind, log=lambda line: log(f"{party}: {line}"))
+            bind=bind, log=lambda line: log(f"{party}: {line}"), on_control=self._on_control)
 
     def start(self) -> tuple[str, int]:
-        """Check the ledger left by the last run, then listen; returns the bound address."""
+        """Check the ledger left by the last run, listen, then settle what it left open.
+
+        Returns the bound address. Reservations an earlier run left open (it crashed
+        between reserving and committing) are settled in the background by asking the
+        peers (``settle_left_open``).
+        """
         ledger = self.node.ledger
         if ledger.repair():
             self.log(f"{self.party}: dropped a torn last line of {ledger.path} (see its "
                      "repair entry)")
         left = ledger.open_reservations()
+        address = self.endpoint.start()
         if left:
-            # A crash between reserve and commit leaves the charge standing (over-charging
-            # at worst, docs/ledger.md); it is not given back because an answer may have
-            # left before the crash.
-            self.log(f"{self.party}: {len(left)} reservation(s) left open by an earlier run "
-                     "stay charged: " + ", ".join(r.query_id[:12] for r in left))
-        return self.endpoint.start()
+            self.log(f"{self.party}: {len(left)} reservation(s) left open by an earlier run: "
+                     + ", ".join(r.query_id[:12] for r in left) + "; asking the peers")
+            threading.Thread(target=self.settle_left_open, args=(left,), daemon=True,
+                             name=f"veil-settle-{self.party}").start()
+        return address
+
+    def settle_left_open(self, left: list[Reservation], rounds: int = SETTLE_ROUNDS) -> None:
+        """Commit or abort each reservation an earlier run left open, from the peers' word.
+
+        A peer that committed the query means every charged party had admitted it (so
+        some party may have read data): the charge stands, commit. Every other party
+        answering that it aborted the query or never heard of it means no party committed,
+        so nothing was read or released (no output share leaves before every commit):
+        abort. A peer that is unreachable, or itself still open, leaves it open for now;
+        after ``rounds`` tries it stays open (charged) and is logged, and `veil ledger
+        verify` reports it.
+        """
+        ledger = self.node.ledger
+        peers = [p for p in self.federation.party_names if p != self.party]
+        pending = list(left)
+        for attempt in range(rounds):
+            still = []
+            for r in pending:
+                verdict = self._verdict(r.query_id, peers)
+                if verdict == "commit":
+                    ledger.commit(r)
+                    self.log(f"{self.party}: settled {r.query_id[:12]}: committed (a peer had "
+                             "committed it)")
+                elif verdict == "abort":
+                    ledger.abort(r, "settled after a restart: no party had committed it")
+                    self.log(f"{self.party}: settled {r.query_id[:12]}: aborted (no party had "
+                             "committed it)")
+                else:
+                    still.append(r)
+            pending = still
+            if not pending or self.endpoint.closing:
+                return
+            time.sleep(min(self.federation.timeout, 2.0 * (attempt + 1)))
+        self.log(f"{self.party}: {len(pending)} reservation(s) stay open (charged): "
+                 + ", ".join(r.query_id[:12] for r in pending) + "; a peer did not answer")
+
+    def _verdict(self, query_id: str, peers: list[str]) -> str | None:
+        """"commit", "abort", or None (undecided) from the peers' answers about a query."""
+        answers = []
+        for peer in peers:
+            try:
+                reply = self.endpoint.ask(peer, "settle", query_id.encode())
+                answers.append(json.loads(reply).get("status"))
+            except (VeilError, OSError, ValueError):
+                answers.append(None)
+        if "committed" in answers:
+            return "commit"
+        if all(a in ("aborted", "unknown") for a in answers):
+            return "abort"
+        return None
+
+    def _on_control(self, peer: str, kind: str, question: bytes) -> bytes:
+        """Answer a peer node: what became of a query here (``settle``)."""
+        if kind != "settle":
+            raise ProtocolError(f"unknown control question {kind!r}")
+        query_id = question.decode()
+        mine = [c for c in self.node.ledger.history() if c.query_id == query_id]
+        if not mine:
+            status = "unknown"
+        elif any(c.status == "committed" for c in mine):
+            status = "committed"
+        elif any(c.status == "reserved" for c in mine):
+            status = "open"
+        else:
+            status = "aborted"
+        return json.dumps({"party": self.party, "status": status}).encode()
 
     def close(self, wait: float = 5.0) -> None:
         """Stop accepting, fail running sessions, let them abort their reservations (up to

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import socket
 import ssl
 import threading
@@ -77,7 +78,9 @@ MAX_QUERY_BYTES = 1 << 20  # a QUERY frame is JSON: the SQL and a few numbers
 HANDSHAKE_TIMEOUT = 5.0  # seconds a new connection may take to present itself
 PENDING_LIMIT = 100_000  # frames held for sessions not started yet (authenticated peers only)
 FINISHED_MEMORY = 4096  # digests of finished sessions whose late frames are dropped
+CONTROL = session_digest("veilql/control")  # node-to-node questions outside any query
 Logger = Callable[[str], None]
+ControlHandler = Callable[[str, str, bytes], bytes]  # (peer, kind, question) -> answer
 
 
 def routing_id(analyst: str, session_id: str) -> str:
@@ -286,7 +289,9 @@ class MuxEndpoint:
 
     ``addresses`` maps every party of the federation to ``"host:port"``; ``analysts`` are
     the names whose certificates may open client sessions; ``on_query(session, query)`` is
-    called in a fresh thread for every accepted client request.
+    called in a fresh thread for every accepted client request; ``on_control(peer, kind,
+    question)`` answers a peer node's ``ask`` (outside any query, on the ``CONTROL``
+    digest; e.g. "what became of query q?" from a node that restarted).
     """
 
     def __init__(
@@ -294,6 +299,7 @@ class MuxEndpoint:
         analysts: Collection[str], on_query: Callable[[MuxSession, ClientQuery], None],
         timeout: float = 30.0, connect_timeout: float | None = None, bind: str | None = None,
         log: Logger = _no_log, max_payload: int = 1 << 33,
+        on_control: ControlHandler | None = None,
     ) -> None:
         if me not in addresses:
             raise ConfigError(f"party {me!r} has no address in the federation",
@@ -309,6 +315,8 @@ class MuxEndpoint:
         self._server_ctx = server_context(credentials)
         self._client_ctx = client_context(credentials)
         self._on_query = on_query
+        self._on_control = on_control
+        self._answers = Mailbox(me)  # answers to this node's own ``ask``s
         self._log = log
         self._lock = threading.Lock()
         self._sessions: dict[bytes, MuxSession] = {}
@@ -354,6 +362,11 @@ class MuxEndpoint:
             c.close()
 
     @property
+    def closing(self) -> bool:
+        """True once ``close`` was called."""
+        return self._closing
+
+    @property
     def active(self) -> int:
         """Number of sessions running now."""
         with self._lock:
@@ -383,7 +396,40 @@ class MuxEndpoint:
             while len(self._finished) > FINISHED_MEMORY:
                 self._finished.popitem(last=False)
 
+    # -- control questions between nodes ---------------------------------------------------
+    def ask(self, peer: str, kind: str, question: bytes, timeout: float | None = None) -> bytes:
+        """Ask node ``peer`` a control question; its answer (PartyUnavailable if none)."""
+        qid = secrets.token_hex(8)
+        conn = self.outbound(peer, quick=True)
+        write_frame(conn, KIND_DATA, CONTROL, f"ask/{kind}/{qid}", question, self.timeout)
+        return bytes(self._answers.take(peer, f"answer/{qid}",
+                                        self.timeout if timeout is None else timeout))
+
+    def _control(self, frm: str, tag: str, payload: bytearray) -> None:
+        """A peer's question (answered in a thread of its own) or an answer to ours."""
+        if tag.startswith("answer/"):
+            self._answers.put(frm, tag, payload)
+            return
+        parts = tag.split("/")
+        if len(parts) != 3 or parts[0] != "ask" or self._on_control is None:
+            self._log(f"ignored control frame {tag[:40]!r} from {frm}")
+            return
+
+        def answer() -> None:
+            try:
+                reply = self._on_control(frm, parts[1], bytes(payload))  # type: ignore[misc]
+                write_frame(self.outbound(frm, quick=True), KIND_DATA, CONTROL,
+                            f"answer/{parts[2]}", reply, self.timeout)
+            except Exception as exc:  # noqa: BLE001 - a bad question must not stop the node
+                self._log(f"control question {parts[1]!r} from {frm} failed: {exc}")
+
+        threading.Thread(target=answer, daemon=True, name=f"veil-control-{self.me}").start()
+
     def _route(self, frm: str, kind: int, digest: bytes, tag: str, payload: bytearray) -> None:
+        if digest == CONTROL:
+            if kind == KIND_DATA:
+                self._control(frm, tag, payload)
+            return
         with self._lock:
             s = self._sessions.get(digest)
             if s is None:
