@@ -108,8 +108,11 @@ def test_results_stream_in_batches(kinds: tuple[Any, str], monkeypatch: pytest.M
         assert table.to_pylist() == [{"id": 1, "money": Decimal("784.99")},
                                      {"id": 2, "money": Decimal("-0.01")}]
         assert table.column("money").num_chunks == 3  # two rows, then the empty last batch
-        with pytest.raises(ConnectorError, match="division by zero"):
+        with pytest.raises(ConnectorError) as boom:
             conn.run("SELECT id // (id - id) AS boom FROM kinds")
+        # The engine's text stays with the party (.detail), never in the message.
+        assert "division by zero" in boom.value.detail  # type: ignore[attr-defined]
+        assert "division by zero" not in str(boom.value)
         assert conn.run("SELECT COUNT(*) AS n FROM kinds").to_pylist() == [{"n": 2}]
 
 
@@ -174,8 +177,9 @@ def test_writes_are_refused(kinds: tuple[Any, str]) -> None:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn._con.execute("CREATE TABLE sneaky (x int)")
         conn._con.rollback()
-        with pytest.raises(ConnectorError, match="read-write mode"):
+        with pytest.raises(ConnectorError) as rw:
             conn.run("SELECT set_config('transaction_read_only', 'off', false)")
+        assert "read-write mode" in rw.value.detail  # type: ignore[attr-defined]
         conn.run("SELECT set_config('default_transaction_read_only', 'off', false) AS x")
         conn.run("SELECT set_config('search_path', 'public', false) AS x")
         after = conn.run("SELECT current_setting('default_transaction_read_only') AS ro, "
@@ -194,8 +198,9 @@ def test_schema_is_pinned(kinds: tuple[Any, str]) -> None:
         admin.execute(f"CREATE TABLE {other}.secret (x int)")
         with open_connector(_url(schema), Path("/")) as conn:
             assert "secret" not in conn.catalog()
-            with pytest.raises(ConnectorError, match='relation "secret" does not exist'):
+            with pytest.raises(ConnectorError) as missing:
                 conn.run("SELECT * FROM secret")
+            assert 'relation "secret" does not exist' in missing.value.detail  # type: ignore[attr-defined]
         sep = "&" if "?" in URL else "?"
         via_path = f"{URL}{sep}options=-c%20search_path%3D{other}"
         with open_connector(via_path, Path("/")) as conn:

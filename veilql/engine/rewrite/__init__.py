@@ -22,6 +22,7 @@ from veilql.engine.rewrite.context import Context, Pass
 from veilql.engine.rewrite.place_secure import place_secure
 from veilql.engine.rewrite.push_local import push_local
 from veilql.engine.sql.bind import bind
+from veilql.engine.sql.limits import recursion_guard
 from veilql.engine.sql.parse import ParsedQuery, parse
 from veilql.policies.model import Federation
 
@@ -57,10 +58,11 @@ def compile_plan(
     ctx = Context(bound, federation, eps, dlt, mechanism)
     plan = Plan(sql=sql, mode="secure", compute=(), steps=(), outputs=(),
                 epsilon=exact_amount(eps, "epsilon"), delta=exact_amount(dlt, "delta"))
-    for rule in RULES:
-        plan = rule(plan, ctx)
-        if stop_after == rule.__name__:
-            break
+    with recursion_guard("planning"):  # a backstop: parse and bind bound the depth already
+        for rule in RULES:
+            plan = rule(plan, ctx)
+            if stop_after == rule.__name__:
+                break
     return plan
 
 
