@@ -12,6 +12,7 @@ Every process is killed in a ``finally``; every wait is bounded.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -249,3 +250,18 @@ def test_an_analyst_over_the_per_analyst_limit_is_told_busy(cluster: Cluster) ->
             t.join(TIMEOUT + 5)
     assert "refused: busy" in cluster.log("bank")
     _settled(cluster)
+
+
+def test_veil_budget_reads_every_node_for_the_certificates_analyst(cluster: Cluster) -> None:
+    done = cluster.veil("query", "-f", str(cluster.fed), "--analyst", "racer10", "--epsilon",
+                        "0.25", "--delta", "0", CROSS)
+    assert done.returncode == 0, done.stderr
+    out = cluster.veil("budget", "-f", str(cluster.fed), "--analyst", "racer10",
+                       "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = {r[0]: r for r in json.loads(out.stdout)["rows"]}
+    assert set(rows) == set(PARTIES)
+    with veilql.connect(cluster.fed, analyst="racer10") as session:
+        budget = session.budget()
+    assert budget["bank"]["epsilon_spent"] == budget["insurer"]["epsilon_spent"] > 0
+    assert budget["payments"]["epsilon_spent"] == 0.0

@@ -20,7 +20,9 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -102,6 +104,32 @@ def all_remote(federation: Federation, parties: Sequence[str]) -> bool:
             "nodes", "all parties local, or all remote: give every party an address "
             "host:port (run `veil serve` for each), or \"local\" for every party")
     return bool(remote)
+
+
+@dataclass(frozen=True)
+class BudgetRequest:
+    """Ask one node for the analyst's budget there (its own ledger only)."""
+
+    query_id: str
+
+    def to_bytes(self) -> bytes:
+        """The request as the node reads it."""
+        return json.dumps({"kind": "budget", "query_id": self.query_id}).encode()
+
+
+def remote_budget(federation: Federation, party: str, credentials: PartyCredentials, *,
+                  timeout: float) -> dict[str, float]:
+    """The budget of the analyst named by ``credentials`` at node ``party``.
+
+    Each node answers only for its own ledger and only for the analyst its client
+    certificate names, so this asks every party separately.
+    """
+    request = BudgetRequest(uuid.uuid4().hex)
+    with RemoteAnalyst(federation, [party], request, credentials,  # type: ignore[arg-type]
+                       timeout=timeout) as me:
+        answer = json.loads(me.recv(party, "budget"))
+    return {k: float(answer[k]) for k in ("epsilon_spent", "delta_spent",
+                                          "epsilon_remaining", "delta_remaining")}
 
 
 class RemoteAnalyst(Transport):

@@ -177,6 +177,25 @@ class NodeServer:
             return "abort"
         return None
 
+    def _answer_budget(self, session: MuxSession, query: ClientQuery) -> None:
+        """Tell the analyst named by the client certificate its budget at this node only."""
+        analyst = self.federation.analysts.get(query.analyst)
+        try:
+            if analyst is None:
+                raise ProtocolError(f"analyst {query.analyst!r} has no budget at {self.party}")
+            ledger = self.node.ledger
+            spent = ledger.spent(analyst.name)
+            left = ledger.remaining(analyst)
+            answer = {"party": self.party, "analyst": analyst.name,
+                      "epsilon_spent": float(spent[0]), "delta_spent": float(spent[1]),
+                      "epsilon_remaining": float(left[0]), "delta_remaining": float(left[1])}
+            session.send(ANALYST, "budget", json.dumps(answer).encode())
+            session.close()
+        except Exception as exc:  # noqa: BLE001 - one client's failure must not stop the node
+            self.log(f"{self.party}: budget request of {query.analyst} failed: {exc}")
+            session.abort(exc if isinstance(exc, VeilError) else ProtocolError(
+                f"node {self.party!r} could not read its ledger"))
+
     def _on_control(self, peer: str, kind: str, question: bytes) -> bytes:
         """Answer a peer node: what became of a query here (``settle``)."""
         if kind != "settle":
@@ -233,6 +252,9 @@ class NodeServer:
         """Run one client's query; log one line; never let an error escape the thread."""
         start = time.monotonic()
         qid = query.session_id[:12]
+        if query.request.get("kind") == "budget":
+            self._answer_budget(session, query)
+            return
         try:
             fields = dict(query.request)
             claimed = fields.get("analyst")

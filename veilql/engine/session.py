@@ -30,7 +30,12 @@ from veilql.engine.node import (
     participants,
 )
 from veilql.engine.plan.nodes import Plan
-from veilql.engine.remote import RemoteAnalyst, all_remote, analyst_credentials
+from veilql.engine.remote import (
+    RemoteAnalyst,
+    all_remote,
+    analyst_credentials,
+    remote_budget,
+)
 from veilql.engine.result import Result, build_result
 from veilql.engine.rewrite import compile_plan
 from veilql.engine.sql.parse import parse
@@ -155,8 +160,12 @@ class Session:
                 f"epsilon {float(plan.epsilon):g} is above {LARGE_EPSILON:g}: the privacy "
                 "guarantee of this single answer is weak", LargeEpsilonWarning, stacklevel=2)
         if dry_run:
-            local = tuple(p for p in plan.charged if self.federation.party(p).is_local)
-            budget = self.budget(parties=local) if local else {}
+            budget = {}
+            for p in plan.charged:  # a node that does not answer is left out of a dry run
+                try:
+                    budget.update(self.budget(parties=(p,)))
+                except VeilError:
+                    continue
             return Result([o.name for o in plan.outputs], [], {},
                           {"epsilon": float(plan.epsilon), "delta": float(plan.delta)},
                           budget, plan, dry_run=True)
@@ -298,23 +307,25 @@ class Session:
 
     # -- budgets ------------------------------------------------------------------------------
     def budget(self, parties: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
-        """Spent and remaining (epsilon, delta) of this analyst at each local party's ledger.
+        """Spent and remaining (epsilon, delta) of this analyst at each party's ledger.
 
-        A remote party keeps its ledger at its node; its remaining budget comes back with
-        every answer (``Result.budget``), and it is left out here rather than guessed.
+        A local party's ledger is read here; a remote party (`veil serve`) is asked through
+        its node, which answers only for its own ledger and only for the analyst named by
+        the client certificate (so the name may differ from ``--analyst``: the certificate
+        wins, as when charging).
         """
         self._check_open()
-        analyst = self.federation.analysts[self._analyst()]
         out = {}
         names = parties or self.federation.party_names
-        local = [n for n in names if self.federation.party(n).is_local]
-        if names and not local:
-            raise UsageError(
-                "every party keeps its ledger at its own node, which this client cannot read",
-                "the remaining budget at each party comes back with every answer "
-                "(--format json: budget); on a node's host, `veil report --party P` "
-                "reads its ledger",
-            )
+        remote = [n for n in names if not self.federation.party(n).is_local]  # type: ignore[union-attr]
+        if remote:
+            _, creds = analyst_credentials(self.federation, self.analyst)
+            for name in remote:
+                out[name] = remote_budget(self.federation, name, creds, timeout=self.timeout)
+        local = [n for n in names if n not in remote]
+        if not local:
+            return out
+        analyst = self.federation.analysts[self._analyst()]
         for name in local:
             ledger = self.ledger(name)
             spent = ledger.spent(analyst.name) if ledger else (0, 0)
