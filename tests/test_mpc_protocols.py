@@ -375,3 +375,140 @@ def test_sharing_floats_is_refused_with_a_hint() -> None:
 
     err = pytest.raises(UsageError, run_three, prog, timeout=5.0).value
     assert "dtype float64" in str(err) and err.hint and "fixed.encode" in err.hint
+
+
+# ---------------------------------------------------------------- noise sampled on shares
+# (veilql/engine/mpc/protocols/noise.py; the statistics are in tests/test_central_noise.py)
+
+TWO_128 = 2**128
+TAU_EDGES = [0, 1, 2, 2**64 - 1, 2**64, 2**64 + 1, 2**127, TWO_128 - 2, TWO_128 - 1, TWO_128]
+
+
+def _words(values: list[int]) -> np.ndarray:
+    """128-bit values as the (2, n) uint64 words ``lt_public`` reads."""
+    from veilql.engine.mpc.protocols.noise import layout
+
+    out = np.zeros((2, len(values)), dtype=U64)
+    for j, v in enumerate(values):
+        out[0, j], out[1, j] = layout(v)
+    return out
+
+
+def _lt_public(values: list[int], taus: list[int], which: np.ndarray):  # type: ignore[no-untyped-def]
+    from veilql.engine.mpc.protocols.noise import lt_public
+
+    words = _words(values)
+
+    def prog(rt: Runtime, w):  # type: ignore[no-untyped-def]
+        u = rt.share(0, w, words.shape, boolean=True)
+        before = rt.rounds
+        out = lt_public(rt, u, taus, which)
+        rounds = rt.rounds - before
+        return rt.open(out), rounds
+
+    return run_three(prog, [words, None, None])[0]
+
+
+def test_layout_is_a_bijection_of_the_128_bit_positions() -> None:
+    from veilql.engine.mpc.protocols.noise import layout
+
+    seen = set()
+    for s in range(128):
+        w0, w1 = layout(1 << s)
+        assert bin(w0).count("1") + bin(w1).count("1") == 1
+        seen.add((w0, w1))
+    assert len(seen) == 128
+    v = int(RNG.integers(0, 2**63)) << 64 | int(RNG.integers(0, 2**63))
+    w0, w1 = layout(v)
+    assert bin(w0).count("1") + bin(w1).count("1") == bin(v).count("1")
+
+
+def test_lt_public_against_python_on_edge_and_random_words() -> None:
+    """[U < tau] for every pair of edge words (0, 2^64 - 1, tau - 1, tau, tau + 1, ...) and
+    edge thresholds (0 and 2^128 - 1 included), and random 128-bit words: 7 rounds."""
+    rnd = [int(RNG.integers(0, 2**64, dtype=U64)) << 64 | int(RNG.integers(0, 2**64, dtype=U64))
+           for _ in range(40)]
+    taus = TAU_EDGES + rnd[:10]
+    values, which = [], []
+    for j, tau in enumerate(taus):
+        near = [tau - 1, tau, tau + 1]
+        for v in [0, 1, 2**64 - 1, 2**64, TWO_128 - 1, *near, *rnd[10:]]:
+            if 0 <= v < TWO_128:
+                values.append(v)
+                which.append(j)
+    got, rounds = _lt_public(values, taus, np.array(which))
+    want = np.array([v < taus[j] for v, j in zip(values, which, strict=True)], dtype=np.uint8)
+    assert got.dtype == np.uint8 and (got == want).all() and rounds == 7
+
+
+def test_lt_public_shapes_and_empty() -> None:
+    got, _ = _lt_public([5, 6, 7, 8, 9, 10], [7, 0], np.array([[0, 0, 0], [0, 1, 1]]))
+    assert got.shape == (2, 3) and got.tolist() == [[1, 1, 0], [0, 0, 0]]
+    empty, _ = _lt_public([], [7], np.zeros((0,), dtype=np.int64))
+    assert empty.shape == (0,)
+
+
+def test_bernoulli_frequencies_and_constant_coins() -> None:
+    from veilql.engine.mpc.protocols.noise import bernoulli
+
+    taus = [0, TWO_128 - 1, TWO_128, TWO_128 // 4, TWO_128 // 2]
+    which = np.repeat(np.arange(len(taus)), 20_000)
+
+    def prog(rt: Runtime):  # type: ignore[no-untyped-def]
+        before = rt.rounds
+        bits = bernoulli(rt, taus, which)
+        rounds = rt.rounds - before
+        return rt.open(bits), rounds
+
+    bits, rounds = run_three(prog)[0]
+    assert rounds == 7 and bits.shape == which.shape
+    freq = [bits[which == j].mean() for j in range(len(taus))]
+    assert freq[0] == 0 and freq[1] == 1 and freq[2] == 1  # 1 - 2^-128: always, here
+    assert abs(freq[3] - 0.25) < 0.015 and abs(freq[4] - 0.5) < 0.015
+
+
+def test_geometric_bits_and_dlap_on_shares_shapes_rounds_and_bounds() -> None:
+    from veilql.engine.dp.central import thresholds
+    from veilql.engine.mpc.protocols.noise import dlap_on_shares, geometric_bits
+
+    th1, th2 = thresholds(1.0), thresholds(50.0)
+
+    def prog(rt: Runtime):  # type: ignore[no-untyped-def]
+        g = geometric_bits(rt, th1, (3, 4))
+        before = rt.rounds
+        d = dlap_on_shares(rt, [th1, th2, ()], 5000)
+        rounds = rt.rounds - before
+        none = dlap_on_shares(rt, [th1], 0)
+        return rt.open(g), rt.open(d).view(np.int64), rounds, none.shape
+
+    g, d, rounds, none = run_three(prog)[0]
+    assert g.shape == (3, 4, len(th1)) and set(np.unique(g)) <= {0, 1}
+    assert d.shape == (3, 5000) and rounds == 9 and none == (1, 0)
+    assert (np.abs(d[0]) < 2 ** len(th1)).all() and (np.abs(d[1]) < 2 ** len(th2)).all()
+    assert (d[2] == 0).all()
+    assert abs(d[0].mean()) < 0.2 and abs(d[1].mean()) < 5  # symmetric
+    assert 0.8 < d[1].std() / (50 * np.sqrt(2)) < 1.2
+
+
+def test_dlap_on_shares_is_fresh_each_call_and_agrees_at_all_parties() -> None:
+    from veilql.engine.dp.central import thresholds
+    from veilql.engine.mpc.protocols.noise import dlap_on_shares
+
+    def prog(rt: Runtime):  # type: ignore[no-untyped-def]
+        a = dlap_on_shares(rt, [thresholds(100.0)], 200)
+        b = dlap_on_shares(rt, [thresholds(100.0)], 200)
+        return rt.open(a).tolist(), rt.open(b).tolist()
+
+    res = run_three(prog)
+    assert res[0] == res[1] == res[2]
+    assert res[0][0] != res[0][1]
+
+
+def test_coin_thresholds_out_of_range_are_refused() -> None:
+    def prog(rt: Runtime):  # type: ignore[no-untyped-def]
+        from veilql.engine.mpc.protocols.noise import bernoulli
+
+        bernoulli(rt, [TWO_128 + 1], np.zeros(1, dtype=np.int64))
+
+    with pytest.raises(UsageError, match="outside"):
+        run_three(prog, timeout=5.0)

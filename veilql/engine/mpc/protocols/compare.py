@@ -109,15 +109,33 @@ def _msb_of_split(rt: Runtime, val: np.ndarray, shape: tuple[int, ...]) -> BShar
             return out
 
     gp = split.cross_round(rt, tag + "/l1", alpha, (3, n), (2, n), _U32, f)
-    g, p = gp[0], gp[1]
-    for h in (16, 8, 4, 2):
+    # msb = top(u) ^ top(v) ^ carry: party 0 folds the top bit of u, party 1 that of v.
+    fold = top if rt.me in (0, 1) else None
+    return carry_tree(rt, tag, gp[0], gp[1], fold).reshape(shape)
+
+
+def carry_tree(rt: Runtime, tag: str, g: BShare, p: BShare,
+               fold: np.ndarray | None = None) -> BShare:
+    """The generate of all groups of ``(g, p)`` words: the carry out of their sum.
+
+    ``g`` and ``p`` hold one (generate, propagate) pair per bit position of a word of
+    2^j bits (uint64 down to uint8), laid out as after ``split.index_bitrev``: at every
+    level the low half of the word holds the lower groups, the high half the higher
+    ones. Levels ``h = 2^(j-1), ..., 2`` combine halves with ``_carry_level`` (one AND
+    round each, the word halving each time); the last round forms only
+    ``G = G_hi ^ P_hi & G_lo``. ``fold`` (uint8, one party only) is XORed into that
+    party's 3-out-of-3 share of the last round, to add party-local bits for free.
+    Returns uint8 bit shares (bit 0) of shape ``g.shape``; rounds: j.
+    """
+    h = g.dtype.itemsize * 4
+    while h >= 2:
         g, p = _carry_level(rt, f"{tag}/h{h}", g, p, h)
-    # Last level: carry = G_hi ^ P_hi & G_lo (one bit); msb = top(u) ^ top(v) ^ carry.
+        h //= 2
     z = boolean.and_local(p >> 1, g & 1)
     z ^= g.a >> np.uint8(1)
-    if rt.me in (0, 1):  # party 0 adds top bit of u, party 1 the top bit of v
-        z ^= top
-    return boolean.finish(rt, tag + "/h1", z).reshape(shape)
+    if fold is not None:
+        z ^= fold
+    return boolean.finish(rt, tag + "/h1", z)
 
 
 def _split_diff(rt: Runtime, x: Any, y: Any) -> tuple[np.ndarray, tuple[int, ...]]:
