@@ -43,12 +43,15 @@ from veilql.engine.operators import factors as fac
 from veilql.engine.operators.aggregate import expand, secure_sum
 from veilql.engine.operators.join import SharedTable, join_stage
 from veilql.engine.operators.local import PartyRows, fetch
+from veilql.engine.operators.oblivious_join import is_oblivious, oblivious_join_stage
+from veilql.engine.operators.oblivious_join import local_columns as oblivious_columns
 from veilql.engine.operators.predicate import evaluate
 from veilql.engine.operators.tags import new_key, tags
 from veilql.engine.plan.nodes import GroupKey, Plan
 from veilql.engine.rewrite import compile_plan
 from veilql.engine.rewrite.push_local import SELECTION
 from veilql.engine.transport.base import Transport
+from veilql.engine.transport.mailbox import without_rounds
 from veilql.errors import PartyUnavailable, ProtocolError, QueryFailed, UsageError
 from veilql.policies.model import Federation
 
@@ -263,12 +266,16 @@ class PartyNode:
     def _silent_peer(self, exc: PartyUnavailable) -> PartyUnavailable:
         """Say which peer went silent and what this party was doing, in an analyst's words
         (never the protocol's internal round names)."""
-        if exc.party == self.party.name or "sent nothing" not in exc.message:
-            return exc
         doing = getattr(self._query, "step", None) or "starting the query"
-        return PartyUnavailable(
-            exc.party, f"party {exc.party!r} did not answer within "
-            f"{self.federation.timeout:g} s while {self.party.name} was {doing}", exc.hint)
+        if exc.party != self.party.name and "sent nothing" in exc.message:
+            return PartyUnavailable(
+                exc.party, f"party {exc.party!r} did not answer within "
+                f"{self.federation.timeout:g} s while {self.party.name} was {doing}", exc.hint)
+        plain = without_rounds(exc.message)
+        if plain == exc.message:
+            return exc
+        return PartyUnavailable(exc.party, f"{plain} (while {self.party.name} was {doing})",
+                                exc.hint)
 
     def _version_digest(self, table: str) -> str:
         """A keyed digest of ``table``'s version: equal versions give equal digests, and a
@@ -443,7 +450,8 @@ class PartyNode:
                 right_tag = f"{stage.right}.tag{j}"
                 right = SharedTable(right.n, {**right.cols, left_tag: right.cols.pop(right_tag)})
                 self._step(f"joining with {stage.right} on shares")
-                joined = join_stage(rt, stage, joined, right, left_tag)
+                run_stage = oblivious_join_stage if stage.mode == "oblivious" else join_stage
+                joined = run_stage(rt, stage, joined, right, left_tag)
                 joined.cols.pop(left_tag, None)
             if me not in plan.parties:
                 self._query.rows = None
@@ -481,6 +489,8 @@ class PartyNode:
         step = plan.step(me)
         rows = fetch(step, self.connector, self.seed())
         self._query.rows = rows  # private group keys stay here until the release
+        if is_oblivious(plan):  # padded or in cuckoo bins (operators/oblivious_join.py)
+            return oblivious_columns(plan, me, rows, transport, qid)
         out: dict[str, np.ndarray] = {}
         for j, stage in enumerate(plan.joins):
             if me not in stage.key_parties:
@@ -671,9 +681,8 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
 
 
 def _add_noise(rt: Runtime, plan: Plan, x: AShare) -> AShare:
-    """Each adding compute party secret-shares its own noise and all add it in."""
-    adders = sorted({i for a in plan.aggregates for i in a.noise.adders})  # type: ignore[union-attr]
-    for i in adders:
-        mine = noise_vector(plan, i, x.shape[1]) if rt.me == i else None
-        x = x + rt.share(i, mine, x.shape)
-    return x
+    """Every aggregate's noise on shares: sampled in the MPC where the plan says central,
+    else each adding compute party's own share (``operators/noise.py``)."""
+    from veilql.engine.operators.noise import add_noise
+
+    return add_noise(rt, plan, x)

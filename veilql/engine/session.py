@@ -41,6 +41,7 @@ from veilql.engine.rewrite import compile_plan
 from veilql.engine.sql.parse import parse
 from veilql.engine.transport.identity import certificate_name
 from veilql.engine.transport.inprocess import InProcessNetwork
+from veilql.engine.transport.mailbox import without_rounds
 from veilql.errors import (
     BudgetExceeded,
     Interrupted,
@@ -206,6 +207,8 @@ class Session:
                                on_step=on_step) as me:
                 try:
                     return self._collect(me, plan, request.query_id, name, charges)
+                except VeilError as exc:
+                    raise _with_charges(exc, charges) from None
                 except KeyboardInterrupt:
                     # Leaving the block says goodbye to every node: each settles its charge.
                     self._drain_commits(me, charges, request.query_id, 0.5)
@@ -411,7 +414,10 @@ def _root_cause(errors: dict[str, tuple[float, BaseException]]) -> BaseException
 
 
 def _with_charges(exc: BaseException, charges: _Charges) -> BaseException:
-    """Add what stays charged to a failure's hint (budget refusals say it themselves)."""
-    if isinstance(exc, VeilError) and not isinstance(exc, BudgetExceeded) and charges.admitted:
-        exc.hint = f"{charges.note()}" + (f"; {exc.hint}" if exc.hint else "")
+    """Add what stays charged to a failure's hint (budget refusals say it themselves), and
+    drop the transport's round names, which mean nothing to an analyst."""
+    if isinstance(exc, VeilError):
+        exc.message = without_rounds(exc.message)
+        if not isinstance(exc, BudgetExceeded) and charges.admitted:
+            exc.hint = f"{charges.note()}" + (f"; {exc.hint}" if exc.hint else "")
     return exc

@@ -7,11 +7,24 @@ sender is gone, so every waiter on it raises at once instead of waiting out the 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import defaultdict, deque
 
 from veilql.errors import PartyUnavailable, ProtocolError
+
+_ROUND = re.compile(r" \(at '[^']*', round '[^']*'\)")
+
+
+def without_rounds(message: str) -> str:
+    """``message`` without the " (at 'party', round 'tag')" notes that ``raise_for`` adds:
+    they help a node's log, but name protocol rounds, which mean nothing to an analyst.
+
+    >>> without_rounds("party 'bank' is unavailable (at 'insurer', round 'msb:20/l1/t')")
+    "party 'bank' is unavailable"
+    """
+    return _ROUND.sub("", message)
 
 
 class Mailbox:
