@@ -26,6 +26,19 @@ def oracle_federation(src: Path, dst: Path) -> Path:
     return fed
 
 
+def oblivious_federation(src: Path, dst: Path, max_units: int = 100_000) -> Path:
+    """``oracle_federation`` with every table asking for the oblivious join
+    (``join_reveal = "nothing"``) and declaring ``max_units``."""
+    fed = oracle_federation(src, dst)
+    for policy in sorted((dst / "policies").glob("*.toml")):
+        text = policy.read_text()
+        text = re.sub(r'^join_reveal = "[a-z]+"\n', "", text, flags=re.M)
+        text = re.sub(r"^(privacy_unit = .*)$",
+                      rf'\1\njoin_reveal = "nothing"\nmax_units = {max_units}', text, flags=re.M)
+        policy.write_text(text)
+    return fed
+
+
 def union_connection(federation: Federation) -> duckdb.DuckDBPyConnection:
     """One DuckDB holding every party's tables as ``party.table`` views (the trusted union)."""
     con = duckdb.connect()

@@ -35,6 +35,7 @@ from veilql.errors import ConfigError
 from veilql.policies.columns import parse_column
 from veilql.policies.model import (
     JOIN_REVEALS,
+    MAX_DECLARED_UNITS,
     Analyst,
     ColumnPolicy,
     Federation,
@@ -47,11 +48,12 @@ from veilql.policies.tomlcheck import TomlFile, describe, did_you_mean, path_tex
 FEDERATION_TOP_KEYS = ("federation", "party", "analyst")
 FEDERATION_KEYS = (
     "name", "policies", "default_epsilon", "default_delta", "ledger_dir", "timeout", "certs",
+    "join_reveal",
 )
 PARTY_KEYS = ("name", "address", "connector")
 ANALYST_KEYS = ("epsilon", "delta")
 POLICY_TOP_KEYS = ("tables",)
-TABLE_KEYS = ("privacy_unit", "max_rows_per_unit", "join_reveal", "columns")
+TABLE_KEYS = ("privacy_unit", "max_rows_per_unit", "join_reveal", "max_units", "columns")
 
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -96,6 +98,7 @@ def load_federation(path: str | Path, *, open_remote: bool = False) -> Federatio
     )
     timeout = f.number(sec, "timeout", "federation", default=30.0, strict=True)
     certs = _resolve(root, f.string(sec, "certs", "federation", '"certs"', default="certs"))
+    default_reveal = _check_reveal(f, sec.get("join_reveal", "none"), "federation.join_reveal")
 
     party_specs = _parse_parties(f, raw.get("party"), root)
     analysts = _parse_analysts(f, raw.get("analyst", {}))
@@ -122,7 +125,7 @@ def load_federation(path: str | Path, *, open_remote: bool = False) -> Federatio
                 f"create {path_text(policy_file)} with a [tables.<table>] section per table "
                 "the party shares (an empty file shares nothing)",
             )
-        tables = _parse_policy(policy_file, pname, catalog)
+        tables = _parse_policy(policy_file, pname, catalog, default_reveal)
         parties.append(
             Party(
                 name=pname,
@@ -143,7 +146,20 @@ def load_federation(path: str | Path, *, open_remote: bool = False) -> Federatio
         ledger_dir=ledger_dir,
         timeout=timeout,
         certs=certs,
+        join_reveal=default_reveal,
     )
+
+
+def _check_reveal(f: TomlFile, reveal: Any, key: str) -> JoinReveal:
+    """A valid ``join_reveal`` value, or a ConfigError at ``key``."""
+    if reveal not in JOIN_REVEALS:
+        raise f.error(
+            key,
+            f"must be one of {', '.join(JOIN_REVEALS)}, got {describe(reveal)}",
+            f'{did_you_mean(str(reveal), JOIN_REVEALS)}write join_reveal = "none" '
+            '(default), "intersection" or "nothing" (the oblivious join; needs max_units)',
+        )
+    return _as_reveal(reveal)
 
 
 def _resolve(root: Path, rel: str) -> Path:
@@ -252,7 +268,8 @@ def _party_catalog(
 
 
 def _parse_policy(
-    path: Path, party: str, catalog: dict[str, list[ColumnInfo]] | None
+    path: Path, party: str, catalog: dict[str, list[ColumnInfo]] | None,
+    default_reveal: JoinReveal = "none",
 ) -> dict[str, TablePolicy]:
     raw = read_toml(path, "policy file", "")
     f = TomlFile(path)
@@ -273,7 +290,7 @@ def _parse_policy(
                     f"{', '.join(sorted(catalog)) or '(no tables)'}",
                 )
             cat_cols = {c.name: c for c in catalog[tname]}
-        out[tname] = _parse_table(f, tname, traw, cat_cols, party)
+        out[tname] = _parse_table(f, tname, traw, cat_cols, party, default_reveal)
     return out
 
 
@@ -283,6 +300,7 @@ def _parse_table(
     traw: dict[str, Any],
     cat_cols: dict[str, ColumnInfo] | None,
     party: str,
+    default_reveal: JoinReveal = "none",
 ) -> TablePolicy:
     where = f"tables.{tname}"
     unit = f.string(traw, "privacy_unit", where, '"customer_id"')
@@ -293,13 +311,16 @@ def _parse_table(
             f"must be an integer >= 1, got {describe(max_rows)}",
             "write max_rows_per_unit = 1 (rows kept per person; the rest are dropped)",
         )
-    reveal = traw.get("join_reveal", "none")
-    if reveal not in JOIN_REVEALS:
+    reveal = _check_reveal(f, traw.get("join_reveal", default_reveal), f"{where}.join_reveal")
+    max_units: Any = traw.get("max_units")
+    if max_units is not None and (
+            not isinstance(max_units, int) or isinstance(max_units, bool)
+            or not 1 <= max_units <= MAX_DECLARED_UNITS):
         raise f.error(
-            f"{where}.join_reveal",
-            f"must be one of {', '.join(JOIN_REVEALS)}, got {describe(reveal)}",
-            f'{did_you_mean(str(reveal), JOIN_REVEALS)}write join_reveal = "none" '
-            '(default) or "intersection"',
+            f"{where}.max_units",
+            f"must be an integer from 1 to {MAX_DECLARED_UNITS}, got {describe(max_units)}",
+            "write max_units = 1000000 (the most people this table may ever hold; public "
+            "inside the federation, and the oblivious join pads the table to it)",
         )
     if "columns" not in traw:
         raise f.error(
@@ -331,10 +352,11 @@ def _parse_table(
         name=tname,
         privacy_unit=unit,
         max_rows_per_unit=max_rows,
-        join_reveal=_as_reveal(reveal),
+        join_reveal=reveal,
+        max_units=max_units,
         columns=columns,
     )
 
 
 def _as_reveal(v: str) -> JoinReveal:
-    return "intersection" if v == "intersection" else "none"
+    return "intersection" if v == "intersection" else "nothing" if v == "nothing" else "none"

@@ -13,8 +13,10 @@ from typing import Literal
 
 Role = Literal["key", "group", "value"]
 ROLES: tuple[str, ...] = ("key", "group", "value")
-JoinReveal = Literal["none", "intersection"]
-JOIN_REVEALS: tuple[str, ...] = ("none", "intersection")
+JoinReveal = Literal["none", "intersection", "nothing"]
+JOIN_REVEALS: tuple[str, ...] = ("none", "intersection", "nothing")
+# The most people one table may declare in ``max_units`` (the ring's range, dp/ring.py).
+MAX_DECLARED_UNITS = 2**33
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,19 @@ class ColumnPolicy:
 
 @dataclass(frozen=True)
 class TablePolicy:
-    """A party's policy for one table."""
+    """A party's policy for one table.
+
+    ``join_reveal``: ``none`` and ``intersection`` run the join that reveals sizes to the
+    compute parties; ``nothing`` asks for the oblivious join, for which ``max_units`` (the
+    most people the table may hold, public inside the federation) is required: every
+    party's shared rows are padded to it.
+    """
 
     name: str
     privacy_unit: str
     max_rows_per_unit: int = 1
     join_reveal: JoinReveal = "none"
+    max_units: int | None = None
     columns: dict[str, ColumnPolicy] = field(default_factory=dict)
 
     def column(self, name: str) -> ColumnPolicy | None:
@@ -89,6 +98,7 @@ class Federation:
     ledger_dir: Path | None = None  # where each party keeps its ledger; default <dir>/ledgers
     timeout: float = 30.0  # seconds any party may stay silent before PartyUnavailable
     certs: Path | None = None  # folder of the CA and party/analyst certificates (veil serve)
+    join_reveal: JoinReveal = "none"  # default of tables that do not declare join_reveal
 
     @property
     def root(self) -> Path:

@@ -7,7 +7,7 @@ protocol calls produces the same tags at every party. Protocols take and return 
 arrays: every round sends at most one message to each peer, whatever the array length.
 
 The protocol bodies live in small modules under ``protocols/`` (arithmetic, boolean,
-comparison, shuffle); the methods here are thin entry points that document the API.
+comparison, shuffle, gather); the methods here are thin entry points that document the API.
 
 Conventions (see ``shares.py``): party ``i`` holds components ``(x_i, x_{i+1})``; seed
 ``s_i`` is known to parties ``i-1`` and ``i`` (``PairwiseSeeds``). In a *reshare*, each
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from veilql.engine.mpc.prg import PairwiseSeeds
-from veilql.engine.mpc.protocols import arith, boolean, compare, convert
+from veilql.engine.mpc.protocols import arith, boolean, compare, convert, gather
 from veilql.engine.mpc.protocols import shuffle as shuffle_mod
 from veilql.engine.mpc.shares import AShare, BShare
 from veilql.engine.transport.base import Transport
@@ -217,6 +217,15 @@ class Runtime:
     def shuffle(self, columns: Sequence[AShare | BShare]) -> list[AShare | BShare]:
         """Permute the rows of all columns by one secret permutation (3 rounds)."""
         return shuffle_mod.shuffle(self, columns)
+
+    def gather(
+        self, columns: Sequence[AShare | BShare], idx: np.ndarray | None,
+        pair: tuple[int | str, int | str], count: int,
+    ) -> list[AShare | BShare]:
+        """Rows ``idx`` of all columns, with ``idx`` known to the two parties of ``pair``
+        only (the third passes None and learns nothing); one round (``protocols/gather.py``)."""
+        p = (self.party_index(pair[0]), self.party_index(pair[1]))
+        return gather.gather(self, columns, idx, p, count)
 
     def party_index(self, party: int | str) -> int:
         """Index of a party given by name or index."""

@@ -94,23 +94,57 @@ class LocalStep:
         return "\n".join(lines)
 
 
+def cuckoo_bins(units: int) -> int:
+    """Bins of the cuckoo table a party of at most ``units`` people fills in an oblivious
+    join: three equal parts (one per hash function), 1.3 bins per unit in all plus a
+    margin (three hash functions fill up to about 92 %; at this load of at most 77 % an
+    insertion fails with vanishing probability).
+
+    >>> cuckoo_bins(1), cuckoo_bins(1000000)
+    (69, 1300068)
+    """
+    return 3 * (-(-13 * units // 30) + 22)
+
+
 @dataclass(frozen=True)
 class JoinStage:
     """Align the rows of ``left`` (parties joined so far) with ``right`` on the unit key.
 
-    Tags are keyed pseudorandom functions of the unit key under a key that only the two
-    ``key_parties`` share; after a secret shuffle the tags are opened to ``viewer``, who
-    knows neither the key nor the whole permutation, and who publishes matching positions.
+    ``mode = "reveal"``: tags are keyed pseudorandom functions of the unit key under a key
+    that only the two ``key_parties`` share; after a secret shuffle the tags are opened to
+    ``viewer``, who knows neither the key nor the whole permutation, and who publishes
+    matching positions (revealing the sizes of both sides and of the match).
+
+    ``mode = "oblivious"`` (``join_reveal = "nothing"``): the first party of the plan (the
+    *hub*, ``key_parties[0]``) pads its rows to its declared bound ``left_rows``; ``right``
+    places its rows in ``bins`` cuckoo bins (its bound is ``right_units``); the two
+    ``fetchers`` (compute parties other than ``right``) learn each hub row's three
+    candidate bins and fetch them on shares; equality of tags, payloads and everything
+    after stay on shares. Every array length is a function of the declared bounds.
     """
 
     left: tuple[str, ...]
     right: str
     key_parties: tuple[str, str]
     viewer: str
+    mode: Literal["reveal", "oblivious"] = "reveal"
+    left_rows: int = 0
+    right_units: int = 0
+    bins: int = 0
+    fetchers: tuple[str, ...] = ()
 
     def to_s(self) -> str:
         """One line describing the stage and what it reveals."""
         left = " + ".join(self.left)
+        if self.mode == "oblivious":
+            return (
+                f"oblivious join {left} with {self.right} on the privacy unit: tags keyed by "
+                f"{self.key_parties[0]}&{self.key_parties[1]}; {self.key_parties[0]} pads to "
+                f"{self.left_rows} rows, {self.right} places at most {self.right_units} units "
+                f"in {self.bins} cuckoo bins, {self.fetchers[0]}&{self.fetchers[1]} fetch "
+                "three candidate bins per row on shares; reveals nothing but the declared "
+                "bounds"
+            )
         return (
             f"secure join {left} with {self.right} on the privacy unit: tags keyed by "
             f"{self.key_parties[0]}&{self.key_parties[1]}, shuffled, matched by "
@@ -243,10 +277,18 @@ class Plan:
                 "nothing is secret-shared and no other party takes part"
             )
         else:
-            out.append(
-                f"{n}. each party secret-shares one row per privacy unit among the compute "
-                f"parties {', '.join(self.compute)}; reveals each party's number of units"
-            )
+            if any(j.mode == "oblivious" for j in self.joins):
+                out.append(
+                    f"{n}. each party secret-shares one row per privacy unit among the "
+                    f"compute parties {', '.join(self.compute)}, padded to its declared "
+                    "max_units (the hub) or laid out in cuckoo bins (the others); reveals "
+                    "only the declared bounds"
+                )
+            else:
+                out.append(
+                    f"{n}. each party secret-shares one row per privacy unit among the compute "
+                    f"parties {', '.join(self.compute)}; reveals each party's number of units"
+                )
             for j in self.joins:
                 n += 1
                 out.append(f"{n}. {j.to_s()}")
@@ -267,9 +309,18 @@ class Plan:
                 "learn which cells pass, the key owner sends only those keys to the analyst"
             )
         n += 1
-        who = "the compute parties each add" if self.mode == "secure" else "the party adds"
+        central = [getattr(a.noise, "central", False) for a in self.aggregates]
+        if self.mode == "local":
+            who = "the party adds noise"
+        elif central and all(central):
+            who = "one draw per cell is sampled on shares, known to no party,"
+        elif any(central):
+            who = ("sampled on shares where marked, else the compute parties each add their "
+                   "own noise,")
+        else:
+            who = "the compute parties each add noise"
         out.append(
-            f"{n}. noise: {who} noise before anything is opened; "
+            f"{n}. noise: {who} before anything is opened; "
             f"total cost epsilon={_num(self.epsilon)} delta={_num(self.delta)}, charged at "
             f"{', '.join(self.charged)}"
         )

@@ -3,10 +3,12 @@
 A query over one party's tables stays at that party (``mode = "local"``). Otherwise the
 parties' rows are aligned by join stages in FROM order: stage ``j`` joins the parties
 joined so far with the next one, on tags keyed by the previous party and the next one,
-opened to a compute party outside that pair. Every WHERE conjunct spanning parties is
-rewritten over local columns: single-party pieces become 0/1 ``atom`` columns computed by
-their owner, and comparisons across parties become ``sum of parts <op> 0`` over
-fixed-point ``operand`` columns, one part per party.
+opened to a compute party outside that pair; when a table asks for ``join_reveal =
+"nothing"``, the stages are oblivious instead (``_oblivious_stages``: the first party is
+the hub, every party is padded to its declared ``max_units``). Every WHERE conjunct
+spanning parties is rewritten over local columns: single-party pieces become 0/1
+``atom`` columns computed by their owner, and comparisons across parties become
+``sum of parts <op> 0`` over fixed-point ``operand`` columns, one part per party.
 
 >>> from tests.sql_fixtures import federation
 >>> from veilql.engine.rewrite import compile_plan
@@ -27,11 +29,11 @@ from dataclasses import replace
 
 from sqlglot import exp
 
-from veilql.engine.plan.nodes import JoinStage, LocalColumn, Plan
+from veilql.engine.plan.nodes import JoinStage, LocalColumn, Plan, cuckoo_bins
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import split_linear
 from veilql.engine.sql.bound import parties_in
-from veilql.errors import UnsupportedError
+from veilql.errors import PolicyError, UnsupportedError
 
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 
@@ -55,11 +57,14 @@ def place_secure(plan: Plan, ctx: Context) -> Plan:
                 "public domain can only be selected at a compute party for now",
                 f"declare values = [...] for {g.output} in policies/{g.party}.toml",
             )
-    joins = []
-    for j in range(1, len(parties)):
-        pair = (parties[j - 1], parties[j])
-        viewer = next(p for p in compute if p not in pair)
-        joins.append(JoinStage(tuple(parties[:j]), parties[j], pair, viewer))
+    if _oblivious(ctx):
+        joins = _oblivious_stages(plan, ctx, parties, compute)
+    else:
+        joins = []
+        for j in range(1, len(parties)):
+            pair = (parties[j - 1], parties[j])
+            viewer = next(p for p in compute if p not in pair)
+            joins.append(JoinStage(tuple(parties[:j]), parties[j], pair, viewer))
 
     new_cols: dict[str, list[LocalColumn]] = {s.party: list(s.columns) for s in plan.steps}
     cross = [c for c in ctx.bound.conjuncts if len(parties_in(c, ctx.bound)) > 1]
@@ -70,6 +75,58 @@ def place_secure(plan: Plan, ctx: Context) -> Plan:
     steps = tuple(replace(s, columns=tuple(new_cols[s.party])) for s in plan.steps)
     return replace(plan, mode="secure", compute=compute, joins=tuple(joins), steps=steps,
                    cross=expr)
+
+
+def _oblivious(ctx: Context) -> bool:
+    """Whether any table of the query asks for a join that reveals nothing."""
+    return any(t.policy.join_reveal == "nothing" for t in ctx.bound.tables)
+
+
+def bounds(ctx: Context) -> dict[str, int]:
+    """Each party's declared bound on its units in this query: the least ``max_units`` of
+    its tables (its local join is an inner join on the unit). Refuses, naming the table,
+    when a table declares none (an oblivious join pads every party to its bound)."""
+    asking = next(t for t in ctx.bound.tables if t.policy.join_reveal == "nothing")
+    out: dict[str, int] = {}
+    for t in ctx.bound.tables:
+        if t.policy.max_units is None:
+            raise PolicyError(
+                f"{t.party}.{t.table} declares no max_units, and this join must reveal "
+                f"nothing (join_reveal = \"nothing\" on {asking.party}.{asking.table}): "
+                "every table of the query is padded to its declared bound",
+                f"declare max_units = N (the most people the table may hold) under "
+                f"[tables.{t.table}] in {t.party}'s policy",
+            )
+        out[t.party] = min(out.get(t.party, t.policy.max_units), t.policy.max_units)
+    return out
+
+
+def _oblivious_stages(plan: Plan, ctx: Context, parties: tuple[str, ...],
+                      compute: tuple[str, ...]) -> list[JoinStage]:
+    """Stages of the oblivious join: the first party is the hub, joined with each other
+    party in turn (every join is on the same privacy unit, so joining each party with the
+    hub's rows is the same as the chain). The fetchers of a stage are two compute parties
+    other than its right party, the hub among them when it computes."""
+    for g in plan.groups:
+        if g.private:
+            raise UnsupportedError(
+                f"GROUP BY {g.output}: a join that reveals nothing cannot group by keys "
+                f"without a public domain (their number at {g.party} would be revealed)",
+                f"declare values = [...] for {g.output} in policies/{g.party}.toml",
+            )
+    bound = bounds(ctx)
+    hub = parties[0]
+    stages = []
+    for j in range(1, len(parties)):
+        right = parties[j]
+        others = [p for p in compute if p != right]
+        if hub in others:
+            others.sort(key=lambda p: p != hub)
+        stages.append(JoinStage(
+            tuple(parties[:j]), right, (hub, right), "", mode="oblivious",
+            left_rows=bound[hub], right_units=bound[right], bins=cuckoo_bins(bound[right]),
+            fetchers=tuple(others[:2])))
+    return stages
 
 
 def _rewrite(
