@@ -41,7 +41,7 @@ from veilql.engine.mpc.runtime import Runtime
 from veilql.engine.mpc.shares import AShare
 from veilql.engine.operators import factors as fac
 from veilql.engine.operators.aggregate import expand, secure_sum
-from veilql.engine.operators.join import SharedTable, join_stage
+from veilql.engine.operators.join import SharedTable, agree_all, join_stage
 from veilql.engine.operators.local import PartyRows, fetch
 from veilql.engine.operators.oblivious_join import is_oblivious, oblivious_join_stage
 from veilql.engine.operators.oblivious_join import local_columns as oblivious_columns
@@ -654,7 +654,14 @@ def _receive_table(rt: Runtime, plan: Plan, party: str,
 
 
 def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
-    """Shares of every aggregate and cell: shape (aggregates, cells in party order)."""
+    """Shares of every aggregate and cell: shape (aggregates, cells in party order).
+
+    Kept with a cached join (``SharedTable.memo``): a repeated query adds fresh noise to
+    the same exact aggregates, when every compute party still holds them.
+    """
+    key = structure_hash(plan)
+    if agree_all(rt, key in joined.memo):
+        return joined.memo[key]
     chains, owner = fac.expand_terms(plan)
     factors = [joined.cols[f"{p}.F"] for p in plan.parties]
     cross = None
@@ -677,7 +684,8 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
     for i, agg in enumerate(owner):
         a[agg] += per_chain.a[i]
         b[agg] += per_chain.b[i]
-    return AShare(rt.me, a, b)
+    joined.memo[key] = AShare(rt.me, a, b)
+    return joined.memo[key]
 
 
 def _add_noise(rt: Runtime, plan: Plan, x: AShare) -> AShare:

@@ -18,7 +18,7 @@ viewer's ignorance of the key makes safe.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,10 +30,15 @@ from veilql.errors import ProtocolError
 
 @dataclass
 class SharedTable:
-    """Named share columns of equal length (first axis)."""
+    """Named share columns of equal length (first axis).
+
+    ``memo`` keeps what was computed from a cached table (the aggregates of a repeated
+    query, keyed by the plan's structure), so reusing the table reuses them too.
+    """
 
     n: int
     cols: dict[str, AShare]
+    memo: dict[str, AShare] = field(default_factory=dict)
 
     def take(self, idx: np.ndarray) -> SharedTable:
         """Rows at public positions ``idx`` (local)."""
@@ -46,6 +51,18 @@ class SharedTable:
             return self
         out = rt.shuffle([self.cols[k] for k in names])
         return SharedTable(self.n, dict(zip(names, out, strict=True)))
+
+
+def agree_all(rt: Runtime, flag: bool) -> bool:
+    """Whether ``flag`` holds at all three compute parties (one byte to each peer)."""
+    tag = rt.tag("agree")
+    me = rt.parties[rt.me]
+    for p in rt.parties:
+        if p != me:
+            rt.transport.send(p, tag, b"1" if flag else b"0")
+    theirs = [rt.transport.recv(p, tag, rt.timeout) for p in rt.parties if p != me]
+    rt.rounds += 1
+    return flag and all(t == b"1" for t in theirs)
 
 
 def match(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
