@@ -3,7 +3,10 @@
 The analyst's value is ``true + sum of every adder's share``, so the interval is for that sum:
 
 - Laplace plans (two adders of DLap(t)): the pmf of the sum of two discrete Laplaces has a
-  closed form (derived in docs/PRIVACY.md), so the tail and the half-width are exact.
+  closed form (derived in docs/PRIVACY.md), so the tail and the half-width are exact. Central
+  plans (one DLap(t) sampled on shares) and local plans use the one-draw tail; for central
+  noise the interval's level holds for the exact law, and for the sampled one up to its
+  distance from it (below 2^-60, ``central.py``).
 - Gaussian plans (every party adds N_Z(0, s^2)): for s <= 2000 the pmf of the sum is computed
   exactly by (FFT) convolution; above, the sum is numerically indistinguishable from
   N_Z(0, m s^2) (the gap is of the order of the KLS21 tau, below 1e-30 there) and OpenDP's
@@ -136,7 +139,7 @@ def half_width(plan: NoisePlan, alpha: float) -> float:
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    m = len(plan.adders)
+    m = plan.draws
     if plan.mechanism == "laplace":
         t = plan.party_scale
         h = _smallest_h(lambda a: dlap_sum_log_tail(t, m, a), alpha, max(1, int(10 * t) + 10))
@@ -159,7 +162,7 @@ class _TotalNoise:
 
     def __init__(self, plan: NoisePlan) -> None:
         self.plan = plan
-        self.m = len(plan.adders)
+        self.m = plan.draws
         self.s = plan.party_scale
         self.exact_gauss = plan.mechanism == "gaussian" and self.s <= _EXACT_GAUSS_MAX_SIGMA
         if self.exact_gauss:

@@ -13,6 +13,11 @@ parties' noise alone; everything else is post-processing.
   Kairouz-Liu-Steinke 2021, Proposition 14; we calibrate so ``rho + tau * d`` meets the target.
   zCDP converts to (eps, delta) through OpenDP's ``make_zCDP_to_approxDP`` (the conversion of
   Canonne-Kamath-Steinke 2020, Corollary 13).
+- delta > 0, across parties: one central DLap(L1/eps) sampled inside the MPC from shared
+  random coins (``central.py``, ``engine/mpc/protocols/noise.py``), known to no party, so no
+  coalition of one compute party and the analyst can subtract any of it. The sampler is
+  within a total-variation distance ``eta`` (exact, per query) of the exact law, which costs
+  ``eta (1 + e^eps)`` of delta (``central.charged_delta``). Released variance: 1x central.
 """
 
 from __future__ import annotations
@@ -27,12 +32,22 @@ from typing import Literal
 
 import opendp.prelude as dp
 
+from veilql.engine.dp.central import (
+    MAX_DISTANCE,
+    charged_delta,
+    digits,
+    distance_per_cell,
+    log2,
+    thresholds,
+)
 from veilql.errors import QueryError
 
 dp.enable_features("contrib")
 
 Mechanism = Literal["laplace", "gaussian"]
-MECHANISMS = ("auto", "laplace", "gaussian")
+# "laplace" and "gaussian" force the distributed mechanisms (each adder draws its own share);
+# "central_laplace" forces one DLap sampled on shares; "auto" picks the smallest variance.
+MECHANISMS = ("auto", "laplace", "gaussian", "central_laplace")
 LARGE_EPSILON = 5
 # Limits of a budget (docs/PRIVACY.md, "Safe range of the ring"). Below MIN_EPSILON not even a
 # COUNT (L1 = 1, one adder) gets Laplace noise that provably fits the 64-bit ring (t <= 1e17);
@@ -60,6 +75,12 @@ class NoisePlan:
     honest parties' variances. ``party_scale`` is what each adder passes to OpenDP's sampler.
     ``epsilon``/``delta`` are what is charged to the budget (exact fractions). ``rho`` is the
     proven zCDP of the honest sum (Gaussian only, including the KLS21 tau term).
+
+    ``central``: the noise is ONE ``DLap(scale)`` per cell, sampled on shares from ``bits``
+    binary digits per geometric (``central.py``); no party adds anything (``adders == ()``),
+    ``|noise| <= 2^bits - 1`` exactly, ``cells`` is the most cells the plan may have, and
+    ``distance`` the total-variation distance of all of them from the exact law, whose
+    lemma charge ``delta`` includes.
     """
 
     mechanism: Mechanism
@@ -72,15 +93,28 @@ class NoisePlan:
     l2: float
     parties: int = 3
     rho: float | None = None
+    central: bool = False
+    bits: int = 0
+    cells: int = 0
+    distance: Fraction = Fraction(0)
 
     def describe(self) -> str:
         """One line for ``veil explain``.
 
         >>> calibrate(1, 1.0, 1.0, 0).describe()
         'discrete Laplace t=1 added in full by parties 0,1 (L1=1); charged eps=1, delta=0'
+        >>> calibrate(1, 1.0, 1.0, 1e-6, cells=4).describe()  # doctest: +NORMALIZE_WHITESPACE
+        'discrete Laplace t=1 sampled on shares, known to no party (7 binary digits per
+        geometric, |noise| < 2^7; distance <= 2^-122.2 from the exact law over <= 4 cells)
+        (L1=1); charged eps=1, delta=6.2e-37'
         """
         who = ",".join(str(i) for i in self.adders)
         cost = f"charged eps={_fmt(self.epsilon)}, delta={_fmt(self.delta)}"
+        if self.central:
+            return (f"discrete Laplace t={self.scale:.6g} sampled on shares, known to no party "
+                    f"({self.bits} binary digits per geometric, |noise| < 2^{self.bits}; "
+                    f"distance <= 2^{log2(self.distance):.1f} from the exact law over <= "
+                    f"{self.cells} cells) (L1={self.l1}); {cost}")
         if self.mechanism == "laplace":
             return (f"discrete Laplace t={self.scale:.6g} added in full by parties {who} "
                     f"(L1={self.l1}); {cost}")
@@ -89,12 +123,25 @@ class NoisePlan:
                 f"rho={self.rho:.6g}); {cost}")
 
     @property
+    def draws(self) -> int:
+        """How many independent draws of ``party_scale`` the released noise sums: 1 when
+        central, else one per adder."""
+        return 1 if self.central else len(self.adders)
+
+    @property
+    def thresholds(self) -> tuple[int, ...]:
+        """The public coin thresholds of a central plan's digits (``central.thresholds``)."""
+        if not self.central:
+            raise ValueError("only a central plan samples its noise on shares")
+        return thresholds(self.scale)
+
+    @property
     def total_variance(self) -> float:
-        """Variance of the released noise (sum over all adders), per cell; an upper bound for
+        """Variance of the released noise (sum over all draws), per cell; an upper bound for
         the discrete Gaussian (CKS20: Var N_Z(0, s^2) <= s^2)."""
         if self.mechanism == "laplace":
-            return len(self.adders) * dlap_variance(self.party_scale)
-        return len(self.adders) * self.party_scale**2
+            return self.draws * dlap_variance(self.party_scale)
+        return self.draws * self.party_scale**2
 
 
 def _fmt(x: Fraction) -> str:
@@ -343,6 +390,50 @@ def calibrate_laplace(l1: int, l2: float, epsilon: Fraction, parties: int = 3) -
     return NoisePlan("laplace", t, t, (0, 1), epsilon, Fraction(0), int(l1), float(l2), parties)
 
 
+def calibrate_central_laplace(l1: int, l2: float, epsilon: Fraction, delta: Fraction,
+                              cells: int, *, query_epsilon: Fraction | None = None,
+                              max_distance: Fraction = MAX_DISTANCE,
+                              parties: int = 3) -> NoisePlan:
+    """One DLap(L1/eps) per cell sampled on shares; charges (eps, eta (1 + e^query_epsilon)).
+
+    ``cells`` bounds the number of cells, ``eta`` is their exact distance from the exact law
+    (``central.py``); ``query_epsilon`` (default ``epsilon``) is the epsilon of the whole
+    query, to which the distance lemma is applied. Refused (QueryError) when delta is 0, when
+    ``eta`` exceeds ``max_distance`` or when the charge exceeds ``delta``.
+
+    >>> plan = calibrate_central_laplace(1, 1.0, Fraction(1), Fraction(1, 10**6), 1)
+    >>> plan.central, plan.adders, plan.bits, plan.draws, float(plan.delta)
+    (True, (), 7, 1, 1.6e-37)
+    """
+    if delta <= 0:
+        raise QueryError(
+            "noise sampled on shares needs delta > 0: its sampler is within a tiny distance "
+            "of the exact discrete Laplace, which is charged as delta",
+            "set delta (e.g. delta = 1e-6), or use mechanism 'laplace' for pure epsilon")
+    if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
+        raise ValueError(f"the number of cells must be a positive integer, got {cells!r}")
+    t = laplace_scale(l1, epsilon)
+    eta = cells * distance_per_cell(t)
+    if eta > max_distance:
+        raise QueryError(
+            f"noise sampled on shares over up to {cells} cells would be 2^{log2(eta):.1f} "
+            f"from the exact law, above 2^{log2(max_distance):.1f}, the most VeilQL accepts "
+            "(2^-60 per query)",
+            "use mechanism 'laplace' or 'gaussian' (noise added by the parties), or group by "
+            "columns with public values")
+    lemma_eps = epsilon if query_epsilon is None else query_epsilon
+    charge = charged_delta(eta, lemma_eps)
+    if charge is None or charge > delta:
+        least = "" if charge is None else f" at least {float(charge):.2g}"
+        raise QueryError(
+            f"noise sampled on shares would cost delta{least or ' more than allowed'} at "
+            f"epsilon {float(lemma_eps):g} (its distance from the exact law times "
+            f"1 + e^epsilon), more than the {float(delta):g} this aggregate may spend",
+            f"raise delta{least}, lower epsilon, or use mechanism 'laplace' or 'gaussian'")
+    return NoisePlan("laplace", t, t, (), epsilon, charge, int(l1), float(l2), parties,
+                     central=True, bits=digits(t), cells=cells, distance=eta)
+
+
 def calibrate_gaussian(l1: int, l2: float, epsilon: Fraction, delta: Fraction,
                        parties: int = 3) -> NoisePlan:
     """zCDP plan: every party adds N_Z(0, sigma_p^2); any parties-1 honest shares meet (eps, delta).
@@ -364,16 +455,24 @@ def calibrate_gaussian(l1: int, l2: float, epsilon: Fraction, delta: Fraction,
 
 
 def calibrate(l1: int, l2: float, epsilon: object, delta: object = 0,
-              mechanism: str = "auto", *, parties: int = 3) -> NoisePlan:
+              mechanism: str = "auto", *, parties: int = 3, cells: int | None = None,
+              query_epsilon: Fraction | None = None,
+              max_distance: Fraction = MAX_DISTANCE) -> NoisePlan:
     """Choose and calibrate the mechanism for one aggregate with L1/L2 sensitivities l1, l2.
 
-    ``mechanism="auto"``: Laplace when delta == 0; otherwise whichever of Laplace and Gaussian
-    releases the smaller noise variance (Laplace then charges delta 0).
+    ``mechanism="auto"``: distributed Laplace when delta == 0; otherwise whichever of central
+    Laplace on shares (offered when ``cells``, the most cells the aggregate may have, is
+    given and its distance charge fits, see ``calibrate_central_laplace``), distributed
+    Laplace (charges delta 0) and distributed Gaussian releases the smallest noise variance.
+    ``"laplace"``/``"gaussian"`` force the distributed mechanisms, ``"central_laplace"`` the
+    central one (refused when it does not fit).
 
     >>> calibrate(1, 1.0, 1.0, 1e-6).mechanism
     'laplace'
     >>> calibrate(100, 10.0, 1.0, 1e-6).mechanism
     'gaussian'
+    >>> calibrate(1, 1.0, 1.0, 1e-6, cells=10).central
+    True
     """
     if mechanism not in MECHANISMS:
         raise QueryError(f"unknown noise mechanism {mechanism!r}",
@@ -382,14 +481,27 @@ def calibrate(l1: int, l2: float, epsilon: object, delta: object = 0,
         raise ValueError("distributed noise needs at least 2 compute parties")
     eps, dlt = check_budget(epsilon, delta)
     _check_sensitivity(l1, l2)
+    if mechanism == "central_laplace":
+        if cells is None:
+            raise QueryError("noise sampled on shares needs a query across parties",
+                             "use mechanism 'laplace' or 'auto'")
+        return calibrate_central_laplace(l1, l2, eps, dlt, cells, query_epsilon=query_epsilon,
+                                         max_distance=max_distance, parties=parties)
     if mechanism == "laplace" or (mechanism == "auto" and dlt == 0):
         return calibrate_laplace(l1, l2, eps, parties)
     if mechanism == "gaussian":
         return calibrate_gaussian(l1, l2, eps, dlt, parties)
-    lap = calibrate_laplace(l1, l2, eps, parties)
+    options = [calibrate_laplace(l1, l2, eps, parties)]
+    if cells is not None:
+        try:
+            options.insert(0, calibrate_central_laplace(
+                l1, l2, eps, dlt, cells, query_epsilon=query_epsilon,
+                max_distance=max_distance, parties=parties))
+        except QueryError:
+            pass  # the distance charge does not fit: the distributed mechanisms remain
     try:
-        gauss = calibrate_gaussian(l1, l2, eps, dlt, parties)
+        options.append(calibrate_gaussian(l1, l2, eps, dlt, parties))
     except (dp.OpenDPException, OverflowError):
         # At very large epsilon the zCDP conversion overflows; Laplace is then tiny anyway.
-        return lap
-    return lap if lap.total_variance <= gauss.total_variance else gauss
+        pass
+    return min(options, key=lambda plan: plan.total_variance)  # first of equals: central

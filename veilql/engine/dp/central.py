@@ -53,6 +53,8 @@ _PREC = 80
 
 
 def _ctx(rounding: str = ROUND_HALF_EVEN) -> Context:
+    # Every operation below goes through this context's methods: Decimal's operators
+    # (even unary minus) round to the thread's default context, 28 digits.
     return Context(prec=_PREC, rounding=rounding, Emin=-10**9, Emax=10**9)
 
 
@@ -84,7 +86,7 @@ def digits(t: float) -> int:
 def _exp_neg(y: Decimal, rounding: str) -> Decimal:
     """exp(-y) bounded in the direction ``rounding`` (ROUND_CEILING: an upper bound)."""
     ctx = _ctx()
-    e = ctx.exp(-y)  # correctly rounded (half even): within half an ulp
+    e = ctx.exp(ctx.minus(y))  # correctly rounded (half even): within half an ulp
     return ctx.next_plus(e) if rounding == ROUND_CEILING else ctx.next_minus(e)
 
 
@@ -100,7 +102,7 @@ def thresholds(t: float) -> tuple[int, ...]:
     td = _dec(t, ROUND_HALF_EVEN)
     out = []
     for k in range(digits(t)):
-        e = ctx.exp(-ctx.divide(Decimal(2**k), td))
+        e = ctx.exp(ctx.minus(ctx.divide(Decimal(2**k), td)))
         p = ctx.divide(e, ctx.add(Decimal(1), e))
         tau = ctx.multiply(p, Decimal(TWO_128)).to_integral_value(rounding=ROUND_HALF_EVEN)
         out.append(int(tau))

@@ -13,6 +13,9 @@ union bound over the adders, each held to 2^-64 / adders:
 - discrete Gaussian N_Z(0, s^2): it is s-subgaussian (CKS20, E exp(l X) <= exp(l^2 s^2 / 2)),
   so by Chernoff P(|X| >= a) <= 2 exp(-a^2 / (2 s^2)).
 
+Central noise sampled on shares (``central.py``) is bounded deterministically: it is
+``G1 - G2`` with ``0 <= G < 2^K``, so ``|noise| <= 2^K - 1`` always.
+
 Each single draw then stays below 2^62 as well, so OpenDP's i64 samplers, which saturate a
 draw at the i64 limits, clamp with probability below 2^-64 (``sample.py`` refuses a draw that
 hit a limit anyway). The value side, the largest |true value| of a cell, is the planner's
@@ -29,6 +32,7 @@ import math
 from fractions import Fraction
 
 from veilql.engine.dp.calibrate import NoisePlan
+from veilql.engine.dp.central import TRUNCATION_BITS
 
 SAFE_RANGE = 2**62
 TAIL_BITS = 64
@@ -62,9 +66,35 @@ def adder_bound(mechanism: str, party_scale: float, adders: int) -> int:
 
 
 def noise_bound(plan: NoisePlan) -> int:
-    """An integer k with P(|total released noise of ``plan``| > k) < 2^-64, per cell."""
+    """An integer k with P(|total released noise of ``plan``| > k) < 2^-64, per cell
+    (for central noise, with probability 0: ``2^K - 1``).
+
+    >>> from veilql.engine.dp.calibrate import calibrate
+    >>> noise_bound(calibrate(1, 1.0, 1.0, 1e-6, cells=1))  # |G1 - G2| < 2^7
+    127
+    """
+    if plan.central:
+        return (1 << plan.bits) - 1
     m = len(plan.adders)
     return m * adder_bound(plan.mechanism, plan.party_scale, m)
+
+
+def central_epsilon_for(l1: int, room: int) -> float | None:
+    """Smallest epsilon (rounded up) whose central plan has ``2^K - 1 <= room``.
+
+    K is the smallest integer with 2^K >= 100 ln(2) t, so it fits when
+    t <= 2^Kmax / (100 ln 2) with Kmax = floor(log2(room + 1)).
+
+    >>> from veilql.engine.dp.calibrate import calibrate
+    >>> eps = central_epsilon_for(3, 10**6)
+    >>> noise_bound(calibrate(3, 3.0, eps, 1e-6, cells=1)) <= 10**6
+    True
+    """
+    if room < 1:
+        return None
+    k_max = (room + 1).bit_length() - 1
+    t_max = 2.0**k_max / (TRUNCATION_BITS * math.log(2)) / (1 + _SLACK)
+    return round_up(l1 / t_max)
 
 
 def _room_per_adder(room: int, adders: int) -> float:

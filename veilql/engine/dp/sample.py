@@ -86,7 +86,11 @@ def sample_total(plan: NoisePlan, n: int) -> np.ndarray:
     """Sum of every party's share for ``n`` cells: the noise the analyst's opening carries.
 
     For tests and simulation; in a run each party samples its own share and never sees this.
+    Central plans have no shares (their noise is sampled on shares, in the MPC): refused.
     """
+    if plan.central:
+        raise ValueError("central noise is sampled on shares (mpc.protocols.noise), not by "
+                         "the parties")
     total = np.zeros(n, dtype=np.int64)
     for party in range(plan.parties):
         total += sample_share(plan, party, n)

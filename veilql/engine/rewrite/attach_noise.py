@@ -10,6 +10,14 @@ its aggregates (AVG counts twice: a sum and a count), by basic composition. The 
 cost, ``Plan.epsilon`` and ``Plan.delta``, is the exact ``Fraction`` sum of what the
 mechanisms spend, which is what every party's ledger reserves.
 
+Across parties with delta > 0, ``mechanism="auto"`` (or ``"central_laplace"``) may give an
+aggregate, and the partition-selection count, one discrete Laplace sampled on shares. Its
+distance from the exact law grows with the number of cells, which is not public for a GROUP
+BY without public values: it is bounded by ``MAX_UNITS`` (enforced at run time) times the
+owner's rows per unit, per such column. The distance of the whole query is kept below 2^-60
+(each of k aggregates at most 2^-60 / k) and charged, through the lemma of
+``engine/dp/central.py`` at the query's epsilon, inside the aggregate's own share of delta.
+
 >>> from tests.sql_fixtures import federation
 >>> from veilql.engine.rewrite import compile_plan
 >>> plan = compile_plan("SELECT SUM(amount) FROM bank.loans", federation(), epsilon=1.0)
@@ -25,7 +33,9 @@ from fractions import Fraction
 
 from veilql.engine.dp import calibrate, split_budget
 from veilql.engine.dp.accuracy import dlap_sum_upper
-from veilql.engine.dp.calibrate import MIN_DELTA, exact_amount
+from veilql.engine.dp.calibrate import MIN_DELTA, NoisePlan, calibrate_central_laplace, exact_amount
+from veilql.engine.dp.central import MAX_DISTANCE
+from veilql.engine.dp.ring import MAX_UNITS
 from veilql.engine.plan.nodes import AggregateSpec, Plan
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.push_local import SELECTION
@@ -65,14 +75,22 @@ def attach_noise(plan: Plan, ctx: Context) -> Plan:
     shares = split_budget(epsilon_q, delta_values, len(plan.aggregates))
     aggregates = []
     threshold = None
-    adders = 1 if plan.mode == "local" else 2
+    secure = plan.mode == "secure"
+    # Central noise is sampled on shares, so only across parties; in local mode the one party
+    # is the curator and adds the exact noise itself.
+    mechanism = ctx.mechanism
+    if not secure and mechanism == "central_laplace":
+        mechanism = "laplace"
+    central = dict(cells=cell_bound(plan) if secure else None, query_epsilon=epsilon_q,
+                   max_distance=MAX_DISTANCE / len(plan.aggregates))
     for agg, (eps, delta) in zip(plan.aggregates, shares, strict=True):
         l1, l2 = _sensitivity(agg, rows, cells)
         if agg.name == SELECTION:
-            noise = calibrate(l1, l2, eps, 0, "laplace")
-            threshold = selection_threshold(noise.scale, adders, l1, delta_q / 2)
+            noise = _selection_noise(l1, l2, eps, delta, mechanism, central)
+            threshold = selection_threshold(noise.scale, 1 if not secure else noise.draws,
+                                            l1, delta_q / 2)
         else:
-            noise = calibrate(l1, l2, eps, delta, ctx.mechanism)
+            noise = calibrate(l1, l2, eps, delta, mechanism, **central)  # type: ignore[arg-type]
         if plan.mode == "local":
             # One party sees its own rows anyway: it alone adds the full noise.
             noise = replace(noise, adders=(0,), party_scale=noise.scale)
@@ -84,6 +102,35 @@ def attach_noise(plan: Plan, ctx: Context) -> Plan:
         delta += delta_q / 2  # the threshold's part
     return replace(plan, aggregates=tuple(aggregates), epsilon=epsilon, delta=delta,
                    charged=ctx.bound.parties, threshold=threshold)
+
+
+def cell_bound(plan: Plan) -> int:
+    """The most cells the plan's aggregates can have: public domains times, per column
+    without one, ``MAX_UNITS`` times its owner's rows per unit (each row has one key).
+
+    >>> from tests.sql_fixtures import federation
+    >>> from veilql.engine.rewrite import compile_plan
+    >>> cell_bound(compile_plan("SELECT region, COUNT(*) FROM bank.customers GROUP BY region",
+    ...                         federation(), epsilon=1.0))
+    5
+    """
+    n = 1
+    for g in plan.groups:
+        n *= len(g.domain) if g.domain is not None else MAX_UNITS * plan.step(g.party).slots
+    return n
+
+
+def _selection_noise(l1: int, l2: float, eps: Fraction, delta: Fraction, mechanism: str,
+                     central: dict[str, object]) -> NoisePlan:
+    """The partition-selection count's noise: central on shares where it fits (its distance
+    charge comes out of its own share of delta), else two distributed Laplace adders."""
+    if central["cells"] is not None and mechanism in ("auto", "central_laplace"):
+        try:
+            return calibrate_central_laplace(l1, l2, eps, delta, **central)  # type: ignore[arg-type]
+        except QueryError:
+            if mechanism == "central_laplace":
+                raise
+    return calibrate(l1, l2, eps, 0, "laplace")
 
 
 def selection_threshold(t: float, adders: int, reach: int, delta: float | Fraction) -> int:

@@ -19,7 +19,8 @@ Range analysis, in fixed-point integer units:
   public, so it is bounded by ``MAX_UNITS = 2^33`` (more than there are people);
   ``|true cell| <= MAX_UNITS * rows * per_row``;
 - **noise**: ``noise_bound`` (``engine/dp/ring.py``): P(|total noise| > bound) < 2^-64,
-  summed over the adders; which also keeps each single draw far from the i64 limits;
+  summed over the adders; which also keeps each single draw far from the i64 limits. Noise
+  sampled on shares is bounded exactly, ``2^K - 1`` with ``K`` its binary digits;
 - **partition selection**: the public threshold is compared with noisy counts on shares,
   so it must stay below 2^62 too;
 - **cross-party comparisons**: the sum of the parties' parts, under the declared bounds, in
@@ -55,6 +56,7 @@ from veilql.engine.dp.calibrate import MAX_EPSILON, MIN_EPSILON, NoisePlan, exac
 from veilql.engine.dp.ring import (
     MAX_UNITS,
     SAFE_RANGE,
+    central_epsilon_for,
     gaussian_epsilon_for,
     laplace_epsilon_for,
     noise_bound,
@@ -88,10 +90,14 @@ def check_ranges(plan: Plan, ctx: Context) -> Plan:
     noise = p.agg.noise
     assert isinstance(noise, NoisePlan)
     kind = "discrete Laplace t" if noise.mechanism == "laplace" else "discrete Gaussian sigma"
+    if noise.central:
+        reach = f"{kind}={noise.scale:.3g} sampled on shares, up to {p.noise:.3g}"
+    else:
+        reach = (f"{kind}={noise.party_scale:.3g} per adder, up to {p.noise:.3g} with "
+                 "probability 1 - 2^-64")
     raise QueryError(
         f"{what} is not safe to compute at epsilon {float(exact_amount(ctx.epsilon)):g}: its "
-        f"noise ({kind}={noise.party_scale:.3g} per adder, up to {p.noise:.3g} with "
-        f"probability 1 - 2^-64) plus its largest true value ({p.value:.3g} in fixed point, "
+        f"noise ({reach}) plus its largest true value ({p.value:.3g} in fixed point, "
         f"for up to 2^33 people) could reach {_RING}; the answer would wrap around",
         f"raise epsilon to at least {least:g}")
 
@@ -161,31 +167,47 @@ def _least_epsilon(plan: Plan, ctx: Context, problems: list[_Range]) -> float | 
     n = len(plan.aggregates)
     private = any(g.private for g in plan.groups)
     delta_share = float(exact_amount(ctx.delta, "delta") / (2 if private else 1) / n)
-    laplace, gaussian = [], []
+    laplace, gaussian, central = [], [], []
     for p in problems:
         noise = p.agg.noise
         assert isinstance(noise, NoisePlan)
         room = SAFE_RANGE - 1 - p.value
+        # A central plan has no adders; its distributed fallbacks have two (Laplace) or all
+        # parties (Gaussian).
         m = len(noise.adders)
-        need = laplace_epsilon_for(p.agg.l1, m, room)
+        need = laplace_epsilon_for(p.agg.l1, m or 2, room)
+        near = central_epsilon_for(p.agg.l1, room)
         if p.threshold:  # the threshold grows in proportion to the scale t = l1 / epsilon
-            need = max(need or 0.0, float(noise.epsilon) * p.threshold / (SAFE_RANGE - 1) * 1.01)
+            grow = float(noise.epsilon) * p.threshold / (SAFE_RANGE - 1) * 1.01
+            need = max(need or 0.0, grow)
+            near = max(near or 0.0, grow)
         laplace.append(need)
+        central.append(near)
         honest = 1 if plan.mode == "local" else noise.parties - 1
         gaussian.append(need if p.agg.name == SELECTION else
-                        gaussian_epsilon_for(p.agg.l2, m, honest, room, delta_share))
+                        gaussian_epsilon_for(p.agg.l2, m or noise.parties, honest, room,
+                                             delta_share))
     candidates = []
     if ctx.mechanism != "gaussian" and None not in laplace:
         candidates.append(n * max(laplace))  # type: ignore[type-var]
     if ctx.mechanism != "laplace" and None not in gaussian:
         candidates.append(n * max(gaussian))  # type: ignore[type-var]
-    for eps in sorted(round_up(c) for c in candidates):
+    if (plan.mode == "secure" and ctx.mechanism in ("auto", "central_laplace")
+            and None not in central):
+        candidates.append(n * max(central))  # type: ignore[type-var]
+    # Each candidate and up to three doublings of it, smallest first: the mechanisms'
+    # candidates differ, and a doubled small one must not hide a larger one that fits.
+    tries = set()
+    for c in candidates:
+        eps = round_up(c)
         for _ in range(4):
-            if eps > float(MAX_EPSILON):
-                break
-            if eps >= float(MIN_EPSILON) * n and _fits(plan, ctx, eps):
-                return eps
+            tries.add(eps)
             eps = round_up(eps * 2)
+    for eps in sorted(tries):
+        if eps > float(MAX_EPSILON):
+            break
+        if eps >= float(MIN_EPSILON) * n and _fits(plan, ctx, eps):
+            return eps
     return None
 
 
