@@ -114,7 +114,7 @@ def test_error_is_reported_and_the_shell_carries_on(sh: Shell) -> None:
 def test_a_pasted_block_mixes_dot_commands_and_sql(sh: Shell) -> None:
     replies = sh.handle_line(f".mode csv\n{BY_REGION};\n.timer on\nSELECT COUNT(*) AS n")
     assert [bool(r.out) for r in replies] == [False, True, False]
-    assert replies[1].out.startswith("region,n\nnorth,") and replies[2].note == "timer on"
+    assert replies[1].out.startswith("region,n,n_ci95\nnorth,") and replies[2].note == "timer on"
     assert sh.pending and not is_complete(".mode csv\nSELECT 1")
 
 
@@ -169,9 +169,16 @@ def test_dot_commands_and_aliases(sh: Shell) -> None:
 def test_budget_cost_and_explain_spend_nothing(sh: Shell) -> None:
     cost = one(sh.handle_line(".cost " + CROSS + ";"))
     assert cost.error is None and cost.note.startswith("nothing was spent")
-    rows = {ln.split()[0]: ln.split() for ln in cost.out.splitlines()[2:]}
+    budget_table, accuracy_table = cost.out.split("\n\n")
+    head = budget_table.splitlines()[0].split()
+    assert head[3:5] == ["epsilon_remaining_before", "epsilon_remaining_after"]
+    rows = {ln.split()[0]: ln.split() for ln in budget_table.splitlines()[2:]}
     assert set(rows) == {"bank", "insurer"}
-    assert float(rows["bank"][3]) == pytest.approx(9.0) and rows["bank"][5] == "yes"
+    assert float(rows["bank"][3]) == pytest.approx(10.0)
+    assert float(rows["bank"][4]) == pytest.approx(9.0) and rows["bank"][7] == "yes"
+    # the 95% interval each released column will have, known before anything is spent
+    preview = {ln.split()[0]: ln for ln in accuracy_table.splitlines()[2:]}
+    assert set(preview) == {"n", "total"} and re.search(r"n\s+± \d+", preview["n"])
     plan = one(sh.handle_line(".explain " + CROSS)).out
     assert plan.startswith("plan (secure)") and "secure join" in plan
     assert one(sh.handle_line("EXPLAIN " + CROSS + ";")).out == plan
@@ -185,7 +192,8 @@ def test_modes(sh: Shell) -> None:
     sh.settings.confirm_above = 100
     assert one(sh.handle_line(".mode csv")).error is None
     out = one(sh.handle_line(BY_REGION + ";")).out.splitlines()
-    assert out[0] == "region,n" and len(out) == 6 and re.fullmatch(r"north,\d+", out[1])
+    assert out[0] == "region,n,n_ci95" and len(out) == 6
+    assert re.fullmatch(r"north,\d+,\d+(\.\d+)?", out[1])
     one(sh.handle_line(".mode json"))
     obj = json.loads(one(sh.handle_line(BY_REGION + ";")).out)
     assert obj["columns"] == ["region", "n"] and obj["accuracy"]["n"]["ci95"] > 0
@@ -315,7 +323,7 @@ def test_batch_runs_statements_and_dot_commands(fed: Path) -> None:
     assert res.returncode == 0, res.stderr
     out = res.stdout.splitlines()
     assert out[0] == "party,table,privacy_unit,max_rows_per_unit,join_reveal,columns"
-    assert out[3] == "region,n" and [ln.split(",")[0] for ln in out[4:9]] == REGIONS
+    assert out[3] == "region,n,n_ci95" and [ln.split(",")[0] for ln in out[4:9]] == REGIONS
     assert out[9].startswith("party,epsilon_spent") and out[10].startswith("bank,1.0,9.0")
     assert "5 rows; spent epsilon 1" in res.stderr and "error" not in res.stderr
 
@@ -358,8 +366,13 @@ class Terminal:
 
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+        def controlling_tty() -> None:  # in the child, after setsid: Ctrl-C sends SIGINT
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                                     start_new_session=True, close_fds=True)
+                                     start_new_session=True, close_fds=True,
+                                     preexec_fn=controlling_tty)
         os.close(slave)
         self.seen = ""  # everything read and not yet matched
 
@@ -472,3 +485,261 @@ def test_an_unknown_analyst_is_refused_at_start(fed: Path) -> None:
     res = run_shell(fed, ".parties\n", "--analyst", "zed")
     assert res.returncode == 2 and res.stdout == ""
     assert "zed" in res.stderr and "alice, bob" in res.stderr
+
+
+# -- new in the shell: modes, display, scripts, output, purpose, pricing --------------------------
+def test_box_line_expanded_and_maxrows(sh: Shell) -> None:
+    sh.settings.mode = "box"
+    box = one(sh.handle_line(BY_REGION + ";")).out.splitlines()
+    assert box[0].startswith("┌") and box[-1].startswith("└") and "│ region" in box[1]
+    assert any(re.search(r"│ north\s+│\s+\d+ ± \d+ │", ln) for ln in box)
+    one(sh.handle_line(".mode line"))
+    line = one(sh.handle_line(BY_REGION + ";")).out
+    blocks = line.split("\n\n")
+    assert len(blocks) == 5 and re.fullmatch(r"region = north\n     n = \d+ ± \d+", blocks[0])
+    one(sh.handle_line(".mode table"))
+    assert one(sh.handle_line("\\x")).note == "expanded display is on"
+    expanded = one(sh.handle_line(BY_REGION + ";")).out.splitlines()
+    assert expanded[0].startswith("-[ RECORD 1 ]-") and expanded[1] == "region | north"
+    assert re.fullmatch(r"n      \| \d+ ± \d+", expanded[2])
+    assert one(sh.handle_line("\\x off")).note == "expanded display is off"
+    assert one(sh.handle_line(".maxrows 2")).note == "showing at most 2 rows"
+    cut = one(sh.handle_line(BY_REGION + ";")).out.splitlines()
+    assert len(cut) == 5 and cut[-1].startswith("… 3 more rows not shown")
+    assert one(sh.handle_line(".maxrows x")).error is not None
+    assert "maxrows" in one(sh.handle_line(".show")).out
+
+
+def test_dot_commands_after_an_unfinished_statement(sh: Shell) -> None:
+    assert sh.handle_line("SELECT region, COUNT(*) AS n") == [] and sh.pending
+    assert one(sh.handle_line(".mode csv")).error is None and sh.pending  # a command, not SQL
+    assert sh.settings.mode == "csv"
+    reply = one(sh.handle_line("FROM bank.customers GROUP BY region;"))
+    assert reply.error is None and reply.out.startswith("region,n,n_ci95\n")
+    # inside an open quote the line is part of the statement
+    assert sh.handle_line("SELECT COUNT(*) AS n FROM bank.customers WHERE region = '") == []
+    assert sh.handle_line(".north'") == [] and sh.pending
+    sh.reset()
+
+
+def test_output_to_a_file_and_back(sh: Shell, tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    note = one(sh.handle_line(f"\\o {target}")).note
+    assert str(target) in note
+    shown: list[str] = []
+    for reply in sh.handle_line(BY_REGION + ";"):
+        sh.write_out(reply.out, shown.append)
+    assert shown == [] and "north" in target.read_text()
+    assert one(sh.handle_line(".output")).note == "output to standard output"
+    for reply in sh.handle_line(".parties"):
+        sh.write_out(reply.out, shown.append)
+    assert shown and "bank" in shown[0] and "payments" not in target.read_text()
+    err = one(sh.handle_line(f".output {tmp_path / 'no' / 'such' / 'dir.txt'}")).error
+    assert isinstance(err, UsageError)
+
+
+def test_read_runs_a_script(sh: Shell, tmp_path: Path) -> None:
+    script = tmp_path / "q.sql"
+    script.write_text(".mode csv\nSELECT region,\n  COUNT(*) AS n\nFROM bank.customers "
+                      "GROUP BY region;\nSELECT COUNT(*) AS n FROM bank.loans")
+    replies = sh.handle_line(f"\\i {script}")
+    assert [bool(r.out) for r in replies] == [False, True, True]
+    assert replies[2].out.startswith("n,n_ci95") and sh.settings.mode == "csv"
+    assert left(sh) == pytest.approx(8.0)
+    bad = tmp_path / "bad.sql"
+    bad.write_text("SELECT nope FROM bank.loans;\nSELECT COUNT(*) AS n FROM bank.loans;\n")
+    replies = sh.handle_line(f".read {bad}")
+    assert len(replies) == 1 and replies[0].error is not None  # a script stops at an error
+    assert left(sh) == pytest.approx(8.0)
+    loop = tmp_path / "loop.sql"
+    loop.write_text(f".read {loop}\n")
+    replies = sh.handle_line(f".read {loop}")
+    assert replies[-1].error is not None and "nested" in replies[-1].error.message
+    assert one(sh.handle_line(".read /no/such/file.sql")).error is not None
+
+
+def test_purpose_is_recorded_in_every_charged_ledger(sh: Shell) -> None:
+    assert "no purpose" in one(sh.handle_line(".purpose")).note
+    assert one(sh.handle_line(".purpose churn review 2026")).note.endswith("churn review 2026")
+    assert one(sh.handle_line(CROSS + ";")).error is None
+    for party in ("bank", "insurer"):
+        ledger = sh.session.ledger(party)
+        assert ledger is not None
+        (entry,) = [e for e in ledger.entries() if e.kind == "reserve"]
+        assert entry.purpose == "churn review 2026" and entry.identity == "self-asserted"
+    assert one(sh.handle_line(".purpose none")).note.startswith("no purpose")
+    assert one(sh.handle_line(".purpose a\u200bb")).error is not None  # invisible character
+
+
+def test_over_budget_is_refused_before_asking(fed: Path) -> None:
+    asked: list[str] = []
+    with Session(fed, "bob") as session:  # bob has epsilon 3
+        shell = Shell(session, confirm=lambda q: asked.append(q) or True)
+        one(shell.handle_line(".epsilon 3.5"))
+        err = one(shell.handle_line(BY_REGION + ";")).error
+        assert isinstance(err, BudgetExceeded) and err.exit_code == ExitCode.BUDGET
+        assert "requested epsilon 3.5, remaining 3.0" in err.message
+        assert asked == []  # refused before the confirmation question
+        one(shell.handle_line(".epsilon 2.5"))
+        assert one(shell.handle_line(BY_REGION + ";")).error is None
+        question = asked[0]
+        assert "epsilon remaining before: bank 3; after: bank 0.5" in question.lower()
+        assert re.search(r"95% intervals: n ± \d", question)
+
+
+def test_a_cancelled_query_reports_what_stays_charged(sh: Shell,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from veilql.errors import Interrupted
+
+    def cancelled(*args: object, **kwargs: object) -> None:
+        raise Interrupted("query cancelled; the charge stands at bank", "see .budget")
+
+    monkeypatch.setattr(sh.session, "sql", cancelled)
+    err = one(sh.handle_line(BY_REGION + ";")).error
+    assert isinstance(err, Interrupted) and err.exit_code == 130
+    assert "charge stands at bank" in err.message
+
+
+def test_completion_of_group_values(sh: Shell) -> None:
+    vocab = vocabulary(sh.session)
+    base = "SELECT COUNT(*) AS n FROM bank.customers c WHERE "
+    assert suggest(base + "c.region = 'so", vocab) == ["'south'"]
+    assert suggest(base + "region = ", vocab) == [f"'{r}'" for r in REGIONS]
+    assert suggest(base + "region IN ('north', 'south', ", vocab) == ["'east'", "'west'",
+                                                                      "'central'"]
+    loans = "SELECT COUNT(*) AS n FROM bank.loans WHERE term_months IN (12, "
+    assert suggest(loans, vocab) == ["24", "36", "60"]
+    # a value column has no public domain: the usual names, no values
+    plain = suggest("SELECT COUNT(*) AS n FROM bank.loans WHERE amount = ", vocab)
+    assert "customer_id" in plain and not any(c.startswith("'") for c in plain)
+
+
+# -- a real terminal: pager, \x, \o, \i, completion of values, Ctrl-C --------------------------
+SLOW_HOOK = '''
+import os, time
+if os.environ.get("VEIL_TEST_SLOW"):
+    import veilql.engine.node as node
+    _fetch = node.fetch
+    def _slow(*args, **kwargs):
+        with open(os.environ["VEIL_TEST_SLOW"], "a") as fh:
+            fh.write("running\\n")
+        time.sleep(float(os.environ.get("VEIL_TEST_SLOW_SECONDS", "2")))
+        return _fetch(*args, **kwargs)
+    node.fetch = _slow
+'''
+
+
+def terminal_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a shell on a pty: no colour, no CPR, its own history; with a
+    ``sitecustomize`` on the path that can slow down each party's local SQL (tests only)."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "sitecustomize.py").write_text(SLOW_HOOK)
+    env = {k: v for k, v in os.environ.items() if k not in ("VEIL_LEDGER_DIR", "VEIL_ANALYST")}
+    env.update(NO_COLOR="1", TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1",
+               VEIL_HISTORY=str(tmp_path / "hist"), PYTHONPATH=str(hooks), **extra)
+    return env
+
+
+def test_pager_expanded_output_script_and_value_completion_on_a_pty(fed: Path,
+                                                                     tmp_path: Path) -> None:
+    pytest.importorskip("prompt_toolkit")
+    pager = f"{sys.executable} -c \"import sys; sys.stdout.write('PAGED ' + sys.stdin.read())\""
+    env = terminal_env(tmp_path, PAGER=pager)
+    script = tmp_path / "script.sql"
+    script.write_text("SELECT COUNT(*) AS n FROM bank.loans;\n")
+    saved = tmp_path / "saved.txt"
+    term = Terminal([sys.executable, "-m", "veilql.cli", "shell", "-f", str(fed),
+                     "--analyst", "alice"], env, rows=14)
+    try:
+        term.expect("alice ε 10>")
+        term.send(".schema\r")  # taller than 14 rows: through $PAGER
+        term.expect(r"PAGED bank\.customers: privacy unit")
+        term.expect("alice ε 10>")
+        term.send(".pager off\r")
+        term.expect("pager off")
+        term.send(".tables bank\r")
+        term.expect(r"bank\s+customers")
+        assert "PAGED" not in term.seen
+        term.send("\\x\r")
+        term.expect("expanded display is on")
+        # completion of a group column's public values, then Enter runs it
+        term.send("SELECT COUNT(*) AS n FROM bank.customers WHERE region = 'so\t")
+        term.expect("uth'")  # Tab completed 'so to 'south'
+        term.send(";\r")
+        term.expect(r"-\[ RECORD 1 \]-+\s+n \| \d+ ± \d+")
+        term.expect("alice ε 9>")
+        term.send(f"\\o {saved}\r")
+        term.expect("output to")
+        term.send(f"\\i {script}\r")  # its answer goes to the file
+        term.expect("1 row; spent epsilon 1")
+        term.expect("alice ε 8>")
+        term.send("\\o\r")
+        term.expect("output to standard output")
+        term.send(".quit\r")
+    except BaseException:
+        term.close(kill=True)
+        raise
+    assert term.close() == 0
+    assert re.search(r"n \| \d+ ± \d+", saved.read_text())
+
+
+def test_ctrl_c_cancels_a_running_query_on_a_pty(fed: Path, tmp_path: Path) -> None:
+    pytest.importorskip("prompt_toolkit")
+    marker = tmp_path / "running"
+    env = terminal_env(tmp_path, VEIL_TEST_SLOW=str(marker), VEIL_TEST_SLOW_SECONDS="2")
+    term = Terminal([sys.executable, "-m", "veilql.cli", "shell", "-f", str(fed),
+                     "--analyst", "alice"], env)
+    try:
+        term.expect("alice ε 10>")
+        term.send(BY_REGION + ";\r")
+        term.expect(r"step 3 of 4 · bank: running its local SQL … \d\.\d s")  # progress
+        term.send("\x03")  # Ctrl-C while the party runs its local SQL
+        term.expect("error: query cancelled; the charge stands at bank")
+        term.expect(r"alice ε 9>")
+        # a clean prompt: no progress line drawn over it afterwards
+        import time
+        time.sleep(1.5)
+        try:
+            term.expect(r"\S", timeout=0.5)
+            drawn = term.seen
+        except AssertionError as exc:
+            drawn = str(exc)
+        assert "step" not in drawn and "running its local SQL" not in drawn
+        term.send(".budget\r")
+        term.expect(r"bank\s+1\.0\s+9\.0")
+        term.send(".quit\r")
+    except BaseException:
+        term.close(kill=True)
+        raise
+    assert term.close() == 0
+
+
+def test_batch_exits_130_when_a_query_is_cancelled(fed: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    marker = tmp_path / "running"
+    env = terminal_env(tmp_path, VEIL_TEST_SLOW=str(marker), VEIL_TEST_SLOW_SECONDS="2")
+    proc = subprocess.Popen([sys.executable, "-m", "veilql.cli", "shell", "-f", str(fed),
+                             "--analyst", "alice"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(BY_REGION + ";\n.parties\n")
+        proc.stdin.close()
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), "the query never started"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    assert proc.returncode == 130, err
+    assert "veil: error: query cancelled; the charge stands at bank" in err
+    assert "payments" not in out  # nothing after the cancelled query ran

@@ -22,7 +22,14 @@ from veilql.engine.plan.nodes import GroupKey, Plan
 
 @dataclass
 class Result:
-    """A released answer (CONTRACT.md): columns, rows, accuracy, privacy, budget."""
+    """A released answer (CONTRACT.md): columns, rows, accuracy, privacy, budget.
+
+    ``accuracy[col]["ci95"]`` is the half-width of a 95% interval of the noise of a released
+    column (``ci95_rows``: one per row, for AVG). ``print(result)`` shows a table with
+    ``value ± ci95``, as ``veil query`` does; in a notebook it shows as HTML;
+    ``to_pandas()`` keeps the intervals as ``<col>_ci95`` columns; ``plot()`` draws the
+    released values with their error bars.
+    """
 
     columns: list[str]
     rows: list[list[Any]]
@@ -31,6 +38,9 @@ class Result:
     budget: dict[str, dict[str, float]] = field(default_factory=dict)
     plan: Plan | None = None
     dry_run: bool = False
+
+    #: Said once under every table: what the ``±`` figure is.
+    INTERVAL_NOTE = "± is the half-width of a 95% interval of the noise"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``veil query --format json``."""
@@ -41,14 +51,234 @@ class Result:
             out["dry_run"] = True
         return out
 
-    def to_pandas(self) -> Any:
-        """The rows as a pandas DataFrame (pandas must be installed)."""
-        import pandas as pd
+    # -- intervals -------------------------------------------------------------------------
+    def ci95(self, column: str, row: int) -> float | None:
+        """The 95% half-width of ``column`` in ``row`` (None for a column without noise).
 
-        return pd.DataFrame(self.rows, columns=self.columns)
+        >>> r = Result(["m"], [[1.0], [2.0]], {"m": {"ci95": 3.0, "ci95_rows": [1.0, 3.0]}})
+        >>> r.ci95("m", 0), r.ci95("m", 1)
+        (1.0, 3.0)
+        """
+        acc = self.accuracy.get(column)
+        if acc is None:
+            return None
+        if "ci95_rows" in acc:
+            halves = acc["ci95_rows"]
+            return halves[row] if row < len(halves) else None
+        return acc.get("ci95")
+
+    def noisy_columns(self) -> list[str]:
+        """The released (noisy) columns, in output order; the others are group labels."""
+        return [c for c in self.columns if c in self.accuracy]
+
+    @staticmethod
+    def noisy_text(value: Any, half: float | None) -> tuple[str, str]:
+        """A noisy value and its 95% half-width as text, to the precision the noise allows.
+
+        Two significant digits of the interval, and the value to the same decimal place:
+        more digits would be noise. Counts stay whole numbers. The one number format of the
+        shell, ``veil query``, the notebook HTML and ``print(result)``.
+
+        >>> Result.noisy_text(3101, 3.0), Result.noisy_text(0.08341, 0.01234)
+        (('3101', '3'), ('0.083', '0.012'))
+        >>> Result.noisy_text(15136246.4, 2468000.0), Result.noisy_text(None, 1.0)
+        (('15136246', '2468000'), ('NULL', ''))
+        """
+        if value is None:
+            return "NULL", ""
+        if half is None or not math.isfinite(half):
+            return (str(value) if not isinstance(value, float) else f"{value:.6g}"), ""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value), f"{half:.0f}" if half >= 1 else f"{half:.2g}"
+        decimals = max(0, min(10, 1 - math.floor(math.log10(half)))) if half > 0 else 6
+        return f"{float(value):.{decimals}f}", f"{half:.{decimals}f}"
+
+    def cells(self, *, align: bool = True) -> list[list[Any]]:
+        """The rows with every noisy cell as the text ``value ± half`` (group labels as they
+        are); with ``align``, the ``±`` signs of a column line up."""
+        pairs: list[list[Any]] = []
+        for r, row in enumerate(self.rows):
+            pairs.append([self.noisy_text(v, self.ci95(c, r)) if c in self.accuracy else v
+                          for c, v in zip(self.columns, row, strict=True)])
+        for i, name in enumerate(self.columns):
+            if name not in self.accuracy:
+                continue
+            wv = max((len(row[i][0]) for row in pairs), default=0) if align else 0
+            wh = max((len(row[i][1]) for row in pairs), default=0) if align else 0
+            for row in pairs:
+                v, h = row[i]
+                row[i] = f"{v.rjust(wv)} ± {h.ljust(wh)}".rstrip() if h else v.rjust(wv)
+        return pairs
+
+    def cost_text(self) -> str:
+        """``spent epsilon 1, delta 0; remaining: bank 9`` (``would spend`` for a dry run)."""
+        verb = "would spend" if self.dry_run else "spent"
+        text = (f"{verb} epsilon {self.privacy.get('epsilon', 0.0):g}, "
+                f"delta {self.privacy.get('delta', 0.0):g}")
+        left = ", ".join(f"{p} {b['epsilon_remaining']:g}" for p, b in self.budget.items()
+                         if "epsilon_remaining" in b)
+        if left:
+            text += f"; epsilon remaining {'before' if self.dry_run else 'after'}: {left}"
+        return text
+
+    def caption(self) -> str:
+        """``spent ε 1, δ 0; remaining: bank (ε 9, δ 1e-05)``: the note under the HTML table
+        (``would spend`` ... ``remaining before`` for a dry run)."""
+        verb = "would spend" if self.dry_run else "spent"
+        text = (f"{verb} ε {self.privacy.get('epsilon', 0.0):g}, "
+                f"δ {self.privacy.get('delta', 0.0):g}")
+        left = ", ".join(f"{p} (ε {b['epsilon_remaining']:g}, δ {b['delta_remaining']:g})"
+                         for p, b in self.budget.items()
+                         if "epsilon_remaining" in b and "delta_remaining" in b)
+        if left:
+            text += f"; remaining{' before' if self.dry_run else ''}: {left}"
+        return text
+
+    # -- display -----------------------------------------------------------------------------
+    def __str__(self) -> str:
+        """The answer as an aligned text table with ``value ± ci95``, then its cost."""
+        if self.dry_run:
+            return f"dry run, nothing released: {self.cost_text()}"
+        cells = [[self._text_of(v) for v in row] for row in self.cells()]
+        widths = [max([len(c), *(len(row[i]) for row in cells)])
+                  for i, c in enumerate(self.columns)]
+        right = [c in self.accuracy or (bool(self.rows) and all(
+            isinstance(r[i], int | float) and not isinstance(r[i], bool) for r in self.rows))
+            for i, c in enumerate(self.columns)]
+
+        def line(items: list[str]) -> str:
+            return "  ".join(x.rjust(w) if rt else x.ljust(w)
+                             for x, w, rt in zip(items, widths, right, strict=True)).rstrip()
+
+        out = [line(list(self.columns)), "  ".join("-" * w for w in widths)]
+        out += [line(row) for row in cells]
+        n = len(self.rows)
+        out.append(f"({n} row{'' if n == 1 else 's'}; {self.cost_text()}"
+                   + (f"; {self.INTERVAL_NOTE})" if self.accuracy else ")"))
+        return "\n".join(out)
+
+    def _repr_html_(self) -> str:
+        """The answer as an HTML table (``value ± ci95``, every text escaped), with its cost
+        and the budget left under it: what a notebook shows."""
+        import html
+
+        def esc(x: Any) -> str:
+            return html.escape(str(x), quote=True)
+
+        head = "".join(f"<th>{esc(c)}</th>" for c in self.columns)
+        body = []
+        for row in self.cells(align=False):
+            tds = "".join(
+                f'<td class="veil-num">{esc(self._text_of(v))}</td>' if c in self.accuracy
+                else f"<td>{esc(self._text_of(v))}</td>"
+                for c, v in zip(self.columns, row, strict=True))
+            body.append(f"<tr>{tds}</tr>")
+        caption = esc(self.caption())
+        if self.dry_run:
+            caption = "<b>dry run</b>, nothing released: " + caption
+        elif self.accuracy:
+            caption += f" ({esc(self.INTERVAL_NOTE)})"
+        style = ("<style>.veil-caption{font-size:90%;padding-top:4px}"
+                 "table.veil-result td.veil-num{text-align:right;"
+                 "font-variant-numeric:tabular-nums}</style>")
+        return (f'{style}<div class="veil-output"><table class="veil-result">'
+                f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+                f'<div class="veil-caption">{caption}</div></div>')
 
     def __repr__(self) -> str:
         return f"Result(columns={self.columns}, rows={len(self.rows)})"
+
+    @staticmethod
+    def _text_of(value: Any) -> str:
+        """A label or formatted cell as text: NULL for None, lowercase booleans."""
+        if value is None:
+            return "NULL"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    # -- pandas and plots ----------------------------------------------------------------------
+    def to_pandas(self) -> Any:
+        """The rows as a pandas DataFrame that keeps the error bars.
+
+        Every released column ``c`` is followed by ``c_ci95``, the half-width of its 95%
+        interval in that row; ``.attrs`` holds ``accuracy``, ``privacy``, ``budget`` and
+        ``ci95_columns`` (column -> its interval column). Raises ``ImportError`` saying
+        what to install when pandas is missing.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                "Result.to_pandas() needs pandas, which is not installed: "
+                "pip install pandas (or pip install 'veilql[jupyter]')") from None
+        names: list[str] = []
+        intervals: dict[str, str] = {}
+        for c in self.columns:
+            names.append(c)
+            if c in self.accuracy:
+                extra = f"{c}_ci95"
+                while extra in self.columns or extra in names:
+                    extra += "_"
+                intervals[c] = extra
+                names.append(extra)
+        data = []
+        for r, row in enumerate(self.rows):
+            out: list[Any] = []
+            for c, v in zip(self.columns, row, strict=True):
+                out.append(v)
+                if c in intervals:
+                    out.append(self.ci95(c, r))
+            data.append(out)
+        frame = pd.DataFrame(data, columns=names)
+        for extra in intervals.values():
+            frame[extra] = frame[extra].astype("float64")
+        frame.attrs.update(accuracy=self.accuracy, privacy=self.privacy, budget=self.budget,
+                           ci95_columns=intervals)
+        return frame
+
+    def plot(self, y: str | None = None, x: str | None = None, ax: Any = None) -> Any:
+        """Draw the released values of column ``y`` with their 95% error bars (matplotlib).
+
+        ``x`` is a group column (categorical axis; default: the first one, or one bar when
+        there is none); ``y`` a released column (default: the first). ``ax``: the axes to
+        draw on (default: a new figure, through pyplot). Returns the axes.
+        """
+        released = self.noisy_columns()
+        if not released:
+            raise ValueError("this result has no released (noisy) column to plot")
+        y = y or released[0]
+        if y not in self.accuracy:
+            raise ValueError(f"{y!r} is not a released column; choose one of "
+                             f"{', '.join(released)}")
+        labels = [c for c in self.columns if c not in self.accuracy]
+        if x is not None and x not in labels:
+            raise ValueError(f"{x!r} is not a group column; choose one of "
+                             f"{', '.join(labels) or '(none)'}")
+        x = x or (labels[0] if labels else None)
+        yi = self.columns.index(y)
+        xs = ([str(self._text_of(row[self.columns.index(x)])) for row in self.rows] if x
+              else [y] * len(self.rows))
+        values = [float("nan") if row[yi] is None else float(row[yi]) for row in self.rows]
+        errors = [0.0 if h is None or not math.isfinite(h) else float(h)
+                  for h in (self.ci95(y, r) for r in range(len(self.rows)))]
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            _, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(xs) + 2), 3.5))
+        positions = list(range(len(xs)))
+        ax.bar(positions, values, color="#0072B2", alpha=0.75, width=0.6)
+        ax.errorbar(positions, values, yerr=errors, fmt="none", ecolor="#222222",
+                    capsize=4, lw=1.2)
+        ax.set_xticks(positions, xs)
+        ax.set_xlabel(x or "")
+        ax.set_ylabel(y)
+        eps = self.privacy.get("epsilon")
+        ax.set_title(f"{y}: released values with 95% error bars"
+                     + (f" (epsilon {eps:g})" if eps is not None else ""), fontsize=10)
+        ax.grid(True, axis="y", color="#E5E5E5", lw=0.7)
+        ax.set_axisbelow(True)
+        return ax
 
 
 def cell_values(plan: Plan, info: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -1,15 +1,18 @@
 """HTML for notebooks: a released answer with its error bars, its cost and what is left.
 
 Everything that comes from data, SQL or configuration is escaped, so a group value such
-as ``<script>`` shows as text. Values carry their 95% noise interval as ``value ± ci95``,
-as in ``veil query``'s table format; a note under the table says what the answer cost
-and how much budget remains at each party charged.
+as ``<script>`` shows as text. Values carry their 95% noise interval as ``value ± ci95``
+in the one number format of ``veil query``, the shell and ``print(result)``
+(``noisy.noisy_text``: two significant digits of the interval, the value to the same
+place); a note under the table says what the answer cost and how much budget remains at
+each party charged. The released answer's HTML is ``Result._repr_html_`` itself, so the
+Python API and the magic show the same table.
 
 >>> from veilql.engine.result import Result
 >>> r = Result(["region", "n"], [["north", 12]], {"n": {"ci95": 2.9}},
 ...            {"epsilon": 0.5, "delta": 0.0}, {"bank": {"epsilon_remaining": 9.5,
 ...            "delta_remaining": 1e-05}})
->>> '<td class="veil-num">12 ± 2.9</td>' in result_html(r)
+>>> '<td class="veil-num">12 ± 3</td>' in result_html(r)
 True
 """
 
@@ -20,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from veilql.engine.result import Result
+from veilql.ui.noisy import noisy_cell
 
 #: Keeps the caption under the table and the numbers aligned, in any notebook theme.
 _STYLE = (
@@ -74,33 +78,27 @@ def number(x: Any) -> str:
 
 
 def value_cell(value: Any, half: Any) -> str:
-    """``value ± half`` (the 95% half-width), or just the value when there is no interval.
+    """``value ± half`` (the 95% half-width), or just the value when there is no interval,
+    in the same format as the text table (``noisy.noisy_cell``).
 
-    >>> value_cell(3101, 6.0), value_cell(None, 2.0)
-    ('3101 ± 6', 'NULL')
+    >>> value_cell(3101, 6.0), value_cell(None, 2.0), value_cell(2.5, 0.5)
+    ('3101 ± 6', 'NULL', '2.50 ± 0.50')
     """
-    if value is None or half is None:
+    if half is None:
         return number(value)
-    return f"{number(value)} ± {number(float(half))}"
+    return noisy_cell(value, float(half))
 
 
 def cost_caption(result: Result) -> str:
-    """Plain text: the cost of the answer and the budget left at each party charged.
+    """Plain text: the cost of the answer and the budget left at each party charged (for a
+    dry run, what it would spend and what is left before it), as under the HTML table.
 
     >>> r = Result(["n"], [], {}, {"epsilon": 0.5, "delta": 0.0},
     ...            {"bank": {"epsilon_remaining": 9.5, "delta_remaining": 1e-05}}, dry_run=True)
     >>> cost_caption(r)
-    'would spend ε 0.5, δ 0; remaining: bank (ε 9.5, δ 1e-05)'
+    'would spend ε 0.5, δ 0; remaining before: bank (ε 9.5, δ 1e-05)'
     """
-    verb = "would spend" if result.dry_run else "spent"
-    eps = result.privacy.get("epsilon", 0.0)
-    delta = result.privacy.get("delta", 0.0)
-    left = ", ".join(
-        f"{party} (ε {_fmt(b['epsilon_remaining'])}, δ {_fmt(b['delta_remaining'])})"
-        for party, b in result.budget.items()
-    )
-    text = f"{verb} ε {_fmt(eps)}, δ {_fmt(delta)}"
-    return f"{text}; remaining: {left}" if left else text
+    return result.caption()
 
 
 def _table(columns: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool],
@@ -126,23 +124,9 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[str]], numeric: Seque
 
 
 def result_html(result: Result) -> str:
-    """A released (or dry-run) answer as an HTML table: ``value ± ci95``, cost, budget left."""
-    numeric = [c in result.accuracy for c in result.columns]
-    rows = []
-    for r, row in enumerate(result.rows):
-        out = []
-        for name, value in zip(result.columns, row, strict=True):
-            if name in result.accuracy:
-                out.append(value_cell(value, interval(result, name, r)))
-            else:
-                out.append("NULL" if value is None else str(value))
-        rows.append(out)
-    caption = _esc(cost_caption(result))
-    if result.dry_run:
-        caption = "<b>dry run</b>, nothing released: " + caption
-    elif result.accuracy:
-        caption += " (± is the half-width of a 95% interval of the noise)"
-    return _table(result.columns, rows, numeric, caption, "veil-result")
+    """A released (or dry-run) answer as an HTML table: ``value ± ci95``, cost, budget left
+    (``Result._repr_html_``)."""
+    return result._repr_html_()
 
 
 def budget_html(budget: Mapping[str, Mapping[str, float]], analyst: str) -> str:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-import time
 import warnings
 from typing import Any
 
@@ -24,7 +22,9 @@ from veilql.errors import ExitCode, UsageError
 from veilql.policies.model import Federation
 from veilql.ui.clicommon import emit, federation_option, format_option, load
 from veilql.ui.formats import render
-from veilql.ui.noisy import noisy_text
+from veilql.ui.noisy import noisy_cell
+from veilql.ui.preview import dry_run_text
+from veilql.ui.progress import QueryProgress
 from veilql.ui.report.collect import ledger_file
 
 
@@ -42,29 +42,8 @@ def cost_options(func: Any) -> Any:
                         help="Epsilon when the SQL has no OPTIONS (default: federation's).")(func)
 
 
-class StepPrinter:
-    """Progress on a terminal's stderr: one line per party, redrawn as its steps start."""
-
-    def __init__(self) -> None:
-        self._steps: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._start = time.monotonic()
-        self._drawn = False
-
-    def __call__(self, party: str, step: str) -> None:
-        with self._lock:
-            self._steps[party] = step
-            if time.monotonic() - self._start < 0.3:  # short queries: no flicker
-                return
-            line = "; ".join(f"{p}: {s}" for p, s in sorted(self._steps.items()))
-            click.echo(f"\r\x1b[2K{line[:200]}", err=True, nl=False)
-            self._drawn = True
-
-    def close(self) -> None:
-        """Erase the progress line."""
-        with self._lock:
-            if self._drawn:
-                click.echo("\r\x1b[2K", err=True, nl=False)
+#: The progress printer of ``veil query`` (kept under its old name).
+StepPrinter = QueryProgress
 
 
 def read_sql(sql: str) -> str:
@@ -82,15 +61,36 @@ def open_session(federation: str | None, analyst: str | None) -> Session:
 
 def cell(value: Any, half: Any) -> str:
     """``1203 ± 3`` for the table format (``noisy.noisy_text`` sets the precision)."""
-    text, width = noisy_text(value, half)
-    return f"{text} ± {width}" if width else text
+    return noisy_cell(value, half)
+
+
+def csv_columns(result: Result) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows for CSV: each noisy column followed by ``<col>_ci95``, the
+    half-width of its 95% interval in that row (as ``Result.to_pandas`` does)."""
+    frame_cols: list[str] = []
+    for c in result.columns:
+        frame_cols.append(c)
+        if c in result.accuracy:
+            frame_cols.append(f"{c}_ci95")
+    rows = []
+    for r, row in enumerate(result.rows):
+        out: list[Any] = []
+        for c, v in zip(result.columns, row, strict=True):
+            out.append(v)
+            if c in result.accuracy:
+                out.append(result.ci95(c, r))
+        rows.append(out)
+    return frame_cols, rows
 
 
 def format_result(result: Result, fmt: str) -> str:
-    """The answer in ``fmt``; json keeps accuracy, privacy and budget beside the rows."""
+    """The answer in ``fmt``; json keeps accuracy, privacy and budget beside the rows, csv
+    an interval column ``<col>_ci95`` beside each noisy column."""
     if fmt == "json":
         meta = {k: v for k, v in result.to_dict().items() if k not in ("columns", "rows")}
         return render(result.columns, result.rows, "json", meta=meta)
+    if fmt == "csv":
+        return render(*csv_columns(result), "csv")
     if fmt != "table":
         return render(result.columns, result.rows, fmt)
     rows = []
@@ -107,11 +107,13 @@ def format_result(result: Result, fmt: str) -> str:
 
 
 def footer(result: Result) -> str:
-    """One stderr line: the cost and what is left at each party."""
+    """The stderr footer: the cost and what is left at each party; for a dry run, the budget
+    remaining before and after and the 95% interval each released column will have."""
+    if result.dry_run:
+        return dry_run_text(result)
     cost = f"epsilon {result.privacy['epsilon']:g}, delta {result.privacy['delta']:g}"
     left = ", ".join(f"{p} {b['epsilon_remaining']:g}" for p, b in result.budget.items())
-    verb = "would spend" if result.dry_run else "spent"
-    return f"{verb} {cost}; epsilon remaining: {left} (± is a 95% interval of the noise)"
+    return f"spent {cost}; epsilon remaining: {left} (± is a 95% interval of the noise)"
 
 
 @click.command("query")
@@ -119,10 +121,16 @@ def footer(result: Result) -> str:
 @analyst_option
 @cost_options
 @format_option(("table", "json", "jsonl", "csv"))
-@click.option("--dry-run", is_flag=True, help="Show the cost and remaining budget; spend nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Show the cost, the budget remaining before and after, and the 95% "
+                   "interval of each released column; spend nothing.")
+@click.option("--purpose", default=None, metavar="TEXT",
+              help="Why you ask: recorded with the query in every charged party's ledger "
+                   "and shown in compliance reports (or OPTIONS (purpose = '...')).")
 @click.argument("sql")
 def query(federation: str | None, analyst: str | None, epsilon: float | None,
-          delta: float | None, fmt: str, dry_run: bool, sql: str) -> None:
+          delta: float | None, fmt: str, dry_run: bool, purpose: str | None,
+          sql: str) -> None:
     """Run SQL across the parties and print the noisy answer (charged to your budget)."""
     text = read_sql(sql)
     session = open_session(federation, analyst)
@@ -130,9 +138,14 @@ def query(federation: str | None, analyst: str | None, epsilon: float | None,
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LargeEpsilonWarning)
             warnings.simplefilter("always", EmbeddedModeWarning)
-            progress = StepPrinter() if sys.stderr.isatty() and not dry_run else None
+            progress = None
+            if sys.stderr.isatty() and not dry_run:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", LargeEpsilonWarning)
+                    progress = QueryProgress(session.plan(text, epsilon, delta))
             try:
-                result = session.sql(text, epsilon, delta, dry_run=dry_run, on_step=progress)
+                result = session.sql(text, epsilon, delta, dry_run=dry_run, on_step=progress,
+                                     purpose=purpose)
             finally:
                 if progress is not None:
                     progress.close()
