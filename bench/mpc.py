@@ -4,7 +4,9 @@
 
 prints one JSON object: secure signed 64-bit LT comparisons per second at 10^4, 10^5
 and 10^6 elements, multiplications and equality tests per second, shuffle throughput,
-bytes sent (all parties together) and rounds per comparison, and the machine.
+bytes sent (all parties together) and rounds per comparison, and the machine; and the cost
+of sampling central noise on shares (``noise_on_shares``: 1,000 cells of a COUNT and a SUM
+plan, one batch; ``python -m bench.mpc --noise`` runs only that).
 Each figure is the best of a few repetitions of wall time from a barrier that all three
 parties pass before the call to one they pass after it; ``lt_cpu_ms_per_1e6`` adds up
 the CPU time of the three party threads for one call on 10^6 elements (less sensitive
@@ -70,6 +72,47 @@ def measure(op: Op, n: int, reps: int) -> dict[str, float]:
             "rounds": rounds[0], "cpu_seconds": sum(min(c) for c in cpu)}
 
 
+def measure_noise(cells: int = 1000, reps: int = 5,
+                  scales: tuple[float, ...] = (2.0, 4e6)) -> dict[str, Any]:
+    """Secure time, traffic and rounds of ``dlap_on_shares`` for ``cells`` cells of one
+    aggregate per scale (default: the COUNT and the SUM of a two-party query at epsilon 1,
+    ``t = 2`` and ``4e6``), all in one batch, best of ``reps``."""
+    from veilql.engine.dp.central import thresholds
+    from veilql.engine.mpc.protocols.noise import dlap_on_shares
+
+    th = [thresholds(t) for t in scales]
+    net = InProcessNetwork(PARTIES, timeout=120.0)
+    barrier = threading.Barrier(3)
+    times: list[float] = []
+    traffic: list[int] = []
+    rounds: list[int] = []
+    cpu: list[list[float]] = [[], [], []]
+
+    def prog(rt: Runtime) -> None:
+        for _ in range(reps):
+            barrier.wait()
+            if rt.me == 0:
+                sent0, r0 = sum(net.bytes_sent.values()), rt.rounds
+            barrier.wait()
+            if rt.me == 0:
+                t0 = time.perf_counter()
+            c0 = time.thread_time()
+            dlap_on_shares(rt, th, cells)
+            cpu[rt.me].append(time.thread_time() - c0)
+            barrier.wait()
+            if rt.me == 0:
+                times.append(time.perf_counter() - t0)
+                traffic.append(sum(net.bytes_sent.values()) - sent0)
+                rounds.append(rt.rounds - r0)
+
+    run_three(prog, network=net, timeout=120.0)
+    coins = 2 * cells * sum(len(t) for t in th)
+    return {"cells": cells, "scales": list(scales), "digits": [len(t) for t in th],
+            "coins": coins, "seconds": min(times), "rounds": rounds[0],
+            "bytes": traffic[0], "bytes_per_coin": traffic[0] / coins,
+            "cpu_seconds": sum(min(c) for c in cpu)}
+
+
 def machine() -> dict[str, Any]:
     """Where the figures were measured."""
     import cryptography
@@ -109,6 +152,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     out["a2b_per_s"] = round(a2b["per_s"])
     sh = measure(lambda rt, a, b: rt.shuffle([a, b]), 100_000, 2)
     out["shuffle_rows_per_s_2cols"] = round(sh["per_s"])
+    out["noise_on_shares"] = measure_noise(1000, reps)
     out["mpyc_lt_per_s"] = measure_mpyc(quick)
     out["tls"] = measure_tls(quick)
     out["machine"] = machine()
@@ -171,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.mpc", description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object (default)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--noise", action="store_true",
+                    help="only the cost of sampling 1,000 cells of central noise on shares")
     args = ap.parse_args(argv)
-    result = run(quick=args.quick)
+    result = {"noise_on_shares": measure_noise(1000, 2 if args.quick else 5),
+              "machine": machine()} if args.noise else run(quick=args.quick)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

@@ -439,3 +439,45 @@ def test_intervals_cover_the_truth_end_to_end(tmp_path: Path, which: str) -> Non
     errors = np.array([r.rows[i][1] - truth[i][1] for r in results for i in range(len(truth))])
     t = plan.aggregate("n").noise.scale
     assert chi2_cdf(errors, lambda x: _dlap_cdf(t, x), bins=12) > 1e-4
+
+
+# ---------------------------------------------------------------- shared noisy parts (AVG)
+
+
+SHARED = ("SELECT COUNT(*) AS n, SUM(l.amount) AS s, AVG(l.amount) AS m, "
+          "AVG(l.amount + p.premium) AS mp, AVG(p.premium + l.amount) AS pm "
+          "FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id")
+
+
+def test_avg_shares_the_noisy_sum_and_count_and_the_budget_split_follows() -> None:
+    plan = _plan(SHARED)
+    names = [a.name for a in plan.aggregates]
+    # m reuses s; mp and pm reuse n (their argument spans parties: the row count); m's
+    # denominator counts non-NULL amounts, so it is its own aggregate
+    assert names == ["n", "s", "m.den", "mp.num", "pm.num"]
+    outs = {o.name: o.aggregates for o in plan.outputs}
+    assert outs["m"] == ("s", "m.den") and outs["mp"] == ("mp.num", "n")
+    assert outs["pm"] == ("pm.num", "n")
+    assert all(a.noise.epsilon == Fraction(1, 5) for a in plan.aggregates)
+    assert plan.epsilon == 1
+    dup = _plan("SELECT COUNT(*) AS a, COUNT(*) AS b FROM bank.loans l "
+                "JOIN insurer.policies p ON l.customer_id = p.customer_id")
+    assert [a.name for a in dup.aggregates] == ["a"] and dup.aggregates[0].noise.epsilon == 1
+
+
+def test_shared_parts_are_released_once_end_to_end(tmp_path: Path) -> None:
+    sql = ("SELECT COUNT(*) AS n, SUM(a.monthly_txn_amount) AS s, "
+           "AVG(a.monthly_txn_amount + p.premium) AS mp, AVG(p.premium) AS pp "
+           "FROM payments.accounts a JOIN insurer.policies p ON a.customer_id = p.customer_id")
+    fed = oracle_federation(DEMO, tmp_path / "fed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with veilql.connect(fed, "oracle") as session:
+            res = session.sql(sql, epsilon=1.0, delta=1e-6)
+            exact = session.sql(sql, epsilon=HUGE_EPSILON, delta=0)
+    n, s, mp, pp = res.rows[0]
+    assert [a.name for a in res.plan.aggregates] == ["n", "s", "mp.num", "pp.num", "pp.den"]
+    # mp is post-processing of the released count: its denominator is n itself
+    assert abs(mp * n - round(mp * n, 2)) < 1e-6 * abs(mp * n)
+    assert exact.rows[0][0] > 0 and abs(n - exact.rows[0][0]) < 100
+    assert res.accuracy["mp"]["ci95"] is not None and s > 0 and pp > 0

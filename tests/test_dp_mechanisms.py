@@ -80,7 +80,7 @@ def total_pmf(plan: NoisePlan) -> tuple[np.ndarray, int]:
         half = int(12 * plan.party_scale) + 12
         one = dgauss_pmf(plan.party_scale, half)
     pmf = one
-    for _ in range(len(plan.adders) - 1):
+    for _ in range(plan.draws - 1):  # central plans: one draw, no adders
         pmf = _fft_convolve(pmf, one)
     return pmf / pmf.sum(), len(pmf) // 2
 

@@ -6,7 +6,8 @@ the joined rows; each row adds at most ``bound`` (in fixed-point units) to a SUM
 a COUNT. Removing the person changes the vector of group cells by at most that much in
 L1 and in L2 (all rows in one cell is the worst case for L2). COUNT(DISTINCT unit) adds at
 most 1 per cell the person reaches. The query's (epsilon, delta) is split equally over
-its aggregates (AVG counts twice: a sum and a count), by basic composition. The plan's
+its noisy aggregates (an AVG is a sum and a count, shared with equal outputs by
+``push_local``), by basic composition. The plan's
 cost, ``Plan.epsilon`` and ``Plan.delta``, is the exact ``Fraction`` sum of what the
 mechanisms spend, which is what every party's ledger reserves.
 
