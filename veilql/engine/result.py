@@ -16,8 +16,9 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from veilql.engine.dp import avg_ci95, ci95
-from veilql.engine.plan.nodes import GroupKey, Plan
+from veilql.engine import postprocess
+from veilql.engine.dp import avg_ci95, ci95, half_width
+from veilql.engine.plan.nodes import GroupKey, OutputSpec, Plan
 
 
 @dataclass
@@ -301,49 +302,115 @@ def cell_values(plan: Plan, info: dict[str, Any] | None = None) -> list[dict[str
 
 def build_result(plan: Plan, noisy: np.ndarray, budget: dict[str, dict[str, float]],
                  info: dict[str, Any] | None = None) -> Result:
-    """Rows, accuracy and post-processing from the released noisy array (aggs, cells)."""
+    """Rows, accuracy and post-processing from the released noisy array (aggs, cells).
+
+    SUM over no rows is released as a noisy 0, never NULL (whether a cell has rows is what
+    the noise hides); an AVG whose released count is not positive is NULL, and so is an
+    expression that divides by zero. Computed outputs (``expr``) get their error bars from
+    ``veilql.engine.postprocess``; hidden outputs take part in them and in HAVING and ORDER
+    BY, and are then dropped.
+    """
     cells = cell_values(plan, info)
     scaled = {}
     for i, agg in enumerate(plan.aggregates):
         values = noisy[i].astype(np.int64)
         scaled[agg.name] = values if agg.decimals == 0 else values / 10**agg.decimals
-    columns = [o.name for o in plan.outputs]
+    specs = list(plan.outputs) + list(plan.hidden)
+    columns = [o.name for o in specs]
     rows: list[list[Any]] = []
-    avg_ci: dict[str, list[float | None]] = {}
+    row_ci: dict[str, list[float | None]] = {}
     for c, groups in enumerate(cells):
-        row: list[Any] = []
-        for out in plan.outputs:
+        row: dict[str, Any] = {}
+        for out in specs:
             if out.kind == "group":
-                row.append(groups[out.group])  # type: ignore[index]
+                row[out.name] = groups[out.group]  # type: ignore[index]
             elif out.kind == "avg":
                 num_spec, den_spec = (plan.aggregate(n) for n in out.aggregates)
                 num, den = scaled[num_spec.name][c], scaled[den_spec.name][c]
                 if den <= 0:
-                    row.append(None)
-                    avg_ci.setdefault(out.name, []).append(None)
+                    row[out.name] = None
+                    row_ci.setdefault(out.name, []).append(None)
                 else:
-                    row.append(float(num) / float(den))
+                    row[out.name] = float(num) / float(den)
                     half = avg_ci95(float(num) * 10**num_spec.decimals, float(den),
                                     num_spec.noise, den_spec.noise) / 10**num_spec.decimals
-                    avg_ci.setdefault(out.name, []).append(_round(half))
-            else:
+                    row_ci.setdefault(out.name, []).append(_round(half))
+            elif out.kind != "expr":
                 v = scaled[out.aggregates[0]][c]
-                row.append(int(v) if isinstance(v, np.integer) else float(v))
-        rows.append(row)
+                row[out.name] = int(v) if isinstance(v, np.integer) else float(v)
+        for out in specs:
+            if out.kind == "expr" and out.post is not None:
+                row[out.name] = postprocess.evaluate(out.post, row)
+                if _noisy(plan, out):
+                    box = postprocess.interval(out.post, _boxes(plan, out, scaled, c, row))
+                    half = postprocess.half_width(row[out.name], box)
+                    row_ci.setdefault(out.name, []).append(
+                        None if half is None else _round(half))
+        rows.append([row[name] for name in columns])
     accuracy: dict[str, dict[str, Any]] = {}
-    for out in plan.outputs:
-        if out.kind == "group":
+    for out in specs:
+        if out.kind == "group" or (out.kind == "expr" and not _noisy(plan, out)):
             continue
-        if out.kind == "avg":
-            halves = [h for h in avg_ci.get(out.name, []) if h is not None]
+        if out.kind in ("avg", "expr"):
+            halves = [h for h in row_ci.get(out.name, []) if h is not None]
             accuracy[out.name] = {"ci95": max(halves) if halves else None,
-                                  "ci95_rows": avg_ci.get(out.name, [])}
+                                  "ci95_rows": row_ci.get(out.name, [])}
         else:
             spec = plan.aggregate(out.aggregates[0])
             accuracy[out.name] = {"ci95": _round(ci95(spec.noise) / 10**spec.decimals)}
     rows, accuracy = _post_process(plan, columns, rows, accuracy)
+    shown = len(plan.outputs)
+    rows = [r[:shown] for r in rows]
+    for out in plan.hidden:
+        accuracy.pop(out.name, None)
     privacy = {"epsilon": float(plan.epsilon), "delta": float(plan.delta)}
-    return Result(columns, rows, accuracy, privacy, budget, plan)
+    return Result(columns[:shown], rows, accuracy, privacy, budget, plan)
+
+
+def _components(plan: Plan, out: OutputSpec) -> list[str]:
+    """The noisy aggregates (by name) a computed output reads."""
+    specs = {o.name: o for o in list(plan.outputs) + list(plan.hidden)}
+    names: list[str] = []
+    assert out.post is not None
+    for ref in postprocess.references(out.post):
+        spec = specs.get(ref)
+        if spec is not None and spec.kind not in ("group", "expr"):
+            names += [a for a in spec.aggregates if a not in names]
+    return names
+
+
+def _noisy(plan: Plan, out: OutputSpec) -> bool:
+    return out.post is not None and bool(_components(plan, out))
+
+
+def _boxes(plan: Plan, out: OutputSpec, scaled: dict[str, Any], cell: int,
+           row: dict[str, Any]) -> dict[str, postprocess.Box | None]:
+    """Per output the expression reads: an interval holding its true value, each noisy
+    aggregate at the level that makes all of them hold together with probability 95%."""
+    names = _components(plan, out)
+    alpha = postprocess.level(len(names))
+    agg_box: dict[str, postprocess.Box] = {}
+    for name in names:
+        spec = plan.aggregate(name)
+        half = half_width(spec.noise, alpha) / 10**spec.decimals  # type: ignore[arg-type]
+        v = float(scaled[name][cell])
+        agg_box[name] = (v - half, v + half)
+    specs = {o.name: o for o in list(plan.outputs) + list(plan.hidden)}
+    boxes: dict[str, postprocess.Box | None] = {}
+    assert out.post is not None
+    for ref in postprocess.references(out.post):
+        spec = specs[ref]
+        if spec.kind == "avg":
+            num, den = (agg_box[n] for n in spec.aggregates)
+            boxes[ref] = None if den[0] <= 0 else (
+                min(num[0] / den[0], num[0] / den[1]), max(num[1] / den[0], num[1] / den[1]))
+        elif spec.kind in ("group", "expr"):
+            v = row.get(ref)
+            boxes[ref] = (float(v), float(v)) if isinstance(v, int | float) and not \
+                isinstance(v, bool) else None
+        else:
+            boxes[ref] = agg_box[spec.aggregates[0]]
+    return boxes
 
 
 def _post_process(

@@ -1,1 +1,1 @@
-SELECT SUM(CASE WHEN age > 30 THEN 1 ELSE 0 END) FROM bank.customers
+SELECT SUM(CASE WHEN age > 30 THEN region END) FROM bank.customers

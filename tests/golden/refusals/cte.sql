@@ -1,1 +1,1 @@
-WITH x AS (SELECT customer_id FROM bank.loans) SELECT COUNT(*) FROM x
+WITH x AS (SELECT customer_id, SUM(amount) AS total FROM bank.loans GROUP BY customer_id) SELECT AVG(total) FROM x

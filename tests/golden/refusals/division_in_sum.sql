@@ -1,1 +1,1 @@
-SELECT SUM(amount / 12) FROM bank.loans
+SELECT SUM(amount / defaulted) FROM bank.loans

@@ -1,1 +1,1 @@
-SELECT SUM(amount) / COUNT(*) FROM bank.loans
+SELECT term_months, SUM(amount) / term_months FROM bank.loans GROUP BY term_months

@@ -1,1 +1,1 @@
-SELECT COUNT(*) FILTER (WHERE amount > 10) FROM bank.loans
+SELECT COUNT(*) FILTER (WHERE l.amount > p.premium) FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id

@@ -1,1 +1,1 @@
-SELECT term_months, COUNT(*) FROM bank.loans GROUP BY 1
+SELECT term_months, COUNT(*) FROM bank.loans GROUP BY 3

@@ -1,1 +1,1 @@
-SELECT term_months, COUNT(*) FROM bank.loans GROUP BY term_months HAVING SUM(amount) > 10
+SELECT COUNT(*) FROM bank.loans GROUP BY term_months HAVING term_months > 12

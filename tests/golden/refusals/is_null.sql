@@ -1,1 +1,1 @@
-SELECT COUNT(*) FROM bank.loans WHERE amount IS NULL
+SELECT COUNT(*) FROM bank.loans WHERE amount IS NOT DISTINCT FROM 5

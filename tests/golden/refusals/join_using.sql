@@ -1,1 +1,1 @@
-SELECT COUNT(*) FROM bank.loans JOIN insurer.policies USING (customer_id)
+SELECT COUNT(*) FROM bank.loans JOIN insurer.policies USING (premium)

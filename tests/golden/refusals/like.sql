@@ -1,1 +1,1 @@
-SELECT COUNT(*) FROM bank.customers WHERE region LIKE 'n%'
+SELECT COUNT(*) FROM bank.customers WHERE region LIKE branch

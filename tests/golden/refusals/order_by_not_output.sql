@@ -1,1 +1,1 @@
-SELECT term_months, COUNT(*) AS n FROM bank.loans GROUP BY term_months ORDER BY AVG(amount)
+SELECT COUNT(*) AS n FROM bank.loans GROUP BY term_months ORDER BY term_months

@@ -1,1 +1,1 @@
-SELECT COUNT(*) FROM bank.customers WHERE UPPER(region) = 'NORTH'
+SELECT COUNT(*) FROM bank.customers WHERE current_setting('threads') = '4'

@@ -1,1 +1,1 @@
-SELECT 1, COUNT(*) FROM bank.loans
+SELECT amount + 1, COUNT(*) FROM bank.loans

@@ -1,1 +1,1 @@
-SELECT COUNT(*) FROM (SELECT * FROM bank.loans) AS t
+SELECT COUNT(*) FROM (SELECT customer_id FROM bank.loans LIMIT 10) AS t

@@ -59,7 +59,8 @@ def cell_index(rows: PartyRows, groups: tuple[GroupKey, ...]) -> np.ndarray:
 
 
 def factor_kind(agg: AggregateSpec, party: str) -> str:
-    """Which of its columns ``party`` multiplies into ``agg``: ``w`` or a value column."""
+    """Which of its columns ``party`` multiplies into ``agg``: ``w`` or a value column (its
+    term's; for a product, its factor's)."""
     for term in agg.terms:
         if term.party == party and term.column is not None:
             return term.column
@@ -97,13 +98,20 @@ def build_factors(
 
 
 def expand_terms(plan: Plan) -> tuple[tuple[AggregateSpec, ...], list[int]]:
-    """One single-term aggregate per term, and for each the index of its aggregate.
+    """One chain per term, and for each the index of its aggregate.
 
-    SUM(a.x + b.y) becomes SUM(a.x) and SUM(b.y) over the same rows, added on shares.
+    SUM(a.x + b.y) becomes SUM(a.x) and SUM(b.y) over the same rows, added on shares. A
+    product SUM(a.x * b.y) is one chain whose factor is a.x at a and b.y at b (each party
+    multiplies its own term into the product; ``factor_kind``).
     """
     chains: list[AggregateSpec] = []
     owner: list[int] = []
     for i, agg in enumerate(plan.aggregates):
+        if agg.product:
+            chains.append(AggregateSpec(agg.name, agg.output, agg.kind, agg.terms,
+                                        product=True))
+            owner.append(i)
+            continue
         for term in agg.terms:
             chains.append(AggregateSpec(agg.name, agg.output, agg.kind, (term,)))
             owner.append(i)

@@ -9,13 +9,15 @@ per unit and a cross-party join matches units one to one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from veilql.connectors.base import Connector
+from veilql.connectors.base import Connector, engine_failure
 from veilql.engine.dp.ring import MAX_UNITS
-from veilql.engine.plan.nodes import SEED_PLACEHOLDER, LocalStep
+from veilql.engine.plan.nodes import SEED_PLACEHOLDER, LocalStep, plain_value
 from veilql.errors import ProtocolError
 
 
@@ -26,7 +28,7 @@ class PartyRows:
     keys: np.ndarray
     cols: dict[str, np.ndarray]
     present: np.ndarray  # (units, slots) bool
-    labels: dict[str, list[str | None]] = field(default_factory=dict)  # private group keys
+    labels: dict[str, list[Any]] = field(default_factory=dict)  # private group keys
 
     @property
     def units(self) -> int:
@@ -35,10 +37,23 @@ class PartyRows:
 
 
 def fetch(step: LocalStep, connector: Connector, seed: str) -> PartyRows:
-    """Run ``step``'s SQL with the party's secret ``seed`` (hex) and pivot to slots."""
+    """Run ``step``'s SQL with the party's secret ``seed`` (hex) and pivot to slots.
+
+    Private group keys (``label`` columns) keep their engine's type (an INTEGER key stays
+    an integer, a date becomes ISO text): they are indexed here and stay with the party
+    until the released ones are sent (``node.cell_info``).
+    """
     if not all(ch in "0123456789abcdef" for ch in seed):
         raise ProtocolError("a party's bounding seed must be hexadecimal")
-    data = connector.run_numpy(step.sql.replace(SEED_PLACEHOLDER, seed))
+    table = connector.run(step.sql.replace(SEED_PLACEHOLDER, seed))
+    label_names = {c.name for c in step.columns if c.role == "label"}
+    try:
+        data: dict[str, Any] = {
+            name: (col.to_pylist() if name in label_names else
+                   col.to_numpy(zero_copy_only=False))
+            for name, col in zip(table.column_names, table.columns, strict=True)}
+    except Exception as exc:  # noqa: BLE001 - a conversion failure can quote a value
+        raise engine_failure(exc, connector.spec) from None
     labels = {}
     for col in step.columns:
         if col.role == "label":  # private group keys: index them; the labels stay here
@@ -53,19 +68,35 @@ def fetch(step: LocalStep, connector: Connector, seed: str) -> PartyRows:
     return rows
 
 
-def index_labels(values: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+Label = str | int | float | bool | None
+
+
+def index_labels(values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, list[Label]]:
     """Each value's index in the sorted list of distinct values (NULL last), and the list.
+
+    Values keep their type (as ``functions.plain_value`` makes them JSON-ready: dates as
+    ISO text, decimals as numbers), so the list sorts numerically for a numeric key. The
+    order is a function of the values alone.
 
     >>> index_labels(np.array(["b", None, "a", "b"], dtype=object))
     (array([1, 2, 0, 1]), ['a', 'b', None])
+    >>> index_labels([1000, 200, None])
+    (array([1, 0, 2]), [200, 1000, None])
     """
-    distinct = sorted({v for v in values if v is not None})
-    labels: list[str | None] = [str(v) for v in distinct]
-    if any(v is None for v in values):
+    plain = [plain_value(v) for v in values]
+    distinct = sorted({v for v in plain if v is not None}, key=_order)
+    labels: list[Label] = list(distinct)
+    if any(v is None for v in plain):
         labels.append(None)
-    where = {v: i for i, v in enumerate(labels)}
-    return np.array([where[None if v is None else str(v)] for v in values],
-                    dtype=np.int64), labels
+    where = {(type(v), v): i for i, v in enumerate(labels)}
+    return np.array([where[(type(v), v)] for v in plain], dtype=np.int64), labels
+
+
+def _order(v: Label) -> tuple[int, Any]:
+    """Numbers (and booleans) before text, each in its natural order."""
+    if isinstance(v, bool | int | float):
+        return (0, v)
+    return (1, str(v))
 
 
 def pivot(data: dict[str, np.ndarray], names: list[str], slots: int) -> PartyRows:

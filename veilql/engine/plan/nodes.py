@@ -12,9 +12,12 @@ cross-party predicate can refer to them as ``party.column``.
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 from sqlglot import exp
 
@@ -65,6 +68,11 @@ class LocalStep:
     columns: tuple[LocalColumn, ...]
     where: str | None = None  # the party's own conjuncts, folded into the weight
     sql: str = ""  # the full local query (DuckDB dialect), set by ``bound_contributions``
+    # Per alias: "" (a table of FROM), "semi" (IN / EXISTS: one row per unit, with a 0/1
+    # column ``__in`` saying whether a row passes ``filters``) or "anti" (NOT IN / NOT
+    # EXISTS: the same, left-joined). Empty for a step without semi-joins.
+    semi: tuple[str, ...] = ()
+    filters: tuple[str | None, ...] = ()  # per alias: the semi-join's condition (SQL)
 
     @property
     def slots(self) -> int:
@@ -83,9 +91,20 @@ class LocalStep:
 
     def to_s(self) -> str:
         """The party's tables, bounding and local SQL."""
+        semi = self.semi or ("",) * len(self.aliases)
+        filters = self.filters or (None,) * len(self.aliases)
+
+        def entry(a: str, t: str, m: int, kind: str, cond: str | None) -> str:
+            if not kind:
+                return f"{t} AS {a} (<= {m} rows per unit)"
+            test = f" WHERE {cond}" if cond else ""
+            word = "semi-join" if kind == "semi" else "anti-join"
+            return f"{t} AS {a} ({word}: one row per unit, __in = 1 if a row{test})"
+
         tables = ", ".join(
-            f"{t} AS {a} (<= {m} rows per unit)"
-            for a, t, m in zip(self.aliases, self.tables, self.max_rows, strict=True)
+            entry(a, t, m, k, f)
+            for a, t, m, k, f in zip(self.aliases, self.tables, self.max_rows, semi, filters,
+                                     strict=True)
         )
         lines = [f"at {self.party}: {tables}"]
         lines += [f"  {c.to_s()}" for c in self.columns]
@@ -196,12 +215,19 @@ class AggregateSpec:
     l1: int = 0  # sensitivity of the cell vector, fixed-point units (set by attach_noise)
     l2: float = 0.0
     noise: object | None = None  # veilql.engine.dp.NoisePlan, set by attach_noise
+    # The terms multiply (one factor per party: SUM(a.x * b.y)) instead of adding up.
+    product: bool = False
 
     def to_s(self) -> str:
         """One line: what is summed and, once attached, its sensitivity and noise."""
         what = {"count": "COUNT(*)", "count_distinct": "COUNT(DISTINCT unit)"}.get(self.kind)
-        if what is None:
-            what = "SUM(" + " + ".join(f"{t.party}.{t.column}" for t in self.terms) + ")"
+        columns = [t for t in self.terms if t.column is not None]
+        if self.kind == "count_distinct" and columns:
+            what = "COUNT(DISTINCT unit WHERE " + " * ".join(
+                f"{t.party}.{t.column}" for t in columns) + " > 0)"
+        elif what is None:
+            op = " * " if self.product else " + "
+            what = "SUM(" + op.join(f"{t.party}.{t.column}" for t in self.terms) + ")"
         line = f"{self.name} = {what}"
         if self.l1:
             line += f"; sensitivity L1 {self.l1}, L2 {self.l2:g} (x10^{self.decimals})"
@@ -213,12 +239,15 @@ class AggregateSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One released column: a group key, or a noisy aggregate (AVG = num / den)."""
+    """One released column: a group key, a noisy aggregate (AVG = num / den), or an
+    expression the analyst computes from other outputs (``expr``: ``post`` over output
+    names, e.g. ``total / n``; post-processing, with no privacy cost)."""
 
     name: str
-    kind: Literal["group", "count", "count_distinct", "sum", "avg"]
+    kind: Literal["group", "count", "count_distinct", "sum", "avg", "expr"]
     aggregates: tuple[str, ...] = ()  # AggregateSpec names (avg: numerator, denominator)
     group: str | None = None  # GroupKey.output for group outputs
+    post: exp.Expression | None = None  # kind "expr": over output names and literals
 
 
 @dataclass(frozen=True)
@@ -244,6 +273,8 @@ class Plan:
     charged: tuple[str, ...] = ()
     threshold: int | None = None  # partition selection: release cells whose noisy count exceeds it
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # Outputs released and used by ``expr`` outputs, HAVING or ORDER BY, never shown.
+    hidden: tuple[OutputSpec, ...] = ()
 
     def step(self, party: str) -> LocalStep:
         """The local step of ``party``."""
@@ -325,7 +356,8 @@ class Plan:
             f"{', '.join(self.charged)}"
         )
         n += 1
-        post = []
+        post = [f"compute {o.name} = {o.post.sql()}" for o in self.outputs
+                if o.kind == "expr" and o.post is not None]
         if self.having is not None:
             post.append(f"HAVING {self.having.sql()}")
         if self.order_by:
@@ -348,3 +380,24 @@ def _num(x: float | Fraction) -> str:
     ('1', '1e-06', '0.5')
     """
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
+
+
+def plain_value(v: Any) -> str | int | float | bool | None:
+    """A value as JSON and plans hold it: dates as ISO text, decimals as numbers.
+
+    >>> plain_value(datetime.date(2024, 3, 1)), plain_value(decimal.Decimal("2.50"))
+    ('2024-03-01', 2.5)
+    """
+    if isinstance(v, datetime.datetime):
+        return str(v)
+    if isinstance(v, datetime.date):
+        return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    if hasattr(v, "item") and not isinstance(v, str | bytes):
+        return plain_value(v.item())
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if v is None or isinstance(v, str | int | float | bool):
+        return v
+    return str(v)

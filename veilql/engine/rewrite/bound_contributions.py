@@ -4,17 +4,19 @@ Every table keeps at most ``max_rows_per_unit`` rows per privacy unit, chosen by
 keyed hash of the row under the party's own secret seed (a fresh cryptographic seed per
 party and table, so the choice is random to everyone else yet stable across queries,
 which lets a repeated query reuse its join). Aggregate arguments are clamped to their
-declared bounds (never bounds taken from the data) and scaled to fixed point; rows with
-no unit are dropped. The result is the party's local SQL, in DuckDB's dialect; the
-connector transpiles it to its own.
+declared bounds (never bounds taken from the data) and scaled to fixed point (a NULL
+adds 0); rows with no unit are dropped. The table of a semi-join (``IN (SELECT unit ...)``,
+``EXISTS``) is read as one row per unit saying whether any of its rows passes the
+subquery's condition: it adds no rows to a person, so it needs no bound. The result is
+the party's local SQL, in DuckDB's dialect; the connector transpiles it to its own.
 
 >>> from tests.sql_fixtures import federation
 >>> from veilql.engine.rewrite import compile_plan
 >>> plan = compile_plan("SELECT SUM(amount) FROM bank.loans", federation(),
 ...                     stop_after="bound_contributions")
 >>> print(plan.step("bank").sql)  # doctest: +NORMALIZE_WHITESPACE
-SELECT loans.customer_id AS __unit, 1 AS w,
-  COALESCE(CAST(ROUND(LEAST(GREATEST(loans.amount, 0), 100000) * 100) AS BIGINT), 0) AS v0
+SELECT loans.customer_id AS __unit, 1 AS w, CASE WHEN (loans.amount) IS NULL THEN 0 ELSE
+  CAST(ROUND(LEAST(GREATEST(loans.amount, 0), 100000) * 100) AS BIGINT) END AS v0
 FROM (SELECT customer_id, amount FROM (SELECT customer_id, amount, ROW_NUMBER() OVER
   (PARTITION BY customer_id ORDER BY MD5(CONCAT('$seed:loans', '|', CAST(customer_id AS TEXT),
   '|', CAST(amount AS TEXT)))) AS __rn FROM loans WHERE NOT customer_id IS NULL) AS __b
@@ -44,8 +46,10 @@ def _column_sql(col: LocalColumn) -> str:
     if col.role == "value":
         assert col.bounds is not None
         lo, hi = (_number(b) for b in col.bounds)
+        # NULL adds 0 (as SUM skips it); GREATEST/LEAST would turn a NULL into a bound.
         scaled = f"LEAST(GREATEST({col.sql}, {lo}), {hi}) * {10 ** col.decimals}"
-        return f"COALESCE(CAST(ROUND({scaled}) AS BIGINT), 0)"
+        return (f"CASE WHEN ({col.sql}) IS NULL THEN 0 ELSE CAST(ROUND({scaled}) AS BIGINT) "
+                "END")
     if col.role == "operand":
         # Comparisons need no clamping; NULL compares as 0 (documented in the user guide).
         return f"COALESCE(CAST(ROUND(({col.sql}) * {10 ** col.decimals}) AS BIGINT), 0)"
@@ -55,8 +59,16 @@ def _column_sql(col: LocalColumn) -> str:
 def _local_sql(step: LocalStep, used: dict[str, set[str]]) -> str:
     """The SQL of one party's step (see the module docstring)."""
     sources = []
-    for alias, table, unit, m in zip(step.aliases, step.tables, step.units, step.max_rows,
-                                     strict=True):
+    semi = step.semi or ("",) * len(step.aliases)
+    filters = step.filters or (None,) * len(step.aliases)
+    for alias, table, unit, m, kind, cond in zip(step.aliases, step.tables, step.units,
+                                                 step.max_rows, semi, filters, strict=True):
+        if kind:  # a semi-join: one row per unit, __in = 1 if any row passes the condition
+            test = f"CASE WHEN {cond} THEN 1 ELSE 0 END" if cond else "1"
+            sources.append(f"(SELECT {alias}.{unit}, MAX({test}) AS __in FROM {table} AS "
+                           f"{alias} WHERE {alias}.{unit} IS NOT NULL GROUP BY "
+                           f"{alias}.{unit}) AS {alias}")
+            continue
         cols = [unit] + sorted(used[alias] - {unit})
         listed = ", ".join(cols)
         key = ", '|', ".join(f"CAST({c} AS VARCHAR)" for c in cols)
@@ -69,8 +81,10 @@ def _local_sql(step: LocalStep, used: dict[str, set[str]]) -> str:
         sources.append(f"(SELECT {listed} FROM ({ranked}) AS __b WHERE __rn <= {m}) AS {alias}")
     first = step.aliases[0]
     joins = "".join(
-        f" JOIN {src} ON {first}.{step.units[0]} = {alias}.{unit}"
-        for src, alias, unit in zip(sources[1:], step.aliases[1:], step.units[1:], strict=True)
+        f" {'LEFT JOIN' if kind == 'anti' else 'JOIN'} {src} ON {first}.{step.units[0]} = "
+        f"{alias}.{unit}"
+        for src, alias, unit, kind in zip(sources[1:], step.aliases[1:], step.units[1:],
+                                          semi[1:], strict=True)
     )
     select = [f"{first}.{step.units[0]} AS __unit"]
     select += [f"{_column_sql(c)} AS {c.name}" for c in step.columns]

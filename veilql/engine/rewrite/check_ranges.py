@@ -130,6 +130,7 @@ def _per_row(plan: Plan, agg: AggregateSpec) -> int:
     if agg.kind != "sum":
         return 1
     total = 0
+    product = 1  # agg.product: one factor per party, multiplied (SUM(a.x * b.y))
     for term in agg.terms:
         col = plan.step(term.party).column(term.column) if term.party and term.column else None
         if col is None or col.bounds is None:  # a 0/1 column (AVG's non-null count)
@@ -139,7 +140,8 @@ def _per_row(plan: Plan, agg: AggregateSpec) -> int:
         scaled = largest * 10**col.decimals
         # ROUND of a double product: allow a relative 2^-50 and one unit of rounding.
         total += math.ceil(scaled * (1 + Fraction(1, 2**50))) + 1
-    return total
+        product *= math.ceil(scaled * (1 + Fraction(1, 2**50))) + 1
+    return product if agg.product else total
 
 
 def _range(plan: Plan, agg: AggregateSpec) -> _Range:

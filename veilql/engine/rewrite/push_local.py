@@ -28,6 +28,7 @@ with AVGs of the same expression.)
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from sqlglot import exp
 
@@ -41,8 +42,10 @@ from veilql.engine.plan.nodes import (
     Term,
 )
 from veilql.engine.rewrite.context import Context
-from veilql.engine.rewrite.linear import split_linear
+from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql.bound import Output, parties_in
+from veilql.engine.sql.functions import float_digits, has_float_result, value_decimals
+from veilql.engine.sql.typecheck import TypeChecker
 from veilql.errors import UnsupportedError
 
 SELECTION = "__selection"  # internal aggregate of partition selection
@@ -59,31 +62,29 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
         columns[party].append(LocalColumn("w", "weight", sql))
 
     groups = []
-    private = [c for c in bound.group_by if c.policy.values is None]
+    private = [g for g in bound.group_by if g.private]
     if len(private) > 1:
         raise UnsupportedError(
-            "GROUP BY " + ", ".join(f"{c.alias}.{c.column}" for c in private) + ": only one "
-            "column without a public domain per query is supported",
+            "GROUP BY " + ", ".join(g.expr.sql(dialect="duckdb") for g in private) + ": only "
+            "one column without a public domain per query is supported",
             "declare values = [...] for all but one of them in the parties' policies",
         )
-    for col in private:
-        name = _next_name(columns[col.party], "k")
-        columns[col.party].append(
-            LocalColumn(name, "label", f"CAST({col.expr().sql(dialect='duckdb')} AS VARCHAR)"))
-    for col in bound.group_by:
-        if col.policy.values is None:
-            label = next(c.name for c in columns[col.party] if c.role == "label")
-            groups.append(GroupKey(col.column, col.party, label, None))
+    # Group keys are identified by their unique names (BoundGroup.name), never by a bare
+    # column name: two parties' columns of one name are two keys.
+    for g in bound.group_by:
+        key = g.expr.sql(dialect="duckdb")
+        if g.domain is None:  # private keys: the owner indexes its own values (local.py)
+            name = _next_name(columns[g.party], "k")
+            columns[g.party].append(LocalColumn(name, "label", key))
+            groups.append(GroupKey(g.name, g.party, name, None))
             continue
-        name = _next_name(columns[col.party], "g")
+        name = _next_name(columns[g.party], "g")
         cases = " ".join(
-            f"WHEN {col.expr().sql(dialect='duckdb')} = {_literal(v)} THEN {i}"
-            for i, v in enumerate(col.policy.values)
-        )
-        columns[col.party].append(
-            LocalColumn(name, "group", f"CASE {cases} ELSE -1 END", domain=col.policy.values)
-        )
-        groups.append(GroupKey(col.column, col.party, name, col.policy.values))
+            f"WHEN ({key}) IS NULL THEN {i}" if v is None else
+            f"WHEN {key} = {_literal(v)} THEN {i}" for i, v in enumerate(g.domain))
+        columns[g.party].append(
+            LocalColumn(name, "group", f"CASE {cases} ELSE -1 END", domain=g.domain))
+        groups.append(GroupKey(g.name, g.party, name, g.domain))
 
     aggregates: list[AggregateSpec] = []
     outputs: list[OutputSpec] = []
@@ -97,16 +98,23 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
             released[key] = agg.name
         return released[key]
 
+    hidden: list[OutputSpec] = []
     for out in bound.outputs:
+        shown = hidden if out.hidden else outputs
         if out.kind == "group":
-            assert out.column is not None
-            match = [g for g in groups
-                     if g.party == out.column.party and g.output == out.column.column]
-            outputs.append(OutputSpec(out.name, "group", group=match[0].output))
+            assert out.group is not None
+            shown.append(OutputSpec(out.name, "group", group=out.group.name))
+        elif out.kind == "expr":
+            shown.append(OutputSpec(out.name, "expr", post=out.post))
+        elif out.kind in ("count", "count_distinct") and out.expr is not None:
+            # COUNT(x), FILTER (WHERE ...): the rows (units) where a 0/1 expression is 1
+            name = one((out.kind, out.expr.sql(dialect="duckdb")), lambda out=out: replace(
+                _sum_aggregate(out, ctx, columns, suffix=""), kind=out.kind))
+            shown.append(OutputSpec(out.name, out.kind, (name,)))
         elif out.kind in ("count", "count_distinct"):
             name = one((out.kind,), lambda out=out: AggregateSpec(
                 out.name, out.name, out.kind, (Term(None, None),)))
-            outputs.append(OutputSpec(out.name, out.kind, (name,)))
+            shown.append(OutputSpec(out.name, out.kind, (name,)))
         else:
             assert out.expr is not None
             what = out.expr.sql(dialect="duckdb")
@@ -115,8 +123,10 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
             if out.kind == "avg":
                 key = (("count",) if len(parties_in(out.expr, ctx.bound)) != 1
                        else ("nonnull", what))
+                if not is_linear(out.expr, ctx.party_of):  # a product: its own count
+                    key = ("nonnull", what)
                 names += (one(key, lambda out=out: _count_nonnull(out, ctx, columns)),)
-            outputs.append(OutputSpec(out.name, out.kind, names))
+            shown.append(OutputSpec(out.name, out.kind, names))
 
     if private:  # the unit count per cell that decides which private keys are released
         aggregates.append(AggregateSpec(SELECTION, "", "count_distinct", (Term(None, None),)))
@@ -130,24 +140,30 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
             aliases=tuple(t.alias for t in tables),
             tables=tuple(t.table for t in tables),
             units=tuple(t.unit for t in tables),
-            max_rows=tuple(t.policy.max_rows_per_unit for t in tables),
+            max_rows=tuple(1 if t.semi else t.policy.max_rows_per_unit for t in tables),
             columns=tuple(columns[party]),
             where=" AND ".join(c.sql(dialect="duckdb") for c in own) or None,
+            semi=tuple(t.semi for t in tables) if any(t.semi for t in tables) else (),
+            filters=tuple(t.filter.sql(dialect="duckdb") if t.filter is not None else None
+                          for t in tables) if any(t.semi for t in tables) else (),
         ))
     return Plan(
         sql=plan.sql, mode=plan.mode, compute=plan.compute, steps=tuple(steps),
         outputs=tuple(outputs), groups=tuple(groups), aggregates=tuple(aggregates),
         having=bound.having, order_by=bound.order_by, limit=bound.limit,
-        epsilon=plan.epsilon, delta=plan.delta,
+        epsilon=plan.epsilon, delta=plan.delta, hidden=tuple(hidden),
     )
 
 
 def _sum_aggregate(
     out: Output, ctx: Context, columns: dict[str, list[LocalColumn]], suffix: str
 ) -> AggregateSpec:
-    """SUM(expr): one clamped fixed-point value column per party owning a part of expr."""
+    """SUM(expr): one clamped fixed-point value column per party owning a part of expr
+    (added up; or multiplied, for a product of one factor per party)."""
     assert out.expr is not None
-    decimals = ctx.decimals_of(out.expr)
+    if not is_linear(out.expr, ctx.party_of):
+        return _product_aggregate(out, ctx, columns, suffix)
+    decimals = _decimals(out.expr, ctx)
     parts = split_linear(out.expr, ctx.party_of)
     constant = parts.pop(None, None)
     if constant is not None:  # fold constants into the first owner's part
@@ -167,12 +183,66 @@ def _sum_aggregate(
                          decimals=decimals, bound=bound_total)
 
 
+def _product_aggregate(
+    out: Output, ctx: Context, columns: dict[str, list[LocalColumn]], suffix: str
+) -> AggregateSpec:
+    """SUM(a.x * b.y): one factor per party, each clamped to its own bounds and scaled by
+    its own digits; the product's digits are their sum."""
+    assert out.expr is not None
+    factors = split_product(out.expr, ctx.party_of)
+    constant = factors.pop(None, None)
+    if constant is not None:  # fold a constant factor into the first party's
+        first = next(iter(factors))
+        factors[first] = exp.Mul(this=exp.Paren(this=constant),
+                                 expression=exp.Paren(this=factors[first]))
+    terms, total, bound = [], 0, 1.0
+    for party, factor in factors.items():
+        lo, hi = _interval(factor, ctx)
+        digits = _decimals(factor, ctx)
+        total += digits
+        bound *= max(abs(lo), abs(hi))
+        name = _next_name(columns[party], "v")
+        columns[party].append(LocalColumn(name, "value", factor.sql(dialect="duckdb"),
+                                          decimals=digits, bounds=(lo, hi)))
+        terms.append(Term(party, name))
+    return AggregateSpec(out.name + suffix, out.name, "sum", tuple(terms), decimals=total,
+                         bound=bound, product=True)
+
+
+def _decimals(node: exp.Expression, ctx: Context) -> int:
+    """Fixed-point digits of an aggregated value (its value parts' digits; fewer for a
+    floating-point value whose bounds would not fit the ring with all of them)."""
+    def digits(col: exp.Column) -> int:
+        policy = ctx.bound.table(col.table).policy.column(col.name)
+        return policy.decimals if policy is not None else 0
+
+    d = value_decimals(node, digits)
+    if has_float_result(node):
+        rows = 1
+        for t in ctx.bound.tables:
+            rows *= 1 if t.semi else t.policy.max_rows_per_unit
+        lo, hi = _interval(node, ctx)
+        d = float_digits(d, max(abs(lo), abs(hi)), rows)
+    return d
+
+
 def _count_nonnull(
     out: Output, ctx: Context, columns: dict[str, list[LocalColumn]]
 ) -> AggregateSpec:
-    """The denominator of AVG: rows where the argument is not NULL (one party) or all rows."""
+    """The denominator of AVG: rows where the argument is not NULL (one party's expression,
+    or a product of factors: where every factor is) or all rows (a sum across parties)."""
     assert out.expr is not None
     owners = parties_in(out.expr, ctx.bound)
+    if len(owners) > 1 and not is_linear(out.expr, ctx.party_of):
+        factors = split_product(out.expr, ctx.party_of)
+        factors.pop(None, None)
+        terms = []
+        for party, factor in factors.items():
+            name = _next_name(columns[party], "n")
+            sql = f"CASE WHEN ({factor.sql(dialect='duckdb')}) IS NULL THEN 0 ELSE 1 END"
+            columns[party].append(LocalColumn(name, "nn", sql))
+            terms.append(Term(party, name))
+        return AggregateSpec(out.name + ".den", out.name, "sum", tuple(terms), product=True)
     if len(owners) != 1:
         return AggregateSpec(out.name + ".den", out.name, "count", (Term(None, None),))
     party = next(iter(owners))
@@ -184,27 +254,8 @@ def _count_nonnull(
 
 def _interval(node: exp.Expression, ctx: Context) -> tuple[float, float]:
     """Interval arithmetic over declared bounds (the binder already checked the roles)."""
-    if isinstance(node, exp.Paren):
-        return _interval(node.this, ctx)
-    if isinstance(node, exp.Column):
-        policy = ctx.bound.table(node.table).policy.column(node.name)
-        assert policy is not None and policy.bounds is not None
-        return float(policy.bounds[0]), float(policy.bounds[1])
-    if isinstance(node, exp.Literal):
-        v = float(node.this)
-        return v, v
-    if isinstance(node, exp.Neg):
-        lo, hi = _interval(node.this, ctx)
-        return -hi, -lo
-    a, b = _interval(node.this, ctx), _interval(node.expression, ctx)
-    if isinstance(node, exp.Add):
-        return a[0] + b[0], a[1] + b[1]
-    if isinstance(node, exp.Sub):
-        return a[0] - b[1], a[1] - b[0]
-    if isinstance(node, exp.Mul):
-        products = [x * y for x in a for y in b]
-        return min(products), max(products)
-    raise UnsupportedError(f"cannot bound {node.sql()}", "use +, - and * inside SUM and AVG")
+    num = TypeChecker(ctx.bound).numeric(node)
+    return float(num.lo), float(num.hi)
 
 
 def _literal(v: object) -> str:

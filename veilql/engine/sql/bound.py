@@ -17,18 +17,27 @@ from sqlglot import exp
 
 from veilql.policies.model import ColumnPolicy, TablePolicy
 
-OutputKind = Literal["group", "count", "count_distinct", "sum", "avg"]
-OUTPUT_KINDS: tuple[str, ...] = ("group", "count", "count_distinct", "sum", "avg")
+OutputKind = Literal["group", "count", "count_distinct", "sum", "avg", "expr"]
+OUTPUT_KINDS: tuple[str, ...] = ("group", "count", "count_distinct", "sum", "avg", "expr")
+SemiKind = Literal["", "semi", "anti"]
 
 
 @dataclass(frozen=True)
 class BoundTable:
-    """One FROM entry: ``party.table AS alias`` and the table's policy."""
+    """One FROM entry: ``party.table AS alias`` and the table's policy.
+
+    ``semi`` is ``"semi"`` for the table of an ``IN (SELECT unit ...)`` or ``EXISTS``
+    subquery (a semi-join: it only says whether the unit has a row passing ``filter``) and
+    ``"anti"`` for ``NOT IN`` / ``NOT EXISTS`` at a party that holds other tables of the
+    query; ``""`` for a table of FROM and JOIN.
+    """
 
     alias: str
     party: str
     table: str
     policy: TablePolicy
+    semi: SemiKind = ""
+    filter: exp.Expression | None = None  # qualified condition inside a semi-join
 
     @property
     def unit(self) -> str:
@@ -58,6 +67,43 @@ class BoundColumn:
 
 
 @dataclass(frozen=True)
+class BoundGroup:
+    """One GROUP BY item: a group column or an expression over one party's columns.
+
+    ``name`` is unique among the query's group keys (the column's name, or the
+    expression's, with ``_1``, ``_2``... appended to repeats, as DuckDB names repeated
+    columns), so two columns of the same name at two parties are two keys. ``expr`` is
+    qualified (``alias.column``); ``column`` is set when the item is a bare column.
+    ``domain`` is the public domain of the key (declared, or derived from the
+    expression); None when the keys are chosen privately (partition selection).
+    """
+
+    name: str
+    expr: exp.Expression
+    party: str
+    column: BoundColumn | None
+    domain: tuple[str | int | float | bool | None, ...] | None
+
+    @property
+    def private(self) -> bool:
+        """True when the keys have no public domain."""
+        return self.domain is None
+
+    @property
+    def alias(self) -> str:
+        """The table alias of a bare group column (else the first column's alias)."""
+        if self.column is not None:
+            return self.column.alias
+        col = next(iter(self.expr.find_all(exp.Column)), None)
+        return col.table if col is not None else ""
+
+    @property
+    def policy(self) -> ColumnPolicy | None:
+        """The policy of a bare group column (None for an expression)."""
+        return self.column.policy if self.column is not None else None
+
+
+@dataclass(frozen=True)
 class JoinEdge:
     """An inner equi-join ``left.unit = right.unit`` between two FROM entries (by alias)."""
 
@@ -71,9 +117,17 @@ class JoinEdge:
 class Output:
     """One SELECT item, in SELECT order.
 
-    ``column`` is set for ``group`` outputs and for ``count_distinct`` (the privacy-unit
-    column counted). ``expr`` is the qualified argument of SUM/AVG and ``bounds`` its
-    clamping interval, derived from the policies' declared bounds.
+    ``column`` is set for ``group`` outputs of a bare column and for ``count_distinct``
+    (the privacy-unit column counted); ``group`` for every ``group`` output. ``expr`` is the
+    qualified argument of SUM/AVG and ``bounds`` its clamping interval, derived from the
+    policies' declared bounds by interval arithmetic. A ``count`` or ``count_distinct``
+    with ``expr`` counts the rows (units) where that 0/1 expression is 1 (``COUNT(col)``,
+    ``FILTER (WHERE ...)``).
+
+    ``kind == "expr"``: computed by the analyst after release (post-processing, no privacy
+    cost) from ``post``, an expression over other outputs' names and literals. ``hidden``
+    outputs are aggregates that only such expressions, HAVING or ORDER BY read: released
+    and used, never shown.
     """
 
     name: str
@@ -81,6 +135,9 @@ class Output:
     column: BoundColumn | None = None
     expr: exp.Expression | None = None
     bounds: tuple[float, float] | None = None
+    group: BoundGroup | None = None
+    post: exp.Expression | None = None
+    hidden: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,7 +149,7 @@ class BoundQuery:
     joins: tuple[JoinEdge, ...]
     where: exp.Expression | None
     conjuncts: tuple[exp.Expression, ...]
-    group_by: tuple[BoundColumn, ...]
+    group_by: tuple[BoundGroup, ...]
     outputs: tuple[Output, ...]
     having: exp.Expression | None = None
     order_by: tuple[tuple[exp.Expression, bool], ...] = ()
@@ -111,6 +168,11 @@ class BoundQuery:
     def parties(self) -> tuple[str, ...]:
         """Parties whose data the query reads, in FROM order, each once."""
         return tuple(dict.fromkeys(t.party for t in self.tables))
+
+    @property
+    def visible(self) -> tuple[Output, ...]:
+        """The outputs shown to the analyst, in SELECT order (without hidden ones)."""
+        return tuple(o for o in self.outputs if not o.hidden)
 
     def output(self, name: str) -> Output:
         """The output called ``name`` (KeyError when there is none)."""
@@ -145,12 +207,12 @@ def columns_used(bound: BoundQuery) -> dict[str, set[str]]:
     used: dict[str, set[str]] = {t.alias: {t.unit} for t in bound.tables}
     exprs: list[exp.Expression] = list(bound.conjuncts)
     exprs += [o.expr for o in bound.outputs if o.expr is not None]
+    exprs += [g.expr for g in bound.group_by]
+    exprs += [t.filter for t in bound.tables if t.filter is not None]
     for e in exprs:
         for c in e.find_all(exp.Column):
-            if c.table in used:
+            if c.table in used and not c.name.startswith("__"):
                 used[c.table].add(c.name)
-    for col in bound.group_by:
-        used[col.alias].add(col.column)
     for o in bound.outputs:
         if o.column is not None:
             used[o.column.alias].add(o.column.column)

@@ -7,10 +7,14 @@ a column its owner's policy forbids), with a message naming the construct and a 
 Column roles (policies/<party>.toml):
 
 - ``key``: only in a join condition ``x.unit = y.unit`` and in ``COUNT(DISTINCT unit)``.
-- ``group``: GROUP BY, bare in SELECT when grouped, and WHERE comparisons with literals or
-  with columns of the same party; never as a value (aggregates, arithmetic).
-- ``value``: WHERE (comparisons and arithmetic, also across parties) and SUM/AVG, whose
-  argument's clamping bounds follow by interval arithmetic from the declared bounds.
+- ``group``: GROUP BY, bare in SELECT when grouped, and conditions (comparisons with
+  literals or with columns of the same party, LIKE, IS NULL, through text and date
+  functions); never as a value (aggregated, or under arithmetic).
+- ``value``: WHERE (comparisons and arithmetic, also across parties), SUM/AVG, whose
+  argument's clamping bounds follow by interval arithmetic from the declared bounds, and
+  GROUP BY expressions whose domain can be derived publicly.
+
+The row-level functions and their role rules are in ``veilql.engine.sql.functions``.
 """
 
 from __future__ import annotations
@@ -19,15 +23,18 @@ from collections.abc import Callable, Mapping
 
 from sqlglot import exp
 
+from veilql.engine.sql import functions
 from veilql.engine.sql.bound import BoundColumn
+from veilql.engine.sql.functions import ROW_EXPRESSIONS, refuse_group_as_value, refuse_key
 from veilql.errors import PolicyError, UnsupportedError
 
 Resolver = Callable[[exp.Column], BoundColumn]
 
 SUPPORTED_SQL = (
-    "VeilQL accepts SELECT [groups,] COUNT(*), COUNT(DISTINCT unit), SUM(expr), AVG(expr) "
-    "FROM party.table [JOIN party.table ON x.unit = y.unit] [WHERE ...] [GROUP BY ...] "
-    "[HAVING ...] [ORDER BY ...] [LIMIT n]"
+    "VeilQL accepts SELECT [groups,] COUNT(*), COUNT(x), COUNT(DISTINCT unit), SUM(expr), "
+    "AVG(expr) [FILTER (WHERE ...)] and expressions over them FROM party.table [JOIN "
+    "party.table ON x.unit = y.unit] [WHERE ...] [GROUP BY ...] [HAVING ...] [ORDER BY ...] "
+    "[LIMIT n], with the functions of docs/reference.md"
 )
 
 # Nodes allowed anywhere in the statement tree (fail closed: everything else is refused).
@@ -36,7 +43,7 @@ _ALLOWED: tuple[type[exp.Expr], ...] = (
     exp.Boolean, exp.Paren, exp.And, exp.Or, exp.Not, exp.EQ, exp.NEQ, exp.LT, exp.LTE,
     exp.GT, exp.GTE, exp.In, exp.Between, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg,
     exp.Count, exp.Sum, exp.Avg, exp.Alias, exp.Where, exp.Group, exp.Having, exp.Order,
-    exp.Ordered, exp.Limit,
+    exp.Ordered, exp.Limit, exp.Filter, *ROW_EXPRESSIONS,
 )
 
 # Readable names of constructs users commonly try, for the refusal message.
@@ -44,16 +51,15 @@ _NAMES: dict[type[exp.Expr], str] = {
     exp.Subquery: "subqueries", exp.Exists: "EXISTS subqueries", exp.Window: "window functions",
     exp.With: "WITH (common table expressions)", exp.CTE: "WITH (common table expressions)",
     exp.Union: "UNION", exp.Intersect: "INTERSECT", exp.Except: "EXCEPT",
-    exp.Case: "CASE expressions", exp.If: "IF expressions", exp.Like: "LIKE",
-    exp.ILike: "ILIKE", exp.SimilarTo: "SIMILAR TO", exp.RegexpLike: "regular expressions",
-    exp.Is: "IS [NOT] NULL / TRUE / FALSE", exp.Null: "NULL", exp.Cast: "CAST",
+    exp.SimilarTo: "SIMILAR TO", exp.RegexpLike: "regular expressions",
     exp.TryCast: "TRY_CAST",
-    exp.Offset: "OFFSET", exp.Qualify: "QUALIFY", exp.Filter: "FILTER (WHERE ...)",
-    exp.Mod: "the % operator", exp.IntDiv: "integer division //", exp.Pow: "powers",
+    exp.Offset: "OFFSET", exp.Qualify: "QUALIFY",
+    exp.IntDiv: "integer division //",
     exp.TableSample: "TABLESAMPLE", exp.Lateral: "LATERAL", exp.Unnest: "UNNEST",
-    exp.Values: "VALUES", exp.Interval: "INTERVAL", exp.Cube: "GROUP BY CUBE",
-    exp.Rollup: "GROUP BY ROLLUP", exp.GroupingSets: "GROUPING SETS", exp.DPipe: "||",
-    exp.Tuple: "tuples",
+    exp.Values: "VALUES", exp.Cube: "GROUP BY CUBE",
+    exp.Rollup: "GROUP BY ROLLUP", exp.GroupingSets: "GROUPING SETS",
+    exp.Tuple: "tuples", exp.NullSafeEQ: "IS NOT DISTINCT FROM",
+    exp.NullSafeNEQ: "IS DISTINCT FROM",
 }
 _AGGREGATE_HINT = (
     "VeilQL supports COUNT(*), COUNT(DISTINCT unit), SUM and AVG; MIN, MAX, quantiles and "
@@ -124,11 +130,21 @@ def check_constructs(select: exp.Select) -> None:
 
 def _check_node(node: exp.Expr, select: exp.Select) -> None:
     """Refuse ``node`` unless it is in the whitelist, in a position where it is allowed."""
+    if isinstance(node, exp.Subquery) and not isinstance(node.parent, exp.In | exp.Exists):
+        raise UnsupportedError(
+            "scalar subqueries (SELECT ...) are not supported: the subquery's aggregate "
+            "would be a release of its own",
+            "run it as its own query and combine the released values; IN (SELECT unit ...) "
+            "and EXISTS are supported as conditions of WHERE")
     if isinstance(node, exp.Select | exp.Subquery | exp.Exists) or (
         isinstance(node, exp.In) and (node.args.get("query") or node.args.get("unnest"))
     ):
-        raise UnsupportedError("subqueries are not supported",
-                               "write one flat SELECT; join tables on their privacy unit instead")
+        raise UnsupportedError(
+            "subqueries are not supported here",
+            "write one flat SELECT joined on the privacy unit; IN (SELECT unit FROM ...) and "
+            "EXISTS (SELECT ... WHERE t.unit = x.unit) are supported as conditions of WHERE "
+            "joined by AND; WITH and FROM (SELECT ...) as plain SELECTs over tables",
+        )
     if isinstance(node, exp.Star):
         if isinstance(node.parent, exp.Count):
             return
@@ -158,18 +174,33 @@ def _check_node(node: exp.Expr, select: exp.Select) -> None:
         limit_value(node)
     if isinstance(node, exp.Group) and (node.args.get("all") or node.args.get("totals")):
         raise UnsupportedError("GROUP BY ALL is not supported", "name the group columns")
+    if isinstance(node, exp.Filter) and not isinstance(node.this, exp.Count | exp.Sum
+                                                       | exp.Avg):
+        raise UnsupportedError(f"FILTER on {construct_name(node.this)} is not supported",
+                               "use FILTER (WHERE ...) on COUNT, SUM or AVG")
+    if isinstance(node, exp.Cast) and not (
+            isinstance(node.this, exp.Literal) and node.this.is_string and node.to is not None
+            and (node.to.this.name.upper() in ("DATE", "DATETIME")
+                 or node.to.this.name.upper().startswith("TIMESTAMP"))):
+        raise UnsupportedError(
+            "CAST is not supported",
+            "only DATE '...' and TIMESTAMP '...' literals are; write a factor as 3e0 to "
+            "compute in floating point, or use ROUND, FLOOR or CEIL")
+    if isinstance(node, exp.Var) and not isinstance(
+            node.parent, exp.Extract | exp.TimestampTrunc | exp.DateTrunc | exp.DateDiff
+            | exp.Interval):
+        raise UnsupportedError(f"{node.sql(dialect='duckdb')} is not supported",
+                               SUPPORTED_SQL)
+    if isinstance(node, exp.Is) and not isinstance(node.expression, exp.Null | exp.Boolean):
+        raise UnsupportedError(f"{node.sql(dialect='duckdb')} is not supported",
+                               "write x IS NULL or x IS NOT NULL")
     if not isinstance(node, _ALLOWED):
         name = construct_name(node)
         verb = "are" if name.endswith("s") and not name.startswith("function") else "is"
         hint = SUPPORTED_SQL
-        if isinstance(node, exp.Case | exp.If):
-            hint = "CASE is planned; for now filter with WHERE and run one query per case"
-        elif isinstance(node, exp.Func):
-            hint = "only arithmetic (+, -, *, /) and COUNT, SUM, AVG are supported"
-        elif isinstance(node, exp.Like | exp.ILike):
-            hint = "compare group columns with =, <> or IN (list of values)"
-        elif isinstance(node, exp.Is | exp.Null):
-            hint = "NULL handling is not supported yet; compare with values instead"
+        if isinstance(node, exp.Func):
+            hint = ("VeilQL evaluates only the functions listed in docs/reference.md (none "
+                    "of them reads files, settings or the network)")
         elif isinstance(node, exp.Offset):
             hint = "use LIMIT n alone"
         raise UnsupportedError(f"{name} {verb} not supported", hint)
@@ -212,58 +243,42 @@ def check_no_aggregate(node: exp.Expr | None, clause: str) -> None:
         raise UnsupportedError(f"aggregate {agg.sql_name()} in {clause} is not supported", hint)
 
 
-def _policy_hint(col: BoundColumn) -> str:
-    return f"see the column's role in policies/{col.party}.toml (table {col.table})"
+def split_and(node: exp.Expression) -> list[exp.Expression]:
+    """Top-level conjuncts of ``node`` (through parentheses).
 
-
-def refuse_key(col: BoundColumn, where: str) -> PolicyError:
-    """Error for a key column used outside a join condition or COUNT(DISTINCT unit)."""
-    return PolicyError(
-        f"key column {col.alias}.{col.column} cannot be used in {where}: key columns only join "
-        "tables and count people",
-        "use it only in JOIN ... ON x.unit = y.unit or COUNT(DISTINCT unit)",
-    )
-
-
-def refuse_group_as_value(col: BoundColumn, where: str) -> PolicyError:
-    """Error for a group column used as a number."""
-    return PolicyError(
-        f"group column {col.alias}.{col.column} cannot be used as a value ({where}): its role "
-        "is 'group'",
-        "use it in GROUP BY or compare it with literals in WHERE; " + _policy_hint(col),
-    )
+    >>> [c.sql() for c in split_and(exp.condition("(a AND b) AND (c OR d)"))]
+    ['a', 'b', 'c OR d']
+    """
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return split_and(node.this) + split_and(node.expression)
+    return [node]
 
 
 # ---------------------------------------------------------------- WHERE
 
-_SYMBOLS: dict[type[exp.Expr], str] = {
-    exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">=",
-}
-_COMPARISONS = tuple(_SYMBOLS)
+__all__ = ["SUPPORTED_SQL", "check_count", "check_predicate", "check_statement",
+           "check_constructs", "construct_name", "is_literal", "limit_value",
+           "refuse_group_as_value", "refuse_key", "split_and"]
 
 
-def check_predicate(node: exp.Expr, resolve: Resolver) -> None:
-    """Check a WHERE condition: boolean structure over comparisons, IN and BETWEEN."""
+def check_predicate(node: exp.Expr, resolve: Resolver, where: str = "WHERE") -> None:
+    """Check a condition: boolean structure over comparisons, IN, BETWEEN, LIKE, IS NULL,
+    CASE, and the roles of every column (``functions.check_roles``)."""
     node = _unparen(node)
     if isinstance(node, exp.And | exp.Or):
-        check_predicate(node.this, resolve)
-        check_predicate(node.expression, resolve)
+        check_predicate(node.this, resolve, where)
+        check_predicate(node.expression, resolve, where)
     elif isinstance(node, exp.Not):
-        check_predicate(node.this, resolve)
+        check_predicate(node.this, resolve, where)
     elif isinstance(node, exp.Boolean):
         return
-    elif isinstance(node, _COMPARISONS):
-        _check_operands([node.this, node.expression], resolve, _SYMBOLS[type(node)])
-    elif isinstance(node, exp.Between):
-        _check_operands([node.this, node.args["low"], node.args["high"]], resolve, "BETWEEN")
-    elif isinstance(node, exp.In):
-        for item in node.expressions:
-            if not is_literal(item):
-                raise UnsupportedError(
-                    f"IN list item {item.sql(dialect='duckdb')} is not a literal",
-                    "IN takes a list of literal values, e.g. region IN ('north', 'south')",
-                )
-        _check_operands([node.this, *node.expressions], resolve, "IN")
+    elif isinstance(node, (*functions.CONDITIONS, exp.Case, exp.If, exp.Coalesce,
+                           exp.Nullif)):
+        functions.check_roles(node, resolve, context="cond", where=where)
+    elif isinstance(node, exp.Column) and _is_boolean(resolve(node)):
+        functions.check_roles(node, resolve, context="cond", where=where)
     else:
         raise UnsupportedError(
             f"{node.sql(dialect='duckdb')} is not a condition",
@@ -271,124 +286,19 @@ def check_predicate(node: exp.Expr, resolve: Resolver) -> None:
         )
 
 
-def _check_operands(operands: list[exp.Expr], resolve: Resolver, op: str) -> None:
-    """Roles of the columns compared by one comparison / IN / BETWEEN."""
-    bare_groups: list[BoundColumn] = []
-    all_cols: list[BoundColumn] = []
-    for operand in operands:
-        inner = _unparen(operand)
-        if isinstance(inner, exp.Column):
-            col = resolve(inner)
-            all_cols.append(col)
-            if col.policy.role == "key":
-                raise refuse_key(col, "WHERE")
-            if col.policy.role == "group":
-                bare_groups.append(col)
-            continue
-        _check_term(inner, resolve, all_cols)
-    parties = {c.party for c in all_cols}
-    for group in bare_groups:
-        others = [c for c in all_cols if c.party != group.party]
-        if others:
-            other = others[0]
-            raise PolicyError(
-                f"group column {group.alias}.{group.column} is compared with "
-                f"{other.alias}.{other.column} of another party ({other.party})",
-                "compare group columns with literals (=, <>, IN, BETWEEN, <, >); only value "
-                "columns can be compared across parties",
-            )
-    if len(parties) > 1:
-        for operand in operands:
-            div = operand.find(exp.Div)
-            if div is not None:
-                raise UnsupportedError(
-                    f"division in a comparison across parties ({op}) is not supported",
-                    "multiply out instead, e.g. a > b * 2 rather than a / b > 2",
-                )
-
-
-def _check_term(node: exp.Expr, resolve: Resolver, cols: list[BoundColumn]) -> None:
-    """An arithmetic term in WHERE: value columns and numeric literals only."""
-    node = _unparen(node)
-    if isinstance(node, exp.Column):
-        col = resolve(node)
-        cols.append(col)
-        if col.policy.role == "key":
-            raise refuse_key(col, "WHERE")
-        if col.policy.role == "group":
-            raise refuse_group_as_value(col, "arithmetic in WHERE")
-    elif isinstance(node, exp.Literal | exp.Boolean):
-        return
-    elif isinstance(node, exp.Neg):
-        _check_term(node.this, resolve, cols)
-    elif isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Div):
-        _check_term(node.this, resolve, cols)
-        _check_term(node.expression, resolve, cols)
-    else:
-        raise UnsupportedError(
-            f"{node.sql(dialect='duckdb')} is not supported as a value in WHERE",
-            "compare columns, literals and arithmetic (+, -, *, /) of value columns",
-        )
+def _is_boolean(col: BoundColumn) -> bool:
+    return (col.policy.type or "").upper() in ("BOOLEAN", "BOOL")
 
 
 # ---------------------------------------------------------------- aggregates
 
 
-def derive_bounds(node: exp.Expr, resolve: Resolver, func: str) -> tuple[float, float]:
-    """Clamping interval of a SUM/AVG argument by interval arithmetic over declared bounds.
-
-    Supports value columns, numeric literals, ``+``, ``-``, ``*`` and unary minus. Division is
-    refused: a divisor's interval may contain 0, so no finite bound follows.
-    """
-    node = _unparen(node)
-    if isinstance(node, exp.Column):
-        col = resolve(node)
-        if col.policy.role == "key":
-            raise refuse_key(col, func)
-        if col.policy.role == "group":
-            raise refuse_group_as_value(col, f"inside {func}")
-        if col.policy.bounds is None:
-            raise PolicyError(
-                f"value column {col.alias}.{col.column} has no bounds, so {func} cannot clamp it",
-                f"add bounds = [low, high] to {col.column} in policies/{col.party}.toml",
-            )
-        lo, hi = col.policy.bounds
-        return float(lo), float(hi)
-    if isinstance(node, exp.Literal) and not node.is_string:
-        v = float(node.this.replace("_", ""))
-        return v, v
-    if isinstance(node, exp.Neg):
-        lo, hi = derive_bounds(node.this, resolve, func)
-        return -hi, -lo
-    if isinstance(node, exp.Add | exp.Sub | exp.Mul):
-        a = derive_bounds(node.this, resolve, func)
-        b = derive_bounds(node.expression, resolve, func)
-        if isinstance(node, exp.Add):
-            return a[0] + b[0], a[1] + b[1]
-        if isinstance(node, exp.Sub):
-            return a[0] - b[1], a[1] - b[0]
-        products = [x * y for x in a for y in b]
-        return min(products), max(products)
-    if isinstance(node, exp.Div):
-        raise UnsupportedError(
-            f"division inside {func} is not supported: its bounds cannot be derived",
-            "aggregate numerator and denominator separately and divide the results",
-        )
-    if isinstance(node, exp.AggFunc):
-        raise UnsupportedError(f"nested aggregate {node.sql_name()} inside {func}",
-                               "aggregates cannot contain aggregates")
-    raise UnsupportedError(
-        f"{node.sql(dialect='duckdb')} inside {func} is not supported",
-        "use value columns, numbers and +, -, * inside SUM and AVG",
-    )
-
-
 def check_count(
     node: exp.Count, resolve: Resolver, units: Mapping[str, str]
 ) -> BoundColumn | None:
-    """``COUNT(*)`` (None) or ``COUNT(DISTINCT unit)`` (the unit column); refuse the rest.
-
-    ``units`` maps each table alias to its privacy-unit column.
+    """``COUNT(*)`` (None) or ``COUNT(DISTINCT unit)`` (the unit column); refuse other
+    DISTINCTs. ``units`` maps each table alias to its privacy-unit column. (``COUNT(x)``
+    is bound by the binder as the count of rows where x is not NULL.)
     """
     arg = node.this
     if isinstance(arg, exp.Star):
@@ -406,6 +316,6 @@ def check_count(
             )
     raise UnsupportedError(
         f"{node.sql(dialect='duckdb')} is not supported",
-        "use COUNT(*) to count rows or COUNT(DISTINCT <unit>) to count people",
+        "use COUNT(*) to count rows, COUNT(x) to count rows where x is not NULL, or "
+        "COUNT(DISTINCT <unit>) to count people",
     )
-

@@ -34,6 +34,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from typing import Any
 
 from sqlglot import exp
 
@@ -305,8 +306,8 @@ def _decimal_result(op: type, a: tuple[int, int], b: tuple[int, int]) -> tuple[i
 class TypeChecker:
     """Type checks over one bound query (see the module docstring)."""
 
-    def __init__(self, bound: BoundQuery) -> None:
-        self.bound = bound
+    def __init__(self, bound: BoundQuery | Any) -> None:
+        self.bound = bound  # a BoundQuery, or anything with .table(alias) (the binder's scope)
 
     # -- columns
 
@@ -351,9 +352,8 @@ class TypeChecker:
                                        "negate numbers only")
             return t
         if party:
-            self.numeric(inner)
-        else:
-            self._analyst_numeric(inner)
+            return self.expr_type(inner)
+        self._analyst_numeric(inner)
         return SqlType("num", "number")
 
     def compare(self, node: exp.Expr, operands: list[exp.Expr], *, party: bool = True) -> None:
@@ -441,11 +441,41 @@ class TypeChecker:
                 self.compare(n, [n.this, *n.expressions], party=party)
             elif isinstance(n, exp.Boolean):
                 continue
+            elif isinstance(n, exp.Like | exp.ILike | exp.Escape) and party:
+                self._like(n)
+            elif isinstance(n, exp.Is) and party:
+                self._is(n)
             else:
                 t = self.operand(n, party=party)
                 if t.kind not in ("bool", None):
                     raise UnsupportedError(f"{_short(n)} is not a condition",
                                            "write a comparison, e.g. x > 1")
+
+    def _like(self, node: exp.Expr) -> None:
+        """``x [I]LIKE 'pattern' [ESCAPE 'c']``: text against a pattern written in the query."""
+        escape = None
+        if isinstance(node, exp.Escape):
+            node, escape = node.this, node.expression
+        pattern = _unparen(node.expression)
+        if not (isinstance(pattern, exp.Literal) and pattern.is_string):
+            raise UnsupportedError(f"{_short(node)}: the pattern must be a string written in "
+                                   "the query", "write e.g. x LIKE 'north%'")
+        if escape is not None and not (isinstance(escape, exp.Literal) and escape.is_string
+                                       and len(escape.this) == 1):
+            raise UnsupportedError(f"{_short(node)}: ESCAPE takes one character",
+                                   "write ESCAPE '!'")
+        self._text_argument(node, node.this)
+
+    def _is(self, node: exp.Is) -> None:
+        """``x IS [NOT] NULL`` on any expression; ``x IS [NOT] TRUE/FALSE`` on booleans."""
+        target = _unparen(node.expression)
+        t = self.expr_type(node.this)
+        if isinstance(target, exp.Null):
+            return
+        if isinstance(target, exp.Boolean) and t.kind in ("bool", None):
+            return
+        raise UnsupportedError(f"{_short(node)} is not supported",
+                               "write x IS NULL, x IS NOT NULL, or b IS TRUE for a boolean")
 
     # -- numbers at the parties
 
@@ -479,8 +509,273 @@ class TypeChecker:
         if isinstance(node, exp.Add | exp.Sub | exp.Mul):
             a, b = self.numeric(node.this), self.numeric(node.expression)
             return self._checked(node, self._combine(type(node), a, b))
+        if isinstance(node, exp.Mod):
+            return self._mod(node)
+        if isinstance(node, exp.Case | exp.If | exp.Coalesce | exp.Nullif):
+            return self._checked(node, self._branches(node))
+        fn = self._function(node)
+        if fn is not None:
+            return self._checked(node, fn)
+        if isinstance(node, exp.Null):
+            return _Num(0.0, 0.0, lit=True)
         raise UnsupportedError(f"{_short(node)} is not supported in arithmetic",
-                               "use value columns, numbers and + - * /")
+                               "use value columns, numbers, + - * / % and the numeric "
+                               "functions of docs/reference.md")
+
+    # -- numeric functions
+
+    def _mod(self, node: exp.Mod) -> _Num:
+        """``x % k``: only by a non-zero number written in the query (engines fail on 0)."""
+        k = _unparen(node.expression)
+        if not (isinstance(k, exp.Literal) and not k.is_string):
+            raise UnsupportedError(
+                f"{_short(node)}: % is supported only by a number written in the query",
+                "write x % 7 with a literal, non-zero divisor")
+        literal_type(k)
+        d = abs(_literal_value(k))
+        if d == 0:
+            raise UnsupportedError(f"{_short(node)} divides by zero", "use a non-zero divisor")
+        a = self.numeric(node.this)
+        lo = 0.0 if a.lo >= 0 else max(a.lo, -d)
+        hi = 0.0 if a.hi <= 0 else min(a.hi, d)
+        return _Num(lo, hi, ints=a.ints, lit=a.lit, dec=a.dec, flt=a.flt, known=a.known)
+
+    def _branches(self, node: exp.Expr) -> _Num:
+        """CASE / IF / COALESCE / NULLIF as numbers: the hull of their results."""
+        results = [r for r in _results(node) if not isinstance(_unparen(r), exp.Null)]
+        for cond in _conditions(node):
+            self.predicate(cond)
+        if not results:
+            raise UnsupportedError(f"{_short(node)} is always NULL", "give it a value")
+        nums = [self.numeric(r) for r in results]
+        return _hull(nums)
+
+    def _function(self, node: exp.Expr) -> _Num | None:
+        """A numeric function of the allow-list as an interval and a type, or None."""
+        if isinstance(node, exp.Abs):
+            a = self.numeric(node.this)
+            lo = 0.0 if a.lo <= 0 <= a.hi else min(abs(a.lo), abs(a.hi))
+            return _Num(lo, a.magnitude, a.ints, a.lit, a.dec, a.flt, a.known)
+        if isinstance(node, exp.Sign):
+            a = self.numeric(node.this)
+            return _Num(-1.0 if a.lo < 0 else 0.0 if a.lo == 0 else 1.0,
+                        1.0 if a.hi > 0 else 0.0 if a.hi == 0 else -1.0, ints=_int_range(8, True))
+        if isinstance(node, exp.Round | exp.Floor | exp.Ceil):
+            return self._rounding(node)
+        if isinstance(node, exp.Sqrt):
+            a = self.numeric(node.this)
+            if a.lo < 0:
+                raise UnsupportedError(
+                    f"{_short(node)}: the argument can reach {a.lo:.6g} within the declared "
+                    "bounds, and a square root of a negative number fails in an engine",
+                    "take the root of a value whose declared bounds are >= 0, e.g. "
+                    "SQRT(GREATEST(x, 0))")
+            return _Num(math.sqrt(a.lo), math.sqrt(a.hi), flt=True)
+        if isinstance(node, exp.Ln | exp.Log):
+            return self._log(node)
+        if isinstance(node, exp.Exp):
+            a = self.numeric(node.this)
+            if a.hi > 80:
+                raise UnsupportedError(
+                    f"{_short(node)}: the argument can reach {a.hi:.6g} within the declared "
+                    "bounds, and EXP of it overflows (at most 80 is accepted)",
+                    "narrow the argument, e.g. EXP(LEAST(x, 80))")
+            return _Num(math.exp(a.lo) if math.isfinite(a.lo) else 0.0, math.exp(a.hi),
+                        flt=True)
+        if isinstance(node, exp.Pow):
+            return self._power(node)
+        if isinstance(node, exp.Least | exp.Greatest):
+            nums = [self.numeric(a) for a in [node.this, *node.expressions]]
+            hull = _hull(nums)
+            pick = min if isinstance(node, exp.Least) else max
+            return _Num(pick(n.lo for n in nums), pick(n.hi for n in nums), hull.ints,
+                        hull.lit, hull.dec, hull.flt, hull.known)
+        if isinstance(node, _DATE_PARTS):
+            part = date_part(node)
+            self._date_argument(node, node.expression if isinstance(node, exp.Extract)
+                                else node.this)
+            lo, hi = DATE_PART_RANGES.get(part, (-300000.0, 300000.0))
+            return _Num(lo, hi, ints=_int_range(64, True))
+        if isinstance(node, exp.DateDiff):
+            self._date_argument(node, node.this)
+            self._date_argument(node, node.expression)
+            _check_unit(node, node.args.get("unit"))
+            return _Num(-math.inf, math.inf, ints=_int_range(64, True))
+        if isinstance(node, exp.Length):
+            self._text_argument(node, node.this)
+            return _Num(0.0, float(2**31 - 1), ints=_int_range(64, True))
+        return None
+
+    def _rounding(self, node: exp.Expr) -> _Num:
+        """ROUND(x[, n]), FLOOR(x), CEIL(x): monotone, so the interval of the ends."""
+        a = self.numeric(node.this)
+        digits = 0
+        arg = node.args.get("decimals") if isinstance(node, exp.Round) else None
+        if isinstance(node, exp.Floor | exp.Ceil) and node.args.get("decimals") is not None:
+            arg = node.args.get("decimals")
+        if arg is not None:
+            lit = _unparen(arg)
+            if not (isinstance(lit, exp.Literal) and not lit.is_string and lit.is_int):
+                raise UnsupportedError(f"{_short(node)}: the digits must be an integer "
+                                       "written in the query", "write e.g. ROUND(x, 2)")
+            digits = int(lit.this)
+        if isinstance(node, exp.Floor):
+            lo, hi = math.floor(a.lo), math.floor(a.hi)
+        elif isinstance(node, exp.Ceil):
+            lo, hi = math.ceil(a.lo), math.ceil(a.hi)
+        else:
+            lo, hi = _sql_round(a.lo, digits), _sql_round(a.hi, digits)
+        dec = None
+        if a.dec is not None:
+            dec = (a.dec[0], max(0, min(a.dec[1], digits)))
+        return _Num(float(lo), float(hi), a.ints, a.lit, dec, a.flt, a.known)
+
+    def _log(self, node: exp.Expr) -> _Num:
+        """LN(x), LOG(x) (base 10), LOG(b, x): x must be > 0 at every declared value."""
+        base = 10.0 if isinstance(node, exp.Log) else math.e
+        arg = node.this
+        if isinstance(node, exp.Log) and node.expression is not None:
+            b = _unparen(node.this)
+            if not (isinstance(b, exp.Literal) and not b.is_string):
+                raise UnsupportedError(f"{_short(node)}: the base must be a number written "
+                                       "in the query", "write LOG(2, x) or LN(x)")
+            base = _literal_value(b)
+            if base <= 0 or base == 1:
+                raise UnsupportedError(f"{_short(node)}: base {b.this} is not a valid base",
+                                       "use a base > 0 other than 1")
+            arg = node.expression
+        a = self.numeric(arg)
+        if not a.lo > 0:
+            raise UnsupportedError(
+                f"{_short(node)}: the argument can reach {a.lo:.6g} within the declared "
+                "bounds, and the logarithm of a number <= 0 fails in an engine",
+                "take the logarithm of a value whose declared bounds are > 0, e.g. "
+                "LN(x + 1) for x >= 0")
+        ends = [math.log(a.lo, base), math.log(a.hi, base) if math.isfinite(a.hi) else math.inf]
+        return _Num(min(ends), max(ends), flt=True)
+
+    def _power(self, node: exp.Pow) -> _Num:
+        """POWER(x, k) with k a number written in the query."""
+        k = _unparen(node.expression)
+        sign = 1.0
+        while isinstance(k, exp.Neg):
+            sign, k = -sign, _unparen(k.this)
+        if not (isinstance(k, exp.Literal) and not k.is_string):
+            raise UnsupportedError(f"{_short(node)}: the exponent must be a number written "
+                                   "in the query", "write e.g. POWER(x, 2)")
+        e = sign * _literal_value(k)
+        a = self.numeric(node.this)
+        if not float(e).is_integer() and a.lo < 0:
+            raise UnsupportedError(
+                f"{_short(node)}: a fractional power of a value that can be negative "
+                f"({a.lo:.6g} within the declared bounds) is not a number",
+                "raise only values whose declared bounds are >= 0 to fractional powers")
+        if e < 0 and a.lo <= 0 <= a.hi:
+            raise UnsupportedError(
+                f"{_short(node)}: a negative power of a value whose declared bounds include "
+                "0 divides by zero", "use a positive exponent")
+        points = [a.lo, a.hi] + ([0.0] if a.lo < 0 < a.hi else [])
+        try:
+            values = [p**e for p in points if not (p == 0 and e < 0)]
+        except OverflowError:
+            values = [math.inf]
+        values = [v.real if isinstance(v, complex) else v for v in values]
+        return _Num(min(values), max(values), flt=True)
+
+    def _date_argument(self, node: exp.Expr, arg: exp.Expr | None) -> None:
+        """The argument of a date function must be a date or timestamp."""
+        if arg is None:
+            return
+        t = self.expr_type(arg)
+        if t.kind not in ("date", None):
+            raise UnsupportedError(
+                f"{self.describe(arg, t)} is not a date, in {_short(node)}",
+                "date functions take DATE or TIMESTAMP columns, or DATE '2024-01-31'")
+
+    def _text_argument(self, node: exp.Expr, arg: exp.Expr | None) -> None:
+        """The argument of a text function must be text."""
+        if arg is None:
+            return
+        t = self.expr_type(arg)
+        if t.kind not in ("str", None):
+            raise UnsupportedError(
+                f"{self.describe(arg, t)} is not text, in {_short(node)}",
+                "text functions take text columns and strings")
+
+    # -- types of any row-level expression
+
+    def expr_type(self, node: exp.Expr) -> SqlType:
+        """The type of an allowed row-level expression; its arguments are checked on the way."""
+        node = _unparen(node)
+        if isinstance(node, exp.Column):
+            return self.column(node)
+        if isinstance(node, exp.Literal | exp.Boolean):
+            return literal_type(node)
+        if isinstance(node, exp.Null):
+            return SqlType(None, "NULL")
+        if isinstance(node, exp.Cast):
+            return _date_literal(node)
+        if isinstance(node, exp.Neg) and isinstance(_unparen(node.this), exp.Literal):
+            t = literal_type(_unparen(node.this))  # type: ignore[arg-type]
+            if t.kind != "num":
+                raise UnsupportedError(f"{_short(node)} negates a string",
+                                       "negate numbers only")
+            return t
+        if isinstance(node, exp.And | exp.Or | exp.Not | exp.EQ | exp.NEQ | exp.LT | exp.LTE
+                      | exp.GT | exp.GTE | exp.Between | exp.In | exp.Like | exp.ILike
+                      | exp.Is):
+            self.predicate(node)
+            return SqlType("bool", "BOOLEAN")
+        if isinstance(node, _TEXT_FUNCTIONS):
+            for arg in _text_arguments(node):
+                self._text_argument(node, arg)
+            for arg in _int_arguments(node):
+                lit = _unparen(arg)
+                if not (isinstance(lit, exp.Literal) and not lit.is_string and lit.is_int) \
+                        and not (isinstance(lit, exp.Neg) and isinstance(
+                            _unparen(lit.this), exp.Literal)):
+                    raise UnsupportedError(
+                        f"{_short(node)}: positions and lengths must be integers written in "
+                        "the query", "write e.g. SUBSTRING(x, 1, 3)")
+            return SqlType("str", "VARCHAR")
+        if isinstance(node, exp.Concat | exp.DPipe):
+            for arg in node.expressions if isinstance(node, exp.Concat) else [
+                    node.this, node.expression]:
+                t = self.expr_type(arg)
+                if t.kind not in ("str", None):
+                    raise UnsupportedError(f"{self.describe(arg, t)} is not text, in "
+                                           f"{_short(node)}", "concatenate text only")
+            return SqlType("str", "VARCHAR")
+        if isinstance(node, exp.TimestampTrunc | exp.DateTrunc):
+            self._date_argument(node, node.this)
+            _check_unit(node, node.args.get("unit"))
+            return SqlType("date", "TIMESTAMP")
+        if isinstance(node, exp.Add | exp.Sub) and _has_interval(node):
+            date, interval = (node.expression, node.this) if isinstance(
+                _unparen(node.this), exp.Interval) else (node.this, node.expression)
+            if isinstance(node, exp.Sub) and isinstance(_unparen(node.this), exp.Interval):
+                raise UnsupportedError(f"{_short(node)} subtracts a date from an interval",
+                                       "write date - INTERVAL ...")
+            _interval_literal(_unparen(interval))  # type: ignore[arg-type]
+            self._date_argument(node, date)
+            return SqlType("date", "TIMESTAMP")
+        if isinstance(node, exp.Case | exp.If | exp.Coalesce | exp.Nullif):
+            for cond in _conditions(node):
+                self.predicate(cond)
+            results = [r for r in _results(node) if not isinstance(_unparen(r), exp.Null)]
+            types = [self.expr_type(r) for r in results]
+            kinds = {t.kind for t in types} - {None}
+            if kinds <= {"num"} and results:
+                self.numeric(node)
+                return SqlType("num", "number")
+            if len(kinds) > 1:
+                raise UnsupportedError(
+                    f"the results of {_short(node)} are of different types "
+                    f"({', '.join(sorted(str(k) for k in kinds))})",
+                    "give every branch the same type")
+            return types[0] if types and kinds else SqlType(None, "unknown type")
+        self.numeric(node)
+        return SqlType("num", "number")
 
     def _numeric_column(self, col: exp.Column) -> _Num:
         t = self.column(col)
@@ -530,9 +825,17 @@ class TypeChecker:
         while isinstance(divisor, exp.Neg):
             sign, divisor = -sign, _unparen(divisor.this)
         if not (isinstance(divisor, exp.Literal) and not divisor.is_string):
+            d = self.numeric(node.expression)
+            if d.lo > 0 or d.hi < 0:  # the declared bounds exclude 0: the party clamps it
+                a = self.numeric(node.this)
+                ends = [x / y for x in (a.lo, a.hi) for y in (d.lo, d.hi)
+                        if not (math.isinf(x) and math.isinf(y))]
+                return self._checked(node, _Num(min(ends), max(ends), flt=True))
+            within = (f" (its declared bounds [{d.lo:.6g}, {d.hi:.6g}] include 0)"
+                      if math.isfinite(d.lo) and math.isfinite(d.hi) else "")
             raise UnsupportedError(
                 f"division by {_short(node.expression)} is not supported: a party's engine "
-                "fails on a row where the divisor is 0",
+                f"fails on a row where the divisor is 0{within}",
                 "divide by a number written in the query, e.g. x / 12, or multiply out: "
                 "a > b * 2 rather than a / b > 2",
             )
@@ -585,6 +888,12 @@ class TypeChecker:
                 stack += [n.this, n.expression]
             elif isinstance(n, exp.Neg):
                 stack.append(n.this)
+            elif isinstance(n, exp.Round | exp.Floor | exp.Ceil | exp.Abs):
+                stack.append(n.this)
+            elif isinstance(n, exp.Least | exp.Greatest | exp.Coalesce | exp.Nullif):
+                stack += [a for a in (n.this, n.expression, *n.expressions) if a is not None]
+            elif isinstance(n, exp.Null):
+                continue
             else:
                 t = self.operand(n, party=False)
                 if t.kind not in ("num", None):
@@ -608,9 +917,21 @@ class TypeChecker:
                 digits = max(digits, len(mantissa.split(".")[1].rstrip("0")))
         return min(digits, MAX_DECIMALS)
 
-    def fixed_point(self, node: exp.Expr, magnitude: float, what: str) -> None:
-        """Refuse a value whose fixed-point integer could fail the cast to BIGINT."""
-        scaled = magnitude * 10 ** self.decimals_of(node)
+    def fixed_point(self, node: exp.Expr, magnitude: float, what: str, *,
+                    values: bool = False) -> None:
+        """Refuse a value whose fixed-point integer could fail the cast to BIGINT.
+
+        With ``values``, ``node`` is an aggregated value, whose digits are those of its
+        value parts (``functions.value_decimals``, as the planner gives it).
+        """
+        if values:
+            from veilql.engine.sql.functions import value_decimals
+
+            digits = value_decimals(node, lambda c: (p.decimals if (p := self._policy(c))
+                                                     is not None else 0))
+        else:
+            digits = self.decimals_of(node)
+        scaled = magnitude * 10 ** digits
         if not scaled <= MAX_FIXED:
             raise UnsupportedError(
                 f"{what} can reach {magnitude:.3g} within the declared bounds, "
@@ -624,6 +945,152 @@ def _unparen(node: exp.Expr) -> exp.Expr:
     while isinstance(node, exp.Paren):
         node = node.this
     return node
+
+
+#: Ranges of the parts EXTRACT takes (a public domain for GROUP BY EXTRACT(...)).
+DATE_PART_RANGES: dict[str, tuple[float, float]] = {
+    "month": (1, 12), "quarter": (1, 4), "day": (1, 31), "dayofmonth": (1, 31),
+    "dow": (0, 6), "dayofweek": (0, 6), "isodow": (1, 7), "doy": (1, 366),
+    "dayofyear": (1, 366), "week": (1, 53), "weekofyear": (1, 53), "hour": (0, 23),
+    "minute": (0, 59), "second": (0, 59), "year": (-300000, 300000),
+}
+#: Units DATE_TRUNC, DATE_DIFF and INTERVAL accept.
+DATE_UNITS = frozenset({"year", "quarter", "month", "week", "day", "hour", "minute",
+                        "second"})
+_DATE_PARTS = (exp.Extract, exp.Year, exp.Month, exp.Quarter, exp.Day, exp.DayOfWeek)
+_TEXT_FUNCTIONS = (exp.Lower, exp.Upper, exp.Trim, exp.Substring, exp.Left, exp.Right,
+                   exp.Replace)
+
+
+def date_part(node: exp.Expr) -> str:
+    """The part a date-part function extracts, lower case.
+
+    >>> import sqlglot
+    >>> date_part(sqlglot.parse_one("EXTRACT(MONTH FROM d)", read="duckdb"))
+    'month'
+    """
+    if isinstance(node, exp.Extract):
+        part = _unparen(node.this)
+        name = part.name if isinstance(part, exp.Var | exp.Literal | exp.Column) else ""
+        name = name.lower()
+        if name not in DATE_PART_RANGES:
+            raise UnsupportedError(
+                f"EXTRACT({name.upper() or _short(part)} FROM ...) is not supported",
+                "extract one of: " + ", ".join(sorted(DATE_PART_RANGES)))
+        return name
+    return {exp.Year: "year", exp.Month: "month", exp.Quarter: "quarter", exp.Day: "day",
+            exp.DayOfWeek: "dow"}[type(node)]
+
+
+def _check_unit(node: exp.Expr, unit: exp.Expr | None) -> None:
+    name = unit.name.lower() if isinstance(unit, exp.Var | exp.Literal) else ""
+    if name.endswith("s") and name[:-1] in DATE_UNITS:
+        name = name[:-1]
+    if name not in DATE_UNITS:
+        raise UnsupportedError(f"{_short(node)}: unit {name or '?'} is not supported",
+                               "use one of: " + ", ".join(sorted(DATE_UNITS)))
+
+
+def _interval_literal(node: exp.Expr) -> None:
+    """``INTERVAL 'n' unit`` with an integer written in the query."""
+    if not isinstance(node, exp.Interval):
+        raise UnsupportedError(f"{_short(node)} is not an interval", "write INTERVAL 3 DAY")
+    value = _unparen(node.this)
+    text = value.this if isinstance(value, exp.Literal) else ""
+    if not re.fullmatch(r"-?\d{1,6}", str(text).strip()):
+        raise UnsupportedError(f"{_short(node)}: an interval takes one integer written in "
+                               "the query", "write e.g. INTERVAL 30 DAY")
+    _check_unit(node, node.args.get("unit"))
+
+
+def _has_interval(node: exp.Expr) -> bool:
+    return any(isinstance(_unparen(c), exp.Interval) for c in (node.this, node.expression))
+
+
+def _date_literal(node: exp.Cast) -> SqlType:
+    """``DATE '2024-01-31'`` / ``TIMESTAMP '...'`` (sqlglot's casts of a string literal)."""
+    target = node.to.this.name.upper() if node.to is not None else ""
+    lit = _unparen(node.this)
+    if not (isinstance(lit, exp.Literal) and lit.is_string) or not (
+            target in ("DATE", "DATETIME") or target.startswith("TIMESTAMP")):
+        raise UnsupportedError(f"CAST is not supported ({_short(node)})",
+                               "only DATE '...' and TIMESTAMP '...' literals are; write a "
+                               "factor as 3e0 to compute in floating point")
+    if not _temporal_ok("date", lit.this):
+        raise UnsupportedError(f"{_short(node)} is not a valid date",
+                               "write it in ISO form, e.g. DATE '2024-01-31'")
+    return SqlType("date", "DATE" if target == "DATE" else "TIMESTAMP")
+
+
+def _results(node: exp.Expr) -> list[exp.Expr]:
+    """The value branches of CASE / IF / COALESCE / NULLIF (NULLIF: its first argument)."""
+    if isinstance(node, exp.Case):
+        out = [i.args["true"] for i in node.args.get("ifs") or []]
+        default = node.args.get("default")
+        return out + ([default] if default is not None else [])
+    if isinstance(node, exp.If):
+        false = node.args.get("false")
+        return [node.args["true"]] + ([false] if false is not None else [])
+    if isinstance(node, exp.Coalesce):
+        return [node.this, *node.expressions]
+    if isinstance(node, exp.Nullif):
+        return [node.this]
+    return []
+
+
+def _conditions(node: exp.Expr) -> list[exp.Expr]:
+    """The conditions of CASE / IF (NULLIF compares its two arguments)."""
+    if isinstance(node, exp.Case):
+        if node.this is not None:
+            raise UnsupportedError(f"CASE x WHEN ... ({_short(node)}) is not supported",
+                                   "write CASE WHEN x = ... THEN ...")
+        return [i.this for i in node.args.get("ifs") or []]
+    if isinstance(node, exp.If):
+        return [node.this]
+    if isinstance(node, exp.Nullif):
+        return [exp.EQ(this=node.this.copy(), expression=node.expression.copy())]
+    return []
+
+
+def _text_arguments(node: exp.Expr) -> list[exp.Expr]:
+    return [node.this] + ([node.expression] if isinstance(node, exp.Replace) else []) + (
+        [node.args["replacement"]] if isinstance(node, exp.Replace) and
+        node.args.get("replacement") is not None else [])
+
+
+def _int_arguments(node: exp.Expr) -> list[exp.Expr]:
+    if isinstance(node, exp.Substring):
+        return [a for a in (node.args.get("start"), node.args.get("length")) if a is not None]
+    if isinstance(node, exp.Left | exp.Right):
+        return [node.expression]
+    return []
+
+
+def _sql_round(x: float, digits: int) -> float:
+    """SQL's ROUND: half away from zero."""
+    if not math.isfinite(x):
+        return x
+    scale = 10.0**digits
+    return math.copysign(math.floor(abs(x) * scale + 0.5) / scale, x)
+
+
+def _hull(nums: list[_Num]) -> _Num:
+    """The interval holding every branch, in the widest of their types."""
+    lo, hi = min(n.lo for n in nums), max(n.hi for n in nums)
+    if any(n.flt for n in nums):
+        return _Num(lo, hi, flt=True)
+    if not all(n.known for n in nums):
+        return _Num(lo, hi, known=False)
+    decs = [n for n in nums if n.dec is not None]
+    if decs:
+        scale = max(_as_decimal(n)[1] for n in nums)
+        whole = max(_as_decimal(n)[0] - _as_decimal(n)[1] for n in nums)
+        return _Num(lo, hi, dec=(min(whole + scale, 38), scale))
+    ints = [n.ints if n.ints is not None else _literal_ints(n) for n in nums]
+    r = ints[0]
+    for other in ints[1:]:
+        r = _join_ints(r, other)
+    return _Num(lo, hi, ints=r, lit=all(n.lit for n in nums))
 
 
 def _magnitude_of_parts(checker: TypeChecker, node: exp.Expr) -> float:
@@ -644,6 +1111,11 @@ def check_types(bound: BoundQuery) -> None:
         checker.predicate(bound.where)
         for conj in bound.conjuncts:
             _check_cross_party(checker, conj, bound)
+    for table in bound.tables:
+        if table.filter is not None:
+            checker.predicate(table.filter)
+    for group in bound.group_by:
+        checker.expr_type(group.expr)
     for out in bound.outputs:
         if out.kind in ("sum", "avg") and out.expr is not None:
             func = out.kind.upper()
@@ -656,16 +1128,36 @@ def check_types(bound: BoundQuery) -> None:
             arg = _unparen(out.expr)
             if isinstance(arg, exp.Column) and checker.column(arg).kind == "bool":
                 # SUM(flag) counts TRUE as 1: the party's SQL clamps it as an integer.
-                magnitude = max(abs(b) for b in out.bounds or (0.0, 1.0))
-            else:
-                magnitude = checker.numeric(out.expr).magnitude
-            checker.fixed_point(out.expr, magnitude, f"the argument of {func}")
+                checker.fixed_point(out.expr, max(abs(b) for b in out.bounds or (0.0, 1.0)),
+                                    f"the argument of {func}")
+                continue
+            for part in _factors(bound, out.expr):
+                checker.fixed_point(part, checker.numeric(part).magnitude,
+                                    f"the argument of {func}", values=True)
+        elif out.kind in ("count", "count_distinct") and out.expr is not None:
+            checker.numeric(out.expr)
     outputs = {o.name.lower(): o for o in bound.outputs}
     analyst = _AnalystChecker(bound, outputs)
+    for out in bound.outputs:
+        if out.kind == "expr" and out.post is not None:
+            analyst.operand(out.post, party=False)
     if bound.having is not None:
         analyst.predicate(bound.having, party=False)
     for term, _desc in bound.order_by:
         analyst.operand(term, party=False)
+
+
+def _factors(bound: BoundQuery, expr: exp.Expression) -> list[exp.Expression]:
+    """The parts each party casts to fixed point: the whole argument when it is linear (as
+    before: the sum bounds every part), else each party's factor of a product."""
+    from veilql.engine.sql.parts import is_linear, split_product
+
+    def party_of(alias: str) -> str:
+        return bound.table(alias).party
+
+    if is_linear(expr, party_of):
+        return [expr]
+    return [p for k, p in split_product(expr, party_of).items() if k is not None]
 
 
 def _check_cross_party(checker: TypeChecker, conj: exp.Expression, bound: BoundQuery) -> None:

@@ -1,0 +1,1 @@
+SELECT SUM(EXP(amount)) FROM bank.loans

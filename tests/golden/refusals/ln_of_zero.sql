@@ -1,0 +1,1 @@
+SELECT SUM(LN(defaulted)) FROM bank.loans

@@ -1,0 +1,1 @@
+SELECT SUM(amount % defaulted) FROM bank.loans

@@ -1,0 +1,1 @@
+SELECT COUNT(*) / (SELECT COUNT(*) FROM bank.loans) FROM bank.customers

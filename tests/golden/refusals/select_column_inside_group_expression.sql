@@ -1,0 +1,1 @@
+SELECT region, COUNT(*) FROM bank.customers GROUP BY UPPER(branch) || region

@@ -1,0 +1,1 @@
+SELECT SUM(SQRT(amount - 10)) FROM bank.loans
