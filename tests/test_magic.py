@@ -134,8 +134,9 @@ def _result(**kw: Any) -> Result:
 def test_html_values_intervals_and_caption() -> None:
     text = result_html(_result())
     assert "<th>region</th><th>n</th><th>mean</th>" in text
-    assert '<td class="veil-num">12 ± 2.9</td>' in text
-    assert '<td class="veil-num">2.5 ± 0.5</td>' in text  # AVG: the row's own interval
+    # one number format with the text table: two significant digits of the interval
+    assert '<td class="veil-num">12 ± 3</td>' in text
+    assert '<td class="veil-num">2.50 ± 0.50</td>' in text  # AVG: the row's own interval
     assert '<td class="veil-num">NULL</td>' in text
     assert ('<div class="veil-caption">spent ε 0.5, δ 1e-07; remaining: '
             "bank (ε 9.5, δ 9e-06), insurer (ε 3, δ 1e-06) (± is") in text
@@ -172,9 +173,40 @@ def test_notebook_result_delegates() -> None:
     assert res._repr_html_() == result_html(res.result)
     assert "12 ± 3" in repr(res) and "spent epsilon 0.5" in repr(res)
     frame = res.to_pandas()
-    assert list(frame["n"]) == [12, 7]
+    assert list(frame.columns) == ["region", "n", "n_ci95", "mean", "mean_ci95"]
+    assert list(frame["n"]) == [12, 7] and list(frame["n_ci95"]) == [2.9, 2.9]
+    assert frame["mean_ci95"].iloc[0] == 0.5 and pd.isna(frame["mean_ci95"].iloc[1])
     assert frame.attrs["accuracy"]["n"] == {"ci95": 2.9}
     assert frame.attrs["privacy"] == {"epsilon": 0.5, "delta": 1e-7}
+    assert frame.attrs["ci95_columns"] == {"n": "n_ci95", "mean": "mean_ci95"}
+
+
+def test_html_and_text_share_one_number_format() -> None:
+    res = Result(["total", "mean"], [[14992882.44, 0.08341]],
+                 {"total": {"ci95": 4936000.0}, "mean": {"ci95": 0.01234}},
+                 {"epsilon": 1.0, "delta": 0.0}, {})
+    text, page = str(res), result_html(res)
+    for cell in ("14992882 ± 4936000", "0.083 ± 0.012"):
+        assert cell in text and f'<td class="veil-num">{cell}</td>' in page
+
+
+def test_parse_variables_and_purpose() -> None:
+    from veilql.ui.magic import expand_variables, parse_plot
+
+    args = parse_query("--purpose 'churn review' --epsilon 1", "SELECT {{x}}")
+    assert args.purpose == "churn review" and args.sql == "SELECT {{x}}"
+    assert parse_query("--purpose=audit", "SELECT 1").purpose == "audit"
+    sql = "SELECT COUNT(*) AS n FROM t WHERE region = '{{region}}' AND age > {{ age }}"
+    assert expand_variables(sql, {"region": "north", "age": 30}) == (
+        "SELECT COUNT(*) AS n FROM t WHERE region = 'north' AND age > 30")
+    with pytest.raises(UsageError, match="undefined variable in the query: region"):
+        expand_variables(sql, {"age": 1})
+    with pytest.raises(UsageError, match="only numbers, text and booleans"):
+        expand_variables("SELECT {{x}}", {"x": [1, 2]})
+    assert expand_variables("SELECT '{x}' AS y", {}) == "SELECT '{x}' AS y"  # single braces
+    assert parse_plot("total --x region").y == "total"
+    with pytest.raises(UsageError, match="unknown option"):
+        parse_plot("--colour red")
 
 
 def test_plan_and_budget_tables() -> None:
@@ -280,6 +312,61 @@ def test_magic_errors_are_usage_errors(shell: Any) -> None:
         shell.run_cell_magic("veil", "--bogus", COUNT_BY_REGION)
 
 
+def test_magic_variables_purpose_and_dataframe(shell: Any, fed: Path) -> None:
+    shell.user_ns["wanted"] = "north"
+    out = shell.run_cell_magic(
+        "veil", "--epsilon 0.5 --purpose 'regional review'",
+        "SELECT COUNT(*) AS n FROM bank.customers WHERE region = '{{wanted}}'")
+    assert len(out.rows) == 1 and out.privacy["epsilon"] == 0.5
+    entries = [json.loads(line) for line in
+               (fed.parent.parent / "ledgers" / "bank.jsonl").read_text().splitlines()]
+    reserve = [e for e in entries if e["kind"] == "reserve"][-1]
+    assert "region = 'north'" in reserve["sql"] and reserve["purpose"] == "regional review"
+    with pytest.raises(IPythonUsageError, match="undefined variable.*nowhere"):
+        shell.run_cell_magic("veil", "--epsilon 0.5",
+                             "SELECT COUNT(*) AS n FROM bank.customers WHERE region = "
+                             "'{{nowhere}}'")
+    assert shell.run_line_magic("veil", "budget").budget["bank"]["epsilon_spent"] == 0.5
+    shell.run_line_magic("config", "VeilMagic.autopandas = True")
+    frame = shell.run_cell_magic("veil", "--epsilon 0.5", COUNT_BY_REGION)
+    assert list(frame.columns) == ["region", "n", "n_ci95"] and frame["n_ci95"].gt(0).all()
+
+
+def test_magic_confirm_above_defaults_to_the_shells(shell: Any) -> None:
+    from veilql.ui.shell import DEFAULT_CONFIRM_ABOVE
+
+    assert _magic(shell).confirm_above == DEFAULT_CONFIRM_ABOVE == 2.0
+    with pytest.raises(IPythonUsageError, match=r"confirm_above = 2; nothing was spent "
+                                                r"\(95% intervals: n ± \d"):
+        shell.run_cell_magic("veil", "--epsilon 2.5", COUNT_BY_REGION)
+    assert shell.run_line_magic("veil", "budget").budget["bank"]["epsilon_spent"] == 0.0
+
+
+def test_magic_plot_draws_error_bars(shell: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with pytest.raises(IPythonUsageError, match="no released answer"):
+        shell.run_line_magic("veil", "plot")
+    shell.run_cell_magic("veil", "--epsilon 0.5 res <<", COUNT_BY_REGION)
+    ax = shell.run_line_magic("veil", "plot n")
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == REGIONS and ax.get_xlabel() == "region" and ax.get_ylabel() == "n"
+    (bars,) = ax.containers[:1]
+    heights = [b.get_height() for b in bars]
+    assert heights == [float(r[1]) for r in shell.user_ns["res"].rows]
+    caps = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert caps, "no error bars drawn"
+    segments = caps[0].lines[2][0].get_segments()
+    half = shell.user_ns["res"].accuracy["n"]["ci95"]
+    assert [round(seg[1][1] - seg[0][1], 6) for seg in segments] == [round(2 * half, 6)] * 5
+    with pytest.raises(IPythonUsageError, match="not a released column"):
+        shell.run_line_magic("veil", "plot region --result res")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def test_magic_needs_connect(shell: Any) -> None:
     shell.run_line_magic("veil", "close")
     with pytest.raises(IPythonUsageError, match="not connected"):
@@ -346,7 +433,12 @@ def test_example_notebook_runs(tmp_path: Path) -> None:
     stored = cell("%%veil --epsilon 1|FROM bank.loans")
     assert not _html(stored) and "result: 4 rows" in _stream(stored, "stdout")
     frame = _html(cell("df = result.to_pandas()"))
-    assert 'class="dataframe"' in frame and "default_rate" in frame
+    assert 'class="dataframe"' in frame and "<th>default_rate_ci95</th>" in frame
+    wanted = _html(cell("%%veil --epsilon 0.5 --purpose"))
+    assert len(NOISY_CELL.findall(wanted)) == 1  # {{wanted}} was filled in
+    plotted = cell("%veil plot")
+    assert any("image/png" in o.get("data", {}) for o in plotted.outputs)
+    assert "95% intervals: default_rate" in _html(cell("%%veil --epsilon 1 --dry-run"))
     budget = _html(cell("%veil budget"))
     assert "<td>bank</td>" in budget and "<td>payments</td>" in budget
     refused = code[-1]
@@ -382,3 +474,38 @@ def test_refused_query_fails_its_cell(tmp_path: Path) -> None:
     ledger = (tmp_path / "ledgers" / "bank.jsonl").read_text().splitlines()
     kinds = [json.loads(line)["kind"] for line in ledger]
     assert kinds.count("commit") == 1  # only the first query was charged
+
+
+def test_notebook_variables_plot_and_error_cell(tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbclient")
+    v4 = nbformat.v4
+    failing = v4.new_code_cell("%%veil --epsilon 0.5\nSELECT COUNT(*) AS n FROM bank.customers "
+                               "WHERE region = '{{nowhere}}'")
+    failing.metadata["tags"] = ["raises-exception"]
+    nb = v4.new_notebook(cells=[
+        v4.new_code_cell("%load_ext veilql\n%veil connect --analyst alice"),
+        v4.new_code_cell('wanted = "south"'),
+        v4.new_code_cell("%%veil --epsilon 0.5 --purpose 'notebook check'\n"
+                         "SELECT COUNT(*) AS n FROM bank.customers WHERE region = '{{wanted}}'"),
+        v4.new_code_cell(f"%%veil --epsilon 0.5\nby_region << {COUNT_BY_REGION}"),
+        v4.new_code_cell("%veil plot n --result by_region"),
+        v4.new_code_cell("by_region.to_pandas()"),
+        failing,
+        v4.new_code_cell("%veil budget"),
+    ])
+    _run_notebook(nb, tmp_path, tmp_path)
+    assert len(NOISY_CELL.findall(_html(nb.cells[2]))) == 1
+    images = [o for o in nb.cells[4].outputs if "image/png" in o.get("data", {})]
+    assert images, "the plot cell shows no figure"
+    frame = _html(nb.cells[5])
+    assert "<th>n_ci95</th>" in frame and "<th>region</th>" in frame
+    err = _stream(failing, "stderr")
+    assert err.startswith("UsageError: undefined variable in the query: nowhere")
+    assert "nothing was run or charged" in err and "Traceback" not in err
+    assert "<td>bank</td>" in _html(nb.cells[7])  # the run went on after the tagged error
+    ledger = [json.loads(line) for line in
+              (tmp_path / "ledgers" / "bank.jsonl").read_text().splitlines()]
+    reserves = [e for e in ledger if e["kind"] == "reserve"]
+    assert len(reserves) == 2 and reserves[0]["purpose"] == "notebook check"
+    assert "region = 'south'" in reserves[0]["sql"]

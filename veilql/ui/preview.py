@@ -20,6 +20,9 @@ import math
 from typing import Any
 
 from veilql.engine.dp import ci95
+from veilql.engine.ledger.errors import BudgetRefused
+from veilql.engine.ledger.money import to_fraction
+from veilql.errors import BudgetExceeded
 
 
 def round_half(h: float) -> str:
@@ -51,7 +54,7 @@ def accuracy_preview(plan: Any) -> list[tuple[str, str]]:
     """
     out: list[tuple[str, str]] = []
     for o in plan.outputs:
-        if o.kind == "group":
+        if o.kind in ("group", "expr"):  # expr: computed after release, from its parts
             continue
         try:
             if o.kind == "avg":
@@ -102,3 +105,33 @@ def dry_run_text(result: Any) -> str:
         if acc:
             text += "\n" + acc
     return text
+
+
+def check_budget(session: Any, plan: Any) -> None:
+    """Refuse now (``BudgetExceeded``, exit 4; nothing asked, nothing charged) a query that
+    some local party's ledger cannot pay; the parties decide again, exactly, when it runs.
+    Parties whose ledgers live at their own nodes are left to decide then."""
+    try:
+        _check(session, plan)
+    except BudgetRefused as refusal:
+        raise BudgetExceeded(f"{refusal.message}; nothing was charged", refusal.hint
+                             ) from None
+
+
+def _check(session: Any, plan: Any) -> None:
+    analyst = session.federation.analysts.get(session.analyst or "")
+    if analyst is None:
+        return  # the run says why (no analyst, unknown analyst)
+    for party in plan.charged:
+        if not session.federation.party(party).is_local:
+            continue
+        ledger = session.ledger(party)
+        if ledger is None:  # nothing charged there yet: the whole budget is left
+            budget = (to_fraction(analyst.epsilon), to_fraction(analyst.delta))
+            if plan.epsilon > budget[0] or plan.delta > budget[1]:
+                raise BudgetRefused(party=party, analyst=analyst.name,
+                                    requested=(plan.epsilon, plan.delta), remaining=budget)
+            continue
+        refusal = ledger.check(analyst, plan.epsilon, plan.delta)
+        if refusal is not None:
+            raise refusal

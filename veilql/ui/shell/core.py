@@ -17,12 +17,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from veilql.engine.dp import LargeEpsilonWarning
-from veilql.engine.ledger.errors import BudgetRefused
-from veilql.engine.ledger.money import to_fraction
 from veilql.engine.result import Result
 from veilql.engine.session import Session
 from veilql.errors import UsageError, VeilError
-from veilql.ui.preview import accuracy_preview, accuracy_text, remaining_text
+from veilql.ui.preview import accuracy_preview, accuracy_text, check_budget, remaining_text
 from veilql.ui.progress import StepLine
 from veilql.ui.shell.render import render_listing, render_result
 from veilql.ui.shell.reply import Reply
@@ -221,24 +219,8 @@ class Shell:
 
     def _check_budget(self, plan: Any) -> None:
         """Refuse now (exit 4, nothing asked, nothing charged) a query that some local
-        party's ledger cannot pay; the parties decide again, exactly, when it runs."""
-        analyst = self.session.federation.analysts.get(self.session.analyst or "")
-        if analyst is None:
-            return  # the run says why (no analyst, unknown analyst)
-        for party in plan.charged:
-            if not self.session.federation.party(party).is_local:
-                continue
-            ledger = self.session.ledger(party)
-            if ledger is None:
-                budget = (to_fraction(analyst.epsilon), to_fraction(analyst.delta))
-                if plan.epsilon > budget[0] or plan.delta > budget[1]:
-                    raise BudgetRefused(party=party, analyst=analyst.name,
-                                        requested=(plan.epsilon, plan.delta),
-                                        remaining=budget)
-                continue
-            refusal = ledger.check(analyst, plan.epsilon, plan.delta)
-            if refusal is not None:
-                raise refusal
+        party's ledger cannot pay (``preview.check_budget``)."""
+        check_budget(self.session, plan)
 
     def question(self, plan: Any) -> str:
         """The confirmation question for a query above the threshold: what it spends, the
