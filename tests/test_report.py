@@ -1,10 +1,11 @@
 """``veil report``: compliance reports from real ledgers of a tmp copy of the demo federation.
 
-The ledgers come from real queries: alice runs a one-party and a cross-party query; bob spends
-most of his budget at the bank, so his cross-party query is refused by the bank while the
-insurer had reserved it, which leaves an aborted charge at the insurer. Golden JSON and CSV
-(times, query ids, hashes and paths normalised) live in ``tests/golden/report``; regenerate
-after an intended change with ``VEIL_UPDATE_GOLDEN=1 pytest tests/test_report.py``.
+The ledgers come from real queries: alice runs a one-party and a cross-party query (with
+stated purposes); bob spends most of his budget at the bank, so his cross-party query is
+refused by the bank, the first party of its admission chain, which records a zero-cost
+``refused`` entry (the insurer is never asked). Golden JSON and CSV (times, query ids, hashes
+and paths normalised) live in ``tests/golden/report``; regenerate after an intended change
+with ``VEIL_UPDATE_GOLDEN=1 pytest tests/test_report.py``.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VEIL_LEDGER_DIR", str(ledgers))
         with veilql.connect(fed / "federation.toml", analyst="alice") as s:
-            s.sql(QUERIES["alice_groups"], epsilon=1.0)
-            s.sql(QUERIES["alice_join"], epsilon=0.5)
+            s.sql(QUERIES["alice_groups"], epsilon=1.0, purpose="monthly regional counts")
+            s.sql(QUERIES["alice_join"], epsilon=0.5, purpose="claims <b>review</b>")
             s.sql(QUERIES["alice_markup"], epsilon=0.25)
         with veilql.connect(fed / "federation.toml", analyst="bob") as s:
             s.sql(QUERIES["bob_bank"], epsilon=2.5)
@@ -139,12 +140,24 @@ def test_model_figures(env) -> None:
         QUERIES[k] for k in ("alice_groups", "alice_join", "alice_markup", "bob_bank",
                              "bob_refused")]
     statuses = [q.status for q in rep.queries]
-    assert statuses == ["committed"] * 4 + ["aborted"]
+    assert statuses == ["committed"] * 4 + ["refused"]
+    assert [q.outcome for q in rep.queries] == ["released"] * 4 + ["over budget"]
     refused = rep.queries[-1]
-    assert refused.parties == ("insurer",) and refused.charged == ()
-    assert refused.reasons == ("another party refused the query",)
+    assert refused.parties == ("bank",) and refused.charged == ()
+    assert refused.epsilon == 1 and refused.charged_epsilon == 0  # asked 1, charged nothing
+    assert refused.reasons == ("over budget: bank: requested epsilon 1.0, remaining 0.5, "
+                               "short by 0.5",)
     join = rep.queries[1]
     assert join.parties == ("bank", "insurer") and join.charged == ("bank", "insurer")
+    assert join.charged_epsilon == Fraction(1, 2)
+    # who asked, why, what was read, how it was protected
+    assert [q.purpose for q in rep.queries[:3]] == ["monthly regional counts",
+                                                   "claims <b>review</b>", ""]
+    assert {q.identity for q in rep.queries} == {"self-asserted"}
+    assert join.tables == ("bank.loans", "insurer.policies")
+    assert join.columns == ("bank.loans.amount", "bank.loans.customer_id",
+                            "insurer.policies.customer_id", "insurer.policies.open_claim")
+    assert join.mechanism and "Laplace" in join.mechanism or "Gaussian" in join.mechanism
     # the chart's series end at the spent totals
     assert float(rep.series["alice"]["bank"].points[-1][1]) == 1.75
     assert "insurer" not in rep.series["bob"]
@@ -156,8 +169,9 @@ def test_readers_agree_with_ledger_history_on_a_clean_ledger(demo) -> None:
         ledger = Ledger(ledgers / f"{party}.jsonl", party)
         check, charges = read_ledger(ledger.path, party)
         assert check.ok and check.entries == ledger.verify().entries
-        assert charges == ledger.history()
-        assert lenient_charges(ledger.path.read_bytes(), party) == (ledger.history(), 0)
+        assert [c for c in charges if c.status != "refused"] == ledger.history()
+        assert [c for c in charges if c.status == "refused"] == ledger.refusals()
+        assert lenient_charges(ledger.path.read_bytes(), party) == (charges, 0)
 
 
 def test_torn_last_line_is_reported_as_damage(demo, tmp_path: Path) -> None:
@@ -169,7 +183,7 @@ def test_torn_last_line_is_reported_as_damage(demo, tmp_path: Path) -> None:
     check, charges = read_ledger(path, "bank")
     assert not check.ok and "truncated" in (check.problem or "")
     assert check.bad_index == data.count(b"\n") and check.skipped == 1
-    assert len(charges) == 4  # every complete entry is still shown
+    assert len(charges) == 5  # every complete entry is still shown, the refusal too
 
 
 def test_report_needs_no_write_access(demo, tmp_path: Path) -> None:
@@ -182,7 +196,7 @@ def test_report_needs_no_write_access(demo, tmp_path: Path) -> None:
     try:
         rep = collect_ledgers({"bank": folder / "bank.jsonl", "payments":
                                folder / "payments.jsonl"}, {}, federation_name="x", now=NOW)
-        assert rep.ok and len(rep.queries) == 4
+        assert rep.ok and len(rep.queries) == 5
         # no lock files, no key or anchor files created
         assert sorted(p.name for p in folder.iterdir()) == ["bank.jsonl", "bank.ledger-key"]
     finally:
@@ -196,7 +210,7 @@ def test_filters(env) -> None:
     assert {b.analyst for b in bob.budgets} == {"bob"}
     insurer = collect(fed, party="insurer", now=NOW)
     assert [i.party for i in insurer.integrity] == ["insurer"]
-    assert [q.sql for q in insurer.queries] == [QUERIES["alice_join"], QUERIES["bob_refused"]]
+    assert [q.sql for q in insurer.queries] == [QUERIES["alice_join"]]
     assert collect(fed, since="2999-01-01", now=NOW).queries == ()
     late = collect(fed, since=collect(fed, now=NOW).queries[3].time, now=NOW)
     assert [q.sql for q in late.queries] == [QUERIES["bob_bank"], QUERIES["bob_refused"]]
@@ -247,7 +261,9 @@ def test_cli_since_and_party(env, tmp_path: Path) -> None:
               "--format", "json", "-o", str(out))
     assert res.exit_code == 0, res.output
     obj = json.loads(out.read_text())
-    assert [q["sql"] for q in obj["queries"]] == [QUERIES["bob_bank"]]
+    # the refused attempt is in the bank's ledger too (a zero-cost refused entry)
+    assert [q["sql"] for q in obj["queries"]] == [QUERIES["bob_bank"], QUERIES["bob_refused"]]
+    assert [q["outcome"] for q in obj["queries"]] == ["released", "over budget"]
     assert list(obj["integrity"]["parties"]) == ["bank"]
     assert obj["filters"] == {"analyst": None, "party": "bank",
                               "since": times[3]}
@@ -357,6 +373,27 @@ def test_html_escapes_sql(demo, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- PDF
 
 
+def extract_pdf_text(data: bytes, tmp_path: Path) -> str:
+    """The PDF's text: ``pdftotext`` when installed, else pypdf when importable, else the
+    strings of its content streams (``pdf_text``)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("pdftotext"):
+        path = tmp_path / "report.pdf"
+        path.write_bytes(data)
+        out = subprocess.run(["pdftotext", "-layout", str(path), "-"], capture_output=True,
+                             timeout=60, check=True)
+        return out.stdout.decode("utf-8", "replace")
+    try:
+        import pypdf
+    except ImportError:
+        return pdf_text(data)
+    import io
+
+    return "\n".join(page.extract_text() or "" for page in pypdf.PdfReader(io.BytesIO(data)).pages)
+
+
 def pdf_text(data: bytes) -> str:
     """The text drawn in a matplotlib PDF (Type 42 fonts: UTF-16BE strings in TJ arrays)."""
     out = []
@@ -422,3 +459,153 @@ def test_tampered_ledger_fails_loudly_in_every_format(tampered, tmp_path: Path,
     else:
         assert b"FAILED: bank" in data  # the document's Subject
         assert "LEDGER INTEGRITY CHECK FAILED" in pdf_text(data)
+
+
+# ---------------------------------------------------------------------------- sign-off
+
+
+def test_pdf_numbers_its_pages_and_fills_the_first(env, tmp_path: Path) -> None:
+    from veilql.ui.report.render_pdf import layout
+
+    rep = collect(load_federation(env), now=NOW)
+    pages = layout(rep)
+    total = len(pages.figures)
+    assert pages.fills[0] >= 0.75, pages.fills  # the chart shrinks rather than move on
+    text = extract_pdf_text(render(rep, "pdf"), tmp_path)
+    flat = re.sub(r"\s+", " ", text)
+    for n in range(1, total + 1):
+        assert f"page {n} of {total}" in flat
+    assert "Review and signature" in flat and "Reviewed by (name)" in flat and digest(rep) in flat
+    assert "monthly regional counts" in flat and "over budget" in flat
+    assert "self-asserted" in flat and "discrete Laplace" in flat
+
+
+def test_html_structure_purposes_outcomes_and_signoff(env, tmp_path: Path) -> None:
+    rep = collect(load_federation(env), now=NOW)
+    html_text = render(rep, "html").decode()
+    page = parse_html(html_text)
+    text = "".join(page.text)
+    headings = re.findall(r"<h2>(.*?)</h2>", html_text)
+    assert headings == ["Ledger integrity", "Budgets per analyst and party",
+                        "Cumulative epsilon over time", "Queries", "Review and signature"]
+    assert "claims <b>review</b>" in text and "<b>review</b>" not in html_text  # escaped
+    assert "over-budget" in page.classes and "released" in page.classes
+    assert "asked 1.0" in text  # the refused query asked 1 and was charged 0
+    assert "columns: bank.loans.amount, bank.loans.customer_id" in text
+    assert "mechanism: discrete Laplace on shares" in text
+    assert "self-asserted (embedded mode)" in text
+    assert digest(rep) in text and "Signature" in text
+    assert "Per analyst" in text and "Per party" in text
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return  # no headless browser here: the parsed structure above is the check
+    path, shot = tmp_path / "r.html", tmp_path / "r.png"
+    path.write_text(html_text)
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                    f"--screenshot={shot}", "--window-size=1200,2400", path.as_uri()],
+                   capture_output=True, timeout=120, check=False)
+    assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_anchor_checks_an_earlier_reports_heads(env, tmp_path: Path) -> None:
+    earlier = tmp_path / "last-month.json"
+    assert cli("report", "-f", str(env), "-o", str(earlier)).exit_code == 0
+    out = tmp_path / "today.json"
+    res = cli("report", "-f", str(env), "--anchor", str(earlier), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    obj = json.loads(out.read_text())
+    heads = {h["party"]: h["matches"] for h in obj["anchor_report"]["heads"]}
+    assert heads == {"bank": True, "insurer": True}  # payments has no ledger
+    html_out = tmp_path / "today.html"
+    assert cli("report", "-f", str(env), "--anchor", str(earlier), "-o",
+               str(html_out)).exit_code == 0
+    assert "is still in today's ledgers" in "".join(parse_html(html_out.read_text()).text)
+    # a rewritten entry, and entries cut off the end, since that report
+    old = json.loads(earlier.read_text())
+    old["integrity"]["parties"]["bank"]["head"] = "0" * 64
+    old["integrity"]["parties"]["insurer"]["head_seq"] += 5
+    earlier.write_text(json.dumps(old))
+    res = cli("report", "-f", str(env), "--anchor", str(earlier), "-o", str(out))
+    assert res.exit_code == 3 and "integrity check FAILED for bank, insurer" in res.output
+    obj = json.loads(out.read_text())
+    problems = {p: [x["message"] for x in obj["integrity"]["parties"][p]["problems"]]
+                for p in ("bank", "insurer")}
+    assert "differs from the head the report of" in problems["bank"][0]
+    assert "entries were deleted from the end" in problems["insurer"][0]
+    assert {h["party"]: h["matches"] for h in obj["anchor_report"]["heads"]} == {
+        "bank": False, "insurer": False}
+    # not a report: a usage error, nothing written
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    res = cli("report", "-f", str(env), "--anchor", str(bad), "-o", str(tmp_path / "x.json"))
+    assert res.exit_code == 2 and not (tmp_path / "x.json").exists()
+
+
+def test_outcomes_identity_and_old_entries(tmp_path: Path) -> None:
+    from veilql.engine.ledger.entries import digest as entry_digest
+    from veilql.policies.model import Analyst
+
+    ann = Analyst("ann", 2.0, 1e-6)
+    bank = Ledger(tmp_path / "bank.jsonl", "bank")
+    for qid, reason in (("q-cancel", "the analyst cancelled the query"),
+                        ("q-fail", "query failed before any party read data"),
+                        ("q-other", "another party refused the query")):
+        bank.abort(bank.reserve(ann, 0.5, query_id=qid, sql="S", tables=["t"]), reason)
+    bank.commit(bank.reserve(ann, 0.5, query_id="q-net", sql="S", tables=["t"],
+                             identity="certificate", purpose="audit"))
+    with pytest.raises(BudgetExceeded):
+        bank.reserve(ann, 5.0, query_id="q-big", sql="S", tables=["t"], record_refusal=True)
+    # a ledger written before purposes and identities were recorded still verifies
+    old = Ledger(tmp_path / "old" / "insurer.jsonl", "insurer", key_file=False)
+    old.commit(old.reserve(ann, 0.25, query_id="q-old", sql="S", tables=["u"]))
+    prev, lines = "0" * 64, []
+    for raw in old.path.read_text().splitlines():
+        obj = json.loads(raw)
+        obj.pop("purpose", None)
+        obj.pop("identity", None)
+        obj["prev"] = prev
+        obj.pop("hash")
+        obj["hash"] = prev = entry_digest(obj, None)
+        lines.append(json.dumps(obj, sort_keys=True, separators=(",", ":")))
+    old.path.write_text("\n".join(lines) + "\n")
+    assert Ledger(old.path, "insurer", key_file=False).verify().ok
+    rep = collect_ledgers({"bank": bank.path, "insurer": old.path}, {"ann": ann},
+                          federation_name="x", now=NOW)
+    by = {q.query_id: q for q in rep.queries}
+    assert {k: q.outcome for k, q in by.items()} == {
+        "q-cancel": "cancelled", "q-fail": "failed", "q-other": "refused",
+        "q-net": "released", "q-big": "over budget", "q-old": "released"}
+    assert by["q-net"].identity == "certificate" and by["q-net"].purpose == "audit"
+    assert by["q-old"].identity is None and by["q-old"].purpose == ""
+    assert by["q-big"].epsilon == 5 and by["q-big"].charged_epsilon == 0
+    b = {x.party: x for x in rep.budgets}
+    assert b["bank"].spent_epsilon == Fraction(1, 2) and b["bank"].queries == 1
+    text = render(rep, "html").decode()
+    assert "certificate (checked by the node)" in text and "not recorded" in text
+    csv_rows = render(rep, "csv").decode().splitlines()
+    assert any(",cancelled," in r for r in csv_rows) and any(",over budget," in r
+                                                            for r in csv_rows)
+
+
+def test_chart_lines_that_coincide_stay_readable(tmp_path: Path) -> None:
+    from veilql.policies.model import Analyst
+    from veilql.ui.report import chart
+
+    ann = Analyst("ann", 2.0)
+    ledgers = {p: Ledger(tmp_path / f"{p}.jsonl", p) for p in ("bank", "insurer", "pay")}
+    for eps in (0.25, 0.5):  # every query reads bank and insurer: identical series
+        for p in ("bank", "insurer"):
+            ledgers[p].commit(ledgers[p].reserve(ann, eps, query_id=f"q{eps}", sql="S"))
+    ledgers["pay"].commit(ledgers["pay"].reserve(ann, 0.1, query_id="q-pay", sql="S"))
+    rep = collect_ledgers({p: led.path for p, led in ledgers.items()}, {"ann": ann},
+                          federation_name="x", now=NOW)
+    fig = chart.figure(rep)
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["bank = insurer (same)", "pay", "budget 2"]
+    styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()
+              if not line.get_label().startswith("_")}
+    assert styles["bank = insurer (same)"] != styles["pay"]

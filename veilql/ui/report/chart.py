@@ -1,6 +1,11 @@
 """The chart of cumulative epsilon over time: one panel per analyst, one step line per party,
 the analyst's budget as a dashed line.
 
+Lines stay readable when they coincide (an analyst whose queries all read two parties spends
+the same at both): parties whose series are identical are drawn once and labelled together
+(``bank = insurer``), and every party has its own colour, line style and marker, drawn
+thickest first, so a line that covers another only in part still leaves it visible.
+
 Drawn with matplotlib's object API on a given ``Figure`` (no pyplot, so no global state and no
 display backend), so the HTML (PNG) and the PDF (vector) draw the very same chart.
 """
@@ -14,12 +19,48 @@ from matplotlib import dates as mdates
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from veilql.ui.report.collect import Report
+from veilql.ui.report.collect import Report, Series
 
 # Colour-blind-safe palette (Okabe and Ito 2008), one colour per party in report order.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
            "#000000")
 BUDGET_COLOUR = "#B22222"
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def party_styles(report: Report) -> dict[str, tuple[str, str, str]]:
+    """A stable (colour, line style, marker) per party, in report order."""
+    return {i.party: (PALETTE[n % len(PALETTE)], LINE_STYLES[n % len(LINE_STYLES)],
+                      MARKERS[n % len(MARKERS)]) for n, i in enumerate(report.integrity)}
+
+
+def same_line(a: Series, b: Series, tolerance: float = 1.0) -> bool:
+    """Whether two series would draw the same line: the same amounts, at times less than
+    ``tolerance`` seconds apart (one query charges its parties milliseconds apart)."""
+    if a.start != b.start or len(a.points) != len(b.points):
+        return False
+    for (ta, va), (tb, vb) in zip(a.points, b.points, strict=True):
+        if va != vb:
+            return False
+        gap = abs((datetime.fromisoformat(ta) - datetime.fromisoformat(tb)).total_seconds())
+        if gap > tolerance:
+            return False
+    return True
+
+
+def merged(lines: dict[str, Series], tolerance: float = 1.0) -> list[tuple[list[str], Series]]:
+    """Series grouped when they draw the same line: ``[(parties, series), ...]`` in
+    first-seen order."""
+    out: list[tuple[list[str], Series]] = []
+    for party, series in lines.items():
+        for names, same in out:
+            if same_line(same, series, tolerance):
+                names.append(party)
+                break
+        else:
+            out.append(([party], series))
+    return out
 
 
 def party_colours(report: Report) -> dict[str, str]:
@@ -37,7 +78,7 @@ def draw(fig: Figure, report: Report, rect: tuple[float, float, float, float]) -
         ax.text(0.5, 0.5, "No privacy budget was spent in this period.", ha="center",
                 va="center", fontsize=10, color="#555555")
         return
-    colours = party_colours(report)
+    styles = party_styles(report)
     end = datetime.fromisoformat(report.generated_at)
     since = report.filters.get("since")
     first = min(datetime.fromisoformat(t) for lines in report.series.values()
@@ -51,13 +92,19 @@ def draw(fig: Figure, report: Report, rect: tuple[float, float, float, float]) -
         y = bottom + height - (n + 1) * panel - n * gap
         ax = fig.add_axes((left, y, width, panel))
         top = 0.0
-        for party, series in report.series[analyst].items():
+        span = (end - start).total_seconds() if start < end else 0.0
+        groups = merged(dict(report.series[analyst]), max(1.0, 0.005 * span))
+        for k, (parties, series) in enumerate(groups):
+            colour, style, marker = styles.get(parties[0], ("#333333", "-", "o"))
             xs = [start] + [datetime.fromisoformat(t) for t, _ in series.points] + [end]
             vals = [float(series.start)] + [float(v) for _, v in series.points]
             ys = vals + [vals[-1]]
-            ax.step(xs, ys, where="post", color=colours.get(party, "#333333"), lw=1.8,
-                    label=party)
-            ax.plot(xs[1:-1], ys[1:-1], "o", color=colours.get(party, "#333333"), ms=3.5)
+            lw = 2.6 - 0.5 * min(k, 3)  # the first drawn is the widest: overlaps show
+            ax.step(xs, ys, where="post", color=colour, lw=lw, ls=style,
+                    label=" = ".join(parties) + (" (same)" if len(parties) > 1 else ""),
+                    zorder=2 + k)
+            ax.plot(xs[1:-1], ys[1:-1], marker, color=colour, ms=4.5, zorder=2 + k,
+                    markeredgecolor="white", markeredgewidth=0.6)
             top = max(top, max(ys))
         budget = report.analyst_budget(analyst)
         if budget is not None:

@@ -15,7 +15,17 @@ or key shows the chain itself cannot be trusted). The renderers make that imposs
 A query reserves at every party it reads under one query id (``multi.reserve_all``), so the
 report groups charges by ``(analyst, query_id)`` into one row per query. Budgets are the
 federation's; spent counts every reservation not given back by an abort (open ones included,
-as the ledger does).
+as the ledger does). A query a party's budget refused left a ``refused`` entry there, which
+charges nothing; it is shown with what was requested, so over-budget attempts are visible.
+
+Each query row says who asked (analyst, and whether a node took the name from a client
+certificate or the analyst asserted it), why (the stated purpose), when, which parties and
+tables it read, which columns and which mechanism (re-derived from its SQL and today's
+policies, when the federation is known), what it cost and what stayed charged, and how it
+ended (``outcome``: released, over budget, refused, cancelled, failed, open, mixed).
+
+``prior`` (``--anchor FILE``): the heads an earlier report recorded for each ledger; every
+one must still be in today's chain, or that ledger fails with an ``anchor`` problem.
 
 >>> import tempfile, pathlib
 >>> from veilql.engine.ledger import Ledger
@@ -57,11 +67,11 @@ from veilql.engine.ledger.chain import BadEntry, ChainState, Problem
 from veilql.engine.ledger.entries import STATUS, EntryError, parse_obj
 from veilql.engine.ledger.errors import LedgerError
 from veilql.engine.ledger.keys import key_path, load_key
-from veilql.engine.ledger.ledger import Charge, charge_of
+from veilql.engine.ledger.ledger import Charge, charge_of, refusal_of
 from veilql.engine.ledger.money import to_fraction
 from veilql.engine.ledger.multi import ledger_path
 from veilql.engine.node import ledger_dir_override
-from veilql.errors import UsageError
+from veilql.errors import UsageError, VeilError
 from veilql.policies.model import Analyst, Federation
 
 ZERO = Fraction(0)
@@ -167,14 +177,26 @@ class BudgetRow:
     verified: bool = True
 
 
+#: How a query ended, for people: ``QueryRow.outcome``.
+OUTCOMES: tuple[str, ...] = ("released", "over budget", "refused", "cancelled", "failed",
+                             "open", "mixed")
+
+
 @dataclass(frozen=True)
 class QueryRow:
-    """One query across the parties it charged.
+    """One query across the parties it charged (or that refused it).
 
-    ``status`` is ``committed`` (released), ``aborted`` (failed or refused before release,
-    charge given back), ``open`` (reserved, never settled: still counts as spent) or
-    ``mixed`` (parties disagree, which the protocol never produces: investigate).
-    ``statuses`` is per party; ``reasons`` are the abort reasons the ledgers recorded.
+    ``status`` is the ledgers' word: ``committed`` (every party admitted it and the charge
+    stands), ``aborted`` (failed or refused before any party read data, charge given back),
+    ``refused`` (a party's budget refused it; nothing charged), ``open`` (reserved, never
+    settled: still counts as spent) or ``mixed`` (parties disagree, which the protocol never
+    produces: investigate). ``outcome`` is the same for people (``OUTCOMES``). ``statuses``
+    is per party; ``reasons`` are the reasons the ledgers recorded.
+
+    ``epsilon``/``delta`` are what the query asked for; ``charged_epsilon``/``charged_delta``
+    what stands charged (0 when it was given back or refused). ``tables`` are
+    ``party.table``; ``columns`` (``party.table.column``) and ``mechanism`` are re-derived
+    from the SQL and the federation's policies (empty when they could not be).
     """
 
     query_id: str
@@ -188,11 +210,30 @@ class QueryRow:
     status: str
     reasons: tuple[str, ...] = ()
     verified: bool = True
+    purpose: str = ""
+    identity: str | None = None
+    tables: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    mechanism: str = ""
+    outcome: str = ""
+    charged_epsilon: Fraction = Fraction(0)
+    charged_delta: Fraction = Fraction(0)
 
     @property
     def charged(self) -> tuple[str, ...]:
-        """Parties where the charge stands (not given back by an abort)."""
-        return tuple(p for p, s in self.statuses if s != "aborted")
+        """Parties where the charge stands (not given back by an abort, not refused)."""
+        return tuple(p for p, s in self.statuses if s not in ("aborted", "refused"))
+
+
+@dataclass(frozen=True)
+class PriorHead:
+    """A ledger head an earlier report recorded (``--anchor``) and whether today's chain
+    still holds it (None when the chain could not be checked)."""
+
+    party: str
+    seq: int
+    hash: str
+    matches: bool | None
 
 
 @dataclass(frozen=True)
@@ -215,6 +256,8 @@ class Report:
     budgets: tuple[BudgetRow, ...]
     queries: tuple[QueryRow, ...]
     series: dict[str, dict[str, Series]] = field(default_factory=dict)
+    prior: dict[str, str | None] | None = None  # the --anchor report: file, generated_at
+    prior_heads: tuple[PriorHead, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -403,9 +446,12 @@ def cross_check(integrity: PartyIntegrity, hashes: list[str] | None,
 
 
 def _verified_charges(state: ChainState) -> list[Charge]:
-    """Charges of a verified chain, as ``Ledger.history`` builds them."""
-    return [charge_of(state.party, seq, e, state.settled.get(seq))
-            for seq, e in state.reserves.items()]
+    """Charges of a verified chain, as ``Ledger.history`` builds them, then the refusals
+    (``Ledger.refusals``), in file order."""
+    out = [charge_of(state.party, seq, e, state.settled.get(seq))
+           for seq, e in state.reserves.items()]
+    out += [refusal_of(state.party, e) for e in state.entries if e.kind == "refused"]
+    return sorted(out, key=lambda c: c.seq)
 
 
 def lenient_charges(data: bytes, party: str) -> tuple[list[Charge], int]:
@@ -417,6 +463,7 @@ def lenient_charges(data: bytes, party: str) -> tuple[list[Charge], int]:
     """
     reserves: dict[int, dict] = {}
     settled: dict[int, dict] = {}
+    refused: list[Charge] = []
     skipped = 0
     for raw in data.split(b"\n"):
         if not raw.strip():
@@ -431,6 +478,8 @@ def lenient_charges(data: bytes, party: str) -> tuple[list[Charge], int]:
             reserves[entry.seq] = obj
         elif entry.kind in ("commit", "abort") and entry.ref is not None:
             settled.setdefault(entry.ref, obj)
+        elif entry.kind == "refused":
+            refused.append(refusal_of(party, entry))
     out = []
     for seq, r in sorted(reserves.items()):
         done = settled.get(seq)
@@ -439,9 +488,10 @@ def lenient_charges(data: bytes, party: str) -> tuple[list[Charge], int]:
             epsilon=to_fraction(r["epsilon"]), delta=to_fraction(r["delta"]),
             tables=tuple(r["tables"]), status=done["status"] if done else STATUS["reserve"],
             reserved_at=r["time"], settled_at=done["time"] if done else None,
-            reason=done.get("reason") if done else None,
+            reason=done.get("reason") if done else None, purpose=r.get("purpose") or "",
+            identity=r.get("identity"),
         ))
-    return out, skipped
+    return sorted(out + refused, key=lambda c: c.seq), skipped
 
 
 # ---------------------------------------------------------------------------- the model
@@ -450,7 +500,7 @@ def lenient_charges(data: bytes, party: str) -> tuple[list[Charge], int]:
 def collect(
     federation: Federation, *, analyst: str | None = None, party: str | None = None,
     since: datetime | str | None = None, now: datetime | str | None = None,
-    keys: Mapping[str, bytes] | None = None,
+    keys: Mapping[str, bytes] | None = None, anchor: Path | str | None = None,
 ) -> Report:
     """The report over every party's ledger of ``federation`` (``veil report``).
 
@@ -458,8 +508,9 @@ def collect(
     ``--since`` text). Budgets and integrity are always all-time. ``keys`` are the parties'
     HMAC ledger keys (default: each party's key file beside its ledger). Each ledger is
     checked against the anchors every other party of the federation holds for it, also with
-    the ``party`` filter. Raises ``UsageError`` for a party or analyst the federation does
-    not know.
+    the ``party`` filter, and against the heads an earlier report recorded when ``anchor``
+    names its JSON (``read_prior``). Raises ``UsageError`` for a party or analyst the
+    federation does not know, or an ``anchor`` file that is not a VeilQL JSON report.
     """
     if party is not None and federation.party(party) is None:
         raise UsageError(f"no party named {party!r} in {federation.path}",
@@ -467,21 +518,55 @@ def collect(
     names = [party] if party is not None else list(federation.party_names)
     paths = {p: ledger_file(federation, p) for p in names}
     holders = {p: anchors_path(ledger_file(federation, p), p) for p in federation.party_names}
+    prior = read_prior(Path(anchor)) if anchor is not None else None
     return collect_ledgers(paths, federation.analysts, federation_name=federation.name,
                            analyst=analyst, since=since, now=now, keys=keys,
-                           anchor_files=holders)
+                           anchor_files=holders, federation=federation, prior=prior)
+
+
+def read_prior(path: Path) -> tuple[dict[str, str | None], dict[str, tuple[int, str]]]:
+    """The heads an earlier report's JSON recorded (``--anchor FILE``): its file and time,
+    and ``party -> (head_seq, head)`` for every ledger it verified. Raises ``UsageError``
+    for a file that is not a VeilQL JSON report."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"no file {path}", "--anchor takes an earlier report's JSON file"
+                         ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} as a JSON report: {exc}",
+                         "--anchor takes a report written by veil report --format json"
+                         ) from None
+    parties = obj.get("integrity", {}).get("parties") if isinstance(obj, dict) else None
+    if obj.get("report") != "veilql compliance report" or not isinstance(parties, dict):
+        raise UsageError(f"{path} is not a VeilQL compliance report in JSON",
+                         "--anchor takes a report written by veil report --format json")
+    heads: dict[str, tuple[int, str]] = {}
+    for party, info in parties.items():
+        if not isinstance(info, dict):
+            continue
+        seq, head = info.get("head_seq"), info.get("head")
+        if type(seq) is int and seq >= 0 and isinstance(head, str) and re.fullmatch(
+                r"[0-9a-f]{64}", head):
+            heads[str(party)] = (seq, head)
+    label = {"file": str(path), "generated_at": obj.get("generated_at")
+             if isinstance(obj.get("generated_at"), str) else None}
+    return label, heads
 
 
 def collect_ledgers(
     ledgers: Mapping[str, Path], analysts: Mapping[str, Analyst], *, federation_name: str,
     analyst: str | None = None, since: datetime | str | None = None,
     now: datetime | str | None = None, keys: Mapping[str, bytes] | None = None,
-    anchor_files: Mapping[str, Path] | None = None,
+    anchor_files: Mapping[str, Path] | None = None, federation: Federation | None = None,
+    prior: tuple[dict[str, str | None], dict[str, tuple[int, str]]] | None = None,
 ) -> Report:
     """The report over ``ledgers`` (party -> ledger file, in display order) with the budgets
     of ``analysts``; see ``collect`` for the filters. ``anchor_files`` (holder -> its
     ``<party>.anchors.jsonl``; default: the one beside each ledger) are read, without
-    locking, to check each ledger against the anchors the other parties hold for it."""
+    locking, to check each ledger against the anchors the other parties hold for it.
+    ``federation`` lets each query's columns and mechanism be re-derived from its SQL;
+    ``prior`` is ``read_prior`` of an earlier report, whose heads must still be there."""
     generated = report_time(now)
     cutoff = since if isinstance(since, datetime) or since is None else parse_since(
         since, datetime.fromisoformat(generated))
@@ -491,9 +576,13 @@ def collect_ledgers(
         anchor_files = {p: anchors_path(Path(path), p) for p, path in ledgers.items()}
     books = {h: read_anchors(Path(f), h) for h, f in anchor_files.items()}
     integrity, charges = [], []
+    prior_heads: list[PriorHead] = []
     for party, path in ledgers.items():
         check, found, hashes = _read(Path(path), party, (keys or {}).get(party))
         check = cross_check(check, hashes, books, {h: Path(f) for h, f in anchor_files.items()})
+        if prior is not None and party in prior[1]:
+            check, held = _check_prior(check, hashes, prior, party)
+            prior_heads.append(held)
         integrity.append(check)
         bad = check.trusted_before
         charges += [(c, bad is None or c.seq < bad) for c in found]
@@ -511,14 +600,47 @@ def collect_ledgers(
         federation=federation_name, generated_at=generated, filters=filters,
         integrity=tuple(integrity),
         budgets=tuple(_budgets(who, integrity, analysts, charges)),
-        queries=tuple(_queries(charges, cutoff)),
+        queries=tuple(_queries(charges, cutoff, federation)),
         series=_series(who, list(ledgers), charges, cutoff),
+        prior=prior[0] if prior is not None else None, prior_heads=tuple(prior_heads),
     )
 
 
+def _check_prior(check: PartyIntegrity, hashes: list[str] | None,
+                 prior: tuple[dict[str, str | None], dict[str, tuple[int, str]]], party: str,
+                 ) -> tuple[PartyIntegrity, PriorHead]:
+    """``check`` with an ``anchor`` problem when today's chain no longer holds the head the
+    earlier report recorded for ``party``."""
+    seq, head = prior[1][party]
+    when = prior[0].get("generated_at") or "an earlier report"
+    holder = f"the report of {when}"
+    if hashes is None:
+        problem: Problem | None = Problem(
+            "missing", f"ledger of {party} is missing; {holder} recorded its entry {seq}",
+            seq, holder)
+    elif not hashes:
+        return check, PriorHead(party, seq, head, None)  # the chain itself failed
+    elif seq >= len(hashes):
+        problem = Problem("anchor", f"ledger of {party} has {len(hashes)} entries but {holder} "
+                          f"recorded entry {seq}: entries were deleted from the end, or the "
+                          "ledger was replaced", len(hashes), holder)
+    elif hashes[seq] != head:
+        problem = Problem("anchor", f"entry {seq} of {party}'s ledger differs from the head "
+                          f"{holder} recorded: the chain was rewritten or replaced", seq,
+                          holder)
+    else:
+        problem = None
+    if problem is None:
+        return check, PriorHead(party, seq, head, True)
+    return (_integrity(party, Path(check.path), check.exists, check.entries,
+                       [*check.problems, problem], skipped=check.skipped, head=check.head,
+                       keyed=check.keyed, warnings=check.warnings, anchors=check.anchors),
+            PriorHead(party, seq, head, False))
+
+
 def _stands(c: Charge) -> bool:
-    """A charge that counts as spent: reserved (open) or committed, not aborted."""
-    return c.status != STATUS["abort"]
+    """A charge that counts as spent: reserved (open) or committed, not aborted or refused."""
+    return c.status not in (STATUS["abort"], STATUS["refused"])
 
 
 def _budgets(who: Iterable[str], integrity: list[PartyIntegrity],
@@ -550,12 +672,97 @@ def _combined(statuses: list[str]) -> str:
     """One status for a query from its per-party statuses."""
     if STATUS["reserve"] in statuses:
         return "open"
+    if STATUS["refused"] in statuses and set(statuses) <= {STATUS["refused"], STATUS["abort"]}:
+        return STATUS["refused"]  # refused at one party, given back at the others
     if len(set(statuses)) == 1:
         return statuses[0]
     return "mixed"
 
 
-def _queries(charges: list[tuple[Charge, bool]], cutoff: datetime | None) -> list[QueryRow]:
+def _outcome(status: str, reasons: Iterable[str]) -> str:
+    """How a query ended, for people (``OUTCOMES``), from its status and abort reasons.
+
+    >>> _outcome("aborted", ["another party refused the query"]), _outcome("committed", [])
+    ('refused', 'released')
+    """
+    text = " ".join(reasons).lower()
+    if status == "committed":
+        return "released"
+    if status == "refused":
+        return "over budget"
+    if status == "aborted":
+        if "cancel" in text:
+            return "cancelled"
+        if "refused" in text or "over budget" in text:
+            return "refused"
+        return "failed"
+    return status
+
+
+_SHAPES: dict[tuple[str, str, str], tuple[tuple[str, ...], str]] = {}
+
+
+def query_shape(sql: str, federation: Federation | None, epsilon: Fraction, delta: Fraction,
+                ) -> tuple[tuple[str, ...], str]:
+    """The columns (``party.table.column``) a query reads and its noise mechanism,
+    re-derived from its SQL under today's policies (empty when that fails: a policy that
+    changed since, or no federation).
+
+    The ledger keeps the charged cost, not the requested one (a mechanism may charge a
+    delta other than the one asked for), so the plan is compiled for the charged epsilon
+    and each plausible requested delta (the charged one, the federation's default, 0); the
+    mechanism is named only when a plan charges exactly what the ledger recorded.
+    """
+    if federation is None:
+        return (), ""
+    key = (sql, str(epsilon), str(delta))
+    if key in _SHAPES:
+        return _SHAPES[key]
+    import warnings
+
+    from veilql.engine.dp import LargeEpsilonWarning
+    from veilql.engine.rewrite import compile_plan
+    from veilql.engine.sql.bind import bind
+    from veilql.engine.sql.bound import columns_used
+    from veilql.engine.sql.parse import parse
+
+    columns: tuple[str, ...] = ()
+    mechanism = ""
+    try:
+        bound = bind(parse(sql), federation)
+        tables = {t.alias: f"{t.party}.{t.table}" for t in bound.tables}
+        columns = tuple(sorted(f"{tables[a]}.{c}" for a, cs in columns_used(bound).items()
+                               for c in cs))
+        for asked in dict.fromkeys((float(delta), federation.default_delta, 0.0)):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", LargeEpsilonWarning)
+                    plan = compile_plan(sql, federation, epsilon=float(epsilon), delta=asked)
+            except VeilError:
+                continue
+            if plan.epsilon == epsilon and plan.delta == delta:
+                names = [_mechanism(a.noise) for a in plan.aggregates if a.noise is not None]
+                mechanism = ", ".join(dict.fromkeys(names))
+                if plan.threshold is not None:
+                    mechanism += " with partition selection"
+                break
+    except (VeilError, ValueError, KeyError, AttributeError, RecursionError):
+        pass
+    if len(_SHAPES) < 4096:
+        _SHAPES[key] = (columns, mechanism)
+    return columns, mechanism
+
+
+def _mechanism(noise: object) -> str:
+    """``discrete Laplace``, ``discrete Gaussian`` or ``discrete Laplace on shares``."""
+    if getattr(noise, "central", False):
+        return "discrete Laplace on shares"
+    return "discrete Laplace" if getattr(noise, "mechanism", "") == "laplace" \
+        else "discrete Gaussian"
+
+
+def _queries(charges: list[tuple[Charge, bool]], cutoff: datetime | None,
+             federation: Federation | None = None) -> list[QueryRow]:
     groups: dict[tuple[str, str], list[tuple[Charge, bool]]] = {}
     for c, v in charges:
         groups.setdefault((c.analyst, c.query_id), []).append((c, v))
@@ -566,14 +773,28 @@ def _queries(charges: list[tuple[Charge, bool]], cutoff: datetime | None) -> lis
         if cutoff is not None and datetime.fromisoformat(time) < cutoff:
             continue
         statuses = [c.status for c, _ in group]
+        status = _combined(statuses)
+        reasons = tuple(sorted({c.reason for c, _ in group if c.reason}))
+        asked_eps = max((c.requested or (c.epsilon, c.delta))[0] for c, _ in group)
+        asked_dlt = max((c.requested or (c.epsilon, c.delta))[1] for c, _ in group)
+        standing = [c for c, _ in group if _stands(c)]
+        columns, mechanism = query_shape(group[0][0].sql, federation, asked_eps, asked_dlt)
+        identities = {c.identity for c, _ in group if c.identity}
         rows.append(QueryRow(
             query_id=qid, time=time, analyst=analyst, sql=group[0][0].sql,
-            epsilon=max(c.epsilon for c, _ in group), delta=max(c.delta for c, _ in group),
+            epsilon=asked_eps, delta=asked_dlt,
             parties=tuple(c.party for c, _ in group),
             statuses=tuple((c.party, c.status) for c, _ in group),
-            status=_combined(statuses),
-            reasons=tuple(sorted({c.reason for c, _ in group if c.reason})),
+            status=status, reasons=reasons,
             verified=all(v for _, v in group),
+            purpose=next((c.purpose for c, _ in group if c.purpose), ""),
+            identity=("certificate" if identities == {"certificate"} else
+                      "self-asserted" if identities == {"self-asserted"} else
+                      "mixed" if identities else None),
+            tables=tuple(f"{c.party}.{t}" for c, _ in group for t in c.tables),
+            columns=columns, mechanism=mechanism, outcome=_outcome(status, reasons),
+            charged_epsilon=max((c.epsilon for c in standing), default=ZERO),
+            charged_delta=max((c.delta for c in standing), default=ZERO),
         ))
     rows.sort(key=lambda q: (q.time, q.query_id))
     return rows

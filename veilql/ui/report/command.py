@@ -65,23 +65,30 @@ def write(path: Path, data: bytes) -> None:
                    "such as 7d, 12h. Budgets are always all-time.")
 @click.option("--format", "fmt", type=click.Choice(list(RENDERERS)), default=None,
               help="Report format (default: from the -o file's extension).")
+@click.option("--anchor", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="An earlier report's JSON: every ledger head it recorded must still be "
+                   "in today's chains (else the integrity check fails, exit 3).")
 @click.option("-o", "--output", "output", required=True, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
               help="File to write the report to ('-': standard output).")
 def report(federation: str | None, analyst: str | None, party: str | None, since: str | None,
-           fmt: str | None, output: Path) -> None:
+           fmt: str | None, anchor: Path | None, output: Path) -> None:
     """Write a compliance report from every party's privacy-budget ledger.
 
     Budgets, spent and remaining per analyst and party; cumulative epsilon over time; every
-    query (time, analyst, SQL, epsilon, delta, parties charged, status); and each ledger's
-    integrity check. Exits 3, after writing the report, when a ledger fails its check.
+    query (time, analyst and how identified, purpose, SQL, tables, columns, mechanism,
+    epsilon and delta asked and charged, parties charged, outcome), refused attempts too;
+    each ledger's integrity check (and, with --anchor, against an earlier report's heads);
+    a sign-off block. Exits 3, after writing the report, when a ledger fails its check.
     """
     if fmt is None:
         fmt = output.suffix.lstrip(".").lower() if str(output) != "-" else ""
         if fmt not in RENDERERS:
             raise UsageError(f"cannot tell the report format from {output.name!r}",
                              "pass --format html|pdf|csv|json")
-    model = collect(load(federation), analyst=analyst, party=party, since=since)
+    model = collect(load(federation), analyst=analyst, party=party, since=since,
+                    anchor=anchor)
     write(output, render(model, fmt))
     if not model.ok:
         click.echo(f"veil: error: ledger integrity check FAILED for {', '.join(model.failed)};"

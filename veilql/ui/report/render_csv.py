@@ -4,14 +4,17 @@ A spreadsheet wants one rectangle, so every row starts with ``record`` (``integr
 ``budget`` or ``query``) and leaves the columns that do not apply empty. Integrity rows come
 first, one per party, with ``status`` ``FAILED`` (or ``MISSING`` for a deleted ledger) and
 the problems in ``detail`` when a check fails, so a failure is the first thing anyone opening
-the file sees. Amounts are the
-ledger's exact values printed by ``money.fmt`` (``0.5``, ``1e-06``).
+the file sees. Amounts are the ledger's exact values printed by ``money.fmt`` (``0.5``,
+``1e-06``) when that is short, else the nearest double (the JSON keeps them exact), so every
+amount is a number a spreadsheet reads. A query row's ``epsilon``/``delta`` is what it asked
+for, ``spent_*`` what stands charged; ``outcome`` is released, over budget, refused,
+cancelled, failed, open or mixed.
 
 >>> from veilql.ui.report.collect import PartyIntegrity, Report
 >>> rep = Report("demo", "2026-01-01T00:00:00+00:00", {},
 ...              (PartyIntegrity("bank", "b.jsonl", True, False, 3, 2, "edited"),), (), ())
 >>> print(render_csv(rep).splitlines()[1])
-integrity,,,bank,,FAILED,,,,,,,,,,,,broken at entry 2: edited
+integrity,,,bank,,FAILED,,,,,,,,,,,,broken at entry 2: edited,,,,,,
 """
 
 from __future__ import annotations
@@ -20,20 +23,20 @@ import csv
 import io
 from fractions import Fraction
 
-from veilql.engine.ledger.money import fmt
 from veilql.ui.report.collect import Report
-from veilql.ui.report.text import chain_status
+from veilql.ui.report.text import chain_status, readable
 
 COLUMNS: tuple[str, ...] = (
     "record", "time", "analyst", "party", "query_id", "status", "epsilon", "delta",
     "budget_epsilon", "budget_delta", "spent_epsilon", "spent_delta", "remaining_epsilon",
-    "remaining_delta", "queries", "verified", "reason", "detail",
+    "remaining_delta", "queries", "verified", "reason", "detail", "outcome", "purpose",
+    "identity", "tables", "columns", "mechanism",
 )
 
 
 def amount(value: Fraction | None) -> str:
-    """An exact amount as text; empty for unknown."""
-    return "" if value is None else fmt(value)
+    """An amount as a spreadsheet number (``text.readable``); empty for unknown."""
+    return readable(value)
 
 
 def rows(report: Report) -> list[dict[str, str]]:
@@ -63,8 +66,11 @@ def rows(report: Report) -> list[dict[str, str]]:
             "record": "query", "time": q.time, "analyst": q.analyst,
             "party": ";".join(q.parties), "query_id": q.query_id, "status": q.status,
             "epsilon": amount(q.epsilon), "delta": amount(q.delta),
+            "spent_epsilon": amount(q.charged_epsilon), "spent_delta": amount(q.charged_delta),
             "verified": "yes" if q.verified else "NO", "reason": "; ".join(q.reasons),
-            "detail": q.sql,
+            "detail": q.sql, "outcome": q.outcome, "purpose": q.purpose,
+            "identity": q.identity or "", "tables": ";".join(q.tables),
+            "columns": ";".join(q.columns), "mechanism": q.mechanism,
         })
     return out
 

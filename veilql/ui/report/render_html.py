@@ -19,15 +19,21 @@ from html import escape
 from veilql import __version__
 from veilql.ui.report import chart
 from veilql.ui.report.collect import Report
+from veilql.ui.report.render_json import digest
 from veilql.ui.report.text import (
-    STATUS_TEXT,
+    OUTCOME_TEXT,
     TITLE,
     amount,
+    analyst_summary,
     anchors_text,
     chain_status,
     counts,
     filters_text,
+    identity_text,
     integrity_banner,
+    party_summary,
+    prior_text,
+    reasons_text,
     when,
 )
 
@@ -60,8 +66,10 @@ code.sql { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospa
            white-space: pre-wrap; word-break: break-word; }
 .tag { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px;
        font-weight: 600; white-space: nowrap; }
-.tag.committed, .tag.ok { background: #dafbe1; color: var(--ok); }
-.tag.aborted { background: #eaeef2; color: var(--muted); }
+.tag.committed, .tag.ok, .tag.released { background: #dafbe1; color: var(--ok); }
+.tag.aborted, .tag.failed-query, .tag.cancelled, .tag.refused { background: #eaeef2;
+       color: var(--muted); }
+.tag.over-budget { background: #fde2e1; color: var(--bad); }
 .tag.open, .tag.mixed { background: #fff8c5; color: var(--warn); }
 .tag.failed, .tag.unverified { background: var(--bad); color: #fff; }
 .bar { background: #eaeef2; border-radius: 3px; height: 8px; width: 120px; }
@@ -71,6 +79,11 @@ code.sql { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospa
 figure { margin: 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
 footer { margin-top: 36px; color: var(--muted); font-size: 12px; }
+.signoff { margin-top: 28px; border: 1px solid var(--ink); border-radius: 6px;
+           padding: 14px 18px; break-inside: avoid; }
+.signoff table td { border: none; padding: 14px 8px 4px; }
+.signoff .line { border-bottom: 1px solid var(--ink); min-width: 260px; }
+.digest { font: 11px ui-monospace, Menlo, Consolas, monospace; word-break: break-all; }
 @media print { main { max-width: none; padding: 0; } tr, figure { break-inside: avoid; }
                .banner.fail { -webkit-print-color-adjust: exact; print-color-adjust: exact; } }
 """
@@ -108,6 +121,35 @@ def _integrity(report: Report) -> str:
             "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
+def _summaries(report: Report) -> str:
+    """Per analyst (the party that binds) and per party, side by side."""
+    rows = []
+    for a in analyst_summary(report):
+        flag = "" if a["verified"] else " " + _tag("unverified", "unverified")
+        rows.append(
+            f"<tr><td>{escape(str(a['analyst']))}{flag}</td>"
+            f"<td class=num>{amount(a['budget_epsilon'])}</td>"
+            f"<td class=num>{amount(a['spent_epsilon'])}</td>"
+            f"<td>{escape(str(a['spent_at']))}</td>"
+            f"<td class=num>{amount(a['remaining_epsilon'])}</td>"
+            f"<td class=num>{a['released']}</td><td class=num>{a['refused']}</td></tr>")
+    analysts = ("<table><thead><tr><th>Analyst</th><th>Budget &epsilon;</th>"
+                "<th>Most spent &epsilon;</th><th>at party</th><th>Least remaining &epsilon;</th>"
+                "<th>Released</th><th>Refused</th></tr></thead><tbody>" + "".join(rows)
+                + "</tbody></table>")
+    rows = []
+    for p in party_summary(report):
+        flag = "" if p["verified"] else " " + _tag("unverified", "unverified")
+        rows.append(
+            f"<tr><td>{escape(str(p['party']))}{flag}</td>"
+            f"<td class=num>{amount(p['spent_epsilon'])}</td>"
+            f"<td class=num>{p['charged']}</td><td class=num>{p['refused']}</td></tr>")
+    parties = ("<table><thead><tr><th>Party</th><th>&epsilon; charged (all analysts)</th>"
+               "<th>Queries charged</th><th>Refused here</th></tr></thead><tbody>"
+               + "".join(rows) + "</tbody></table>")
+    return f"<h3>Per analyst</h3>{analysts}<h3>Per party</h3>{parties}"
+
+
 def _budgets(report: Report) -> str:
     rows = []
     for b in report.budgets:
@@ -135,25 +177,50 @@ def _queries(report: Report) -> str:
         return "<p>No queries in this period.</p>"
     rows = []
     for q in report.queries:
-        status = _tag(q.status, q.status)
+        cls = q.outcome.replace(" ", "-") if q.outcome != "failed" else "failed-query"
+        status = _tag(q.outcome or q.status, cls)
         if not q.verified:
             status += " " + _tag("unverified", "unverified")
-        reasons = "".join(f'<div class="reason">{escape(r)}</div>' for r in q.reasons)
+        reasons = "".join(f'<div class="reason">{escape(r)}</div>' for r in reasons_text(q))
         # per-party outcomes only where they add something: an abort or a disagreement
         per_party = ("" if q.status == "committed" else
                      ", ".join(f"{escape(p)}: {escape(s)}" for p, s in q.statuses))
+        read = [f"tables: {', '.join(q.tables) or 'none'}"]
+        if q.columns:
+            read.append(f"columns: {', '.join(q.columns)}")
+        if q.mechanism:
+            read.append(f"mechanism: {q.mechanism}")
+        details = "".join(f'<div class="reason">{escape(t)}</div>' for t in read)
+        charged = (f"{amount(q.charged_epsilon)}" if q.charged_epsilon == q.epsilon else
+                   f"{amount(q.charged_epsilon)}<div class=reason>asked "
+                   f"{amount(q.epsilon)}</div>")
         rows.append(
-            f"<tr><td class=when>{escape(when(q.time))}</td><td>{escape(q.analyst)}</td>"
+            f"<tr><td class=when>{escape(when(q.time))}</td><td>{escape(q.analyst)}"
+            f'<div class="reason">{escape(identity_text(q.identity))}</div></td>'
+            f"<td>{escape(q.purpose) or '<i>none stated</i>'}</td>"
             f"<td><code class=sql>{escape(q.sql)}</code>"
-            f'<div class="reason">query {escape(q.query_id)}</div></td>'
-            f"<td class=num>{amount(q.epsilon)}</td><td class=num>{amount(q.delta)}</td>"
+            f'<div class="reason">query {escape(q.query_id)}</div>{details}</td>'
+            f"<td class=num>{charged}</td><td class=num>{amount(q.charged_delta)}</td>"
             f'<td>{escape(", ".join(q.charged)) or "none"}'
             f'<div class="reason">{per_party}</div></td>'
-            f'<td title="{escape(STATUS_TEXT.get(q.status, q.status))}">{status}{reasons}</td>'
-            "</tr>")
-    return ("<table><thead><tr><th>Time</th><th>Analyst</th><th>SQL</th><th>&epsilon;</th>"
-            "<th>&delta;</th><th>Parties charged</th><th>Status</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>")
+            f'<td title="{escape(OUTCOME_TEXT.get(q.outcome, q.status))}">{status}{reasons}'
+            "</td></tr>")
+    return ("<table><thead><tr><th>Time</th><th>Who</th><th>Purpose</th><th>SQL, what it "
+            "read</th><th>&epsilon; charged</th><th>&delta; charged</th><th>Parties charged"
+            "</th><th>Outcome</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _signoff(report: Report) -> str:
+    """The block an officer signs: name, role, date, signature, and the data digest the
+    signature covers."""
+    lines = "".join(f"<tr><td>{label}</td><td class=line>&nbsp;</td></tr>"
+                    for label in ("Reviewed by (name)", "Role", "Date", "Signature"))
+    return ('<section class="signoff"><h2>Review and signature</h2><p>I have reviewed this '
+            f"report of the privacy budget spent in federation <b>{escape(report.federation)}</b>, "
+            f"generated {escape(when(report.generated_at))}.</p><table>{lines}</table>"
+            '<p class="meta">This signature covers the data whose JSON report has SHA-256 '
+            f'<span class="digest">{digest(report)}</span> (re-run <code>veil report '
+            "--format json</code> on the same ledgers to check).</p></section>")
 
 
 def render_html(report: Report) -> str:
@@ -162,8 +229,12 @@ def render_html(report: Report) -> str:
     image = base64.b64encode(chart.png(report)).decode("ascii")
     cards = "".join(
         f'<div class="card"><b>{n}</b><span>{label}</span></div>'
-        for n, label in ((c["queries"], "queries"), (c["committed"], "released"),
-                         (c["aborted"], "aborted"), (c["open"] + c["mixed"], "open / mixed")))
+        for n, label in ((c["queries"], "queries"), (c["released"], "released"),
+                         (c["over budget"] + c["refused"], "refused"),
+                         (c["failed"] + c["cancelled"], "failed / cancelled"),
+                         (c["open"] + c["mixed"], "open / mixed")))
+    prior = prior_text(report)
+    prior_html = f'<p class="meta"><b>Earlier report:</b> {escape(prior)}</p>' if prior else ""
     title = f"{TITLE}: {report.federation}"
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -183,15 +254,22 @@ def render_html(report: Report) -> str:
 <div class="cards">{cards}</div>
 <h2>Ledger integrity</h2>
 {_integrity(report)}
+{prior_html}
 <h2>Budgets per analyst and party</h2>
 <p class="meta">All-time figures. Spent counts released queries and open reservations;
 aborted queries were given back.</p>
 {_budgets(report)}
+{_summaries(report)}
 <h2>Cumulative epsilon over time</h2>
 <figure><img alt="Cumulative epsilon spent over time per analyst and party"
 src="data:image/png;base64,{image}"></figure>
 <h2>Queries</h2>
+<p class="meta">Every query, released or not: refused and over-budget attempts cost nothing
+and are listed too. Columns and mechanism are re-derived from the SQL under today's
+policies; the purpose is the analyst's own statement; "certificate" means a node took the
+analyst's name from a client certificate, "self-asserted" that it ran embedded.</p>
 {_queries(report)}
+{_signoff(report)}
 <footer>Generated by VeilQL {escape(__version__)} from each party's hash-chained ledger.
 Amounts are exact ledger values.</footer>
 </main>

@@ -1,8 +1,10 @@
 """The report as one JSON object, with integrity at the top.
 
 Amounts are JSON numbers (the nearest double of the ledger's exact value, printed by Python's
-shortest round-trip ``repr``); keys are sorted and the indentation fixed, so the same ledgers
-give the same bytes. ``integrity.ok`` is the first thing a script should read.
+shortest round-trip ``repr``) with the exact value beside them as text (``*_exact``: a
+decimal when it terminates, else ``p/q``, as the ledger stores it); keys are sorted and the
+indentation fixed, so the same ledgers give the same bytes. ``integrity.ok`` is the first
+thing a script should read; ``anchor_report`` says what ``--anchor`` checked.
 
 >>> from veilql.ui.report.collect import Report
 >>> rep = Report("demo", "2026-01-01T00:00:00+00:00", {}, (), (), ())
@@ -12,13 +14,24 @@ give the same bytes. ``integrity.ok`` is the first thing a script should read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from fractions import Fraction
 from typing import Any
 
+from veilql.engine.ledger.money import encode
 from veilql.ui.report.collect import PartyIntegrity, Report
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: purpose, identity, tables, columns, mechanism, outcome, refusals
+
+
+def exact(value: Fraction | None) -> str | None:
+    """An exact amount as the ledger writes it: ``"0.5"``, ``"1/3"``; None when unknown.
+
+    >>> exact(Fraction(1, 2)), exact(Fraction(1, 3)), exact(None)
+    ('0.5', '1/3', None)
+    """
+    return None if value is None else encode(value)
 
 
 def number(value: Fraction | None) -> float | int | None:
@@ -73,15 +86,31 @@ def to_obj(report: Report) -> dict[str, Any]:
             "spent_epsilon": number(b.spent_epsilon), "spent_delta": number(b.spent_delta),
             "remaining_epsilon": number(b.remaining_epsilon),
             "remaining_delta": number(b.remaining_delta),
+            "spent_epsilon_exact": exact(b.spent_epsilon),
+            "spent_delta_exact": exact(b.spent_delta),
+            "remaining_epsilon_exact": exact(b.remaining_epsilon),
+            "remaining_delta_exact": exact(b.remaining_delta),
             "queries": b.queries, "verified": b.verified,
         } for b in report.budgets],
         "queries": [{
             "time": q.time, "query_id": q.query_id, "analyst": q.analyst, "sql": q.sql,
+            "purpose": q.purpose, "identity": q.identity,
             "epsilon": number(q.epsilon), "delta": number(q.delta),
+            "epsilon_exact": exact(q.epsilon), "delta_exact": exact(q.delta),
+            "charged_epsilon": number(q.charged_epsilon),
+            "charged_delta": number(q.charged_delta),
+            "charged_epsilon_exact": exact(q.charged_epsilon),
+            "charged_delta_exact": exact(q.charged_delta),
             "parties": list(q.parties), "charged": list(q.charged),
-            "status": q.status, "statuses": dict(q.statuses), "reasons": list(q.reasons),
-            "verified": q.verified,
+            "tables": list(q.tables), "columns": list(q.columns), "mechanism": q.mechanism,
+            "status": q.status, "outcome": q.outcome, "statuses": dict(q.statuses),
+            "reasons": list(q.reasons), "verified": q.verified,
         } for q in report.queries],
+        "anchor_report": None if report.prior is None else {
+            "file": report.prior.get("file"), "generated_at": report.prior.get("generated_at"),
+            "heads": [{"party": h.party, "seq": h.seq, "hash": h.hash, "matches": h.matches}
+                      for h in report.prior_heads],
+        },
         "cumulative_epsilon": {
             analyst: {party: {"start": number(s.start),
                               "points": [[t, number(v)] for t, v in s.points]}
@@ -102,7 +131,13 @@ def render_json(report: Report) -> str:
 
 
 _ORDER = ("integrity", "report", "format_version", "federation", "generated_at", "filters",
-          "budgets", "queries", "cumulative_epsilon")
+          "anchor_report", "budgets", "queries", "cumulative_epsilon")
+
+
+def digest(report: Report) -> str:
+    """SHA-256 of the report's JSON rendering: what a signature under an HTML or PDF report
+    binds to (anyone can re-render the JSON from the same ledgers and compare)."""
+    return hashlib.sha256(render_json(report).encode()).hexdigest()
 
 
 def _indented(value: Any) -> str:

@@ -2,17 +2,20 @@
 the HTML, with the chart as vector graphics.
 
 A small top-down layout engine (``_Pages``) places wrapped text, tables and the chart on A4
-figures and starts a new page (repeating a table's header) when one is full. Fonts are
-embedded as TrueType (``pdf.fonttype`` 42), so the text can be searched and copied. The
-document's ``Keywords`` carry the SHA-256 of the JSON rendering of the same report, so anyone
-can check which data a PDF was built from; its ``Subject`` states the integrity verdict.
+figures and starts a new page (repeating a table's header) when one is full; every page is
+numbered "page N of M" once the last one is known. The chart shrinks to the room left on a
+page rather than leaving it half empty. Fonts are embedded as TrueType (``pdf.fonttype``
+42), so the text can be searched and copied. The document's ``Keywords`` carry the SHA-256
+of the JSON rendering of the same report, so anyone can check which data a PDF was built
+from (the sign-off block at the end prints it too); its ``Subject`` states the integrity
+verdict.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import textwrap
+from collections.abc import Callable
 from datetime import datetime
 
 import matplotlib
@@ -23,17 +26,23 @@ from matplotlib.patches import Rectangle
 
 from veilql import __version__
 from veilql.ui.report import chart
-from veilql.ui.report.collect import Report
-from veilql.ui.report.render_json import render_json
+from veilql.ui.report.collect import QueryRow, Report
+from veilql.ui.report.render_json import digest
 from veilql.ui.report.text import (
     TITLE,
     amount,
+    analyst_summary,
     chain_status,
     counts,
     filters_text,
+    identity_text,
     integrity_banner,
+    prior_text,
+    reasons_text,
     when,
 )
+
+__all__ = ["digest", "layout", "render_pdf"]
 
 PAGE_W, PAGE_H = 8.27, 11.69  # A4, inches
 MARGIN = 0.7
@@ -58,12 +67,13 @@ def _wrap(text: str, width_in: float, size: float, mono: bool = False,
 class _Pages:
     """A cursor over A4 pages of one ``PdfPages``: ``y`` is inches from the page top."""
 
-    def __init__(self, pdf: PdfPages, report: Report) -> None:
-        self.pdf = pdf
+    def __init__(self, report: Report) -> None:
         self.report = report
         self.fig: Figure | None = None
         self.page = 0
         self.y = 0.0
+        self.figures: list[Figure] = []
+        self.fills: list[float] = []  # per finished page: the share of its body used
 
     # -- pages ------------------------------------------------------------------------
     def new_page(self) -> None:
@@ -74,14 +84,29 @@ class _Pages:
         self.y = 0.45
         self.text(f"VeilQL {TITLE.lower()}  \u00b7  {self.report.federation}  \u00b7  "
                   f"{when(self.report.generated_at)}", size=7, color=MUTED, advance=False)
-        self.text(f"page {self.page}", size=7, color=MUTED, x=PAGE_W - MARGIN, ha="right")
         self.y += 0.2
 
     def finish(self) -> None:
-        """Write the current page (if any) to the PDF."""
+        """End the current page (if any); pages are written by ``save`` once all exist."""
         if self.fig is not None:
-            self.pdf.savefig(self.fig)
+            top, bottom = 0.65, PAGE_H - BOTTOM
+            self.fills.append(min(1.0, max(0.0, (self.y - top) / (bottom - top))))
+            self.figures.append(self.fig)
             self.fig = None
+
+    @property
+    def room(self) -> float:
+        """Inches left on the current page."""
+        return PAGE_H - BOTTOM - self.y if self.fig is not None else 0.0
+
+    def save(self, pdf: PdfPages) -> None:
+        """Number every page "page N of M" and write them all."""
+        self.finish()
+        total = len(self.figures)
+        for n, fig in enumerate(self.figures, 1):
+            fig.text((PAGE_W - MARGIN) / PAGE_W, 1 - 0.45 / PAGE_H, f"page {n} of {total}",
+                     fontsize=7, color=MUTED, family=SANS, ha="right", va="top")
+            pdf.savefig(fig)
 
     def need(self, height: float) -> bool:
         """Start a new page unless ``height`` inches still fit; True if a page was started."""
@@ -147,12 +172,18 @@ class _Pages:
             self._cells(header, widths, [[c] for c in header], set(), right, size, "bold")
             self.y += h
 
-        self.need(2 * (line_h + 2 * pad))
+        # the header never ends a page alone: it goes with a few lines of the first row
+        self.need(line_h + 2 * pad + min(self.row_height(rows[0], widths, mono, size),
+                                         4 * line_h + 2 * pad) if rows else 0.0)
         head()
         for r, row in enumerate(rows):
             wrapped = [_wrap(cell, w - 2 * pad, size, i in mono)
                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
-            h = max(len(c) for c in wrapped) * line_h + 2 * pad
+            total = max(len(c) for c in wrapped)
+            h = total * line_h + 2 * pad
+            if h > self.room and self.room >= 4 * line_h + 2 * pad and total > 6:
+                self._split_row(r, row, wrapped, widths, mono, right, size, shade, head)
+                continue
             if self.need(h):
                 head()
             if r in shade:
@@ -161,6 +192,41 @@ class _Pages:
             self.y += h
             self._rule(self.y, LINE, 0.5)
         self.y += 0.15
+
+    def _split_row(self, r: int, row: list[str], wrapped: list[list[str]],
+                   widths: list[float], mono: set[int], right: set[int], size: float,
+                   shade: dict[int, str], head: Callable[[], None]) -> None:
+        """A row taller than the room left: as many of its lines as fit here, the rest on
+        the next pages (under the repeated header), so a long SQL never leaves a page
+        half empty nor runs off its bottom."""
+        line_h, pad = size * 1.4 / 72, 0.05
+        start, total = 0, max(len(c) for c in wrapped)
+        while start < total:
+            fit = max(1, int((self.room - 2 * pad) // line_h))
+            if fit < 3 and start < total:
+                self.new_page()
+                head()
+                continue
+            part = [c[start:start + fit] for c in wrapped]
+            h = max(1, max(len(c) for c in part)) * line_h + 2 * pad
+            if r in shade:
+                self._box(MARGIN, self.y, sum(widths), h, shade[r], None, 0)
+            self._cells(row, widths, part, mono, right, size, "normal")
+            self.y += h
+            start += fit
+            if start < total:
+                self.new_page()
+                head()
+        self._rule(self.y, LINE, 0.5)
+
+    @staticmethod
+    def row_height(row: list[str], widths: list[float], mono: set[int] | None = None,
+                   size: float = 7.5) -> float:
+        """Inches one table row takes once its cells are wrapped."""
+        mono = mono or set()
+        lines = max((len(_wrap(cell, w - 0.1, size, i in mono))
+                     for i, (cell, w) in enumerate(zip(row, widths, strict=True))), default=1)
+        return lines * size * 1.4 / 72 + 0.1
 
     def _cells(self, row: list[str], widths: list[float], wrapped: list[list[str]],
                mono: set[int], right: set[int], size: float, weight: str) -> None:
@@ -195,9 +261,20 @@ class _Pages:
             return 0.7  # just the "nothing spent" line
         return min(PAGE_H - 2.5, 0.5 + 2.0 * len(report.series))
 
+    @staticmethod
+    def chart_min_height(report: Report) -> float:
+        """The least the chart may shrink to: about an inch per analyst panel."""
+        if not report.series:
+            return 0.7
+        return min(PAGE_H - 2.5, 0.5 + 1.0 * len(report.series))
+
     def chart(self, report: Report) -> None:
-        """The cumulative-epsilon chart, full width, on this page if it fits."""
+        """The cumulative-epsilon chart, full width: on this page, shrunk to the room left
+        when it does not fit whole but still readable, else on the next page."""
         height = self.chart_height(report)
+        if self.fig is not None and self.room - 0.2 < height:
+            if self.room - 0.2 >= self.chart_min_height(report):
+                height = self.room - 0.2
         self.need(height + 0.2)
         assert self.fig is not None
         bottom = PAGE_H - (self.y + height)
@@ -205,11 +282,6 @@ class _Pages:
                                       (PAGE_W - 2 * MARGIN - 0.5) / PAGE_W,
                                       (height - 0.55) / PAGE_H))
         self.y += height + 0.1
-
-
-def digest(report: Report) -> str:
-    """SHA-256 of the report's JSON rendering: the PDF's link to its data."""
-    return hashlib.sha256(render_json(report).encode()).hexdigest()
 
 
 def render_pdf(report: Report) -> bytes:
@@ -224,12 +296,19 @@ def render_pdf(report: Report) -> bytes:
         "Keywords": f"veilql-report sha256={digest(report)}",
         "CreationDate": created,
     }
-    with matplotlib.rc_context({"pdf.fonttype": 42, "svg.hashsalt": "veilql"}), \
-            PdfPages(buf, metadata=meta) as pdf:
-        pages = _Pages(pdf, report)
-        _content(pages, report)
-        pages.finish()
+    with matplotlib.rc_context({"pdf.fonttype": 42, "svg.hashsalt": "veilql"}):
+        pages = layout(report)
+        with PdfPages(buf, metadata=meta) as pdf:
+            pages.save(pdf)
     return buf.getvalue()
+
+
+def layout(report: Report) -> _Pages:
+    """The report laid out on pages (not yet written): ``.figures`` and ``.fills``."""
+    pages = _Pages(report)
+    _content(pages, report)
+    pages.finish()
+    return pages
 
 
 def _content(p: _Pages, report: Report) -> None:
@@ -242,8 +321,9 @@ def _content(p: _Pages, report: Report) -> None:
     p.y += 0.1
     p.banner(integrity_banner(report), report.ok)
     c = counts(report)
-    p.para(f"{c['queries']} queries: {c['committed']} released, {c['aborted']} aborted, "
-           f"{c['open']} open, {c['mixed']} mixed.", weight="bold")
+    p.para(f"{c['queries']} queries: {c['released']} released, {c['over budget']} over "
+           f"budget, {c['refused']} refused, {c['cancelled']} cancelled, {c['failed']} "
+           f"failed, {c['open']} open, {c['mixed']} mixed.", weight="bold")
 
     p.heading("Ledger integrity")
     p.table(["Party", "Chain", "Entries", "Result and ledger file"], [1.0, 0.75, 0.7, 4.42],
@@ -251,6 +331,11 @@ def _content(p: _Pages, report: Report) -> None:
               f"{i.summary()}\n{i.path}"] for i in report.integrity],
             right={2}, shade={n: "#fde2e1" for n, i in enumerate(report.integrity)
                               if not i.ok})
+    prior = prior_text(report)
+    if prior:
+        p.para(f"Earlier report: {prior}", size=8,
+               color=INK if all(h.matches is not False for h in report.prior_heads) else BAD)
+        p.y += 0.05
 
     p.heading("Budgets per analyst and party")
     p.para("All-time figures. Spent counts released queries and open reservations; aborted "
@@ -265,23 +350,86 @@ def _content(p: _Pages, report: Report) -> None:
               str(b.queries)] for b in report.budgets],
             right={2, 3, 4, 5, 6, 7, 8},
             shade={n: "#fde2e1" for n, b in enumerate(report.budgets) if not b.verified})
+    p.table(["Analyst", "Budget \u03b5", "Most spent \u03b5", "at party",
+             "Least left \u03b5", "Released", "Refused"],
+            [1.0, 0.85, 1.0, 1.1, 1.0, 0.95, 0.97],
+            [[str(a["analyst"]) + ("" if a["verified"] else "\nUNVERIFIED"),
+              amount(a["budget_epsilon"]), amount(a["spent_epsilon"]),
+              str(a["spent_at"]), amount(a["remaining_epsilon"]),
+              str(a["released"]), str(a["refused"])] for a in analyst_summary(report)],
+            right={1, 2, 4, 5, 6})
 
-    p.heading("Cumulative epsilon over time", keep=p.chart_height(report) + 0.2)
-    p.chart(report)
-
-    p.heading("Queries")
-    if not report.queries:
-        p.para("No queries in this period.")
-        return
-    p.table(["Time (UTC)", "Analyst", "SQL", "\u03b5", "\u03b4", "Charged at",
-             "Status"], [0.95, 0.65, 2.62, 0.4, 0.55, 0.85, 0.85],
-            [[when(q.time).replace(" ", "\n", 1).removesuffix(" UTC"), q.analyst,
-              f"{q.sql}\nid {q.query_id}", amount(q.epsilon), amount(q.delta),
-              ", ".join(q.charged) or "none",
-              q.status + ("\nUNVERIFIED" if not q.verified else "")
-              + "".join(f"\n{r}" for r in q.reasons)] for q in report.queries],
-            mono={2}, right={3, 4},
-            shade={n: "#fde2e1" for n, q in enumerate(report.queries) if not q.verified})
+    # The chart where it fits (shrunk to the room left if need be); when not even its
+    # smallest readable size fits, the queries go first so no page is left half empty.
+    chart_first = p.room >= p.chart_min_height(report) + 0.2 + 0.57
+    if chart_first:
+        _chart(p, report)
+    _queries(p, report)
+    if not chart_first:
+        _chart(p, report)
+    _signoff(p, report)
     p.para(f"Generated by VeilQL {__version__} from each party's hash-chained ledger. "
            f"Data digest (SHA-256 of the JSON report): {digest(report)}", size=7,
            color=MUTED)
+
+
+def _chart(p: _Pages, report: Report) -> None:
+    """The cumulative-epsilon chart under its heading."""
+    p.heading("Cumulative epsilon over time", keep=p.chart_min_height(report) + 0.2)
+    p.chart(report)
+
+
+QUERY_WIDTHS = [0.8, 1.0, 0.8, 2.3, 0.62, 0.6, 0.75]
+
+
+def _queries(p: _Pages, report: Report) -> None:
+    """The table of every query, its heading kept with the first row."""
+    rows = [[when(q.time).replace(" ", "\n", 1).removesuffix(" UTC"),
+             f"{q.analyst}\n{identity_text(q.identity)}", q.purpose or "none stated",
+             _query_text(q), f"{amount(q.charged_epsilon)}\n{amount(q.charged_delta)}"
+             + ("" if q.charged_epsilon == q.epsilon else f"\nasked {amount(q.epsilon)}"),
+             ", ".join(q.charged) or "none",
+             (q.outcome or q.status) + ("\nUNVERIFIED" if not q.verified else "")
+             + "".join(f"\n{r}" for r in reasons_text(q))] for q in report.queries]
+    first = p.row_height(rows[0], QUERY_WIDTHS, {3}) if rows else 0.0
+    p.heading("Queries", keep=min(first, 0.9) + 0.6)  # a tall first row splits
+    if not rows:
+        p.para("No queries in this period.")
+        return
+    p.para("Every query, released or not: refused and over-budget attempts cost nothing "
+           "and are listed too. Columns and mechanism are re-derived from the SQL under "
+           "today's policies; the purpose is the analyst's own statement.", size=8,
+           color=MUTED)
+    p.y += 0.05
+    p.table(["Time (UTC)", "Who", "Purpose", "SQL, what it read", "\u03b5 / \u03b4",
+             "Charged", "Outcome"], QUERY_WIDTHS, rows, mono={3}, right={4},
+            shade={n: "#fde2e1" for n, q in enumerate(report.queries) if not q.verified})
+
+
+def _query_text(q: QueryRow) -> str:
+    """The SQL cell of the queries table: the SQL, its id, tables, columns, mechanism."""
+    lines = [q.sql, f"id {q.query_id}", "tables: " + (", ".join(q.tables) or "none")]
+    if q.columns:
+        lines.append("columns: " + ", ".join(q.columns))
+    if q.mechanism:
+        lines.append(f"mechanism: {q.mechanism}")
+    return "\n".join(lines)
+
+
+def _signoff(p: _Pages, report: Report) -> None:
+    """The sign-off block: a statement, lines for name, role, date and signature, and the
+    digest of the data the signature covers; kept on one page."""
+    p.heading("Review and signature", keep=2.6)
+    p.para(f"I have reviewed this report of the privacy budget spent in federation "
+           f"{report.federation}, generated {when(report.generated_at)}.", size=9)
+    p.y += 0.1
+    assert p.fig is not None
+    for label in ("Reviewed by (name)", "Role", "Date", "Signature"):
+        p.y += 0.32
+        p.text(label, size=9, advance=False)
+        p.fig.add_artist(Line2D([(MARGIN + 1.6) / PAGE_W, (PAGE_W - MARGIN) / PAGE_W],
+                                [1 - (p.y + 0.14) / PAGE_H] * 2, color=INK, lw=0.7,
+                                transform=p.fig.transFigure))
+    p.y += 0.35
+    p.para(f"The signature covers the data whose JSON report has SHA-256 {digest(report)}.",
+           size=7.5, color=MUTED)
