@@ -609,3 +609,31 @@ def test_chart_lines_that_coincide_stay_readable(tmp_path: Path) -> None:
     styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()
               if not line.get_label().startswith("_")}
     assert styles["bank = insurer (same)"] != styles["pay"]
+
+
+def test_identity_from_a_certificate_over_veil_serve_nodes(tmp_path: Path) -> None:
+    """Three ``veil serve`` nodes: the ledger records the analyst's identity as taken from
+    the client certificate, and the purpose; the node-side report shows both."""
+    import signal
+
+    from test_network import PARTIES, Cluster
+
+    c = Cluster(tmp_path / "fed")
+    try:
+        assert c.veil("certs", "init", "-f", str(c.fed)).returncode == 0
+        for p in PARTIES:
+            c.start(p)
+        done = c.veil("query", "-f", str(c.fed), "--analyst", "oracle", "--epsilon", "1",
+                      "--purpose", "node check", "SELECT COUNT(*) AS n FROM bank.customers")
+        assert done.returncode == 0, done.stderr
+    finally:
+        for p in list(c.procs):
+            c.kill(p, signal.SIGTERM)
+    (entry,) = [e for e in c.ledger("bank").entries() if e.kind == "reserve"]
+    assert entry.identity == "certificate" and entry.purpose == "node check"
+    out = tmp_path / "bank.json"
+    res = c.veil("report", "-f", str(c.fed), "--party", "bank", "-o", str(out),
+                 env={"VEIL_LEDGER_DIR": str(c.root / "ledgers")})
+    assert res.returncode == 0, res.stderr
+    (query,) = json.loads(out.read_text())["queries"]
+    assert query["identity"] == "certificate" and query["purpose"] == "node check"
