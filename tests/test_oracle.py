@@ -7,9 +7,11 @@ return (no rows) must be released as zero.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
+import bi_fixtures
 import pytest
 from oracle import HUGE_EPSILON, oracle_federation, plain, same, union_connection
 
@@ -134,3 +136,245 @@ def test_private_group_keys_need_delta(oracle) -> None:
     with pytest.raises(veilql.errors.QueryError, match="needs delta > 0"):
         session.sql("SELECT branch, COUNT(*) FROM bank.customers GROUP BY branch",
                     epsilon=1.0, delta=0)
+
+
+# -- SQL that BI analysts write (issue 14) ---------------------------------------------------
+# Each construct locally and across two and three parties, against plain DuckDB on the
+# union. Keys compare as values (an integer label 3 equals DuckDB's 3.0), a SUM over no
+# rows is 0 here and NULL in DuckDB, and sums of floating-point expressions are rounded
+# to fixed point per row, hence a small relative tolerance.
+
+ANALYST_QUERIES = [
+    # joins as analysts write them
+    "SELECT COUNT(*) AS n, SUM(l.amount) AS s FROM bank.loans l, insurer.policies p "
+    "WHERE l.customer_id = p.customer_id AND p.open_claim = 1",
+    "SELECT p.product, COUNT(*) AS n FROM bank.customers c, payments.accounts a, "
+    "insurer.policies p WHERE c.customer_id = a.customer_id AND a.customer_id = p.customer_id "
+    "AND c.age > 30 GROUP BY p.product",
+    "SELECT COUNT(*) AS n FROM bank.customers JOIN payments.accounts USING (customer_id)",
+    "SELECT COUNT(*) AS n FROM bank.loans l JOIN insurer.policies p "
+    "ON l.customer_id = p.customer_id AND p.premium > 1000",
+    "SELECT c.region, COUNT(*) AS n, SUM(p.premium) AS prem FROM bank.customers c "
+    "JOIN bank.loans l ON c.customer_id = l.customer_id AND l.term_months = 36 "
+    "JOIN insurer.policies p ON p.customer_id = l.customer_id GROUP BY c.region",
+    # aggregates: COUNT(x), FILTER, SUM of conditions and CASE, products, divisions
+    "SELECT COUNT(amount) AS n, COUNT(*) FILTER (WHERE amount > 50000) AS big, "
+    "SUM(amount > 50000) AS big2, SUM(CASE WHEN defaulted = 1 THEN amount ELSE 0 END) AS bad "
+    "FROM bank.loans",
+    "SELECT term_months, AVG(amount) FILTER (WHERE defaulted = 1) AS avg_bad, "
+    "COUNT(DISTINCT customer_id) FILTER (WHERE amount > 20000) AS people "
+    "FROM bank.loans GROUP BY term_months",
+    "SELECT COUNT(p.premium) AS n, SUM(p.premium) FILTER (WHERE a.monthly_txn_count > 10) AS s, "
+    "AVG(a.monthly_txn_amount) FILTER (WHERE p.open_claim = 1) AS a "
+    "FROM payments.accounts a JOIN insurer.policies p ON a.customer_id = p.customer_id",
+    "SELECT SUM(a.monthly_txn_count * p.premium) AS s, AVG(a.monthly_txn_count * p.premium) "
+    "AS m FROM payments.accounts a JOIN insurer.policies p ON a.customer_id = p.customer_id",
+    "SELECT c.region, SUM(CASE WHEN p.open_claim = 1 THEN l.amount END) AS s "
+    "FROM bank.customers c JOIN bank.loans l ON c.customer_id = l.customer_id "
+    "JOIN insurer.policies p ON p.customer_id = c.customer_id GROUP BY c.region",
+    "SELECT AVG(income / age) AS r, SUM(LN(age)) AS l, SUM(SQRT(income)) AS q, "
+    "SUM(age % 7) AS m, SUM(POWER(age, 2)) AS p, SUM(ABS(age - 50)) AS a, "
+    "SUM(GREATEST(age, 40)) AS g, SUM(LEAST(income, 1000)) AS le, SUM(EXP(age / 100.0)) AS e "
+    "FROM bank.customers",
+    # expressions over released aggregates (post-processing)
+    "SELECT p.product, SUM(l.amount) / COUNT(*) AS per_row, COUNT(*) AS n "
+    "FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id "
+    "GROUP BY p.product",
+    "SELECT 'all' AS scope, ROUND(100.0 * COUNT(*) / 5, 1) AS pct, "
+    "SUM(income) - SUM(age) AS d, ROUND(AVG(age), 1) AS mean_age FROM bank.customers",
+    "SELECT region, COUNT(*) AS n FROM bank.customers GROUP BY region "
+    "HAVING SUM(income) / COUNT(*) > 60000 ORDER BY SUM(income) DESC",
+    # row-level functions in WHERE
+    "SELECT COUNT(*) AS n FROM bank.customers WHERE COALESCE(age, 0) > 30 "
+    "AND region IS NOT NULL AND LENGTH(branch) > 5 AND SUBSTRING(branch, 1, 4) = 'west'",
+    "SELECT COUNT(*) AS n FROM bank.customers WHERE LOWER(UPPER(region)) LIKE 'n%' "
+    "OR TRIM(CONCAT(region, ' ')) ILIKE 'SOUTH' OR NULLIF(region, 'east') IS NULL",
+    "SELECT COUNT(*) AS n FROM bank.loans l JOIN payments.accounts a "
+    "ON l.customer_id = a.customer_id WHERE CASE WHEN l.term_months > 24 THEN l.amount "
+    "ELSE 0 END > a.monthly_txn_amount AND ROUND(l.amount / 1000) % 2 = 0 "
+    "AND FLOOR(a.monthly_txn_amount) >= CEIL(10.5)",
+    # GROUP BY expressions with a derived public domain
+    "SELECT CASE WHEN age < 40 THEN 'young' ELSE 'old' END AS band, COUNT(*) AS n, "
+    "AVG(income) AS inc FROM bank.customers GROUP BY 1",
+    "SELECT FLOOR(age / 10) AS decade, COUNT(*) AS n FROM bank.customers "
+    "GROUP BY FLOOR(age / 10)",
+    "SELECT UPPER(c.region) AS r, CASE WHEN p.premium > 2000 THEN 'high' ELSE 'low' END AS tier, "
+    "COUNT(*) AS n FROM bank.customers c JOIN insurer.policies p "
+    "ON c.customer_id = p.customer_id GROUP BY UPPER(c.region), tier",
+    # subqueries and CTEs
+    "WITH big AS (SELECT customer_id, amount FROM bank.loans WHERE amount > 20000) "
+    "SELECT COUNT(*) AS n, SUM(b.amount) AS s FROM big b JOIN insurer.policies p "
+    "ON b.customer_id = p.customer_id",
+    "SELECT d.segment, COUNT(*) AS n FROM (SELECT customer_id, segment FROM payments.accounts "
+    "WHERE monthly_txn_count > 5) AS d JOIN bank.customers c ON c.customer_id = d.customer_id "
+    "GROUP BY d.segment",
+    "SELECT c.region, COUNT(*) AS n FROM bank.customers c JOIN payments.accounts a "
+    "ON c.customer_id = a.customer_id WHERE c.customer_id IN "
+    "(SELECT customer_id FROM insurer.policies WHERE premium > 1000) GROUP BY c.region",
+    "SELECT COUNT(*) AS n FROM bank.customers c WHERE EXISTS (SELECT 1 FROM bank.loans l "
+    "WHERE l.customer_id = c.customer_id AND l.defaulted = 1)",
+    "SELECT COUNT(*) AS n, AVG(c.income) AS inc FROM bank.customers c "
+    "JOIN insurer.policies p ON p.customer_id = c.customer_id "
+    "WHERE c.customer_id NOT IN (SELECT customer_id FROM bank.loans WHERE defaulted = 1)",
+]
+
+
+def _key(v: object) -> object:
+    """A group key as a value: numbers as floats, dates as their ISO text."""
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int | float):
+        return float(v)
+    return str(v)
+
+
+def _close(got: object, want: object) -> bool:
+    if want is None and got in (0, 0.0, None):
+        return True  # SUM over no rows: 0 here (never NULL, see docs/reference.md)
+    if isinstance(got, int | float) and isinstance(want, int | float) and not isinstance(
+            want, bool):
+        return math.isclose(float(got), float(want), rel_tol=2e-6, abs_tol=0.011)
+    return same(got, want, tol=0.011)
+
+
+def check_against_duckdb(result: veilql.Result, expected: list[tuple]) -> None:
+    """Rows of ``result`` equal DuckDB's, by group key (public cells without rows: zero)."""
+    groups = sum(1 for o in result.plan.outputs if o.kind == "group")
+    ordered = bool(result.plan.order_by) or result.plan.limit is not None
+    if ordered:
+        assert len(result.rows) == len(expected), (result.rows, expected)
+        pairs = list(zip(result.rows, expected, strict=True))
+    else:
+        by_key = {tuple(_key(v) for v in row[:groups]): row for row in result.rows}
+        pairs = [(by_key.get(tuple(_key(v) for v in row[:groups])), row) for row in expected]
+        released = {tuple(_key(v) for v in row[:groups]) for row in expected}
+        for key, row in by_key.items():
+            if key not in released:
+                assert all(v in (0, None) for v in row[groups:]), row
+    assert pairs
+    for got, want in pairs:
+        assert got is not None, f"missing group {want}"
+        for g, w in zip(got, want, strict=True):
+            if groups and isinstance(w, int | float) and isinstance(g, int | float):
+                assert _close(g, w), (got, want)
+            elif isinstance(w, str) or w is None or isinstance(w, bool):
+                assert _close(g, w), (got, want)
+            else:
+                assert _close(g, w) or _key(g) == _key(w), (got, want)
+
+
+def _run(session: veilql.Session, sql: str, delta: float = 0.0) -> veilql.Result:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LargeEpsilonWarning)
+        return session.sql(sql, epsilon=HUGE_EPSILON, delta=delta)
+
+
+@pytest.mark.parametrize("sql", ANALYST_QUERIES,
+                         ids=[f"a{i}" for i in range(len(ANALYST_QUERIES))])
+def test_analyst_sql_equals_plain_duckdb(oracle, sql: str) -> None:
+    session, con = oracle
+    check_against_duckdb(_run(session, sql), plain(con, sql))
+
+
+@pytest.fixture(scope="module")
+def bi(tmp_path_factory: pytest.TempPathFactory):
+    """The BI federation (tests/bi_fixtures.py): same-named group columns at every party,
+    dates, a private INTEGER key, NULLs."""
+    fed = bi_fixtures.build(tmp_path_factory.mktemp("bi"))
+    session = veilql.connect(fed, analyst="oracle")
+    con = union_connection(session.federation)
+    yield session, con
+    session.close()
+    con.close()
+
+
+BI_QUERIES = [
+    # the wrong answer of issue 14: two parties' GROUP BY columns of the same name
+    "SELECT ta.groupby_string_0, tb.groupby_string_0, COUNT(*) AS n, SUM(ta.visits) AS v "
+    "FROM alpha.ta JOIN beta.tb ON ta.uid = tb.uid "
+    "GROUP BY ta.groupby_string_0, tb.groupby_string_0",
+    "SELECT tb.groupby_string_0, ta.groupby_string_0, COUNT(*) AS n FROM alpha.ta "
+    "JOIN beta.tb ON ta.uid = tb.uid GROUP BY tb.groupby_string_0, ta.groupby_string_0",
+    # and at one party, in two tables; and at three parties
+    "SELECT ta.groupby_string_0, ta2.groupby_string_0, COUNT(*) AS n FROM alpha.ta "
+    "JOIN alpha.ta2 ON ta.uid = ta2.uid JOIN beta.tb ON tb.uid = ta.uid "
+    "GROUP BY ta.groupby_string_0, ta2.groupby_string_0",
+    "SELECT ta.groupby_string_0, tb.groupby_string_0, COUNT(*) AS n, SUM(tc.level) AS l "
+    "FROM alpha.ta, beta.tb, gamma.tc WHERE ta.uid = tb.uid AND tc.person = tb.uid "
+    "GROUP BY ta.groupby_string_0, tb.groupby_string_0",
+    # NULLs, products, FILTER across parties
+    "SELECT SUM(ta.score) AS s, AVG(ta.score) AS a, COUNT(ta.score) AS c, SUM(ta.spend) AS sp, "
+    "AVG(ta.spend) AS asp FROM alpha.ta",
+    "SELECT SUM(ta.visits * tb.fills) AS s, AVG(ta.visits * tb.fills) AS a, "
+    "SUM(ta.spend * tb.rate) AS w FROM alpha.ta JOIN beta.tb ON ta.uid = tb.uid",
+    "SELECT COUNT(*) FILTER (WHERE tb.fills > 10) AS n, AVG(ta.visits) FILTER "
+    "(WHERE tb.fills > 10) AS av, COUNT(DISTINCT ta.uid) FILTER (WHERE tb.fills > 10 "
+    "AND ta.visits > 20) AS people FROM alpha.ta JOIN beta.tb ON ta.uid = tb.uid",
+    "SELECT tb.groupby_string_0, SUM(ta.visits * tb.fills * tc.level) AS s FROM alpha.ta "
+    "JOIN beta.tb ON ta.uid = tb.uid JOIN gamma.tc ON tc.person = ta.uid "
+    "GROUP BY tb.groupby_string_0",
+    # dates
+    "SELECT EXTRACT(month FROM ta.day) AS m, COUNT(*) AS n FROM alpha.ta "
+    "GROUP BY EXTRACT(month FROM ta.day)",
+    "SELECT DATE_TRUNC('month', ta.day) AS mo, COUNT(*) AS n, SUM(tb.fills) AS f "
+    "FROM alpha.ta JOIN beta.tb ON ta.uid = tb.uid GROUP BY DATE_TRUNC('month', ta.day)",
+    "SELECT COUNT(*) AS n FROM alpha.ta WHERE ta.day >= DATE '2024-02-01' "
+    "AND ta.day < DATE '2024-03-01' + INTERVAL 1 MONTH "
+    "AND DATE_DIFF('day', ta.day, DATE '2024-12-31') > 200",
+]
+
+BI_PRIVATE = [
+    ("SELECT ta.groupby_int_0, COUNT(*) AS n FROM alpha.ta GROUP BY ta.groupby_int_0",
+     "SELECT ta.groupby_int_0, COUNT(*) AS n FROM alpha.ta GROUP BY ta.groupby_int_0 "
+     "HAVING COUNT(DISTINCT ta.uid) >= 2"),
+    ("SELECT ta.groupby_int_0, tb.groupby_string_0, COUNT(*) AS n FROM alpha.ta "
+     "JOIN beta.tb ON ta.uid = tb.uid GROUP BY ta.groupby_int_0, tb.groupby_string_0",
+     "SELECT ta.groupby_int_0, tb.groupby_string_0, COUNT(*) AS n FROM alpha.ta "
+     "JOIN beta.tb ON ta.uid = tb.uid GROUP BY ta.groupby_int_0, tb.groupby_string_0 "
+     "HAVING COUNT(DISTINCT ta.uid) >= 2"),
+    ("SELECT tc.joined, COUNT(*) AS n FROM gamma.tc JOIN beta.tb "
+     "ON tc.person = tb.uid GROUP BY tc.joined",
+     "SELECT tc.joined, COUNT(*) AS n FROM gamma.tc JOIN beta.tb "
+     "ON tc.person = tb.uid GROUP BY tc.joined HAVING COUNT(DISTINCT tc.person) >= 2"),
+    # three columns named groupby_string_0, at three parties, one of them private
+    ("SELECT tc.groupby_string_0, ta.groupby_string_0, tb.groupby_string_0, COUNT(*) AS n "
+     "FROM alpha.ta JOIN beta.tb ON ta.uid = tb.uid JOIN gamma.tc ON tc.person = ta.uid "
+     "GROUP BY tc.groupby_string_0, ta.groupby_string_0, tb.groupby_string_0",
+     "SELECT tc.groupby_string_0, ta.groupby_string_0, tb.groupby_string_0, COUNT(*) AS n "
+     "FROM alpha.ta JOIN beta.tb ON ta.uid = tb.uid JOIN gamma.tc ON tc.person = ta.uid "
+     "GROUP BY tc.groupby_string_0, ta.groupby_string_0, tb.groupby_string_0 "
+     "HAVING COUNT(DISTINCT ta.uid) >= 2"),
+]
+
+
+@pytest.mark.parametrize("sql", BI_QUERIES, ids=[f"bi{i}" for i in range(len(BI_QUERIES))])
+def test_bi_sql_equals_plain_duckdb(bi, sql: str) -> None:
+    session, con = bi
+    result = _run(session, sql)
+    check_against_duckdb(result, plain(con, sql))
+    assert len(set(result.columns)) == len(result.columns)
+
+
+def test_same_named_group_columns_of_two_parties_are_two_columns(bi) -> None:
+    """The wrong answer of issue 14: both columns came back with one party's labels."""
+    session, con = bi
+    result = _run(session, BI_QUERIES[0])
+    assert result.columns == ["groupby_string_0", "groupby_string_0_1", "n", "v"]
+    assert {r[1] for r in result.rows} == {"x", "y", "w"}  # beta's domain, not alpha's
+    assert {r[0] for r in result.rows} == {"x", "y", "z"}
+    want = {(a, b): n for a, b, n, _ in plain(con, BI_QUERIES[0])}
+    assert {(a, b): n for a, b, n, _ in result.rows if n} == want
+
+
+@pytest.mark.parametrize("sql,reference", BI_PRIVATE,
+                         ids=["local", "secure", "date", "three_same_names"])
+def test_private_keys_come_back_in_their_type(bi, sql: str, reference: str) -> None:
+    session, con = bi
+    result = _run(session, sql, delta=1e-6)
+    expected = {tuple(_key(v) for v in row[:-1]): row[-1] for row in plain(con, reference)}
+    got = {tuple(_key(v) for v in row[:-1]): row[-1] for row in result.rows}
+    assert got == expected
+    assert len(set(result.columns)) == len(result.columns)
+    first = result.columns[0]
+    types = {type(r[0]) for r in result.rows}
+    assert types == ({int} if first == "groupby_int_0" else {str}), types

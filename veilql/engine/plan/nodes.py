@@ -225,6 +225,9 @@ class AggregateSpec:
         if self.kind == "count_distinct" and columns:
             what = "COUNT(DISTINCT unit WHERE " + " * ".join(
                 f"{t.party}.{t.column}" for t in columns) + " > 0)"
+        elif self.kind == "count" and columns:  # COUNT(x), FILTER: rows whose 0/1 column is 1
+            what = "COUNT(rows WHERE " + " * ".join(
+                f"{t.party}.{t.column}" for t in columns) + " = 1)"
         elif what is None:
             op = " * " if self.product else " + "
             what = "SUM(" + op.join(f"{t.party}.{t.column}" for t in self.terms) + ")"
@@ -368,6 +371,9 @@ class Plan:
         if self.limit is not None:
             post.append(f"LIMIT {self.limit}")
         tail = (" then " + ", ".join(post)) if post else ""
+        if any(o.kind == "expr" for o in self.outputs):
+            tail += (" (error bars of computed outputs: interval arithmetic over their noisy "
+                     "parts, each at 95%^(1/k) for k parts)")
         out.append(f"{n}. release: only the analyst sees the noisy values{tail}")
         out += [f"note: {note}" for note in self.notes]
         return "\n".join(out)

@@ -743,12 +743,13 @@ def _bind_group_by(select: exp.Select, scope: _Scope) -> tuple[BoundGroup, ...]:
         inner = item
         while isinstance(inner, exp.Paren):
             inner = inner.this
+        named: str | None = None  # the alias of the SELECT item the key is (if any)
         if isinstance(inner, exp.Literal) and not inner.is_string:
             if not inner.is_int or not 1 <= int(inner.this) <= len(items):
                 raise UnsupportedError(
                     f"GROUP BY {inner.sql()} is not a SELECT position (1..{len(items)})",
                     "group by a column, an expression, or the position of a SELECT item")
-            inner = items[int(inner.this) - 1][1]
+            named, inner = items[int(inner.this) - 1]
             if inner.find(exp.AggFunc):
                 raise UnsupportedError(f"GROUP BY {item.sql()} names an aggregate",
                                        "group by a column or a row-level expression")
@@ -757,7 +758,7 @@ def _bind_group_by(select: exp.Select, scope: _Scope) -> tuple[BoundGroup, ...]:
             try:
                 scope.resolve(inner)
             except PolicyError:
-                inner = aliases[inner.name.lower()]
+                named, inner = inner.name, aliases[inner.name.lower()]
         if isinstance(inner, exp.Literal | exp.Boolean | exp.Null):
             raise UnsupportedError(f"GROUP BY {inner.sql(dialect='duckdb')} is not supported",
                                    "name the column")
@@ -766,10 +767,22 @@ def _bind_group_by(select: exp.Select, scope: _Scope) -> tuple[BoundGroup, ...]:
         if key in seen:
             continue
         seen.add(key)
-        name = _unique(g.name, names)
+        if named is None and g.column is None:  # an expression also selected with an alias
+            named = next((a for a, n in items if a and _same_expr(n, g.expr, scope)), None)
+        name = _unique(named if named and g.column is None else g.name, names)
         names.add(name.lower())
         out.append(replace(g, name=name))
     return tuple(out)
+
+
+def _same_expr(node: exp.Expr, qualified: exp.Expression, scope: _Scope) -> bool:
+    """True when the SELECT item ``node`` is the qualified expression ``qualified``."""
+    if node.find(exp.AggFunc) is not None:
+        return False
+    try:
+        return scope.qualify(node).sql(dialect="duckdb") == qualified.sql(dialect="duckdb")
+    except PolicyError:
+        return False
 
 
 def _bind_group(node: exp.Expr, scope: _Scope) -> BoundGroup:

@@ -152,13 +152,9 @@ def _roles(node: exp.Expr, resolve: Resolver, context: str, arith: bool, where: 
         return
     if isinstance(node, CONDITIONS):
         operands = _operands(node)
-        sides: list[list[BoundColumn]] = []
         for operand in operands:
-            cols: list[BoundColumn] = []
-            _roles(operand, resolve, "operand", False, where, what, cols)
-            sides.append(cols)
-            found.extend(cols)
-        _check_sides(node, operands, sides)
+            _roles(operand, resolve, "operand", False, where, what, found)
+        _check_sides(node, operands, [[resolve(c) for c in _exposed(o)] for o in operands])
         return
     if isinstance(node, exp.Case | exp.If):
         conds, results = branches(node)
@@ -200,6 +196,19 @@ def branches(node: exp.Expr) -> tuple[list[exp.Expr], list[exp.Expr]]:
             default if default is not None else exp.Null()]
     false = node.args.get("false")
     return [node.this], [node.args["true"], false if false is not None else exp.Null()]
+
+
+def _exposed(node: exp.Expr) -> list[exp.Column]:
+    """The columns whose values an operand compares: not those only tested by a condition
+    inside it (``CASE WHEN g = 'a' THEN x END`` compares x, not g)."""
+    node = _unparen(node)
+    if isinstance(node, exp.Column):
+        return [node]
+    if isinstance(node, (*_BOOLEAN, exp.Boolean)):
+        return []
+    if isinstance(node, exp.Case | exp.If):
+        return [c for r in branches(node)[1] for c in _exposed(r)]
+    return [c for child in node.iter_expressions() for c in _exposed(child)]
 
 
 def _operands(node: exp.Expr) -> list[exp.Expr]:

@@ -514,8 +514,8 @@ class TypeChecker:
         if isinstance(node, exp.Case | exp.If | exp.Coalesce | exp.Nullif):
             return self._checked(node, self._branches(node))
         fn = self._function(node)
-        if fn is not None:
-            return self._checked(node, fn)
+        if fn is not None:  # a day count cannot overflow its BIGINT; arithmetic on it can
+            return fn if isinstance(node, exp.DateDiff) else self._checked(node, fn)
         if isinstance(node, exp.Null):
             return _Num(0.0, 0.0, lit=True)
         raise UnsupportedError(f"{_short(node)} is not supported in arithmetic",
