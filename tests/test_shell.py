@@ -567,6 +567,13 @@ def test_purpose_is_recorded_in_every_charged_ledger(sh: Shell) -> None:
         assert ledger is not None
         (entry,) = [e for e in ledger.entries() if e.kind == "reserve"]
         assert entry.purpose == "churn review 2026" and entry.identity == "self-asserted"
+    # the SQL's own OPTIONS purpose wins over the shell's
+    own = ("SELECT WITH DIFFERENTIAL_PRIVACY OPTIONS (epsilon = 0.5, purpose = 'spot check') "
+           "COUNT(*) AS n FROM bank.loans;")
+    assert one(sh.handle_line(own)).error is None
+    ledger = sh.session.ledger("bank")
+    assert ledger is not None
+    assert [e.purpose for e in ledger.entries() if e.kind == "reserve"][-1] == "spot check"
     assert one(sh.handle_line(".purpose none")).note.startswith("no purpose")
     assert one(sh.handle_line(".purpose a\u200bb")).error is not None  # invisible character
 

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.result import Result
 from veilql.engine.session import Session
+from veilql.engine.sql.parse import parse
 from veilql.errors import UsageError, VeilError
 from veilql.ui.preview import accuracy_preview, accuracy_text, check_budget, remaining_text
 from veilql.ui.progress import StepLine
@@ -206,6 +207,17 @@ class Shell:
     def _cost(self) -> tuple[float | None, float | None]:
         return self.settings.epsilon, self.settings.delta
 
+    def _purpose(self, sql: str) -> str | None:
+        """The ``.purpose`` setting, unless the SQL states its own (``OPTIONS (purpose =
+        ...)``), which wins over the shell's default."""
+        if not self.settings.purpose:
+            return None
+        try:
+            written = parse(sql).purpose
+        except VeilError:
+            written = None  # the run reports the parse error
+        return None if written is not None else self.settings.purpose
+
     def _plan(self, sql: str) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LargeEpsilonWarning)
@@ -264,7 +276,7 @@ class Shell:
             warnings.simplefilter("always", LargeEpsilonWarning)
             try:
                 result = self.session.sql(sql, *self._cost(), on_step=steps,
-                                          purpose=self.settings.purpose or None)
+                                          purpose=self._purpose(sql))
             finally:
                 steps.close()  # a node that reports late draws nothing over the prompt
                 self._left_known = False  # the ledgers may have moved, whatever happened
@@ -310,7 +322,7 @@ class Shell:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LargeEpsilonWarning)
             result = self.session.sql(sql, *self._cost(), dry_run=True,
-                                      purpose=self.settings.purpose or None)
+                                      purpose=self._purpose(sql))
         eps, delta = result.privacy["epsilon"], result.privacy["delta"]
         rows = []
         for party, b in result.budget.items():
