@@ -151,7 +151,7 @@ def test_value_columns_compare_across_parties() -> None:
 
 def test_group_by_alias_and_unselected_group() -> None:
     q = b("SELECT c.region AS r, COUNT(*) AS n FROM bank.customers c GROUP BY r, c.branch")
-    assert [g.name for g in q.group_by] == ["region", "branch"]
+    assert [g.name for g in q.group_by] == ["r", "branch"]
     assert q.outputs[0].name == "r" and q.outputs[0].group == q.group_by[0]
 
 
@@ -325,3 +325,128 @@ def test_having_and_order_by_are_typed_over_outputs() -> None:
     with pytest.raises(UnsupportedError, match="cannot be used in arithmetic"):
         b("SELECT c.region, COUNT(*) AS n FROM bank.customers c GROUP BY c.region "
           "ORDER BY c.region + 1", fed)
+
+
+# ---------------------------------------------------------------- the SQL of issue 14
+
+
+def test_same_named_columns_get_duckdb_style_unique_names() -> None:
+    q = b("SELECT c.region, a.segment, c.region AS r2, COUNT(*), COUNT(*), SUM(l.amount), "
+          "SUM(l.amount) FROM bank.customers c JOIN bank.loans l ON c.customer_id = "
+          "l.customer_id JOIN payments.accounts a ON a.customer_id = c.customer_id "
+          "GROUP BY c.region, a.segment")
+    assert [o.name for o in q.outputs] == [
+        "region", "segment", "r2", "count", "count_1", "sum_amount", "sum_amount_1"]
+
+
+def test_group_keys_are_named_uniquely_across_parties() -> None:
+    fed = federation()
+    payments = fed.party("payments")
+    assert payments is not None
+    accounts = payments.tables["accounts"]
+    cols = {**accounts.columns, "region": ColumnPolicy("region", "group", values=("a", "b"))}
+    fed = replace(fed, parties=(fed.parties[0], replace(payments, tables={
+        "accounts": replace(accounts, columns=cols)}), fed.parties[2]))
+    q = b("SELECT c.region, a.region, COUNT(*) FROM bank.customers c JOIN payments.accounts a "
+          "ON c.customer_id = a.customer_id GROUP BY c.region, a.region", fed)
+    assert [(g.name, g.party, g.domain) for g in q.group_by] == [
+        ("region", "bank", ("north", "south", "east", "west", "central")),
+        ("region_1", "payments", ("a", "b"))]
+    assert [(o.name, o.group.name if o.group else None) for o in q.outputs[:2]] == [
+        ("region", "region"), ("region_1", "region_1")]
+
+
+def test_comma_joins_using_and_extra_on_conditions() -> None:
+    q = b("SELECT COUNT(*) FROM bank.loans l, insurer.policies p, payments.accounts a "
+          "WHERE l.customer_id = p.customer_id AND a.customer_id = p.customer_id "
+          "AND p.open_claim = 1")
+    assert [(j.left, j.right) for j in q.joins] == [("l", "p"), ("a", "p")]
+    assert [c.sql() for c in q.conjuncts] == ["p.open_claim = 1"]
+    q = b("SELECT COUNT(*) FROM bank.loans JOIN insurer.policies USING (customer_id)")
+    assert [(j.left, j.right) for j in q.joins] == [("loans", "policies")]
+    q = b("SELECT COUNT(*) FROM bank.loans l JOIN insurer.policies p ON l.customer_id = "
+          "p.customer_id AND l.amount > p.premium")
+    assert [c.sql() for c in q.conjuncts] == ["l.amount > p.premium"]
+
+
+def test_semi_and_anti_joins_bind_as_tables() -> None:
+    q = b("SELECT COUNT(*) FROM bank.customers c WHERE c.customer_id IN (SELECT customer_id "
+          "FROM insurer.policies WHERE open_claim = 1) AND NOT EXISTS (SELECT 1 FROM "
+          "bank.loans l WHERE l.customer_id = c.customer_id AND l.defaulted = 1)")
+    semi = [(t.alias, t.semi, t.filter.sql() if t.filter else None) for t in q.tables[1:]]
+    assert semi == [("policies", "semi", "policies.open_claim = 1"),
+                    ("l", "anti", "l.defaulted = 1")]
+    assert q.parties == ("bank", "insurer")
+    assert [c.sql() for c in q.conjuncts] == [
+        "policies.__in = 1", "(l.__in IS NULL OR l.__in = 0)"]
+
+
+def test_counts_filters_and_conditions_lower_to_indicators() -> None:
+    q = b("SELECT COUNT(premium) AS a, COUNT(*) FILTER (WHERE premium > 5) AS b, "
+          "SUM(premium > 5) AS c, AVG(premium) FILTER (WHERE open_claim = 1) AS d, "
+          "COUNT(customer_id) AS e FROM insurer.policies")
+    out = {o.name: o for o in q.outputs}
+    assert out["a"].kind == "count" and out["a"].expr is not None
+    assert out["a"].expr.sql() == "CASE WHEN NOT policies.premium IS NULL THEN 1 ELSE 0 END"
+    assert out["b"].expr.sql() == "CASE WHEN policies.premium > 5 THEN 1 ELSE 0 END"
+    assert out["c"].kind == "sum" and out["c"].bounds == (0.0, 1.0)
+    assert out["d"].expr.sql() == "CASE WHEN policies.open_claim = 1 THEN policies.premium END"
+    assert out["e"].kind == "count" and out["e"].expr is None  # units are never NULL
+
+
+def test_expressions_over_aggregates_use_hidden_outputs() -> None:
+    q = b("SELECT region, SUM(income) / COUNT(*) AS m, COUNT(*) AS n FROM bank.customers "
+          "GROUP BY region HAVING AVG(age) > 30 ORDER BY SUM(income) DESC")
+    assert [(o.name, o.kind, o.hidden) for o in q.outputs] == [
+        ("region", "group", False), ("m", "expr", False), ("n", "count", False),
+        ("__sum_income", "sum", True), ("__avg_age", "avg", True)]
+    m = q.output("m")
+    assert m.post is not None and m.post.sql() == "__sum_income / n"
+    assert q.having is not None and q.having.sql() == "__avg_age > 30"
+    assert [(e.sql(), d) for e, d in q.order_by] == [("__sum_income", True)]
+
+
+@pytest.mark.parametrize(
+    ("group", "domain"),
+    [("CASE WHEN age < 30 THEN 'a' WHEN age < 60 THEN 'b' END", ("a", "b", None)),
+     ("FLOOR(age / 25)", (0, 1, 2, 3, 4)),
+     ("UPPER(region)", ("NORTH", "SOUTH", "EAST", "WEST", "CENTRAL")),
+     ("SUBSTRING(region, 1, 1)", ("n", "s", "e", "w", "c")),
+     ("branch", None), ("LOWER(branch)", None)],
+)
+def test_group_by_expressions_derive_a_public_domain(group: str, domain: object) -> None:
+    q = b(f"SELECT {group} AS g, COUNT(*) FROM bank.customers GROUP BY 1")
+    assert q.group_by[0].name == "g"
+    assert q.group_by[0].domain == domain
+
+
+def test_risky_functions_get_their_safe_form() -> None:
+    q = b("SELECT SUM(income / age) AS d, SUM(LN(age)) AS l, SUM(SQRT(age)) AS s "
+          "FROM bank.customers")
+    d, ln, sq = (o.expr.sql() for o in q.outputs)  # type: ignore[union-attr]
+    assert d == "customers.income / (CASE WHEN customers.age < 18 THEN 18 ELSE customers.age END)"
+    assert ln == "LN((CASE WHEN customers.age < 18 THEN 18 ELSE customers.age END))"
+    assert sq == "SQRT((CASE WHEN customers.age < 18 THEN 18 ELSE customers.age END))"
+    assert q.outputs[0].bounds == (0.0, pytest.approx(500000 / 18))
+
+
+def test_products_of_one_factor_per_party_bind_and_others_do_not() -> None:
+    sql = ("SELECT SUM({}) FROM payments.accounts a JOIN insurer.policies p "
+           "ON a.customer_id = p.customer_id")
+    q = b(sql.format("a.monthly_txn_count * p.premium"))
+    assert q.outputs[0].bounds == (0.0, 200 * 5000.0)
+    b(sql.format("CASE WHEN a.monthly_txn_count > 3 THEN p.premium END"))
+    with pytest.raises(UnsupportedError, match="adds columns of different parties"):
+        b(sql.format("(a.monthly_txn_count + p.premium) * p.open_claim"))
+    with pytest.raises(UnsupportedError, match="multiplies or divides"):
+        b(sql.format("a.monthly_txn_count / (p.premium + 1)"))
+
+
+def test_ctes_and_derived_tables_inline() -> None:
+    q = b("WITH x AS (SELECT customer_id, amount * 2 AS a2 FROM bank.loans WHERE amount > 1), "
+          "y AS (SELECT customer_id, a2 FROM x WHERE a2 < 100) "
+          "SELECT SUM(y.a2) AS s FROM y JOIN (SELECT customer_id FROM insurer.policies) p "
+          "ON y.customer_id = p.customer_id")
+    assert [(t.alias, t.table) for t in q.tables] == [("y", "loans"), ("p", "policies")]
+    assert q.outputs[0].expr is not None and q.outputs[0].expr.sql() == "y.amount * 2"
+    assert [c.sql() for c in q.conjuncts] == ["(y.amount * 2) < 100", "y.amount > 1"]

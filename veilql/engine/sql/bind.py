@@ -767,9 +767,9 @@ def _bind_group_by(select: exp.Select, scope: _Scope) -> tuple[BoundGroup, ...]:
         if key in seen:
             continue
         seen.add(key)
-        if named is None and g.column is None:  # an expression also selected with an alias
+        if named is None:  # the key is also selected with an alias: it takes that name
             named = next((a for a, n in items if a and _same_expr(n, g.expr, scope)), None)
-        name = _unique(named if named and g.column is None else g.name, names)
+        name = _unique(named or g.name, names)
         names.add(name.lower())
         out.append(replace(g, name=name))
     return tuple(out)
@@ -854,19 +854,30 @@ class _Outputs:
         return tuple(self.visible + self.hidden)
 
     def bind_select(self, select: exp.Select) -> None:
-        """Every SELECT item, in order."""
+        """Every SELECT item, in order. Plain aggregates and group columns are bound first,
+        so that an expression over aggregates reads the selected ones where it can (and a
+        hidden aggregate only for the others)."""
         items = _select_items(select)
         explicit = {a.lower() for a, _ in items if a}
-        for alias, node in items:
-            output, signature = self._item(node)
-            name = alias or _unique(output.name, self.taken | explicit)
+        outputs: list[tuple[Output, Signature | None] | None] = []
+        for _alias, node in items:
+            later = not _is_aggregate(node) and node.find(exp.AggFunc) is not None
+            outputs.append(None if later else self._item(node))
+        names = []
+        for (alias, node), done in zip(items, outputs, strict=True):
+            default = done[0].name if done is not None else _default_name(node)
+            name = alias or _unique(default, self.taken | explicit)
             if name.lower() in self.taken:
                 raise UnsupportedError(f"output name {name!r} is used twice",
                                        "give each SELECT item its own alias")
             self.taken.add(name.lower())
-            self.visible.append(replace(output, name=name))
-            if signature is not None:
-                self.signatures.setdefault(signature, name)
+            names.append(name)
+            if done is not None and done[1] is not None:
+                self.signatures.setdefault(done[1], name)
+        for i, ((_alias, node), done) in enumerate(zip(items, outputs, strict=True)):
+            if done is None:
+                done = (Output(names[i], "expr", post=self._post(node, "SELECT")), None)
+            self.visible.append(replace(done[0], name=names[i]))
         if not any(o.kind not in ("group", "expr") for o in self.visible + self.hidden):
             raise UnsupportedError(
                 "a query must release at least one aggregate (COUNT, SUM or AVG)",
@@ -877,9 +888,6 @@ class _Outputs:
         """One SELECT item (without its alias) as an Output with a default name."""
         if _is_aggregate(node):
             return _bind_aggregate(node, self.scope)
-        if node.find(exp.AggFunc) is not None:
-            post = self._post(node, "SELECT")
-            return Output(_default_name(node), "expr", post=post), None
         if not list(node.find_all(exp.Column)):
             text = node.sql(dialect="duckdb")
             if not isinstance(node, exp.Literal | exp.Boolean | exp.Null | exp.Neg | exp.Add

@@ -201,6 +201,8 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
     def bare(node: exp.Expr, in_post: bool) -> exp.Expr:
         if not isinstance(node, exp.Column) or node.table or isinstance(node.this, exp.Star):
             return node
+        if node.find_ancestor(exp.Select, exp.Subquery) is not None:
+            return node  # an unqualified column of a nested query is that query's own
         name = node.name.lower()
         if name not in mapping or (in_post and name in outer_aliases):
             return node
@@ -224,6 +226,9 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
                 fixed.append(it)
                 continue
             new_it = it.transform(substitute).transform(lambda n, p=in_post: bare(n, p))
+            if key == "expressions" and isinstance(it, exp.Column) and not isinstance(
+                    new_it, exp.Column):  # keep the name a substituted column gave the item
+                new_it = exp.alias_(new_it, it.name)
             fixed.append(new_it)
         select.set(key, fixed if isinstance(value, list) else fixed[0])
     # Splice the body's tables in place of the entry.
