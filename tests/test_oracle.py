@@ -216,6 +216,14 @@ ANALYST_QUERIES = [
     "SELECT COUNT(*) AS n, AVG(c.income) AS inc FROM bank.customers c "
     "JOIN insurer.policies p ON p.customer_id = c.customer_id "
     "WHERE c.customer_id NOT IN (SELECT customer_id FROM bank.loans WHERE defaulted = 1)",
+    "SELECT COUNT(*) AS n FROM (SELECT customer_id, age FROM bank.customers WHERE "
+    "customer_id IN (SELECT customer_id FROM insurer.policies WHERE open_claim = 1)) AS d "
+    "WHERE d.age > 30",
+    "WITH x AS (SELECT l.customer_id, l.amount FROM bank.loans l WHERE EXISTS (SELECT 1 "
+    "FROM insurer.policies p WHERE p.customer_id = l.customer_id)) "
+    "SELECT SUM(amount) AS s, COUNT(*) AS n FROM x",
+    "SELECT UPPER(region) AS r, COUNT(*) AS n FROM bank.customers GROUP BY 1 "
+    "HAVING r <> 'EAST' ORDER BY n DESC",
 ]
 
 

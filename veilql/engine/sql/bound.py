@@ -211,7 +211,7 @@ def columns_used(bound: BoundQuery) -> dict[str, set[str]]:
     exprs += [t.filter for t in bound.tables if t.filter is not None]
     for e in exprs:
         for c in e.find_all(exp.Column):
-            if c.table in used and not c.name.startswith("__"):
+            if c.table in used and c.name != "__in":  # a semi-join's own 0/1 column
                 used[c.table].add(c.name)
     for o in bound.outputs:
         if o.column is not None:

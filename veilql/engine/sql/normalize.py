@@ -150,6 +150,8 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
             if not matches:
                 return node  # an outer reference: left to the binder (correlated: refused)
             return exp.column(node.name, table=matches[0])
+        if node.find_ancestor(exp.Select, exp.Subquery) is not None:
+            return node  # an unqualified column of a nested query is that query's own
         if len(owners) == 1:
             return exp.column(node.name, table=next(iter(owners)))
         found = [new for new, t in owners.items()

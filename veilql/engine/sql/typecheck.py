@@ -729,6 +729,10 @@ class TypeChecker:
         if isinstance(node, _TEXT_FUNCTIONS):
             for arg in _text_arguments(node):
                 self._text_argument(node, arg)
+            length = node.args.get("length") if isinstance(node, exp.Substring) else None
+            if length is not None and isinstance(_unparen(length), exp.Neg):
+                raise UnsupportedError(f"{_short(node)}: a negative length fails in some "
+                                       "engines", "give SUBSTRING a length >= 0")
             for arg in _int_arguments(node):
                 lit = _unparen(arg)
                 if not (isinstance(lit, exp.Literal) and not lit.is_string and lit.is_int) \
@@ -1202,4 +1206,9 @@ class _AnalystChecker(TypeChecker):
         out = self.outputs.get(col.name.lower())
         if out is not None and out.kind == "group" and out.column is not None:
             return column_type(out.column.policy)
+        if out is not None and out.kind == "group" and out.group is not None:
+            return SqlType(None, "unknown type")  # a GROUP BY expression's value
+        if out is not None and out.kind == "expr" and isinstance(out.post, exp.Literal) \
+                and out.post.is_string:
+            return SqlType("str", "string")
         return SqlType("num", "number")
