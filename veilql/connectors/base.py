@@ -1,14 +1,19 @@
 """The connector interface: how VeilQL reads one party's data in that party's own engine.
 
 A connector is opened from a spec string in ``federation.toml`` (``duckdb:<file>``,
-``csv:<folder>``, ``parquet:<folder>``, ``postgresql://...``). It reports its catalog
+``csv:<folder>``, ``parquet:<folder>``, ``postgresql://...``, ``mysql://...``,
+``spark:<master>``). It reports its catalog
 (tables, columns, types) and runs the party's pushed-down local SQL. That SQL is always
 written once, in DuckDB's dialect; ``Connector.run`` transpiles it with sqlglot to the
 connector's own ``dialect`` before execution, so the planner never writes per-engine SQL.
 
 The shape follows harlequin's adapters: a small abstract class with capability flags
 (``read_only``, ``dialect``) and default bodies for the optional methods, and DuckDB as
-one connector among others rather than a special case.
+one connector among others rather than a special case. Schemes map to connectors through
+a registry (harlequin's adapter entry points are the model): this module names the built-in
+connectors as ``module:Class`` strings and imports one only when a spec needs it, installed
+packages may add theirs under the ``veilql.connectors`` entry-point group, and
+``register_connector`` adds one at run time; the base never imports its subclasses.
 
 Connectors only ever read. Besides opening the data read-only, ``run`` accepts a single
 query statement (SELECT, set operations, VALUES) and refuses anything else (COPY, ATTACH,
@@ -17,10 +22,12 @@ INSERT, ...), so even a bug in the planner cannot write to a party's data.
 
 from __future__ import annotations
 
+import importlib
 import os.path
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
@@ -33,12 +40,13 @@ from sqlglot.errors import SqlglotError
 
 from veilql.errors import ConfigError, LocalEngineError, ProtocolError, QueryError
 
-#: The schemes ``open_connector`` knows, in the order shown in error hints.
-SCHEMES: tuple[str, ...] = ("duckdb", "csv", "parquet", "postgresql")
+#: The built-in schemes, in the order shown in error hints.
+SCHEMES: tuple[str, ...] = ("duckdb", "csv", "parquet", "postgresql", "mysql", "spark")
 
 _SPEC_HINT = (
     "write the connector as duckdb:<file>, csv:<folder>, parquet:<folder> "
-    "(paths relative to the federation file) or postgresql://host/database"
+    "(paths relative to the federation file), postgresql://host/database, "
+    "mysql://user@host:port/database or spark:<master URL>"
 )
 
 
@@ -183,8 +191,102 @@ class Connector(ABC):
         return f"{type(self).__name__}({self.spec!r})"
 
 
+# -- the registry: scheme -> connector ---------------------------------------------------
+
+# Called with the resolved location: a Path for files and folders, the spec for URLs.
+_Factory = Callable[[Any], Connector]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A registered scheme: its factory, or the ``module:attr`` that names it (loaded on
+    first use), and whether its location is a URL (kept as text) or a path."""
+
+    target: _Factory | str
+    url: bool = False
+
+
+#: The built-in connectors, named rather than imported: ``split_spec`` and
+#: ``resolve_spec`` load none, ``open_connector`` loads the one a spec needs.
+_BUILTIN: dict[str, _Entry] = {
+    "duckdb": _Entry("veilql.connectors.duckdb:DuckDBConnector"),
+    "csv": _Entry("veilql.connectors.files:CsvConnector"),
+    "parquet": _Entry("veilql.connectors.files:ParquetConnector"),
+    "postgresql": _Entry("veilql.connectors.postgres:PostgresConnector", url=True),
+    "mysql": _Entry("veilql.connectors.mysql:MySQLConnector", url=True),
+    "spark": _Entry("veilql.connectors.spark:SparkConnector", url=True),
+}
+#: Other spellings of a scheme.
+_ALIASES: dict[str, str] = {"postgres": "postgresql", "mariadb": "mysql"}
+#: Registered at run time (``register_connector``); these take precedence.
+_FACTORIES: dict[str, _Factory] = {}
+_URL_SCHEMES: set[str] = set()
+#: Installed packages add connectors under this entry-point group: ``name = "pkg.mod:Class"``;
+#: a class with ``url_spec = True`` gets its spec as text, others a resolved path.
+ENTRY_POINT_GROUP = "veilql.connectors"
+
+
+def register_connector(scheme: str, factory: _Factory, *, url: bool = False) -> None:
+    """Make ``open_connector`` build ``factory(location)`` for specs of ``scheme``.
+
+    ``url=True``: the location is the spec itself (``scheme:...``, as text) rather than a
+    path resolved against the federation file.
+    """
+    scheme = scheme.lower()
+    _FACTORIES[scheme] = factory
+    (_URL_SCHEMES.add if url else _URL_SCHEMES.discard)(scheme)
+
+
+def _plugin(scheme: str) -> _Entry | None:
+    """The connector an installed package registers for ``scheme`` (entry points)."""
+    try:
+        found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == scheme]
+    except Exception:  # noqa: BLE001 - broken package metadata must not break built-ins
+        return None
+    return _Entry(found[0].value) if found else None
+
+
+def _entry(scheme: str) -> _Entry | None:
+    """The registry's entry for a (canonical, lower-case) scheme, or None."""
+    if scheme in _FACTORIES:
+        return _Entry(_FACTORIES[scheme], url=scheme in _URL_SCHEMES)
+    return _BUILTIN.get(scheme) or _plugin(scheme)
+
+
+def known_schemes() -> tuple[str, ...]:
+    """Every scheme ``open_connector`` can open: built-in, registered, installed.
+
+    >>> known_schemes()[:4]
+    ('duckdb', 'csv', 'parquet', 'postgresql')
+    """
+    extra = [s for s in _FACTORIES if s not in SCHEMES]
+    try:
+        extra += [ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)
+                  if ep.name not in SCHEMES and ep.name not in extra]
+    except Exception:  # noqa: BLE001 - see _plugin
+        pass
+    return (*SCHEMES, *extra)
+
+
+def _load(scheme: str, entry: _Entry) -> tuple[_Factory, bool]:
+    """The factory of ``entry`` (importing its module if it is named) and its URL flag."""
+    target = entry.target
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        try:
+            target = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(
+                f"connector scheme {scheme!r} cannot be loaded: {exc}",
+                "install the package that provides it, or use another connector",
+            ) from exc
+    url = entry.url or bool(getattr(target, "url_spec", False))
+    return target, url
+
+
 def split_spec(spec: str) -> tuple[str, str]:
-    """Split a connector spec into (scheme, rest); ``postgres`` is read as ``postgresql``.
+    """Split a connector spec into (scheme, rest); ``postgres`` is read as ``postgresql``
+    and ``mariadb`` as ``mysql``.
 
     >>> split_spec("csv:data/pharmacy")
     ('csv', 'data/pharmacy')
@@ -195,12 +297,11 @@ def split_spec(spec: str) -> tuple[str, str]:
     scheme = scheme.strip().lower()
     if not sep or not scheme:
         raise ConfigError(f"connector {spec!r} has no scheme", _SPEC_HINT)
-    if scheme == "postgres":
-        scheme = "postgresql"
-    if scheme not in SCHEMES:
+    scheme = _ALIASES.get(scheme, scheme)
+    if _entry(scheme) is None:
         raise ConfigError(
             f"unknown connector scheme {scheme!r} in {spec!r}",
-            f"use one of {', '.join(s + ':' for s in SCHEMES)}",
+            f"use one of {', '.join(s + ':' for s in known_schemes())}",
         )
     if not rest.strip():
         raise ConfigError(f"connector {spec!r} names no location", _SPEC_HINT)
@@ -210,55 +311,40 @@ def split_spec(spec: str) -> tuple[str, str]:
 def resolve_spec(spec: str, base_dir: Path) -> tuple[str, Path | str]:
     """The scheme and the absolute location of ``spec``; paths resolve against ``base_dir``.
 
-    Nothing is opened or checked for existence here (``open_connector`` does that); a
-    ``postgresql://`` URL is returned unchanged.
+    Nothing is opened or checked for existence here (``open_connector`` does that). A
+    ``postgresql://`` URL is returned unchanged; for the other URL schemes (``mysql``,
+    ``spark``) the location is the text after ``scheme:``, so ``f"{scheme}:{location}"``
+    is the spec again.
 
     >>> resolve_spec("duckdb:data/h.duckdb", Path("/srv/fed"))
     ('duckdb', PosixPath('/srv/fed/data/h.duckdb'))
+    >>> resolve_spec("spark:local[1]", Path("/srv/fed"))
+    ('spark', 'local[1]')
     """
     scheme, rest = split_spec(spec)
     if scheme == "postgresql":
         return scheme, spec
+    if _is_url(scheme):
+        return scheme, rest
     path = Path(rest).expanduser()
     if not path.is_absolute():
         path = base_dir / path
     return scheme, Path(_normalise(path))
 
 
+def _is_url(scheme: str) -> bool:
+    """True when ``scheme``'s location is a URL (kept as text), not a path."""
+    entry = _entry(scheme)
+    if entry is None:
+        return False
+    if entry.url or not isinstance(entry.target, str) or scheme in _BUILTIN:
+        return entry.url
+    return _load(scheme, entry)[1]  # an installed plugin: its class says
+
+
 def _normalise(path: Path) -> str:
     """An absolute path with ``..`` removed, without requiring that it exists."""
     return os.path.normpath(str(path.absolute()))
-
-
-# Called with the resolved location: a Path for files and folders, the URL for postgresql.
-_Factory = Callable[[Any], Connector]
-_FACTORIES: dict[str, _Factory] = {}
-
-
-def register_connector(scheme: str, factory: _Factory) -> None:
-    """Make ``open_connector`` build ``factory(location)`` for specs of ``scheme``."""
-    _FACTORIES[scheme] = factory
-
-
-def _builtin_factory(scheme: str) -> _Factory | None:
-    # Imported lazily: the concrete modules import this one.
-    if scheme == "duckdb":
-        from veilql.connectors.duckdb import DuckDBConnector
-
-        return DuckDBConnector
-    if scheme == "csv":
-        from veilql.connectors.files import CsvConnector
-
-        return CsvConnector
-    if scheme == "parquet":
-        from veilql.connectors.files import ParquetConnector
-
-        return ParquetConnector
-    if scheme == "postgresql":
-        from veilql.connectors.postgres import PostgresConnector
-
-        return PostgresConnector
-    return None
 
 
 def open_connector(spec: str, base_dir: Path) -> Connector:
@@ -268,15 +354,11 @@ def open_connector(spec: str, base_dir: Path) -> Connector:
     is unknown or not supported yet, or when the file or folder does not exist.
     """
     scheme, location = resolve_spec(spec, base_dir)
-    factory = _FACTORIES.get(scheme) or _builtin_factory(scheme)
-    if factory is None:
-        raise ConfigError(
-            f"connector scheme {scheme!r} is not supported yet ({spec!r})",
-            "export the tables to a DuckDB file or to a folder of CSV/Parquet files "
-            "and use duckdb:<file>, csv:<folder> or parquet:<folder>",
-        )
+    entry = _entry(scheme)
+    assert entry is not None  # split_spec refused unknown schemes
+    factory, _ = _load(scheme, entry)
     if isinstance(location, str):  # a URL: the connector checks it when it connects
-        return factory(location)
+        return factory(location if scheme == "postgresql" else f"{scheme}:{location}")
     if scheme == "duckdb" and not location.is_file():
         raise ConfigError(
             f"DuckDB file {str(location)!r} does not exist",
