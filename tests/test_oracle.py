@@ -224,6 +224,15 @@ ANALYST_QUERIES = [
     "SELECT SUM(amount) AS s, COUNT(*) AS n FROM x",
     "SELECT UPPER(region) AS r, COUNT(*) AS n FROM bank.customers GROUP BY 1 "
     "HAVING r <> 'EAST' ORDER BY n DESC",
+    # products and FILTER with a cross-party predicate (slot-level factors)
+    "SELECT COUNT(DISTINCT l.customer_id) FILTER (WHERE p.open_claim = 1 AND l.amount > 10000) "
+    "AS people, SUM(l.defaulted * p.premium) AS s, AVG(l.amount) FILTER (WHERE p.premium > "
+    "1000) AS a FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id "
+    "WHERE l.amount > p.premium",
+    "SELECT l.term_months, COUNT(DISTINCT l.customer_id) FILTER (WHERE p.open_claim = 1) AS "
+    "people, COUNT(l.amount) AS c FROM bank.loans l JOIN insurer.policies p "
+    "ON l.customer_id = p.customer_id JOIN payments.accounts a ON a.customer_id = l.customer_id "
+    "WHERE l.amount > a.monthly_txn_amount GROUP BY l.term_months",
 ]
 
 
