@@ -258,3 +258,26 @@ def test_values_outside_the_bounds_meet_clamped_divisors_and_logarithms(mini_fed
     assert n == 3
     assert d == pytest.approx(10 / 3 + 10 / 1 + 10 / 5, abs=1e-3)
     assert ln_sum == pytest.approx(math.log(3) + 0 + math.log(5), abs=1e-3)
+
+
+def test_inlining_cannot_multiply_the_work(demo) -> None:
+    """Route: a WITH whose long expression is referenced many times would make every party
+    copy it as often; it is refused (quickly, before copying) once it would exceed the
+    limit of inlined terms, and doubling chains of WITH are caught at each step."""
+    import time
+
+    from veilql.engine.sql.bind import bind
+    from veilql.engine.sql.parse import parse
+
+    body = " + ".join(["amount"] * 200)
+    refs = " + ".join(["x.e"] * 200)
+    chain = ("WITH a AS (SELECT customer_id, amount + amount AS e FROM bank.loans), "
+             + ", ".join(f"{n} AS (SELECT customer_id, {p}.e + {p}.e AS e FROM {p})"
+                         for p, n in zip("abcdefghijklm", "bcdefghijklmn")) +
+             " SELECT SUM(n.e) FROM n")
+    for sql in (f"WITH x AS (SELECT customer_id, {body} AS e FROM bank.loans) "
+                f"SELECT SUM({refs}) FROM x", chain):
+        start = time.monotonic()
+        with pytest.raises(QueryError, match="too large once its WITH"):
+            bind(parse(sql), demo)
+        assert time.monotonic() - start < 2.0

@@ -103,6 +103,9 @@ def _bind(
     """The body of ``bind``: names, joins, policies; the BoundQuery."""
     if isinstance(parsed.tree, exp.Select):
         tree = normalize.inline_subqueries(parsed.tree, _columns_of(federation))
+        if tree is not parsed.tree and (parsed.tree.args.get("with_") or tree.find(
+                exp.Subquery) is not None or parsed.tree.find(exp.Subquery) is not None):
+            limits.check_tree(tree, inlined=True)
     else:
         tree = parsed.tree
     select = checks.check_statement(tree)

@@ -172,21 +172,35 @@ def check_tokens(tokens: Sequence[Token], sql: str) -> None:
             )
 
 
-def check_tree(tree: exp.Expr) -> None:
-    """Refuse a parsed statement with too many nodes or too many levels (no recursion)."""
+#: After WITH and derived tables are inlined (each reference to a subquery's column
+#: becomes a copy of its expression), the statement may hold at most this many nodes.
+MAX_INLINED_NODES = 4 * MAX_NODES
+
+
+def check_tree(tree: exp.Expr, *, max_nodes: int = MAX_NODES, inlined: bool = False) -> None:
+    """Refuse a parsed statement with too many nodes or too many levels (no recursion).
+
+    ``inlined``: the statement after its subqueries were inlined (``normalize``), checked
+    against ``MAX_INLINED_NODES`` so that copies of a large subquery expression cannot
+    multiply the work of every party.
+    """
+    if inlined:
+        max_nodes = MAX_INLINED_NODES
     nodes = 0
     deepest = 0
     stack: list[tuple[exp.Expr, int]] = [(tree, 1)]
-    while stack and nodes <= MAX_NODES:
+    while stack and nodes <= max_nodes:
         node, depth = stack.pop()
         nodes += 1
         deepest = max(deepest, depth)
         stack.extend((child, depth + 1) for child in node.iter_expressions())
-    if nodes > MAX_NODES:
+    if nodes > max_nodes:
+        once = " once its WITH and subqueries are inlined" if inlined else ""
         raise UnsupportedError(
-            f"the query is too large: more than {MAX_NODES:,} terms (columns, literals, "
-            "operators)",
-            TOO_DEEP_HINT,
+            f"the query is too large{once}: more than {max_nodes:,} terms (columns, "
+            "literals, operators)",
+            TOO_DEEP_HINT + ("; refer to a subquery's long expressions fewer times"
+                             if inlined else ""),
         )
     if deepest > MAX_DEPTH:
         raise UnsupportedError(

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from sqlglot import exp
 
+from veilql.engine.sql.limits import MAX_INLINED_NODES
 from veilql.errors import PolicyError, UnsupportedError
 
 # table reference (party, table) -> its usable column names (from the policies), for
@@ -183,6 +184,19 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
         if not name or (not isinstance(item, exp.Alias) and not isinstance(item, exp.Column)):
             continue  # an unnamed expression cannot be referenced
         mapping.setdefault(name.lower(), inner.copy().transform(rename))
+
+    # Refuse before copying: every reference becomes a copy of the body's expression.
+    sizes = {name: sum(1 for _ in e.walk()) for name, e in mapping.items()}
+    copies = 0
+    for col in select.find_all(exp.Column):
+        name = col.name.lower()
+        if name in sizes and (not col.table or col.table.lower() == alias.lower()):
+            copies += sizes[name]
+    if copies > MAX_INLINED_NODES:
+        raise UnsupportedError(
+            f"the query is too large once its WITH and subqueries are inlined: more than "
+            f"{MAX_INLINED_NODES:,} terms (columns, literals, operators)",
+            "refer to a subquery's long expressions fewer times")
 
     def substitute(node: exp.Expr) -> exp.Expr:
         if not isinstance(node, exp.Column) or isinstance(node.this, exp.Star):
