@@ -273,7 +273,7 @@ def test_inlining_cannot_multiply_the_work(demo) -> None:
     refs = " + ".join(["x.e"] * 200)
     chain = ("WITH a AS (SELECT customer_id, amount + amount AS e FROM bank.loans), "
              + ", ".join(f"{n} AS (SELECT customer_id, {p}.e + {p}.e AS e FROM {p})"
-                         for p, n in zip("abcdefghijklm", "bcdefghijklmn")) +
+                         for p, n in zip("abcdefghijklm", "bcdefghijklmn", strict=True)) +
              " SELECT SUM(n.e) FROM n")
     for sql in (f"WITH x AS (SELECT customer_id, {body} AS e FROM bank.loans) "
                 f"SELECT SUM({refs}) FROM x", chain):
