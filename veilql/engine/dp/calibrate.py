@@ -97,6 +97,13 @@ class NoisePlan:
     bits: int = 0
     cells: int = 0
     distance: Fraction = Fraction(0)
+    # Gaussian plans accounted together in zCDP (``account.py``): how many share the composed
+    # charge (0: accounted alone), their total rho, and the (epsilon, delta) OpenDP certifies
+    # for it; ``epsilon``/``delta`` above are then this aggregate's share of that charge.
+    composed: int = 0
+    composed_rho: float | None = None
+    composed_epsilon: float | None = None
+    composed_delta: Fraction = Fraction(0)
 
     def describe(self) -> str:
         """One line for ``veil explain``.
@@ -118,9 +125,19 @@ class NoisePlan:
         if self.mechanism == "laplace":
             return (f"discrete Laplace t={self.scale:.6g} added in full by parties {who} "
                     f"(L1={self.l1}); {cost}")
-        return (f"discrete Gaussian sigma={self.scale:.6g} over honest parties, each of parties "
-                f"{who} adds N_Z(0, {self.party_scale:.6g}^2) (L2={self.l2:.6g}, "
-                f"rho={self.rho:.6g}); {cost}")
+        if len(self.adders) == 1:
+            what = (f"discrete Gaussian sigma={self.scale:.6g} added by party {who} "
+                    f"(L2={self.l2:.6g}, rho={self.rho:.6g})")
+        else:
+            what = (f"discrete Gaussian sigma={self.scale:.6g} over honest parties, each of "
+                    f"parties {who} adds N_Z(0, {self.party_scale:.6g}^2) (L2={self.l2:.6g}, "
+                    f"rho={self.rho:.6g})")
+        if self.composed > 1:
+            return (f"{what}, composed in zCDP with {self.composed - 1} other Gaussian "
+                    f"aggregate{'s' if self.composed > 2 else ''} (rho={self.composed_rho:.6g} "
+                    f"in all: ({self.composed_epsilon:.6g}, {_fmt(self.composed_delta)})-DP by "
+                    f"OpenDP's zCDP to approxDP); {cost} (a 1/{self.composed} share)")
+        return f"{what}; {cost}"
 
     @property
     def draws(self) -> int:
@@ -277,16 +294,79 @@ def laplace_scale(l1: int, epsilon: Fraction) -> float:
     return t
 
 
+def cks_epsilon(rho: float, delta: float) -> float:
+    """The epsilon of CKS20's zCDP -> (epsilon, delta) conversion (Cor. 13), in floats.
+
+    ``inf_{a > 1} a rho + (a log(1 - 1/a) - log(a - 1) + log(1/delta)) / (a - 1)``, by
+    golden-section search over ``log(a - 1)`` (the bound is unimodal in ``a``). The formula
+    OpenDP's ``make_zCDP_to_approxDP`` evaluates (they agree to ~1e-15, OpenDP rounding up);
+    used only to search and to start a bisection, never to certify a charge.
+
+    >>> round(cks_epsilon(0.0243, 1e-6), 6)
+    0.998769
+    """
+    if rho <= 0:
+        return 0.0
+    log_inv = -math.log(delta)
+
+    def eps_at(u: float) -> float:
+        a = 1.0 + math.exp(u)
+        return a * rho + (a * math.log1p(-1.0 / a) - u + log_inv) / (a - 1.0)
+
+    lo, hi = -40.0, 40.0
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+    x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
+    f1, f2 = eps_at(x1), eps_at(x2)
+    for _ in range(100):
+        if f1 < f2:
+            hi, x2, f2 = x2, x1, f1
+            x1 = hi - g * (hi - lo)
+            f1 = eps_at(x1)
+        else:
+            lo, x1, f1 = x1, x2, f2
+            x2 = lo + g * (hi - lo)
+            f2 = eps_at(x2)
+    return max(0.0, min(f1, f2))
+
+
+def cks_rho(epsilon: float, delta: float) -> float:
+    """The largest rho with ``cks_epsilon(rho, delta) <= epsilon`` (bisection, floats).
+
+    Like ``cks_epsilon``, for searching and bracketing only; ``rho_for`` is the certified one.
+
+    >>> 0.0243 < cks_rho(1.0, 1e-6) < 0.0244
+    True
+    """
+    log_inv = -math.log(delta)
+    # Bun-Steinke's rho (rho + 2 sqrt(rho ln(1/delta)) = epsilon) is always admitted by CKS20.
+    lo = (epsilon / (math.sqrt(log_inv + epsilon) + math.sqrt(log_inv))) ** 2
+    hi = 2 * lo
+    for _ in range(200):
+        if cks_epsilon(hi, delta) > epsilon:
+            break
+        lo, hi = hi, 2 * hi
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if not lo < mid < hi or hi / lo - 1 < 1e-14:
+            break
+        if cks_epsilon(mid, delta) <= epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 @lru_cache(maxsize=256)
 def rho_for(epsilon: float, delta: float) -> float:
     """Largest zCDP rho that OpenDP's zCDP -> (eps, delta) conversion certifies (CKS20 Cor. 13).
 
     Bisection over the scale of a unit-sensitivity discrete Gaussian whose privacy map OpenDP
     computes; the returned rho is OpenDP's own (rounded-up) map value, so the certification is
-    OpenDP's. Bounded time at any (epsilon, delta) that ``check_budget`` accepts: the bracket
-    starts at the Bun-Steinke rho (rho + 2 sqrt(rho ln(1/delta)) = epsilon), which CKS20's
-    tighter conversion always admits, moves by factors of 2 and 16 at most 64 times each, and
-    the bisection is geometric (at most ~60 steps to float resolution).
+    OpenDP's. The bracket starts within 1e-8 of the closed form (``cks_rho``) and the bisection
+    stops at a relative width of 1e-13 (about 20 of OpenDP's maps, where starting from
+    Bun-Steinke's rho took about 100); if the closed form were off, the bracket widens by
+    factors of 2 (at most 64 times each way), so the time stays bounded at any (epsilon,
+    delta) that ``check_budget`` accepts.
 
     >>> 0.0243 < rho_for(1.0, 1e-6) < 0.0244
     True
@@ -302,23 +382,22 @@ def rho_for(epsilon: float, delta: float) -> float:
         return eps_of(scale)[0] <= epsilon
 
     # eps(scale) decreases in scale. rho = 1 / (2 scale^2) for sensitivity 1.
-    log_inv = -math.log(delta)
-    root_rho = epsilon / (math.sqrt(log_inv + epsilon) + math.sqrt(log_inv))  # no cancellation
-    hi = max(1e-6, 1.0 / (math.sqrt(2.0) * root_rho))
+    guess = 1.0 / math.sqrt(2.0 * cks_rho(epsilon, delta))
+    hi = max(1e-6, guess * (1 + 1e-8))
     for _ in range(64):
         if ok(hi):
             break
         hi *= 2
     else:
         raise RuntimeError(f"zCDP calibration failed for epsilon={epsilon}, delta={delta}")
-    lo = hi / 16
+    lo = min(hi, guess) * (1 - 1e-8)
     for _ in range(64):
         if lo <= 1e-6 or not ok(lo):
             break
-        hi, lo = lo, lo / 16
+        hi, lo = lo, lo / 2
     for _ in range(200):
         mid = math.sqrt(lo * hi)
-        if not lo < mid < hi:
+        if not lo < mid < hi or hi / lo - 1 < 1e-13:
             break
         if ok(mid):
             hi = mid
@@ -445,8 +524,21 @@ def calibrate_gaussian(l1: int, l2: float, epsilon: Fraction, delta: Fraction,
     if delta <= 0:
         raise QueryError("the discrete Gaussian mechanism needs delta > 0",
                          hint="set delta (e.g. delta = 1e-6) or use mechanism 'laplace'")
-    honest = parties - 1
     rho_target = rho_for(_float_down(epsilon), _float_down(delta))
+    return gaussian_for_rho(l1, l2, rho_target, epsilon, delta, parties)
+
+
+def gaussian_for_rho(l1: int, l2: float, rho_target: float, epsilon: Fraction,
+                     delta: Fraction, parties: int = 3) -> NoisePlan:
+    """The Gaussian plan whose proven zCDP (KLS21, with the tau term) stays below
+    ``rho_target``, charging ``(epsilon, delta)``: the caller certifies that this charge covers
+    ``rho_target`` (``calibrate_gaussian`` alone, ``account.py`` for several composed).
+
+    >>> plan = gaussian_for_rho(1, 1.0, 0.02, Fraction(1, 2), Fraction(1, 10**6))
+    >>> plan.rho <= 0.02, plan.epsilon
+    (True, Fraction(1, 2))
+    """
+    honest = parties - 1
     s = _gaussian_party_sigma(float(l2), int(l1), rho_target, honest)
     dims = min(int(l1), math.ceil(l2 * l2 - 1e-9))
     rho = gaussian_rho_bound(float(l2), s, honest, dims)

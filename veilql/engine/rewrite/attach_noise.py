@@ -33,6 +33,7 @@ from dataclasses import replace
 from fractions import Fraction
 
 from veilql.engine.dp import calibrate, split_budget
+from veilql.engine.dp.account import Demand, allocate
 from veilql.engine.dp.accuracy import dlap_sum_upper
 from veilql.engine.dp.calibrate import MIN_DELTA, NoisePlan, calibrate_central_laplace, exact_amount
 from veilql.engine.dp.central import MAX_DISTANCE
@@ -84,14 +85,22 @@ def attach_noise(plan: Plan, ctx: Context) -> Plan:
         mechanism = "laplace"
     central = dict(cells=cell_bound(plan) if secure else None, query_epsilon=epsilon_q,
                    max_distance=MAX_DISTANCE / len(plan.aggregates))
-    for agg, (eps, delta) in zip(plan.aggregates, shares, strict=True):
-        l1, l2 = _sensitivity(agg, rows, cells)
+    sensitivities = [_sensitivity(agg, rows, cells) for agg in plan.aggregates]
+    # The selection count keeps its equal share (its scale sets the threshold); the others
+    # pool theirs, and the accountant divides the pool (zCDP for Gaussians, engine/dp/account).
+    pooled = [i for i, agg in enumerate(plan.aggregates) if agg.name != SELECTION]
+    eps_each, delta_each = shares[0]
+    values = iter(allocate([Demand(*sensitivities[i], central["cells"]) for i in pooled],
+                           eps_each * len(pooled), delta_each * len(pooled), mechanism,
+                           local=not secure, query_epsilon=epsilon_q,
+                           max_distance=central["max_distance"]) if pooled else [])
+    for agg, (eps, delta), (l1, l2) in zip(plan.aggregates, shares, sensitivities, strict=True):
         if agg.name == SELECTION:
             noise = _selection_noise(l1, l2, eps, delta, mechanism, central)
             threshold = selection_threshold(noise.scale, 1 if not secure else noise.draws,
                                             l1, delta_q / 2)
         else:
-            noise = calibrate(l1, l2, eps, delta, mechanism, **central)  # type: ignore[arg-type]
+            noise = next(values)
         if plan.mode == "local":
             # One party sees its own rows anyway: it alone adds the full noise.
             noise = replace(noise, adders=(0,), party_scale=noise.scale)
