@@ -343,10 +343,10 @@ CASES = [
     ),
     Case(
         "connector-scheme-unknown",
-        _fed("csv:data/shop", "mysql://db/shop"),
+        _fed("csv:data/shop", "sqlite:shop.db"),
         "federation.toml",
         "party.shop.connector",
-        "unknown connector scheme 'mysql'",
+        "unknown connector scheme 'sqlite'",
         "postgresql:",
     ),
     Case(
