@@ -132,6 +132,19 @@ def test_closed_form_conversion_matches_opendp() -> None:
         assert cks_epsilon(rho_for(eps, delta), delta) == pytest.approx(eps, rel=1e-9)
 
 
+def test_laplace_charge_is_opendps_map_up_to_its_rounding() -> None:
+    """Laplace aggregates charge the exact l1 / t (a Fraction, what the budget split gave);
+    OpenDP's map of the same discrete Laplace rounds that up to a float, within one ulp."""
+    plans = allocate([Demand(1, 1.0), Demand(3, 3.0), Demand(10**7, 1e7)], 1.0, 0)
+    for p in plans:
+        meas = dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T="i64")),
+                                 dp.l1_distance(T="i64"), scale=p.scale)
+        mapped = meas.map(p.l1)
+        assert Fraction(p.l1) / Fraction(p.scale) <= p.epsilon == Fraction(1, 3)
+        assert mapped >= float(Fraction(p.l1) / Fraction(p.scale))
+        assert mapped <= math.nextafter(float(p.epsilon), math.inf)
+
+
 # ---------------------------------------------------------------- the split
 
 
