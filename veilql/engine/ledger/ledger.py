@@ -490,19 +490,7 @@ class Ledger:
         line = anchor.line()
         with self._locked(self._anchor_lock, self.anchors_path):
             book = self._refresh_anchors(drop_torn=True)
-            created = not self.anchors_path.exists()
-            fd = os.open(self.anchors_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-            if created:
-                fsync_dir(self.anchors_path.parent)
-            book.ident = (st.st_dev, st.st_ino)
+            book.ident = _append_durably(self.anchors_path, line)
             book.feed(line)
 
     def anchors(self) -> dict[str, tuple[int, str]]:
@@ -681,19 +669,7 @@ class Ledger:
             entry = replace(entry, seq=state.next_seq, prev=state.last_hash)
         sealed = entry.sealed(self._key)
         line = sealed.line()
-        created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(line)
-            while view:  # one write in practice; loop in case the OS takes part of it
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if created:
-            fsync_dir(self.path.parent)
-        state.ident = (st.st_dev, st.st_ino)
+        state.ident = _append_durably(self.path, line)
         try:
             state.feed_line(line)
         except BadEntry as bad:  # cannot happen unless the writer itself is wrong
@@ -749,3 +725,21 @@ class Ledger:
             query_id=entry.query_id, epsilon=entry.epsilon, delta=entry.delta,
             tables=entry.tables, sql=entry.sql,
         )
+
+
+def _append_durably(path: Path, line: bytes) -> tuple[int, int]:
+    """Append ``line`` to ``path`` and fsync it (and the folder when the file is new);
+    returns the file's ``(st_dev, st_ino)``, which tells a later reader it is the same file."""
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(line)
+        while view:  # one write in practice; loop in case the OS takes part of it
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_dir(path.parent)
+    return st.st_dev, st.st_ino
