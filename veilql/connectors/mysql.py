@@ -39,12 +39,19 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 import pyarrow as pa
 import pymysql
 import pymysql.cursors
-import sqlglot
+import sqlglot  # noqa: F401 - the doctests parse with it
 from pymysql.constants import FIELD_TYPE, FLAG
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from veilql.connectors.base import ColumnInfo, Connector, ConnectorError, engine_failure
+from veilql.connectors.rewrites import (
+    bottom_up,
+    first_line,
+    float_division,
+    log_base_ten,
+    template,
+)
 from veilql.errors import ConfigError, QueryError
 
 #: Seconds to wait for the server when the URL does not say.
@@ -243,65 +250,6 @@ def connect_args(url: str) -> dict[str, Any]:
 
 # -- DuckDB's semantics in MySQL -------------------------------------------------------------
 
-def _template(sql: str, dialect: str) -> Callable[..., exp.Expression]:
-    """A function filling ``__a`` and ``__b`` of ``sql`` (parsed once) with expressions."""
-    select = sqlglot.parse_one(f"SELECT {sql}", read=dialect)  # TRUNCATE(...) alone is DDL
-    assert isinstance(select, exp.Select)
-    tree = select.expressions[0]
-
-    def fill(a: exp.Expression, b: exp.Expression | None = None) -> exp.Expression:
-        args = {"__a": a, "__b": b}
-
-        def put(n: exp.Expression) -> exp.Expression:
-            if isinstance(n, exp.Column) and n.name in args and not n.table:
-                value = args[n.name]
-                assert value is not None
-                return exp.Paren(this=value.copy())
-            return n
-        return tree.transform(put)
-    return fill
-
-
-def bottom_up(tree: exp.Expression,
-              rewrite: Callable[[exp.Expression], exp.Expression | None]) -> exp.Expression:
-    """Apply ``rewrite`` to every node of ``tree``, children before parents, so a rewritten
-    node's arguments are already rewritten; None keeps the node. New nodes are not revisited.
-
-    >>> t = sqlglot.parse_one("SELECT LOG(LOG(x))")
-    >>> bottom_up(t, log_base_ten).sql("mysql")
-    'SELECT LOG(10, LOG(10, x))'
-    """
-    nodes = list(tree.walk())
-    for node in reversed(nodes):
-        new = rewrite(node)
-        if new is not None and new is not node:
-            if node is tree:
-                tree = new
-            else:
-                node.replace(new)
-    return tree
-
-
-def float_division(node: exp.Expression) -> exp.Expression | None:
-    """``a / b`` divides in DOUBLE, as DuckDB's ``/`` does for integers and DECIMALs.
-
-    >>> float_division(sqlglot.parse_one("a / 2")).sql("mysql")
-    'CAST(a AS DOUBLE) / 2'
-    """
-    if isinstance(node, exp.Div) and not node.args.get("typed"):
-        double = exp.DataType.build("DOUBLE")
-        return exp.Div(this=exp.Cast(this=node.this.copy(), to=double),
-                       expression=node.expression.copy())
-    return None
-
-
-def log_base_ten(node: exp.Expression) -> exp.Expression | None:
-    """DuckDB's one-argument ``LOG(x)`` is base 10 (MySQL's and Spark's is ``LN``)."""
-    if isinstance(node, exp.Log) and node.args.get("expression") is None:
-        return exp.Log(this=exp.Literal.number(10), expression=node.this.copy())
-    return None
-
-
 def nulls_skipped(node: exp.Expression) -> exp.Expression | None:
     """GREATEST/LEAST skip NULL arguments, as in DuckDB (MySQL returns NULL if any is):
     each argument is replaced by ``COALESCE(arg, other)``, which changes no non-NULL set.
@@ -325,7 +273,7 @@ def nulls_skipped(node: exp.Expression) -> exp.Expression | None:
     return type(node)(this=out[0], expressions=out[1:])
 
 
-_ROUND_HALF_AWAY = _template(
+_ROUND_HALF_AWAY = template(
     "TRUNCATE(__a, 0) + CASE WHEN ABS(__a - TRUNCATE(__a, 0)) >= 0.5 THEN SIGN(__a) ELSE 0 END",
     "mysql")
 
@@ -361,41 +309,38 @@ def _unit(node: exp.Expression) -> str:
 
 
 _TRUNC = {
-    "year": _template("CAST(DATE_FORMAT(__a, '%Y-01-01') AS DATETIME)", "mysql"),
-    "quarter": _template("CAST(CONCAT(DATE_FORMAT(__a, '%Y-'), LPAD(QUARTER(__a) * 3 - 2, 2, "
+    "year": template("CAST(DATE_FORMAT(__a, '%Y-01-01') AS DATETIME)", "mysql"),
+    "quarter": template("CAST(CONCAT(DATE_FORMAT(__a, '%Y-'), LPAD(QUARTER(__a) * 3 - 2, 2, "
                          "'0'), '-01') AS DATETIME)", "mysql"),
-    "month": _template("CAST(DATE_FORMAT(__a, '%Y-%m-01') AS DATETIME)", "mysql"),
-    "week": _template("CAST(DATE_SUB(DATE(__a), INTERVAL WEEKDAY(__a) DAY) AS DATETIME)",
-                      "mysql"),
-    "day": _template("CAST(DATE(__a) AS DATETIME)", "mysql"),
-    "hour": _template("CAST(DATE_FORMAT(__a, '%Y-%m-%d %H:00:00') AS DATETIME)", "mysql"),
-    "minute": _template("CAST(DATE_FORMAT(__a, '%Y-%m-%d %H:%i:00') AS DATETIME)", "mysql"),
-    "second": _template("CAST(DATE_FORMAT(__a, '%Y-%m-%d %H:%i:%s') AS DATETIME)", "mysql"),
+    "month": template("CAST(DATE_FORMAT(__a, '%Y-%m-01') AS DATETIME)", "mysql"),
+    "week": template("CAST(DATE_SUB(DATE(__a), INTERVAL WEEKDAY(__a) DAY) AS DATETIME)", "mysql"),
+    "day": template("CAST(DATE(__a) AS DATETIME)", "mysql"),
+    "hour": template("CAST(DATE_FORMAT(__a, '%Y-%m-%d %H:00:00') AS DATETIME)", "mysql"),
+    "minute": template("CAST(DATE_FORMAT(__a, '%Y-%m-%d %H:%i:00') AS DATETIME)", "mysql"),
+    "second": template("CAST(DATE_FORMAT(__a, '%Y-%m-%d %H:%i:%s') AS DATETIME)", "mysql"),
 }
 _DIFF = {  # DuckDB's DATE_DIFF counts unit boundaries between __a and __b
-    "year": _template("YEAR(__b) - YEAR(__a)", "mysql"),
-    "quarter": _template("(YEAR(__b) * 4 + QUARTER(__b)) - (YEAR(__a) * 4 + QUARTER(__a))",
-                         "mysql"),
-    "month": _template("(YEAR(__b) * 12 + MONTH(__b)) - (YEAR(__a) * 12 + MONTH(__a))",
-                       "mysql"),
-    "week": _template("DATEDIFF(__b, __a) DIV 7", "mysql"),
-    "day": _template("DATEDIFF(__b, __a)", "mysql"),
-    "hour": _template("TIMESTAMPDIFF(HOUR, DATE_FORMAT(__a, '%Y-%m-%d %H:00:00'), "
+    "year": template("YEAR(__b) - YEAR(__a)", "mysql"),
+    "quarter": template("(YEAR(__b) * 4 + QUARTER(__b)) - (YEAR(__a) * 4 + QUARTER(__a))", "mysql"),
+    "month": template("(YEAR(__b) * 12 + MONTH(__b)) - (YEAR(__a) * 12 + MONTH(__a))", "mysql"),
+    "week": template("DATEDIFF(__b, __a) DIV 7", "mysql"),
+    "day": template("DATEDIFF(__b, __a)", "mysql"),
+    "hour": template("TIMESTAMPDIFF(HOUR, DATE_FORMAT(__a, '%Y-%m-%d %H:00:00'), "
                       "DATE_FORMAT(__b, '%Y-%m-%d %H:00:00'))", "mysql"),
-    "minute": _template("TIMESTAMPDIFF(MINUTE, DATE_FORMAT(__a, '%Y-%m-%d %H:%i:00'), "
+    "minute": template("TIMESTAMPDIFF(MINUTE, DATE_FORMAT(__a, '%Y-%m-%d %H:%i:00'), "
                         "DATE_FORMAT(__b, '%Y-%m-%d %H:%i:00'))", "mysql"),
-    "second": _template("TIMESTAMPDIFF(SECOND, DATE_FORMAT(__a, '%Y-%m-%d %H:%i:%s'), "
+    "second": template("TIMESTAMPDIFF(SECOND, DATE_FORMAT(__a, '%Y-%m-%d %H:%i:%s'), "
                         "DATE_FORMAT(__b, '%Y-%m-%d %H:%i:%s'))", "mysql"),
 }
 _PARTS = {  # EXTRACT parts whose MySQL spelling or numbering differs
-    "dow": _template("DAYOFWEEK(__a) - 1", "mysql"),
-    "dayofweek": _template("DAYOFWEEK(__a) - 1", "mysql"),
-    "isodow": _template("WEEKDAY(__a) + 1", "mysql"),
-    "doy": _template("DAYOFYEAR(__a)", "mysql"),
-    "dayofyear": _template("DAYOFYEAR(__a)", "mysql"),
-    "week": _template("WEEK(__a, 3)", "mysql"),
-    "weekofyear": _template("WEEK(__a, 3)", "mysql"),
-    "dayofmonth": _template("DAYOFMONTH(__a)", "mysql"),
+    "dow": template("DAYOFWEEK(__a) - 1", "mysql"),
+    "dayofweek": template("DAYOFWEEK(__a) - 1", "mysql"),
+    "isodow": template("WEEKDAY(__a) + 1", "mysql"),
+    "doy": template("DAYOFYEAR(__a)", "mysql"),
+    "dayofyear": template("DAYOFYEAR(__a)", "mysql"),
+    "week": template("WEEK(__a, 3)", "mysql"),
+    "weekofyear": template("WEEK(__a, 3)", "mysql"),
+    "dayofmonth": template("DAYOFMONTH(__a)", "mysql"),
 }
 
 
@@ -458,11 +403,6 @@ def duckdb_semantics(tree: exp.Expression, collation: str) -> exp.Expression:
     return bottom_up(tree, rewrite)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class MySQLConnector(Connector):
     """One database of a MySQL or MariaDB server, read through one read-only session."""
 
@@ -479,7 +419,7 @@ class MySQLConnector(Connector):
                                         init_command="SET SESSION TRANSACTION READ ONLY")
         except pymysql.Error as exc:
             raise ConnectorError(
-                f"cannot connect to {redact(self.url)}: {_first_line(exc)}",
+                f"cannot connect to {redact(self.url)}: {first_line(exc)}",
                 "check that the MySQL server is running and reachable, the database and "
                 "account exist, and the password is in $MYSQL_PWD or an option file",
             ) from exc
@@ -510,7 +450,7 @@ class MySQLConnector(Connector):
                 found = {row[0] for row in cur.fetchall()}
             self._end()
         except pymysql.Error as exc:
-            raise ConnectorError(f"{self.spec}: cannot set up the session: {_first_line(exc)}",
+            raise ConnectorError(f"{self.spec}: cannot set up the session: {first_line(exc)}",
                                  "check the account's rights on the database") from exc
         return next((c for c in _BINARY_COLLATIONS if c in found), "utf8mb4_bin")
 

@@ -36,6 +36,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from veilql.connectors.base import ColumnInfo, Connector, ConnectorError, engine_failure
+from veilql.connectors.rewrites import first_line
 from veilql.errors import ConfigError, QueryError
 
 #: Seconds to wait for the server when the URL does not say (libpq's ``connect_timeout``).
@@ -229,10 +230,6 @@ def round_half_away(node: exp.Expression) -> exp.Expression:
     return out
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
 
 class PostgresConnector(Connector):
     """A schema of a PostgreSQL database, read through one read-only session."""
@@ -248,7 +245,7 @@ class PostgresConnector(Connector):
             params = conninfo_to_dict(libpq)
         except psycopg.ProgrammingError as exc:
             raise ConfigError(
-                f"invalid PostgreSQL URL {redact(self.url)!r}: {_first_line(exc)}", _URL_HINT
+                f"invalid PostgreSQL URL {redact(self.url)!r}: {first_line(exc)}", _URL_HINT
             ) from exc
         # Read-only for the whole session; the server refuses writes even if a later
         # statement got past `transpile`. Appended to any options the URL already sets.
@@ -260,7 +257,7 @@ class PostgresConnector(Connector):
             self._con = psycopg.connect(**params)
         except psycopg.Error as exc:
             raise ConnectorError(
-                f"cannot connect to {redact(self.url)}: {_first_line(exc)}",
+                f"cannot connect to {redact(self.url)}: {first_line(exc)}",
                 "check that the PostgreSQL server is running and reachable, the database "
                 "and role exist, and the password is in PGPASSWORD or ~/.pgpass",
             ) from exc
@@ -294,7 +291,7 @@ class PostgresConnector(Connector):
         except psycopg.Error as exc:
             self._end()
             raise ConnectorError(
-                f"{self.spec}: cannot set the session's schema: {_first_line(exc)}",
+                f"{self.spec}: cannot set the session's schema: {first_line(exc)}",
                 "check that the role may use the schema named by ?schema= (or its "
                 "search_path)",
             ) from exc

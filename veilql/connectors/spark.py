@@ -31,23 +31,29 @@ database); the JVM lives until the process ends, so ``close`` does not stop it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
 import shutil
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pyarrow as pa
-import sqlglot
+import sqlglot  # noqa: F401 - the doctests parse with it
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from veilql.connectors.base import ColumnInfo, Connector, ConnectorError, engine_failure
-from veilql.connectors.mysql import bottom_up, float_division, log_base_ten
+from veilql.connectors.rewrites import (
+    bottom_up,
+    first_line,
+    float_division,
+    log_base_ten,
+    template,
+)
 from veilql.errors import ConfigError, QueryError
 
 DEFAULT_DATABASE = "default"
@@ -133,39 +139,22 @@ def _is_connect(master: str) -> bool:
 
 # -- DuckDB's semantics in Spark -------------------------------------------------------------
 
-def _template(sql: str) -> Callable[..., exp.Expression]:
-    """A function filling ``__a`` and ``__b`` of the Spark expression ``sql``."""
-    select = sqlglot.parse_one(f"SELECT {sql}", read="spark")
-    assert isinstance(select, exp.Select)
-    tree = select.expressions[0]
-
-    def fill(a: exp.Expression, b: exp.Expression | None = None) -> exp.Expression:
-        args = {"__a": a, "__b": b}
-
-        def put(n: exp.Expression) -> exp.Expression:
-            if isinstance(n, exp.Column) and n.name in args and not n.table:
-                value = args[n.name]
-                assert value is not None
-                return exp.Paren(this=value.copy())
-            return n
-        return exp.Paren(this=tree.transform(put))
-    return fill
-
+_spark = functools.partial(template, dialect="spark", paren=True)
 
 _PARTS = {
-    "dow": _template("DAYOFWEEK(__a) - 1"), "dayofweek": _template("DAYOFWEEK(__a) - 1"),
-    "isodow": _template("WEEKDAY(__a) + 1"), "doy": _template("DAYOFYEAR(__a)"),
-    "dayofyear": _template("DAYOFYEAR(__a)"), "week": _template("WEEKOFYEAR(__a)"),
-    "weekofyear": _template("WEEKOFYEAR(__a)"), "dayofmonth": _template("DAYOFMONTH(__a)"),
-    "second": _template("SECOND(__a)"),  # Spark's EXTRACT(SECOND) keeps the fraction
+    "dow": _spark("DAYOFWEEK(__a) - 1"), "dayofweek": _spark("DAYOFWEEK(__a) - 1"),
+    "isodow": _spark("WEEKDAY(__a) + 1"), "doy": _spark("DAYOFYEAR(__a)"),
+    "dayofyear": _spark("DAYOFYEAR(__a)"), "week": _spark("WEEKOFYEAR(__a)"),
+    "weekofyear": _spark("WEEKOFYEAR(__a)"), "dayofmonth": _spark("DAYOFMONTH(__a)"),
+    "second": _spark("SECOND(__a)"),  # Spark's EXTRACT(SECOND) keeps the fraction
 }
 _DIFF = {  # DuckDB's DATE_DIFF counts unit boundaries between __a and __b
-    "year": _template("YEAR(__b) - YEAR(__a)"),
-    "quarter": _template("(YEAR(__b) * 4 + QUARTER(__b)) - (YEAR(__a) * 4 + QUARTER(__a))"),
-    "month": _template("(YEAR(__b) * 12 + MONTH(__b)) - (YEAR(__a) * 12 + MONTH(__a))"),
-    "week": _template("DATEDIFF(__b, __a) DIV 7"),
-    "day": _template("DATEDIFF(__b, __a)"),
-    **{unit: _template(f"TIMESTAMPDIFF({unit.upper()}, DATE_TRUNC('{unit.upper()}', __a), "
+    "year": _spark("YEAR(__b) - YEAR(__a)"),
+    "quarter": _spark("(YEAR(__b) * 4 + QUARTER(__b)) - (YEAR(__a) * 4 + QUARTER(__a))"),
+    "month": _spark("(YEAR(__b) * 12 + MONTH(__b)) - (YEAR(__a) * 12 + MONTH(__a))"),
+    "week": _spark("DATEDIFF(__b, __a) DIV 7"),
+    "day": _spark("DATEDIFF(__b, __a)"),
+    **{unit: _spark(f"TIMESTAMPDIFF({unit.upper()}, DATE_TRUNC('{unit.upper()}', __a), "
                        f"DATE_TRUNC('{unit.upper()}', __b))")
        for unit in ("hour", "minute", "second")},
 }
@@ -266,11 +255,6 @@ def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class SparkConnector(Connector):
     """One database of a Spark SQL catalog, queried through a session of its own."""
 
@@ -309,7 +293,7 @@ class SparkConnector(Connector):
             raise
         except Exception as exc:  # noqa: BLE001 - py4j, gRPC and Spark raise many kinds
             raise ConnectorError(
-                f"cannot start a Spark session for {self.spec}: {_first_line(exc)}",
+                f"cannot start a Spark session for {self.spec}: {first_line(exc)}",
                 "check the master URL and that the cluster (or Spark Connect server) is "
                 "reachable; a local master needs Java 17 or 21",
             ) from exc
@@ -327,7 +311,7 @@ class SparkConnector(Connector):
         except Exception as exc:  # noqa: BLE001 - see above
             self.close()
             raise ConnectorError(f"{self.spec}: cannot use database {self.database!r}: "
-                                 f"{_first_line(exc)}",
+                                 f"{first_line(exc)}",
                                  "check that the session may read the database") from exc
 
     @property
