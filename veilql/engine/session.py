@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from veilql.engine.clamp import clamp_result
 from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.ledger.entries import check_purpose
 from veilql.engine.ledger.ledger import Ledger
@@ -104,13 +105,15 @@ class Session:
     _closed = False  # set by close(); a class default, so __init__ needs no change
 
     def __init__(self, federation: Federation | str | Path | None = None,
-                 analyst: str | None = None, *, timeout: float | None = None) -> None:
+                 analyst: str | None = None, *, timeout: float | None = None,
+                 clamp: bool = False) -> None:
         if not isinstance(federation, Federation):
             federation = load_federation(find_federation(
                 None if federation is None else str(federation)))
         self.federation = federation
         self.analyst = analyst
         self.timeout = timeout if timeout is not None else federation.timeout
+        self.clamp = clamp  # default of sql(clamp=...): see veilql.engine.clamp
         self._nodes: dict[str, PartyNode] = {}
         self._warned_embedded = False
         self._catalog: dict[str, dict[str, list[str]]] | None = None
@@ -142,13 +145,16 @@ class Session:
     # -- run -------------------------------------------------------------------------------
     def sql(self, sql: str, epsilon: float | None = None, delta: float | None = None, *,
             dry_run: bool = False, mechanism: str = "auto",
-            on_step: Progress | None = None, purpose: str | None = None) -> Result:
+            on_step: Progress | None = None, purpose: str | None = None,
+            clamp: bool | None = None) -> Result:
         """Run ``sql`` and return the released noisy answer (charged at every party read).
 
         ``on_step(party, step)`` hears each party's steps as they start (for progress).
         ``purpose`` is why the analyst asks (or ``OPTIONS (purpose = '...')`` in the SQL):
         every charged party records it with the query in its ledger. A dry run spends
-        nothing and returns the cost, the budget left and no rows.
+        nothing and returns the cost, the budget left and no rows. ``clamp`` (default: the
+        session's) clamps released counts at 0 and averages to their bounds, as
+        post-processing (``veilql.engine.clamp``).
         """
         self._check_open()
         analyst = self._analyst()
@@ -174,7 +180,8 @@ class Session:
                                purpose=stated)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LargeEpsilonWarning)
-            return self._run(plan, request, on_step)
+            result = self._run(plan, request, on_step)
+        return clamp_result(result) if (self.clamp if clamp is None else clamp) else result
 
     def _analyst(self) -> str:
         if not self.analyst and os.environ.get("VEIL_CERT") and all(

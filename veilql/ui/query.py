@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from veilql.engine.clamp import note as clamp_note
+from veilql.engine.clamp import range_text as clamp_range_text
 from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.ledger.ledger import Ledger, VerifyResult
 from veilql.engine.ledger.multi import verify_all
@@ -72,6 +74,8 @@ def csv_columns(result: Result) -> tuple[list[str], list[list[Any]]]:
         frame_cols.append(c)
         if c in result.accuracy:
             frame_cols.append(f"{c}_ci95")
+            if result.accuracy[c].get("clamped"):
+                frame_cols.append(f"{c}_clamped_to")  # --clamp: the range, on every row
     rows = []
     for r, row in enumerate(result.rows):
         out: list[Any] = []
@@ -79,6 +83,8 @@ def csv_columns(result: Result) -> tuple[list[str], list[list[Any]]]:
             out.append(v)
             if c in result.accuracy:
                 out.append(result.ci95(c, r))
+                if result.accuracy[c].get("clamped"):
+                    out.append(clamp_range_text(result.accuracy[c]["range"]))
         rows.append(out)
     return frame_cols, rows
 
@@ -113,7 +119,9 @@ def footer(result: Result) -> str:
         return dry_run_text(result)
     cost = f"epsilon {result.privacy['epsilon']:g}, delta {result.privacy['delta']:g}"
     left = ", ".join(f"{p} {b['epsilon_remaining']:g}" for p, b in result.budget.items())
-    return f"spent {cost}; epsilon remaining: {left} (± is a 95% interval of the noise)"
+    clamped = clamp_note(result)
+    return (f"spent {cost}; epsilon remaining: {left} (± is a 95% interval of the noise"
+            + (f"; {clamped})" if clamped else ")"))
 
 
 @click.command("query")
@@ -127,10 +135,13 @@ def footer(result: Result) -> str:
 @click.option("--purpose", default=None, metavar="TEXT",
               help="Why you ask: recorded with the query in every charged party's ledger "
                    "and shown in compliance reports (or OPTIONS (purpose = '...')).")
+@click.option("--clamp", is_flag=True,
+              help="Clamp released counts at 0 and averages to their declared bounds "
+                   "(post-processing: no privacy cost, but biased); said in the output.")
 @click.argument("sql")
 def query(federation: str | None, analyst: str | None, epsilon: float | None,
           delta: float | None, fmt: str, dry_run: bool, purpose: str | None,
-          sql: str) -> None:
+          clamp: bool, sql: str) -> None:
     """Run SQL across the parties and print the noisy answer (charged to your budget)."""
     text = read_sql(sql)
     session = open_session(federation, analyst)
@@ -145,7 +156,7 @@ def query(federation: str | None, analyst: str | None, epsilon: float | None,
                     progress = QueryProgress(session.plan(text, epsilon, delta))
             try:
                 result = session.sql(text, epsilon, delta, dry_run=dry_run, on_step=progress,
-                                     purpose=purpose)
+                                     purpose=purpose, clamp=clamp)
             finally:
                 if progress is not None:
                     progress.close()

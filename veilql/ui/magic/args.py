@@ -23,11 +23,12 @@ from veilql.errors import UsageError
 #: ``=0.5``), text options a word or a quoted string (``--purpose "fraud review"``).
 VALUE_OPTIONS: dict[str, str] = {"--epsilon": "epsilon", "--delta": "delta"}
 TEXT_OPTIONS: dict[str, str] = {"--purpose": "purpose"}
-FLAG_OPTIONS: dict[str, str] = {"--dry-run": "dry_run", "--explain": "explain", "--yes": "yes"}
+FLAG_OPTIONS: dict[str, str] = {"--dry-run": "dry_run", "--explain": "explain", "--yes": "yes",
+                                "--clamp": "clamp"}
 SUBCOMMANDS = ("connect", "budget", "close", "plot")
 
 USAGE = ("%%veil [--epsilon E] [--delta D] [--purpose TEXT] [--dry-run] [--explain] [--yes] "
-         "[NAME <<] then the SQL; or %veil connect [FEDERATION] --analyst NAME; "
+         "[--clamp] [NAME <<] then the SQL; or %veil connect [FEDERATION] --analyst NAME; "
          "%veil budget; %veil plot [COLUMN] [--x GROUP] [--result NAME]")
 _TARGET = re.compile(r"\s*([A-Za-z_]\w*)\s*<<")
 _TOKEN = re.compile(r"\s*(\"[^\"]*\"|'[^']*'|\S+)")
@@ -46,6 +47,7 @@ class QueryArgs:
     yes: bool = False
     target: str | None = None
     purpose: str | None = None
+    clamp: bool = False  # counts at 0, averages to their bounds (veilql.engine.clamp)
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def parse_query(line: str, cell: str | None = None) -> QueryArgs:
     verbatim: quotes and ``--`` comments in it are never parsed as options.
 
     >>> parse_query("--epsilon 0.5 --dry-run", "SELECT 1")
-    QueryArgs(sql='SELECT 1', epsilon=0.5, delta=None, dry_run=True, explain=False, yes=False, target=None, purpose=None)
+    QueryArgs(sql='SELECT 1', epsilon=0.5, delta=None, dry_run=True, explain=False, yes=False, target=None, purpose=None, clamp=False)
     >>> a = parse_query("--delta=1e-6 r << SELECT region FROM bank.customers WHERE x = 'a b'")
     >>> a.target, a.delta, a.sql
     ('r', 1e-06, "SELECT region FROM bank.customers WHERE x = 'a b'")

@@ -180,7 +180,7 @@ class VeilMagic(Magics, MagicSettings):
                     "add --yes to the %%veil line to spend it, or change the limit with "
                     "%config VeilMagic.confirm_above = ...")
         result = NotebookResult(session.sql(sql, epsilon, delta, dry_run=args.dry_run,
-                                            purpose=args.purpose))
+                                            purpose=args.purpose, clamp=args.clamp or None))
         if not result.dry_run:
             self.last = result
         if self.autopandas and not result.dry_run:

@@ -100,6 +100,13 @@ def _cmd_timer(shell: Shell, arg: str) -> Reply:
     return Reply(note=f"timer {'on' if shell.settings.timer else 'off'}")
 
 
+def _cmd_clamp(shell: Shell, arg: str) -> Reply:
+    shell.settings.clamp = on_off(arg, shell.settings.clamp, ".clamp", toggle=True)
+    return Reply(note="clamping released counts at 0 and averages to their bounds (post-"
+                 "processing: no privacy cost, biased)" if shell.settings.clamp
+                 else "clamping off: values as released")
+
+
 def _cmd_pager(shell: Shell, arg: str) -> Reply:
     shell.settings.pager = on_off(arg, shell.settings.pager, ".pager", toggle=True)
     return Reply(note=f"pager {'on' if shell.settings.pager else 'off'} (long output goes "
@@ -206,6 +213,7 @@ def _cmd_show(shell: Shell, arg: str) -> Reply:
             ["maxrows", str(s.maxrows) if s.maxrows else "all"],
             ["output", str(shell.sink_path) if shell.sink_path else "stdout"],
             ["purpose", s.purpose or "(none)"],
+            ["clamp", "on" if s.clamp else "off"],
             ["epsilon", f"{s.epsilon:g}" if s.epsilon is not None
              else f"default ({fed.default_epsilon:g})"],
             ["delta", f"{s.delta:g}" if s.delta is not None
@@ -236,6 +244,7 @@ COMMANDS: tuple[Command, ...] = (
             ("\\o",)),
     Command(".read", _cmd_read, "FILE", "run the statements and commands of FILE", ("\\i",)),
     Command(".timer", _cmd_timer, "[on|off]", "show each query's run time", ("\\timing",)),
+    Command(".clamp", _cmd_clamp, "[on|off]", "clamp counts at 0 and averages to their bounds"),
     Command(".epsilon", _cmd_epsilon, "[E|default]", "epsilon of SQL without OPTIONS"),
     Command(".delta", _cmd_delta, "[D|default]", "delta of SQL without OPTIONS"),
     Command(".confirm", _cmd_confirm, "[EPS]", "ask before spending more than EPS"),
@@ -269,7 +278,7 @@ def vocabulary(session: Session) -> Vocabulary:
     tables = [f"{p.name}.{t}" for p in session.federation.parties for t in p.tables]
     arguments: dict[str, Sequence[str]] = {}
     choices: dict[str, Sequence[str]] = {
-        ".mode": MODES, ".timer": ("on", "off"), ".pager": ("on", "off"),
+        ".mode": MODES, ".timer": ("on", "off"), ".pager": ("on", "off"), ".clamp": ("on", "off"),
         ".expanded": ("on", "off"), "\\pset": ("pager", "expanded"), ".schema": tables,
         ".tables": session.federation.party_names}
     for c in COMMANDS:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from veilql.engine.clamp import note as clamp_note
 from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.result import Result
 from veilql.engine.session import Session
@@ -276,7 +277,7 @@ class Shell:
             warnings.simplefilter("always", LargeEpsilonWarning)
             try:
                 result = self.session.sql(sql, *self._cost(), on_step=steps,
-                                          purpose=self._purpose(sql))
+                                          purpose=self._purpose(sql), clamp=self.settings.clamp)
             finally:
                 steps.close()  # a node that reports late draws nothing over the prompt
                 self._left_known = False  # the ledgers may have moved, whatever happened
@@ -296,6 +297,8 @@ class Shell:
                 "table", "box", "line", "markdown"):
             self.settings.explained_interval = True
             text += f" ({Result.INTERVAL_NOTE})"
+        if clamp_note(result):
+            text += f"; {clamp_note(result)}"
         return text
 
     def format(self, result: Result) -> str:

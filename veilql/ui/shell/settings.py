@@ -32,6 +32,7 @@ class Settings:
     expanded: bool = False
     maxrows: int = 0
     purpose: str = ""
+    clamp: bool = False  # .clamp: counts at 0, averages to their bounds (veilql.engine.clamp)
     explained_interval: bool = field(default=False, repr=False)  # said what ± means once
 
 
