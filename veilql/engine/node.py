@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import threading
@@ -50,7 +51,7 @@ from veilql.engine.operators.tags import new_key, tags
 from veilql.engine.plan.nodes import GroupKey, Plan
 from veilql.engine.rewrite import compile_plan
 from veilql.engine.rewrite.push_local import SELECTION
-from veilql.engine.transport.base import Transport
+from veilql.engine.transport.base import HEARTBEAT_SHARE, Heartbeat, Transport
 from veilql.engine.transport.mailbox import without_rounds
 from veilql.errors import PartyUnavailable, ProtocolError, QueryFailed, UsageError
 from veilql.policies.model import Federation
@@ -195,6 +196,9 @@ class PartyNode:
         the query: the details (which may depend on data) go to this party's log only.
 
         ``progress(party, step)`` is told each step as it starts (names only, no data).
+        While the node works on the query it sends heartbeats to every other participant and
+        the analyst (``transport.base.Heartbeat``), so long local work or a large secure step
+        never looks like silence to them.
         """
         self._query.progress = progress or _quiet
         self._query.rows = None
@@ -207,30 +211,38 @@ class PartyNode:
         qid = request.query_id
         reservation = None
         begun = False
-        try:
-            self._step("agreeing on the plan")
-            join_key = self._agree(transport, plan, who, qid)
-            self._step("reserving budget")
-            reservation = self._reserve(transport, plan, request)
-            begun = True  # every charged party admitted the query: the charge now stands
-            if reservation is not None:
-                self.ledger.commit(reservation)
-                self._announce_commit(transport, plan, qid)
-            if plan.mode == "local":
-                self._run_local(transport, plan)
-            else:
-                self._run_secure(transport, plan, qid, join_key)
-        except Refused:
-            raise
-        except BaseException as exc:
-            if isinstance(exc, PartyUnavailable):
-                exc = self._silent_peer(exc)
-            if not begun:
+        # Peers and the analyst hear from this node at least every third of the timeout
+        # while it works, so only a dead or stopped node trips their timeouts.
+        with Heartbeat(transport, (*who, ANALYST), self._beat_interval(transport)):
+            try:
+                self._step("agreeing on the plan")
+                join_key = self._agree(transport, plan, who, qid)
+                self._step("reserving budget")
+                reservation = self._reserve(transport, plan, request)
+                begun = True  # every charged party admitted the query: the charge now stands
                 if reservation is not None:
-                    self.ledger.abort(reservation, "query failed before any party read data")
-                raise exc from None
-            raise self._failed(exc, qid) from None
+                    self.ledger.commit(reservation)
+                    self._announce_commit(transport, plan, qid)
+                if plan.mode == "local":
+                    self._run_local(transport, plan)
+                else:
+                    self._run_secure(transport, plan, qid, join_key)
+            except Refused:
+                raise
+            except BaseException as exc:
+                if isinstance(exc, PartyUnavailable):
+                    exc = self._silent_peer(exc)
+                if not begun:
+                    if reservation is not None:
+                        self.ledger.abort(reservation, "query failed before any party read data")
+                    raise exc from None
+                raise self._failed(exc, qid) from None
         self._step("done")
+
+    def _beat_interval(self, transport: Transport) -> float:
+        """Seconds between heartbeats: a third of the shortest timeout the peers wait with."""
+        limit = min(self.federation.timeout, getattr(transport, "timeout", math.inf))
+        return limit / HEARTBEAT_SHARE
 
     def _failed(self, exc: BaseException, qid: str) -> BaseException:
         """The error the analyst may see for a failure after the charge stands.

@@ -9,8 +9,14 @@ modes. The analyst who pays is the one the certificate names: ``--analyst NAME``
 ``$VEIL_CA``) name the files directly and then win.
 
 With ``VEIL_TRANSCRIPT_DIR``, every frame a node sends this endpoint (its HELLO or REJECT,
-progress steps, budget statuses, released shares, its BYE) is appended to ``analyst.bin``
-as it arrives, like every party endpoint records what is delivered to it.
+progress steps, heartbeats, budget statuses, released shares, its BYE) is appended to
+``analyst.bin`` as it arrives, like every party endpoint records what is delivered to it.
+
+Keep-alive: a node sends the client a heartbeat (``transport.base.HEARTBEAT_TAG``) every
+third of the timeout while it works, and the client's waits bound each node's *silence*
+(every frame from it restarts the clock, ``transport.mailbox``), so a long healthy query
+never times out at the client, while a node that stops (crashed, frozen) is still given up
+on ``GRACE`` seconds after the timeout.
 """
 
 from __future__ import annotations
@@ -201,6 +207,7 @@ class RemoteAnalyst(Transport):
                 if kind != KIND_DATA:
                     raise ProtocolError(f"unexpected frame kind {kind}")
                 if tag == PROGRESS_TAG:
+                    self._box.alive(party)
                     if self._on_step is not None:
                         try:
                             self._on_step(party, bytes(payload[:200]).decode(errors="replace"))

@@ -10,6 +10,16 @@ until asked for. Every ``recv`` has a timeout; a silent or dead party raises
 Arrays travel as a tiny header (dtype, shape as 32-bit lengths) plus their raw bytes
 (``encode_array``). Lengths are 32-bit so that no header ever holds a 64-bit small
 integer: audits scan transcripts for parties' identifiers as 64-bit words.
+
+**Timeouts are about silence, not work.** A node busy with long local work or a large
+secure step keeps its peers informed: ``Heartbeat`` sends an empty frame under the reserved
+tag ``HEARTBEAT_TAG`` (``"!alive"``) to every peer of the session every third of the timeout
+while the node works. A receiver counts any frame from a sender, heartbeats included, as a
+sign of life that restarts the silence clock for that sender (``mailbox.wait_left``), and
+never hands a heartbeat to a ``recv``. So a healthy query never trips the timeout, while a
+dead or stopped party (a SIGSTOPped process sends nothing) is still named within it. A
+party that sends only heartbeats is given up on after ``KEEPALIVE_CAP`` times the timeout.
+Heartbeats are recorded in transcripts like every delivered frame (as ``!data/!alive``).
 """
 
 from __future__ import annotations
@@ -18,7 +28,9 @@ import os
 import struct
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 
@@ -95,6 +107,59 @@ class Transport(ABC):
     def recv_array(self, frm: str, tag: str, timeout: float | None = None) -> np.ndarray:
         """Receive a numpy array sent with ``send_array``."""
         return decode_array(self.recv(frm, tag, timeout))
+
+
+HEARTBEAT_TAG = "!alive"  # reserved tag of a heartbeat frame (carries nothing)
+HEARTBEAT_SHARE = 3  # a working node sends a heartbeat every timeout / HEARTBEAT_SHARE seconds
+KEEPALIVE_CAP = 20  # a wait ends after this many timeouts even if the sender keeps beating
+
+
+class Heartbeat:
+    """While inside, tell ``peers`` every ``interval`` seconds that this node is working.
+
+    A daemon thread sends an empty ``HEARTBEAT_TAG`` frame to each peer over ``transport``;
+    a peer that cannot be reached is skipped (the node's own protocol notices and reports
+    it). Leaving the block stops the thread at once.
+
+    >>> import time
+    >>> from veilql.engine.transport.inprocess import InProcessNetwork
+    >>> net = InProcessNetwork(["a", "b"], timeout=0.2)
+    >>> with Heartbeat(net.endpoint("a"), ["b"], 0.05):
+    ...     time.sleep(0.5)  # long work: 2.5 timeouts of silence but for the heartbeats
+    ...     net.endpoint("a").send("b", "result", b"42")
+    >>> net.endpoint("b").recv("a", "result")  # heartbeats are never handed to recv
+    b'42'
+    """
+
+    def __init__(self, transport: Transport, peers: Iterable[str], interval: float) -> None:
+        self.transport = transport
+        self.peers = tuple(p for p in dict.fromkeys(peers) if p != transport.me)
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        if self.peers and self.interval > 0:
+            self._thread = threading.Thread(target=self._beat, daemon=True,
+                                            name=f"veil-heartbeat-{self.transport.me}")
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.interval)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            for peer in self.peers:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.transport.send(peer, HEARTBEAT_TAG, b"")
+                except Exception:  # noqa: BLE001 - a lost peer is reported by the protocol
+                    continue
 
 
 # Kinds of delivered frames other than data, as recorded in transcripts (see TranscriptWriter).

@@ -6,9 +6,13 @@ thread fails is marked dead so the others get ``PartyUnavailable`` at once inste
 waiting for the timeout.
 
 Transcripts (``VEIL_TRANSCRIPT_DIR``) are written at delivery: every message handed to
-an endpoint's mailbox is recorded in that endpoint's file whether or not it is ever read,
-and a party marked dead leaves an ``error`` record (its reason) at every other endpoint,
-the analyst's included.
+an endpoint's mailbox is recorded in that endpoint's file whether or not it is ever read
+(heartbeats included), and a party marked dead leaves an ``error`` record (its reason) at
+every other endpoint, the analyst's included.
+
+The timeout of ``recv`` bounds the sender's silence: any message from it, a heartbeat
+(``base.HEARTBEAT_TAG``, never handed to ``recv``) included, restarts the clock
+(``mailbox.wait_left``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import time
 import uuid
 from collections import defaultdict
 
-from veilql.engine.transport.base import ERROR, TranscriptWriter, Transport
+from veilql.engine.transport.base import ERROR, HEARTBEAT_TAG, TranscriptWriter, Transport
+from veilql.engine.transport.mailbox import wait_left
 from veilql.errors import PartyUnavailable, ProtocolError
 
 
@@ -28,6 +33,7 @@ class _Mailbox:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.items: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        self.heard: dict[str, float] = {}  # when each sender's last message arrived
 
 
 class InProcessNetwork:
@@ -74,7 +80,9 @@ class InProcessNetwork:
             raise ProtocolError(f"no party named {to!r} in this session")
         self._endpoints[to]._transcript.record(frm, tag, payload)
         with box.cond:
-            box.items[(frm, tag)].append(payload)
+            box.heard[frm] = time.monotonic()
+            if tag != HEARTBEAT_TAG:
+                box.items[(frm, tag)].append(payload)
             box.cond.notify_all()
         self.bytes_sent[frm] += len(payload)
 
@@ -99,10 +107,11 @@ class InProcessTransport(Transport):
         self._net._deliver(self.me, to, tag, bytes(payload))
 
     def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
-        """Wait for ``frm``'s message under ``tag``; PartyUnavailable on timeout or death."""
+        """Wait for ``frm``'s message under ``tag``; PartyUnavailable once ``frm`` has been
+        silent for the timeout (heartbeats count as life), or at once when it died."""
         limit = self.timeout if timeout is None else timeout
         box = self._net._boxes[self.me]
-        deadline = time.monotonic() + limit
+        start = time.monotonic()
         key = (frm, tag)
         with box.cond:
             while True:
@@ -116,13 +125,8 @@ class InProcessTransport(Transport):
                     raise PartyUnavailable(
                         frm, f"party {frm!r} is unavailable: {self._net._dead[frm]}"
                     )
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise PartyUnavailable(
-                        frm,
-                        f"party {frm!r} sent nothing for {limit:g} s "
-                        f"(waiting for {tag!r} at {self.me!r})",
-                    )
+                left = wait_left(frm, tag, self.me, limit, start, box.heard.get(frm),
+                                 time.monotonic())
                 box.cond.wait(left)
         return payload
 

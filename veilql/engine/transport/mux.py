@@ -23,8 +23,12 @@ instead keeps one listener at its address and multiplexes every query over it:
   ``ProtocolError``; it never stops the node.
 - With ``VEIL_TRANSCRIPT_DIR``, the node records every frame delivered to it in
   ``<party>.bin`` as soon as it is read off a connection, before routing: HELLO frames, the
-  client's QUERY and BYE (sender ``analyst``), peers' data and BYE frames, frames of
-  sessions that ended or never start here, and the REJECT or HELLO a dialed peer answers.
+  client's QUERY and BYE (sender ``analyst``), peers' data, heartbeat and BYE frames, frames
+  of sessions that ended or never start here, and the REJECT or HELLO a dialed peer answers.
+- Heartbeats (DATA frames tagged ``base.HEARTBEAT_TAG``, empty) are routed like any frame of
+  their session; the session's mailbox counts them as the sender's sign of life and never
+  hands them to ``recv`` (``mailbox.Mailbox``). A node sends them to its peers and to the
+  client while it works on a query (``PartyNode.serve``).
 
 Framing, the per-connection TLS locking and header parsing come from ``tls.py``.
 """

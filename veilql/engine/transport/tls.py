@@ -14,8 +14,10 @@ Frames (all integers little-endian)::
 
 A reader thread per connection reads frames into per-(sender, tag) mailboxes, recording each
 frame in the transcript (``VEIL_TRANSCRIPT_DIR``) as it arrives, before anyone reads it:
-data, HELLO and REJECT frames of the set-up, and BYE frames included; ``recv`` waits
-on them with a timeout. A frame with a wrong session, magic, version or length fails that
+data, HELLO and REJECT frames of the set-up, BYE frames and heartbeats included; ``recv``
+waits on them with a timeout that bounds the sender's silence (a heartbeat, a DATA frame
+tagged ``base.HEARTBEAT_TAG``, restarts it and is never handed to ``recv``). A frame
+with a wrong session, magic, version or length fails that
 peer with ``ProtocolError``; a closed or reset connection marks the peer dead, so a ``recv``
 waiting on it raises ``PartyUnavailable`` at once instead of waiting for the timeout.
 
@@ -596,9 +598,8 @@ class TlsTransport(Transport):
                 if kind != KIND_DATA:
                     raise ProtocolError(f"unexpected frame kind {kind} after set-up")
                 with self._cond:
-                    self._boxes[(peer, tag)].append(buf)
                     self.bytes_received[peer] += n
-                    self._cond.notify_all()
+                self._mail.put(peer, tag, buf)  # a heartbeat only restarts peer's clock
         except _Closing:
             return
         except ProtocolError as exc:
