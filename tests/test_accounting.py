@@ -334,3 +334,71 @@ def test_mixed_plan_on_shares_has_the_new_laws() -> None:
         assert chi2_pvalue(out[row], pmf, zero) > 1e-6
         wrong, wzero = total_pmf(scaled(noises[row], 1.3))
         assert chi2_pvalue(out[row], wrong, wzero) < 1e-6
+
+
+# ---------------------------------------------------------------- central Laplace vs Gaussian
+
+
+def _dgauss_variance(sigma2: float) -> float:
+    """Var N_Z(0, sigma^2) by direct summation (tails beyond 40 sigma are below e^-800)."""
+    half = int(40 * math.sqrt(sigma2)) + 40
+    xs = np.arange(-half, half + 1, dtype=np.float64)
+    w = np.exp(-(xs * xs) / (2 * sigma2))
+    return float((w * xs * xs).sum() / w.sum())
+
+
+def test_the_two_variance_inequalities_of_the_argument() -> None:
+    from veilql.engine.dp.account import dgauss_variance_deficit
+    from veilql.engine.dp.calibrate import dlap_variance
+
+    for t in (0.1, 0.5, 1.0, 3.0, 100.0, 1e6):
+        assert dlap_variance(t) <= 2 * t * t
+    for sigma2 in (0.1, 0.25, 1.0, 9.0, 400.0):
+        var = _dgauss_variance(sigma2)
+        assert sigma2 * (1 - dgauss_variance_deficit(sigma2)) <= var * (1 + 1e-12)
+        assert var <= sigma2 * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 4, 8, 12, 20])
+@pytest.mark.parametrize(("epsilon", "delta"), [(0.1, 1e-5), (1.0, 1e-6), (5.0, 1e-8)])
+def test_the_bound_is_above_the_exact_ratio(k: int, epsilon: float, delta: float) -> None:
+    from veilql.engine.dp.account import laplace_over_central_gaussian
+    from veilql.engine.dp.calibrate import dlap_variance
+
+    rho = rho_for(epsilon, delta)
+    exact = math.sqrt(dlap_variance(k / epsilon) / _dgauss_variance(k / (2 * rho)))
+    bound = laplace_over_central_gaussian(k, epsilon, delta)
+    assert exact <= bound
+    if k / epsilon >= 1:  # the 2 t^2 bound on the Laplace variance is loose only at tiny t
+        assert bound <= exact * 1.15
+
+
+def test_central_laplace_is_within_5_percent_of_a_central_gaussian() -> None:
+    """The certificate of docs/PRIVACY.md on the test's grid (ratio 1.1; the finer grid of
+    the doc, ratio 1.02, certifies one or two more aggregates: the slow test)."""
+    from veilql.engine.dp.account import certified_aggregates
+
+    assert certified_aggregates(1e-6, 1.0) == 6
+    assert certified_aggregates(1e-6) == 7
+
+
+@pytest.mark.slow
+def test_the_certificates_of_the_doc() -> None:
+    from veilql.engine.dp.account import certified_aggregates
+
+    got = {d: (certified_aggregates(d, 1.0, ratio=1.02), certified_aggregates(d, ratio=1.02))
+           for d in (1e-5, 1e-6, 1e-8)}
+    assert got == {1e-5: (5, 6), 1e-6: (7, 8), 1e-8: (11, 12)}
+
+
+def test_beyond_the_certificate_the_accountant_stays_within_sqrt_1_5() -> None:
+    """For more aggregates the accountant picks distributed Gaussians composed in zCDP:
+    their sd is sqrt(3/2) times a central Gaussian's at most (plus the tau margin)."""
+    from veilql.engine.dp.account import laplace_over_central_gaussian
+
+    for k in (4, 8, 12, 16, 24):
+        plans = allocate([Demand(1, 1.0, 1)] * k, 1.0, 1e-6)
+        central = _dgauss_variance(k / (2 * rho_for(1.0, 1e-6)))
+        ratio = math.sqrt(plans[0].total_variance / central)
+        assert ratio <= min(laplace_over_central_gaussian(k, 1.0, 1e-6),
+                            math.sqrt(1.5) * 1.001)
