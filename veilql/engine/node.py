@@ -89,10 +89,12 @@ def _quiet(party: str, step: str) -> None:
 
 
 def participants(plan: Plan) -> tuple[str, ...]:
-    """Parties that take part in running ``plan`` (its data parties and compute parties)."""
+    """Parties that take part in running ``plan`` (its data parties and compute parties, and
+    the owners of dimension tables sent to them)."""
+    owners = tuple(owner for owner, _, _ in plan.shipments)
     if plan.mode == "local":
-        return plan.parties
-    return tuple(dict.fromkeys((*plan.compute, *plan.parties)))
+        return tuple(dict.fromkeys((*plan.parties, *owners)))
+    return tuple(dict.fromkeys((*plan.compute, *plan.parties, *owners)))
 
 
 def structure_hash(plan: Plan) -> str:
@@ -223,7 +225,10 @@ class PartyNode:
                 if reservation is not None:
                     self.ledger.commit(reservation)
                     self._announce_commit(transport, plan, qid)
-                if plan.mode == "local":
+                plan = self._dimensions(transport, plan, qid)
+                if self.party.name not in (*plan.parties, *plan.compute):
+                    pass  # only the owner of a dimension table: it has sent it
+                elif plan.mode == "local":
                     self._run_local(transport, plan)
                 else:
                     self._run_secure(transport, plan, qid, join_key)
@@ -289,6 +294,24 @@ class PartyNode:
         return PartyUnavailable(exc.party, f"{plain} (while {self.party.name} was {doing})",
                                 exc.hint)
 
+    def _dimensions(self, transport: Transport, plan: Plan, qid: str) -> Plan:
+        """Send the dimension tables this party holds to the parties that join them; return
+        the plan with this party's local SQL reading the ones it receives
+        (``engine/dimensions.py``)."""
+        from veilql.engine.dimensions import read_dimension, with_dimensions
+
+        me = self.party.name
+        received = {}
+        for owner, to, d in plan.shipments:
+            if owner == me:
+                self._step(f"sending its dimension table {d.table} to {to}")
+                transport.send(to, f"{qid}/dimension/{d.alias}", read_dimension(
+                    self.connector, d))
+        for owner, to, d in plan.shipments:
+            if to == me:
+                received[d.alias] = transport.recv(owner, f"{qid}/dimension/{d.alias}")
+        return with_dimensions(plan, me, received) if received else plan
+
     def _version_digest(self, table: str) -> str:
         """A keyed digest of ``table``'s version: equal versions give equal digests, and a
         peer learns nothing else (not the row count, size or time a raw version carries)."""
@@ -308,6 +331,10 @@ class PartyNode:
         if me in plan.parties:
             for table in plan.step(me).tables:
                 versions[f"{me}.{table}"] = self._version_digest(table)
+        for step in plan.steps:  # dimension tables this party holds, sent or its own
+            for d in step.dimensions:
+                if d.owner == me:
+                    versions[f"{me}.{d.table}"] = self._version_digest(d.table)
         mine = {"plan": plan_hash(plan), "versions": versions}
         for p in who:
             if p != me:

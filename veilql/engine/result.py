@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from veilql.engine import postprocess
+from veilql.engine import postprocess, quantiles
 from veilql.engine.dp import avg_ci95, ci95, half_width
 from veilql.engine.plan.nodes import GroupKey, OutputSpec, Plan
 
@@ -335,6 +335,10 @@ def build_result(plan: Plan, noisy: np.ndarray, budget: dict[str, dict[str, floa
                     half = avg_ci95(float(num) * 10**num_spec.decimals, float(den),
                                     num_spec.noise, den_spec.noise) / 10**num_spec.decimals
                     row_ci.setdefault(out.name, []).append(_round(half))
+            elif out.kind in ("var", "quantile"):
+                value, half = _statistic(plan, out, scaled, c)
+                row[out.name] = value
+                row_ci.setdefault(out.name, []).append(None if half is None else _round(half))
             elif out.kind != "expr":
                 v = scaled[out.aggregates[0]][c]
                 row[out.name] = int(v) if isinstance(v, np.integer) else float(v)
@@ -351,7 +355,7 @@ def build_result(plan: Plan, noisy: np.ndarray, budget: dict[str, dict[str, floa
     for out in specs:
         if out.kind == "group" or (out.kind == "expr" and not _noisy(plan, out)):
             continue
-        if out.kind in ("avg", "expr"):
+        if out.kind in ("avg", "expr", "var", "quantile"):
             halves = [h for h in row_ci.get(out.name, []) if h is not None]
             accuracy[out.name] = {"ci95": max(halves) if halves else None,
                                   "ci95_rows": row_ci.get(out.name, [])}
@@ -365,6 +369,39 @@ def build_result(plan: Plan, noisy: np.ndarray, budget: dict[str, dict[str, floa
         accuracy.pop(out.name, None)
     privacy = {"epsilon": float(plan.epsilon), "delta": float(plan.delta)}
     return Result(columns[:shown], rows, accuracy, privacy, budget, plan)
+
+
+def _statistic(plan: Plan, out: OutputSpec, scaled: dict[str, Any], cell: int,
+               alpha: float = 0.05) -> tuple[float | None, float | None]:
+    """A variance or quantile output's released value in one cell, and its error bar at
+    level ``1 - alpha`` (``engine/quantiles.py``)."""
+    value, box = _statistic_box(plan, out, scaled, cell, alpha)
+    return value, postprocess.half_width(value, box)
+
+
+def _statistic_box(plan: Plan, out: OutputSpec, scaled: dict[str, Any], cell: int,
+                   alpha: float) -> tuple[float | None, postprocess.Box | None]:
+    """The value of a variance or quantile output in one cell and an interval holding its
+    true value with probability at least ``1 - alpha``."""
+    specs = [plan.aggregate(n) for n in out.aggregates]
+    if out.kind == "var":
+        parts = [float(scaled[a.name][cell]) for a in specs]
+        value = quantiles.variance(*parts, out.stat)
+        level = 1.0 - (1.0 - alpha) ** (1.0 / 3)
+        boxes = []
+        for a, v in zip(specs, parts, strict=True):
+            h = half_width(a.noise, level) / 10**a.decimals  # type: ignore[arg-type]
+            boxes.append((v - h, v + h))
+        return value, quantiles.variance_range(*boxes, out.stat)
+    assert out.buckets is not None
+    counts = [float(scaled[a.name][cell]) for a in specs]
+    noise = specs[0].noise
+    value = quantiles.read_quantile(counts, out.buckets, out.stat, out.q, noise)  # type: ignore[arg-type]
+    if value is None:
+        return None, None
+    box = quantiles.quantile_range(counts, out.buckets, out.stat, out.q, noise,  # type: ignore[arg-type]
+                                   alpha)
+    return value, None if box is None else (min(box[0], value), max(box[1], value))
 
 
 def _components(plan: Plan, out: OutputSpec) -> list[str]:
@@ -388,19 +425,29 @@ def _boxes(plan: Plan, out: OutputSpec, scaled: dict[str, Any], cell: int,
     """Per output the expression reads: an interval holding its true value, each noisy
     aggregate at the level that makes all of them hold together with probability 95%."""
     names = _components(plan, out)
-    alpha = postprocess.level(len(names))
+    specs = {o.name: o for o in list(plan.outputs) + list(plan.hidden)}
+    assert out.post is not None
+    refs = postprocess.references(out.post)
+    stats = [r for r in refs if specs[r].kind in ("var", "quantile")]
+    if stats:  # a statistic's parts may be shared with other outputs: Bonferroni, not 0.95^(1/k)
+        plain = {a for r in refs if specs[r].kind not in ("var", "quantile", "group", "expr")
+                 for a in specs[r].aggregates}
+        alpha = 0.05 / (len(plain) + len(stats))
+        names = sorted(plain)
+    else:
+        alpha = postprocess.level(len(names))
     agg_box: dict[str, postprocess.Box] = {}
     for name in names:
         spec = plan.aggregate(name)
         half = half_width(spec.noise, alpha) / 10**spec.decimals  # type: ignore[arg-type]
         v = float(scaled[name][cell])
         agg_box[name] = (v - half, v + half)
-    specs = {o.name: o for o in list(plan.outputs) + list(plan.hidden)}
     boxes: dict[str, postprocess.Box | None] = {}
-    assert out.post is not None
-    for ref in postprocess.references(out.post):
+    for ref in refs:
         spec = specs[ref]
-        if spec.kind == "avg":
+        if spec.kind in ("var", "quantile"):
+            boxes[ref] = _statistic_box(plan, spec, scaled, cell, alpha)[1]
+        elif spec.kind == "avg":
             num, den = (agg_box[n] for n in spec.aggregates)
             boxes[ref] = None if den[0] <= 0 else (
                 min(num[0] / den[0], num[0] / den[1]), max(num[1] / den[0], num[1] / den[1]))

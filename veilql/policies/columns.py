@@ -10,6 +10,7 @@ from the connector catalog (``coltypes.default_decimals``).
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from veilql.connectors.base import ColumnInfo
@@ -17,7 +18,8 @@ from veilql.policies.coltypes import MAX_DECIMALS, default_decimals, type_kind
 from veilql.policies.model import ROLES, ColumnPolicy, Role
 from veilql.policies.tomlcheck import TomlFile, describe, did_you_mean, is_number
 
-COLUMN_KEYS = ("role", "values", "bounds", "decimals")
+COLUMN_KEYS = ("role", "values", "bounds", "decimals", "references")
+_REFERENCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 
 # A fixed-point value |bound| * 10**decimals must leave headroom in the 64-bit share ring
 # for sums over many rows; 2**53 also keeps it exactly representable as a float.
@@ -128,8 +130,19 @@ def parse_column(
             f"bounds {list(bounds)} with {decimals} decimals do not fit the fixed-point range",
             "keep |bound| * 10**decimals below 2**53: narrow the bounds or lower decimals",
         )
+    references = craw.get("references")
+    if references is not None:
+        if role != "key":
+            raise f.error(f"{where}.references",
+                          f"references is only allowed on key columns, this one has role {role!r}",
+                          'a foreign key to a dimension table has role = "key"')
+        if not isinstance(references, str) or not _REFERENCE.match(references):
+            raise f.error(f"{where}.references",
+                          f"must be \"party.table.column\", got {describe(references)}",
+                          'write references = "payments.merchants.merchant_id"')
     return ColumnPolicy(
-        name=cname, role=_as_role(role), values=values, bounds=bounds, decimals=decimals, type=ctype
+        name=cname, role=_as_role(role), values=values, bounds=bounds, decimals=decimals,
+        type=ctype, references=references,
     )
 
 

@@ -36,6 +36,7 @@ from veilql.policies.columns import parse_column
 from veilql.policies.model import (
     JOIN_REVEALS,
     MAX_DECLARED_UNITS,
+    MAX_DIMENSION_ROWS,
     Analyst,
     ColumnPolicy,
     Federation,
@@ -53,7 +54,10 @@ FEDERATION_KEYS = (
 PARTY_KEYS = ("name", "address", "connector")
 ANALYST_KEYS = ("epsilon", "delta")
 POLICY_TOP_KEYS = ("tables",)
-TABLE_KEYS = ("privacy_unit", "max_rows_per_unit", "join_reveal", "max_units", "columns")
+TABLE_KEYS = ("privacy_unit", "max_rows_per_unit", "join_reveal", "max_units", "columns",
+              "dimension", "max_rows")
+# Keys a dimension table (no personal data, no privacy unit) may not have.
+_NOT_FOR_DIMENSIONS = ("privacy_unit", "max_rows_per_unit", "join_reveal", "max_units")
 
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -136,6 +140,7 @@ def load_federation(path: str | Path, *, open_remote: bool = False) -> Federatio
             )
         )
 
+    _check_references(parties)
     return Federation(
         name=name,
         path=fed_path,
@@ -303,6 +308,16 @@ def _parse_table(
     default_reveal: JoinReveal = "none",
 ) -> TablePolicy:
     where = f"tables.{tname}"
+    dimension: Any = traw.get("dimension", False)
+    if not isinstance(dimension, bool):
+        raise f.error(f"{where}.dimension", f"must be true or false, got {describe(dimension)}",
+                      "write dimension = true for a table without personal data")
+    if dimension:
+        return _parse_dimension(f, tname, traw, cat_cols, party)
+    if "max_rows" in traw:
+        raise f.error(f"{where}.max_rows", "is only allowed on dimension tables",
+                      "write max_rows_per_unit = N for rows per person, or set dimension = true "
+                      "for a table without personal data")
     unit = f.string(traw, "privacy_unit", where, '"customer_id"')
     max_rows: Any = traw.get("max_rows_per_unit", 1)
     if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1:
@@ -356,6 +371,75 @@ def _parse_table(
         max_units=max_units,
         columns=columns,
     )
+
+
+def _parse_dimension(
+    f: TomlFile, tname: str, traw: dict[str, Any], cat_cols: dict[str, ColumnInfo] | None,
+    party: str,
+) -> TablePolicy:
+    """A dimension table: no privacy unit, a public bound on its rows, columns as usual."""
+    where = f"tables.{tname}"
+    for key in _NOT_FOR_DIMENSIONS:
+        if key in traw:
+            raise f.error(f"{where}.{key}", "is not allowed on a dimension table",
+                          "a dimension table holds no personal data, so it has no privacy unit; "
+                          f"remove {key}, or remove dimension = true")
+    rows: Any = traw.get("max_rows")
+    if not isinstance(rows, int) or isinstance(rows, bool) or not 1 <= rows <= MAX_DIMENSION_ROWS:
+        raise f.error(
+            f"{where}.max_rows",
+            f"must be an integer from 1 to {MAX_DIMENSION_ROWS}, got {describe(rows)}",
+            "write max_rows = 10000 (the most rows the dimension table may hold; public, and "
+            "its owner sends at most that many rows to a party joining it)")
+    if "columns" not in traw:
+        raise f.error(f"{where}.columns", "is required",
+                      f'add [tables.{tname}.columns] listing its key, e.g. id = {{ role = "key" }}')
+    cols_raw = f.table(traw["columns"], f"{where}.columns", f"[tables.{tname}.columns]")
+    columns: dict[str, ColumnPolicy] = {}
+    for cname, craw in cols_raw.items():
+        col = parse_column(f, f"{where}.columns.{cname}", cname, craw, cat_cols, party, tname)
+        if col.references is not None:
+            raise f.error(f"{where}.columns.{cname}.references",
+                          "is not allowed in a dimension table",
+                          "a foreign key is declared on the table with personal data")
+        columns[cname] = col
+    if not any(c.role == "key" for c in columns.values()):
+        raise f.error(f"{where}.columns", "a dimension table needs a key column",
+                      'declare the column fact tables reference with role = "key"')
+    return TablePolicy(name=tname, privacy_unit="", columns=columns, dimension=True,
+                       max_rows=rows)
+
+
+def _check_references(parties: list[Party]) -> None:
+    """Every ``references`` names a key column of a dimension table of the federation."""
+    by_name = {p.name.lower(): p for p in parties}
+    for party in parties:
+        f = TomlFile(party.policy_file) if party.policy_file is not None else None
+        for tname, table in party.tables.items():
+            for cname, col in table.columns.items():
+                if col.references is None:
+                    continue
+                key = f"tables.{tname}.columns.{cname}.references"
+                target_party, target_table, target_col = col.references.split(".")
+                other = by_name.get(target_party.lower())
+                problem = None
+                if other is None:
+                    problem = f"party {target_party!r} is not in the federation"
+                elif target_table not in other.tables:
+                    problem = f"{other.name} has no table {target_table!r} in its policy"
+                elif not other.tables[target_table].dimension:
+                    problem = (f"{other.name}.{target_table} is not a dimension table (a join on "
+                               "another key between tables with personal data has no "
+                               "contribution bound)")
+                elif other.tables[target_table].column(target_col) is None or other.tables[
+                        target_table].columns[target_col].role != "key":
+                    problem = (f"{other.name}.{target_table} has no key column "
+                               f"{target_col!r}")
+                if problem is not None:
+                    assert f is not None
+                    raise f.error(key, f"references {col.references}: {problem}",
+                                  'reference a key of a table declared with dimension = true, as '
+                                  '"party.table.column"')
 
 
 def _as_reveal(v: str) -> JoinReveal:

@@ -17,6 +17,8 @@ JoinReveal = Literal["none", "intersection", "nothing"]
 JOIN_REVEALS: tuple[str, ...] = ("none", "intersection", "nothing")
 # The most people one table may declare in ``max_units`` (the ring's range, dp/ring.py).
 MAX_DECLARED_UNITS = 2**33
+# The most rows a dimension table may declare in ``max_rows``.
+MAX_DIMENSION_ROWS = 10**7
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class ColumnPolicy:
     bounds: tuple[float, float] | None = None
     decimals: int = 0
     type: str | None = None  # DuckDB type from the connector catalog; None if not opened
+    # A key column of a table with personal data that is a foreign key to a dimension table's
+    # key column: "party.table.column" (the only other column it may be joined on).
+    references: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,11 @@ class TablePolicy:
     compute parties; ``nothing`` asks for the oblivious join, for which ``max_units`` (the
     most people the table may hold, public inside the federation) is required: every
     party's shared rows are padded to it.
+
+    ``dimension``: a table without personal data (merchants, branches), with no privacy unit
+    (``privacy_unit == ""``); queries join it on a fact table's declared foreign key
+    (``ColumnPolicy.references``), and its owner may send its rows (the columns a query
+    uses, at most ``max_rows``, which is public) to the party holding the fact table.
     """
 
     name: str
@@ -54,6 +64,8 @@ class TablePolicy:
     join_reveal: JoinReveal = "none"
     max_units: int | None = None
     columns: dict[str, ColumnPolicy] = field(default_factory=dict)
+    dimension: bool = False
+    max_rows: int | None = None
 
     def column(self, name: str) -> ColumnPolicy | None:
         """The policy of ``name``, or None when the column is not usable."""

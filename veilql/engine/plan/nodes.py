@@ -24,6 +24,9 @@ from sqlglot import exp
 LocalRole = Literal["weight", "group", "label", "value", "nn", "atom", "operand"]
 AggKind = Literal["count", "count_distinct", "sum", "avg"]
 SEED_PLACEHOLDER = "$seed"  # replaced by the party's own secret seed when it runs the SQL
+# A dimension table another party sends is read from ``__dim_<alias>`` in the local SQL,
+# replaced by its rows (``dimensions.values_sql``) when the party runs it.
+DIMENSION_TABLE = "__dim_"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,34 @@ class LocalColumn:
 
 
 @dataclass(frozen=True)
+class DimensionJoin:
+    """A dimension table joined in a party's local step on a fact table's foreign key.
+
+    ``owner`` holds the table; when it is another party (``shipped``), it sends the table's
+    ``columns`` (at most ``max_rows`` rows, a public bound) to this party before the local
+    SQL runs, and learns nothing of which rows are used. A key repeated in the table keeps
+    one of its rows (chosen by a hash of the row), so a fact row matches at most one.
+    """
+
+    alias: str
+    owner: str
+    table: str
+    key: str  # the dimension's key column
+    fact_alias: str
+    fact_column: str  # the fact table's foreign key
+    columns: tuple[str, ...]  # the columns the query reads, the key first
+    max_rows: int
+    shipped: bool
+
+    def to_s(self) -> str:
+        """One line: which table, joined how, sent by whom."""
+        how = (f"sent by {self.owner} ({', '.join(self.columns)}; at most {self.max_rows} "
+               "rows)" if self.shipped else "its own table")
+        return (f"dimension {self.owner}.{self.table} AS {self.alias} ({how}) joined ON "
+                f"{self.fact_alias}.{self.fact_column} = {self.alias}.{self.key}")
+
+
+@dataclass(frozen=True)
 class LocalStep:
     """What one party runs on its own engine: bounded tables, local join, local SQL."""
 
@@ -73,6 +104,7 @@ class LocalStep:
     # EXISTS: the same, left-joined). Empty for a step without semi-joins.
     semi: tuple[str, ...] = ()
     filters: tuple[str | None, ...] = ()  # per alias: the semi-join's condition (SQL)
+    dimensions: tuple[DimensionJoin, ...] = ()  # dimension tables joined on foreign keys
 
     @property
     def slots(self) -> int:
@@ -107,10 +139,36 @@ class LocalStep:
                                      strict=True)
         )
         lines = [f"at {self.party}: {tables}"]
-        lines += [f"  {c.to_s()}" for c in self.columns]
+        lines += [f"  {d.to_s()}" for d in self.dimensions]
+        lines += [f"  {line}" for line in _runs(self.columns)]
         if self.sql:
             lines.append("  SQL: " + self.sql.replace("\n", "\n       "))
         return "\n".join(lines)
+
+
+def _is_bucket(name: str) -> bool:
+    return name.startswith("b") and name[1:].isdigit()
+
+
+def _runs(columns: tuple[LocalColumn, ...]) -> list[str]:
+    """Each column's line, a histogram's run of bucket columns ``b0``, ``b1``... shown as
+    its first and last (the step's SQL line holds every one)."""
+    lines: list[str] = []
+    i = 0
+    while i < len(columns):
+        j = i
+        while j < len(columns) and _is_bucket(columns[j].name):
+            j += 1
+        if j - i > 3:
+            lines.append(columns[i].to_s())
+            lines.append(f"... {columns[i + 1].name} to {columns[j - 2].name}: one 0/1 column "
+                         "per bucket in between, alike")
+            lines.append(columns[j - 1].to_s())
+            i = j
+            continue
+        lines.append(columns[i].to_s())
+        i += 1
+    return lines
 
 
 def cuckoo_bins(units: int) -> int:
@@ -217,6 +275,10 @@ class AggregateSpec:
     noise: object | None = None  # veilql.engine.dp.NoisePlan, set by attach_noise
     # The terms multiply (one factor per party: SUM(a.x * b.y)) instead of adding up.
     product: bool = False
+    # A histogram's bucket counts share one ``family`` (its first bucket's name): together they
+    # are one vector-valued count (a row falls in one bucket), so they share one share of the
+    # budget and one noise plan (each bucket still gets its own independent draws).
+    family: str = ""
 
     def to_s(self) -> str:
         """One line: what is summed and, once attached, its sensitivity and noise."""
@@ -241,16 +303,82 @@ class AggregateSpec:
 
 
 @dataclass(frozen=True)
+class Buckets:
+    """The public buckets of a histogram over a value's declared bounds.
+
+    The bounds ``[lo, ...]`` hold ``points`` representable values ``lo + i * step`` (``step``
+    = 10^-decimals); each bucket holds ``per`` consecutive ones (the last may hold fewer), so
+    bucket ``b`` spans ``[lowest(b) - step/2, highest(b) + step/2)``. Values below the first
+    edge fall in the first bucket and values above the last in the last (the clamping of
+    every aggregate). With ``per == 1`` a bucket is one value (exact quantiles).
+
+    >>> b = Buckets(18.0, 0, 83, 2)
+    >>> b.count, b.lowest(0), b.highest(0), b.highest(41), b.edges()[:3]
+    (42, 18.0, 19.0, 100.0, ['19.5', '21.5', '23.5'])
+    """
+
+    lo: float
+    decimals: int
+    points: int
+    per: int
+
+    @property
+    def count(self) -> int:
+        """The number of buckets."""
+        return -(-self.points // self.per)
+
+    @property
+    def step(self) -> float:
+        """The distance between two representable values."""
+        return float(decimal.Decimal(1).scaleb(-self.decimals))
+
+    def _exact(self, i: int) -> decimal.Decimal:
+        return decimal.Decimal(repr(float(self.lo))) + i * decimal.Decimal(1).scaleb(
+            -self.decimals)
+
+    def lowest(self, b: int) -> float:
+        """The lowest representable value of bucket ``b``."""
+        return float(self._exact(b * self.per))
+
+    def highest(self, b: int) -> float:
+        """The highest representable value of bucket ``b``."""
+        return float(self._exact(min((b + 1) * self.per, self.points) - 1))
+
+    def edges(self) -> list[str]:
+        """The ``count - 1`` inner edges between consecutive buckets, as exact decimals
+        (half-way between the last value of one bucket and the first of the next)."""
+        half = decimal.Decimal(1).scaleb(-self.decimals) / 2
+        return [str(self._exact(b * self.per) - half) for b in range(1, self.count)]
+
+    def to_s(self) -> str:
+        """``42 buckets of 2 values each over [18, 100] (step 1)``."""
+        what = "one value each" if self.per == 1 else f"{self.per} values each"
+        return (f"{self.count} buckets of {what} over [{_num(self.lowest(0))}, "
+                f"{_num(self.highest(self.count - 1))}] (step {_num(self.step)})")
+
+
+@dataclass(frozen=True)
 class OutputSpec:
     """One released column: a group key, a noisy aggregate (AVG = num / den), or an
     expression the analyst computes from other outputs (``expr``: ``post`` over output
-    names, e.g. ``total / n``; post-processing, with no privacy cost)."""
+    names, e.g. ``total / n``; post-processing, with no privacy cost).
+
+    ``var``: a variance or standard deviation (``stat``: ``var_samp``, ``var_pop``,
+    ``stddev_samp``, ``stddev_pop``) computed from three noisy aggregates, the sum of
+    squares, the sum and the count of non-NULL rows. ``quantile``: read off a noisy
+    histogram (``aggregates``: one count per bucket of ``buckets``); ``stat`` is ``cont``
+    or ``disc`` (at fraction ``q``), ``min`` or ``max``.
+    """
 
     name: str
-    kind: Literal["group", "count", "count_distinct", "sum", "avg", "expr"]
+    kind: Literal["group", "count", "count_distinct", "sum", "avg", "expr", "var",
+                  "quantile"]
     aggregates: tuple[str, ...] = ()  # AggregateSpec names (avg: numerator, denominator)
     group: str | None = None  # GroupKey.output for group outputs
     post: exp.Expression | None = None  # kind "expr": over output names and literals
+    stat: str = ""  # var: which statistic; quantile: cont, disc, min or max
+    q: float | None = None  # quantile: the fraction
+    buckets: Buckets | None = None  # quantile: the histogram's public buckets
 
 
 @dataclass(frozen=True)
@@ -291,6 +419,13 @@ class Plan:
         """Parties whose data the plan reads."""
         return tuple(s.party for s in self.steps)
 
+    @property
+    def shipments(self) -> tuple[tuple[str, str, DimensionJoin], ...]:
+        """``(owner, receiving party, dimension)`` for every dimension table one party
+        sends to another before the local step."""
+        return tuple((d.owner, s.party, d) for s in self.steps for d in s.dimensions
+                     if d.shipped)
+
     def aggregate(self, name: str) -> AggregateSpec:
         """The aggregate called ``name``."""
         for a in self.aggregates:
@@ -301,6 +436,10 @@ class Plan:
     def to_s(self) -> str:
         """The plan as a person reads it (``veil explain``)."""
         out = [f"plan ({self.mode}): {' '.join(self.sql.split())}"]
+        for owner, to, d in self.shipments:
+            out.append(f"0. {owner} sends its dimension table {d.table} ({', '.join(d.columns)}) "
+                       f"to {to}: reveals the table to {to}, and to {owner} nothing of which "
+                       "rows are used")
         out.append("1. local work, each party on its own engine:")
         out += ["   " + line for s in self.steps for line in s.to_s().splitlines()]
         n = 2
@@ -334,7 +473,19 @@ class Plan:
                 f"{g.output}{list(g.domain) if g.domain is not None else '[private keys]'}"
                 for g in self.groups) or "one cell"
             out.append(f"{n}. secure aggregates over {cells}:")
-        out += [f"   {a.to_s()}" for a in self.aggregates]
+        shown: dict[str, int] = {}
+        for a in self.aggregates:
+            if a.family and a.family != a.name:
+                shown[a.family] = shown.get(a.family, 0) + 1
+                continue
+            out.append(f"   {a.to_s()}")
+            if a.family:
+                out.append(f"   {_FAMILY.format(name=a.family)}")
+        for family, more in shown.items():  # the histogram's other buckets, in one line
+            at = out.index(f"   {_FAMILY.format(name=family)}")
+            out[at] = (f"   ... and {more} more bucket counts of this histogram "
+                       f"({family[:-1]}1 to {family[:-1]}{more}): one noisy count per bucket, "
+                       "the same noise plan, one share of the budget for all")
         if self.threshold is not None:
             n += 1
             out.append(
@@ -359,8 +510,10 @@ class Plan:
             f"{', '.join(self.charged)}"
         )
         n += 1
-        post = [f"compute {o.name} = {o.post.sql()}" for o in self.outputs
-                if o.kind == "expr" and o.post is not None]
+        post = [_statistic_line(o) for o in list(self.outputs) + list(self.hidden)
+                if o.kind in ("var", "quantile")]
+        post += [f"compute {o.name} = {o.post.sql()}" for o in self.outputs
+                 if o.kind == "expr" and o.post is not None]
         if self.having is not None:
             post.append(f"HAVING {self.having.sql()}")
         if self.order_by:
@@ -374,9 +527,32 @@ class Plan:
         if any(o.kind == "expr" for o in self.outputs):
             tail += (" (error bars of computed outputs: interval arithmetic over their noisy "
                      "parts, each at 95%^(1/k) for k parts)")
+        if any(o.kind == "quantile" for o in list(self.outputs) + list(self.hidden)):
+            tail += (" (quantiles: counts clamped at 0, error bar the buckets the 95% noise "
+                     "band allows; MIN/MAX: the lowest/highest bucket whose noisy count "
+                     "passes the band)")
         out.append(f"{n}. release: only the analyst sees the noisy values{tail}")
         out += [f"note: {note}" for note in self.notes]
         return "\n".join(out)
+
+
+_FAMILY = "(histogram {name})"
+_STAT_NAMES = {"var_samp": "VAR_SAMP", "var_pop": "VAR_POP", "stddev_samp": "STDDEV_SAMP",
+               "stddev_pop": "STDDEV_POP"}
+
+
+def _statistic_line(o: OutputSpec) -> str:
+    """How the analyst computes a variance or a quantile output."""
+    if o.kind == "var":
+        sq, total, count = o.aggregates
+        return (f"compute {o.name} = {_STAT_NAMES[o.stat]} from {sq} (sum of squares), "
+                f"{total} (sum), {count} (count), clamped at 0")
+    assert o.buckets is not None
+    what = {"min": "MIN (lowest bucket passing the noise band)",
+            "max": "MAX (highest bucket passing the noise band)"}.get(
+        o.stat, f"QUANTILE_{o.stat.upper()}({_num(o.q or 0.0)})")
+    return (f"read {o.name} = {what} off the noisy histogram {o.aggregates[0]} "
+            f"({o.buckets.to_s()})")
 
 
 def _num(x: float | Fraction) -> str:

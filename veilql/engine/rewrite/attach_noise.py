@@ -58,6 +58,11 @@ def attach_noise(plan: Plan, ctx: Context) -> Plan:
     epsilon_q = exact_amount(ctx.epsilon, "epsilon")
     delta_q = exact_amount(ctx.delta, "delta")
     delta_values = delta_q
+    # A histogram's buckets (``AggregateSpec.family``) are one vector-valued count (a row is in
+    # one bucket): they take one share of the budget and one noise plan between them.
+    heads = [a for a in plan.aggregates if not a.family or a.family == a.name]
+    family_size = {a.name: sum(1 for b in plan.aggregates if b.family == a.name) or 1
+                   for a in heads}
     if private:
         if delta_q <= 0:
             raise QueryError(
@@ -67,14 +72,14 @@ def attach_noise(plan: Plan, ctx: Context) -> Plan:
                 "declare the column's values in its party's policy",
             )
         delta_values = delta_q / 2
-        parts = 2 * len(plan.aggregates)
-        if delta_values / len(plan.aggregates) < MIN_DELTA:
+        parts = 2 * len(heads)
+        if delta_values / len(heads) < MIN_DELTA:
             raise QueryError(
                 f"delta {float(delta_q):g} leaves {float(delta_q / parts):g} to each aggregate "
                 "(half of delta goes to the partition selection's threshold), below "
                 f"{float(MIN_DELTA):g}, the smallest positive delta VeilQL accepts",
                 f"raise delta to at least {float(MIN_DELTA * parts):g}")
-    shares = split_budget(epsilon_q, delta_values, len(plan.aggregates))
+    shares = split_budget(epsilon_q, delta_values, len(heads))
     aggregates = []
     threshold = None
     secure = plan.mode == "secure"
@@ -84,30 +89,42 @@ def attach_noise(plan: Plan, ctx: Context) -> Plan:
     if not secure and mechanism == "central_laplace":
         mechanism = "laplace"
     central = dict(cells=cell_bound(plan) if secure else None, query_epsilon=epsilon_q,
-                   max_distance=MAX_DISTANCE / len(plan.aggregates))
+                   max_distance=MAX_DISTANCE / len(heads))
     sensitivities = [_sensitivity(agg, rows, cells) for agg in plan.aggregates]
     # The selection count keeps its equal share (its scale sets the threshold); the others
     # pool theirs, and the accountant divides the pool (zCDP for Gaussians, engine/dp/account).
-    pooled = [i for i, agg in enumerate(plan.aggregates) if agg.name != SELECTION]
+    pooled = [i for i, agg in enumerate(plan.aggregates)
+              if agg.name != SELECTION and agg.name in family_size]
     eps_each, delta_each = shares[0]
-    values = iter(allocate([Demand(*sensitivities[i], central["cells"]) for i in pooled],
+
+    def cells_of(agg: AggregateSpec) -> int | None:
+        n = central["cells"]
+        return None if n is None else n * family_size[agg.name]  # type: ignore[operator]
+
+    values = iter(allocate([Demand(*sensitivities[i], cells_of(plan.aggregates[i]))
+                            for i in pooled],
                            eps_each * len(pooled), delta_each * len(pooled), mechanism,
                            local=not secure, query_epsilon=epsilon_q,
                            max_distance=central["max_distance"]) if pooled else [])
-    for agg, (eps, delta), (l1, l2) in zip(plan.aggregates, shares, sensitivities, strict=True):
+    shared: dict[str, NoisePlan] = {}  # a histogram's noise plan, by family
+    for agg, (l1, l2) in zip(plan.aggregates, sensitivities, strict=True):
         if agg.name == SELECTION:
-            noise = _selection_noise(l1, l2, eps, delta, mechanism, central)
+            noise = _selection_noise(l1, l2, eps_each, delta_each, mechanism, central)
             threshold = selection_threshold(noise.scale, 1 if not secure else noise.draws,
                                             l1, delta_q / 2)
+        elif agg.family and agg.family != agg.name:
+            noise = shared[agg.family]
         else:
             noise = next(values)
+            shared[agg.name] = noise
         if plan.mode == "local":
             # One party sees its own rows anyway: it alone adds the full noise.
             noise = replace(noise, adders=(0,), party_scale=noise.scale)
         aggregates.append(replace(agg, l1=l1, l2=l2, noise=noise))
     # Charge what the mechanisms spend: a Laplace plan spends no delta even when allowed one.
-    epsilon = sum((a.noise.epsilon for a in aggregates), Fraction(0))  # type: ignore[union-attr]
-    delta = sum((a.noise.delta for a in aggregates), Fraction(0))  # type: ignore[union-attr]
+    charged = [a for a in aggregates if a.name in family_size]  # a histogram pays once
+    epsilon = sum((a.noise.epsilon for a in charged), Fraction(0))  # type: ignore[union-attr]
+    delta = sum((a.noise.delta for a in charged), Fraction(0))  # type: ignore[union-attr]
     if private:
         delta += delta_q / 2  # the threshold's part
     return replace(plan, aggregates=tuple(aggregates), epsilon=epsilon, delta=delta,

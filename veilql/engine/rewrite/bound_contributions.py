@@ -29,7 +29,14 @@ from dataclasses import replace
 
 import sqlglot
 
-from veilql.engine.plan.nodes import SEED_PLACEHOLDER, LocalColumn, LocalStep, Plan
+from veilql.engine.plan.nodes import (
+    DIMENSION_TABLE,
+    SEED_PLACEHOLDER,
+    DimensionJoin,
+    LocalColumn,
+    LocalStep,
+    Plan,
+)
 from veilql.engine.rewrite.context import Context
 from veilql.engine.sql.bound import columns_used
 
@@ -86,11 +93,27 @@ def _local_sql(step: LocalStep, used: dict[str, set[str]]) -> str:
         for src, alias, unit, kind in zip(sources[1:], step.aliases[1:], step.units[1:],
                                           semi[1:], strict=True)
     )
+    for d in step.dimensions:
+        joins += (f" JOIN {_dimension_source(d)} ON {d.fact_alias}.{d.fact_column} = "
+                  f"{d.alias}.{d.key}")
     select = [f"{first}.{step.units[0]} AS __unit"]
     select += [f"{_column_sql(c)} AS {c.name}" for c in step.columns]
     sql = f"SELECT {', '.join(select)} FROM {sources[0]}{joins}"
     # Normalise through sqlglot so golden files are stable and the SQL is known to parse.
     return sqlglot.transpile(sql, read="duckdb", write="duckdb")[0]
+
+
+def _dimension_source(d: DimensionJoin) -> str:
+    """A dimension table as a join source: one row per key (a repeated key keeps one row,
+    chosen by a hash of the row, so a fact row matches at most one), NULL keys dropped. A
+    table another party sends is read from ``__dim_<alias>``, which the party replaces by
+    the rows it received (``engine/dimensions.py``)."""
+    listed = ", ".join(d.columns)
+    key = ", '|', ".join(f"CAST({c} AS VARCHAR)" for c in d.columns)
+    table = f"{DIMENSION_TABLE}{d.alias}" if d.shipped else d.table
+    ranked = (f"SELECT {listed}, ROW_NUMBER() OVER (PARTITION BY {d.key} ORDER BY "
+              f"MD5(CONCAT({key}))) AS __rn FROM {table} WHERE {d.key} IS NOT NULL")
+    return f"(SELECT {listed} FROM ({ranked}) AS __d WHERE __rn = 1) AS {d.alias}"
 
 
 def _number(x: float) -> str:

@@ -34,6 +34,8 @@ from sqlglot import exp
 
 from veilql.engine.plan.nodes import (
     AggregateSpec,
+    Buckets,
+    DimensionJoin,
     GroupKey,
     LocalColumn,
     LocalStep,
@@ -43,12 +45,21 @@ from veilql.engine.plan.nodes import (
 )
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
-from veilql.engine.sql.bound import Output, parties_in
-from veilql.engine.sql.functions import float_digits, has_float_result, value_decimals
+from veilql.engine.sql.bound import BoundTable, Output, columns_used, parties_in
+from veilql.engine.sql.functions import (
+    clamp_sql,
+    float_digits,
+    has_float_result,
+    value_decimals,
+)
 from veilql.engine.sql.typecheck import TypeChecker
-from veilql.errors import UnsupportedError
+from veilql.errors import PolicyError, UnsupportedError
 
 SELECTION = "__selection"  # internal aggregate of partition selection
+#: A quantile's histogram has at most this many buckets (see ``histogram_buckets``).
+MAX_BUCKETS = 64
+#: The most rows a dimension table may declare to be sent to another party in a local step.
+MAX_SHIPPED_ROWS = 50_000
 
 
 def push_local(plan: Plan, ctx: Context) -> Plan:
@@ -99,6 +110,7 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
         return released[key]
 
     hidden: list[OutputSpec] = []
+    histograms: dict[str, tuple[tuple[str, ...], Buckets]] = {}  # expression -> its buckets
     for out in bound.outputs:
         shown = hidden if out.hidden else outputs
         if out.kind == "group":
@@ -106,9 +118,17 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
             shown.append(OutputSpec(out.name, "group", group=out.group.name))
         elif out.kind == "expr":
             shown.append(OutputSpec(out.name, "expr", post=out.post))
+        elif out.kind == "var":
+            shown.append(_variance(out, ctx, columns, one))
+        elif out.kind == "quantile":
+            shown.append(_quantile(out, ctx, columns, histograms, aggregates))
         elif out.kind in ("count", "count_distinct") and out.expr is not None:
-            # COUNT(x), FILTER (WHERE ...): the rows (units) where a 0/1 expression is 1
-            name = one((out.kind, out.expr.sql(dialect="duckdb")), lambda out=out: replace(
+            # COUNT(x), FILTER (WHERE ...): the rows (units) where a 0/1 expression is 1;
+            # COUNT(x) is AVG(x)'s denominator, and shares it
+            tested = _nonnull_of(out.expr) if out.kind == "count" else None
+            key = (("nonnull", tested.sql(dialect="duckdb")) if tested is not None else
+                   (out.kind, out.expr.sql(dialect="duckdb")))
+            name = one(key, lambda out=out: replace(
                 _sum_aggregate(out, ctx, columns, suffix=""), kind=out.kind))
             shown.append(OutputSpec(out.name, out.kind, (name,)))
         elif out.kind in ("count", "count_distinct"):
@@ -132,6 +152,7 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
         aggregates.append(AggregateSpec(SELECTION, "", "count_distinct", (Term(None, None),)))
 
     steps = []
+    used = columns_used(bound)
     for party in bound.parties:
         tables = [t for t in bound.tables if t.party == party]
         own = [c for c in bound.conjuncts if parties_in(c, bound) == {party}]
@@ -146,6 +167,7 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
             semi=tuple(t.semi for t in tables) if any(t.semi for t in tables) else (),
             filters=tuple(t.filter.sql(dialect="duckdb") if t.filter is not None else None
                           for t in tables) if any(t.semi for t in tables) else (),
+            dimensions=tuple(_dimension(d, used) for d in bound.dimensions if d.party == party),
         ))
     return Plan(
         sql=plan.sql, mode=plan.mode, compute=plan.compute, steps=tuple(steps),
@@ -156,13 +178,15 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
 
 
 def _sum_aggregate(
-    out: Output, ctx: Context, columns: dict[str, list[LocalColumn]], suffix: str
+    out: Output, ctx: Context, columns: dict[str, list[LocalColumn]], suffix: str,
+    prefix: str = "v",
 ) -> AggregateSpec:
     """SUM(expr): one clamped fixed-point value column per party owning a part of expr
-    (added up; or multiplied, for a product of one factor per party)."""
+    (added up; or multiplied, for a product of one factor per party). ``prefix`` names the
+    local columns (``v0``, ``v1``...; a histogram's buckets are ``b0``, ``b1``...)."""
     assert out.expr is not None
     if not is_linear(out.expr, ctx.party_of):
-        return _product_aggregate(out, ctx, columns, suffix)
+        return _product_aggregate(out, ctx, columns, suffix, prefix)
     decimals = _decimals(out.expr, ctx)
     parts = split_linear(out.expr, ctx.party_of)
     constant = parts.pop(None, None)
@@ -174,7 +198,7 @@ def _sum_aggregate(
     for party, part in parts.items():
         lo, hi = _interval(part, ctx)
         bound_total += max(abs(lo), abs(hi))
-        name = _next_name(columns[party], "v")
+        name = _next_name(columns[party], prefix)
         columns[party].append(LocalColumn(
             name, "value", part.sql(dialect="duckdb"), decimals=decimals, bounds=(lo, hi)
         ))
@@ -184,7 +208,8 @@ def _sum_aggregate(
 
 
 def _product_aggregate(
-    out: Output, ctx: Context, columns: dict[str, list[LocalColumn]], suffix: str
+    out: Output, ctx: Context, columns: dict[str, list[LocalColumn]], suffix: str,
+    prefix: str = "v",
 ) -> AggregateSpec:
     """SUM(a.x * b.y): one factor per party, each clamped to its own bounds and scaled by
     its own digits; the product's digits are their sum."""
@@ -201,7 +226,7 @@ def _product_aggregate(
         digits = _decimals(factor, ctx)
         total += digits
         bound *= max(abs(lo), abs(hi))
-        name = _next_name(columns[party], "v")
+        name = _next_name(columns[party], prefix)
         columns[party].append(LocalColumn(name, "value", factor.sql(dialect="duckdb"),
                                           decimals=digits, bounds=(lo, hi)))
         terms.append(Term(party, name))
@@ -250,6 +275,170 @@ def _count_nonnull(
     sql = f"CASE WHEN ({out.expr.sql(dialect='duckdb')}) IS NULL THEN 0 ELSE 1 END"
     columns[party].append(LocalColumn(name, "nn", sql))
     return AggregateSpec(out.name + ".den", out.name, "sum", (Term(party, name),))
+
+
+def _dimension(d: BoundTable, used: dict[str, set[str]]) -> DimensionJoin:
+    """The dimension table ``d`` in its fact party's local step; refuses one too large to
+    send (its declared ``max_rows`` above ``MAX_SHIPPED_ROWS``)."""
+    assert d.link is not None and d.policy.max_rows is not None
+    fact, fk, key = d.link
+    shipped = d.owner != d.party
+    if shipped and d.policy.max_rows > MAX_SHIPPED_ROWS:
+        raise PolicyError(
+            f"dimension table {d.owner}.{d.table} declares max_rows = {d.policy.max_rows}, "
+            f"more than the {MAX_SHIPPED_ROWS} rows {d.owner} may send to {d.party} for a "
+            "local join", f"join it in a query over {d.owner}'s own tables, or ask "
+            f"{d.owner} to split the table")
+    columns = (key, *sorted(used[d.alias] - {key}))
+    return DimensionJoin(d.alias, d.owner, d.table, key, fact, fk, columns,
+                         d.policy.max_rows, shipped)
+
+
+def _nonnull_of(expr: exp.Expression) -> exp.Expression | None:
+    """``x`` when ``expr`` is ``CASE WHEN NOT x IS NULL THEN 1 ELSE 0 END`` (COUNT(x))."""
+    if not (isinstance(expr, exp.Case) and len(expr.args.get("ifs") or []) == 1):
+        return None
+    cond = expr.args["ifs"][0].this
+    if isinstance(cond, exp.Not) and isinstance(cond.this, exp.Is) and isinstance(
+            cond.this.expression, exp.Null):
+        return cond.this.this
+    return None
+
+
+def _folded(out: Output, value: exp.Expression) -> exp.Expression:
+    """``value`` where the output's FILTER condition holds, else NULL (the binder's form)."""
+    if out.filter is None:
+        return value
+    return exp.Case(ifs=[exp.If(this=out.filter.copy(), true=value)])
+
+
+def _variance(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
+              one: Callable[[tuple[str, ...], Callable[[], AggregateSpec]], str]) -> OutputSpec:
+    """VAR/STDDEV from three noisy aggregates: the sum of squares, the sum and the count of
+    non-NULL rows (the last two shared with SUM(x), AVG(x) and COUNT(x) of the same x)."""
+    assert out.expr is not None
+    x = _folded(out, out.expr.copy())
+    what = x.sql(dialect="duckdb")
+    as_sum = replace(out, kind="sum", expr=x)
+    total = one(("sum", what), lambda: _sum_aggregate(as_sum, ctx, columns, suffix=".sum"))
+    count = one(("nonnull", what), lambda: _count_nonnull(as_sum, ctx, columns))
+    square = one(("sumsq", what), lambda: _square_aggregate(out, ctx, columns))
+    return OutputSpec(out.name, "var", (square, total, count), stat=out.stat)
+
+
+def _square_aggregate(out: Output, ctx: Context,
+                      columns: dict[str, list[LocalColumn]]) -> AggregateSpec:
+    """SUM(x * x) of the clamped x (NULL stays NULL), its bounds by interval arithmetic
+    (exact for a square, ``typecheck._square``), in as many digits as fit the ring."""
+    assert out.expr is not None and out.bounds is not None
+    lo, hi = out.bounds
+    # in floating point (x * 1e0), so that no integer type can overflow; NULL stays NULL
+    floating = exp.Mul(this=exp.Paren(this=out.expr.copy()), expression=exp.Literal.number("1e0"))
+    clamped = clamp_sql(floating, lo, hi)
+    square = exp.Mul(this=clamped, expression=clamped.copy())
+    x = _folded(out, square)
+    slo, shi = _interval(square, ctx)
+    rows = 1
+    for t in ctx.bound.tables:
+        rows *= 1 if t.semi else t.policy.max_rows_per_unit
+    digits = _square_digits(min(2 * _decimals(out.expr, ctx), 6), max(abs(slo), abs(shi)),
+                            rows)
+    factors = split_product(x, ctx.party_of)
+    factors.pop(None, None)
+    owner = next(iter(parties_in(out.expr, ctx.bound)))
+    terms, bound = [], 1.0
+    for party, factor in factors.items():
+        name = _next_name(columns[party], "v")
+        if party == owner:
+            bounds, d = (slo, shi), digits
+        else:  # a FILTER condition at another party: its 0/1 indicator
+            bounds, d = _interval(factor, ctx), 0
+        bound *= max(abs(bounds[0]), abs(bounds[1]))
+        columns[party].append(LocalColumn(name, "value", factor.sql(dialect="duckdb"),
+                                          decimals=d, bounds=bounds))
+        terms.append(Term(party, name))
+    product = len(terms) > 1
+    return AggregateSpec(out.name + ".sq", out.name, "sum", tuple(terms), decimals=digits,
+                         bound=bound, product=product)
+
+
+def _square_digits(digits: int, magnitude: float, rows: int) -> int:
+    """Fixed-point digits for a sum of squares: as ``float_digits``, but going below 0 when
+    the squares are too large for the ring (a square of incomes up to 500,000 is summed in
+    units of 10^4: its relative error stays below 1e-5 of any variance above 1,000).
+
+    >>> _square_digits(4, 2.5e11, 1), _square_digits(0, 2500.0, 2)
+    (-4, 0)
+    """
+    room = 2.0**62 / 4 / 2.0**33 / max(rows, 1)
+    while digits > -18 and magnitude * 10.0**digits >= room:
+        digits -= 1
+    return digits
+
+
+def histogram_buckets(lo: float, hi: float, decimals: int) -> Buckets:
+    """The public buckets of a histogram over the declared bounds ``[lo, hi]``.
+
+    The bounds hold ``G = (hi - lo) * 10^decimals + 1`` representable values. With
+    ``G <= MAX_BUCKETS``, one bucket per value (quantiles exact up to the noise); else each
+    bucket holds ``ceil(G / MAX_BUCKETS)`` consecutive values, so there are at most
+    ``MAX_BUCKETS`` buckets of equal width. The rule reads only the policy's bounds and
+    digits, so every party derives the same buckets.
+
+    >>> histogram_buckets(0, 50, 0).count, histogram_buckets(18, 100, 0).per
+    (51, 2)
+    >>> b = histogram_buckets(0, 100000, 2); b.count, b.per
+    (64, 156251)
+    """
+    step = 10.0 ** -decimals
+    points = int(round((hi - lo) / step)) + 1
+    per = -(-points // MAX_BUCKETS)
+    return Buckets(float(lo), decimals, points, per)
+
+
+def _quantile(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
+              histograms: dict[str, tuple[tuple[str, ...], Buckets]],
+              aggregates: list[AggregateSpec]) -> OutputSpec:
+    """A quantile, MIN or MAX: a noisy histogram of the (FILTERed) expression over public
+    buckets, one count per bucket, shared by every quantile of the same expression; the
+    analyst reads the quantile off the cumulative counts (``engine/quantiles.py``)."""
+    assert out.expr is not None and out.bounds is not None
+    key = _folded(out, out.expr.copy()).sql(dialect="duckdb")
+    if key not in histograms:
+        buckets = histogram_buckets(out.bounds[0], out.bounds[1], min(out.decimals, 6))
+        edges = buckets.edges()
+        family = f"{out.name}.b0"
+        names = []
+        for b in range(buckets.count):
+            tests = []
+            if b > 0:
+                tests.append(exp.GTE(this=out.expr.copy(), expression=_decimal(edges[b - 1])))
+            if b < buckets.count - 1:
+                tests.append(exp.LT(this=out.expr.copy(), expression=_decimal(edges[b])))
+            cond: exp.Expression = (exp.Not(this=exp.Is(this=out.expr.copy(),
+                                                          expression=exp.Null()))
+                                    if not tests else tests[0])
+            for t in tests[1:]:
+                cond = exp.And(this=cond, expression=t)
+            if out.filter is not None:
+                cond = exp.And(this=exp.Paren(this=out.filter.copy()), expression=cond)
+            indicator = exp.Case(ifs=[exp.If(this=cond, true=exp.Literal.number(1))],
+                                 default=exp.Literal.number(0))
+            bucket = replace(out, kind="count", expr=indicator, bounds=(0.0, 1.0),
+                             name=f"{out.name}.b{b}")
+            agg = replace(_sum_aggregate(bucket, ctx, columns, suffix="", prefix="b"),
+                          kind="count", output=out.name, family=family)
+            aggregates.append(agg)
+            names.append(agg.name)
+        histograms[key] = (tuple(names), buckets)
+    names, buckets = histograms[key]
+    return OutputSpec(out.name, "quantile", names, stat=out.stat, q=out.q, buckets=buckets)
+
+
+def _decimal(text: str) -> exp.Expression:
+    """An exact decimal literal (a bucket edge)."""
+    lit = exp.Literal.number(text.lstrip("-"))
+    return exp.Neg(this=lit) if text.startswith("-") else lit
 
 
 def _interval(node: exp.Expression, ctx: Context) -> tuple[float, float]:

@@ -117,6 +117,7 @@ def _bind(
     for term in raw:
         checks.check_no_aggregate(term, "WHERE")
     joins, raw = _bind_joins(select, scope, raw)
+    scope = _Scope(_link_dimensions(scope.tables, joins), catalog)
     conjuncts: list[exp.Expression] = []
     for term in raw:
         checks.check_predicate(term, scope.resolve)
@@ -139,7 +140,8 @@ def _bind(
         where = c if where is None else exp.And(this=where, expression=c)
     return BoundQuery(
         sql=parsed.sql,
-        tables=scope.tables + tuple(semi_tables),
+        tables=tuple(t for t in scope.tables if not t.dimension) + tuple(semi_tables),
+        dimensions=tuple(t for t in scope.tables if t.dimension),
         joins=joins,
         where=where,
         conjuncts=tuple(conjuncts),
@@ -170,8 +172,9 @@ def _safe(bound: BoundQuery) -> BoundQuery:
         where = c if where is None else exp.And(this=where, expression=c)
     groups = tuple(replace(g, expr=fix(g.expr)) for g in bound.group_by)
     by_name = {g.name: g for g in groups}
-    outputs = tuple(replace(o, expr=fix(o.expr), group=by_name.get(o.group.name)
-                            if o.group is not None else None) for o in bound.outputs)
+    outputs = tuple(replace(o, expr=fix(o.expr), filter=fix(o.filter),
+                            group=by_name.get(o.group.name) if o.group is not None else None)
+                    for o in bound.outputs)
     tables = tuple(replace(t, filter=fix(t.filter)) for t in bound.tables)
     return replace(bound, conjuncts=conjuncts, where=where, group_by=groups,
                    outputs=outputs, tables=tables)
@@ -476,6 +479,9 @@ def _join_edge(term: exp.Expr, scope: _Scope, *, strict: bool = True) -> JoinEdg
             and isinstance(inner.expression, exp.Column)):
         raise _NotUnit()
     left, right = scope.resolve(inner.this), scope.resolve(inner.expression)
+    if left.alias != right.alias and (scope.table(left.alias).dimension
+                                      or scope.table(right.alias).dimension):
+        return _dimension_edge(left, right, scope, text, strict=strict)
     if left.alias == right.alias:
         if strict and left.column == scope.units[left.alias]:
             raise PolicyError(f"join condition {text} compares a table with itself", hint)
@@ -493,14 +499,68 @@ def _join_edge(term: exp.Expr, scope: _Scope, *, strict: bool = True) -> JoinEdg
                     right_column=right.column)
 
 
+def _dimension_edge(left: BoundColumn, right: BoundColumn, scope: _Scope, text: str, *,
+                    strict: bool) -> JoinEdge:
+    """``fact.fk = dim.key``: a fact table's declared foreign key (``references``) joined to
+    the dimension table's key column it names."""
+    fact, dim = (right, left) if scope.table(left.alias).dimension else (left, right)
+    hint = ("join a dimension table on the foreign key a fact table declares, e.g. ON "
+            "t.merchant_id = m.merchant_id with references = \"party.merchants.merchant_id\" "
+            "on t.merchant_id")
+    if scope.table(fact.alias).dimension:
+        raise PolicyError(f"join condition {text} joins two dimension tables, which is not "
+                          "supported", hint)
+    target = f"{dim.party}.{dim.table}.{dim.column}".lower()
+    if (fact.policy.references or "").lower() != target or dim.policy.role != "key":
+        if not strict:
+            raise _NotUnit()
+        declared = (f"it references {fact.policy.references}" if fact.policy.references
+                    else "it declares no references")
+        raise _NotUnit(PolicyError(
+            f"join condition {text}: {fact.alias}.{fact.column} is not a foreign key to "
+            f"{dim.party}.{dim.table}.{dim.column} ({declared})",
+            hint + "; any other join to a dimension table could match one row many times"))
+    return JoinEdge(left=fact.alias, right=dim.alias, left_column=fact.column,
+                    right_column=dim.column, dimension=True)
+
+
+def _link_dimensions(tables: tuple[BoundTable, ...],
+                     edges: tuple[JoinEdge, ...]) -> tuple[BoundTable, ...]:
+    """Dimension tables, each joined to one fact table: evaluated at that table's party."""
+    out = []
+    for t in tables:
+        if not t.dimension:
+            out.append(t)
+            continue
+        links = [e for e in edges if e.dimension and e.right == t.alias]
+        if len(links) != 1:
+            raise UnsupportedError(
+                f"dimension table {t.party}.{t.table} ({t.alias}) is joined on "
+                f"{len(links)} conditions; it must join exactly one fact table's foreign key",
+                "join it once, e.g. JOIN party.merchants m ON t.merchant_id = m.merchant_id")
+        e = links[0]
+        fact = next(x for x in tables if x.alias == e.left)
+        out.append(replace(t, party=fact.party, owner=t.party,
+                           link=(e.left, e.left_column, e.right_column)))
+    return tuple(out)
+
+
 def _check_connected(tables: tuple[BoundTable, ...], edges: list[JoinEdge],
                      loose: list[str], non_unit: dict[str, PolicyError]) -> None:
-    """Every table must be reached from the first through join edges."""
-    reached = {tables[0].alias}
+    """Every table must be reached from the first through join edges: tables with personal
+    data through unit edges, each dimension table through its foreign key."""
+    facts = [t for t in tables if not t.dimension]
+    if not facts:
+        raise UnsupportedError(
+            "a query over dimension tables only releases nothing about people",
+            "join the dimension table to a table with personal data on its foreign key")
+    reached = {facts[0].alias}
     changed = True
     while changed:
         changed = False
         for e in edges:
+            if e.dimension and e.left not in reached:
+                continue
             if (e.left in reached) != (e.right in reached):
                 reached |= {e.left, e.right}
                 changed = True
@@ -509,6 +569,13 @@ def _check_connected(tables: tuple[BoundTable, ...], edges: list[JoinEdge],
             continue
         if t.alias.lower() in non_unit:
             raise non_unit[t.alias.lower()]
+        if t.dimension:
+            keys = ", ".join(c for c, p in t.policy.columns.items() if p.role == "key")
+            raise PolicyError(
+                f"dimension table {t.party}.{t.table} ({t.alias}) is not joined on a foreign "
+                "key of a table with personal data",
+                f"add ON <fact>.<column> = {t.alias}.<key> (its keys: {keys}), where the fact "
+                f"table's column declares references = \"{t.party}.{t.table}.<key>\"")
         if t.alias in loose:
             raise PolicyError(
                 f"table {t.party}.{t.table} ({t.alias}) is joined without a condition on its "
@@ -595,6 +662,10 @@ def _bind_semi_joins(
             raise UnsupportedError(f"{word}: the subquery must read a table party.table",
                                    _SEMI_HINT)
         table = _bind_table(ref, federation, catalog)
+        if table.dimension:
+            raise UnsupportedError(
+                f"{word} over the dimension table {table.party}.{table.table} is not supported",
+                "join the dimension table on its foreign key and filter its columns in WHERE")
         alias = table.alias
         n = 1
         while alias.lower() in taken:
@@ -1019,8 +1090,82 @@ def _ancestors(node: exp.Expr, root: exp.Expr) -> list[exp.Expr]:
 
 
 def _is_aggregate(node: exp.Expr) -> bool:
-    return isinstance(node, exp.Count | exp.Sum | exp.Avg) or (
-        isinstance(node, exp.Filter) and isinstance(node.this, exp.Count | exp.Sum | exp.Avg))
+    if isinstance(node, exp.Filter):
+        node = node.this
+    return isinstance(node, checks.AGGREGATES) or checks.is_var(node) or (
+        isinstance(node, exp.WithinGroup)
+        and isinstance(node.this, exp.PercentileCont | exp.PercentileDisc))
+
+
+#: VAR_SAMP (VARIANCE), VAR_POP, STDDEV (STDDEV_SAMP), STDDEV_POP as computed from moments.
+_STATS: dict[type[exp.Expr], str] = {
+    exp.Variance: "var_samp", exp.VariancePop: "var_pop", exp.Stddev: "stddev_samp",
+    exp.StddevSamp: "stddev_samp", exp.StddevPop: "stddev_pop"}
+
+
+def _fraction(node: exp.Expr | None, func: str) -> float:
+    """The fraction of a quantile: a number in [0, 1] written in the query."""
+    inner = node
+    while isinstance(inner, exp.Paren):
+        inner = inner.this
+    if isinstance(inner, exp.Array):
+        raise UnsupportedError(
+            f"{func} with a list of fractions is not supported",
+            f"write one {func}(x, q) per fraction, e.g. {func}(x, 0.25), {func}(x, 0.75)")
+    if not (isinstance(inner, exp.Literal) and not inner.is_string):
+        raise UnsupportedError(f"{func}: the fraction must be a number written in the query",
+                               f"write e.g. {func}(x, 0.5)")
+    q = float(inner.this)
+    if not 0.0 <= q <= 1.0:
+        raise UnsupportedError(f"{func}: the fraction {inner.this} is not between 0 and 1",
+                               "write a fraction in [0, 1], e.g. 0.9 for the 90th percentile")
+    return q
+
+
+def _statistic(node: exp.Expr) -> tuple[str, str, float | None, exp.Expr] | None:
+    """``(function name, stat, q, argument)`` of a variance or quantile aggregate, else None.
+
+    ``stat``: ``var_samp``, ``var_pop``, ``stddev_samp``, ``stddev_pop``, or ``cont``,
+    ``disc``, ``min``, ``max`` for quantiles at fraction ``q``.
+    """
+    if checks.is_var(node):
+        if len(node.expressions) != 1:
+            raise UnsupportedError("VAR takes one argument", "write VAR(x)")
+        return "var", "var_samp", None, node.expressions[0]
+    for cls, stat in _STATS.items():
+        if type(node) is cls:
+            return node.sql_name().lower(), stat, None, node.this
+    if isinstance(node, exp.Min | exp.Max):
+        if node.expressions:
+            raise UnsupportedError(f"{node.sql_name()} takes one argument",
+                                   f"write {node.sql_name()}(x); LEAST/GREATEST compare values "
+                                   "within a row")
+        word = "min" if isinstance(node, exp.Min) else "max"
+        return word, word, 0.0 if word == "min" else 1.0, node.this
+    if isinstance(node, exp.Median):
+        return "median", "cont", 0.5, node.this
+    if isinstance(node, exp.PercentileCont | exp.PercentileDisc):
+        func = "quantile_cont" if isinstance(node, exp.PercentileCont) else "quantile_disc"
+        stat = "cont" if isinstance(node, exp.PercentileCont) else "disc"
+        return func, stat, _fraction(node.expression, func.upper()), node.this
+    if isinstance(node, exp.ApproxQuantile | exp.Quantile):
+        func = "approx_quantile" if isinstance(node, exp.ApproxQuantile) else "quantile"
+        return func, "disc", _fraction(node.args.get("quantile"), func.upper()), node.this
+    if isinstance(node, exp.WithinGroup):
+        inner = node.this
+        func = "percentile_cont" if isinstance(inner, exp.PercentileCont) else "percentile_disc"
+        order = node.expression
+        items = order.expressions if isinstance(order, exp.Order) else []
+        if len(items) != 1 or not isinstance(items[0], exp.Ordered):
+            raise UnsupportedError(f"{func.upper()} ... WITHIN GROUP must order by one "
+                                   "expression", f"write {func.upper()}(0.5) WITHIN GROUP "
+                                   "(ORDER BY x)")
+        q = _fraction(inner.this, func.upper())
+        if items[0].args.get("desc"):
+            q = 1.0 - q
+        stat = "cont" if isinstance(inner, exp.PercentileCont) else "disc"
+        return func, stat, q, items[0].this
+    return None
 
 
 def _bind_aggregate(node: exp.Expr, scope: _Scope) -> tuple[Output, Signature]:
@@ -1035,6 +1180,9 @@ def _bind_aggregate(node: exp.Expr, scope: _Scope) -> tuple[Output, Signature]:
         node = node.this
     if isinstance(node, exp.Count):
         return _bind_count(node, cond, scope)
+    statistic = _statistic(node)
+    if statistic is not None:
+        return _bind_statistic(statistic, cond, scope)
     if not isinstance(node, exp.Sum | exp.Avg):
         raise UnsupportedError(f"aggregate {node.sql_name()} is not supported yet",
                                checks.SUPPORTED_SQL)
@@ -1066,6 +1214,58 @@ def _bind_aggregate(node: exp.Expr, scope: _Scope) -> tuple[Output, Signature]:
         plain = plain.this
     name = f"{kind}_{plain.name}" if isinstance(plain, exp.Column) else kind
     return Output(name, kind, expr=expr, bounds=bounds), (kind, expr.sql(dialect="duckdb"))
+
+
+def _bind_statistic(statistic: tuple[str, str, float | None, exp.Expr],
+                    cond: exp.Expression | None, scope: _Scope) -> tuple[Output, Signature]:
+    """A variance (from noisy moments) or a quantile (from a noisy histogram) of one
+    party's expression of value columns, with an optional FILTER condition."""
+    func, stat, q, arg = statistic
+    word = func.upper()
+    while isinstance(arg, exp.Paren):
+        arg = arg.this
+    if isinstance(arg, exp.Star | exp.Distinct):
+        raise UnsupportedError(f"{word}({arg.sql(dialect='duckdb')}) is not supported",
+                               f"write {word}(x) of a value column x")
+    if functions.is_condition(arg):
+        arg = exp.Case(ifs=[exp.If(this=arg.copy(), true=exp.Literal.number(1)),
+                            exp.If(this=exp.Not(this=exp.Paren(this=arg.copy())),
+                                   true=exp.Literal.number(0))])
+    cols = functions.check_roles(arg, scope.resolve, context="value", where=word)
+    if not cols:
+        raise UnsupportedError(f"{word}({arg.sql(dialect='duckdb')}) reads no column",
+                               f"write {word}(x) of a value column x")
+    for col in cols:
+        if col.policy.role == "value" and col.policy.bounds is None:
+            raise PolicyError(
+                f"value column {col.alias}.{col.column} has no bounds, so {word} cannot "
+                "bucket or clamp it",
+                f"add bounds = [low, high] to {col.column} in policies/{col.party}.toml")
+    parties = {c.party for c in cols}
+    if len(parties) > 1:
+        what = ("its squares would multiply columns of different parties" if q is None else
+                "its histogram's buckets would compare columns of different parties")
+        raise UnsupportedError(
+            f"{word}({arg.sql(dialect='duckdb')}) reads columns of several parties "
+            f"({', '.join(sorted(parties))}): {what}, which is not supported",
+            f"take {word} of one party's expression; conditions on other parties go in "
+            "WHERE or FILTER (WHERE ...)")
+    expr = scope.qualify(arg)
+    bounds = _bounds(expr, scope, word)
+    folded = expr if cond is None else exp.Case(ifs=[exp.If(this=cond, true=expr)])
+    _check_factors(folded, scope, word)
+
+    def digits(c: exp.Column) -> int:
+        return scope.resolve(c).policy.decimals
+
+    decimals = functions.value_decimals(expr, digits)
+    plain = arg
+    name = f"{func}_{plain.name}" if isinstance(plain, exp.Column) else func
+    kind: OutputKind = "var" if q is None else "quantile"
+    signature = (kind, "|".join((stat, repr(q), expr.sql(dialect="duckdb"),
+                                 cond.sql(dialect="duckdb") if cond is not None else "")))
+    return (Output(name, kind, expr=expr, bounds=bounds, stat=stat, q=q, filter=cond,
+                   decimals=decimals), signature)
 
 
 def _bind_count(node: exp.Count, cond: exp.Expression | None,

@@ -17,8 +17,10 @@ from sqlglot import exp
 
 from veilql.policies.model import ColumnPolicy, TablePolicy
 
-OutputKind = Literal["group", "count", "count_distinct", "sum", "avg", "expr"]
-OUTPUT_KINDS: tuple[str, ...] = ("group", "count", "count_distinct", "sum", "avg", "expr")
+OutputKind = Literal["group", "count", "count_distinct", "sum", "avg", "expr", "var",
+                     "quantile"]
+OUTPUT_KINDS: tuple[str, ...] = ("group", "count", "count_distinct", "sum", "avg", "expr",
+                                 "var", "quantile")
 SemiKind = Literal["", "semi", "anti"]
 
 
@@ -38,11 +40,21 @@ class BoundTable:
     policy: TablePolicy
     semi: SemiKind = ""
     filter: exp.Expression | None = None  # qualified condition inside a semi-join
+    # A dimension table (``policy.dimension``): ``party`` is the party that evaluates its
+    # columns (the owner of the fact table it joins), ``owner`` the party holding it, and
+    # ``link`` the join ``(fact alias, foreign-key column, dimension key column)``.
+    owner: str = ""
+    link: tuple[str, str, str] | None = None
 
     @property
     def unit(self) -> str:
-        """The privacy-unit column (also the only join key)."""
+        """The privacy-unit column (also the only join key); "" for a dimension table."""
         return self.policy.privacy_unit
+
+    @property
+    def dimension(self) -> bool:
+        """True for a dimension table (no personal data, joined on a foreign key)."""
+        return self.policy.dimension
 
 
 @dataclass(frozen=True)
@@ -105,12 +117,15 @@ class BoundGroup:
 
 @dataclass(frozen=True)
 class JoinEdge:
-    """An inner equi-join ``left.unit = right.unit`` between two FROM entries (by alias)."""
+    """An inner equi-join ``left.unit = right.unit`` between two FROM entries (by alias);
+    with ``dimension``, ``left.fk = right.key`` joining a fact table's declared foreign key
+    to a dimension table's key."""
 
     left: str
     right: str
     left_column: str
     right_column: str
+    dimension: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,12 @@ class Output:
     cost) from ``post``, an expression over other outputs' names and literals. ``hidden``
     outputs are aggregates that only such expressions, HAVING or ORDER BY read: released
     and used, never shown.
+
+    ``kind == "var"``: VAR_SAMP/VAR_POP/STDDEV_SAMP/STDDEV_POP of ``expr`` (``stat``), from
+    noisy moments. ``kind == "quantile"``: a quantile of ``expr`` read off a noisy histogram
+    over ``bounds``; ``stat`` is ``cont`` or ``disc`` at fraction ``q``, ``min`` or ``max``.
+    ``decimals`` is the fixed-point precision of ``expr`` (the histogram's step), ``filter``
+    the condition of ``FILTER (WHERE ...)`` (``expr`` itself is unconditioned).
     """
 
     name: str
@@ -138,6 +159,10 @@ class Output:
     group: BoundGroup | None = None
     post: exp.Expression | None = None
     hidden: bool = False
+    stat: str = ""
+    q: float | None = None
+    decimals: int = 0
+    filter: exp.Expression | None = None  # var, quantile: the FILTER (WHERE ...) condition
 
 
 @dataclass(frozen=True)
@@ -156,10 +181,12 @@ class BoundQuery:
     limit: int | None = None
     epsilon: float | None = None
     delta: float | None = None
+    # Dimension tables joined on a foreign key (``BoundTable.link``); not in ``tables``.
+    dimensions: tuple[BoundTable, ...] = ()
 
     def table(self, alias: str) -> BoundTable:
-        """The FROM entry called ``alias`` (KeyError when there is none)."""
-        for t in self.tables:
+        """The FROM entry called ``alias``, a dimension table too (KeyError when none)."""
+        for t in self.tables + self.dimensions:
             if t.alias == alias:
                 return t
         raise KeyError(alias)
@@ -205,8 +232,14 @@ def columns_used(bound: BoundQuery) -> dict[str, set[str]]:
     per person and to join, even when the query does not name it.
     """
     used: dict[str, set[str]] = {t.alias: {t.unit} for t in bound.tables}
+    for d in bound.dimensions:
+        assert d.link is not None
+        fact, fk, key = d.link
+        used[d.alias] = {key}
+        used[fact].add(fk)
     exprs: list[exp.Expression] = list(bound.conjuncts)
     exprs += [o.expr for o in bound.outputs if o.expr is not None]
+    exprs += [o.filter for o in bound.outputs if o.filter is not None]
     exprs += [g.expr for g in bound.group_by]
     exprs += [t.filter for t in bound.tables if t.filter is not None]
     for e in exprs:

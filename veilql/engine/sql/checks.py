@@ -32,10 +32,21 @@ Resolver = Callable[[exp.Column], BoundColumn]
 
 SUPPORTED_SQL = (
     "VeilQL accepts SELECT [groups,] COUNT(*), COUNT(x), COUNT(DISTINCT unit), SUM(expr), "
-    "AVG(expr) [FILTER (WHERE ...)] and expressions over them FROM party.table [JOIN "
+    "AVG(expr), VAR/STDDEV, MEDIAN, quantiles, MIN, MAX [FILTER (WHERE ...)] and expressions "
+    "over them FROM party.table [JOIN "
     "party.table ON x.unit = y.unit] [WHERE ...] [GROUP BY ...] [HAVING ...] [ORDER BY ...] "
     "[LIMIT n], with the functions of docs/reference.md"
 )
+
+#: Variances and standard deviations, computed from noisy moments (sum of squares, sum, count).
+STATISTICS: tuple[type[exp.Expr], ...] = (
+    exp.Variance, exp.VariancePop, exp.Stddev, exp.StddevSamp, exp.StddevPop)
+#: Quantiles, MIN and MAX, read off a noisy histogram over the declared bounds.
+QUANTILES: tuple[type[exp.Expr], ...] = (
+    exp.Median, exp.PercentileCont, exp.PercentileDisc, exp.ApproxQuantile, exp.Quantile,
+    exp.Min, exp.Max)
+#: Every aggregate function VeilQL releases.
+AGGREGATES: tuple[type[exp.Expr], ...] = (exp.Count, exp.Sum, exp.Avg, *STATISTICS, *QUANTILES)
 
 # Nodes allowed anywhere in the statement tree (fail closed: everything else is refused).
 _ALLOWED: tuple[type[exp.Expr], ...] = (
@@ -43,7 +54,7 @@ _ALLOWED: tuple[type[exp.Expr], ...] = (
     exp.Boolean, exp.Paren, exp.And, exp.Or, exp.Not, exp.EQ, exp.NEQ, exp.LT, exp.LTE,
     exp.GT, exp.GTE, exp.In, exp.Between, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg,
     exp.Count, exp.Sum, exp.Avg, exp.Alias, exp.Where, exp.Group, exp.Having, exp.Order,
-    exp.Ordered, exp.Limit, exp.Filter, *ROW_EXPRESSIONS,
+    exp.Ordered, exp.Limit, exp.Filter, exp.WithinGroup, *AGGREGATES, *ROW_EXPRESSIONS,
 )
 
 # Readable names of constructs users commonly try, for the refusal message.
@@ -62,8 +73,9 @@ _NAMES: dict[type[exp.Expr], str] = {
     exp.NullSafeNEQ: "IS DISTINCT FROM",
 }
 _AGGREGATE_HINT = (
-    "VeilQL supports COUNT(*), COUNT(DISTINCT unit), SUM and AVG; MIN, MAX, quantiles and "
-    "variances are planned"
+    "VeilQL supports COUNT(*), COUNT(x), COUNT(DISTINCT unit), SUM, AVG, VAR_SAMP, VAR_POP, "
+    "VARIANCE, STDDEV, STDDEV_SAMP, STDDEV_POP, MEDIAN, QUANTILE_CONT, QUANTILE_DISC, "
+    "PERCENTILE_CONT/PERCENTILE_DISC ... WITHIN GROUP, APPROX_QUANTILE, MIN and MAX"
 )
 
 
@@ -161,10 +173,19 @@ def _check_node(node: exp.Expr, select: exp.Select) -> None:
             f"DISTINCT inside {name} is not supported",
             "only COUNT(DISTINCT unit) is supported",
         )
-    if isinstance(node, exp.AggFunc) and not isinstance(node, exp.Count | exp.Sum | exp.Avg):
+    if isinstance(node, exp.AggFunc) and not isinstance(node, AGGREGATES):
         raise UnsupportedError(
             f"aggregate {node.sql_name()} is not supported yet", _AGGREGATE_HINT
         )
+    if isinstance(node, exp.WithinGroup) and not isinstance(
+            node.this, exp.PercentileCont | exp.PercentileDisc):
+        raise UnsupportedError(
+            f"{construct_name(node.this)} ... WITHIN GROUP is not supported",
+            "WITHIN GROUP takes PERCENTILE_CONT(q) or PERCENTILE_DISC(q)")
+    if is_var(node):
+        return  # VAR(x) is VAR_SAMP(x); the binder takes it as an aggregate
+    if isinstance(node, exp.Array) and isinstance(node.parent, QUANTILES):
+        return  # QUANTILE_CONT(x, [0.25, 0.75]): refused by the binder, with its fix
     if isinstance(node, exp.Window):
         raise UnsupportedError("window functions (OVER ...) are not supported",
                                "use GROUP BY with COUNT, SUM or AVG instead")
@@ -174,10 +195,10 @@ def _check_node(node: exp.Expr, select: exp.Select) -> None:
         limit_value(node)
     if isinstance(node, exp.Group) and (node.args.get("all") or node.args.get("totals")):
         raise UnsupportedError("GROUP BY ALL is not supported", "name the group columns")
-    if isinstance(node, exp.Filter) and not isinstance(node.this, exp.Count | exp.Sum
-                                                       | exp.Avg):
+    if isinstance(node, exp.Filter) and not isinstance(node.this, (*AGGREGATES,
+                                                                    exp.WithinGroup)):
         raise UnsupportedError(f"FILTER on {construct_name(node.this)} is not supported",
-                               "use FILTER (WHERE ...) on COUNT, SUM or AVG")
+                               "use FILTER (WHERE ...) on an aggregate")
     if isinstance(node, exp.Cast) and not (
             isinstance(node.this, exp.Literal) and node.this.is_string and node.to is not None
             and (node.to.this.name.upper() in ("DATE", "DATETIME")
@@ -204,6 +225,16 @@ def _check_node(node: exp.Expr, select: exp.Select) -> None:
         elif isinstance(node, exp.Offset):
             hint = "use LIMIT n alone"
         raise UnsupportedError(f"{name} {verb} not supported", hint)
+
+
+def is_var(node: exp.Expr) -> bool:
+    """True for ``VAR(x)`` (sqlglot knows no such function; it is VAR_SAMP).
+
+    >>> import sqlglot
+    >>> is_var(sqlglot.parse_one("VAR(x)")), is_var(sqlglot.parse_one("VARIANCE(x)"))
+    (True, False)
+    """
+    return isinstance(node, exp.Anonymous) and node.name.upper() == "VAR"
 
 
 def limit_value(limit: exp.Limit) -> int:
@@ -238,6 +269,8 @@ def is_literal(node: exp.Expr) -> bool:
 def check_no_aggregate(node: exp.Expr | None, clause: str) -> None:
     """Aggregates belong in SELECT, HAVING and ORDER BY only."""
     agg = node.find(exp.AggFunc) if node is not None else None
+    if agg is None and node is not None:
+        agg = next((n for n in node.walk() if is_var(n)), None)
     if agg is not None:
         hint = "filter on aggregates with HAVING" if clause == "WHERE" else SUPPORTED_SQL
         raise UnsupportedError(f"aggregate {agg.sql_name()} in {clause} is not supported", hint)

@@ -508,7 +508,10 @@ class TypeChecker:
             return self._division(node)
         if isinstance(node, exp.Add | exp.Sub | exp.Mul):
             a, b = self.numeric(node.this), self.numeric(node.expression)
-            return self._checked(node, self._combine(type(node), a, b))
+            out = self._combine(type(node), a, b)
+            if isinstance(node, exp.Mul) and _unparen(node.this) == _unparen(node.expression):
+                out = _square(out, a)  # x * x: one value squared, never below 0
+            return self._checked(node, out)
         if isinstance(node, exp.Mod):
             return self._mod(node)
         if isinstance(node, exp.Case | exp.If | exp.Coalesce | exp.Nullif):
@@ -1097,6 +1100,22 @@ def _hull(nums: list[_Num]) -> _Num:
     return _Num(lo, hi, ints=r, lit=all(n.lit for n in nums))
 
 
+def _square(product: _Num, a: _Num) -> _Num:
+    """The interval of ``x * x`` for ``x`` in ``[a.lo, a.hi]``: both factors are the same
+    value, so it is ``[min(lo^2, hi^2), max(lo^2, hi^2)]``, or from 0 when the interval
+    holds 0 (interval arithmetic of two independent factors would give ``lo * hi < 0``).
+
+    >>> _square(_Num(-200.0, 100.0), _Num(-2.0, 10.0))
+    _Num(lo=0.0, hi=100.0, ints=None, lit=False, dec=None, flt=False, known=True)
+    >>> _square(_Num(6.0, 25.0), _Num(-5.0, -2.0)).lo
+    4.0
+    """
+    ends = (a.lo * a.lo, a.hi * a.hi)
+    lo = 0.0 if a.lo <= 0.0 <= a.hi else min(ends)
+    return _Num(lo, max(ends), product.ints, product.lit, product.dec, product.flt,
+                product.known)
+
+
 def _magnitude_of_parts(checker: TypeChecker, node: exp.Expr) -> float:
     """A bound on every per-party part of a linear expression: the sum of its terms' sizes."""
     node = _unparen(node)
@@ -1140,6 +1159,11 @@ def check_types(bound: BoundQuery) -> None:
                                     f"the argument of {func}", values=True)
         elif out.kind in ("count", "count_distinct") and out.expr is not None:
             checker.numeric(out.expr)
+        elif out.kind in ("var", "quantile") and out.expr is not None:
+            if out.filter is not None:
+                checker.predicate(out.filter)
+            checker.fixed_point(out.expr, checker.numeric(out.expr).magnitude,
+                                f"the argument of {out.name}", values=True)
     outputs = {o.name.lower(): o for o in bound.outputs}
     analyst = _AnalystChecker(bound, outputs)
     for out in bound.outputs:

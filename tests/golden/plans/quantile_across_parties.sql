@@ -1,0 +1,1 @@
+SELECT p.product, PERCENTILE_CONT(0.25) WITHIN GROUP (ORDER BY a.monthly_txn_count) AS q1, STDDEV(a.monthly_txn_count) FILTER (WHERE p.open_claim = 1) AS sd FROM payments.accounts a JOIN insurer.policies p ON a.customer_id = p.customer_id GROUP BY p.product

@@ -1,1 +1,0 @@
-SELECT term_months, MAX(amount) FROM bank.loans GROUP BY term_months

@@ -1,1 +1,0 @@
-SELECT MIN(amount) FROM bank.loans

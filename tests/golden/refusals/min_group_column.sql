@@ -1,0 +1,1 @@
+SELECT MIN(term_months) FROM bank.loans

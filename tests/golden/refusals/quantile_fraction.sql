@@ -1,0 +1,1 @@
+SELECT QUANTILE_CONT(amount, 1.5) FROM bank.loans

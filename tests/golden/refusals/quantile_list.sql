@@ -1,0 +1,1 @@
+SELECT QUANTILE_CONT(amount, [0.25, 0.75]) FROM bank.loans

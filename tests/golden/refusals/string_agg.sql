@@ -1,0 +1,1 @@
+SELECT STRING_AGG(region, ',') FROM bank.customers
