@@ -66,8 +66,9 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
     """Build each party's local step, the group keys, the aggregates and the outputs."""
     bound = ctx.bound
     columns: dict[str, list[LocalColumn]] = {p: [] for p in bound.parties}
+    known = _known_operands(ctx)
     for party in bound.parties:
-        own = [c for c in bound.conjuncts if parties_in(c, bound) == {party}]
+        own = [c for c in bound.conjuncts if parties_in(c, bound) == {party}] + known[party]
         where = " AND ".join(f"({c.sql(dialect='duckdb')})" for c in own) or None
         sql = f"CASE WHEN {where} THEN 1 ELSE 0 END" if where else "1"
         columns[party].append(LocalColumn("w", "weight", sql))
@@ -155,7 +156,7 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
     used = columns_used(bound)
     for party in bound.parties:
         tables = [t for t in bound.tables if t.party == party]
-        own = [c for c in bound.conjuncts if parties_in(c, bound) == {party}]
+        own = [c for c in bound.conjuncts if parties_in(c, bound) == {party}] + known[party]
         steps.append(LocalStep(
             party=party,
             aliases=tuple(t.alias for t in tables),
@@ -292,6 +293,39 @@ def _dimension(d: BoundTable, used: dict[str, set[str]]) -> DimensionJoin:
     columns = (key, *sorted(used[d.alias] - {key}))
     return DimensionJoin(d.alias, d.owner, d.table, key, fact, fk, columns,
                          d.policy.max_rows, shipped)
+
+
+def _known_operands(ctx: Context) -> dict[str, list[exp.Expression]]:
+    """Per party, ``part IS NOT NULL`` for its part of every comparison across parties that
+    is a conjunct of WHERE: SQL drops a row whose comparison reads a NULL, and each party's
+    part is compared on shares as a number (a NULL would count as 0), so the party drops
+    those rows itself. (A comparison inside OR or NOT is left to the predicate on shares.)"""
+    out: dict[str, list[exp.Expression]] = {p: [] for p in ctx.bound.parties}
+    seen: set[str] = set()
+    for conj in ctx.bound.conjuncts:
+        if len(parties_in(conj, ctx.bound)) < 2:
+            continue
+        node = conj
+        while isinstance(node, exp.Paren):
+            node = node.this
+        if isinstance(node, exp.Between):
+            sides = [(node.this, node.args["low"]), (node.args["high"], node.this)]
+        elif isinstance(node, exp.EQ | exp.NEQ | exp.GT | exp.GTE | exp.LT | exp.LTE):
+            sides = [(node.this, node.expression)]
+        else:
+            continue
+        for left, right in sides:
+            diff = exp.Sub(this=left.copy(), expression=exp.Paren(this=right.copy()))
+            for party, part in split_linear(diff, ctx.party_of).items():
+                if party is None or not list(part.find_all(exp.Column)):
+                    continue
+                while isinstance(part, exp.Neg | exp.Paren):  # -x is NULL when x is
+                    part = part.this
+                test = exp.Not(this=exp.Is(this=exp.Paren(this=part), expression=exp.Null()))
+                if test.sql() not in seen:
+                    seen.add(test.sql())
+                    out[party].append(test)
+    return out
 
 
 def _nonnull_of(expr: exp.Expression) -> exp.Expression | None:
