@@ -429,6 +429,45 @@ STAT_QUERIES = [
     "WHERE c.income > a.monthly_txn_amount * 12 GROUP BY c.region",
 ]
 
+# outer joins inside one party's local SQL (across parties they are refused)
+OUTER_QUERIES = [
+    "SELECT c.region, COUNT(*) AS n, COUNT(l.amount) AS c, SUM(l.amount) AS s, "
+    "AVG(l.amount) AS a FROM bank.customers c LEFT JOIN bank.loans l "
+    "ON c.customer_id = l.customer_id GROUP BY c.region",
+    "SELECT p.product, COUNT(*) AS n, COUNT(l.amount) AS c, SUM(l.defaulted) AS d "
+    "FROM bank.customers c LEFT JOIN bank.loans l ON c.customer_id = l.customer_id "
+    "JOIN insurer.policies p ON p.customer_id = c.customer_id WHERE c.age > 30 "
+    "GROUP BY p.product",
+    "SELECT a.segment, COUNT(*) AS n, SUM(l.amount) AS s FROM payments.accounts a "
+    "JOIN bank.customers c ON c.customer_id = a.customer_id LEFT JOIN bank.loans l "
+    "ON l.customer_id = c.customer_id JOIN insurer.policies p ON p.customer_id = a.customer_id "
+    "GROUP BY a.segment",
+    "SELECT COUNT(*) AS n, COUNT(c.age) AS a, SUM(l.amount) AS s FROM bank.customers c "
+    "RIGHT JOIN bank.loans l ON c.customer_id = l.customer_id",
+    "SELECT COUNT(*) AS n, COUNT(c.age) AS a, COUNT(l.amount) AS s FROM bank.customers c "
+    "FULL OUTER JOIN bank.loans l ON c.customer_id = l.customer_id",
+]
+
+
+@pytest.mark.parametrize("sql", OUTER_QUERIES, ids=[f"o{i}" for i in range(len(OUTER_QUERIES))])
+def test_outer_joins_equal_plain_duckdb(oracle, sql: str) -> None:
+    session, con = oracle
+    check_against_duckdb(_run(session, sql), plain(con, sql))
+
+
+def test_bi_left_join_with_nulls(bi) -> None:
+    """Not every person at alpha.ta is in alpha.ta2: unmatched rows count in COUNT(*) and
+    not in COUNT(x), SUM or AVG."""
+    session, con = bi
+    sql = ("SELECT ta.groupby_string_0, COUNT(*) AS n, COUNT(ta2.tenure) AS t, "
+           "SUM(ta2.tenure) AS s, AVG(ta2.tenure) AS a FROM alpha.ta LEFT JOIN alpha.ta2 "
+           "ON ta.uid = ta2.uid JOIN gamma.tc ON tc.person = ta.uid GROUP BY 1")
+    result = _run(session, sql)
+    expected = plain(con, sql)
+    assert any(r[1] != r[2] for r in expected)  # some rows have no match
+    check_against_duckdb(result, expected)
+
+
 BI_STAT_QUERIES = [
     "SELECT ta.groupby_string_0, MEDIAN(ta.visits) AS m, VAR_SAMP(ta.spend) AS v, "
     "MIN(ta.score) AS lo FROM alpha.ta GROUP BY ta.groupby_string_0",

@@ -85,6 +85,10 @@ PEER: list[tuple[str, str, str | None, float]] = [
      f"{J2} GROUP BY ta.groupby_string_0", None, 0.0),
     ("left_join_counts", "SELECT COUNT(*) AS n, COUNT(tb.fills) AS f FROM alpha.ta "
      "LEFT JOIN beta.tb ON ta.uid = tb.uid", None, 0.0),
+    ("left_join_one_party", "SELECT ta.groupby_string_0, COUNT(*) AS n, COUNT(ta2.tenure) AS "
+     "t, SUM(ta2.tenure) AS s, AVG(tb.fills) AS f FROM alpha.ta LEFT JOIN alpha.ta2 "
+     "ON ta.uid = ta2.uid JOIN beta.tb ON tb.uid = ta.uid GROUP BY ta.groupby_string_0",
+     None, 0.0),
     ("count_distinct_city", f"SELECT COUNT(DISTINCT tb.city) AS cities {J2}", None, 0.0),
     ("window_running_sum", "SELECT groupby_string_0, SUM(COUNT(*)) OVER () AS total "
      "FROM alpha.ta GROUP BY groupby_string_0", None, 0.0),

@@ -105,6 +105,9 @@ class LocalStep:
     semi: tuple[str, ...] = ()
     filters: tuple[str | None, ...] = ()  # per alias: the semi-join's condition (SQL)
     dimensions: tuple[DimensionJoin, ...] = ()  # dimension tables joined on foreign keys
+    # Per alias: "" (an inner join) or "LEFT", "RIGHT", "FULL" (an outer join on the unit to
+    # the aliases before it). Empty for a step without outer joins.
+    outer: tuple[str, ...] = ()
 
     @property
     def slots(self) -> int:
@@ -126,7 +129,11 @@ class LocalStep:
         semi = self.semi or ("",) * len(self.aliases)
         filters = self.filters or (None,) * len(self.aliases)
 
-        def entry(a: str, t: str, m: int, kind: str, cond: str | None) -> str:
+        outer = self.outer or ("",) * len(self.aliases)
+
+        def entry(a: str, t: str, m: int, kind: str, cond: str | None, side: str) -> str:
+            if side:
+                return f"{side} JOIN {t} AS {a} (<= {m} rows per unit; NULLs where unmatched)"
             if not kind:
                 return f"{t} AS {a} (<= {m} rows per unit)"
             test = f" WHERE {cond}" if cond else ""
@@ -134,9 +141,9 @@ class LocalStep:
             return f"{t} AS {a} ({word}: one row per unit, __in = 1 if a row{test})"
 
         tables = ", ".join(
-            entry(a, t, m, k, f)
-            for a, t, m, k, f in zip(self.aliases, self.tables, self.max_rows, semi, filters,
-                                     strict=True)
+            entry(a, t, m, k, f, o)
+            for a, t, m, k, f, o in zip(self.aliases, self.tables, self.max_rows, semi, filters,
+                                        outer, strict=True)
         )
         lines = [f"at {self.party}: {tables}"]
         lines += [f"  {d.to_s()}" for d in self.dimensions]

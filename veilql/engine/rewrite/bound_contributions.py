@@ -87,16 +87,19 @@ def _local_sql(step: LocalStep, used: dict[str, set[str]]) -> str:
         )
         sources.append(f"(SELECT {listed} FROM ({ranked}) AS __b WHERE __rn <= {m}) AS {alias}")
     first = step.aliases[0]
-    joins = "".join(
-        f" {'LEFT JOIN' if kind == 'anti' else 'JOIN'} {src} ON {first}.{step.units[0]} = "
-        f"{alias}.{unit}"
-        for src, alias, unit, kind in zip(sources[1:], step.aliases[1:], step.units[1:],
-                                          semi[1:], strict=True)
-    )
+    outer = step.outer or ("",) * len(step.aliases)
+    unit_sql = f"{first}.{step.units[0]}"
+    joins = ""
+    for src, alias, unit, kind, side in zip(sources[1:], step.aliases[1:], step.units[1:],
+                                            semi[1:], outer[1:], strict=True):
+        how = f"{side} JOIN" if side else "LEFT JOIN" if kind == "anti" else "JOIN"
+        joins += f" {how} {src} ON {unit_sql} = {alias}.{unit}"
+        if side in ("RIGHT", "FULL"):  # the unit of a row only the right table holds
+            unit_sql = f"COALESCE({unit_sql}, {alias}.{unit})"
     for d in step.dimensions:
         joins += (f" JOIN {_dimension_source(d)} ON {d.fact_alias}.{d.fact_column} = "
                   f"{d.alias}.{d.key}")
-    select = [f"{first}.{step.units[0]} AS __unit"]
+    select = [f"{unit_sql} AS __unit"]
     select += [f"{_column_sql(c)} AS {c.name}" for c in step.columns]
     sql = f"SELECT {', '.join(select)} FROM {sources[0]}{joins}"
     # Normalise through sqlglot so golden files are stable and the SQL is known to parse.

@@ -169,6 +169,7 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
             filters=tuple(t.filter.sql(dialect="duckdb") if t.filter is not None else None
                           for t in tables) if any(t.semi for t in tables) else (),
             dimensions=tuple(_dimension(d, used) for d in bound.dimensions if d.party == party),
+            outer=tuple(t.outer for t in tables) if any(t.outer for t in tables) else (),
         ))
     return Plan(
         sql=plan.sql, mode=plan.mode, compute=plan.compute, steps=tuple(steps),

@@ -117,7 +117,7 @@ def _bind(
     for term in raw:
         checks.check_no_aggregate(term, "WHERE")
     joins, raw = _bind_joins(select, scope, raw)
-    scope = _Scope(_link_dimensions(scope.tables, joins), catalog)
+    scope = _Scope(_outer_joins(select, _link_dimensions(scope.tables, joins), joins), catalog)
     conjuncts: list[exp.Expression] = []
     for term in raw:
         checks.check_predicate(term, scope.resolve)
@@ -395,7 +395,8 @@ def _bind_joins(
         kind = (join.args.get("kind") or "").upper()
         side = (join.args.get("side") or "").upper()
         method = (join.args.get("method") or "").upper()
-        if side or method or kind not in ("", "INNER", "CROSS"):
+        outer = side in _OUTER and kind in ("", "OUTER") and not method
+        if (side or method or kind not in ("", "INNER", "CROSS")) and not outer:
             name = " ".join(p for p in (method, side, kind) if p)
             raise UnsupportedError(
                 f"{name} JOIN is not supported (joining {right})",
@@ -403,6 +404,24 @@ def _bind_joins(
             )
         using = join.args.get("using")
         on = join.args.get("on")
+        if outer and on is not None:
+            for term in checks.split_and(on):
+                try:
+                    edge = _join_edge(term, scope)
+                except _NotUnit as other:
+                    raise UnsupportedError(
+                        f"{side} JOIN ... ON {term.sql(dialect='duckdb')}: the ON of an outer "
+                        "join takes only the privacy-unit equality",
+                        "write the other conditions in WHERE (they then filter the joined "
+                        "rows) or in an aggregate's FILTER") from (other.error or None)
+                if edge.dimension:
+                    raise UnsupportedError(f"{side} JOIN of a dimension table is not supported",
+                                           "join dimension tables with an inner JOIN")
+                edges.append(edge)
+            continue
+        if outer and not using:
+            raise UnsupportedError(f"{side} JOIN without ON is not supported ({right})",
+                                   f"write {side} JOIN ... ON x.unit = y.unit")
         if using:
             if kind == "CROSS":
                 raise UnsupportedError(f"CROSS JOIN ... USING is not supported ({right})",
@@ -438,6 +457,64 @@ class _NotUnit(Exception):
     def __init__(self, error: PolicyError | None = None) -> None:
         super().__init__()
         self.error = error
+
+
+_OUTER = ("LEFT", "RIGHT", "FULL")
+
+
+def _outer_joins(select: exp.Select, tables: tuple[BoundTable, ...],
+                 edges: tuple[JoinEdge, ...]) -> tuple[BoundTable, ...]:
+    """Mark the tables of LEFT, RIGHT and FULL joins (``BoundTable.outer``).
+
+    They run inside one party's local SQL, where the outer join is exact: a LEFT JOIN joins a
+    table to an earlier table of the same party on the unit (the rows before it are kept
+    whatever the others hold, so it commutes with the joins on the same unit); RIGHT and FULL
+    joins, which keep rows the tables before them lack, are supported between the only two
+    tables of a query at one party. Across parties an outer join is refused: the secure join
+    keeps matching people only.
+    """
+    kinds: dict[str, str] = {}
+    for join in select.args.get("joins") or []:
+        side = (join.args.get("side") or "").upper()
+        if side in _OUTER and not (join.args.get("method") or ""):
+            kinds[join.this.alias_or_name.lower()] = side
+    if not kinds:
+        return tables
+    by_alias = {t.alias.lower(): t for t in tables}
+    for alias, side in kinds.items():
+        t = by_alias[alias]
+        mine = [e for e in edges if t.alias in (e.left, e.right) and not e.dimension]
+        earlier = {x.alias for x in tables[:tables.index(t)]}
+        others = {e.left if e.right == t.alias else e.right for e in mine} & earlier
+        if not others:
+            raise UnsupportedError(f"{side} JOIN of {t.party}.{t.table} must join it to an "
+                                   "earlier table on the privacy unit",
+                                   f"write {side} JOIN ... ON <earlier>.<unit> = "
+                                   f"{t.alias}.{t.unit}")
+        parties = {by_alias[o.lower()].party for o in others} | {t.party}
+        if len(parties) > 1:
+            raise UnsupportedError(
+                f"{side} JOIN of {t.party}.{t.table} with another party's table "
+                f"({', '.join(sorted(parties - {t.party}))}) is not supported: the secure join "
+                "keeps the people both parties hold, so unmatched people cannot be seen",
+                f"use an inner JOIN, or {side} JOIN tables of one party ({t.party}'s own); "
+                "count the unmatched people as COUNT(*) of one party minus that of the join")
+        if side != "LEFT" and (len(tables) != 2 or len({x.party for x in tables}) != 1):
+            raise UnsupportedError(
+                f"{side} JOIN is supported between the only two tables of a query over one "
+                "party's tables",
+                "write it as a LEFT JOIN with the tables swapped, or join one party's two "
+                "tables only")
+    return tuple(replace(t, outer=kinds.get(t.alias.lower(), "")) for t in tables)
+
+
+def _optional(t: BoundTable, tables: tuple[BoundTable, ...]) -> bool:
+    """True when ``t``'s columns can be NULL for a joined row (the NULL side of an outer
+    join)."""
+    if t.outer in ("LEFT", "FULL"):
+        return True
+    later = tables[tables.index(t) + 1:] if t in tables else ()
+    return any(x.outer in ("RIGHT", "FULL") for x in later)
 
 
 def _using_edges(join: exp.Join, scope: _Scope) -> list[JoinEdge]:
@@ -1276,6 +1353,11 @@ def _bind_count(node: exp.Count, cond: exp.Expression | None,
         arg = arg.this
     if isinstance(arg, exp.Star | exp.Distinct):
         unit = checks.check_count(node, scope.resolve, scope.units)
+        if unit is not None and _optional(scope.table(unit.alias), scope.tables):
+            raise UnsupportedError(
+                f"COUNT(DISTINCT {unit.alias}.{unit.column}) of the NULL side of an outer join "
+                "is not supported", "count the people of the preserved side, or COUNT("
+                f"{unit.alias}.{unit.column}) for the joined rows that have one")
         kind: OutputKind = "count" if unit is None else "count_distinct"
         name = "count" if unit is None else "count_distinct"
         if cond is None:

@@ -45,6 +45,9 @@ class BoundTable:
     # ``link`` the join ``(fact alias, foreign-key column, dimension key column)``.
     owner: str = ""
     link: tuple[str, str, str] | None = None
+    # "LEFT", "RIGHT" or "FULL" for the table of an outer join (to the tables before it, at
+    # its own party; ``bind._outer_joins``), "" for an inner join.
+    outer: str = ""
 
     @property
     def unit(self) -> str:

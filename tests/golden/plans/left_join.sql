@@ -1,0 +1,1 @@
+SELECT c.region, COUNT(*) AS n, COUNT(l.amount) AS loans, SUM(l.amount) AS s FROM bank.customers c LEFT JOIN bank.loans l ON c.customer_id = l.customer_id JOIN insurer.policies p ON p.customer_id = c.customer_id GROUP BY c.region
