@@ -80,6 +80,25 @@ EXPLAINED = [
      "insurer.policies p WHERE p.customer_id = c.customer_id)", "(semi-join"),
     ("NOT EXISTS at one party", "SELECT COUNT(*) FROM bank.customers c WHERE NOT EXISTS "
      "(SELECT 1 FROM bank.loans l WHERE l.customer_id = c.customer_id)", "LEFT JOIN"),
+    ("VAR_SAMP", "SELECT VAR_SAMP(age) FROM bank.customers",
+     "VAR_SAMP from variance_age.sq (sum of squares)"),
+    ("STDDEV FILTER", "SELECT STDDEV(premium) FILTER (WHERE open_claim = 1) FROM "
+     "insurer.policies", "compute stddev_premium = STDDEV_SAMP"),
+    ("MEDIAN", "SELECT MEDIAN(age) FROM bank.customers", "QUANTILE_CONT(0.5) off the noisy "
+     "histogram median_age.b0 (42 buckets of 2 values each over [18, 100] (step 1))"),
+    ("PERCENTILE_CONT WITHIN GROUP", "SELECT PERCENTILE_CONT(0.9) WITHIN GROUP (ORDER BY age) "
+     "FROM bank.customers", "QUANTILE_CONT(0.9)"),
+    ("QUANTILE_DISC", "SELECT QUANTILE_DISC(amount, 0.25) FROM bank.loans",
+     "QUANTILE_DISC(0.25)"),
+    ("APPROX_QUANTILE", "SELECT APPROX_QUANTILE(amount, 0.25) FROM bank.loans",
+     "QUANTILE_DISC(0.25)"),
+    ("MIN", "SELECT MIN(age) FROM bank.customers", "MIN (lowest bucket passing the noise band)"),
+    ("MAX across parties", "SELECT MAX(p.premium) FROM bank.loans l JOIN insurer.policies p "
+     "ON l.customer_id = p.customer_id", "more bucket counts of this histogram"),
+    ("LEFT JOIN at one party", "SELECT COUNT(*) FROM bank.customers c LEFT JOIN bank.loans l "
+     "ON c.customer_id = l.customer_id", "LEFT JOIN loans AS l"),
+    ("FULL JOIN at one party", "SELECT COUNT(*) FROM bank.customers c FULL JOIN bank.loans l "
+     "ON c.customer_id = l.customer_id", "COALESCE(c.customer_id, l.customer_id) AS __unit"),
 ]
 
 
@@ -281,3 +300,139 @@ def test_inlining_cannot_multiply_the_work(demo) -> None:
         with pytest.raises(QueryError, match="too large once its WITH"):
             bind(parse(sql), demo)
         assert time.monotonic() - start < 2.0
+
+
+# -- dimension tables -------------------------------------------------------------------------
+
+BI_GOLDEN = Path(__file__).parent / "golden" / "plans" / "dimension"
+
+
+@pytest.fixture(scope="module")
+def bi_fed(tmp_path_factory: pytest.TempPathFactory):
+    return load_federation(bi_fixtures.build(tmp_path_factory.mktemp("bi_dim")))
+
+
+@pytest.mark.parametrize("case", sorted(BI_GOLDEN.glob("*.sql")), ids=lambda p: p.stem)
+def test_dimension_plans_match_golden(bi_fed, case: Path) -> None:
+    """Golden plans over the BI federation (regenerate with VEIL_UPDATE_GOLDEN=1)."""
+    import os
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text = compile_plan(case.read_text(), bi_fed, epsilon=1.0, delta=1e-6).to_s() + "\n"
+    expected = case.with_suffix(".plan")
+    if os.environ.get("VEIL_UPDATE_GOLDEN") or not expected.exists():
+        expected.write_text(text)
+    assert text == expected.read_text()
+
+
+def test_dimension_table_is_sent_only_where_it_is_another_partys(bi_fed) -> None:
+    sent = compile_plan("SELECT m.category, COUNT(*) FROM alpha.ta JOIN beta.merchants m "
+                        "ON ta.merchant_id = m.merchant_id GROUP BY m.category", bi_fed,
+                        epsilon=1.0)
+    assert sent.mode == "local" and sent.parties == ("alpha",)  # beta's data is not personal
+    assert [(o, t, d.columns) for o, t, d in sent.shipments] == [
+        ("beta", "alpha", ("merchant_id", "category"))]
+    assert sent.charged == ("alpha",)
+    own = compile_plan("SELECT b.kind, COUNT(*) FROM alpha.ta2 JOIN alpha.branches b "
+                       "ON ta2.branch_id = b.branch_id GROUP BY b.kind", bi_fed, epsilon=1.0)
+    assert own.shipments == () and "its own table" in own.to_s()
+    assert "FROM branches WHERE" in own.step("alpha").sql
+
+
+DIMENSION_REFUSED = [
+    ("SELECT COUNT(*) FROM alpha.ta JOIN beta.merchants m ON ta.uid = m.merchant_id",
+     "is not a foreign key to beta.merchants.merchant_id"),
+    ("SELECT COUNT(*) FROM beta.merchants m", "dimension tables only"),
+    ("SELECT COUNT(*) FROM alpha.ta JOIN beta.merchants m ON ta.merchant_id = m.merchant_id "
+     "JOIN alpha.branches b ON b.branch_id = m.merchant_id", "joins two dimension tables"),
+    ("SELECT COUNT(*) FROM alpha.ta WHERE ta.uid IN (SELECT merchant_id FROM beta.merchants)",
+     "over the dimension table"),
+    ("SELECT COUNT(*) FROM alpha.ta, beta.merchants m WHERE m.category = 'food'",
+     "is not joined on a foreign key"),
+    ("SELECT m.merchant_id, COUNT(*) FROM alpha.ta JOIN beta.merchants m "
+     "ON ta.merchant_id = m.merchant_id GROUP BY m.merchant_id", "merchant_id"),
+    ("SELECT COUNT(*) FROM alpha.ta LEFT JOIN beta.merchants m "
+     "ON ta.merchant_id = m.merchant_id", "dimension table"),
+]
+
+
+@pytest.mark.parametrize("sql,needle", DIMENSION_REFUSED, ids=[r[1] for r in DIMENSION_REFUSED])
+def test_dimension_refusals_name_the_construct(bi_fed, sql: str, needle: str) -> None:
+    with pytest.raises(QueryError) as info:
+        compile_plan(sql, bi_fed, epsilon=1.0)
+    assert needle in info.value.message, info.value.message
+    assert info.value.hint
+
+
+def test_a_dimension_table_too_large_to_send_is_refused(tmp_path: Path) -> None:
+    fed = bi_fixtures.build(tmp_path)
+    policy = tmp_path / "policies" / "beta.toml"
+    policy.write_text(policy.read_text().replace("max_rows = 1000", "max_rows = 60000"))
+    with pytest.raises(QueryError) as info:
+        compile_plan("SELECT COUNT(*) FROM alpha.ta JOIN beta.merchants m "
+                     "ON ta.merchant_id = m.merchant_id", load_federation(fed), epsilon=1.0)
+    assert "declares max_rows = 60000, more than the 50000 rows" in info.value.message
+
+
+POLICY_ERRORS = [
+    ("beta", "dimension = true\nmax_rows = 1000", "dimension = true\nmax_rows = 1000\n"
+     "privacy_unit = \"merchant_id\"", "is not allowed on a dimension table"),
+    ("beta", "dimension = true\nmax_rows = 1000", "dimension = true", "tables.merchants.max_rows"),
+    ("alpha", 'references = "beta.merchants.merchant_id"', 'references = "beta.tb.uid"',
+     "is not a dimension table"),
+    ("alpha", 'references = "beta.merchants.merchant_id"', 'references = "beta.merchants.fee"',
+     "has no key column 'fee'"),
+    ("alpha", 'merchant_id = { role = "key", references', 'merchant_id = { role = "group", '
+     'references', "references is only allowed on key columns"),
+    ("alpha", 'references = "beta.merchants.merchant_id"', 'references = "merchants"',
+     "must be \"party.table.column\""),
+]
+
+
+@pytest.mark.parametrize("party,old,new,needle", POLICY_ERRORS, ids=[e[3] for e in POLICY_ERRORS])
+def test_dimension_policies_are_validated(tmp_path: Path, party: str, old: str, new: str,
+                                          needle: str) -> None:
+    from veilql.errors import ConfigError
+
+    fed = bi_fixtures.build(tmp_path)
+    policy = tmp_path / "policies" / f"{party}.toml"
+    text = policy.read_text()
+    assert old in text
+    policy.write_text(text.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_federation(fed)
+    assert needle in str(info.value), str(info.value)
+
+
+def test_dimension_rows_over_the_declared_bound_fail_after_the_charge(tmp_path: Path) -> None:
+    fed = bi_fixtures.build(tmp_path)
+    policy = tmp_path / "policies" / "beta.toml"
+    policy.write_text(policy.read_text().replace("max_rows = 1000", "max_rows = 10"))
+    session = veilql.connect(fed, analyst="oracle")
+    try:
+        with pytest.raises(veilql.errors.QueryFailed):
+            session.sql("SELECT COUNT(*) FROM alpha.ta JOIN beta.merchants m "
+                        "ON ta.merchant_id = m.merchant_id", epsilon=1.0, delta=0)
+    finally:
+        session.close()
+
+
+def test_a_changed_dimension_table_is_read_again(tmp_path: Path) -> None:
+    """The join cache key covers the dimension table's version: after the owner changes it,
+    a repeated query sees the new rows."""
+    fed = bi_fixtures.build(tmp_path)
+    session = veilql.connect(fed, analyst="oracle")
+    sql = ("SELECT COUNT(*) AS n FROM alpha.ta JOIN beta.merchants m "
+           "ON ta.merchant_id = m.merchant_id JOIN gamma.tc ON tc.person = ta.uid "
+           "WHERE m.category = 'food'")
+    merchants = tmp_path / "data" / "beta" / "merchants.csv"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LargeEpsilonWarning)
+            before = session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6).rows[0][0]
+            merchants.write_text(merchants.read_text().replace(",food,", ",fuel,"))
+            after = session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6).rows[0][0]
+    finally:
+        session.close()
+    assert before > 0 and after == 0

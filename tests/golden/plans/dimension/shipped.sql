@@ -1,0 +1,1 @@
+SELECT m.category, COUNT(*) AS n, SUM(ta.visits * m.fee) AS w, AVG(tb.fills) AS f FROM alpha.ta JOIN beta.merchants m ON ta.merchant_id = m.merchant_id JOIN beta.tb ON tb.uid = ta.uid WHERE m.fee > 1 GROUP BY m.category
