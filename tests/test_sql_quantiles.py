@@ -215,7 +215,8 @@ def _trial_counts(rng: np.random.Generator) -> np.ndarray:
     return true
 
 
-@pytest.mark.parametrize("stat,q", [("cont", 0.5), ("disc", 0.9), ("cont", 0.1),
+@pytest.mark.parametrize("stat,q", [("cont", 0.5), ("disc", 0.9), ("cont", 0.1), ("disc", 0.0),
+                                    ("cont", 1.0),
                                     ("min", 0.0), ("max", 1.0)])
 def test_quantile_error_bars_cover_95_percent(stat: str, q: float) -> None:
     rng = np.random.default_rng(11)

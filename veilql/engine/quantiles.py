@@ -211,8 +211,9 @@ def quantile_range(counts: Sequence[float], buckets: Buckets, stat: str, q: floa
     c_low, c_high = (0.0, 0.0) if stat == "disc" else (-q, 1.0 - q)
     best = (1 - q) * (prefix + hp) - q * np.maximum(suffix - hs, 0.0)
     worst = (1 - q) * np.maximum(prefix - hp, 0.0) - q * (suffix + hs)
-    maybe = np.flatnonzero(best >= c_low)
-    surely = np.flatnonzero(worst >= c_high)
+    # ... and holds a row at or before it (a rank's bucket has C(k) >= 1: QUANTILE_DISC at 0)
+    maybe = np.flatnonzero((best >= c_low) & (prefix + hp >= 1))
+    surely = np.flatnonzero((worst >= c_high) & (prefix - hp >= 1))
     k_lo = int(maybe[0]) if len(maybe) else n - 1
     k_hi = int(surely[0]) if len(surely) else n - 1
     return buckets.lowest(k_lo), buckets.highest(max(k_hi, k_lo))
