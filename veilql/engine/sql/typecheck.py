@@ -1194,7 +1194,7 @@ def _check_cross_party(checker: TypeChecker, conj: exp.Expression, bound: BoundQ
     while stack:
         n = _unparen(stack.pop())
         parties = {bound.table(c.table).party for c in n.find_all(exp.Column)
-                   if c.table in {t.alias for t in bound.tables}}
+                   if c.table in {t.alias for t in bound.tables + bound.dimensions}}
         if len(parties) < 2:
             continue
         if isinstance(n, exp.And | exp.Or):
