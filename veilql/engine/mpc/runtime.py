@@ -9,6 +9,12 @@ arrays: every round sends at most one message to each peer, whatever the array l
 The protocol bodies live in small modules under ``protocols/`` (arithmetic, boolean,
 comparison, shuffle, gather); the methods here are thin entry points that document the API.
 
+Memory: ``chunk_words`` bounds the words of one message and of the temporaries of one step
+of the chunked protocols (sharing, the shuffle, the aggregation's products). A party's
+memory setting gives its value (``engine/node.py``); the three parties agree on the
+smallest (``agree_chunk_words``), since chunking decides the sequence of messages. Arrays
+that fit in one chunk take exactly the rounds they took before chunking existed.
+
 Conventions (see ``shares.py``): party ``i`` holds components ``(x_i, x_{i+1})``; seed
 ``s_i`` is known to parties ``i-1`` and ``i`` (``PairwiseSeeds``). In a *reshare*, each
 party sends its 3-out-of-3 share ``z_i`` to party ``i-1`` and receives ``z_{i+1}`` from
@@ -30,6 +36,7 @@ from veilql.engine.transport.base import Transport
 from veilql.errors import ProtocolError, UsageError
 
 Public = int | np.ndarray
+DEFAULT_CHUNK_WORDS = 1 << 20  # 8 MiB per chunk-sized array when nothing else is set
 
 
 class Runtime:
@@ -41,6 +48,7 @@ class Runtime:
 
     def __init__(
         self, transport: Transport, parties: Sequence[str], *, timeout: float | None = None,
+        chunk_words: int | None = None,
     ) -> None:
         parties = tuple(parties)
         if len(parties) != 3 or len(set(parties)) != 3:
@@ -60,6 +68,7 @@ class Runtime:
         self.seeds: PairwiseSeeds | None = None
         self._counter = 0
         self.rounds = 0  # communication rounds run so far (for benchmarks)
+        self.chunk_words = max(1, int(chunk_words or DEFAULT_CHUNK_WORDS))
 
     # -- session -----------------------------------------------------------------
     def setup(self) -> None:
@@ -67,6 +76,32 @@ class Runtime:
         if self.seeds is None:
             self.seeds = PairwiseSeeds.agree(self.transport, self.parties, self.me)
             self.rounds += 1
+
+    def agree_chunk_words(self) -> int:
+        """Adopt the smallest ``chunk_words`` of the three parties (one round); returns it.
+
+        Chunk sizes decide how many messages a protocol sends, so all three must use the
+        same; each party's own memory setting is only an upper bound on it.
+        """
+        tag = self.tag("chunk")
+        mine = np.array([self.chunk_words], dtype=np.uint64)
+        for i in (self.prev, self.next):
+            self.send(i, tag, mine)
+        theirs = [int(self.recv(i, tag, np.uint64, 1)[0]) for i in (self.prev, self.next)]
+        self.rounds += 1
+        self.chunk_words = max(1, min(self.chunk_words, *theirs))
+        return self.chunk_words
+
+    def chunk_rows(self, width: int) -> int:
+        """Rows of ``width`` words each that fit in one chunk (at least one).
+
+        >>> class _T:
+        ...     me = "a"
+        >>> rt = Runtime(_T(), ["a", "b", "c"], chunk_words=10)  # type: ignore[arg-type]
+        >>> rt.chunk_rows(3), rt.chunk_rows(20)
+        (3, 1)
+        """
+        return max(1, self.chunk_words // max(1, int(width)))
 
     def tag(self, op: str) -> str:
         """A fresh round tag for one protocol call, identical at all three parties."""
@@ -136,8 +171,29 @@ class Runtime:
         self, owner: int | str, values: Any | None, shape: int | tuple[int, ...],
         *, boolean: bool = False, dtype: Any = np.uint64,
     ) -> AShare | BShare:
-        """Secret-share ``values`` held by compute party ``owner`` (others pass None)."""
-        return arith.share(self, owner, values, shape, boolean=boolean, dtype=dtype)
+        """Secret-share ``values`` held by compute party ``owner`` (others pass None).
+
+        An array larger than ``chunk_words`` is shared in chunks of rows (one round each),
+        so the owner's temporaries stay within a chunk; the result is the same sharing.
+        """
+        shp = (shape,) if isinstance(shape, int) else tuple(shape)
+        width = int(np.prod(shp[1:], dtype=np.int64)) if len(shp) > 1 else 1
+        n = shp[0] if shp else 1
+        rows = self.chunk_rows(width)
+        if not shp or n <= rows:
+            return arith.share(self, owner, values, shape, boolean=boolean, dtype=dtype)
+        x = np.asarray(values) if values is not None else None
+        if x is not None and x.shape != shp:
+            raise UsageError(f"values have shape {x.shape}, declared shape is {shp}",
+                             "pass the same shape at all three parties")
+        dt = np.dtype(dtype) if boolean else np.dtype(np.uint64)
+        first, second = np.empty(shp, dt), np.empty(shp, dt)
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
+            part = arith.share(self, owner, None if x is None else x[lo:hi], (hi - lo, *shp[1:]),
+                               boolean=boolean, dtype=dtype)
+            first[lo:hi], second[lo:hi] = part.a, part.b
+        return (BShare if boolean else AShare)(self.me, first, second)
 
     def receive_input(
         self, sender: str, tag: str, shape: int | tuple[int, ...],
@@ -214,9 +270,11 @@ class Runtime:
         return compare.mux(self, bit, a, b)
 
     # -- protocols: shuffle -----------------------------------------------------------
-    def shuffle(self, columns: Sequence[AShare | BShare]) -> list[AShare | BShare]:
-        """Permute the rows of all columns by one secret permutation (3 rounds)."""
-        return shuffle_mod.shuffle(self, columns)
+    def shuffle(self, columns: Sequence[AShare | BShare], *,
+                consume: bool = False) -> list[AShare | BShare]:
+        """Permute the rows of all columns by one secret permutation (3 rounds per chunk;
+        ``consume``: empty the given list and drop each column once shuffled)."""
+        return shuffle_mod.shuffle(self, columns, consume=consume)
 
     def gather(
         self, columns: Sequence[AShare | BShare], idx: np.ndarray | None,

@@ -13,8 +13,15 @@ seed only they share, and they re-share the permuted rows to all three:
   the third component ``x'_{a+1}``.
 
 The outsider receives nothing. Every party is the outsider of one pass, so no party
-knows the composed permutation. One round (one message each way) per pass, all
-columns of the table in that message, so every column is permuted identically.
+knows the composed permutation. A table of at most ``Runtime.chunk_words`` words takes one
+round (one message each way) per pass, all columns in that message. A larger table is
+shuffled in bounded memory: column by column, and each column in chunks of rows (one
+message each way per chunk, ``Runtime.chunk_rows``), the permuted rows gathered from the
+whole column by the pass's one permutation, so every column is still permuted identically;
+with ``consume=True`` each input column is released as soon as its output is complete.
+
+The pair draws its permutation by sorting random keys (``permutation``): the numbers, not
+the order of the draws, decide it, so both members of the pair get the same permutation.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from veilql.engine.mpc.prg import Prg
 from veilql.engine.mpc.shares import AShare, BShare
 from veilql.errors import UsageError
 
@@ -56,8 +64,60 @@ def _unpack(buf: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def shuffle(rt: Runtime, columns: Sequence[Column]) -> list[Column]:
-    """Apply one secret uniformly random row permutation to all ``columns`` (3 rounds)."""
+def permutation(prg: Prg, label: str, n: int) -> np.ndarray:
+    """A uniformly random permutation of ``range(n)`` (int64) from ``prg``'s keystream.
+
+    Each element gets a random key; the permutation is the order of the keys. To sort fast,
+    a key keeps its top ``64 - b`` bits and carries the element's index in its low ``b``
+    bits (``2^b >= n``), so one in-place sort of plain integers yields the order; elements
+    whose top bits tie (a few at large ``n``) are ordered among themselves by fresh 64-bit
+    keys. The order is that of independent uniform keys of ``128 - b`` bits, so every
+    permutation is equally likely once all keys differ; a remaining tie (probability below
+    ``n / 2^64``) redraws everything, which keeps it exactly uniform.
+
+    >>> p = permutation(Prg(bytes(16)), "x", 10)
+    >>> sorted(p.tolist()) == list(range(10)), p.dtype
+    (True, dtype('int64'))
+    """
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    bits = np.uint64((n - 1).bit_length())
+    low = (np.uint64(1) << bits) - np.uint64(1)
+    attempt = 0
+    while True:
+        keys = prg.array("perm", f"{label}#{attempt}", n)
+        keys >>= bits
+        keys <<= bits
+        keys |= np.arange(n, dtype=np.uint64)
+        keys.sort()
+        high = keys >> bits
+        ties = np.flatnonzero(high[1:] == high[:-1])
+        del high
+        order = (keys & low).view(np.int64)
+        if not len(ties):
+            return order
+        # Positions in runs of equal top bits; each run gets an order by fresh keys.
+        involved = np.union1d(ties, ties + 1)
+        starts = np.ones(len(involved), dtype=bool)
+        starts[1:] = ~np.isin(involved[1:] - 1, ties)
+        run = np.cumsum(starts)
+        fresh = prg.array("perm", f"{label}#{attempt}/ties", len(involved))
+        within = np.lexsort((fresh, run))
+        same = (run[within][1:] == run[within][:-1]) & (fresh[within][1:] == fresh[within][:-1])
+        if not same.any():
+            order[involved] = order[involved][within]
+            return order
+        attempt += 1
+
+
+def shuffle(rt: Runtime, columns: Sequence[Column], *, consume: bool = False) -> list[Column]:
+    """Apply one secret uniformly random row permutation to all ``columns``.
+
+    Three rounds when the table fits in one message of ``rt.chunk_words`` words; else one
+    round per chunk of rows of each column (see the module docstring). With ``consume`` and
+    a list, the list is emptied and each column dropped once it is shuffled, so the caller's
+    table and its shuffled copy do not both stay in memory.
+    """
     cols = list(columns)
     if not cols:
         return []
@@ -69,9 +129,113 @@ def shuffle(rt: Runtime, columns: Sequence[Column]) -> list[Column]:
                 "shuffle the columns of one table together",
             )
     assert rt.seeds is not None
+    if consume and isinstance(columns, list):
+        columns.clear()
     tag = rt.tag("shuffle")
+    whole = n * sum(_row_words(c) for c in cols) <= rt.chunk_words
     for k in range(3):
-        cols = _pass(rt, f"{tag}/p{k}", cols, k, n)
+        # The first pass may reuse the caller's arrays only when it gave them up; later
+        # passes reuse their own outputs.
+        mine = consume or k > 0
+        cols = _pass(rt, f"{tag}/p{k}", cols, k, n) if whole else \
+            _pass_chunked(rt, f"{tag}/p{k}", cols, k, n, consume=mine)
+    return cols
+
+
+def _row_words(col: Column) -> int:
+    """64-bit words per row of ``col`` (rounded up)."""
+    per_row = int(np.prod(col.shape[1:], dtype=np.int64)) * col.dtype.itemsize
+    return max(1, -(-per_row // 8))
+
+
+def _spans(n: int, rows: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` row ranges of at most ``rows`` rows covering ``range(n)``.
+
+    >>> _spans(5, 2)
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    return [(lo, min(n, lo + rows)) for lo in range(0, n, max(1, rows))]
+
+
+def _pieces(n: int, width: int, itemsize: int, chunk_words: int) -> list[tuple[int, int]]:
+    """Element ranges ``[g0, g1)`` of a row of ``width`` elements, each piece of a column of
+    ``n`` rows at most ``chunk_words`` words (at least one element wide).
+
+    >>> _pieces(10, 6, 8, 20), _pieces(100, 3, 8, 20)
+    ([(0, 2), (2, 4), (4, 6)], [(0, 1), (1, 2), (2, 3)])
+    """
+    per = max(1, min(width, (chunk_words * 8 // itemsize) // max(1, n)))
+    return [(g, min(width, g + per)) for g in range(0, width, per)]
+
+
+def _reusable(i: int, cols: list[Column]) -> bool:
+    """Whether column ``i``'s components can take the output of a pass in place: writable,
+    contiguous, and sharing no memory with another column (which would be overwritten)."""
+    col = cols[i]
+    if not all(x.flags.writeable and x.flags.c_contiguous for x in (col.a, col.b)):
+        return False
+    if np.may_share_memory(col.a, col.b):
+        return False
+    return not any(k != i and np.may_share_memory(x, y)
+                   for k, other in enumerate(cols) for x in (col.a, col.b)
+                   for y in (other.a, other.b))
+
+
+def _pass_chunked(rt: Runtime, tag: str, cols: list[Column], a: int, n: int, *,
+                  consume: bool = False) -> list[Column]:
+    """One pass in bounded memory (same roles and messages as ``_pass``, split up).
+
+    Column by column, each column in pieces of its row elements (a piece of all rows takes
+    at most about one chunk) and each piece in chunks of rows: one message each way per
+    chunk. What a pair member permutes (``x_a + x_{a+1}`` at ``a``, ``x_{a+2}`` at ``b``)
+    is copied out one piece at a time, so with ``consume`` (the columns are this pass's to
+    reuse) the output overwrites the input's components in place; else it gets new arrays.
+    """
+    assert rt.seeds is not None
+    b, c = (a + 1) % 3, (a + 2) % 3
+    me = rt.me
+    perm = None if me == c else permutation(rt.seeds.next if me == a else rt.seeds.prev,
+                                            tag, n)
+    other = b if me == a else a
+    for i, col in enumerate(cols):
+        width = int(np.prod(col.shape[1:], dtype=np.int64))
+        in_place = consume and _reusable(i, cols)
+        first = col.a if in_place else np.empty(col.shape, col.dtype)
+        second = col.b if in_place else np.empty(col.shape, col.dtype)
+        out_a, out_b = first.reshape(n, width), second.reshape(n, width)
+        in_a, in_b = col.a.reshape(n, width), col.b.reshape(n, width)
+        for g, (g0, g1) in enumerate(_pieces(n, width, col.dtype.itemsize, rt.chunk_words)):
+            rows = rt.chunk_rows(-(-(g1 - g0) * col.dtype.itemsize // 8))
+            source = None
+            if me == a:
+                source = _combine(col, in_a[:, g0:g1], in_b[:, g0:g1])
+            elif me == b:
+                source = np.array(in_b[:, g0:g1])
+            for j, (lo, hi) in enumerate(_spans(n, rows)):
+                label, shape = f"{tag}/{i}/{g}/{j}", (hi - lo, g1 - g0)
+                rt.rounds += 1
+                if me == c:  # outsider: x'_{a+2} from its prev seed, x'_a from its next seed
+                    out_a[lo:hi, g0:g1] = rt.seeds.prev.array("shuffle", label, shape, col.dtype)
+                    out_b[lo:hi, g0:g1] = rt.seeds.next.array("shuffle", label, shape, col.dtype)
+                    continue
+                assert perm is not None and source is not None
+                y = np.take(source, perm[lo:hi], axis=0)
+                # x'_a from s_a (a's prev seed) at a; x'_{a+2} from s_{a+2} (b's next) at b
+                seed = rt.seeds.prev if me == a else rt.seeds.next
+                mask = seed.array("shuffle", label, shape, col.dtype)
+                mine = _minus(col, y, mask)
+                del y
+                msg = f"{tag}/{i}.{g}.{j}"
+                rt.send(other, msg, mine)
+                got = rt.recv(other, msg, col.dtype, shape)
+                mid = _combine(col, mine, got)
+                if me == a:
+                    out_a[lo:hi, g0:g1], out_b[lo:hi, g0:g1] = mask, mid
+                else:
+                    out_a[lo:hi, g0:g1], out_b[lo:hi, g0:g1] = mid, mask
+            del source
+        cols[i] = type(col)(me, first, second)  # a new input column is released here
+        del col, in_a, in_b
     return cols
 
 
@@ -89,7 +253,7 @@ def _pass(rt: Runtime, tag: str, cols: list[Column], a: int, n: int) -> list[Col
             out.append(type(col)(me, xc, xa))
         return out
     seed_pair = rt.seeds.next if me == a else rt.seeds.prev  # s_{a+1}, known to a and b
-    perm = seed_pair.permutation("perm", tag, n)
+    perm = permutation(seed_pair, tag, n)
     mine: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     for i, col in enumerate(cols):
