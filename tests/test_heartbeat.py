@@ -104,6 +104,7 @@ def fed(tmp_path: Path) -> Path:
 
 
 def _slow_fetch(monkeypatch: pytest.MonkeyPatch, party: str, seconds: float) -> None:
+    """``party``'s local work (secure mode's rows, local mode's reduction) takes longer."""
     real = node_module.fetch
 
     def slow(step, connector, seed, *args, **kwargs):  # type: ignore[no-untyped-def]

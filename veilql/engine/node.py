@@ -38,12 +38,12 @@ from veilql.engine.ledger.errors import BudgetRefused
 from veilql.engine.ledger.ledger import Ledger
 from veilql.engine.ledger.multi import ledger_path
 from veilql.engine.mpc.protocols.arith import share_from_outside
-from veilql.engine.mpc.runtime import Runtime
+from veilql.engine.mpc.runtime import DEFAULT_CHUNK_WORDS, Runtime
 from veilql.engine.mpc.shares import AShare
 from veilql.engine.operators import factors as fac
-from veilql.engine.operators.aggregate import expand, secure_sum
+from veilql.engine.operators.aggregate import expand, grid_width, secure_sum
 from veilql.engine.operators.join import SharedTable, agree_all, join_stage
-from veilql.engine.operators.local import PartyRows, fetch
+from veilql.engine.operators.local import PartyRows, fetch, labels_only
 from veilql.engine.operators.oblivious_join import is_oblivious, oblivious_join_stage
 from veilql.engine.operators.oblivious_join import local_columns as oblivious_columns
 from veilql.engine.operators.predicate import evaluate
@@ -59,6 +59,12 @@ from veilql.policies.model import Federation
 ANALYST = "analyst"  # the client's endpoint name on the query's network
 Progress = Callable[[str, str], None]  # (party, step) -> None
 JOIN_CACHE_ENTRIES = 4  # joined share tables a compute party keeps for repeated queries
+MEMORY_ENV = "VEIL_MEMORY_MB"  # a party's memory budget for one query's chunks, in MiB
+DEFAULT_MEMORY_MB = 2048
+CHUNK_SHARE = 64  # chunk-sized arrays one step may hold at once (chunk = budget / this)
+MAX_CHUNK_WORDS = 1 << 20  # 8 MiB per chunk-sized array (see chunk_words)
+CROSS_WORDS = 16  # words per slot combination a cross-party comparison holds at once
+CHUNK_KEY = "__chunk_words"  # in a non-computing party's shapes message: its chunk size
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,41 @@ def structure_hash(plan: Plan) -> str:
 def plan_hash(plan: Plan) -> str:
     """A digest of the plan every participant compiles; they must all agree on it."""
     return hashlib.sha256(plan.to_s().encode()).hexdigest()
+
+
+def memory_budget() -> int:
+    """Bytes one party may use for the chunks of a query: ``$VEIL_MEMORY_MB`` MiB, default
+    ``DEFAULT_MEMORY_MB`` (a node's own resource, so a setting of its process).
+
+    It bounds what scales with the chunk size (local factors, shares being made, shuffle
+    and aggregation temporaries); the shared tables themselves take about 16 bytes per word
+    of every row they hold (two components), whatever the setting.
+    """
+    env = os.environ.get(MEMORY_ENV, "").strip()
+    if env:
+        try:
+            mb = float(env)
+        except ValueError:
+            mb = -1.0
+        if not mb > 0:
+            raise UsageError(f"${MEMORY_ENV} must be a positive number of MiB, got {env!r}",
+                             f"unset it or write e.g. {MEMORY_ENV}=2048")
+    else:
+        mb = float(DEFAULT_MEMORY_MB)
+    return int(mb * (1 << 20))
+
+
+def chunk_words() -> int:
+    """Words (8 bytes) in one chunk: the memory budget over ``CHUNK_SHARE`` arrays, at most
+    ``MAX_CHUNK_WORDS``.
+
+    Larger chunks save nothing measurable (a chunk of 8 MiB already amortises the per-chunk
+    work), and chunk-sized arrays well below glibc's largest mmap threshold (32 MiB) are
+    reused by the allocator instead of being mapped and faulted in afresh each time: at
+    10^7 people the join query spent 9.3 s of system time with 32 MiB chunks, 5.0 s with
+    8 MiB ones.
+    """
+    return max(1024, min(MAX_CHUNK_WORDS, memory_budget() // (8 * CHUNK_SHARE)))
 
 
 def ledger_dir_override(federation: Federation) -> Path | None:
@@ -449,11 +490,16 @@ class PartyNode:
 
     # -- local mode --------------------------------------------------------------------
     def _run_local(self, transport: Transport, plan: Plan) -> None:
-        """One party: aggregate its own rows in the clear and add the full noise itself."""
+        """One party: aggregate its own rows in the clear and add the full noise itself.
+
+        The reduction runs in the party's engine: its bounded local SQL (rows per unit
+        chosen with its secret seed, values clamped, exactly as in secure mode) wrapped in
+        one GROUP BY over its group columns (``factors.aggregate_sql``), so nothing is
+        pivoted or copied into numpy but the aggregates.
+        """
         self._step("running its local SQL")
-        rows = fetch(plan.steps[0], self.connector, self.seed())
+        values, rows = fetch(plan.steps[0], self.connector, self.seed(), reduce=plan)
         self._step("aggregating and adding noise")
-        values = aggregate_plain(plan, {self.party.name: rows})
         noisy = values + noise_vector(plan, 0, values.shape[1])
         if plan.threshold is not None:
             cells = np.flatnonzero(noisy[_selection_index(plan)] > plan.threshold)
@@ -463,40 +509,63 @@ class PartyNode:
 
     # -- secure mode -------------------------------------------------------------------
     def _run_secure(self, transport: Transport, plan: Plan, qid: str, join_key: str) -> None:
+        """Share, join, aggregate and noise on shares; release this party's output shares.
+
+        Memory (``memory_budget``): columns are shared and shuffled one at a time in chunks
+        of the agreed ``Runtime.chunk_words``, each table is released as soon as the next
+        step holds its successor, and the aggregation runs over chunks of joined rows. A
+        cached join keeps only its exact aggregates once they are known.
+        """
         me = self.party.name
+        words = chunk_words()
         if me not in plan.compute:  # a data party that does not compute: send shares, done
             if not _all_cached(transport, plan, qid):
                 _announce_and_send(transport, plan, me, self._local_columns(transport, plan, qid),
-                                   qid)
+                                   qid, words)
             return
-        rt = Runtime(transport, plan.compute, timeout=self.federation.timeout)
+        rt = Runtime(transport, plan.compute, timeout=self.federation.timeout, chunk_words=words)
         rt.setup()
+        rt.agree_chunk_words()  # chunking decides the messages: all three use the same
+        structure = structure_hash(plan)
         with self._cache_lock:
             cached = self._join_cache.get(join_key)
-        if _agree_cached(rt, plan, qid, cached is not None):
+        if _agree_cached(rt, plan, qid, _cache_level(cached, structure)):
             assert cached is not None
             joined, self._query.rows = cached
         else:
             self._step("running its local SQL")
             columns = self._local_columns(transport, plan, qid) if me in plan.parties else None
             self._step("secret-sharing its columns")
-            tables = {p: _receive_table(rt, plan, p, columns if p == me else None, qid)
-                      for p in plan.parties}
-            joined = tables[plan.parties[0]]
+
+            def shared(party: str) -> SharedTable:
+                # Each party's table is shared just before the stage that needs it, so the
+                # later parties' shares do not wait in memory beside the earlier stages.
+                return _receive_table(rt, plan, party, columns if party == me else None, qid)
+
+            joined = shared(plan.parties[0])
             for j, stage in enumerate(plan.joins):
-                right = tables[stage.right]
+                right = shared(stage.right)
                 left_tag = f"{stage.key_parties[0]}.tag{j}"
                 right_tag = f"{stage.right}.tag{j}"
-                right = SharedTable(right.n, {**right.cols, left_tag: right.cols.pop(right_tag)})
+                renamed = dict(right.cols)  # its tag column under the left side's name
+                renamed[left_tag] = renamed.pop(right_tag)
+                right = SharedTable(right.n, renamed)
+                del renamed
                 self._step(f"joining with {stage.right} on shares")
-                run_stage = oblivious_join_stage if stage.mode == "oblivious" else join_stage
-                joined = run_stage(rt, stage, joined, right, left_tag)
+                if stage.mode == "oblivious":
+                    joined = oblivious_join_stage(rt, stage, joined, right, left_tag)
+                else:  # both inputs are this function's own: released as they are shuffled
+                    joined = join_stage(rt, stage, joined, right, left_tag, consume=True)
+                del right
                 joined.cols.pop(left_tag, None)
+            del columns
             if me not in plan.parties:
                 self._query.rows = None
             self._remember(join_key, joined)
         self._step("aggregating on shares")
         result = secure_aggregate(rt, plan, joined)
+        self._keep_aggregates(join_key, joined, structure)
+        del joined
         self._step("adding noise")
         total = _add_noise(rt, plan, result)
         if plan.threshold is not None:
@@ -522,12 +591,29 @@ class PartyNode:
             while len(self._join_cache) > JOIN_CACHE_ENTRIES:
                 self._join_cache.pop(next(iter(self._join_cache)))
 
+    def _keep_aggregates(self, key: str, joined: SharedTable, structure: str) -> None:
+        """Once the exact aggregates of ``structure`` are known, the cache entry keeps them
+        (and the private group keys) instead of the joined columns: a repeated query needs
+        only them (its cache key covers the same structure), and the columns are the bulk
+        of the memory. A query still using the old entry keeps its own reference."""
+        if structure not in joined.memo:
+            return
+        with self._cache_lock:
+            entry = self._join_cache.get(key)
+            if entry is not None and entry[0] is joined:
+                self._join_cache[key] = (SharedTable(joined.n, {}, joined.memo), entry[1])
+
     def _local_columns(self, transport: Transport, plan: Plan, qid: str) -> dict[str, np.ndarray]:
-        """This party's columns to share: join tags, factors, predicate atoms and operands."""
+        """This party's columns to share: join tags, factors, predicate atoms and operands.
+
+        The factors are built in chunks of units of at most ``chunk_words()`` words; the
+        local rows are dropped once the columns exist, but for the private group labels,
+        which stay until the release.
+        """
         me = self.party.name
         step = plan.step(me)
         rows = fetch(step, self.connector, self.seed())
-        self._query.rows = rows  # private group keys stay here until the release
+        self._query.rows = labels_only(rows)  # private group keys stay until the release
         if is_oblivious(plan):  # padded or in cuckoo bins (operators/oblivious_join.py)
             return oblivious_columns(plan, me, rows, transport, qid)
         out: dict[str, np.ndarray] = {}
@@ -543,10 +629,13 @@ class PartyNode:
                 key = transport.recv(other, key_tag)
             out[f"tag{j}"] = tags(key, rows.keys)
         chains, _ = fac.expand_terms(plan)
-        out["F"] = fac.build_factors(plan, me, rows, chains, slot_level=plan.cross is not None)
+        slot_level = plan.cross is not None
+        width = fac.factor_width(plan, me, rows, chains, slot_level=slot_level)
+        out["F"] = fac.build_factors(plan, me, rows, chains, slot_level=slot_level,
+                                     chunk_rows=max(1, chunk_words() // width))
         for col in step.columns:
             if col.role in ("atom", "operand"):
-                out[col.name] = rows.cols[col.name] * rows.present
+                out[col.name] = rows.cols.pop(col.name) * rows.present
         return out
 
 
@@ -573,6 +662,13 @@ def _secret_file(path: Path) -> str:
 
 class Refused(Exception):
     """This node stopped because some party refused the budget (the analyst reports it)."""
+
+
+def local_aggregate(plan: Plan, connector: Connector, seed: str) -> tuple[np.ndarray, PartyRows]:
+    """Aggregates of a single-party plan computed by the party's own engine: shape
+    (aggregates, cells), equal to ``aggregate_plain`` over the fetched rows; and the rows'
+    private group labels (``PartyRows`` without arrays). See ``factors.reduce_in_engine``."""
+    return fetch(plan.steps[0], connector, seed, reduce=plan)
 
 
 def aggregate_plain(plan: Plan, rows: dict[str, PartyRows]) -> np.ndarray:
@@ -634,9 +730,25 @@ def noise_vector(plan: Plan, party_index: int, cells: int) -> np.ndarray:
     return np.stack([sample_share(a.noise, party_index, cells) for a in plan.aggregates])
 
 
-def _agree_cached(rt: Runtime, plan: Plan, qid: str, hit: bool) -> bool:
-    """All compute parties hold the join in their caches? Tell the non-computing parties."""
-    flag = b"1" if hit else b"0"
+def _cache_level(cached: tuple[SharedTable, PartyRows | None] | None, structure: str) -> int:
+    """What a cache entry holds: bit 0 the joined columns, bit 1 the exact aggregates of
+    ``structure`` (0: no entry)."""
+    if cached is None:
+        return 0
+    table = cached[0]
+    return (1 if table.cols or table.n == 0 else 0) | (2 if structure in table.memo else 0)
+
+
+def _reuse(levels: list[int]) -> bool:
+    """Whether the compute parties' cache levels let them skip the join: all hold the exact
+    aggregates, or all hold the joined columns."""
+    return all(lv & 2 for lv in levels) or all(lv & 1 for lv in levels)
+
+
+def _agree_cached(rt: Runtime, plan: Plan, qid: str, level: int) -> bool:
+    """All compute parties can reuse the cached join (``_cache_level``)? Tell the
+    non-computing parties too, who decide the same way (``_all_cached``)."""
+    flag = str(level).encode()
     for p in rt.parties:
         if p != rt.parties[rt.me]:
             rt.transport.send(p, f"{qid}/cached", flag)
@@ -645,27 +757,59 @@ def _agree_cached(rt: Runtime, plan: Plan, qid: str, hit: bool) -> bool:
             rt.transport.send(p, f"{qid}/cached", flag)
     flags = [rt.transport.recv(p, f"{qid}/cached", rt.timeout)
              for p in rt.parties if p != rt.parties[rt.me]]
-    return hit and all(f == b"1" for f in flags)
+    return _reuse([level, *(_level(f) for f in flags)])
+
+
+def _level(flag: bytes) -> int:
+    """A peer's cache level; anything malformed counts as nothing cached."""
+    return int(flag) if flag in (b"0", b"1", b"2", b"3") else 0
 
 
 def _all_cached(transport: Transport, plan: Plan, qid: str) -> bool:
     """At a non-computing data party: whether every compute party reuses a cached join."""
-    return all(transport.recv(p, f"{qid}/cached") == b"1" for p in plan.compute)
+    return _reuse([_level(transport.recv(p, f"{qid}/cached")) for p in plan.compute])
+
+
+def _spans(n: int, rows: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges of at most ``rows`` rows covering ``range(n)`` (one when empty).
+
+    >>> _spans(5, 2), _spans(0, 3)
+    ([(0, 2), (2, 4), (4, 5)], [(0, 0)])
+    """
+    rows = max(1, rows)
+    return [(lo, min(n, lo + rows)) for lo in range(0, n, rows)] or [(0, 0)]
+
+
+def _row_words(shape: tuple[int, ...] | list[int]) -> int:
+    return max(1, int(np.prod(shape[1:], dtype=np.int64)))
 
 
 def _announce_and_send(transport: Transport, plan: Plan, me: str,
-                       columns: dict[str, np.ndarray], qid: str) -> None:
-    """A non-computing data party: tell the compute parties its shapes, then send shares."""
-    shapes = {k: list(v.shape) for k, v in columns.items()}
+                       columns: dict[str, np.ndarray], qid: str,
+                       words: int = DEFAULT_CHUNK_WORDS) -> None:
+    """A non-computing data party: tell the compute parties its shapes (and its chunk size),
+    then send shares, a column at a time in chunks of at most ``words`` words."""
+    shapes: dict[str, object] = {k: list(v.shape) for k, v in columns.items()}
+    shapes[CHUNK_KEY] = int(words)
     for p in plan.compute:
         transport.send(p, f"{qid}/shape/{me}", json.dumps(shapes).encode())
-    for name, values in columns.items():
-        share_from_outside(transport, plan.compute, values, f"{qid}/input/{me}/{name}")
+    for name in list(columns):
+        values = columns.pop(name)
+        spans = _spans(len(values), words // _row_words(values.shape))
+        for c, (lo, hi) in enumerate(spans):
+            tag = f"{qid}/input/{me}/{name}" + (f"/{c}" if len(spans) > 1 else "")
+            share_from_outside(transport, plan.compute, values[lo:hi], tag)
+        del values
 
 
 def _receive_table(rt: Runtime, plan: Plan, party: str,
                    columns: dict[str, np.ndarray] | None, qid: str) -> SharedTable:
-    """Shares of ``party``'s columns at this compute party."""
+    """Shares of ``party``'s columns at this compute party.
+
+    The owner's plain columns are shared one at a time and dropped from ``columns`` once
+    shared (``Runtime.share`` chunks each); a non-computing party's shares arrive in the
+    chunks it announced with its shapes.
+    """
     if party in plan.compute:
         owner = rt.party_index(party)
         if rt.me == owner:
@@ -679,12 +823,14 @@ def _receive_table(rt: Runtime, plan: Plan, party: str,
             shapes = json.loads(rt.transport.recv(party, f"{qid}/shape/{party}", rt.timeout))
         cols = {}
         for name in sorted(shapes):
-            values = columns[name] if columns is not None and rt.me == owner else None
+            values = columns.pop(name) if columns is not None and rt.me == owner else None
             cols[f"{party}.{name}"] = rt.share(owner, values, tuple(shapes[name]))
+            del values
     else:
         shapes = json.loads(rt.transport.recv(party, f"{qid}/shape/{party}", rt.timeout))
-        cols = {f"{party}.{name}": rt.receive_input(party, f"{qid}/input/{party}/{name}",
-                                                    tuple(shape))
+        words = int(shapes.pop(CHUNK_KEY, 0)) or None
+        cols = {f"{party}.{name}": _receive_input(rt, party, f"{qid}/input/{party}/{name}",
+                                                  tuple(shape), words)
                 for name, shape in shapes.items()}
     n = {v.shape[0] for v in cols.values()}
     if len(n) != 1:
@@ -692,31 +838,57 @@ def _receive_table(rt: Runtime, plan: Plan, party: str,
     return SharedTable(n.pop(), cols)
 
 
+def _receive_input(rt: Runtime, party: str, tag: str, shape: tuple[int, ...],
+                   words: int | None) -> AShare:
+    """One column from a non-computing party, in the chunks of ``words`` words it sent."""
+    if words is None or not shape:
+        return rt.receive_input(party, tag, shape)
+    spans = _spans(shape[0], words // _row_words(shape))
+    if len(spans) == 1:
+        return rt.receive_input(party, tag, shape)
+    first = np.empty(shape, np.uint64)
+    second = np.empty(shape, np.uint64)
+    for c, (lo, hi) in enumerate(spans):
+        part = rt.receive_input(party, f"{tag}/{c}", (hi - lo, *shape[1:]))
+        first[lo:hi], second[lo:hi] = part.a, part.b
+    return AShare(rt.me, first, second)
+
+
 def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
     """Shares of every aggregate and cell: shape (aggregates, cells in party order).
 
     Kept with a cached join (``SharedTable.memo``): a repeated query adds fresh noise to
-    the same exact aggregates, when every compute party still holds them.
+    the same exact aggregates, when every compute party still holds them. The joined rows
+    are taken in chunks of ``rt.chunk_words`` words of the joint grid (cross-party
+    predicates included); sums over rows add up over the chunks.
     """
     key = structure_hash(plan)
     if agree_all(rt, key in joined.memo):
         return joined.memo[key]
     chains, owner = fac.expand_terms(plan)
-    factors = [joined.cols[f"{p}.F"] for p in plan.parties]
-    cross = None
-    if plan.cross is not None:
-        n = joined.n
-        slots = [plan.step(p).slots for p in plan.parties]
-
-        def column(party: str, name: str) -> AShare:
-            i = plan.parties.index(party)
-            axes = [1] * len(slots)
-            axes[i] = slots[i]
-            return expand(joined.cols[f"{party}.{name}"], (n, *axes), (n, *slots))
-
-        cross = evaluate(rt, plan.cross, column)
     distinct = np.array([c.kind == "count_distinct" for c in chains])
-    per_chain = secure_sum(rt, factors, cross, distinct)
+    n = joined.n
+    slots = [plan.step(p).slots for p in plan.parties]
+    factors = [joined.cols[f"{p}.F"] for p in plan.parties]
+    width = grid_width([f.shape for f in factors])
+    if plan.cross is not None:
+        width += CROSS_WORDS * int(np.prod(slots, dtype=np.int64))
+    per_chain: AShare | None = None
+    for lo, hi in _spans(n, rt.chunk_rows(width)):
+        cross = None
+        if plan.cross is not None:
+
+            def column(party: str, name: str, lo: int = lo, hi: int = hi) -> AShare:
+                i = plan.parties.index(party)
+                axes = [1] * len(slots)
+                axes[i] = slots[i]
+                return expand(joined.cols[f"{party}.{name}"][lo:hi], (hi - lo, *axes),
+                              (hi - lo, *slots))
+
+            cross = evaluate(rt, plan.cross, column)
+        part = secure_sum(rt, [f[lo:hi] for f in factors], cross, distinct)
+        per_chain = part if per_chain is None else per_chain + part
+    assert per_chain is not None
     cells = per_chain.shape[1]
     a = np.zeros((len(plan.aggregates), cells), dtype=np.uint64)
     b = np.zeros_like(a)

@@ -7,6 +7,12 @@ party (one round each, the cross-party predicate being one more factor), and the
 product is an inner product over units and slots, which costs one word per cell rather
 than one per row. COUNT(DISTINCT unit) under a cross-party predicate ORs its slot
 combinations first (a OR b = a + b - ab), so a person counts at most once per cell.
+
+Memory: the joint grid of a unit is as wide as the product of every party's slots and cells
+times the aggregates, so ``secure_sum`` works on chunks of units of at most
+``Runtime.chunk_words`` grid words each and adds the per-chunk sums (sums over units are
+linear, and a unit's slot combinations stay in one chunk for the OR), one round of products
+per chunk; a table that fits in one chunk takes exactly one pass as before.
 """
 
 from __future__ import annotations
@@ -34,10 +40,43 @@ def layout(index: int, factor_shape: tuple[int, ...], k: int) -> tuple[int, ...]
     return (n, *slots, a, *cells)
 
 
+def grid_width(factor_shapes: list[tuple[int, ...]]) -> int:
+    """Words of the joint grid per unit: every party's slots times aggregates times cells.
+
+    >>> grid_width([(10, 3, 2, 5), (10, 1, 2, 4)])
+    120
+    """
+    slots = int(np.prod([s[1] for s in factor_shapes], dtype=np.int64))
+    cells = int(np.prod([s[3] for s in factor_shapes], dtype=np.int64))
+    return slots * factor_shapes[0][2] * cells
+
+
 def secure_sum(
     rt: Runtime, factors: list[AShare], cross: AShare | None, distinct: np.ndarray,
 ) -> AShare:
-    """Shares of every aggregate and cell, shape (aggregates, cells in party order)."""
+    """Shares of every aggregate and cell, shape (aggregates, cells in party order).
+
+    Units are taken in chunks of at most ``rt.chunk_words`` grid words (see the module
+    docstring); the result does not depend on the chunk size.
+    """
+    n = factors[0].shape[0]
+    rows = rt.chunk_rows(grid_width([f.shape for f in factors]))
+    if n <= rows:
+        return _secure_sum(rt, factors, cross, distinct)
+    total: AShare | None = None
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        part = _secure_sum(rt, [f[lo:hi] for f in factors],
+                           None if cross is None else cross[lo:hi], distinct)
+        total = part if total is None else total + part
+    assert total is not None
+    return total
+
+
+def _secure_sum(
+    rt: Runtime, factors: list[AShare], cross: AShare | None, distinct: np.ndarray,
+) -> AShare:
+    """``secure_sum`` of one chunk of units."""
     k = len(factors)
     shapes = [f.shape for f in factors]
     n = shapes[0][0]

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from veilql.connectors.base import Connector
+from veilql.engine.dp.ring import MAX_UNITS
 from veilql.engine.operators.local import PartyRows
-from veilql.engine.plan.nodes import AggregateSpec, GroupKey, Plan
+from veilql.engine.plan.nodes import AggregateSpec, GroupKey, LocalStep, Plan
+from veilql.errors import ProtocolError
 
 
 def party_cells(groups: tuple[GroupKey, ...], party: str) -> tuple[GroupKey, ...]:
@@ -67,18 +70,42 @@ def factor_kind(agg: AggregateSpec, party: str) -> str:
     return "w"
 
 
+def factor_width(plan: Plan, party: str, rows: PartyRows, aggregates: tuple[AggregateSpec, ...],
+                 *, slot_level: bool) -> int:
+    """Words per unit of ``party``'s factors and of the temporaries that build them (the
+    slots times aggregates times cells, before the slots are summed)."""
+    ncell = cell_count(party_cells(plan.groups, party), rows)
+    return rows.present.shape[1] * max(1, len(aggregates)) * ncell
+
+
 def build_factors(
     plan: Plan, party: str, rows: PartyRows, aggregates: tuple[AggregateSpec, ...],
-    *, slot_level: bool,
+    *, slot_level: bool, chunk_rows: int | None = None,
 ) -> np.ndarray:
     """Factors of ``party`` for ``aggregates``: shape (units, slots or 1, aggs, cells).
 
     For a SUM with terms at several parties, the factor of a party that owns no term of
     it is its weight; this function is called once per term chain by the caller, which
-    passes one aggregate per term (see ``expand_terms``).
+    passes one aggregate per term (see ``expand_terms``). Units are taken ``chunk_rows`` at
+    a time (all at once by default), so the temporaries stay within a chunk; the result
+    does not depend on it.
     """
     groups = party_cells(plan.groups, party)
     ncell = cell_count(groups, rows)
+    n, slots = rows.present.shape
+    out = np.empty((n, slots if slot_level else 1, len(aggregates), ncell), dtype=np.int64)
+    step = max(1, chunk_rows or n)
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        part = PartyRows(rows.keys[lo:hi], {k: v[lo:hi] for k, v in rows.cols.items()},
+                         rows.present[lo:hi], rows.labels)
+        out[lo:hi] = _factors(part, groups, ncell, party, aggregates, slot_level)
+    return out
+
+
+def _factors(rows: PartyRows, groups: tuple[GroupKey, ...], ncell: int, party: str,
+             aggregates: tuple[AggregateSpec, ...], slot_level: bool) -> np.ndarray:
+    """``build_factors`` of one chunk of units."""
     cells = cell_index(rows, groups)
     w = rows.cols["w"] * rows.present
     onehot = (cells[..., None] == np.arange(ncell)).astype(np.int64)  # (n, S, C)
@@ -89,7 +116,7 @@ def build_factors(
         out[:, :, k, :] = value[..., None] * onehot
     if slot_level:
         return out
-    distinct = np.array([a.kind == "count_distinct" for a in aggregates])
+    distinct = np.array([a.kind == "count_distinct" for a in aggregates], dtype=bool)
     summed = out.sum(axis=1, keepdims=True)
     if distinct.any():
         ored = (out > 0).any(axis=1, keepdims=True).astype(np.int64)
@@ -133,3 +160,95 @@ def combine_plain(factors: list[np.ndarray]) -> np.ndarray:
         acc = (acc[:, :, None, :, :, None] * f[:, None, :, :, None, :]).reshape(
             n, acc.shape[1] * s, aggs, acc.shape[3] * c)
     return acc.sum(axis=(0, 1))
+
+
+def aggregate_sql(plan: Plan, party: str, sql: str) -> tuple[str, list[str], list[str]]:
+    """The SQL that reduces ``party``'s bounded local result ``sql`` to its aggregates.
+
+    One row per combination of the party's group columns, with per term chain its sum of
+    the weight times its value (``SUM(w)`` for a count; for COUNT(DISTINCT) the units with a
+    positive factor) and the number of rows, exactly what ``build_factors`` and
+    ``combine_plain`` compute over the pivoted rows. Returns the SQL, the group columns and
+    the names of the chain columns.
+
+    >>> from veilql.engine.plan.nodes import Term
+    >>> plan = Plan.__new__(Plan)
+    >>> object.__setattr__(plan, "groups", (GroupKey("r", "bank", "g0", ("a", "b")),))
+    >>> count = AggregateSpec("n", "n", "count", (Term(None, None),))
+    >>> object.__setattr__(plan, "aggregates", (count,))
+    >>> print(aggregate_sql(plan, "bank", "SELECT 1")[0])
+    SELECT "g0", SUM("w") AS "__c0", COUNT(*) AS "__rows" FROM (SELECT 1) AS "__l" GROUP BY "g0"
+    """
+    groups = [g.column for g in party_cells(plan.groups, party)]
+    chains, _ = expand_terms(plan)
+    parts = [f'"{g}"' for g in groups]
+    names = []
+    for i, chain in enumerate(chains):
+        kind = factor_kind(chain, party)
+        value = '"w"' if kind == "w" else f'"w" * "{kind}"'
+        name = f"__c{i}"
+        if chain.kind == "count_distinct":
+            parts.append(f'COUNT(DISTINCT CASE WHEN {value} > 0 THEN "__unit" END) AS "{name}"')
+        else:
+            parts.append(f'SUM({value}) AS "{name}"')
+        names.append(name)
+    parts.append('COUNT(*) AS "__rows"')
+    out = f'SELECT {", ".join(parts)} FROM ({sql}) AS "__l"'
+    if groups:
+        out += " GROUP BY " + ", ".join(f'"{g}"' for g in groups)
+    return out, groups, names
+
+
+def reduce_groups(plan: Plan, party: str, result: list[dict], groups: list[str],
+                  names: list[str]) -> tuple[np.ndarray, PartyRows]:
+    """Per chain and cell the sums of ``aggregate_sql``'s ``result`` rows, shape (chains,
+    cells), and a ``PartyRows`` holding only the private group labels (indexed as
+    ``local.index_labels`` indexes them over all rows: the same distinct values)."""
+    from veilql.engine.operators.local import index_labels, labels_only
+
+    keys = party_cells(plan.groups, party)
+    data = {g: np.array([row[g] for row in result], dtype=object) for g in groups}
+    labels: dict[str, list] = {}
+    for g in keys:
+        if g.private:
+            data[g.column], labels[g.column] = index_labels(data[g.column])
+    rows = labels_only(PartyRows(np.empty(0), {}, np.zeros((0, 1), dtype=bool), labels))
+    sizes = [group_size(g, rows) for g in keys]
+    cell = np.zeros(len(result), dtype=np.int64)
+    inside = np.ones(len(result), dtype=bool)
+    for g, size in zip(keys, sizes, strict=True):
+        col = np.array([0 if v is None else int(v) for v in data[g.column]], dtype=np.int64)
+        inside &= col >= 0
+        cell = cell * size + np.maximum(col, 0)
+    ncell = int(np.prod(sizes, dtype=np.int64)) if sizes else 1
+    out = np.zeros((len(names), ncell), dtype=np.int64)
+    for i, name in enumerate(names):
+        sums = np.array([int(row[name] or 0) for row in result], dtype=np.int64)
+        np.add.at(out[i], cell[inside], sums[inside])
+    return out, rows
+
+
+def reduce_in_engine(plan: Plan, step: LocalStep, connector: Connector,
+                     seed: str) -> tuple[np.ndarray, PartyRows]:
+    """A single-party plan's aggregates, shape (aggregates, cells), reduced by the party's
+    own engine (``aggregate_sql`` around the bounded local SQL), and its private group
+    labels (a ``PartyRows`` without arrays); what ``node.aggregate_plain`` computes over
+    the pivoted rows."""
+    from veilql.engine.operators.local import bounded_sql, run_engine
+
+    party = step.party
+    sql, groups, names = aggregate_sql(plan, party, bounded_sql(step, seed))
+    result = run_engine(connector, sql)
+    if sum(int(r["__rows"] or 0) for r in result) > MAX_UNITS:
+        # Rows bound units from above; count them exactly only when that bound is too big.
+        count = run_engine(connector, 'SELECT COUNT(DISTINCT "__unit") AS "n" FROM '
+                                      f'({bounded_sql(step, seed)}) AS "__l"')
+        if int(count[0]["n"]) > MAX_UNITS:
+            raise ProtocolError(f"{party} holds more than {MAX_UNITS} people in the tables of "
+                                "this query, beyond the range the plan was checked for")
+    per_chain, rows = reduce_groups(plan, party, result, groups, names)
+    _, owner = expand_terms(plan)
+    out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=np.int64)
+    for i, agg in enumerate(owner):
+        out[agg] += per_chain[i]
+    return out, rows

@@ -40,16 +40,26 @@ class SharedTable:
     cols: dict[str, AShare]
     memo: dict[str, AShare] = field(default_factory=dict)
 
-    def take(self, idx: np.ndarray) -> SharedTable:
-        """Rows at public positions ``idx`` (local)."""
-        return SharedTable(len(idx), {k: v[idx] for k, v in self.cols.items()})
+    def take(self, idx: np.ndarray, *, consume: bool = False) -> SharedTable:
+        """Rows at public positions ``idx`` (local); ``consume`` drops each column of this
+        table once it is gathered (then this table is empty)."""
+        cols = {}
+        for k in list(self.cols):
+            v = self.cols.pop(k) if consume else self.cols[k]
+            cols[k] = type(v)(v.party, np.take(v.a, idx, axis=0), np.take(v.b, idx, axis=0))
+            del v
+        return SharedTable(len(idx), cols)
 
-    def shuffled(self, rt: Runtime) -> SharedTable:
-        """The same rows under one secret permutation (three rounds)."""
+    def shuffled(self, rt: Runtime, *, consume: bool = False) -> SharedTable:
+        """The same rows under one secret permutation (three rounds per chunk);
+        ``consume`` empties this table column by column as the shuffle goes."""
         names = list(self.cols)
         if self.n == 0:
-            return self
-        out = rt.shuffle([self.cols[k] for k in names])
+            return SharedTable(0, dict(self.cols))
+        given = [self.cols[k] for k in names]
+        if consume:
+            self.cols = {}
+        out = rt.shuffle(given, consume=consume)
         return SharedTable(self.n, dict(zip(names, out, strict=True)))
 
 
@@ -68,11 +78,22 @@ def agree_all(rt: Runtime, flag: bool) -> bool:
 def match(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of equal tags on both sides (run by the viewer only).
 
+    Matches come in increasing order of the tag (as ``np.intersect1d`` gives them): each
+    side is sorted once and the left tags are looked up in the sorted right ones.
+
     >>> match(np.array([5, 9, 2], dtype=np.uint64), np.array([2, 7, 5], dtype=np.uint64))
     (array([2, 0]), array([0, 2]))
     """
-    _, il, ir = np.intersect1d(left, right, assume_unique=True, return_indices=True)
-    return il.astype(np.int64), ir.astype(np.int64)
+    if not len(left) or not len(right):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    ol = np.argsort(left)
+    sl = left[ol]
+    orr = np.argsort(right)
+    sr = right[orr]
+    pos = np.searchsorted(sr, sl)
+    pos[pos == len(sr)] = 0
+    hit = sr[pos] == sl
+    return ol[hit].astype(np.int64), orr[pos[hit]].astype(np.int64)
 
 
 def encode_positions(il: np.ndarray, ir: np.ndarray) -> np.ndarray:
@@ -101,11 +122,16 @@ def decode_positions(data: np.ndarray, viewer: str) -> tuple[np.ndarray, np.ndar
 
 
 def join_stage(
-    rt: Runtime, stage: JoinStage, left: SharedTable, right: SharedTable, tag: str,
+    rt: Runtime, stage: JoinStage, left: SharedTable, right: SharedTable, tag: str, *,
+    consume: bool = False,
 ) -> SharedTable:
-    """One join stage: shuffle both sides, open ``tag`` columns to the viewer, gather."""
-    left = left.shuffled(rt)
-    right = right.shuffled(rt)
+    """One join stage: shuffle both sides, open ``tag`` columns to the viewer, gather.
+
+    ``consume``: the input tables are emptied as they are shuffled (each column released
+    once its shuffled copy exists), so a stage holds about one copy of its tables at a time.
+    """
+    left = left.shuffled(rt, consume=consume)
+    right = right.shuffled(rt, consume=consume)
     tl = rt.open_to(left.cols[tag], stage.viewer)
     tr = rt.open_to(right.cols[tag], stage.viewer)
     msg = rt.tag("join-match")
@@ -122,5 +148,7 @@ def join_stage(
         if len(il) and (il.max() >= left.n or ir.max() >= right.n or min(il.min(), ir.min()) < 0):
             raise ProtocolError(f"join positions from {stage.viewer!r} are out of range")
     rt.rounds += 1
-    a, b = left.take(il), right.take(ir)
+    del tl, tr
+    a = left.take(il, consume=True)  # the shuffled copies are this function's own
+    b = right.take(ir, consume=True)
     return SharedTable(len(il), {**a.cols, **b.cols})
