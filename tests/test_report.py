@@ -475,7 +475,11 @@ def test_pdf_numbers_its_pages_and_fills_the_first(env, tmp_path: Path) -> None:
     flat = re.sub(r"\s+", " ", text)
     for n in range(1, total + 1):
         assert f"page {n} of {total}" in flat
-    assert "Review and signature" in flat and "Reviewed by (name)" in flat and digest(rep) in flat
+    assert "Review and signature" in flat and "Reviewed by (name)" in flat
+    # The fallback text extractor turns the font's "ff" ligature into a control code, so a
+    # digest containing "ff" (it depends on the ledger's times) is compared without it.
+    unligated = re.sub(r" ?\x02 ?", "ff", flat)
+    assert digest(rep) in unligated
     assert "monthly regional counts" in flat and "over budget" in flat
     assert "self-asserted" in flat and "discrete Laplace" in flat
 
