@@ -329,3 +329,35 @@ def test_generator_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     con.close()
     assert ids is not None and ids[2] == ids[3] == many.rows["bank.customers"] and ids[1] <= 1500
     assert loans == (1, many.rows["bank.loans"], many.rows["bank.loans"], 0)
+
+
+@pytest.mark.parametrize("words", [1, 7, 1 << 30])
+def test_a_collapsed_factor_sums_like_the_full_one(words: int) -> None:
+    """A party whose factor is the same for every aggregate sends it once (one aggregate
+    axis of length 1); the secure sum broadcasts it."""
+    n = 19
+    f1 = RNG.integers(0, 5, (n, 1, 3, 1))
+    one = RNG.integers(0, 2, (n, 1, 1, 4))
+    full = np.repeat(one, 3, axis=2)
+
+    def prog(rt, a, b, c):  # type: ignore[no-untyped-def]
+        rt.chunk_words = words
+        x = rt.share(0, a, f1.shape)
+        y = rt.share(1, b, one.shape)
+        z = rt.share(1, c, full.shape)
+        flags = np.zeros(3, dtype=bool)
+        return (rt.open(secure_sum(rt, [x, y], None, flags)).view(np.int64),
+                rt.open(secure_sum(rt, [x, z], None, flags)).view(np.int64))
+
+    collapsed, expanded = run_three(prog, [f1, None, None], [None, one, None],
+                                    [None, full, None])[0]
+    assert collapsed.shape == (3, 4) and (collapsed == expanded).all()
+    assert (expanded == fac.combine_plain([f1, full])).all()
+
+
+def test_collapse_only_when_every_aggregate_takes_the_same_factor() -> None:
+    _, plan = _demo_plan("SELECT a.segment, COUNT(*) AS n, AVG(l.defaulted) AS rate "
+                         "FROM bank.loans l JOIN payments.accounts a "
+                         "ON l.customer_id = a.customer_id GROUP BY a.segment")
+    chains, _ = fac.expand_terms(plan)
+    assert fac.collapsible("payments", chains) and not fac.collapsible("bank", chains)

@@ -632,7 +632,7 @@ class PartyNode:
         slot_level = plan.cross is not None
         width = fac.factor_width(plan, me, rows, chains, slot_level=slot_level)
         out["F"] = fac.build_factors(plan, me, rows, chains, slot_level=slot_level,
-                                     chunk_rows=max(1, chunk_words() // width))
+                                     chunk_rows=max(1, chunk_words() // width), collapse=True)
         for col in step.columns:
             if col.role in ("atom", "operand"):
                 out[col.name] = rows.cols.pop(col.name) * rows.present
@@ -870,7 +870,7 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
     n = joined.n
     slots = [plan.step(p).slots for p in plan.parties]
     factors = [joined.cols[f"{p}.F"] for p in plan.parties]
-    width = grid_width([f.shape for f in factors])
+    width = grid_width([f.shape for f in factors], len(chains))
     if plan.cross is not None:
         width += CROSS_WORDS * int(np.prod(slots, dtype=np.int64))
     per_chain: AShare | None = None

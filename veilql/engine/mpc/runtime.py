@@ -125,8 +125,14 @@ class Runtime:
 
     # -- messaging ---------------------------------------------------------------
     def send(self, to: int, tag: str, arr: np.ndarray) -> None:
-        """Send an array's raw bytes to party index ``to`` (receiver knows dtype and shape)."""
-        self.transport.send(self.parties[to], tag, np.ascontiguousarray(arr).tobytes())
+        """Send an array's raw bytes to party index ``to`` (receiver knows dtype and shape).
+
+        The bytes go as a view of the array: every transport consumes a payload before
+        ``send`` returns (the in-process one copies it, a socket writes it), so the array may
+        be reused afterwards and a network send makes no copy.
+        """
+        data = np.ascontiguousarray(arr)
+        self.transport.send(self.parties[to], tag, memoryview(data.reshape(-1).view(np.uint8)))
 
     def recv(self, frm: int, tag: str, dtype: Any, shape: int | tuple[int, ...]) -> np.ndarray:
         """Receive an array of known dtype and shape from party index ``frm`` (read-only)."""

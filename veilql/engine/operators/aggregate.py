@@ -40,15 +40,15 @@ def layout(index: int, factor_shape: tuple[int, ...], k: int) -> tuple[int, ...]
     return (n, *slots, a, *cells)
 
 
-def grid_width(factor_shapes: list[tuple[int, ...]]) -> int:
+def grid_width(factor_shapes: list[tuple[int, ...]], aggs: int | None = None) -> int:
     """Words of the joint grid per unit: every party's slots times aggregates times cells.
 
-    >>> grid_width([(10, 3, 2, 5), (10, 1, 2, 4)])
+    >>> grid_width([(10, 3, 2, 5), (10, 1, 1, 4)])
     120
     """
     slots = int(np.prod([s[1] for s in factor_shapes], dtype=np.int64))
     cells = int(np.prod([s[3] for s in factor_shapes], dtype=np.int64))
-    return slots * factor_shapes[0][2] * cells
+    return slots * (aggs or max(s[2] for s in factor_shapes)) * cells
 
 
 def secure_sum(
@@ -56,11 +56,13 @@ def secure_sum(
 ) -> AShare:
     """Shares of every aggregate and cell, shape (aggregates, cells in party order).
 
-    Units are taken in chunks of at most ``rt.chunk_words`` grid words (see the module
-    docstring); the result does not depend on the chunk size.
+    ``distinct`` has one flag per aggregate (term chain); a party whose factor has one
+    aggregate axis of length 1 (``build_factors(collapse=True)``) multiplies the same factor
+    into every aggregate. Units are taken in chunks of at most ``rt.chunk_words`` grid
+    words (see the module docstring); the result does not depend on the chunk size.
     """
     n = factors[0].shape[0]
-    rows = rt.chunk_rows(grid_width([f.shape for f in factors]))
+    rows = rt.chunk_rows(grid_width([f.shape for f in factors], len(distinct)))
     if n <= rows:
         return _secure_sum(rt, factors, cross, distinct)
     total: AShare | None = None
@@ -80,7 +82,7 @@ def _secure_sum(
     k = len(factors)
     shapes = [f.shape for f in factors]
     n = shapes[0][0]
-    aggs = shapes[0][2]
+    aggs = len(distinct)  # one per chain; a party's factor may hold one for all (collapsed)
     joint = (n, *[s[1] for s in shapes], aggs, *[s[3] for s in shapes])
     grid = [expand(f, layout(i, f.shape, k), joint) for i, f in enumerate(factors)]
     if cross is not None:

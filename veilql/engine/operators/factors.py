@@ -78,9 +78,16 @@ def factor_width(plan: Plan, party: str, rows: PartyRows, aggregates: tuple[Aggr
     return rows.present.shape[1] * max(1, len(aggregates)) * ncell
 
 
+def collapsible(party: str, aggregates: tuple[AggregateSpec, ...]) -> bool:
+    """Whether ``party`` multiplies the same factor into every aggregate: the same column
+    (e.g. only its weight, when it owns no value) and the same reduction of slots."""
+    kinds = {(factor_kind(a, party), a.kind == "count_distinct") for a in aggregates}
+    return len(aggregates) > 1 and len(kinds) == 1
+
+
 def build_factors(
     plan: Plan, party: str, rows: PartyRows, aggregates: tuple[AggregateSpec, ...],
-    *, slot_level: bool, chunk_rows: int | None = None,
+    *, slot_level: bool, chunk_rows: int | None = None, collapse: bool = False,
 ) -> np.ndarray:
     """Factors of ``party`` for ``aggregates``: shape (units, slots or 1, aggs, cells).
 
@@ -88,8 +95,13 @@ def build_factors(
     it is its weight; this function is called once per term chain by the caller, which
     passes one aggregate per term (see ``expand_terms``). Units are taken ``chunk_rows`` at
     a time (all at once by default), so the temporaries stay within a chunk; the result
-    does not depend on it.
+    does not depend on it. With ``collapse``, a party whose factor is the same for every
+    aggregate (``collapsible``) gets one aggregate axis of length 1, which the secure sum
+    broadcasts (e.g. the owner of the group columns, four cells and three aggregates:
+    four words per unit instead of twelve).
     """
+    if collapse and collapsible(party, aggregates):
+        aggregates = aggregates[:1]
     groups = party_cells(plan.groups, party)
     ncell = cell_count(groups, rows)
     n, slots = rows.present.shape

@@ -40,13 +40,24 @@ class SharedTable:
     cols: dict[str, AShare]
     memo: dict[str, AShare] = field(default_factory=dict)
 
-    def take(self, idx: np.ndarray, *, consume: bool = False) -> SharedTable:
+    def take(self, idx: np.ndarray, *, consume: bool = False,
+             in_place: bool = False) -> SharedTable:
         """Rows at public positions ``idx`` (local); ``consume`` drops each column of this
-        table once it is gathered (then this table is empty)."""
+        table once it is gathered (then this table is empty).
+
+        ``in_place`` (with ``consume``, for strictly increasing ``idx``): each column is
+        compacted inside its own arrays, chunk by chunk (row ``k`` comes from ``idx[k] >=
+        k``, never overwritten before it is read) and shrunk to ``len(idx)`` rows, so a
+        wide table is gathered without a second copy of it.
+        """
         cols = {}
+        ordered = in_place and consume and len(idx) > 0 and bool(np.all(idx[1:] > idx[:-1]))
         for k in list(self.cols):
             v = self.cols.pop(k) if consume else self.cols[k]
-            cols[k] = type(v)(v.party, np.take(v.a, idx, axis=0), np.take(v.b, idx, axis=0))
+            if ordered and _compactable(v):
+                cols[k] = type(v)(v.party, _compact(v.a, idx), _compact(v.b, idx))
+            else:
+                cols[k] = type(v)(v.party, np.take(v.a, idx, axis=0), np.take(v.b, idx, axis=0))
             del v
         return SharedTable(len(idx), cols)
 
@@ -61,6 +72,32 @@ class SharedTable:
             self.cols = {}
         out = rt.shuffle(given, consume=consume)
         return SharedTable(self.n, dict(zip(names, out, strict=True)))
+
+
+COMPACT_ROWS = 1 << 18  # rows moved at once by an in-place gather
+
+
+def _compactable(x: AShare) -> bool:
+    """Whether ``x``'s components may be compacted in place: writable, contiguous, not
+    sharing memory with each other."""
+    return all(c.flags.writeable and c.flags.c_contiguous for c in (x.a, x.b)) and \
+        not np.may_share_memory(x.a, x.b)
+
+
+def _compact(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``x[idx]`` built inside ``x`` (``idx`` strictly increasing), shrunk when ``x`` owns
+    its memory (the tail is handed back), else a view of its first ``len(idx)`` rows."""
+    m = len(idx)
+    for lo in range(0, m, COMPACT_ROWS):
+        hi = min(m, lo + COMPACT_ROWS)
+        x[lo:hi] = x[idx[lo:hi]]  # reads rows >= lo, writes rows lo..hi-1
+    if x.base is None and x.flags.owndata:
+        try:
+            x.resize((m, *x.shape[1:]), refcheck=False)
+            return x
+        except ValueError:
+            pass
+    return x[:m]
 
 
 def agree_all(rt: Runtime, flag: bool) -> bool:
@@ -149,6 +186,17 @@ def join_stage(
             raise ProtocolError(f"join positions from {stage.viewer!r} are out of range")
     rt.rounds += 1
     del tl, tr
-    a = left.take(il, consume=True)  # the shuffled copies are this function's own
-    b = right.take(ir, consume=True)
+    # The joined rows are ordered by their position on the wider side (every party sorts
+    # the same public positions the same way), so that side is gathered in place.
+    wide = _row_words(left) >= _row_words(right)
+    order = np.argsort(il if wide else ir, kind="stable")
+    il, ir = il[order], ir[order]
+    a = left.take(il, consume=True, in_place=wide)  # the shuffled copies are this function's
+    b = right.take(ir, consume=True, in_place=not wide)
     return SharedTable(len(il), {**a.cols, **b.cols})
+
+
+def _row_words(table: SharedTable) -> int:
+    """Words per row of all of ``table``'s columns."""
+    return sum(int(np.prod(v.shape[1:], dtype=np.int64)) * v.dtype.itemsize // 8 or 1
+               for v in table.cols.values())

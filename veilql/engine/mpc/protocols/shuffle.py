@@ -204,39 +204,54 @@ def _pass_chunked(rt: Runtime, tag: str, cols: list[Column], a: int, n: int, *,
         second = col.b if in_place else np.empty(col.shape, col.dtype)
         out_a, out_b = first.reshape(n, width), second.reshape(n, width)
         in_a, in_b = col.a.reshape(n, width), col.b.reshape(n, width)
-        for g, (g0, g1) in enumerate(_pieces(n, width, col.dtype.itemsize, rt.chunk_words)):
-            rows = rt.chunk_rows(-(-(g1 - g0) * col.dtype.itemsize // 8))
-            source = None
-            if me == a:
-                source = _combine(col, in_a[:, g0:g1], in_b[:, g0:g1])
+        pieces = _pieces(n, width, col.dtype.itemsize, rt.chunk_words)
+        wide = max(g1 - g0 for g0, g1 in pieces) if pieces else 0
+        rows = rt.chunk_rows(-(-wide * col.dtype.itemsize // 8))
+        # Buffers reused by every piece and chunk of this column (fresh memory costs the
+        # kernel a page fault per page: reusing it roughly halves the system time).
+        source = np.empty((n, wide), col.dtype) if me != c else None
+        work = np.empty((min(rows, n), wide), col.dtype) if me != c else None
+        for g, (g0, g1) in enumerate(pieces):
+            w = g1 - g0
+            if me == a:  # what a permutes: x_a + x_{a+1}; b: x_{a+2}
+                _combine_into(col, in_a[:, g0:g1], in_b[:, g0:g1], source[:, :w])
             elif me == b:
-                source = np.array(in_b[:, g0:g1])
-            for j, (lo, hi) in enumerate(_spans(n, rows)):
-                label, shape = f"{tag}/{i}/{g}/{j}", (hi - lo, g1 - g0)
+                np.copyto(source[:, :w], in_b[:, g0:g1])
+            for j, (lo, hi) in enumerate(_spans(n, rt.chunk_rows(-(-w * col.dtype.itemsize
+                                                                   // 8)))):
+                label, shape = f"{tag}/{i}/{g}/{j}", (hi - lo, w)
                 rt.rounds += 1
                 if me == c:  # outsider: x'_{a+2} from its prev seed, x'_a from its next seed
                     out_a[lo:hi, g0:g1] = rt.seeds.prev.array("shuffle", label, shape, col.dtype)
                     out_b[lo:hi, g0:g1] = rt.seeds.next.array("shuffle", label, shape, col.dtype)
                     continue
-                assert perm is not None and source is not None
-                y = np.take(source, perm[lo:hi], axis=0)
+                assert perm is not None and source is not None and work is not None
+                mine = work[:hi - lo, :w]
+                np.take(source[:, :w], perm[lo:hi], axis=0, out=mine)
                 # x'_a from s_a (a's prev seed) at a; x'_{a+2} from s_{a+2} (b's next) at b
                 seed = rt.seeds.prev if me == a else rt.seeds.next
                 mask = seed.array("shuffle", label, shape, col.dtype)
-                mine = _minus(col, y, mask)
-                del y
+                _minus_into(col, mine, mask, mine)
                 msg = f"{tag}/{i}.{g}.{j}"
                 rt.send(other, msg, mine)
                 got = rt.recv(other, msg, col.dtype, shape)
-                mid = _combine(col, mine, got)
-                if me == a:
-                    out_a[lo:hi, g0:g1], out_b[lo:hi, g0:g1] = mask, mid
-                else:
-                    out_a[lo:hi, g0:g1], out_b[lo:hi, g0:g1] = mid, mask
-            del source
+                keep, mid = (out_a, out_b) if me == a else (out_b, out_a)
+                keep[lo:hi, g0:g1] = mask
+                _combine_into(col, mine, got, mid[lo:hi, g0:g1])
+        del source, work
         cols[i] = type(col)(me, first, second)  # a new input column is released here
         del col, in_a, in_b
     return cols
+
+
+def _combine_into(col: Column, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+    """``out = u + v`` (arithmetic) or ``u ^ v`` (boolean), without a new array."""
+    (np.add if isinstance(col, AShare) else np.bitwise_xor)(u, v, out=out)
+
+
+def _minus_into(col: Column, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+    """``out = u - v`` (arithmetic) or ``u ^ v`` (boolean), without a new array."""
+    (np.subtract if isinstance(col, AShare) else np.bitwise_xor)(u, v, out=out)
 
 
 def _pass(rt: Runtime, tag: str, cols: list[Column], a: int, n: int) -> list[Column]:
