@@ -1,7 +1,7 @@
 """Scale: time and peak memory of the embedded mode at 10^6 and 10^7 people (issue 17).
 
     python -m bench.scale [--people 1000000,10000000] [--queries join,local,...]
-                          [--cap-mb 12000] [--json]
+                          [--cap-mb 12000] [--shapes] [--cli] [--json]
 
 Every figure comes from a fresh child process, one at a time (never two large runs at
 once), so each peak is its own: ``VmHWM`` of the child (every party is a thread of it with
@@ -17,6 +17,12 @@ once), so each peak is its own: ``VmHWM`` of the child (every party is a thread 
   compared with), and the party's bounded local SQL alone (its floor: rows per person chosen
   with the secret seed, values clamped).
 
+- ``--shapes``: every oracle query shape (``tests/test_oracle.py``, ``tests/test_large.py``)
+  once, in one session, at the largest population (the slow 10^7 check's child);
+- ``--cli``: ``veil --version``, ``--help``, ``parties`` and a join query on the bundled
+  20,000-person sample, each a fresh process timed end to end.
+
+Every child's row carries the load average before and after it.
 A child whose resident memory passes ``--cap-mb`` stops itself (a watchdog thread samples
 it every 20 ms), so a run cannot starve the machine; its row then says so. On a shared
 machine, compare CPU seconds as much as wall time.
@@ -37,7 +43,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bench.e2e import ANALYST, CACHE, EPSILON, federation
+from bench.e2e import ANALYST, CACHE, EPSILON, ROOT, federation
 
 QUERIES: dict[str, str] = {
     "join": ("SELECT COUNT(*) AS n, SUM(l.amount) AS total FROM bank.loans l "
@@ -180,20 +186,72 @@ def child_generate(people: int, cap_mb: float) -> dict[str, Any]:
 
 
 def child(args: list[str], timeout: float) -> dict[str, Any]:
-    """Run ``python -m bench.scale --child ...``; its last line of JSON."""
+    """Run ``python -m bench.scale --child ...``; its last line of JSON, with the load
+    average before and after (other jobs on the machine slow wall times down)."""
+    load = os.getloadavg()
     proc = subprocess.run([sys.executable, "-m", "bench.scale", "--child", *args],
                           capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "load_before": load, "load_after": os.getloadavg()}
 
 
-def run(people: list[int], queries: list[str], cap_mb: float,
-        timeout: float = 3600) -> dict[str, Any]:
-    """Every figure, one child process at a time; a JSON-ready dict."""
+def shapes() -> list[str]:
+    """Every oracle query shape (``tests/test_oracle.py``) and those of the slow 10^7 check
+    (``tests/test_large.py``), in the order the slow check runs them."""
+    import ast
+
+    found: list[str] = []
+    for name in ("test_oracle.py", "test_large.py"):
+        tree = ast.parse((ROOT / "tests" / name).read_text())
+        for node in tree.body:  # the module-level ``QUERIES = [...]`` list of literals
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and getattr(node.targets[0], "id", "") == "QUERIES"):
+                found.extend(ast.literal_eval(node.value))
+    return list(dict.fromkeys(found))
+
+
+def cli(reps: int = 5) -> dict[str, Any]:
+    """Wall time of the console script, a fresh process each run (median of ``reps``):
+    ``veil --version``, ``veil --help``, ``veil parties`` and one join query on the bundled
+    20,000-person sample, end to end (ledgers in a temporary folder: nothing is spent)."""
+    veil = str(Path(sys.executable).with_name("veil"))
+    sql = ("SELECT COUNT(*) AS n, SUM(l.amount) AS total FROM bank.loans l "
+           "JOIN insurer.policies p ON l.customer_id = p.customer_id WHERE p.open_claim = 1")
+    commands = {"version": [veil, "--version"], "help": [veil, "--help"],
+                "parties": [veil, "parties"],
+                "sample_join_query": [veil, "query", "--analyst", "alice", "--epsilon", "0.5",
+                                      sql]}
+    out: dict[str, Any] = {"load_before": os.getloadavg()}
+    for key, cmd in commands.items():
+        times = []
+        for _ in range(reps):
+            env = dict(os.environ, VEIL_LEDGER_DIR=tempfile.mkdtemp(prefix="veil-scale-cli-"))
+            env.pop("VEIL_FEDERATION", None)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env,
+                                  cwd=tempfile.gettempdir())
+            times.append(time.perf_counter() - t0)
+            if proc.returncode != 0:
+                out[key] = {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+                break
+        else:
+            out[key] = {"median_s": statistics.median(times), "min_s": min(times),
+                        "all_s": times}
+    out["load_after"] = os.getloadavg()
+    return out
+
+
+def run(people: list[int], queries: list[str], cap_mb: float, timeout: float = 3600,
+        all_shapes: bool = False, with_cli: bool = False) -> dict[str, Any]:
+    """Every figure, one child process at a time; a JSON-ready dict. ``all_shapes``: also
+    every oracle query shape in one session at the largest population; ``with_cli``: the
+    console script's start-up and a query on the bundled sample first."""
     out: dict[str, Any] = {"cap_mb": cap_mb, "memory_mb": os.environ.get("VEIL_MEMORY_MB"),
                            "load_before": os.getloadavg(), "people": {}}
+    if with_cli:
+        out["cli"] = cli()
     for n in people:
         res: dict[str, Any] = {}
         if not (CACHE / str(n) / "federation.toml").exists():
@@ -206,6 +264,11 @@ def run(people: list[int], queries: list[str], cap_mb: float,
             res["bounded_sql_over_duckdb"] = (res["duckdb"]["bounded_sql_s"]
                                               / res["duckdb"]["plain_s"])
         out["people"][str(n)] = res
+    if all_shapes and people:
+        listed = Path(tempfile.mkdtemp(prefix="veil-scale-shapes-")) / "queries.json"
+        listed.write_text(json.dumps(shapes()))
+        out["shapes"] = {"people": max(people), **child(
+            ["sqls", str(max(people)), str(listed), str(cap_mb)], 2 * timeout)}
     out["load_after"] = os.getloadavg()
     return out
 
@@ -218,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cap-mb", type=float, default=12000.0,
                     help="resident memory at which a child stops itself (MiB)")
     ap.add_argument("--json", action="store_true", help="one line of JSON")
+    ap.add_argument("--shapes", action="store_true",
+                    help="also every oracle query shape in one session at the largest N")
+    ap.add_argument("--cli", action="store_true",
+                    help="also the console script's start-up and a query on the sample")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -233,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(res), flush=True)
         return 0
     people = [int(x) for x in args.people.split(",") if x]
-    res = run(people, [q for q in args.queries.split(",") if q], args.cap_mb)
+    res = run(people, [q for q in args.queries.split(",") if q], args.cap_mb,
+              all_shapes=args.shapes, with_cli=args.cli)
     print(json.dumps(res, indent=None if args.json else 2))
     return 0
 
