@@ -4,7 +4,9 @@
 
 prints one JSON object: secure signed 64-bit LT comparisons per second at 10^4, 10^5
 and 10^6 elements, multiplications and equality tests per second, shuffle throughput,
-bytes sent (all parties together) and rounds per comparison, and the machine; and the cost
+bytes sent (all parties together) and rounds per comparison, MPyC's and SecretFlow SPU's
+figures from the same run (``mpyc_lt_per_s``; ``spu_lt_per_s``, ``spu_mul_per_s``: null,
+with ``spu.reason``, when ``bench/.venv-spu`` is missing), and the machine; and the cost
 of sampling central noise on shares (``noise_on_shares``: 1,000 cells of a COUNT and a SUM
 plan, one batch; ``python -m bench.mpc --noise`` runs only that).
 Each figure is the best of a few repetitions of wall time from a barrier that all three
@@ -154,6 +156,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     out["shuffle_rows_per_s_2cols"] = round(sh["per_s"])
     out["noise_on_shares"] = measure_noise(1000, reps)
     out["mpyc_lt_per_s"] = measure_mpyc(quick)
+    spu = measure_spu(quick)
+    out["spu_lt_per_s"], out["spu_mul_per_s"] = spu["lt_per_s"], spu["mul_per_s"]
+    out["spu"] = spu
     out["tls"] = measure_tls(quick)
     out["machine"] = machine()
     return out
@@ -170,6 +175,16 @@ def measure_mpyc(quick: bool = False) -> int | None:
 
     res = run_mpyc(10_000 if quick else 100_000, 2 if quick else 3)
     return round(res["lt"]["per_s"])
+
+
+def measure_spu(quick: bool = False) -> dict[str, Any]:
+    """SecretFlow SPU (ABY3, three simulated parties, its own venv) at 10^6 elements
+    (10^5 with ``quick``), in this same run: ``lt_per_s`` and ``mul_per_s`` on 64-bit
+    integers, fixed point beside them; both None with a ``reason`` when the venv is
+    missing (``python -m bench.peers_spu --setup``) or the run fails."""
+    from bench.peers_spu import summary
+
+    return summary(100_000 if quick else 1_000_000, 2 if quick else 3)
 
 
 def _tls_lt_party(transport: Any, n: int, reps: int) -> dict[str, float]:
