@@ -9,12 +9,18 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# The catalog commands' cache (veilql.connectors.catalog_cache) goes to a folder of this run,
+# not to the user's ~/.cache, so runs never see each other's entries.
+os.environ.setdefault("VEIL_CACHE_DIR", tempfile.mkdtemp(prefix="veil-cache-"))
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HELDOUT = FIXTURES / "heldout"

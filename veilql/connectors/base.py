@@ -27,16 +27,14 @@ import os.path
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import pyarrow as pa
-import sqlglot
-from sqlglot import exp
-from sqlglot.errors import SqlglotError
+if TYPE_CHECKING:  # numpy, Arrow and sqlglot load only when a query runs (CLI start-up)
+    import numpy as np
+    import pyarrow as pa
+    from sqlglot import exp
 
 from veilql.errors import ConfigError, LocalEngineError, ProtocolError, QueryError
 
@@ -131,6 +129,10 @@ class Connector(ABC):
 
     def _one_query(self, sql_duckdb: str) -> exp.Query:
         """The single query statement of ``sql_duckdb`` (see ``transpile``)."""
+        import sqlglot
+        from sqlglot import exp
+        from sqlglot.errors import SqlglotError
+
         try:
             statements = [s for s in sqlglot.parse(sql_duckdb, read="duckdb") if s is not None]
         except SqlglotError as exc:
@@ -240,6 +242,8 @@ def register_connector(scheme: str, factory: _Factory, *, url: bool = False) -> 
 def _plugin(scheme: str) -> _Entry | None:
     """The connector an installed package registers for ``scheme`` (entry points)."""
     try:
+        from importlib.metadata import entry_points  # slow to import; only for plug-ins
+
         found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == scheme]
     except Exception:  # noqa: BLE001 - broken package metadata must not break built-ins
         return None
@@ -259,6 +263,8 @@ def known_schemes() -> tuple[str, ...]:
     >>> known_schemes()[:4]
     ('duckdb', 'csv', 'parquet', 'postgresql')
     """
+    from importlib.metadata import entry_points
+
     extra = [s for s in _FACTORIES if s not in SCHEMES]
     try:
         extra += [ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)

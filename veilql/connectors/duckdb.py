@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from veilql.connectors.base import ColumnInfo, Connector, engine_failure
 from veilql.errors import ConfigError, QueryError

@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from veilql.connectors import catalog_cache
 from veilql.connectors.base import ColumnInfo, open_connector, resolve_spec
 from veilql.errors import ConfigError
 from veilql.policies.columns import parse_column
@@ -67,11 +68,15 @@ _ADDRESS = re.compile(
 )
 
 
-def load_federation(path: str | Path, *, open_remote: bool = False) -> Federation:
+def load_federation(
+    path: str | Path, *, open_remote: bool = False, cached_catalogs: bool = False,
+) -> Federation:
     """Load ``path`` (a federation.toml) and every policy file, validated; see module doc.
 
     ``open_remote`` also opens the connectors of parties that are not ``local`` (a party's
     own node does this for itself), to check their tables and columns.
+    ``cached_catalogs`` reads file connectors' catalogs from ``connectors.catalog_cache``
+    when their files are unchanged (the catalog commands only; see that module).
     """
     fed_path = Path(path).expanduser().absolute()
     raw = read_toml(
@@ -120,7 +125,7 @@ def load_federation(path: str | Path, *, open_remote: bool = False) -> Federatio
     for pname, address, connector in party_specs:
         catalog = None
         if address == "local" or open_remote:
-            catalog = _party_catalog(f, pname, connector, root)
+            catalog = _party_catalog(f, pname, connector, root, cached_catalogs)
         policy_file = policies_dir / f"{pname}.toml"
         if not policy_file.is_file():
             raise f.error(
@@ -263,11 +268,17 @@ def _check_no_orphan_policies(policies_dir: Path, party_names: list[str]) -> Non
 
 
 def _party_catalog(
-    f: TomlFile, pname: str, connector: str, root: Path
+    f: TomlFile, pname: str, connector: str, root: Path, cached: bool = False,
 ) -> dict[str, list[ColumnInfo]]:
+    key = catalog_cache.data_key(connector, root) if cached else None
+    if key is not None and (hit := catalog_cache.load(key)) is not None:
+        return hit
     try:
         with open_connector(connector, root) as conn:
-            return dict(conn.catalog())
+            catalog = dict(conn.catalog())
+        if key is not None:
+            catalog_cache.store(key, catalog)
+        return catalog
     except ConfigError as exc:
         raise f.error(f"party.{pname}.connector", exc.message, exc.hint or "") from exc
 

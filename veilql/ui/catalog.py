@@ -91,7 +91,7 @@ def lookup_table(fed: Federation, qualified: str) -> tuple[Party, TablePolicy]:
 @format_option()
 def parties(federation: str | None, fmt: str) -> None:
     """List the federation's parties (the first three are the compute parties)."""
-    fed = load(federation)
+    fed = load(federation, cached_catalogs=True)
     emit(render(PARTY_COLUMNS, party_rows(fed), fmt))
 
 
@@ -101,7 +101,7 @@ def parties(federation: str | None, fmt: str) -> None:
 @format_option()
 def tables(party: str | None, federation: str | None, fmt: str) -> None:
     """List the tables every party shares, or only PARTY's."""
-    fed = load(federation)
+    fed = load(federation, cached_catalogs=True)
     chosen = [lookup_party(fed, party)] if party else list(fed.parties)
     emit(render(TABLE_COLUMNS, table_rows(chosen), fmt))
 
@@ -115,7 +115,7 @@ def schema(table: str, federation: str | None, fmt: str) -> None:
 
     Columns the policy does not list cannot be used by any query and are not shown.
     """
-    fed = load(federation)
+    fed = load(federation, cached_catalogs=True)
     party, policy = lookup_table(fed, table)
     meta = {
         "party": party.name,

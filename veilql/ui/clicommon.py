@@ -50,14 +50,18 @@ def format_option(formats: Sequence[str] = FORMATS, default: str = "table") -> C
     )
 
 
-def load(federation: str | None) -> Federation:
-    """Find (``-f``, ``$VEIL_FEDERATION``, ./federation.toml, sample) and load the federation."""
+def load(federation: str | None, *, cached_catalogs: bool = False) -> Federation:
+    """Find (``-f``, ``$VEIL_FEDERATION``, ./federation.toml, sample) and load the federation.
+
+    ``cached_catalogs``: file connectors' catalogs may come from the catalog cache (the
+    catalog commands, which only describe; see ``veilql.connectors.catalog_cache``).
+    """
     # Imported here: the loader validates against the connectors' catalogs (DuckDB, Arrow),
     # which `veil --version` and `veil --help` should not pay for.
     from veilql.policies.discovery import find_federation
     from veilql.policies.loader import load_federation
 
-    return load_federation(find_federation(federation))
+    return load_federation(find_federation(federation), cached_catalogs=cached_catalogs)
 
 
 def emit(text: str) -> None:
