@@ -353,6 +353,32 @@ def _normalise(path: Path) -> str:
     return os.path.normpath(str(path.absolute()))
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any password (in the user part or a ``password=`` parameter) replaced
+    by ``***``, for messages and ``spec``.
+
+    >>> redact_url("postgresql://ann:s3cret@db:5432/w?password=x&sslmode=require")
+    'postgresql://ann:***@db:5432/w?password=***&sslmode=require'
+    >>> redact_url("mysql://ann:s3cret@db:3306/w?ssl_ca=/ca.pem")
+    'mysql://ann:***@db:3306/w?ssl_ca=/ca.pem'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        cred, _, host = netloc.rpartition("@")
+        if ":" in cred:
+            cred = cred.split(":", 1)[0] + ":***"
+        netloc = f"{cred}@{host}"
+    items = []
+    for item in parts.query.split("&") if parts.query else []:
+        key, eq, _ = item.partition("=")
+        items.append(f"{key}=***" if key == "password" and eq else item)
+    query = "&".join(items)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def open_connector(spec: str, base_dir: Path) -> Connector:
     """Open the connector described by ``spec``, relative paths resolving against ``base_dir``.
 

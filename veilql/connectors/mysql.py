@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pyarrow as pa
 import pymysql
@@ -44,7 +44,13 @@ from pymysql.constants import FIELD_TYPE, FLAG
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from veilql.connectors.base import ColumnInfo, Connector, ConnectorError, engine_failure
+from veilql.connectors.base import (
+    ColumnInfo,
+    Connector,
+    ConnectorError,
+    engine_failure,
+)
+from veilql.connectors.base import redact_url as redact
 from veilql.connectors.rewrites import (
     bottom_up,
     first_line,
@@ -178,22 +184,6 @@ def arrow_type(type_code: int, flags: int, length: int, scale: int,
         return pa.binary() if charset == _BINARY_CHARSET and type_code != FIELD_TYPE.JSON \
             else pa.string()
     return _FIXED_FIELDS.get(type_code)
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and ``spec``.
-
-    >>> redact("mysql://ann:s3cret@db:3306/w?ssl_ca=/ca.pem")
-    'mysql://ann:***@db:3306/w?ssl_ca=/ca.pem'
-    """
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        cred, _, host = netloc.rpartition("@")
-        if ":" in cred:
-            cred = cred.split(":", 1)[0] + ":***"
-        netloc = f"{cred}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def connect_args(url: str) -> dict[str, Any]:

@@ -35,7 +35,13 @@ from psycopg.conninfo import conninfo_to_dict
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from veilql.connectors.base import ColumnInfo, Connector, ConnectorError, engine_failure
+from veilql.connectors.base import (
+    ColumnInfo,
+    Connector,
+    ConnectorError,
+    engine_failure,
+)
+from veilql.connectors.base import redact_url as redact
 from veilql.connectors.rewrites import first_line
 from veilql.errors import ConfigError, QueryError
 
@@ -169,27 +175,6 @@ def split_url(url: str) -> tuple[str, str | None]:
     rest = "&".join(i for i in items if i.partition("=")[0] != "schema")
     libpq = urlunsplit(("postgresql", parts.netloc, parts.path, rest, parts.fragment))
     return libpq, (schemas[0].strip() if schemas else None)
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and ``spec``.
-
-    >>> redact("postgresql://ann:s3cret@db:5432/w?password=x&sslmode=require")
-    'postgresql://ann:***@db:5432/w?password=***&sslmode=require'
-    """
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        cred, _, host = netloc.rpartition("@")
-        if ":" in cred:
-            cred = cred.split(":", 1)[0] + ":***"
-        netloc = f"{cred}@{host}"
-    items = []
-    for item in parts.query.split("&") if parts.query else []:
-        key, eq, _ = item.partition("=")
-        items.append(f"{key}=***" if key == "password" and eq else item)
-    query = "&".join(items)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 _HALF_AWAY = sqlglot.parse_one(
