@@ -67,11 +67,12 @@ def test_parties_all_formats(heldout: Path) -> None:
 
 # ---- tables ------------------------------------------------------------------------------
 
-TABLE_COLS = ["party", "table", "privacy_unit", "max_rows_per_unit", "join_reveal", "columns"]
+TABLE_COLS = ["party", "table", "privacy_unit", "max_rows_per_unit", "join_reveal", "columns",
+              "kind"]
 TABLE_ROWS = [
-    ["hospital", "admissions", "patient_id", 4, "intersection", 5],
-    ["pharmacy", "prescriptions", "patient_id", 10, "none", 4],
-    ["lab", "results", "patient_id", 5, "none", 4],
+    ["hospital", "admissions", "patient_id", 4, "intersection", 5, "personal"],
+    ["pharmacy", "prescriptions", "patient_id", 10, "none", 4, "personal"],
+    ["lab", "results", "patient_id", 5, "none", 4, "personal"],
 ]
 
 
@@ -83,21 +84,25 @@ def test_tables_all_formats(heldout: Path) -> None:
         "rows": TABLE_ROWS,
     }
     assert ok("tables", "-f", f, "--format", "csv") == (
-        "party,table,privacy_unit,max_rows_per_unit,join_reveal,columns\n"
-        "hospital,admissions,patient_id,4,intersection,5\n"
-        "pharmacy,prescriptions,patient_id,10,none,4\n"
-        "lab,results,patient_id,5,none,4\n"
+        "party,table,privacy_unit,max_rows_per_unit,join_reveal,columns,kind\n"
+        "hospital,admissions,patient_id,4,intersection,5,personal\n"
+        "pharmacy,prescriptions,patient_id,10,none,4,personal\n"
+        "lab,results,patient_id,5,none,4,personal\n"
     )
     assert ok("tables", "-f", f, "--format", "jsonl").splitlines()[2] == (
         '{"party": "lab", "table": "results", "privacy_unit": "patient_id", '
-        '"max_rows_per_unit": 5, "join_reveal": "none", "columns": 4}'
+        '"max_rows_per_unit": 5, "join_reveal": "none", "columns": 4, "kind": "personal"}'
     )
     assert ok("tables", "-f", f) == (
-        "party     table          privacy_unit  max_rows_per_unit  join_reveal   columns\n"
-        "--------  -------------  ------------  -----------------  ------------  -------\n"
-        "hospital  admissions     patient_id                    4  intersection        5\n"
-        "pharmacy  prescriptions  patient_id                   10  none                4\n"
-        "lab       results        patient_id                    5  none                4\n"
+        "party     table          privacy_unit  max_rows_per_unit  join_reveal   columns  kind\n"
+        "--------  -------------  ------------  -----------------  ------------  -------  "
+        "--------\n"
+        "hospital  admissions     patient_id                    4  intersection        5  "
+        "personal\n"
+        "pharmacy  prescriptions  patient_id                   10  none                4  "
+        "personal\n"
+        "lab       results        patient_id                    5  none                4  "
+        "personal\n"
     )
 
 
@@ -382,3 +387,19 @@ def test_render_values_and_meta() -> None:
         render(cols, rows, "json", meta={"rows": []})
     with pytest.raises(ValueError, match="2 cells for 3 columns"):
         render(cols, [["a", 1]], "csv")
+
+
+def test_a_dimension_table_says_so(tmp_path: Path) -> None:
+    """A table without personal data shows kind `dimension` and null unit fields, not an
+    empty privacy unit; `veil schema` says `dimension: true` with its row cap."""
+    import bi_fixtures
+
+    f = str(bi_fixtures.build(tmp_path))
+    rows = json.loads(ok("tables", "beta", "-f", f, "--format", "json"))["rows"]
+    merchants = next(r for r in rows if r[1] == "merchants")
+    assert merchants[2:5] == [None, None, None]
+    assert merchants[6].startswith("dimension (at most ")
+    assert all(r[6] == "personal" for r in rows if r[1] != "merchants")
+    meta = json.loads(ok("schema", "beta.merchants", "-f", f, "--format", "json"))
+    assert meta["dimension"] is True and "privacy_unit" not in meta
+    assert isinstance(meta["max_rows"], int)

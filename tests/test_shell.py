@@ -322,7 +322,7 @@ def test_batch_runs_statements_and_dot_commands(fed: Path) -> None:
     res = run_shell(fed, script, "--analyst", "alice")
     assert res.returncode == 0, res.stderr
     out = res.stdout.splitlines()
-    assert out[0] == "party,table,privacy_unit,max_rows_per_unit,join_reveal,columns"
+    assert out[0] == "party,table,privacy_unit,max_rows_per_unit,join_reveal,columns,kind"
     assert out[3] == "region,n,n_ci95" and [ln.split(",")[0] for ln in out[4:9]] == REGIONS
     assert out[9].startswith("party,epsilon_spent") and out[10].startswith("bank,1.0,9.0")
     assert "5 rows; spent epsilon 1" in res.stderr and "error" not in res.stderr

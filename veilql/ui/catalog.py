@@ -20,7 +20,8 @@ from veilql.ui.formats import render, render_table
 COMPUTE_PARTIES = 3  # the first three parties in file order run the secure computation
 
 PARTY_COLUMNS = ["party", "address", "connector", "tables", "compute"]
-TABLE_COLUMNS = ["party", "table", "privacy_unit", "max_rows_per_unit", "join_reveal", "columns"]
+TABLE_COLUMNS = ["party", "table", "privacy_unit", "max_rows_per_unit", "join_reveal", "columns",
+                 "kind"]
 SCHEMA_COLUMNS = ["column", "type", "role", "decimals", "bounds", "values"]
 
 
@@ -33,12 +34,22 @@ def party_rows(fed: Federation) -> list[list[Any]]:
 
 
 def table_rows(parties: list[Party]) -> list[list[Any]]:
-    """One row per shared table of ``parties`` (``TABLE_COLUMNS``)."""
-    return [
-        [p.name, t.name, t.privacy_unit, t.max_rows_per_unit, t.join_reveal, len(t.columns)]
-        for p in parties
-        for t in p.tables.values()
-    ]
+    """One row per shared table of ``parties`` (``TABLE_COLUMNS``).
+
+    ``kind`` is ``personal`` for a table about people (it has a privacy unit) and
+    ``dimension`` for one without personal data, whose unit, rows per unit and join rule
+    do not apply (null) and whose public row cap is its ``max_rows``.
+    """
+    rows = []
+    for p in parties:
+        for t in p.tables.values():
+            if t.dimension:
+                rows.append([p.name, t.name, None, None, None, len(t.columns),
+                             f"dimension (at most {t.max_rows} rows)"])
+            else:
+                rows.append([p.name, t.name, t.privacy_unit, t.max_rows_per_unit,
+                             t.join_reveal, len(t.columns), "personal"])
+    return rows
 
 
 def schema_rows(table: TablePolicy) -> list[list[Any]]:
@@ -117,13 +128,16 @@ def schema(table: str, federation: str | None, fmt: str) -> None:
     """
     fed = load(federation, cached_catalogs=True)
     party, policy = lookup_table(fed, table)
-    meta = {
+    meta: dict[str, Any] = {
         "party": party.name,
         "table": policy.name,
         "privacy_unit": policy.privacy_unit,
         "max_rows_per_unit": policy.max_rows_per_unit,
         "join_reveal": policy.join_reveal,
     }
+    if policy.dimension:  # no personal data: unit, rows per unit and join rule do not apply
+        meta = {"party": party.name, "table": policy.name, "dimension": True,
+                "max_rows": policy.max_rows}
     emit(render(SCHEMA_COLUMNS, schema_rows(policy), fmt, meta=meta))
 
 
@@ -138,6 +152,8 @@ def describe_federation(fed: Federation) -> str:
         out += ["", f"{p.name} ({role}, {p.address}, {p.connector})"]
         for t in p.tables.values():
             out += [
+                f"  {p.name}.{t.name}: dimension table (no personal data), at most "
+                f"{t.max_rows} rows" if t.dimension else
                 f"  {p.name}.{t.name}: privacy unit {t.privacy_unit}, at most "
                 f"{t.max_rows_per_unit} row(s) per unit, join_reveal = {t.join_reveal}"
             ]
