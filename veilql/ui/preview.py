@@ -4,7 +4,8 @@ The plan fixes the noise of every released column before the query runs, so the 
 interval of a COUNT or SUM is known in advance (``engine.dp.ci95`` of the aggregate's
 noise, in the column's unit, as ``engine/result.py`` computes it after the run). An AVG
 divides two noisy values, so its interval depends on the released count; the preview
-gives the intervals of its sum and its count instead.
+gives the intervals of its sum and its count instead. Variances and quantiles come from
+several noisy parts, so their preview says the interval is known after release.
 
 ``veil query --dry-run``, the shell's ``.cost`` and its confirmation question, and the
 notebook's ``--dry-run`` use these texts, so they read the same everywhere::
@@ -50,14 +51,21 @@ def accuracy_preview(plan: Any) -> list[tuple[str, str]]:
     """``(column, 95% interval)`` for every released column of ``plan``, before it runs.
 
     Counts and sums get ``± h``; an AVG, whose interval depends on the released count,
-    gets the intervals of its sum and count.
+    gets the intervals of its sum and count; a variance or quantile, built from several
+    noisy parts, says its interval is known after release.
     """
     out: list[tuple[str, str]] = []
     for o in plan.outputs:
         if o.kind in ("group", "expr"):  # expr: computed after release, from its parts
             continue
         try:
-            if o.kind == "avg":
+            if o.kind in ("var", "quantile"):
+                # Built from several noisy parts (moments, or a histogram's buckets): the
+                # interval depends on the released parts, so it is known only afterwards.
+                what = "moments" if o.kind == "var" else "histogram buckets"
+                out.append((o.name, f"known after release (from {len(o.aggregates)} "
+                                    f"noisy {what})"))
+            elif o.kind == "avg":
                 num, den = o.aggregates
                 out.append((o.name, f"sum ± {round_half(_half(plan, num))} over a count "
                                     f"± {round_half(_half(plan, den))}"))
