@@ -46,7 +46,7 @@ class BoundTable:
     owner: str = ""
     link: tuple[str, str, str] | None = None
     # "LEFT", "RIGHT" or "FULL" for the table of an outer join (to the tables before it, at
-    # its own party; ``bind._outer_joins``), "" for an inner join.
+    # its own party; ``joins.outer_joins``), "" for an inner join.
     outer: str = ""
 
     @property

@@ -1,0 +1,230 @@
+"""SELECT, HAVING, ORDER BY and LIMIT: the outputs a query releases.
+
+Plain aggregates and group columns become outputs; an expression over released aggregates
+(``SUM(a) / SUM(b)``) becomes a post-processing output over hidden aggregates; HAVING and
+ORDER BY are rewritten over output names, since they act on released noisy values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sqlglot import exp
+
+from veilql.engine.sql import checks, functions
+from veilql.engine.sql.aggregates import Signature, bind_aggregate, is_aggregate
+from veilql.engine.sql.bound import (
+    BoundGroup,
+    Output,
+)
+from veilql.engine.sql.groups import default_name, select_items, unique_name
+from veilql.engine.sql.scope import Scope
+from veilql.errors import PolicyError, UnsupportedError
+
+
+class Outputs:
+    """SELECT items as outputs; aggregates that only expressions, HAVING or ORDER BY read
+    become hidden outputs."""
+
+    def __init__(self, scope: Scope, group_by: tuple[BoundGroup, ...]) -> None:
+        self.scope = scope
+        self.group_by = group_by
+        self.visible: list[Output] = []
+        self.hidden: list[Output] = []
+        self.signatures: dict[Signature, str] = {}
+        self.taken: set[str] = set()
+
+    def all_outputs(self) -> tuple[Output, ...]:
+        """Visible outputs in SELECT order, then the hidden ones."""
+        return tuple(self.visible + self.hidden)
+
+    def bind_select(self, select: exp.Select) -> None:
+        """Every SELECT item, in order. Plain aggregates and group columns are bound first,
+        so that an expression over aggregates reads the selected ones where it can (and a
+        hidden aggregate only for the others)."""
+        items = select_items(select)
+        explicit = {a.lower() for a, _ in items if a}
+        outputs: list[tuple[Output, Signature | None] | None] = []
+        for _alias, node in items:
+            later = not is_aggregate(node) and node.find(exp.AggFunc) is not None
+            outputs.append(None if later else self._item(node))
+        names = []
+        for (alias, node), done in zip(items, outputs, strict=True):
+            default = done[0].name if done is not None else default_name(node)
+            name = alias or unique_name(default, self.taken | explicit)
+            if name.lower() in self.taken:
+                raise UnsupportedError(f"output name {name!r} is used twice",
+                                       "give each SELECT item its own alias")
+            self.taken.add(name.lower())
+            names.append(name)
+            if done is not None and done[1] is not None:
+                self.signatures.setdefault(done[1], name)
+        for i, ((_alias, node), done) in enumerate(zip(items, outputs, strict=True)):
+            if done is None:
+                done = (Output(names[i], "expr", post=self._post(node, "SELECT")), None)
+            self.visible.append(replace(done[0], name=names[i]))
+        if not any(o.kind not in ("group", "expr") for o in self.visible + self.hidden):
+            raise UnsupportedError(
+                "a query must release at least one aggregate (COUNT, SUM or AVG)",
+                "add e.g. COUNT(*) to SELECT; VeilQL releases only noisy aggregates",
+            )
+
+    def _item(self, node: exp.Expr) -> tuple[Output, Signature | None]:
+        """One SELECT item (without its alias) as an Output with a default name."""
+        if is_aggregate(node):
+            return bind_aggregate(node, self.scope)
+        if not list(node.find_all(exp.Column)):
+            text = node.sql(dialect="duckdb")
+            if not isinstance(node, exp.Literal | exp.Boolean | exp.Null | exp.Neg | exp.Add
+                              | exp.Sub | exp.Mul | exp.Div | exp.Cast):
+                raise UnsupportedError(f"SELECT item {text} is not a group column or an "
+                                       "aggregate", checks.SUPPORTED_SQL)
+            self._check_post(node, "SELECT")
+            return Output(default_name(node), "expr", post=node.copy()), None
+        group = self._group_of(node)
+        return (Output(group.name if group.column is None else group.column.column, "group",
+                       column=group.column, group=group),
+                ("group", group.expr.sql(dialect="duckdb")))
+
+    def _group_of(self, node: exp.Expr) -> BoundGroup:
+        """The GROUP BY item a non-aggregate SELECT item (or HAVING term) names."""
+        if isinstance(node, exp.Column):
+            col = self.scope.resolve(node)
+            if col.policy.role == "key":
+                raise checks.refuse_key(col, "SELECT")
+            for g in self.group_by:
+                if g.column == col:
+                    return g
+            if col.policy.role == "value":
+                raise PolicyError(
+                    f"value column {col.alias}.{col.column} cannot be selected as is",
+                    f"aggregate it: SUM({col.alias}.{col.column}) or AVG({col.alias}."
+                    f"{col.column})",
+                )
+            raise UnsupportedError(
+                f"column {col.alias}.{col.column} must appear in GROUP BY",
+                f"add GROUP BY {col.alias}.{col.column}",
+            )
+        functions.check_roles(node, self.scope.resolve, context="group", where="SELECT")
+        text = self.scope.qualify(node).sql(dialect="duckdb")
+        for g in self.group_by:
+            if g.expr.sql(dialect="duckdb") == text:
+                return g
+        raise UnsupportedError(f"SELECT item {node.sql(dialect='duckdb')} must appear in "
+                               "GROUP BY", f"add GROUP BY {node.sql(dialect='duckdb')}")
+
+    def aggregate_ref(self, node: exp.Expr) -> exp.Column:
+        """A reference to the output releasing aggregate ``node`` (hidden if new)."""
+        output, signature = bind_aggregate(node, self.scope)
+        assert signature is not None
+        found = self.signatures.get(signature)
+        if found is None:
+            found = unique_name("__" + output.name, self.taken)
+            self.taken.add(found.lower())
+            self.hidden.append(replace(output, name=found, hidden=True))
+            self.signatures[signature] = found
+        return exp.column(found)
+
+    def _post(self, node: exp.Expr, clause: str) -> exp.Expression:
+        """An expression over aggregates as one over output names (post-processing)."""
+        self._check_post(node, clause)
+
+        def refer(n: exp.Expr) -> exp.Expr:
+            if is_aggregate(n):
+                return self.aggregate_ref(n)
+            if isinstance(n, exp.Column):
+                raise UnsupportedError(
+                    f"{clause} item {node.sql(dialect='duckdb')} combines the column "
+                    f"{n.sql(dialect='duckdb')} with aggregates",
+                    "an expression over released values may use aggregates and literals; "
+                    "select group columns on their own")
+            return n
+
+        return node.copy().transform(refer)
+
+    def _check_post(self, node: exp.Expr, clause: str) -> None:
+        for n in node.walk():
+            if is_aggregate(n):
+                continue
+            if any(isinstance(a, exp.AggFunc | exp.Filter) for a in ancestors(n, node)):
+                continue
+            if isinstance(n, exp.AggFunc | exp.Filter):
+                continue
+            if not isinstance(n, (*functions.POST_EXPRESSIONS, exp.Column, exp.Identifier)):
+                raise UnsupportedError(
+                    f"{n.sql(dialect='duckdb')} is not supported in an expression over "
+                    f"released values ({clause})",
+                    "use aggregates, literals, + - * /, ROUND, ABS, FLOOR, CEIL, LEAST, "
+                    "GREATEST, COALESCE and NULLIF")
+
+    def over_outputs(self, node: exp.Expression, clause: str) -> exp.Expression:
+        """Rewrite a HAVING / ORDER BY expression into one over output names only."""
+        names = {o.name.lower(): o.name for o in self.visible}
+
+        def refer(n: exp.Expr) -> exp.Expr:
+            if is_aggregate(n):
+                return self.aggregate_ref(n)
+            if isinstance(n, exp.Column):
+                if not n.table and n.name.lower() in names:
+                    return exp.column(names[n.name.lower()])
+                col = self.scope.resolve(n)
+                found = self.signatures.get(("group", col.expr().sql(dialect="duckdb")))
+                if found is None:
+                    raise UnsupportedError(
+                        f"{clause} term {n.sql(dialect='duckdb')} is not a SELECT output",
+                        f"{clause} acts on released values: add it to SELECT",
+                    )
+                return exp.column(found)
+            return n
+
+        for n in node.walk():
+            if is_aggregate(n) or any(is_aggregate(a) for a in ancestors(n, node)):
+                continue
+            if not isinstance(n, (*functions.POST_EXPRESSIONS, exp.Column, exp.Identifier,
+                                  exp.In, exp.Between, exp.And, exp.Or, exp.Not,
+                                  exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)):
+                raise UnsupportedError(f"{n.sql(dialect='duckdb')} is not supported in "
+                                       f"{clause}",
+                                       "use outputs, literals, comparisons and arithmetic")
+        return node.copy().transform(refer)
+
+
+def ancestors(node: exp.Expr, root: exp.Expr) -> list[exp.Expr]:
+    """The parents of ``node`` up to and including ``root``."""
+    out = []
+    p = node.parent
+    while p is not None and node is not root:
+        out.append(p)
+        if p is root:
+            break
+        p = p.parent
+    return out
+
+
+def bind_order_by(select: exp.Select, binder: Outputs
+                   ) -> tuple[tuple[exp.Expression, bool], ...]:
+    """ORDER BY terms over output names (a position ``ORDER BY 2`` names an output too)."""
+    order = select.args.get("order")
+    if order is None:
+        return ()
+    visible = binder.visible
+    terms: list[tuple[exp.Expression, bool]] = []
+    for item in order.expressions:
+        this = item.this if isinstance(item, exp.Ordered) else item
+        desc = bool(item.args.get("desc")) if isinstance(item, exp.Ordered) else False
+        if isinstance(this, exp.Literal) and not this.is_string:
+            if not this.is_int or not 1 <= int(this.this) <= len(visible):
+                raise UnsupportedError(
+                    f"ORDER BY {this.sql()} is not an output position (1..{len(visible)})",
+                    "order by an output name or its position in SELECT",
+                )
+            terms.append((exp.column(visible[int(this.this) - 1].name), desc))
+            continue
+        terms.append((binder.over_outputs(this, "ORDER BY"), desc))
+    return tuple(terms)
+
+
+def bind_limit(select: exp.Select) -> int | None:
+    """LIMIT n with a non-negative integer literal."""
+    limit = select.args.get("limit")
+    return None if limit is None else checks.limit_value(limit)
