@@ -254,7 +254,12 @@ class Lab:
 
     def link_bytes(self) -> dict[str, int]:
         """Bytes every directed link carried since the last reset (IP packets)."""
-        return {k: v["bytes"] for k, v in self.emu_command("stats")["links"].items()}
+        names = {device(r): r for r in ROLES}
+        out = {}
+        for link, v in self.emu_command("stats")["links"].items():
+            src, dst = link.split(">")
+            out[f"{names[src]}>{names[dst]}"] = v["bytes"]
+        return out
 
     def check_link(self, src: str, dst: str, pings: int = 20) -> dict[str, Any]:
         """Ping RTT (ICMP echo) and one TCP flow's throughput from ``src`` to ``dst``."""
