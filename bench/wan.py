@@ -87,8 +87,22 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def embedded_reference(local: Path, sql: str) -> dict[str, Any]:
-    """First and repeated run in the embedded mode: time, rounds, payload bytes."""
+def embedded_reference(local: Path, name: str, env: dict[str, str]) -> dict[str, Any]:
+    """``embedded_main`` in a child process (so its memory is gone before the nodes run)."""
+    done = subprocess.run([sys.executable, "-m", "bench.wan", "embedded", str(local), name],
+                          capture_output=True, text=True, env=env, cwd=local.parent,
+                          timeout=QUERY_TIMEOUT * 2)
+    if done.returncode != 0:
+        raise RuntimeError(f"embedded {name}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def embedded_main(local: str, name: str) -> int:
+    """First and repeated run in the embedded mode: time, rounds, payload bytes (JSON)."""
+    from veilql.engine.dp import LargeEpsilonWarning
+
+    warnings.simplefilter("ignore", LargeEpsilonWarning)
+    sql = QUERIES[name]
     out: dict[str, Any] = {"load_before": load()}
     with Meter().installed() as meter:
         import veilql
@@ -102,7 +116,8 @@ def embedded_reference(local: Path, sql: str) -> dict[str, Any]:
                 out[f"rounds_{label}"] = meter.rounds()
                 out[f"bytes_sent_{label}"] = meter.bytes_sent()
     out["load_after"] = load()
-    return out
+    print(json.dumps(out))
+    return 0
 
 
 class WanNodes:
@@ -268,13 +283,28 @@ def wan_query(lab: Lab, net: Path, env: dict[str, str], name: str, reps: int,
     return out
 
 
+def _revision() -> dict[str, Any]:
+    """The commit measured and whether the engine's files differed from it (the work tree
+    is shared, so an uncommitted change to ``veilql/`` would be measured too)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists() and (root / "REVISION").exists():
+        # A clean export of one commit (git archive), as the results in bench/results were.
+        return {"commit": (root / "REVISION").read_text().strip(), "veilql_uncommitted": []}
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "veilql"],
+                           capture_output=True, text=True)
+    return {"commit": head.stdout.strip() or None,
+            "veilql_uncommitted": sorted(line[3:] for line in dirty.stdout.splitlines())}
+
+
 def run(people: int, profiles: list[str], reps: int, cache: Path = CACHE) -> dict[str, Any]:
     """Every profile and query at ``people`` persons; a JSON-ready dict."""
     fed_path = federation(people, cache)
     out: dict[str, Any] = {"people": people, "reps": reps, "epsilon": EPSILON,
                            "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
                            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "embedded": {}, "profiles": {}}
+                           "embedded": {}, "profiles": {}, **_revision()}
     saved = {k: os.environ.pop(k) for k in _ENV_DROP if k in os.environ}
     root = Path(tempfile.mkdtemp(prefix="veil-bench-wan-"))
     try:
@@ -286,14 +316,10 @@ def run(people: int, profiles: list[str], reps: int, cache: Path = CACHE) -> dic
                               text=True, timeout=120, env=env, cwd=root)
         if done.returncode != 0:
             raise RuntimeError(f"veil certs init failed: {done.stderr[-2000:]}")
-        os.environ["VEIL_LEDGER_DIR"] = str(root / "ledgers-embedded")
-        with warnings.catch_warnings():
-            from veilql.engine.dp import LargeEpsilonWarning
-
-            warnings.simplefilter("ignore", LargeEpsilonWarning)
-            for name in NODE_QUERIES:
-                out["embedded"][name] = embedded_reference(local, QUERIES[name])
-        os.environ.pop("VEIL_LEDGER_DIR", None)
+        # The embedded mode's ledgers apart from the nodes' (<root>/ledgers).
+        emb_env = {**env, "VEIL_LEDGER_DIR": str(root / "ledgers-embedded")}
+        for name in NODE_QUERIES:
+            out["embedded"][name] = embedded_reference(local, name, emb_env)
         for pname in profiles:
             with Lab(PROFILES[pname]) as lab:
                 prof: dict[str, Any] = {"rate_mbit": lab.profile.rate_mbit,
@@ -310,7 +336,6 @@ def run(people: int, profiles: list[str], reps: int, cache: Path = CACHE) -> dic
                 prof["emulator"] = lab.emu_command("stats")
                 out["profiles"][pname] = prof
     finally:
-        os.environ.pop("VEIL_LEDGER_DIR", None)
         os.environ.update(saved)
         shutil.rmtree(root, ignore_errors=True)
     out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -355,16 +380,20 @@ def render(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``client FED QUERY`` is the analyst's side)."""
+    """Command-line entry point (``client FED QUERY`` is the analyst's side, ``embedded
+    LOCAL QUERY`` the reference run)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["client"]:
         return client_main(argv[1], argv[2])
+    if argv[:1] == ["embedded"]:
+        return embedded_main(argv[1], argv[2])
     ap = argparse.ArgumentParser(prog="python -m bench.wan", description=__doc__.split("\n")[0])
     ap.add_argument("--people", type=int, default=None)
     ap.add_argument("--profile", choices=["100mbit", "1gbit", "both"], default="both")
     ap.add_argument("--quick", action="store_true", help="100,000 people, one profile")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="one line of JSON")
+    ap.add_argument("--cache", type=Path, default=CACHE, help="folder of generated federations")
     ap.add_argument("--out", type=Path, default=None,
                     help="also write OUT.json and OUT.md (e.g. bench/results/DATE-wan)")
     args = ap.parse_args(argv)
@@ -374,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     people = args.people or (100_000 if args.quick else 1_000_000)
     profiles = (["100mbit", "1gbit"] if args.profile == "both" and not args.quick
                 else ["100mbit" if args.profile == "both" else args.profile])
-    res = run(people, profiles, args.reps)
+    res = run(people, profiles, args.reps, args.cache)
     if args.out is not None:
         args.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
         args.out.with_suffix(".md").write_text(render(res))
