@@ -111,6 +111,10 @@ def test_agree_matches_neighbours() -> None:
         # party i's next seed is party i+1's prev seed
         assert (mine.next.array("z", f"l{i}", 4) == nxt.prev.array("z", f"l{i}", 4)).all()
         assert not (mine.prev.array("y", "l", 4) == mine.next.array("y", "l", 4)).all()
+        # the common seed is the same at all three and differs from the pairwise ones
+        assert mine.common is not None and nxt.common is not None
+        assert (mine.common.array("c", f"k{i}", 4) == nxt.common.array("c", f"k{i}", 4)).all()
+        assert not (mine.common.array("w", "l", 4) == mine.prev.array("w", "l", 4)).all()
 
 
 def test_reuse_guard_is_a_bounded_window(monkeypatch: pytest.MonkeyPatch) -> None:

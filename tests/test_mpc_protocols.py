@@ -512,3 +512,65 @@ def test_coin_thresholds_out_of_range_are_refused() -> None:
 
     with pytest.raises(UsageError, match="outside"):
         run_three(prog, timeout=5.0)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 9, 63, 65])
+def test_bytes_on_the_wire_share_b2a_and_outside_input(n: int) -> None:
+    """share sends one array (owner to its next party only), b2a_bit three words per bit,
+    and a fourth data party one array per compute party (plus 32 bytes of seeds)."""
+    names = ("p0", "p1", "p2", "bank")
+    net = InProcessNetwork(names, timeout=10)
+    x = in_range(n)
+    bits = RNG.integers(0, 2, n, dtype=np.uint8)
+    sent: list[dict[str, int]] = []
+    out: list[object] = [None] * 3
+
+    def compute(i: int) -> None:
+        rt = Runtime(net.endpoint(names[i]), names[:3])
+        rt.setup()
+        before = dict(net.bytes_sent)
+        a = rt.share(0, x if i == 0 else None, n)
+        b = rt.share(2, bits if i == 2 else None, n, boolean=True, dtype=np.uint8)
+        if i == 0:
+            sent.append(dict(net.bytes_sent))
+        rt.b2a_bit(rt.reshare(b))
+        got = rt.receive_input("bank", "input:x", n)
+        out[i] = (rt.open(a), rt.open(b), rt.open(rt.b2a_bit(b)), rt.open(got), before)
+
+    ts = [threading.Thread(target=compute, args=(i,)) for i in range(3)]
+    for t in ts:
+        t.start()
+    share_from_outside(net.endpoint("bank"), names[:3], x, "input:x")
+    for t in ts:
+        t.join()
+    for o in out:
+        assert o is not None
+        va, vb, vbit, vin, _ = o  # type: ignore[misc]
+        assert va.view(np.int64).tolist() == x.tolist() and vb.tolist() == bits.tolist()
+        assert vbit.tolist() == bits.tolist() and vin.view(np.int64).tolist() == x.tolist()
+    assert net.bytes_sent["bank"] == 32 + 2 * (16 + 8 * n)
+
+
+def test_share_and_b2a_byte_counts() -> None:
+    """Owner-only traffic for share (8 bytes per word, to one party) and 24 bytes per
+    bit for b2a_bit, from the totals of runs that differ by that one step."""
+    n = 101
+
+    def total(steps: int) -> dict[str, int]:
+        net = InProcessNetwork(("p0", "p1", "p2"), timeout=10)
+
+        def prog(rt: Runtime) -> None:
+            a = rt.share(1, np.arange(n) if rt.me == 1 else None, n) if steps > 0 else None
+            if steps > 1:
+                rt.b2a_bit(rt.lt(a, 50))
+            if steps > 2:
+                rt.b2a_bit(rt.lt(a, 50))
+
+        run_three(prog, network=net)
+        return net.bytes_sent
+
+    none, shared_, one, two = total(0), total(1), total(2), total(3)
+    assert shared_["p1"] - none["p1"] == 8 * n
+    assert shared_["p0"] == none["p0"] and shared_["p2"] == none["p2"]
+    b2a = sum(two.values()) - sum(one.values()) - 55 * n  # minus one LT's 55 bytes
+    assert b2a == 24 * n

@@ -165,18 +165,25 @@ class Prg:
 
 
 class PairwiseSeeds:
-    """The two seeds a party shares with its neighbours on the ring of three parties.
+    """The two seeds a party shares with its neighbours on the ring of three parties, and
+    one seed common to all three.
 
     Party ``i`` draws ``s_i = os.urandom(16)`` and sends it to party ``i-1``, so seed
     ``s_i`` is known exactly to parties ``i-1`` and ``i``. Party ``i`` therefore holds
     ``prev = Prg(s_i)`` (shared with ``i-1``) and ``next = Prg(s_{i+1})`` (shared with
     ``i+1``). This matches replicated sharing: component ``x_i`` is held by parties
     ``i-1`` and ``i``, so it can be drawn from ``s_i`` without communication.
+
+    In the same round every party sends a fresh 16-byte contribution ``c_i`` to both
+    others; ``common = Prg(SHA-256(c_0 | c_1 | c_2))`` is known to the three compute
+    parties and to nobody else. It draws words that all three are meant to know anyway
+    (the component of an input that both non-owners hold, ``arith.share``), never a mask.
     """
 
-    def __init__(self, prev: Prg, next: Prg) -> None:
+    def __init__(self, prev: Prg, next: Prg, common: Prg | None = None) -> None:
         self.prev = prev
         self.next = next
+        self.common = common
 
     @classmethod
     def agree(
@@ -184,12 +191,21 @@ class PairwiseSeeds:
     ) -> PairwiseSeeds:
         """Run the one-round seed agreement at party ``me`` (see the class docstring)."""
         mine = os.urandom(SEED_BYTES)
-        transport.send(parties[(me - 1) % 3], tag, mine)
-        theirs = transport.recv(parties[(me + 1) % 3], tag)
-        if len(theirs) != SEED_BYTES:
-            raise ProtocolError(
-                f"seed from {parties[(me + 1) % 3]!r} has {len(theirs)} bytes, "
-                f"expected {SEED_BYTES}",
-                "all parties must run the same VeilQL version",
-            )
-        return cls(Prg(mine), Prg(theirs))
+        part = os.urandom(SEED_BYTES)
+        prev, nxt = parties[(me - 1) % 3], parties[(me + 1) % 3]
+        transport.send(prev, tag, mine)
+        for p in (prev, nxt):
+            transport.send(p, tag + "/common", part)
+        theirs = transport.recv(nxt, tag)
+        parts = {me: part}
+        for i, p in (((me - 1) % 3, prev), ((me + 1) % 3, nxt)):
+            parts[i] = transport.recv(p, tag + "/common")
+        for who, got in ((nxt, theirs), (prev, parts[(me - 1) % 3]),
+                         (nxt, parts[(me + 1) % 3])):
+            if len(got) != SEED_BYTES:
+                raise ProtocolError(
+                    f"seed from {who!r} has {len(got)} bytes, expected {SEED_BYTES}",
+                    "all parties must run the same VeilQL version",
+                )
+        common = hashlib.sha256(b"".join(parts[i] for i in range(3))).digest()[:SEED_BYTES]
+        return cls(Prg(mine), Prg(theirs), Prg(common))

@@ -30,19 +30,26 @@ def share(
     rt: Runtime, owner: int | str, values: Any | None, shape: int | tuple[int, ...],
     *, boolean: bool = False, dtype: Any = np.uint64,
 ) -> AShare | BShare:
-    """Share ``values`` from compute party ``owner``: one round, two arrays sent by the owner.
+    """Share ``values`` from compute party ``owner``: one round, one array sent.
 
-    The owner ``j`` draws ``x_j`` from ``s_j`` and ``x_{j+1}`` from ``s_{j+1}`` (each known
-    to one other party, who draws the same words) and sends ``x_{j+2}`` = x - x_j -
-    x_{j+1} to both others; ``x_{j+2}`` is masked by ``x_j`` towards party ``j+1`` and by
-    ``x_{j+1}`` towards party ``j+2``.
+    Owner ``j`` holds ``(x_j, x_{j+1})``, party ``j+1`` holds ``(x_{j+1}, x_{j+2})`` and
+    party ``j+2`` holds ``(x_{j+2}, x_j)``. ``x_{j+2}`` is drawn from the seed common to
+    the three compute parties and ``x_j`` from ``s_j`` (known to ``j`` and ``j+2``), so
+    only ``x_{j+1} = x - x_j - x_{j+2}`` travels, from the owner to party ``j+1``, masked
+    by ``x_j``, which ``j+1`` lacks. Every party ends up knowing exactly what it knew
+    when the owner sent ``x_{j+2}`` to both others (the owner knows all three components
+    of its own input; each other party two of them, uniformly random and independent
+    of ``x``), and any two components are uniform and independent, as before; only half
+    the bytes travel.
     """
     j = rt.party_index(owner)
     shp = _shape(shape)
     dt = np.dtype(dtype) if boolean else np.dtype(np.uint64)
     tag = rt.tag("share")
-    assert rt.seeds is not None
+    seeds = rt.seeds
+    assert seeds is not None and seeds.common is not None
     cls = BShare if boolean else AShare
+    rt.rounds += 1
     if rt.me == j:
         if values is None:
             raise UsageError(f"party {rt.parties[j]!r} shares but passed no values",
@@ -56,42 +63,43 @@ def share(
         if x.shape != shp:
             raise UsageError(f"values have shape {x.shape}, declared shape is {shp}",
                              "pass the same shape at all three parties")
-        xj = rt.seeds.prev.array("share", tag, shp, dt)
-        xj1 = rt.seeds.next.array("share", tag, shp, dt)
-        if boolean:
-            last = x.astype(dt) ^ xj ^ xj1
+        xj = seeds.prev.array("share", tag, shp, dt)  # s_j: the owner's prev seed
+        if boolean:  # x_{j+1} = x ^ x_j ^ x_{j+2}: the keystream XOR is one pass
+            xj1 = seeds.common.xor("share", tag, x.astype(dt) ^ xj)
         else:
-            last = as_ring(x) - xj - xj1
-        rt.send((j + 1) % 3, tag, last)
-        rt.send((j + 2) % 3, tag, last)
-        rt.rounds += 1
+            xj1 = as_ring(x) - xj
+            xj1 -= seeds.common.array("share", tag, shp, dt)
+        rt.send((j + 1) % 3, tag, xj1)
         return cls(rt.me, xj, xj1)
-    rt.rounds += 1
-    last = rt.recv(j, tag, dt, shp)
-    if rt.me == (j + 1) % 3:  # holds (x_{j+1}, x_{j+2}); s_{j+1} is its prev seed
-        return cls(rt.me, rt.seeds.prev.array("share", tag, shp, dt), last)
+    if rt.me == (j + 1) % 3:  # holds (x_{j+1}, x_{j+2})
+        return cls(rt.me, rt.recv(j, tag, dt, shp), seeds.common.array("share", tag, shp, dt))
     # party j+2 holds (x_{j+2}, x_j); s_j is its next seed
-    return cls(rt.me, last, rt.seeds.next.array("share", tag, shp, dt))
+    return cls(rt.me, seeds.common.array("share", tag, shp, dt),
+               seeds.next.array("share", tag, shp, dt))
 
 
 def share_from_outside(
     transport: Transport, compute_parties: Sequence[str], values: Any, tag: str = "input",
 ) -> None:
-    """Run at a data party that does not compute: send each compute party its pair.
+    """Run at a data party that does not compute: give each compute party its pair.
 
-    Components ``x_0, x_1`` come from a fresh ``os.urandom`` seed, ``x_2 = x - x_0 - x_1``;
-    party ``i`` receives ``(x_i, x_{i+1})``, two of three uniformly random-looking
-    components. Pair with ``Runtime.receive_input(sender, tag, shape)``; every input of
-    one session needs its own ``tag`` (e.g. ``"input:bank.loans.amount"``).
+    Components ``x_0`` and ``x_1`` are keystream of two fresh ``os.urandom`` seeds
+    ``k_0``, ``k_1``; ``x_2 = x - x_0 - x_1``. Party ``i`` must hold ``(x_i, x_{i+1})``:
+    party 0 receives the two seeds (32 bytes, whatever the length), party 1 ``k_1`` and
+    ``x_2``, party 2 ``x_2`` and ``k_0``. Each learns exactly the two components it
+    learnt before, two of three uniformly random-looking words; a third of the bytes
+    travel. Pair with ``Runtime.receive_input(sender, tag, shape)``; every input of one
+    session needs its own ``tag`` (e.g. ``"input:bank.loans.amount"``).
     """
     x = as_ring(np.asarray(values))
-    g = Prg(os.urandom(16))
-    x0 = g.array("share", "x0", x.shape)
-    x1 = g.array("share", "x1", x.shape)
-    comps = (x0, x1, x - x0 - x1)
-    for i, name in enumerate(compute_parties):
-        pair = np.stack([comps[i], comps[(i + 1) % 3]])
-        transport.send(name, tag, pair.tobytes())
+    k0, k1 = os.urandom(16), os.urandom(16)
+    x2 = x - Prg(k0).array("share", "x0", x.shape)
+    x2 -= Prg(k1).array("share", "x1", x.shape)
+    body = memoryview(np.ascontiguousarray(x2).reshape(-1).view(np.uint8))
+    names = list(compute_parties)
+    transport.send(names[0], tag, k0 + k1)
+    transport.send(names[1], tag, k1 + bytes(body))
+    transport.send(names[2], tag, bytes(body) + k0)
 
 
 def receive_input(rt: Runtime, sender: str, tag: str, shape: int | tuple[int, ...]) -> AShare:
@@ -99,11 +107,21 @@ def receive_input(rt: Runtime, sender: str, tag: str, shape: int | tuple[int, ..
     shp = _shape(shape)
     data = rt.transport.recv(sender, tag, rt.timeout)
     n = int(np.prod(shp, dtype=np.int64))
-    if len(data) != 16 * n:
+    want = 32 if rt.me == 0 else 16 + 8 * n
+    if len(data) != want:
         raise ProtocolError(f"input {tag!r} from {sender!r} has {len(data)} bytes, "
-                            f"expected {16 * n}", "both sides must agree on the row count")
-    pair = np.frombuffer(data, dtype=np.uint64).reshape((2, *shp))
-    return AShare(rt.me, pair[0], pair[1])
+                            f"expected {want}", "both sides must agree on the row count")
+
+    def comp(key: bytes, name: str) -> np.ndarray:
+        return Prg(key).array("share", name, shp)
+
+    if rt.me == 0:
+        return AShare(0, comp(data[:16], "x0"), comp(data[16:], "x1"))
+    if rt.me == 1:
+        x2 = np.frombuffer(data, dtype=np.uint64, count=n, offset=16).reshape(shp)
+        return AShare(1, comp(data[:16], "x1"), x2)
+    x2 = np.frombuffer(data, dtype=np.uint64, count=n).reshape(shp)
+    return AShare(2, x2, comp(data[8 * n:], "x0"))
 
 
 def reshare(rt: Runtime, x: AShare | BShare) -> AShare | BShare:

@@ -79,11 +79,15 @@ def a2b(rt: Runtime, x: AShare) -> BShare:
 
 
 def b2a_bit(rt: Runtime, b: BShare) -> AShare:
-    """Arithmetic shares of bit 0 of every word of ``b`` (2 rounds, 4 words sent).
+    """Arithmetic shares of bit 0 of every word of ``b`` (2 rounds, 3 words sent).
 
-    Party 0 sends ``A = s - r`` and ``B = s - c_0 - w`` to party 1 (r, w, c_0 from the
-    0-2 seed), party 2 sends ``T_2 = w - 2 r t``; party 1 returns ``T_1 = B - c_1 + t -
-    2 A t``. Then ``c_2 = T_1 + T_2`` and ``c_0 + c_1 + c_2 = s + t - 2 s t``.
+    Party 0 sends ``A = s - r`` to party 1 (``r`` from the 0-2 seed), so ``s t = A t +
+    r t`` is split between parties 1 and 2, who both know ``t``. The new components
+    ``c_0`` (0-2 seed) and ``c_1`` (0-1 seed) are keystream; ``c_2 = s + t - 2 s t - c_0
+    - c_1`` is the sum of ``T_1 = A + t - 2 A t - c_1`` (party 1) and ``T_2 = r - 2 r t -
+    c_0`` (party 2), which the two exchange. Party 1 sees ``A`` and ``T_2``, masked by
+    ``r`` and ``c_0`` (independent streams it lacks), party 2 sees ``T_1``, masked by
+    ``c_1``; party 0 receives nothing.
     """
     assert rt.seeds is not None
     tag = rt.tag("b2a")
@@ -93,27 +97,26 @@ def b2a_bit(rt: Runtime, b: BShare) -> AShare:
     if rt.me == 0:
         s = ((b.a ^ b.b) & 1).astype(_U64).ravel()
         r = rt.seeds.prev.array("mask", tag + "/r", n)
-        w = rt.seeds.prev.array("mask", tag + "/w", n)
         c0 = rt.seeds.prev.array("rep", tag, n)
         c1 = rt.seeds.next.array("rep", tag, n)
-        msg = np.empty((2, n), dtype=_U64)
-        np.subtract(s, r, out=msg[0])
-        msg[1] = s - c0 - w
-        rt.send(1, tag + "/m", msg)
+        np.subtract(s, r, out=s)
+        rt.send(1, tag + "/m", s)
         return AShare(0, c0.reshape(shape), c1.reshape(shape))
     if rt.me == 2:
         t = (b.a & 1).astype(_U64).ravel()
         r = rt.seeds.next.array("mask", tag + "/r", n)
-        w = rt.seeds.next.array("mask", tag + "/w", n)
         c0 = rt.seeds.next.array("rep", tag, n)
-        t2 = w - ((r * t) << _ONE)
+        t2 = r - ((r * t) << _ONE)
+        t2 -= c0
         rt.send(1, tag + "/t", t2)
         t1 = rt.recv(1, tag + "/t", _U64, n)
         return AShare(2, (t1 + t2).reshape(shape), c0.reshape(shape))
     t = (b.b & 1).astype(_U64).ravel()
     c1 = rt.seeds.prev.array("rep", tag, n)
-    msg = rt.recv(0, tag + "/m", _U64, (2, n))
-    t1 = msg[1] - c1 + t - ((msg[0] * t) << _ONE)
+    m = rt.recv(0, tag + "/m", _U64, n)
+    t1 = m + t
+    t1 -= (m * t) << _ONE
+    t1 -= c1
     rt.send(2, tag + "/t", t1)
     t2 = rt.recv(2, tag + "/t", _U64, n)
     return AShare(1, c1.reshape(shape), (t1 + t2).reshape(shape))
