@@ -19,8 +19,9 @@ address no device holds, and anything that is not IPv4, are dropped and counted.
 Control over stdin/stdout, one line each: the emulator prints ``ready`` once its devices
 exist (the caller then moves them into namespaces and configures them), and answers
 ``stats`` with a JSON line of per-link packet and byte counts (IP packets: headers
-included), ``reset`` by zeroing them, and ``quit`` (or end of stdin, e.g. because its
-parent died) by closing every device and exiting.
+included) and, given the links' rate, how long any link and all links together were
+busy (``busy_any_s``, ``busy_sum_s``); ``reset`` zeroes them; ``quit`` (or the end of
+stdin, e.g. because its parent died) closes every device and exits.
 
 The packet rate is what bounds this in Python: a tun device carries one IP packet per read,
 so the benchmark gives the devices a large MTU (TCP then sends segments of up to MTU - 52
@@ -125,6 +126,20 @@ class DelayLine:
             c.packets = c.bytes = 0
 
 
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of ``(start, end)`` intervals.
+
+    >>> busy_time([(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)])
+    3.0
+    """
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def open_tun(name: str) -> int:
     """Create the tun device ``name`` (IP packets, no extra header); its non-blocking fd."""
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
@@ -140,7 +155,7 @@ class Emulator:
     """The select loop: tun devices in, the delay line, tun devices out, stdin control."""
 
     def __init__(self, devices: dict[str, bytes], delay_s: float,
-                 fds: dict[str, int]) -> None:
+                 fds: dict[str, int], rate_bytes_s: float | None = None) -> None:
         self.by_addr = {addr: name for name, addr in devices.items()}
         self.fds = fds
         self.names = {fd: name for name, fd in fds.items()}
@@ -149,6 +164,10 @@ class Emulator:
         self.dropped = 0
         self.late_max = 0.0  # the latest a packet left after its release time (seconds)
         self.peak_queued = 0
+        # With the links' rate known: when each packet was on its link, [arrival - its
+        # serialisation time, arrival], as htb hands a packet over once it has "sent" it.
+        self.rate = rate_bytes_s
+        self.on_wire: list[tuple[float, float]] = []
 
     def _read(self, fd: int, now: float) -> None:
         src = self.names[fd]
@@ -162,6 +181,8 @@ class Emulator:
                 self.dropped += 1
                 continue
             self.line.push(now, (src, dst), packet)
+            if self.rate:
+                self.on_wire.append((now - len(packet) / self.rate, now))
 
     def _flush(self, now: float) -> None:
         due = self.line.next_due()
@@ -182,12 +203,17 @@ class Emulator:
             out = {"links": self.line.stats(), "dropped": self.dropped,
                    "late_max_ms": round(self.late_max * 1e3, 3),
                    "peak_queued": self.peak_queued}
+            if self.rate:
+                # Sum over links / union: how many links were busy at once, on average.
+                out["busy_any_s"] = round(busy_time(self.on_wire), 4)
+                out["busy_sum_s"] = round(sum(b - a for a, b in self.on_wire), 4)
             sys.stdout.write(json.dumps(out) + "\n")
         elif cmd == "reset":
             self.line.reset()
             self.dropped = 0
             self.late_max = 0.0
             self.peak_queued = 0
+            self.on_wire.clear()
             sys.stdout.write("ok\n")
         else:
             sys.stdout.write(json.dumps({"error": f"unknown command {cmd!r}"}) + "\n")
@@ -233,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.linkemu",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--delay-ms", type=float, required=True, help="one-way delay per link")
+    ap.add_argument("--rate-mbit", type=float, default=None,
+                    help="the links' rate, for the busy-time figures of 'stats'")
     ap.add_argument("--priority", action="store_true",
                     help="run under SCHED_FIFO (the wire is not on the parties' CPUs)")
     ap.add_argument("devices", nargs="+", type=_device, metavar="NAME=ADDR")
@@ -246,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
         sys.stdout.write("ready\n")
         sys.stdout.flush()
-        Emulator(devices, args.delay_ms / 1e3, fds).run(sys.stdin.fileno())
+        rate = args.rate_mbit * 1e6 / 8 if args.rate_mbit else None
+        Emulator(devices, args.delay_ms / 1e3, fds, rate).run(sys.stdin.fileno())
     finally:
         for fd in fds.values():
             os.close(fd)

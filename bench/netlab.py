@@ -36,8 +36,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,11 +66,10 @@ class Profile:
         """The link rate in bytes per second."""
         return self.rate_mbit * 1e6 / 8
 
-    @property
-    def queue_bytes(self) -> int:
+    def queue_bytes(self, mtu: int = MTU) -> int:
         """The bfifo limit: four bandwidth-delay products, and never under four packets
         (a 64 kB-segment link of 1 Gbit/s and 2 ms holds only four segments per BDP)."""
-        return int(max(4 * self.bytes_per_s * self.rtt_s, 4 * (MTU + 100)))
+        return int(max(4 * self.bytes_per_s * self.rtt_s, 4 * (mtu + 100)))
 
 
 PROFILES = {
@@ -143,9 +141,10 @@ class _Teardown(SystemExit):
 class Lab:
     """The four namespaces and their links for one profile; a context manager."""
 
-    def __init__(self, profile: Profile, priority: bool = True) -> None:
+    def __init__(self, profile: Profile, priority: bool = True, mtu: int = MTU) -> None:
         self.profile = profile
         self.priority = priority
+        self.mtu = mtu
         self.emu: subprocess.Popen[str] | None = None
         self._saved: dict[int, Any] = {}
         self.leftovers: dict[str, Any] = {}
@@ -174,7 +173,8 @@ class Lab:
             _ip("-n", namespace(role), "link", "set", "lo", "up")
         devs = [f"{device(r)}={ADDRESSES[r]}" for r in ROLES]
         cmd = [sys.executable, "-m", "bench.linkemu",
-               "--delay-ms", str(self.profile.delay_ms), *devs]
+               "--delay-ms", str(self.profile.delay_ms),
+               "--rate-mbit", str(self.profile.rate_mbit), *devs]
         if self.priority:
             cmd.insert(3, "--priority")
         self.emu = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -187,7 +187,7 @@ class Lab:
             _ip("link", "set", dev, "netns", ns)
             # No IPv6 on the links: router solicitations would only be dropped by linkemu.
             _in_ns(role, ["sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.disable_ipv6=1"])
-            _ip("-n", ns, "link", "set", dev, "mtu", str(MTU), "txqueuelen", "1000", "up")
+            _ip("-n", ns, "link", "set", dev, "mtu", str(self.mtu), "txqueuelen", "1000", "up")
             _ip("-n", ns, "addr", "add", f"{ADDRESSES[role]}/24", "dev", dev)
             self._shape(role)
 
@@ -197,7 +197,7 @@ class Lab:
         rate = f"{p.rate_mbit:g}mbit"
         # A burst of a few segments: htb releases whole 64 kB packets, and a burst smaller
         # than one packet would stall the class.
-        burst = str(4 * (MTU + 100))
+        burst = str(4 * (self.mtu + 100))
         tc = ["tc"]
         _in_ns(role, [*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb",
                       "default", "99", "r2q", "1000"])
@@ -205,9 +205,9 @@ class Lab:
             cls = f"1:{10 + j}"
             _in_ns(role, [*tc, "class", "add", "dev", dev, "parent", "1:", "classid", cls,
                           "htb", "rate", rate, "ceil", rate, "burst", burst, "cburst", burst,
-                          "quantum", str(MTU + 100)])
+                          "quantum", str(self.mtu + 100)])
             _in_ns(role, [*tc, "qdisc", "add", "dev", dev, "parent", cls, "bfifo",
-                          "limit", str(p.queue_bytes)])
+                          "limit", str(p.queue_bytes(self.mtu))])
             _in_ns(role, [*tc, "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip",
                           "prio", "1", "u32", "match", "ip", "dst", f"{ADDRESSES[other]}/32",
                           "flowid", cls])
@@ -252,14 +252,16 @@ class Lab:
         line = self.emu.stdout.readline().strip()
         return json.loads(line) if line.startswith("{") else line
 
-    def link_bytes(self) -> dict[str, int]:
-        """Bytes every directed link carried since the last reset (IP packets)."""
+    def link_stats(self) -> dict[str, Any]:
+        """linkemu's counters since the last reset, links named by role: ``links`` maps
+        ``src>dst`` to bytes (IP packets); ``busy_any_s``/``busy_sum_s`` as linkemu's."""
         names = {device(r): r for r in ROLES}
-        out = {}
-        for link, v in self.emu_command("stats")["links"].items():
+        stats = self.emu_command("stats")
+        links = {}
+        for link, v in stats.pop("links").items():
             src, dst = link.split(">")
-            out[f"{names[src]}>{names[dst]}"] = v["bytes"]
-        return out
+            links[f"{names[src]}>{names[dst]}"] = v["bytes"]
+        return {"links": links, **stats}
 
     def check_link(self, src: str, dst: str, pings: int = 20) -> dict[str, Any]:
         """Ping RTT (ICMP echo) and one TCP flow's throughput from ``src`` to ``dst``."""
@@ -365,13 +367,6 @@ def probe(addr: str, nbytes: int, pings: int, port: int = PROBE_PORT) -> dict[st
             "flow_s": round(elapsed, 4), "flow_mbit_s": round(nbytes * 8 / elapsed / 1e6, 2)}
 
 
-@contextmanager
-def lab(profile: str = "100mbit") -> Iterator[Lab]:
-    """``Lab(PROFILES[profile])`` as a context manager (for tests and the shell)."""
-    with Lab(PROFILES[profile]) as up:
-        yield up
-
-
 def main(argv: list[str] | None = None) -> int:
     """``probe-serve ADDR``, ``probe ADDR --bytes N --pings K``, ``check PROFILE`` or
     ``cleanup``."""
@@ -385,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pings", type=int, default=20)
     c = sub.add_parser("check")
     c.add_argument("profile", choices=sorted(PROFILES))
+    c.add_argument("--mtu", type=int, default=MTU)
+    c.add_argument("--no-priority", action="store_true", help="linkemu at normal priority")
     sub.add_parser("cleanup")
     args = ap.parse_args(argv)
     if args.cmd == "probe-serve":
@@ -392,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "probe":
         print(json.dumps(probe(args.addr, args.bytes, args.pings)))
     elif args.cmd == "check":
-        with lab(args.profile) as up:
-            print(json.dumps(up.check_links(), indent=2))
+        with Lab(PROFILES[args.profile], not args.no_priority, args.mtu) as up:
+            print(json.dumps({"mtu": args.mtu, "load": os.getloadavg(),
+                              "links": up.check_links()}, indent=2))
     else:
         print(json.dumps(cleanup_leftovers()))
     return 0

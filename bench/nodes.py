@@ -117,6 +117,10 @@ class Nodes:
         path = self.root / f"{party}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def command(self, party: str) -> list[str]:
+        """The command line that starts the party's node (``bench.wan`` prefixes it)."""
+        return [*VEIL, "serve", "-f", str(self.fed), "--party", party]
+
     def __enter__(self) -> Nodes:
         try:
             marks = {}
@@ -124,7 +128,7 @@ class Nodes:
                 marks[party] = len(self.log(party))
                 with open(self.root / f"{party}.log", "ab") as log:
                     self.procs[party] = subprocess.Popen(
-                        [*VEIL, "serve", "-f", str(self.fed), "--party", party],
+                        self.command(party),
                         stdout=subprocess.DEVNULL, stderr=log, env=self.env, cwd=self.root)
             deadline = time.monotonic() + START_TIMEOUT
             for party in PARTIES:

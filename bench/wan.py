@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,10 +43,9 @@ from typing import Any
 
 from bench.e2e import ANALYST, CACHE, EPSILON, QUERIES, Meter, federation
 from bench.netlab import ADDRESSES, PROFILES, Lab, Profile
-from bench.nodes import _ENV_DROP, NODE_QUERIES, PARTIES, QUERY_TIMEOUT, VEIL, proc_field
+from bench.nodes import _ENV_DROP, NODE_QUERIES, PARTIES, QUERY_TIMEOUT, VEIL, Nodes
 
 PORT = 7400  # every node listens on its own address, so one port serves all three
-START_TIMEOUT = 120.0
 # Round trips outside the runtime, per query: plan agreement, reservation outcome and
 # commit notice among the nodes (engine/node.py, PartyNode.serve), plus the analyst's
 # query going out and the release coming back (one round trip together).
@@ -120,57 +118,27 @@ def embedded_main(local: str, name: str) -> int:
     return 0
 
 
-class WanNodes:
-    """Three ``veil serve`` processes, each in its party's namespace; stopped on exit."""
+class WanNodes(Nodes):
+    """``bench.nodes.Nodes`` with each node in its party's namespace (``ip netns exec``
+    execs, so a node's pid, whose ``wchar`` and CPU time are read, is the node's own)."""
 
     def __init__(self, lab: Lab, fed: Path, env: dict[str, str]) -> None:
-        self.lab, self.fed, self.env, self.root = lab, fed, env, fed.parent
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        super().__init__(fed, env)
+        self.lab = lab
 
-    def log(self, party: str) -> str:
-        """What the party's node wrote to stderr so far."""
-        path = self.root / f"{party}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+    def command(self, party: str) -> list[str]:
+        """``veil serve`` inside the party's namespace."""
+        return self.lab.command(party, super().command(party))
 
-    def __enter__(self) -> WanNodes:
-        try:
-            marks = {p: len(self.log(p)) for p in PARTIES}
-            for party in PARTIES:
-                with open(self.root / f"{party}.log", "ab") as log:
-                    self.procs[party] = self.lab.popen(
-                        party, [*VEIL, "serve", "-f", str(self.fed), "--party", party],
-                        stdout=subprocess.DEVNULL, stderr=log, env=self.env, cwd=self.root)
-            deadline = time.monotonic() + START_TIMEOUT
-            for party in PARTIES:
-                while "listening on" not in self.log(party)[marks[party]:]:
-                    if self.procs[party].poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"node {party} did not start: "
-                                           f"{self.log(party)[-2000:]}")
-                    time.sleep(0.05)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    def cpu(self) -> dict[str, float]:
+        """User + system CPU seconds of every node so far (all its threads)."""
+        return {p: cpu_seconds(pr.pid) for p, pr in self.procs.items()}
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
-    def stop(self) -> None:
-        """SIGTERM every node, SIGKILL after 10 s; reap them."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        self.procs.clear()
-
-    def wchar(self) -> dict[str, int]:
-        """``wchar`` of every node (``ip netns exec`` execs, so the pid is the node's)."""
-        return {p: proc_field(pr.pid, "io", "wchar") for p, pr in self.procs.items()}
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 class Client:
@@ -253,14 +221,19 @@ def wan_query(lab: Lab, net: Path, env: dict[str, str], name: str, reps: int,
             try:
                 for label in ("first", "repeated"):
                     lab.emu_command("reset")
-                    before, load_before = nodes.wchar(), load()
+                    before, cpu0, load_before = nodes.sample(), nodes.cpu(), load()
+                    client0 = cpu_seconds(client.proc.pid)
                     seconds = client.run()
-                    after, links = nodes.wchar(), lab.link_bytes()
+                    after, cpu1, wire = nodes.sample(), nodes.cpu(), lab.link_stats()
+                    client_cpu = cpu_seconds(client.proc.pid) - client0
                     runs[label].append({
                         "s": round(seconds, 4), "load_before": load_before,
                         "load_after": load(),
                         "bytes_written": {p: after[p] - before[p] for p in PARTIES},
-                        "link_bytes": links})
+                        "cpu_s": {p: round(cpu1[p] - cpu0[p], 3) for p in PARTIES},
+                        "client_cpu_s": round(client_cpu, 3),
+                        "link_bytes": wire["links"], "busy_any_s": wire.get("busy_any_s"),
+                        "busy_sum_s": wire.get("busy_sum_s")})
             finally:
                 client.close()
     out: dict[str, Any] = {}
@@ -274,6 +247,8 @@ def wan_query(lab: Lab, net: Path, env: dict[str, str], name: str, reps: int,
         median = statistics.median(r["s"] for r in rs)
         out[label] = {
             "s": median, "runs": rs, "busiest_link": busiest,
+            "node_cpu_max_s": max(rs[0]["cpu_s"].values()),
+            "busy_any_s": rs[0]["busy_any_s"], "busy_sum_s": rs[0]["busy_sum_s"],
             "busiest_link_bytes": links[busiest], "wire_bytes_total": sum(links.values()),
             "rounds": rounds, "rounds_total": total_rounds, **b,
             "ratio": round(median / b["bound_s"], 2),
@@ -324,7 +299,8 @@ def run(people: int, profiles: list[str], reps: int, cache: Path = CACHE) -> dic
             with Lab(PROFILES[pname]) as lab:
                 prof: dict[str, Any] = {"rate_mbit": lab.profile.rate_mbit,
                                         "delay_ms": lab.profile.delay_ms,
-                                        "queue_bytes": lab.profile.queue_bytes,
+                                        "queue_bytes": lab.profile.queue_bytes(lab.mtu),
+                                        "mtu": lab.mtu,
                                         "leftovers_removed": lab.leftovers,
                                         "links": lab.check_links(), "queries": {}}
                 for name in NODE_QUERIES:
@@ -358,9 +334,10 @@ def render(res: dict[str, Any]) -> str:
             lines.append(f"| {lk['link']} | {lk['rtt_ms_median']} ({lk['rtt_ms_min']}-"
                          f"{lk['rtt_ms_max']}) | {lk['flow_mbit_s']} |")
         lines += ["", "| query | run | time s | bound s (time / bound) | tight bound s (time / "
-                  "tight) | embedded s | busiest link MB | wire MB, all links | bytes/person | "
-                  "rounds (mpc+life+setup) | MB written per node | load before -> after |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "tight) | embedded s | node CPU s, max | links busy s: any, sum | busiest link "
+                  "MB | wire MB, all links | bytes/person | rounds (mpc+life+setup) | MB "
+                  "written per node | load before -> after |",
+                  "|" + " --- |" * 14]
         for name, q in prof["queries"].items():
             for label in ("first", "repeated"):
                 r = q[label]
@@ -370,6 +347,7 @@ def render(res: dict[str, Any]) -> str:
                 lines.append(
                     f"| {name} | {label} | {r['s']:.2f} | {r['bound_s']:.2f} ({r['ratio']}) "
                     f"| {r['bound_tight_s']:.2f} ({r['ratio_tight']}) | {r['embedded_s']:.2f} "
+                    f"| {r['node_cpu_max_s']:.2f} | {r['busy_any_s']:.2f}, {r['busy_sum_s']:.2f} "
                     f"| {_mb(r['busiest_link_bytes'])} "
                     f"({r['busiest_link']}) | {_mb(r['wire_bytes_total'])} "
                     f"| {r['bytes_per_person']} | {r['rounds_total']} ({rd['mpc']}+"
