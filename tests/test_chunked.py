@@ -24,10 +24,11 @@ from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.mpc.prg import Prg
 from veilql.engine.mpc.protocols import shuffle as shuffle_module
 from veilql.engine.mpc.testing import run_three
-from veilql.engine.node import PartyNode, aggregate_plain, local_aggregate
+from veilql.engine.node import PartyNode
 from veilql.engine.operators import factors as fac
 from veilql.engine.operators.aggregate import secure_sum
 from veilql.engine.operators.local import fetch, pivot
+from veilql.engine.operators.local_mode import aggregate_plain, local_aggregate
 from veilql.engine.rewrite import compile_plan
 from veilql.policies.loader import load_federation
 

@@ -35,6 +35,7 @@ from test_oracle import QUERIES
 
 import veilql
 import veilql.engine.node as node_module
+import veilql.engine.operators.secure_mode as secure_mode
 from veilql.engine.mpc.shares import AShare
 from veilql.engine.mpc.testing import deterministic_seeds, run_three
 from veilql.engine.operators import oblivious_join as oj
@@ -417,13 +418,13 @@ def test_federation_default_and_loader(tmp_path: Path) -> None:
 def test_repeated_oblivious_query_reuses_the_join(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = node_module.oblivious_join_stage
+    real = secure_mode.oblivious_join_stage
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(node_module, "oblivious_join_stage", counting)
+    monkeypatch.setattr(secure_mode, "oblivious_join_stage", counting)  # the join loop's own name
     fed = oblivious_federation(DEMO, tmp_path / "fed", BOUND)
     with veilql.connect(fed, "oracle") as session:
         first = _quiet_sql(session, LEAK_SQL, epsilon=HUGE_EPSILON, delta=0).rows

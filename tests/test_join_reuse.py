@@ -12,7 +12,7 @@ import pytest
 from oracle import HUGE_EPSILON, oracle_federation
 
 import veilql
-import veilql.engine.node as node_module
+import veilql.engine.operators.secure_mode as secure_mode
 from veilql.engine.dp import LargeEpsilonWarning
 
 DEMO = Path(__file__).resolve().parent.parent / "sample_data" / "demo"
@@ -24,13 +24,13 @@ def test_repeated_query_reuses_join_until_a_table_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
-    real = node_module.join_stage
+    real = secure_mode.join_stage
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(node_module, "join_stage", counting)
+    monkeypatch.setattr(secure_mode, "join_stage", counting)  # the join loop's own name
     fed = oracle_federation(DEMO, tmp_path / "fed")
     csv = tmp_path / "fed" / "data" / "insurer" / "policies.csv"
     bank = duckdb.connect(str(tmp_path / "fed" / "data" / "bank.duckdb"), read_only=True)

@@ -25,10 +25,12 @@ import decimal
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from veilql.connectors.base import Connector
 from veilql.engine.plan.nodes import DIMENSION_TABLE, DimensionJoin, Plan
+from veilql.engine.transport.base import Transport
 from veilql.errors import ProtocolError
 
 _INTEGER = re.compile(r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|"
@@ -159,3 +161,19 @@ def with_dimensions(plan: Plan, party: str, received: dict[str, bytes]) -> Plan:
             step = replace(step, sql=pattern.sub(lambda m: tables[m.group(1)], step.sql))
         steps.append(step)
     return replace(plan, steps=tuple(steps))
+
+
+def exchange(transport: Transport, plan: Plan, me: str, connector: Callable[[], Connector],
+             qid: str, step: Callable[[str], None]) -> Plan:
+    """Send the dimension tables ``me`` holds to the parties that join them (read through
+    ``connector()``, opened only when needed); return the plan with ``me``'s local SQL
+    reading the ones it receives (``with_dimensions``)."""
+    received = {}
+    for owner, to, d in plan.shipments:
+        if owner == me:
+            step(f"sending its dimension table {d.table} to {to}")
+            transport.send(to, f"{qid}/dimension/{d.alias}", read_dimension(connector(), d))
+    for owner, to, d in plan.shipments:
+        if to == me:
+            received[d.alias] = transport.recv(owner, f"{qid}/dimension/{d.alias}")
+    return with_dimensions(plan, me, received) if received else plan

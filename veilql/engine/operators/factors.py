@@ -244,7 +244,7 @@ def reduce_in_engine(plan: Plan, step: LocalStep, connector: Connector,
                      seed: str) -> tuple[np.ndarray, PartyRows]:
     """A single-party plan's aggregates, shape (aggregates, cells), reduced by the party's
     own engine (``aggregate_sql`` around the bounded local SQL), and its private group
-    labels (a ``PartyRows`` without arrays); what ``node.aggregate_plain`` computes over
+    labels (a ``PartyRows`` without arrays); what ``local_mode.aggregate_plain`` computes over
     the pivoted rows."""
     from veilql.engine.operators.local import bounded_sql, run_engine
 

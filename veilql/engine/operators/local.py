@@ -16,9 +16,12 @@ in-process engine keeps cached after the query is handed back (``release_engine_
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,7 +56,7 @@ def fetch(step: LocalStep, connector: Connector, seed: str, *,
 
     Private group keys (``label`` columns) keep their engine's type (an INTEGER key stays
     an integer, a date becomes ISO text): they are indexed here and stay with the party
-    until the released ones are sent (``node.cell_info``).
+    until the released ones are sent (``cells.cell_info``).
 
     With ``reduce`` (a single-party plan of this step) the engine itself reduces the rows
     to the plan's aggregates instead, and the result is ``(aggregates, labels)`` as
@@ -212,3 +215,25 @@ def pivot(data: dict[str, np.ndarray], names: list[str], slots: int,
             col[unit[lo:hi], slot[lo:hi]] = values[order[lo:hi]].astype(np.int64)
         cols[name] = col
     return PartyRows(keys, cols, present)
+
+
+def secret_file(path: Path) -> str:
+    """The hex secret in ``path`` (a party's bounding seed), created (0600, atomically) on
+    first use.
+
+    The secret is written to a private temporary file and linked into place, so a
+    concurrent process either creates it or reads the complete one, never a partial file.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(16))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()

@@ -1,0 +1,59 @@
+"""Local mode: a query over one party's tables, aggregated and noised by that party alone.
+
+The reduction runs in the party's engine (``factors.reduce_in_engine``: its bounded local
+SQL wrapped in one GROUP BY over its group columns); the party adds the full noise itself
+(it may see aggregates of its own data) and sends the noisy values to the analyst, with
+the labels of the released cells when partition selection chose them. Nothing is shared
+and no other party takes part. Leakage: none beyond the released noisy values.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from veilql.connectors.base import Connector
+from veilql.engine.dp import sample_share
+from veilql.engine.operators import ANALYST
+from veilql.engine.operators import factors as fac
+from veilql.engine.operators.cells import cell_info, selection_index
+from veilql.engine.operators.local import PartyRows, fetch
+from veilql.engine.plan.nodes import Plan
+from veilql.engine.transport.base import Transport
+
+
+def local_aggregate(plan: Plan, connector: Connector, seed: str) -> tuple[np.ndarray, PartyRows]:
+    """Aggregates of a single-party plan computed by the party's own engine: shape
+    (aggregates, cells), equal to ``aggregate_plain`` over the fetched rows; and the rows'
+    private group labels (``PartyRows`` without arrays). See ``factors.reduce_in_engine``."""
+    return fetch(plan.steps[0], connector, seed, reduce=plan)
+
+
+def aggregate_plain(plan: Plan, rows: dict[str, PartyRows]) -> np.ndarray:
+    """Aggregates in the clear for a single-party plan: shape (aggregates, cells)."""
+    chains, owner = fac.expand_terms(plan)
+    party = plan.parties[0]
+    f = fac.build_factors(plan, party, rows[party], chains, slot_level=False)
+    per_chain = fac.combine_plain([f])
+    out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=np.int64)
+    for i, agg in enumerate(owner):
+        out[agg] += per_chain[i]
+    return out
+
+
+def noise_vector(plan: Plan, party_index: int, cells: int) -> np.ndarray:
+    """This party's noise shares for every aggregate and cell (zeros where it adds none)."""
+    return np.stack([sample_share(a.noise, party_index, cells) for a in plan.aggregates])
+
+
+def release_local(transport: Transport, plan: Plan, values: np.ndarray,
+                  rows: PartyRows) -> None:
+    """Add the full noise to ``values`` (aggregates x cells), keep the cells that pass the
+    threshold under partition selection, and send them (and their labels) to the analyst."""
+    noisy = values + noise_vector(plan, 0, values.shape[1])
+    if plan.threshold is not None:
+        cells = np.flatnonzero(noisy[selection_index(plan)] > plan.threshold)
+        noisy = noisy[:, cells]
+        transport.send(ANALYST, "cells", json.dumps(cell_info(plan, rows, cells)).encode())
+    transport.send_array(ANALYST, "release", noisy)

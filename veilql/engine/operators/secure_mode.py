@@ -1,0 +1,188 @@
+"""Secure mode: share, join, aggregate and noise on shares, then release output shares.
+
+At a compute party (``compute_secure``): agree with the others whether a cached join can
+be reused (``cache.py``); if not, run the local SQL, share each party's table just before
+the join stage that needs it (``inputs.py``), and join stage by stage (``join.py`` or, for
+``join_reveal = "nothing"``, ``oblivious_join.py``). Then the aggregates per cell
+(``secure_aggregate``: products of the parties' factors, cross-party predicates on shares,
+one inner product per chunk), the noise on shares (``noise.py``), and under partition
+selection the comparison of each cell's noisy unit count with the threshold, opened to the
+compute parties. The node waits for every charged party's commit before it calls
+``release_secure``, which sends this party's output shares (and, at the owner of private
+group keys, the labels of the released cells) to the analyst.
+
+Leakage: what ``join.py`` / ``oblivious_join.py`` and ``inputs.py`` reveal (sizes), and
+under partition selection the pass/fail bit of every cell; every other value is a share.
+See docs/SECURITY.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from veilql.engine.mpc.runtime import Runtime
+from veilql.engine.mpc.shares import AShare
+from veilql.engine.operators import ANALYST
+from veilql.engine.operators import factors as fac
+from veilql.engine.operators.aggregate import expand, grid_width, secure_sum
+from veilql.engine.operators.cache import JoinCache, agree_cached, cache_level, structure_hash
+from veilql.engine.operators.cells import cell_info, selection_index
+from veilql.engine.operators.inputs import receive_table
+from veilql.engine.operators.join import SharedTable, agree_all, join_stage
+from veilql.engine.operators.local import PartyRows
+from veilql.engine.operators.memory import spans
+from veilql.engine.operators.noise import add_noise
+from veilql.engine.operators.oblivious_join import oblivious_join_stage
+from veilql.engine.operators.predicate import evaluate
+from veilql.engine.plan.nodes import Plan
+from veilql.engine.transport.base import Transport
+
+CROSS_WORDS = 16  # words per slot combination a cross-party comparison holds at once
+Columns = Callable[[], tuple[dict[str, np.ndarray] | None, PartyRows | None]]
+
+
+@dataclass
+class SecureOutput:
+    """A compute party's part of the answer, before release: its shares of the noisy
+    aggregates (released cells only), the released cells' indices under partition
+    selection, and its private group keys (``None`` when it holds none)."""
+
+    total: AShare
+    cells: np.ndarray | None
+    rows: PartyRows | None
+
+
+def compute_secure(rt: Runtime, plan: Plan, qid: str, join_key: str, cache: JoinCache,
+                   columns: Columns, step: Callable[[str], None]) -> SecureOutput:
+    """Everything up to the release at a compute party (see the module docstring).
+
+    ``columns()`` runs this party's local SQL and returns its columns to share and its
+    private group keys (``None, None`` at a compute party without data); ``step`` is told
+    each step's name. Memory: columns are shared and shuffled one at a time in chunks of
+    the agreed ``Runtime.chunk_words``, each table is released as soon as the next step
+    holds its successor, and the aggregation runs over chunks of joined rows; a cached join
+    keeps only its exact aggregates once they are known.
+    """
+    me = rt.parties[rt.me]
+    structure = structure_hash(plan)
+    cached = cache.get(join_key)
+    if agree_cached(rt, plan, qid, cache_level(cached, structure)):
+        assert cached is not None
+        joined, rows = cached
+    else:
+        step("running its local SQL")
+        mine, rows = columns() if me in plan.parties else (None, None)
+        step("secret-sharing its columns")
+        joined = join_all(rt, plan, qid, mine, step)
+        del mine
+        if me not in plan.parties:
+            rows = None
+        cache.remember(join_key, joined, rows)
+    step("aggregating on shares")
+    result = secure_aggregate(rt, plan, joined)
+    cache.keep_aggregates(join_key, joined, structure)
+    del joined
+    step("adding noise")
+    total = add_noise(rt, plan, result)
+    cells = None
+    if plan.threshold is not None:
+        # Only cells whose noisy unit count passes the threshold are released; the
+        # compute parties learn which (the released key set), nothing else.
+        passed = rt.gt(total[selection_index(plan)], plan.threshold)
+        cells = np.flatnonzero(np.asarray(rt.open(passed)) & 1)
+        total = total[:, cells]
+    return SecureOutput(total, cells, rows)
+
+
+def join_all(rt: Runtime, plan: Plan, qid: str, columns: dict[str, np.ndarray] | None,
+             step: Callable[[str], None]) -> SharedTable:
+    """Shares of every party's table, joined stage by stage in FROM order.
+
+    Each party's table is shared just before the stage that needs it, so the later
+    parties' shares do not wait in memory beside the earlier stages; this party's plain
+    ``columns`` are consumed as they are shared.
+    """
+    me = rt.parties[rt.me]
+
+    def shared(party: str) -> SharedTable:
+        return receive_table(rt, plan, party, columns if party == me else None, qid)
+
+    joined = shared(plan.parties[0])
+    for j, stage in enumerate(plan.joins):
+        right = shared(stage.right)
+        left_tag = f"{stage.key_parties[0]}.tag{j}"
+        right_tag = f"{stage.right}.tag{j}"
+        renamed = dict(right.cols)  # its tag column under the left side's name
+        renamed[left_tag] = renamed.pop(right_tag)
+        right = SharedTable(right.n, renamed)
+        del renamed
+        step(f"joining with {stage.right} on shares")
+        if stage.mode == "oblivious":
+            joined = oblivious_join_stage(rt, stage, joined, right, left_tag)
+        else:  # both inputs are this function's own: released as they are shuffled
+            joined = join_stage(rt, stage, joined, right, left_tag, consume=True)
+        del right
+        joined.cols.pop(left_tag, None)
+    return joined
+
+
+def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
+    """Shares of every aggregate and cell: shape (aggregates, cells in party order).
+
+    Kept with a cached join (``SharedTable.memo``): a repeated query adds fresh noise to
+    the same exact aggregates, when every compute party still holds them. The joined rows
+    are taken in chunks of ``rt.chunk_words`` words of the joint grid (cross-party
+    predicates included); sums over rows add up over the chunks.
+    """
+    key = structure_hash(plan)
+    if agree_all(rt, key in joined.memo):
+        return joined.memo[key]
+    chains, owner = fac.expand_terms(plan)
+    distinct = np.array([c.kind == "count_distinct" for c in chains])
+    n = joined.n
+    slots = [plan.step(p).slots for p in plan.parties]
+    factors = [joined.cols[f"{p}.F"] for p in plan.parties]
+    width = grid_width([f.shape for f in factors], len(chains))
+    if plan.cross is not None:
+        width += CROSS_WORDS * int(np.prod(slots, dtype=np.int64))
+    per_chain: AShare | None = None
+    for lo, hi in spans(n, rt.chunk_rows(width)):
+        cross = None
+        if plan.cross is not None:
+
+            def column(party: str, name: str, lo: int = lo, hi: int = hi) -> AShare:
+                i = plan.parties.index(party)
+                axes = [1] * len(slots)
+                axes[i] = slots[i]
+                return expand(joined.cols[f"{party}.{name}"][lo:hi], (hi - lo, *axes),
+                              (hi - lo, *slots))
+
+            cross = evaluate(rt, plan.cross, column)
+        part = secure_sum(rt, [f[lo:hi] for f in factors], cross, distinct)
+        per_chain = part if per_chain is None else per_chain + part
+    assert per_chain is not None
+    cells = per_chain.shape[1]
+    a = np.zeros((len(plan.aggregates), cells), dtype=np.uint64)
+    b = np.zeros_like(a)
+    for i, agg in enumerate(owner):
+        a[agg] += per_chain.a[i]
+        b[agg] += per_chain.b[i]
+    joined.memo[key] = AShare(rt.me, a, b)
+    return joined.memo[key]
+
+
+def release_secure(transport: Transport, plan: Plan, me: str, out: SecureOutput) -> None:
+    """Send this party's output shares to the analyst (after every charged party
+    committed); under partition selection the owner of the private group keys first sends
+    the released cells' labels (``cells.cell_info``)."""
+    if plan.threshold is not None:
+        owner = next(g.party for g in plan.groups if g.private)
+        if me == owner:
+            assert out.rows is not None and out.cells is not None
+            info = cell_info(plan, out.rows, out.cells)
+            transport.send(ANALYST, "cells", json.dumps(info).encode())
+    transport.send_array(ANALYST, "release", np.stack([out.total.a, out.total.b]))
