@@ -34,7 +34,7 @@ def test_rows_stay_aligned_across_mixed_columns(n: int) -> None:
     res = run_three(prog, [ids, None, None], [None, vals, None], [None, None, flags],
                     [wide, None, None])
     (si, sv, sf, sw), rounds, kinds = res[0]
-    assert rounds == 3 and kinds == ["AShare", "AShare", "BShare", "BShare"]
+    assert rounds == 2 and kinds == ["AShare", "AShare", "BShare", "BShare"]
     assert sf.dtype == np.uint8 and sw.shape == (n, 3)
     pos = {int(k): i for i, k in enumerate(ids.tolist())}
     src = np.array([pos[int(k)] for k in si.tolist()], dtype=np.int64)
@@ -62,25 +62,66 @@ def test_all_orders_equally_likely() -> None:
     assert stats.chisquare(list(counts.values())).pvalue > 1e-4
 
 
-def test_outsider_of_each_pass_receives_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Pass k is run by parties k and k+1 alone: party k+2 gets no message in it, so it
-    never sees anything permuted by that pass's permutation."""
+def test_who_receives_what_and_roles_rotate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Party ``a`` (the tag counter mod 3) receives B' from b and U - x'_c from c; c
+    receives A and V - x'_b from a; b receives nothing. Two shuffles in a row rotate a."""
     from veilql.engine.transport.base import read_transcript
 
     n = 64
 
     def prog(rt: Runtime, v):  # type: ignore[no-untyped-def]
         x = rt.share(0, v, n)
-        return rt.open(rt.shuffle([x])[0])
+        first = rt.shuffle([x])[0]
+        return rt.open(first), rt.open(rt.shuffle([first])[0])
 
     out = run_three(prog, [np.arange(n, dtype=U64), None, None],
                     transcript_dir=str(tmp_path))[0]
-    assert sorted(out.tolist()) == list(range(n)) and out.tolist() != list(range(n))
+    for o in out:
+        assert sorted(o.tolist()) == list(range(n)) and o.tolist() != list(range(n))
+    got: dict[tuple[int, str], set[tuple[int, str]]] = {}
     for c in range(3):
-        k = (c - 2) % 3
-        tags = [t for _, t, _ in read_transcript(tmp_path / f"p{c}.bin")]
-        assert not any(t.endswith(f"/p{k}") for t in tags)
-        assert sum(t.startswith("shuffle") for t in tags) == 2  # one per other pass
+        for sender, t, payload in read_transcript(tmp_path / f"p{c}.bin"):
+            if t.startswith("shuffle:"):
+                call, _, rest = t.partition("/")
+                got.setdefault((c, call), set()).add((int(sender[1]), rest[-1]))
+                assert len(payload) == 8 * n
+    calls = sorted({call for _, call in got}, key=lambda t: int(t.split(":")[1]))
+    assert len(calls) == 2
+    for call in calls:
+        a = int(call.split(":")[1]) % 3
+        b, c = (a + 1) % 3, (a + 2) % 3
+        assert got[(a, call)] == {(b, "B"), (c, "U")}
+        assert got[(c, call)] == {(a, "A"), (a, "V")}
+        assert (b, call) not in got
+    assert int(calls[0].split(":")[1]) % 3 != int(calls[1].split(":")[1]) % 3
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 9, 63, 65])
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
+def test_chunked_and_whole_agree_on_odd_lengths(n: int, chunk: int) -> None:
+    """Chunks of 1 and 5 words (every piece and row chunk a message) and one message."""
+    rng = np.random.default_rng(n * 31 + chunk)
+    ids = rng.permutation(n).astype(U64)
+    wide = rng.integers(0, 2**64, (n, 3), dtype=U64)
+    bits = rng.integers(0, 2, (n, 2), dtype=np.uint8)
+
+    def prog(rt: Runtime, iv, wv, bv):  # type: ignore[no-untyped-def]
+        rt.chunk_words = chunk
+        cols = [rt.share(0, iv, n), rt.share(1, wv, (n, 3)),
+                rt.share(2, bv, (n, 2), boolean=True, dtype=np.uint8)]
+        out = rt.shuffle(cols, consume=True)
+        assert cols == []
+        return [rt.open(c) for c in out]
+
+    res = run_three(prog, [ids, None, None], [None, wide, None], [None, None, bits])
+    assert all((x == y).all() for r in res for x, y in zip(r, res[0], strict=True))
+    si, sw, sb = res[0]
+    assert sw.shape == (n, 3) and sb.shape == (n, 2) and sb.dtype == np.uint8
+    src = si.astype(np.int64)
+    assert sorted(src.tolist()) == list(range(n))
+    inv = np.argsort(ids)  # ids[inv[k]] == k
+    rows = inv[src]
+    assert (sw == wide[rows]).all() and (sb == bits[rows]).all()
 
 
 def test_unequal_lengths_refused() -> None:

@@ -278,8 +278,9 @@ class Runtime:
     # -- protocols: shuffle -----------------------------------------------------------
     def shuffle(self, columns: Sequence[AShare | BShare], *,
                 consume: bool = False) -> list[AShare | BShare]:
-        """Permute the rows of all columns by one secret permutation (3 rounds per chunk;
-        ``consume``: empty the given list and drop each column once shuffled)."""
+        """Permute the rows of all columns by one secret permutation (2 rounds per chunk,
+        four messages of the table's size; ``consume``: empty the given list and drop each
+        column once shuffled)."""
         return shuffle_mod.shuffle(self, columns, consume=consume)
 
     def gather(

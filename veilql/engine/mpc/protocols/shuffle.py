@@ -1,32 +1,48 @@
-"""Secret shuffle: three resharing passes, each permuting by a pair's private permutation.
+"""Secret shuffle: three permutations, each known to one pair, over 2-out-of-2 sharings.
 
-Following the resharing-based shuffle of Laur, Willemson and Zhang (ISC 2011) as used
-by Araki et al., "Secure graph analysis at scale" (CCS 2021): in pass ``k`` the pair
-``(a, b) = (k, k+1)`` turns its four components into a 2-out-of-2 sharing
-(``y_a = x_a + x_{a+1}``, ``y_b = x_{a+2}``), both apply a permutation drawn from the
-seed only they share, and they re-share the permuted rows to all three:
+The resharing shuffle of Laur, Willemson and Zhang (ISC 2011), as used by Araki et al.,
+"Secure graph analysis at scale" (CCS 2021), lets pair ``(k, k+1)`` permute by a
+permutation drawn from the seed only they share, so that the composition of three such
+passes, one per pair, is unknown to every single party. Between passes the table needs
+only to be 2-out-of-2 shared by the next pair, not replicated: with roles ``a`` (the
+party ``tag counter mod 3``), ``b = a+1`` and ``c = a+2``,
 
-* the new components ``x'_a`` (seed of parties c, a) and ``x'_{a+2}`` (seed of parties
-  b, c) are drawn locally by the outsider ``c = a+2`` and one of the pair each;
-* ``a`` sends ``pi(y_a) - x'_a`` to ``b`` and ``b`` sends ``pi(y_b) - x'_{a+2}`` to ``a``;
-  each message is masked by a component the receiver does not know, and their sum is
-  the third component ``x'_{a+1}``.
+1. pair ``(a, b)``: ``a`` holds ``y_a = x_a + x_{a+1}``, ``b`` holds ``y_b = x_{a+2}``;
+   both permute by ``pi_1`` (seed ``s_b``) and re-randomise by ``r`` (also ``s_b``):
+   ``A = pi_1(y_a) + r`` at ``a``, ``B = pi_1(y_b) - r`` at ``b``. ``a`` hands ``A`` to
+   ``c``: masked by ``r``, which ``c`` lacks.
+2. pair ``(b, c)``: ``pi_2`` and ``r'`` from ``s_c``; ``b`` hands ``B' = pi_2(B) - r'`` to
+   ``a`` (masked by ``r'``, which ``a`` lacks); ``c`` keeps ``C = pi_2(A) + r'``.
+3. pair ``(c, a)``: ``pi_3`` from ``s_a``; ``U = pi_3(C)`` at ``c``, ``V = pi_3(B')`` at
+   ``a``, ``U + V = pi_3 pi_2 pi_1 (x)``. The output components ``x'_b`` (seed ``s_b``,
+   parties a, b) and ``x'_c`` (seed ``s_c``, parties b, c) are keystream; ``c`` sends ``U
+   - x'_c`` to ``a`` and ``a`` sends ``V - x'_b`` to ``c`` (each masked by a stream the
+   receiver lacks) and both add them: ``x'_a``.
 
-The outsider receives nothing. Every party is the outsider of one pass, so no party
-knows the composed permutation. A table of at most ``Runtime.chunk_words`` words takes one
-round (one message each way) per pass, all columns in that message. A larger table is
-shuffled in bounded memory: column by column, and each column in chunks of rows (one
-message each way per chunk, ``Runtime.chunk_rows``), the permuted rows gathered from the
-whole column by the pass's one permutation, so every column is still permuted identically;
-with ``consume=True`` each input column is released as soon as its output is complete.
+``b`` computes its message without waiting for anyone, so steps 1 and 2 travel at the
+same time: two rounds, four messages of the table's size (the three-pass form sends six
+in three rounds). ``b`` receives nothing; ``a`` receives ``B'`` and ``U - x'_c``, ``c``
+receives ``A`` and ``V - x'_b``, each uniform and independent of the rest of its view.
+Each party knows two of the three permutations (``a``: 1, 3; ``b``: 1, 2; ``c``: 2, 3),
+so the composed one is uniform from its view. The role of ``a`` rotates with the round
+counter, so the two sides of a join load different parties.
 
-The pair draws its permutation by sorting random keys (``permutation``): the numbers, not
-the order of the draws, decide it, so both members of the pair get the same permutation.
+A table of at most ``Runtime.chunk_words`` words travels as one message per step with
+all columns in it. A larger table is shuffled in bounded memory: column by column, each
+column in pieces of its row elements (a piece of all rows is about one chunk), each
+piece in chunks of rows (one message per chunk and step); ``b``, which never waits,
+is held at most one piece ahead of ``a`` by an empty go-ahead message, so no mailbox
+buffers more than about a piece. With ``consume=True`` each input column's arrays take
+the intermediate values and outputs in place and the column is released once done.
+
+The pairs draw their permutation by sorting random keys (``permutation``): the numbers,
+not the order of the draws, decide it, so both members of the pair get the same one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,29 +55,7 @@ if TYPE_CHECKING:
     from veilql.engine.mpc.runtime import Runtime
 
 Column = AShare | BShare
-
-
-def _combine(col: Column, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return u + v if isinstance(col, AShare) else u ^ v
-
-
-def _minus(col: Column, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return u - v if isinstance(col, AShare) else u ^ v
-
-
-def _pack(arrays: list[np.ndarray]) -> np.ndarray:
-    if not arrays:
-        return np.empty(0, np.uint8)
-    return np.concatenate([np.ascontiguousarray(x).view(np.uint8).ravel() for x in arrays])
-
-
-def _unpack(buf: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
-    out, off = [], 0
-    for x in like:
-        nb = x.size * x.dtype.itemsize
-        out.append(buf[off:off + nb].view(x.dtype).reshape(x.shape))
-        off += nb
-    return out
+Slot = tuple[int, int, int]  # (column, first element, end element) of a row
 
 
 def permutation(prg: Prg, label: str, n: int) -> np.ndarray:
@@ -113,10 +107,10 @@ def permutation(prg: Prg, label: str, n: int) -> np.ndarray:
 def shuffle(rt: Runtime, columns: Sequence[Column], *, consume: bool = False) -> list[Column]:
     """Apply one secret uniformly random row permutation to all ``columns``.
 
-    Three rounds when the table fits in one message of ``rt.chunk_words`` words; else one
-    round per chunk of rows of each column (see the module docstring). With ``consume`` and
-    a list, the list is emptied and each column dropped once it is shuffled, so the caller's
-    table and its shuffled copy do not both stay in memory.
+    Two rounds when the table fits in one message of ``rt.chunk_words`` words; else two
+    per chunk of rows of each piece of each column (see the module docstring). With
+    ``consume`` and a list, the list is emptied and each column dropped once it is
+    shuffled, so the caller's table and its shuffled copy do not both stay in memory.
     """
     cols = list(columns)
     if not cols:
@@ -132,14 +126,227 @@ def shuffle(rt: Runtime, columns: Sequence[Column], *, consume: bool = False) ->
     if consume and isinstance(columns, list):
         columns.clear()
     tag = rt.tag("shuffle")
-    whole = n * sum(_row_words(c) for c in cols) <= rt.chunk_words
-    for k in range(3):
-        # The first pass may reuse the caller's arrays only when it gave them up; later
-        # passes reuse their own outputs.
-        mine = consume or k > 0
-        cols = _pass(rt, f"{tag}/p{k}", cols, k, n) if whole else \
-            _pass_chunked(rt, f"{tag}/p{k}", cols, k, n, consume=mine)
+    a = int(tag.rsplit(":", 1)[1]) % 3
+    role = (rt.me - a) % 3  # 0: a, 1: b, 2: c
+    states = [_State.of(rt.me, col, n, role, consume and _reusable(i, cols))
+              for i, col in enumerate(cols)]
+    run = _Run(rt, tag, a, n)
+    if n * sum(_row_words(c) for c in cols) <= rt.chunk_words:
+        run.group(0, states, [(i, 0, st.width) for i, st in enumerate(states)], [(0, n)],
+                  last=True)
+        return [st.result() for st in states]
+    groups = [(i, g0, g1) for i, st in enumerate(states)
+              for g0, g1 in _pieces(n, st.width, st.dtype.itemsize, rt.chunk_words)]
+    for u, (i, g0, g1) in enumerate(groups):
+        words = -(-(g1 - g0) * states[i].dtype.itemsize // 8)
+        run.group(u, states, [(i, g0, g1)], _spans(n, rt.chunk_rows(words)),
+                  last=u == len(groups) - 1)
+        if u == len(groups) - 1 or groups[u + 1][0] != i:
+            cols[i] = states[i].result()  # this column is done: its input is released
+            states[i] = None  # type: ignore[call-overload]
     return cols
+
+
+@dataclass
+class _State:
+    """One column at one party: its input (``n`` x ``width`` views), the two slabs ``p``
+    and ``q`` (the input's own arrays when they may be reused) and, at ``a`` and ``c``,
+    ``r`` for the output that is summed from two messages."""
+
+    party: int
+    kind: type
+    shape: tuple[int, ...]
+    role: int
+    width: int
+    in_a: np.ndarray
+    in_b: np.ndarray
+    p: np.ndarray
+    q: np.ndarray
+    r: np.ndarray | None
+
+    @classmethod
+    def of(cls, party: int, col: Column, n: int, role: int, in_place: bool) -> _State:
+        """The state of ``col`` (reusing its arrays when ``in_place``)."""
+        width = int(np.prod(col.shape[1:], dtype=np.int64))
+        in_a, in_b = col.a.reshape(n, width), col.b.reshape(n, width)
+        p, q = (in_a, in_b) if in_place else (np.empty((n, width), col.dtype),
+                                              np.empty((n, width), col.dtype))
+        r = None if role == 1 else np.empty((n, width), col.dtype)
+        return cls(party, type(col), col.shape, role, width, in_a, in_b, p, q, r)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The components' dtype."""
+        return self.p.dtype
+
+    @property
+    def add(self) -> Callable[..., np.ndarray]:
+        """Addition of components (XOR for boolean shares)."""
+        return np.add if self.kind is AShare else np.bitwise_xor
+
+    @property
+    def sub(self) -> Callable[..., np.ndarray]:
+        """Subtraction of components (XOR for boolean shares)."""
+        return np.subtract if self.kind is AShare else np.bitwise_xor
+
+    def result(self) -> Column:
+        """The output share: ``(x'_a, x'_b)`` at a, ``(x'_b, x'_c)`` at b, ``(x'_c,
+        x'_a)`` at c."""
+        first, second = {0: (self.r, self.p), 1: (self.p, self.q), 2: (self.p, self.r)}[
+            self.role]
+        assert first is not None and second is not None
+        return self.kind(self.party, first.reshape(self.shape), second.reshape(self.shape))
+
+
+class _Run:
+    """The messages and keystreams of one shuffle call at one party."""
+
+    def __init__(self, rt: Runtime, tag: str, a: int, n: int) -> None:
+        assert rt.seeds is not None
+        self.rt, self.tag, self.n = rt, tag, n
+        self.a, self.b, self.c = a, (a + 1) % 3, (a + 2) % 3
+        self.role = (rt.me - a) % 3
+        seeds = rt.seeds
+        # s_b: a.next, b.prev; s_c: b.next, c.prev; s_a: c.next, a.prev
+        self.s_b = (seeds.next, seeds.prev, None)[self.role]
+        self.s_c = (None, seeds.next, seeds.prev)[self.role]
+        self.s_a = (seeds.prev, None, seeds.next)[self.role]
+        self.perms: dict[int, np.ndarray] = {}
+
+    def perm(self, k: int) -> np.ndarray:
+        """Permutation ``pi_k`` (drawn once per call, from the seed of its pair)."""
+        got = self.perms.get(k)
+        if got is None:
+            seed = {1: self.s_b, 2: self.s_c, 3: self.s_a}[k]
+            assert seed is not None
+            got = self.perms[k] = permutation(seed, f"{self.tag}/p{k}", self.n)
+        return got
+
+    def group(self, u: int, states: list[_State], slots: list[Slot],
+              spans: list[tuple[int, int]], *, last: bool) -> None:
+        """Shuffle the element ranges ``slots`` of their columns (message ``u``)."""
+        self.rt.rounds += 2 * len(spans)
+        (self._at_a, self._at_b, self._at_c)[self.role](u, states, slots, spans, last)
+
+    # -- the three roles ------------------------------------------------------------
+    def _at_a(self, u: int, states: list[_State], slots: list[Slot],
+              spans: list[tuple[int, int]], last: bool) -> None:
+        for i, g0, g1 in slots:  # y_a = x_a + x_{a+1}, into p
+            st = states[i]
+            st.add(st.in_a[:, g0:g1], st.in_b[:, g0:g1], out=st.p[:, g0:g1])
+        pi1 = self.perm(1)
+        for j, (lo, hi) in enumerate(spans):
+            parts = []
+            for i, g0, g1 in slots:
+                st = states[i]
+                m = np.take(st.p[:, g0:g1], pi1[lo:hi], axis=0)
+                st.add(m, self._draw(self.s_b, "r", u, i, j, m), out=m)
+                parts.append(m)
+            self._send(self.c, f"{u}.{j}/A", parts)
+            for (i, g0, g1), got in zip(slots, self._recv(self.b, f"{u}.{j}/B", states, slots,
+                                                          hi - lo), strict=True):
+                states[i].q[lo:hi, g0:g1] = got
+        if not last:
+            self._send(self.b, f"{u}/go", [np.empty(0, np.uint8)])
+        pi3 = self.perm(3)
+        for j, (lo, hi) in enumerate(spans):
+            parts = []
+            for i, g0, g1 in slots:
+                st = states[i]
+                assert st.r is not None
+                v = _take(st.q[:, g0:g1], pi3[lo:hi], st.r[lo:hi, g0:g1])
+                xb = self._draw(self.s_b, "xb", u, i, j, v)
+                st.sub(v, xb, out=v)
+                st.p[lo:hi, g0:g1] = xb
+                parts.append(v)
+            self._send(self.c, f"{u}.{j}/V", parts)
+            for (i, g0, g1), got in zip(slots, self._recv(self.c, f"{u}.{j}/U", states, slots,
+                                                          hi - lo), strict=True):
+                st = states[i]
+                assert st.r is not None
+                st.add(st.r[lo:hi, g0:g1], got, out=st.r[lo:hi, g0:g1])
+
+    def _at_b(self, u: int, states: list[_State], slots: list[Slot],
+              spans: list[tuple[int, int]], last: bool) -> None:
+        if u:  # held at most one piece ahead of a
+            self._recv(self.a, f"{u - 1}/go", None, None, 0)
+        pi1 = self.perm(1)
+        for j, (lo, hi) in enumerate(spans):  # B = pi_1(x_{a+2}) - r, into p
+            for i, g0, g1 in slots:
+                st = states[i]
+                out = _take(st.in_b[:, g0:g1], pi1[lo:hi], st.p[lo:hi, g0:g1])
+                st.sub(out, self._draw(self.s_b, "r", u, i, j, out), out=out)
+        pi2 = self.perm(2)
+        for j, (lo, hi) in enumerate(spans):
+            parts = []
+            for i, g0, g1 in slots:
+                st = states[i]
+                m = np.take(st.p[:, g0:g1], pi2[lo:hi], axis=0)
+                st.sub(m, self._draw(self.s_c, "r2", u, i, j, m), out=m)
+                parts.append(m)
+            self._send(self.a, f"{u}.{j}/B", parts)
+        for j, (lo, hi) in enumerate(spans):  # outputs (x'_b, x'_c): keystream
+            for i, g0, g1 in slots:
+                st = states[i]
+                st.p[lo:hi, g0:g1] = self._draw(self.s_b, "xb", u, i, j, st.p[lo:hi, g0:g1])
+                st.q[lo:hi, g0:g1] = self._draw(self.s_c, "xc", u, i, j, st.q[lo:hi, g0:g1])
+
+    def _at_c(self, u: int, states: list[_State], slots: list[Slot],
+              spans: list[tuple[int, int]], last: bool) -> None:
+        for j, (lo, hi) in enumerate(spans):
+            for (i, g0, g1), got in zip(slots, self._recv(self.a, f"{u}.{j}/A", states, slots,
+                                                          hi - lo), strict=True):
+                states[i].p[lo:hi, g0:g1] = got
+        pi2 = self.perm(2)
+        for j, (lo, hi) in enumerate(spans):  # C = pi_2(A) + r', into q
+            for i, g0, g1 in slots:
+                st = states[i]
+                out = _take(st.p[:, g0:g1], pi2[lo:hi], st.q[lo:hi, g0:g1])
+                st.add(out, self._draw(self.s_c, "r2", u, i, j, out), out=out)
+        pi3 = self.perm(3)
+        for j, (lo, hi) in enumerate(spans):
+            parts = []
+            for i, g0, g1 in slots:
+                st = states[i]
+                assert st.r is not None
+                w = _take(st.q[:, g0:g1], pi3[lo:hi], st.r[lo:hi, g0:g1])
+                xc = self._draw(self.s_c, "xc", u, i, j, w)
+                st.sub(w, xc, out=w)
+                st.p[lo:hi, g0:g1] = xc
+                parts.append(w)
+            self._send(self.a, f"{u}.{j}/U", parts)
+            for (i, g0, g1), got in zip(slots, self._recv(self.a, f"{u}.{j}/V", states, slots,
+                                                          hi - lo), strict=True):
+                st = states[i]
+                assert st.r is not None
+                st.add(st.r[lo:hi, g0:g1], got, out=st.r[lo:hi, g0:g1])
+
+    # -- messages and keystreams ------------------------------------------------------
+    def _draw(self, seed: Prg | None, what: str, u: int, i: int, j: int,
+              like: np.ndarray) -> np.ndarray:
+        assert seed is not None
+        return seed.array("shuffle", f"{self.tag}/{what}/{u}/{i}/{j}", like.shape, like.dtype)
+
+    def _send(self, to: int, name: str, parts: list[np.ndarray]) -> None:
+        self.rt.send(to, f"{self.tag}/{name}", parts[0] if len(parts) == 1 else _pack(parts))
+
+    def _recv(self, frm: int, name: str, states: list[_State] | None,
+              slots: list[Slot] | None, rows: int) -> list[np.ndarray]:
+        if states is None or slots is None:
+            self.rt.recv(frm, f"{self.tag}/{name}", np.uint8, 0)
+            return []
+        like = [(states[i].dtype, (rows, g1 - g0)) for i, g0, g1 in slots]
+        if len(like) == 1:
+            return [self.rt.recv(frm, f"{self.tag}/{name}", like[0][0], like[0][1])]
+        total = sum(rows * w * dt.itemsize for dt, (_, w) in like)
+        return _unpack(self.rt.recv(frm, f"{self.tag}/{name}", np.uint8, total), like)
+
+
+def _take(src: np.ndarray, idx: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[:] = src[idx]`` along rows (``out`` never overlaps ``src``; the indices are a
+    permutation's, always in range, so numpy need not buffer the output)."""
+    np.take(src, idx, axis=0, out=out, mode="clip")
+    return out
 
 
 def _row_words(col: Column) -> int:
@@ -169,7 +376,7 @@ def _pieces(n: int, width: int, itemsize: int, chunk_words: int) -> list[tuple[i
 
 
 def _reusable(i: int, cols: list[Column]) -> bool:
-    """Whether column ``i``'s components can take the output of a pass in place: writable,
+    """Whether column ``i``'s components can take the shuffle's values in place: writable,
     contiguous, and sharing no memory with another column (which would be overwritten)."""
     col = cols[i]
     if not all(x.flags.writeable and x.flags.c_contiguous for x in (col.a, col.b)):
@@ -181,111 +388,16 @@ def _reusable(i: int, cols: list[Column]) -> bool:
                    for y in (other.a, other.b))
 
 
-def _pass_chunked(rt: Runtime, tag: str, cols: list[Column], a: int, n: int, *,
-                  consume: bool = False) -> list[Column]:
-    """One pass in bounded memory (same roles and messages as ``_pass``, split up).
-
-    Column by column, each column in pieces of its row elements (a piece of all rows takes
-    at most about one chunk) and each piece in chunks of rows: one message each way per
-    chunk. What a pair member permutes (``x_a + x_{a+1}`` at ``a``, ``x_{a+2}`` at ``b``)
-    is copied out one piece at a time, so with ``consume`` (the columns are this pass's to
-    reuse) the output overwrites the input's components in place; else it gets new arrays.
-    """
-    assert rt.seeds is not None
-    b, c = (a + 1) % 3, (a + 2) % 3
-    me = rt.me
-    perm = None if me == c else permutation(rt.seeds.next if me == a else rt.seeds.prev,
-                                            tag, n)
-    other = b if me == a else a
-    for i, col in enumerate(cols):
-        width = int(np.prod(col.shape[1:], dtype=np.int64))
-        in_place = consume and _reusable(i, cols)
-        first = col.a if in_place else np.empty(col.shape, col.dtype)
-        second = col.b if in_place else np.empty(col.shape, col.dtype)
-        out_a, out_b = first.reshape(n, width), second.reshape(n, width)
-        in_a, in_b = col.a.reshape(n, width), col.b.reshape(n, width)
-        pieces = _pieces(n, width, col.dtype.itemsize, rt.chunk_words)
-        wide = max(g1 - g0 for g0, g1 in pieces) if pieces else 0
-        rows = rt.chunk_rows(-(-wide * col.dtype.itemsize // 8))
-        # Buffers reused by every piece and chunk of this column (fresh memory costs the
-        # kernel a page fault per page: reusing it roughly halves the system time).
-        source = np.empty((n, wide), col.dtype) if me != c else None
-        work = np.empty((min(rows, n), wide), col.dtype) if me != c else None
-        for g, (g0, g1) in enumerate(pieces):
-            w = g1 - g0
-            if me == a:  # what a permutes: x_a + x_{a+1}; b: x_{a+2}
-                _combine_into(col, in_a[:, g0:g1], in_b[:, g0:g1], source[:, :w])
-            elif me == b:
-                np.copyto(source[:, :w], in_b[:, g0:g1])
-            for j, (lo, hi) in enumerate(_spans(n, rt.chunk_rows(-(-w * col.dtype.itemsize
-                                                                   // 8)))):
-                label, shape = f"{tag}/{i}/{g}/{j}", (hi - lo, w)
-                rt.rounds += 1
-                if me == c:  # outsider: x'_{a+2} from its prev seed, x'_a from its next seed
-                    out_a[lo:hi, g0:g1] = rt.seeds.prev.array("shuffle", label, shape, col.dtype)
-                    out_b[lo:hi, g0:g1] = rt.seeds.next.array("shuffle", label, shape, col.dtype)
-                    continue
-                assert perm is not None and source is not None and work is not None
-                mine = work[:hi - lo, :w]
-                np.take(source[:, :w], perm[lo:hi], axis=0, out=mine)
-                # x'_a from s_a (a's prev seed) at a; x'_{a+2} from s_{a+2} (b's next) at b
-                seed = rt.seeds.prev if me == a else rt.seeds.next
-                mask = seed.array("shuffle", label, shape, col.dtype)
-                _minus_into(col, mine, mask, mine)
-                msg = f"{tag}/{i}.{g}.{j}"
-                rt.send(other, msg, mine)
-                got = rt.recv(other, msg, col.dtype, shape)
-                keep, mid = (out_a, out_b) if me == a else (out_b, out_a)
-                keep[lo:hi, g0:g1] = mask
-                _combine_into(col, mine, got, mid[lo:hi, g0:g1])
-        del source, work
-        cols[i] = type(col)(me, first, second)  # a new input column is released here
-        del col, in_a, in_b
-    return cols
+def _pack(arrays: list[np.ndarray]) -> np.ndarray:
+    if not arrays:
+        return np.empty(0, np.uint8)
+    return np.concatenate([np.ascontiguousarray(x).view(np.uint8).ravel() for x in arrays])
 
 
-def _combine_into(col: Column, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
-    """``out = u + v`` (arithmetic) or ``u ^ v`` (boolean), without a new array."""
-    (np.add if isinstance(col, AShare) else np.bitwise_xor)(u, v, out=out)
-
-
-def _minus_into(col: Column, u: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
-    """``out = u - v`` (arithmetic) or ``u ^ v`` (boolean), without a new array."""
-    (np.subtract if isinstance(col, AShare) else np.bitwise_xor)(u, v, out=out)
-
-
-def _pass(rt: Runtime, tag: str, cols: list[Column], a: int, n: int) -> list[Column]:
-    assert rt.seeds is not None
-    b, c = (a + 1) % 3, (a + 2) % 3
-    me = rt.me
-    rt.rounds += 1
-    if me == c:
-        # Outsider: x'_a from s_a (its next seed), x'_{a+2} from s_{a+2} (its prev seed).
-        out: list[Column] = []
-        for i, col in enumerate(cols):
-            xa = rt.seeds.next.array("shuffle", f"{tag}/{i}", col.shape, col.dtype)
-            xc = rt.seeds.prev.array("shuffle", f"{tag}/{i}", col.shape, col.dtype)
-            out.append(type(col)(me, xc, xa))
-        return out
-    seed_pair = rt.seeds.next if me == a else rt.seeds.prev  # s_{a+1}, known to a and b
-    perm = permutation(seed_pair, tag, n)
-    mine: list[np.ndarray] = []
-    masks: list[np.ndarray] = []
-    for i, col in enumerate(cols):
-        y = _combine(col, col.a, col.b) if me == a else col.b
-        y = y[perm]
-        if me == a:  # x'_a from s_a: a's prev seed
-            mask = rt.seeds.prev.array("shuffle", f"{tag}/{i}", col.shape, col.dtype)
-        else:  # x'_{a+2} from s_{a+2}: b's next seed
-            mask = rt.seeds.next.array("shuffle", f"{tag}/{i}", col.shape, col.dtype)
-        mine.append(_minus(col, y, mask))
-        masks.append(mask)
-    other = b if me == a else a
-    buf = _pack(mine)
-    rt.send(other, tag, buf)
-    got = _unpack(rt.recv(other, tag, np.uint8, buf.size), mine)
-    out = []
-    for col, m, g, mask in zip(cols, mine, got, masks, strict=True):
-        mid = _combine(col, m, g)  # x'_{a+1}
-        out.append(type(col)(me, mask, mid) if me == a else type(col)(me, mid, mask))
+def _unpack(buf: np.ndarray, like: list[tuple[np.dtype, tuple[int, int]]]) -> list[np.ndarray]:
+    out, off = [], 0
+    for dt, shape in like:
+        nb = shape[0] * shape[1] * dt.itemsize
+        out.append(buf[off:off + nb].view(dt).reshape(shape))
+        off += nb
     return out
