@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint bench bench-wan clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; set PYTHON=/path/to/python3.11" >&2; exit 2; }
@@ -42,6 +42,11 @@ bench: $(TEST_STAMP)
 	@test -x bench/.venv-smartnoise/bin/python || { $(PYTHON) -m venv bench/.venv-smartnoise && \
 	  bench/.venv-smartnoise/bin/python -m pip install --quiet 'smartnoise-sql==1.0.10'; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# `make bench-wan` (root: network namespaces, tun devices, tc; about ten minutes) or
+# `make bench-wan BENCH_ARGS=--quick` (100,000 people, 100 Mbit/s only; a minute or two).
+bench-wan: $(TEST_STAMP)
+	$(BIN)/python -m bench.wan --json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
