@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,8 +78,31 @@ def run_spu(n: int = 1_000_000, reps: int = 3, timeout: float = 1800.0,
         if line.startswith("SPU_RESULT "):
             res = json.loads(line.split(" ", 1)[1])
             res["wall_seconds"] = wall
+            for label, (sent, actions) in traffic(proc.stdout).items():
+                enc, op = label.split()
+                if enc in res and len(sent) == 3:
+                    res[enc][op].update(bytes_per_op=sum(sent) / n,
+                                        send_actions_per_party=max(actions))
             return res
     raise RuntimeError(f"SPU run failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+
+
+_LINK = re.compile(r"Link details: total send bytes (\d+), recv bytes \d+, send actions (\d+)")
+
+
+def traffic(stdout: str) -> dict[str, tuple[list[int], list[int]]]:
+    """Per ``SPU_PROFILE <encoding> <op>`` block of the worker's output, the bytes each
+    party sent and its send actions, from SPU's profiler log lines."""
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    label = None
+    for line in stdout.splitlines():
+        if line.startswith("SPU_PROFILE "):
+            label = line.split(" ", 1)[1].strip()
+            out[label] = ([], [])
+        elif label and (m := _LINK.search(line)):
+            out[label][0].append(int(m.group(1)))
+            out[label][1].append(int(m.group(2)))
+    return out
 
 
 def summary(n: int, reps: int) -> dict[str, Any]:
@@ -98,6 +122,8 @@ def summary(n: int, reps: int) -> dict[str, Any]:
             "mul_per_s": round(res["int"]["mul"]["per_s"]),
             "fxp_lt_per_s": round(res["fxp"]["lt"]["per_s"]),
             "fxp_mul_per_s": round(res["fxp"]["mul"]["per_s"]),
+            "bytes_per_lt": res["int"]["lt"].get("bytes_per_op"),
+            "bytes_per_mul": res["int"]["mul"].get("bytes_per_op"),
             "checked": all(res[e][o]["checked"] for e in ("int", "fxp") for o in ("lt", "mul")),
             "n": n, "reps": reps, "detail": res}
 
@@ -116,7 +142,8 @@ def report(stem: Path, n: int, reps: int) -> dict[str, Any]:
     veil = {"lt_per_s": lt["per_s"], "lt_seconds": lt["seconds"],
             "lt_cpu_seconds": lt["cpu_seconds"], "mul_per_s": mul["per_s"],
             "mul_seconds": mul["seconds"], "mul_cpu_seconds": mul["cpu_seconds"],
-            "bytes_per_lt": lt["bytes_per_op"], "bytes_per_mul": mul["bytes_per_op"]}
+            "bytes_per_lt": lt["bytes_per_op"], "bytes_per_mul": mul["bytes_per_op"],
+            "rounds_lt": lt["rounds"], "rounds_mul": mul["rounds"]}
     out = {"n": n, "reps": reps, "spu": spu, "veilql": veil,
            "ratios": {"lt": veil["lt_per_s"] / spu["int"]["lt"]["per_s"],
                       "mul": veil["mul_per_s"] / spu["int"]["mul"]["per_s"],
@@ -145,23 +172,35 @@ def render(out: dict[str, Any]) -> str:
         f"threads on SPU's in-memory link; VeilQL: three party threads, in-process transport, "
         f"numpy {out['machine']['numpy']}. Best of {out['reps']}, inputs shared before timing.",
         "",
-        "| operation | VeilQL per s | SPU per s | VeilQL / SPU | VeilQL CPU s | SPU CPU s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| operation | VeilQL per s | SPU per s | VeilQL / SPU | VeilQL CPU s | SPU CPU s "
+        "| bytes per op, all parties: VeilQL / SPU | rounds: VeilQL / SPU send actions |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def spu_comm(s: dict[str, Any]) -> tuple[str, str]:
+        b, a = s.get("bytes_per_op"), s.get("send_actions_per_party")
+        return (f"{b:g}" if b is not None else "?"), (str(a) if a is not None else "?")
+
     for op, label in (("lt", "signed 64-bit x < y"), ("mul", "64-bit x * y (mod 2^64)")):
         s = spu["int"][op]
+        b, a = spu_comm(s)
         lines.append(f"| {label} | {veil[op + '_per_s']:,.0f} | {s['per_s']:,.0f} | "
                      f"{r[op]:.1f}x | {veil[op + '_cpu_seconds']:.2f} | "
-                     f"{s['cpu_seconds']:.2f} |")
+                     f"{s['cpu_seconds']:.2f} | {veil['bytes_per_' + op]:g} / {b} | "
+                     f"{veil['rounds_' + op]} / {a} |")
     for op, label in (("lt", "SPU fixed point x < y (18 fraction bits)"),
                       ("mul", "SPU fixed point x * y (with truncation)")):
         s = spu["fxp"][op]
+        b, a = spu_comm(s)
         lines.append(f"| {label} | - | {s['per_s']:,.0f} | {r[op + '_vs_fxp']:.1f}x (vs VeilQL "
-                     f"integer) | - | {s['cpu_seconds']:.2f} |")
+                     f"integer) | - | {s['cpu_seconds']:.2f} | - / {b} | - / {a} |")
     checked = all(spu[e][o]["checked"] for e in ("int", "fxp") for o in ("lt", "mul"))
     lines += ["", f"SPU outputs reconstructed and checked against numpy: {checked}. CPU "
               "seconds: VeilQL's three party threads (thread time); SPU's whole process "
-              "(its worker pools included), over the best repetition.", ""]
+              "(its worker pools included), over the best repetition. Traffic: VeilQL's "
+              "in-process network counters; SPU's from its own profiler (one more, untimed "
+              "run with `enable_hal_profile`), send actions per party standing for rounds.",
+              ""]
     return "\n".join(lines)
 
 

@@ -84,6 +84,10 @@ def measure(encoding: str, op: str, n: int, reps: int) -> dict[str, Any]:
     cpu: list[float] = []
     outs: list[Any] = [None, None, None]
     errors: list[BaseException] = []
+    profiled = libspu.RuntimeConfig(config)
+    # One more, untimed run with SPU's profiler on: it logs each party's link traffic
+    # ("Link details: total send bytes ...") to stdout after this marker, for the driver.
+    profiled.enable_hal_profile = True
 
     def party(rank: int) -> None:
         try:
@@ -110,6 +114,7 @@ def measure(encoding: str, op: str, n: int, reps: int) -> dict[str, Any]:
         t.join()
     if errors:
         raise errors[0]
+    _profiled_run(exe, shares, desc, profiled, f"{encoding} {op}")
     got = np.asarray(io.reconstruct(outs))
     if op == "lt":
         ok = bool(np.array_equal(got.astype(bool), x < y))
@@ -121,6 +126,28 @@ def measure(encoding: str, op: str, n: int, reps: int) -> dict[str, Any]:
     return {"per_s": n / times[best], "seconds": times[best], "cpu_seconds": cpu[best],
             "all_seconds": times, "checked": ok, "compile_seconds": compile_s,
             "fraction_bits": fraction_bits}
+
+
+def _profiled_run(exe: Any, shares: list[Any], desc: Any, config: Any, label: str) -> None:
+    """Run ``exe`` once more at three parties with ``config`` (profiling on), after a
+    ``SPU_PROFILE <label>`` line on stdout."""
+    import spu.api as spu_api
+    import spu.libspu as libspu
+
+    print(f"SPU_PROFILE {label}", flush=True)
+
+    def party(rank: int) -> None:
+        cfg = libspu.RuntimeConfig(config)
+        rt = spu_api.Runtime(libspu.link.create_mem(desc, rank), cfg)
+        for i, name in enumerate(exe.input_names):
+            rt.set_var(name, shares[i][rank])
+        rt.run(exe)
+
+    threads = [threading.Thread(target=party, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,4 +23,5 @@ def test_spu_worker_checks_its_outputs() -> None:
     got = peers_spu.summary(1000, 1)
     assert got["checked"] is True
     assert got["lt_per_s"] > 0 and got["mul_per_s"] > 0
+    assert got["bytes_per_mul"] == 24.0  # ABY3 resharing: one 64-bit word per party
     assert got["detail"]["versions"]["spu"] == peers_spu.SPU_REQUIREMENT.split("==")[1]
