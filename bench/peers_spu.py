@@ -150,11 +150,25 @@ def report(stem: Path, n: int, reps: int) -> dict[str, Any]:
                       "lt_vs_fxp": veil["lt_per_s"] / spu["fxp"]["lt"]["per_s"],
                       "mul_vs_fxp": veil["mul_per_s"] / spu["fxp"]["mul"]["per_s"]},
            "load_average": {"before": load[0], "after_spu": load[1], "after_veilql": load[2]},
-           "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+           "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "veilql_commit": source_commit()}
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
     stem.with_suffix(".md").write_text(render(out))
     return out
+
+
+def source_commit() -> str | None:
+    """The commit VeilQL's figures were measured at: ``$VEIL_BENCH_COMMIT`` (a snapshot
+    outside git), else ``git describe --always --dirty`` of this checkout."""
+    if os.environ.get("VEIL_BENCH_COMMIT"):
+        return os.environ["VEIL_BENCH_COMMIT"]
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    return proc.stdout.strip() or None
 
 
 def render(out: dict[str, Any]) -> str:
@@ -170,7 +184,8 @@ def render(out: dict[str, Any]) -> str:
         f"{out['load_average']['after_veilql'][0]:.1f} after VeilQL. SPU {v['spu']} (JAX "
         f"{v['jax']}, numpy {v['numpy']}, its own venv), ABY3 over Z_2^64, three parties as "
         f"threads on SPU's in-memory link; VeilQL: three party threads, in-process transport, "
-        f"numpy {out['machine']['numpy']}. Best of {out['reps']}, inputs shared before timing.",
+        f"numpy {out['machine']['numpy']}, at commit {out.get('veilql_commit')}. Best of "
+        f"{out['reps']}, inputs shared before timing.",
         "",
         "| operation | VeilQL per s | SPU per s | VeilQL / SPU | VeilQL CPU s | SPU CPU s "
         "| bytes per op, all parties: VeilQL / SPU | rounds: VeilQL / SPU send actions |",
