@@ -2,6 +2,7 @@
 
     python -m bench.scale [--people 1000000,10000000] [--queries join,local,...]
                           [--cap-mb 12000] [--shapes] [--cli] [--json]
+    python -m bench.scale --render RESULT.json   # its figures against issue 17's targets
 
 Every figure comes from a fresh child process, one at a time (never two large runs at
 once), so each peak is its own: ``VmHWM`` of the child (every party is a thread of it with
@@ -273,6 +274,75 @@ def run(people: list[int], queries: list[str], cap_mb: float, timeout: float = 3
     return out
 
 
+# Issue 17's targets (6 GB read as 6 GiB, as tests/test_large.py does).
+TARGET_FIRST_JOIN_S, TARGET_REPEATED_S, TARGET_MB = 15.0, 0.3, 6144.0
+TARGET_LOCAL_RATIO, TARGET_CLI_S, TARGET_SAMPLE_S = 3.0, 0.3, 1.0
+
+
+def render(res: dict[str, Any]) -> str:
+    """Markdown of a ``run``: every figure against its target, then the per-query table."""
+    def fmt(x: Any, unit: str = "") -> str:
+        return "-" if x is None else (f"{x:,.3g}{unit}" if x < 100 else f"{x:,.0f}{unit}")
+
+    def load(row: dict[str, Any]) -> str:
+        return f"{row['load_before'][0]:.1f}" if "load_before" in row else "?"
+
+    rows: list[tuple[str, Any, str, bool | None, str]] = []
+    big = str(max(int(n) for n in res["people"]))
+    q = res["people"][big].get("queries", {})
+    if "shapes" in res:
+        sh = res["shapes"]
+        ok = "error" not in sh and all(x["rows"] > 0 for x in sh.get("queries", []))
+        rows.append((f"every oracle shape at {int(big):,} people, one session, default "
+                     f"settings ({len(sh.get('queries', []))} queries)", "answered" if ok
+                     else sh.get("error"), "all answer", ok, load(sh)))
+        rows.append(("peak RSS of that session", fmt(sh.get("peak_rss_mb"), " MiB"),
+                     f"<= {TARGET_MB:,.0f} MiB", (sh.get("peak_rss_mb") or 1e12) <= TARGET_MB,
+                     load(sh)))
+    if "join" in q and "first_s" in q["join"]:
+        j = q["join"]
+        rows.append((f"first join query, {int(big):,} people (CPU {j['first_cpu_s']:.1f} s)",
+                     fmt(j["first_s"], " s"), f"<= {TARGET_FIRST_JOIN_S:g} s",
+                     j["first_s"] <= TARGET_FIRST_JOIN_S, load(j)))
+        rows.append(("repeated join query", fmt(j["repeated_s"], " s"),
+                     f"<= {TARGET_REPEATED_S:g} s", j["repeated_s"] <= TARGET_REPEATED_S,
+                     load(j)))
+    peaks = {k: v["peak_rss_mb"] for k, v in q.items() if "peak_rss_mb" in v}
+    if peaks:
+        top = max(peaks, key=lambda k: peaks[k])
+        rows.append((f"peak RSS, one query per process (highest: {top})",
+                     fmt(peaks[top], " MiB"), f"<= {TARGET_MB:,.0f} MiB",
+                     peaks[top] <= TARGET_MB, load(q[top])))
+    for n, r in res["people"].items():
+        if "local_over_duckdb" in r and int(n) == 1_000_000:
+            rows.append((f"one-party query / plain DuckDB, {int(n):,} rows (repeated run)",
+                         f"{r['local_over_duckdb']:.0f}x", f"<= {TARGET_LOCAL_RATIO:g}x",
+                         r["local_over_duckdb"] <= TARGET_LOCAL_RATIO,
+                         load(r["queries"]["local"])))
+    for key, label, goal in (("version", "veil --version", TARGET_CLI_S),
+                             ("help", "veil --help", TARGET_CLI_S),
+                             ("parties", "veil parties", TARGET_CLI_S),
+                             ("sample_join_query", "join query on the 20,000-person sample, "
+                              "end to end", TARGET_SAMPLE_S)):
+        c = res.get("cli", {}).get(key, {})
+        if "median_s" in c:
+            rows.append((label + " (median of 5)", fmt(c["median_s"], " s"), f"< {goal:g} s",
+                         c["median_s"] < goal, load(res["cli"])))
+    out = ["| target | measured | goal | met | load (1 min) |", "| --- | --- | --- | --- | --- |"]
+    out += [f"| {a} | {b} | {c} | {'yes' if d else 'no'} | {e} |" for a, b, c, d, e in rows]
+    out += ["", "| people | query | first s | first CPU s | repeated s | peak MiB | load |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for n, r in res["people"].items():
+        for name, v in r.get("queries", {}).items():
+            if "first_s" in v:
+                out.append(f"| {int(n):,} | {name} | {fmt(v['first_s'])} | "
+                           f"{fmt(v['first_cpu_s'])} | {fmt(v['repeated_s'])} | "
+                           f"{fmt(v['peak_rss_mb'])} | {load(v)} |")
+            else:
+                out.append(f"| {int(n):,} | {name} | {v.get('error')} | | | | |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``--child`` is the per-figure process)."""
     ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
@@ -285,8 +355,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="also every oracle query shape in one session at the largest N")
     ap.add_argument("--cli", action="store_true",
                     help="also the console script's start-up and a query on the sample")
+    ap.add_argument("--render", type=Path, help="print the markdown of a past run's JSON")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())), end="")
+        return 0
     if args.child:
         kind, n, *rest = args.child
         if kind == "query":
