@@ -335,10 +335,14 @@ def test_runtime_needs_setup_and_three_parties() -> None:
     assert isinstance(BShare(0, np.zeros(1, U64), np.zeros(1, U64)), BShare)
 
 
-@pytest.mark.parametrize("n", [0, 1, 2])
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 9, 63, 65])
 def test_every_protocol_on_tiny_lengths(n: int) -> None:
-    x = np.array([-3, 2**61, 0][:n], dtype=np.int64)
-    y = np.array([5, 2**61, -1][:n], dtype=np.int64)
+    """Odd lengths too: the packed levels of LT and EQ pad their last byte."""
+    base_x = np.array([-3, 2**61, 0], dtype=np.int64)
+    base_y = np.array([5, 2**61, -1], dtype=np.int64)
+    x = np.concatenate([base_x, in_range(max(0, n - 3), 2**40)])[:n]
+    y = np.concatenate([base_y, in_range(max(0, n - 3), 2**40)])[:n]
+    y[3::4] = x[3::4]  # some equal pairs
 
     def fn(rt: Runtime, a: AShare, b: AShare):  # type: ignore[no-untyped-def]
         lt = rt.lt(a, b)
@@ -356,6 +360,49 @@ def test_every_protocol_on_tiny_lengths(n: int) -> None:
     assert mux.view(np.int64).tolist() == np.minimum(x, y).tolist()
     assert both.tolist() == ((x < y) & (x == y)).astype(int).tolist()
     assert sorted(sh.view(np.int64).tolist()) == sorted(x.tolist())
+
+
+def lt_bytes(n: int) -> int:
+    """Bytes of one LT on ``n`` elements over all parties: the cross round, then per party
+    levels of 4, 2 and 1 bytes, half a byte (packed nibbles) and a bit (packed)."""
+    return 28 * n + 3 * (7 * n + -(-n // 2) + -(-n // 8))
+
+
+@pytest.mark.parametrize("n", [1, 7, 9, 63, 65, 1000])
+def test_comparison_results_have_clean_high_bits_and_packed_bytes(n: int) -> None:
+    """Every component of an LT/EQ result is 0 or 1 (the packed last level cuts the
+    zero-sharing's high bits everywhere), and the bytes are the packed counts."""
+    x, y = in_range(n), in_range(n)
+    y[::3] = x[::3]
+
+    def prog(rt: Runtime, xv, yv):  # type: ignore[no-untyped-def]
+        a, b = rt.share(0, xv, n), rt.share(1, yv, n)
+        lt, eq = rt.lt(a, b), rt.eq(a, b)
+        assert lt.dtype == np.uint8 and eq.dtype == np.uint8
+        assert all(int(c.max()) <= 1 for c in (lt.a, lt.b, eq.a, eq.b))
+        return rt.open(lt), rt.open(eq), rt.open(rt.le(a, b)), rt.open(~eq & 1)
+
+    lt, eq, le, ne = run_three(prog, [x, None, None], [None, y, None])[0]
+    assert lt.tolist() == (x < y).astype(int).tolist()
+    assert eq.tolist() == (x == y).astype(int).tolist()
+    assert le.tolist() == (x <= y).astype(int).tolist()
+    assert ne.tolist() == (x != y).astype(int).tolist()
+
+    def traffic(op: str) -> int:
+        net = InProcessNetwork(("p0", "p1", "p2"), timeout=10)
+
+        def prog2(rt: Runtime, xv, yv):  # type: ignore[no-untyped-def]
+            a, b = rt.share(0, xv, n), rt.share(1, yv, n)
+            if op:
+                getattr(rt, op)(a, b)
+
+        run_three(prog2, [x, None, None], [None, y, None], network=net)
+        return sum(net.bytes_sent.values())
+
+    none = traffic("")
+    assert traffic("lt") - none == lt_bytes(n)
+    eq_bytes = 20 * n + 3 * (2 * n + n + -(-n // 2) + -(-n // 4) + -(-n // 8))
+    assert traffic("eq") - none == eq_bytes
 
 
 def test_lt_outside_the_range_is_the_sign_of_the_wrapped_difference() -> None:
@@ -572,5 +619,5 @@ def test_share_and_b2a_byte_counts() -> None:
     none, shared_, one, two = total(0), total(1), total(2), total(3)
     assert shared_["p1"] - none["p1"] == 8 * n
     assert shared_["p0"] == none["p0"] and shared_["p2"] == none["p2"]
-    b2a = sum(two.values()) - sum(one.values()) - 55 * n  # minus one LT's 55 bytes
+    b2a = sum(two.values()) - sum(one.values()) - lt_bytes(n)  # minus one LT
     assert b2a == 24 * n

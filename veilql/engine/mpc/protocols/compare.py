@@ -9,11 +9,14 @@ bits 0..62, computed by a binary reduction tree of (generate, propagate) pairs
 (the carry-lookahead combine of Brent-Kung / Sklansky, without the prefix outputs).
 Words are permuted by 6-bit index reversal first (``split.index_bitrev``) so that every
 tree level pairs the low half of a word with its high half; each level then halves the
-word size (uint32, uint16, uint8), so later rounds send fewer bytes. Rounds: 2 (first
-level, ``split.cross_round``) + 5 AND levels = 7; 55 bytes sent per comparison over all
-parties.
+word size (uint32, uint16, uint8), so later rounds send fewer bytes; levels narrower than
+a byte travel bit-packed (``boolean.finish``: 4 bits at h = 2, the result bit 8 per byte).
+Rounds: 2 (first level, ``split.cross_round``) + 5 AND levels = 7; 50.875 bytes sent per
+comparison over all parties (12 + 8 + 8 + 3 x (4 + 2 + 1 + 1/2 + 1/8)).
 
-Equality tests ``x - y == 0`` as an AND tree over the 64 bits of ``~(u ^ -v)``: 7 rounds.
+Equality tests ``x - y == 0`` as an AND tree over the 64 bits of ``~(u ^ -v)``: 7 rounds,
+31.625 bytes (20 + 3 x (2 + 1 + 1/2 + 1/4 + 1/8)). Results of both are uint8 shares with
+zero high bits in every component.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def _carry_level(rt: Runtime, tag: str, g: BShare, p: BShare, h: int) -> tuple[B
     lb &= ra
     z ^= lb
     z ^= g.a >> sh
-    out = boolean.finish(rt, tag, z)
+    out = boolean.finish(rt, tag, z, 2 * h)  # narrower than a byte at h = 2: packed
     nd = _DTYPE_FOR_BITS[h]
     if nd.itemsize < dt.itemsize:  # the narrowing cast keeps exactly the low h bits
         return out.astype(nd), (out >> h).astype(nd)
@@ -135,7 +138,7 @@ def carry_tree(rt: Runtime, tag: str, g: BShare, p: BShare,
     z ^= g.a >> np.uint8(1)
     if fold is not None:
         z ^= fold
-    return boolean.finish(rt, tag + "/h1", z)
+    return boolean.finish(rt, tag + "/h1", z, 1)
 
 
 def _split_diff(rt: Runtime, x: Any, y: Any) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -204,7 +207,7 @@ def eq(rt: Runtime, x: Any, y: Any) -> BShare:
         dt = _DTYPE_FOR_BITS[h]
         m = (1 << h) - 1
         lo_s, hi_s = (e & m).astype(dt), (e >> h).astype(dt)
-        e = boolean.finish(rt, f"{tag}/h{h}", boolean.and_local(lo_s, hi_s))
+        e = boolean.finish(rt, f"{tag}/h{h}", boolean.and_local(lo_s, hi_s), h)
     return e.reshape(shape)
 
 

@@ -27,8 +27,9 @@ cost; only the public ``c`` is permuted. One AND round combines the two words bi
 
 Cost, for a batch of any size (all cells, all bits, both geometrics, all aggregates):
 7 AND rounds + 2 rounds of B2A = **9 rounds**. Bytes sent, all parties together, per coin:
-3 x (16 + 8 + 4 + 2 + 1 + 1 + 1) = 99 for the comparison and 32 for B2A, so 131; per cell
-``262 K`` (``K`` = 7 at ``t = 1``, 32 at ``t = 6e7``).
+3 x (16 + 8 + 4 + 2 + 1 + 1/2 + 1/8) = 94.875 for the comparison (its last two levels
+bit-packed) and 24 for B2A, so 118.875; per cell ``237.75 K`` (``K`` = 7 at ``t = 1``, 32 at
+``t = 6e7``).
 
 What each party receives: only the messages of ``boolean.finish`` (7 times, party ``i`` gets
 ``z_{i+1}``, masked by the XOR zero-sharing ``F(s_{i+1}) ^ F(s_{i+2})``, and lacks
