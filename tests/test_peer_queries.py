@@ -96,6 +96,16 @@ PEER: list[tuple[str, str, str | None, float]] = [
      f"MEDIAN(m.fee) AS med FROM alpha.ta {DIM} GROUP BY m.category", None, 0.0),
     ("dates_range", f"SELECT COUNT(*) AS n, MAX(tb.fills) AS hi {J2} "
      "WHERE ta.day >= DATE '2024-02-01' AND ta.day < DATE '2024-06-01'", None, 0.0),
+    # COUNT(DISTINCT) of columns with public values, and conditions over released values
+    ("count_distinct_values", f"SELECT ta.groupby_string_0, COUNT(DISTINCT ta.visits) AS v, "
+     f"COUNT(DISTINCT tb.groupby_string_0) AS g {J2} GROUP BY ta.groupby_string_0", None, 0.0),
+    ("count_distinct_three_parties", f"SELECT COUNT(DISTINCT tc.level) FILTER (WHERE "
+     f"tb.fills > 5) AS l, COUNT(DISTINCT ta.day) AS d, COUNT(*) AS n {J3}", None, 0.0),
+    ("compare_aggregates", f"SELECT SUM(ta.visits) > SUM(tb.fills) AS more, MAX(tc.level) >= "
+     f"MIN(tc.level) AS ordered, AVG(tb.rate) < 0.5 AS low {J3}", None, 0.0),
+    ("case_over_aggregates", "SELECT groupby_string_0, CASE WHEN COUNT(*) > 120 THEN 'large' "
+     "ELSE 'small' END AS size, SUM(visits) BETWEEN 2000 AND 4000 AS mid FROM alpha.ta "
+     "GROUP BY groupby_string_0", None, 0.0),
 ]
 
 # Queries refused, with the construct their error names (anything else refused is a failure).

@@ -5,7 +5,9 @@ SUM(y)`` and literals beside aggregates release the aggregates they read (hidden
 are not selected themselves) and compute the expression afterwards: post-processing of
 noisy values, which costs no privacy. The expression takes what ``sql.functions
 .POST_EXPRESSIONS`` lists, with SQL's rules: NULL in, NULL out; a division by zero is
-NULL (so is an AVG whose released count is not positive).
+NULL (so is an AVG whose released count is not positive). Comparisons of released values
+(``MAX(a.x) > MAX(b.y)``), AND/OR/NOT (three-valued), IS [NOT] NULL, BETWEEN and CASE WHEN
+are computed the same way; a condition has no error bar (its value is not a number).
 
 Error bar (``interval``): interval arithmetic over the components. Each of the k noisy
 aggregates the expression reads (an AVG is two: its sum and its count) gets an interval at
@@ -129,7 +131,56 @@ def evaluate(node: exp.Expr, values: Mapping[str, Any]) -> Any:
     if isinstance(node, exp.Nullif):
         a, b = evaluate(node.this, values), evaluate(node.expression, values)
         return None if a is not None and b is not None and a == b else a
+    if isinstance(node, tuple(_COMPARE)):
+        a, b = evaluate(node.this, values), evaluate(node.expression, values)
+        return None if a is None or b is None else _COMPARE[type(node)](a, b)
+    if isinstance(node, exp.And | exp.Or | exp.Not):
+        return _logic(node, values)
+    if isinstance(node, exp.Is):  # IS [NOT] NULL (NOT is its parent)
+        return evaluate(node.this, values) is None
+    if isinstance(node, exp.Between):
+        v = evaluate(node.this, values)
+        lo, hi = evaluate(node.args["low"], values), evaluate(node.args["high"], values)
+        return _and(None if v is None or lo is None else v >= lo,
+                    None if v is None or hi is None else v <= hi)
+    if isinstance(node, exp.If):  # IF(c, a, b)
+        branch = node.args["true"] if evaluate(node.this, values) is True else node.args.get(
+            "false")
+        return None if branch is None else evaluate(branch, values)
+    if isinstance(node, exp.Case):
+        for branch in node.args.get("ifs") or []:
+            if evaluate(branch.this, values) is True:
+                return evaluate(branch.args["true"], values)
+        default = node.args.get("default")
+        return None if default is None else evaluate(default, values)
     raise ValueError(f"cannot evaluate {node.sql()}")  # the binder allows nothing else
+
+
+_COMPARE: dict[type[exp.Expr], Callable[[Any, Any], bool]] = {
+    exp.EQ: lambda a, b: a == b, exp.NEQ: lambda a, b: a != b, exp.LT: lambda a, b: a < b,
+    exp.LTE: lambda a, b: a <= b, exp.GT: lambda a, b: a > b, exp.GTE: lambda a, b: a >= b}
+
+
+def _logic(node: exp.Expr, values: Mapping[str, Any]) -> bool | None:
+    """AND, OR and NOT with SQL's three-valued logic (NULL: unknown)."""
+    def truth(n: exp.Expr) -> bool | None:
+        n = _unparen(n)
+        if isinstance(n, exp.Boolean):
+            return n.this
+        v = evaluate(n, values)
+        return None if v is None else bool(v)
+
+    if isinstance(node, exp.Not):
+        v = truth(node.this)
+        return None if v is None else not v
+    a, b = truth(node.this), truth(node.expression)
+    if isinstance(node, exp.And):
+        return _and(a, b)
+    return True if a is True or b is True else None if a is None or b is None else False
+
+
+def _and(a: bool | None, b: bool | None) -> bool | None:
+    return False if a is False or b is False else None if a is None or b is None else True
 
 
 def interval(node: exp.Expr, boxes: Mapping[str, Box | None]) -> Box | None:

@@ -27,6 +27,12 @@ least the true minimum's bucket; a bucket of few rows may be passed over (at a h
 ``T = 1`` and MIN is exact). The answer is the bucket's lowest value (MAX: its highest); no
 bucket passing gives NULL.
 
+**COUNT(DISTINCT x)** of anything but the unit (``sql/distinct.py``) has one bucket per
+public value of ``x`` and releases how many pass the same threshold ``T``: with probability
+95% every bucket counted holds a row, so the count is at most the truth (a value of few rows
+may be missed; at a huge epsilon it is exact). Its error bar runs from the buckets that pass
+to those the band allows to be non-empty (``c_b + h >= 1``).
+
 **Error bars** (``quantile_range``): the buckets the 95% noise band allows. The condition
 that bucket ``k`` is at or past the quantile's rank is linear in the prefix count ``P_k`` and
 the suffix count ``S_k``; each of these ``2 (B - 1)`` sums of noisy counts gets an interval at
@@ -154,11 +160,14 @@ def read_quantile(counts: Sequence[float], buckets: Buckets, stat: str, q: float
                   noise: NoisePlan | None = None) -> float | None:
     """The released quantile (``stat``: cont, disc, min, max) of a histogram's noisy counts;
     None when the clamped counts are all 0 (no rows), or, for MIN and MAX, when no bucket
-    passes the threshold (``min_threshold``; 1 without a noise plan)."""
+    passes the threshold (``min_threshold``; 1 without a noise plan). ``distinct``
+    (COUNT(DISTINCT x), one bucket per value): the number of buckets passing it."""
     c = _clamped(counts)
-    if stat in ("min", "max"):
+    if stat in ("min", "max", "distinct"):
         threshold = min_threshold(noise, len(c)) if noise is not None else 1.0
         passing = np.flatnonzero(np.asarray(counts, dtype=np.float64) >= threshold)
+        if stat == "distinct":  # COUNT(DISTINCT x): the values whose bucket is not empty
+            return len(passing)
         if not len(passing):
             return None
         return buckets.lowest(int(passing[0])) if stat == "min" else buckets.highest(
@@ -186,11 +195,13 @@ def quantile_range(counts: Sequence[float], buckets: Buckets, stat: str, q: floa
     doc); None when the band allows any bucket to be empty of the quantile's rank."""
     raw = np.asarray(counts, dtype=np.float64)
     n = len(raw)
-    if stat in ("min", "max"):
+    if stat in ("min", "max", "distinct"):
         level = 1.0 - (1.0 - alpha) ** (1.0 / max(n, 1))
         h = half_width(noise, level)
         possible = np.flatnonzero(raw + h >= 1)
         passing = np.flatnonzero(raw >= h + 1)
+        if stat == "distinct":  # the buckets surely not empty .. those possibly not empty
+            return float(len(passing)), float(len(possible))
         if not len(possible):
             return None
         if stat == "min":

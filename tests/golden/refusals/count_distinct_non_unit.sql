@@ -1,1 +1,1 @@
-SELECT COUNT(DISTINCT region) FROM bank.customers
+SELECT COUNT(DISTINCT branch) FROM bank.customers

@@ -328,11 +328,14 @@ class Buckets:
     decimals: int
     points: int
     per: int
+    # COUNT(DISTINCT x) of a group expression: one bucket per public value (``x = value``),
+    # in this order; None for buckets of a value's bounds
+    values: tuple[Any, ...] | None = None
 
     @property
     def count(self) -> int:
         """The number of buckets."""
-        return -(-self.points // self.per)
+        return len(self.values) if self.values is not None else -(-self.points // self.per)
 
     @property
     def step(self) -> float:
@@ -359,6 +362,8 @@ class Buckets:
 
     def to_s(self) -> str:
         """``42 buckets of 2 values each over [18, 100] (step 1)``."""
+        if self.values is not None:
+            return f"{self.count} buckets, one per public value"
         what = "one value each" if self.per == 1 else f"{self.per} values each"
         return (f"{self.count} buckets of {what} over [{_num(self.lowest(0))}, "
                 f"{_num(self.highest(self.count - 1))}] (step {_num(self.step)})")
@@ -374,7 +379,8 @@ class OutputSpec:
     ``stddev_samp``, ``stddev_pop``) computed from three noisy aggregates, the sum of
     squares, the sum and the count of non-NULL rows. ``quantile``: read off a noisy
     histogram (``aggregates``: one count per bucket of ``buckets``); ``stat`` is ``cont``
-    or ``disc`` (at fraction ``q``), ``min`` or ``max``.
+    or ``disc`` (at fraction ``q``), ``min``, ``max`` or ``distinct`` (COUNT(DISTINCT x):
+    how many buckets pass the noise band).
     """
 
     name: str
@@ -556,7 +562,8 @@ def _statistic_line(o: OutputSpec) -> str:
                 f"{total} (sum), {count} (count), clamped at 0")
     assert o.buckets is not None
     what = {"min": "MIN (lowest bucket passing the noise band)",
-            "max": "MAX (highest bucket passing the noise band)"}.get(
+            "max": "MAX (highest bucket passing the noise band)",
+            "distinct": "COUNT(DISTINCT) (the buckets passing the noise band)"}.get(
         o.stat, f"QUANTILE_{o.stat.upper()}({_num(o.q or 0.0)})")
     return (f"read {o.name} = {what} off the noisy histogram {o.aggregates[0]} "
             f"({o.buckets.to_s()})")

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+import sqlglot
 from sqlglot import exp
 
 from veilql.engine.plan.nodes import (
@@ -46,6 +47,7 @@ from veilql.engine.plan.nodes import (
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql.bound import BoundTable, Output, columns_used, parties_in
+from veilql.engine.sql.distinct import MAX_BUCKETS, MAX_DISTINCT
 from veilql.engine.sql.functions import (
     clamp_sql,
     float_digits,
@@ -56,8 +58,6 @@ from veilql.engine.sql.typecheck import TypeChecker
 from veilql.errors import PolicyError, UnsupportedError
 
 SELECTION = "__selection"  # internal aggregate of partition selection
-#: A quantile's histogram has at most this many buckets (see ``histogram_buckets``).
-MAX_BUCKETS = 64
 #: The most rows a dimension table may declare to be sent to another party in a local step.
 MAX_SHIPPED_ROWS = 50_000
 
@@ -411,7 +411,8 @@ def _square_digits(digits: int, magnitude: float, rows: int) -> int:
     return digits
 
 
-def histogram_buckets(lo: float, hi: float, decimals: int) -> Buckets:
+def histogram_buckets(lo: float, hi: float, decimals: int, most: int = MAX_BUCKETS
+                      ) -> Buckets:
     """The public buckets of a histogram over the declared bounds ``[lo, hi]``.
 
     The bounds hold ``G = (hi - lo) * 10^decimals + 1`` representable values. With
@@ -427,7 +428,7 @@ def histogram_buckets(lo: float, hi: float, decimals: int) -> Buckets:
     """
     step = 10.0 ** -decimals
     points = int(round((hi - lo) / step)) + 1
-    per = -(-points // MAX_BUCKETS)
+    per = -(-points // most)
     return Buckets(float(lo), decimals, points, per)
 
 
@@ -437,18 +438,30 @@ def _quantile(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
     """A quantile, MIN or MAX: a noisy histogram of the (FILTERed) expression over public
     buckets, one count per bucket, shared by every quantile of the same expression; the
     analyst reads the quantile off the cumulative counts (``engine/quantiles.py``)."""
-    assert out.expr is not None and out.bounds is not None
-    key = _folded(out, out.expr.copy()).sql(dialect="duckdb")
+    assert out.expr is not None and (out.bounds is not None or out.values is not None)
+    # COUNT(DISTINCT x) has one bucket per value, so it does not share a quantile's buckets
+    key = ("distinct " if out.stat == "distinct" else "") + _folded(
+        out, out.expr.copy()).sql(dialect="duckdb")
     if key not in histograms:
-        buckets = histogram_buckets(out.bounds[0], out.bounds[1], min(out.decimals, 6))
-        edges = buckets.edges()
+        if out.values is not None:  # a group expression's public values
+            buckets = Buckets(0.0, 0, len(out.values), 1, values=out.values)
+        else:
+            assert out.bounds is not None
+            buckets = histogram_buckets(out.bounds[0], out.bounds[1], min(out.decimals, 6),
+                                        MAX_DISTINCT if out.stat == "distinct" else
+                                        MAX_BUCKETS)
+        edges = buckets.edges() if out.values is None else []
         family = f"{out.name}.b0"
         names = []
         for b in range(buckets.count):
-            tests = []
-            if b > 0:
+            tests: list[exp.Expression] = []
+            if out.values is not None:
+                tests.append(exp.EQ(this=out.expr.copy(),
+                                    expression=sqlglot.parse_one(_literal(out.values[b]),
+                                                                   dialect="duckdb")))
+            if b > 0 and out.values is None:
                 tests.append(exp.GTE(this=out.expr.copy(), expression=_decimal(edges[b - 1])))
-            if b < buckets.count - 1:
+            if b < buckets.count - 1 and out.values is None:
                 tests.append(exp.LT(this=out.expr.copy(), expression=_decimal(edges[b])))
             cond: exp.Expression = (exp.Not(this=exp.Is(this=out.expr.copy(),
                                                           expression=exp.Null()))

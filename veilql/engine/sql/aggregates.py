@@ -17,6 +17,7 @@ from veilql.engine.sql.bound import (
     Output,
     OutputKind,
 )
+from veilql.engine.sql.distinct import bind_distinct
 from veilql.engine.sql.joins import is_optional
 from veilql.engine.sql.scope import Scope
 from veilql.errors import PolicyError, UnsupportedError
@@ -210,6 +211,10 @@ def _bind_count(node: exp.Count, cond: exp.Expression | None,
     arg = node.this
     while isinstance(arg, exp.Paren):
         arg = arg.this
+    if isinstance(arg, exp.Distinct) and len(arg.expressions) == 1:
+        found = bind_distinct(arg.expressions[0], cond, scope)  # None: the unit
+        if found is not None:
+            return found
     if isinstance(arg, exp.Star | exp.Distinct):
         unit = checks.check_count(node, scope.resolve, scope.units)
         if unit is not None and is_optional(scope.table(unit.alias), scope.tables):

@@ -149,7 +149,8 @@ class Output:
 
     ``kind == "var"``: VAR_SAMP/VAR_POP/STDDEV_SAMP/STDDEV_POP of ``expr`` (``stat``), from
     noisy moments. ``kind == "quantile"``: a quantile of ``expr`` read off a noisy histogram
-    over ``bounds``; ``stat`` is ``cont`` or ``disc`` at fraction ``q``, ``min`` or ``max``.
+    over ``bounds``; ``stat`` is ``cont`` or ``disc`` at fraction ``q``, ``min`` or ``max``,
+    or ``distinct`` (COUNT(DISTINCT x): the buckets, one per public value, that pass).
     ``decimals`` is the fixed-point precision of ``expr`` (the histogram's step), ``filter``
     the condition of ``FILTER (WHERE ...)`` (``expr`` itself is unconditioned).
     """
@@ -166,6 +167,9 @@ class Output:
     q: float | None = None
     decimals: int = 0
     filter: exp.Expression | None = None  # var, quantile: the FILTER (WHERE ...) condition
+    # quantile with stat "distinct" (COUNT(DISTINCT x), ``distinct``): the public values of a
+    # group expression, one bucket each; None for value columns (buckets of their bounds)
+    values: tuple[str | int | float | bool | None, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,11 @@ POST_EXPRESSIONS: tuple[type[exp.Expr], ...] = (
     exp.Neg, exp.Round, exp.Abs, exp.Floor, exp.Ceil, exp.Least, exp.Greatest, exp.Coalesce,
     exp.Nullif,
 )
+#: ... and, in SELECT, conditions over released values (computed by the analyst too).
+POST_CONDITIONS: tuple[type[exp.Expr], ...] = (
+    exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE, exp.And, exp.Or, exp.Not, exp.Is,
+    exp.Between, exp.Case, exp.If,
+)
 _ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.Neg, exp.Abs, exp.Round,
                exp.Floor, exp.Ceil, exp.Ln, exp.Log, exp.Exp, exp.Pow, exp.Sqrt, exp.Sign)
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)

@@ -85,7 +85,7 @@ def bind_group_by(select: exp.Select, scope: Scope) -> tuple[BoundGroup, ...]:
         if isinstance(inner, exp.Literal | exp.Boolean | exp.Null):
             raise UnsupportedError(f"GROUP BY {inner.sql(dialect='duckdb')} is not supported",
                                    "name the column")
-        g = _bind_group(inner, scope)
+        g = bind_group(inner, scope)
         key = g.expr.sql(dialect="duckdb")
         if key in seen:
             continue
@@ -108,7 +108,7 @@ def _same_expr(node: exp.Expr, qualified: exp.Expression, scope: Scope) -> bool:
         return False
 
 
-def _bind_group(node: exp.Expr, scope: Scope) -> BoundGroup:
+def bind_group(node: exp.Expr, scope: Scope) -> BoundGroup:
     """One GROUP BY expression with its public domain (None: private keys)."""
     if isinstance(node, exp.Column):
         col = scope.resolve(node)

@@ -17,9 +17,12 @@ from veilql.engine.sql.bound import (
     BoundGroup,
     Output,
 )
+from veilql.engine.sql.distinct import MAX_BUCKETS, exact_buckets
 from veilql.engine.sql.groups import default_name, select_items, unique_name
 from veilql.engine.sql.scope import Scope
 from veilql.errors import PolicyError, UnsupportedError
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE, exp.Between)
 
 
 class Outputs:
@@ -128,6 +131,7 @@ class Outputs:
     def _post(self, node: exp.Expr, clause: str) -> exp.Expression:
         """An expression over aggregates as one over output names (post-processing)."""
         self._check_post(node, clause)
+        self._check_decided(node, clause)
 
         def refer(n: exp.Expr) -> exp.Expr:
             if is_aggregate(n):
@@ -142,6 +146,26 @@ class Outputs:
 
         return node.copy().transform(refer)
 
+    def _check_decided(self, node: exp.Expr, clause: str) -> None:
+        """Refuse a released condition over a quantile, MIN or MAX known only to within a
+        bucket of several values: the bucketing, not the data, would decide it."""
+        for cmp in node.find_all(*_COMPARISONS):
+            for n in cmp.walk():
+                if not is_aggregate(n):
+                    continue
+                out, _ = bind_aggregate(n, self.scope)
+                if out.kind != "quantile" or out.stat == "distinct" or out.bounds is None \
+                        or exact_buckets(out.bounds, out.decimals):
+                    continue
+                raise UnsupportedError(
+                    f"{clause} item {node.sql(dialect='duckdb')} compares "
+                    f"{n.sql(dialect='duckdb')}, which is released to within a bucket of "
+                    f"several values (its bounds hold more than {MAX_BUCKETS} values), so "
+                    "the comparison could differ from the data's",
+                    "select the quantiles themselves (each within one bucket) and compare "
+                    f"them yourself, or compare a value column whose bounds hold at most "
+                    f"{MAX_BUCKETS} values")
+
     def _check_post(self, node: exp.Expr, clause: str) -> None:
         for n in node.walk():
             if is_aggregate(n):
@@ -150,12 +174,13 @@ class Outputs:
                 continue
             if isinstance(n, exp.AggFunc | exp.Filter):
                 continue
-            if not isinstance(n, (*functions.POST_EXPRESSIONS, exp.Column, exp.Identifier)):
+            if not isinstance(n, (*functions.POST_EXPRESSIONS, *functions.POST_CONDITIONS,
+                                  exp.Column, exp.Identifier)):
                 raise UnsupportedError(
                     f"{n.sql(dialect='duckdb')} is not supported in an expression over "
                     f"released values ({clause})",
                     "use aggregates, literals, + - * /, ROUND, ABS, FLOOR, CEIL, LEAST, "
-                    "GREATEST, COALESCE and NULLIF")
+                    "GREATEST, COALESCE, NULLIF, comparisons, AND/OR/NOT and CASE WHEN")
 
     def over_outputs(self, node: exp.Expression, clause: str) -> exp.Expression:
         """Rewrite a HAVING / ORDER BY expression into one over output names only."""

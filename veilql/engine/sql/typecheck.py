@@ -38,6 +38,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from veilql.engine.sql import functions
 from veilql.engine.sql.bound import BoundQuery, Output
 from veilql.errors import UnsupportedError
 from veilql.policies.model import ColumnPolicy
@@ -445,6 +446,8 @@ class TypeChecker:
                 self._like(n)
             elif isinstance(n, exp.Is) and party:
                 self._is(n)
+            elif isinstance(n, exp.Is):  # IS [NOT] NULL of a released value
+                self.operand(n.this, party=False)
             else:
                 t = self.operand(n, party=party)
                 if t.kind not in ("bool", None):
@@ -901,6 +904,12 @@ class TypeChecker:
                 stack += [a for a in (n.this, n.expression, *n.expressions) if a is not None]
             elif isinstance(n, exp.Null):
                 continue
+            elif isinstance(n, exp.Case | exp.If):  # CASE WHEN released condition THEN ...
+                stack += self._analyst_branches(n)
+            elif not isinstance(n, exp.Column | exp.Literal | exp.Boolean | exp.Neg):
+                raise UnsupportedError(f"{_short(n)} is not supported over released values",
+                                       "use aggregates, literals, arithmetic, comparisons "
+                                       "and CASE WHEN")
             else:
                 t = self.operand(n, party=False)
                 if t.kind not in ("num", None):
@@ -908,6 +917,34 @@ class TypeChecker:
                         f"{self.describe(n, t)} cannot be used in arithmetic",
                         "arithmetic takes numbers: aggregates, numeric group columns, numbers",
                     )
+
+    def _analyst_branches(self, node: exp.Expr) -> list[exp.Expr]:
+        """Check the conditions of a CASE / IF over released values; return its results."""
+        if isinstance(node, exp.If):
+            self.predicate(node.this, party=False)
+            return [a for a in (node.args.get("true"), node.args.get("false")) if a is not None]
+        results = []
+        for branch in node.args.get("ifs") or []:
+            self.predicate(branch.this, party=False)
+            results.append(branch.args["true"])
+        if node.args.get("default") is not None:
+            results.append(node.args["default"])
+        return results
+
+    def released_value(self, node: exp.Expr) -> None:
+        """A SELECT expression over released values: a condition, a CASE whose results are
+        of one kind (text labels too), or a number."""
+        inner = _unparen(node)
+        if functions.is_condition(inner):
+            self.predicate(inner, party=False)
+        elif isinstance(inner, exp.Case | exp.If):
+            kinds = {self.operand(r, party=False).kind for r in self._analyst_branches(inner)
+                     if not isinstance(_unparen(r), exp.Null)}
+            if len(kinds - {None}) > 1:
+                raise UnsupportedError(f"the results of {_short(inner)} are of different "
+                                       "types", "give every THEN and ELSE one type")
+        else:
+            self.operand(inner, party=False)
 
     # -- fixed point
 
@@ -1162,13 +1199,16 @@ def check_types(bound: BoundQuery) -> None:
         elif out.kind in ("var", "quantile") and out.expr is not None:
             if out.filter is not None:
                 checker.predicate(out.filter)
+            if out.values is not None:  # COUNT(DISTINCT g): compared with its public values
+                checker.expr_type(out.expr)
+                continue
             checker.fixed_point(out.expr, checker.numeric(out.expr).magnitude,
                                 f"the argument of {out.name}", values=True)
     outputs = {o.name.lower(): o for o in bound.outputs}
     analyst = _AnalystChecker(bound, outputs)
     for out in bound.outputs:
         if out.kind == "expr" and out.post is not None:
-            analyst.operand(out.post, party=False)
+            analyst.released_value(out.post)
     if bound.having is not None:
         analyst.predicate(bound.having, party=False)
     for term, _desc in bound.order_by:

@@ -1,0 +1,1 @@
+SELECT p.product, COUNT(DISTINCT l.term_months) AS terms, COUNT(DISTINCT l.defaulted) FILTER (WHERE a.segment = 'plus') AS outcomes FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id JOIN payments.accounts a ON a.customer_id = l.customer_id GROUP BY p.product

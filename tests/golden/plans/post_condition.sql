@@ -1,0 +1,1 @@
+SELECT c.region, SUM(l.amount) > 100000 AS big, CASE WHEN COUNT(*) >= 10 THEN 'many' ELSE 'few' END AS size, AVG(l.amount) BETWEEN 1000 AND 5000 AND NOT COUNT(*) < 3 AS typical FROM bank.customers c JOIN bank.loans l ON c.customer_id = l.customer_id JOIN insurer.policies p ON p.customer_id = c.customer_id GROUP BY c.region

@@ -1,0 +1,1 @@
+SELECT MAX(income) > MAX(age) AS richer FROM bank.customers

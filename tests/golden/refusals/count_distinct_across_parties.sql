@@ -1,0 +1,1 @@
+SELECT COUNT(DISTINCT l.amount + p.premium) FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id

@@ -1,0 +1,1 @@
+SELECT COUNT(DISTINCT income) FROM bank.customers
