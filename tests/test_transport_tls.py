@@ -282,19 +282,55 @@ def test_bad_frame_fails_only_that_peer(
 
 
 def test_send_to_a_peer_that_stops_reading_times_out(trio: dict[str, TlsTransport]) -> None:
+    """The send returns once queued; the writer's stall fails the peer within the timeout:
+    a wait on it raises naming it, and so does the next send to it."""
     a = trio["a"]
     a.timeout = 0.5
     stuck = trio["b"]._conns["a"].tls_lock
     stuck.acquire()  # b's reader can no longer read from a: a's socket buffers fill up
     try:
         t0 = time.monotonic()
+        a.send("b", "flood", bytes(256 * 2**20))
+        assert time.monotonic() - t0 < 0.5  # queued, not written
         with pytest.raises(PartyUnavailable, match="'b' accepted no data for 0.5 s") as info:
-            a.send("b", "flood", bytes(256 * 2**20))
+            a.recv("b", "never", timeout=5.0)
         assert info.value.party == "b" and time.monotonic() - t0 < 5.0
+        with pytest.raises(PartyUnavailable, match="'b' accepted no data") as info:
+            a.send("b", "again", b"x")
+        assert info.value.party == "b"
     finally:
         stuck.release()
     a.send("c", "t", b"c is fine")
     assert trio["c"].recv("a", "t") == b"c is fine"
+
+
+def test_sends_to_both_peers_do_not_wait_for_each_other(trio: dict[str, TlsTransport]) -> None:
+    """A peer that is slow to read holds up only the frames to it: the frame to the other
+    peer leaves at once, and the slow one gets all of its bytes, in order, later."""
+    a, b, c = trio["a"], trio["b"], trio["c"]
+    big = np.random.default_rng(1).integers(0, 256, 48 * 2**20, dtype=np.uint8).tobytes()
+    stuck = b._conns["a"].tls_lock
+    stuck.acquire()  # b reads nothing from a for now
+    try:
+        t0 = time.monotonic()
+        a.send("b", "big", big)
+        a.send("b", "after", b"second")
+        a.send("c", "small", b"to c")
+        assert c.recv("a", "small", timeout=2.0) == b"to c"
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        stuck.release()
+    assert b.recv("a", "big") == big and b.recv("a", "after") == b"second"
+
+
+def test_a_mutable_payload_may_be_reused_once_send_returns(
+        trio: dict[str, TlsTransport]) -> None:
+    a, b = trio["a"], trio["b"]
+    arr = np.arange(2**20, dtype=np.uint64)  # 8 MiB: copied, then sent in the background
+    a.send("b", "arr", memoryview(arr).cast("B"))
+    arr[:] = 0  # the caller reuses its buffer at once
+    got = np.frombuffer(b.recv("a", "arr"), dtype=np.uint64)
+    assert (got == np.arange(2**20, dtype=np.uint64)).all()
 
 
 def test_for_federation(creds: dict[str, PartyCredentials], tmp_path: Path) -> None:

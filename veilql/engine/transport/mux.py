@@ -70,6 +70,7 @@ from veilql.engine.transport.tls import (
     encode_header,
     parse_address,
     parse_header,
+    queue_frame,
     session_digest,
 )
 from veilql.errors import ConfigError, PartyUnavailable, ProtocolError
@@ -137,15 +138,11 @@ def goodbye_error(peer: str, me: str, payload: bytes | bytearray) -> ProtocolErr
 
 def write_frame(conn: _Conn, kind: int, digest: bytes, tag: str,
                 payload: bytes | bytearray | memoryview, stall: float) -> None:
-    """Write one frame on a shared connection (header and payload kept together)."""
+    """Queue one frame on a shared connection for its writer thread (header and payload
+    kept together, frames in order; ``tls.queue_frame`` says when the payload is copied)."""
     view = memoryview(payload).cast("B")
     head = encode_header(kind, digest, tag.encode(), len(view))
-    with conn.send_lock:
-        if len(view) <= 64 * 1024:
-            conn.write(memoryview(head + view), stall)
-        else:
-            conn.write(memoryview(head), stall)
-            conn.write(view, stall)
+    queue_frame(conn, head, payload, view, stall)
 
 
 def read_frame(conn: _Conn, max_payload: int) -> tuple[int, bytes, str, bytearray]:
@@ -362,6 +359,9 @@ class MuxEndpoint:
             for p in self._addr:
                 s.fail(p, PartyUnavailable(self.me, f"node {self.me!r} is shutting down"))
             s.fail(ANALYST, PartyUnavailable(self.me, f"node {self.me!r} is shutting down"))
+        end = time.monotonic() + 1.0  # what is queued may still leave, briefly
+        for c in conns:
+            c.flush(max(0.0, end - time.monotonic()))
         for c in conns:
             c.close()
 
@@ -530,6 +530,7 @@ class MuxEndpoint:
             session = self.session(routing_id(analyst, sid), parts, client=conn)
         except ProtocolError as exc:
             write_frame(conn, KIND_REJECT, NO_SESSION, self.me, exc.message.encode(), 1.0)
+            conn.flush(1.0)
             conn.close()
             raise
         with self._lock:
@@ -572,6 +573,7 @@ class MuxEndpoint:
     # -- peer links ---------------------------------------------------------------------
     def _adopt(self, peer: str, tls: ssl.SSLSocket, *, outbound: bool) -> _Conn:
         conn = _Conn(peer, tls)
+        conn.on_error = lambda exc: self._writer_failed(conn, exc)
         with self._lock:
             self._conns.add(conn)
             if outbound:
@@ -603,6 +605,17 @@ class MuxEndpoint:
         except (OSError, ValueError) as exc:
             self._fail_everywhere(peer, PartyUnavailable(
                 peer, f"connection between {self.me!r} and {peer!r} lost: {_describe(exc)}"))
+        self.drop(conn)
+
+    def _writer_failed(self, conn: _Conn, exc: BaseException) -> None:
+        """The writer to a peer stopped: every session waiting on it fails now (the next
+        send to it raises too), and the pool dials afresh for later sessions."""
+        peer = conn.peer
+        if isinstance(exc, _Stalled):
+            why = f"party {peer!r} accepted no data for {self.timeout:g} s"
+        else:
+            why = f"connection to {peer!r} lost while sending: {_describe(exc)}"
+        self._fail_everywhere(peer, PartyUnavailable(peer, why))
         self.drop(conn)
 
     def drop(self, conn: _Conn) -> None:

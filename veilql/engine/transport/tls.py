@@ -22,11 +22,25 @@ peer with ``ProtocolError``; a closed or reset connection marks the peer dead, s
 waiting on it raises ``PartyUnavailable`` at once instead of waiting for the timeout.
 
 Why a lock around every TLS call: OpenSSL does not allow one ``SSL`` object to be used from two
-threads at once, and a full-duplex connection has a reader thread and a sending thread. The
+threads at once, and a full-duplex connection has a reader thread and a writer thread. The
 socket is therefore non-blocking, every ``SSL_read``/``SSL_write`` runs under a per-connection
 lock, and waiting for the socket (``poll``) happens outside the lock, so the two directions
 never block each other. Large payloads go out as ``memoryview`` slices and come in by
 ``recv_into`` a preallocated buffer: no quadratic copies.
+
+Sends do not wait for the wire. Each connection has one writer thread fed by a queue
+(``_Conn.enqueue``), so a party that sends to both peers has both frames on their way at
+once, and overlaps its next local work with the encryption and the transfer (the ``ssl``
+module releases the GIL inside ``SSL_write``). ``send`` returns once the frame is queued:
+an immutable ``bytes`` payload is referenced, a mutable one (a view of an array the caller
+may reuse) is copied first when it is at most ``COPY_LIMIT`` bytes and otherwise waited
+for until written, as before. At most ``QUEUE_BYTES`` wait per connection (a sender
+beyond that waits for room), and frames to one peer keep their order. The writer is the
+only thread that writes on the connection besides direct ``_Conn.write`` callers, and
+it holds ``send_lock`` per frame, so frames never interleave. A writer that fails (a
+peer that accepts no data for the timeout, a lost connection) records the error: it fails
+the peer at once for every ``recv`` waiting on it and is raised, naming the peer, by the
+next ``send`` to it.
 """
 
 from __future__ import annotations
@@ -39,7 +53,8 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -75,6 +90,8 @@ DEFAULT_MAX_PAYLOAD = 1 << 33  # 8 GiB: refuses absurd lengths from a corrupt he
 _SMALL = 64 * 1024  # payloads up to this size go out in one write with their header
 _CHUNK = 256 * 1024  # bytes per SSL_write on large payloads
 _POLL_SLICE = 0.2  # seconds; loops re-check closing and deadlines at least this often
+QUEUE_BYTES = 64 << 20  # bytes one connection may hold queued for its writer thread
+COPY_LIMIT = 32 << 20  # mutable payloads up to this size are copied and sent in the background
 
 
 def session_digest(session_id: str) -> bytes:
@@ -206,8 +223,23 @@ class _Closing(Exception):
     """Our own transport is closing; the reader stops quietly."""
 
 
+class _Frame:
+    """One queued frame: its parts (header, payload), the stall limit, and, for a frame
+    whose sender waits for it, an event set once it is written or has failed."""
+
+    __slots__ = ("parts", "size", "stall", "done", "error")
+
+    def __init__(self, parts: Sequence[bytes | memoryview], stall: float, wait: bool) -> None:
+        self.parts = [memoryview(x).cast("B") for x in parts]
+        self.size = sum(len(x) for x in self.parts)
+        self.stall = stall
+        self.done = threading.Event() if wait else None
+        self.error: BaseException | None = None
+
+
 class _Conn:
-    """One peer's TLS connection: non-blocking socket, every TLS call under one lock."""
+    """One peer's TLS connection: non-blocking socket, every TLS call under one lock, a
+    writer thread for queued frames (see the module doc)."""
 
     def __init__(self, peer: str, sock: ssl.SSLSocket) -> None:
         self.peer = peer
@@ -216,7 +248,87 @@ class _Conn:
         self.tls_lock = threading.Lock()  # serialises SSL_read/SSL_write (see module doc)
         self.send_lock = threading.Lock()  # one frame at a time on the wire
         self.closing = False
+        self.error: BaseException | None = None  # why the writer stopped
+        self.on_error: Callable[[BaseException], None] | None = None  # told once, by the writer
+        self._queue: deque[_Frame] = deque()
+        self._queued = 0
+        self._qcond = threading.Condition()
+        self._writer: threading.Thread | None = None
         sock.setblocking(False)
+
+    def enqueue(self, parts: Sequence[bytes | memoryview], stall: float, *,
+                wait: bool = False) -> None:
+        """Queue one frame for the writer thread; with ``wait``, return once it is written.
+
+        The parts are referenced, not copied: the caller passes bytes it will not change
+        (or waits). Raises the writer's error if it has stopped, ``_Closing`` once closing.
+        """
+        frame = _Frame(parts, stall, wait)
+        with self._qcond:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                if self.closing:
+                    raise _Closing
+                if not self._queue or self._queued + frame.size <= QUEUE_BYTES:
+                    break
+                self._qcond.wait(_POLL_SLICE)  # the writer frees room or fails within stall
+            self._queue.append(frame)
+            self._queued += frame.size
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                name=f"veil-tls-writer->{self.peer}")
+                self._writer.start()
+            self._qcond.notify_all()
+        if frame.done is not None:
+            while not frame.done.wait(_POLL_SLICE):
+                if self.closing:
+                    raise _Closing
+            if frame.error is not None:
+                raise frame.error
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until every queued frame is written (or failed)."""
+        end = time.monotonic() + timeout
+        with self._qcond:
+            while self._queue and self.error is None and not self.closing:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._qcond.wait(min(left, _POLL_SLICE))
+        return not self._queue
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._qcond:
+                while not self._queue and not self.closing:
+                    self._qcond.wait(_POLL_SLICE)
+                if not self._queue:
+                    return  # closing with nothing left to write
+                frame = self._queue[0]
+            try:
+                with self.send_lock:
+                    for part in frame.parts:
+                        self.write(part, frame.stall)
+            except BaseException as exc:  # noqa: BLE001 - kept and raised to the senders
+                with self._qcond:
+                    self.error = exc
+                    for f in self._queue:
+                        f.error = exc
+                        if f.done is not None:
+                            f.done.set()
+                    self._queue.clear()
+                    self._queued = 0
+                    self._qcond.notify_all()
+                if self.on_error is not None and not isinstance(exc, _Closing):
+                    self.on_error(exc)
+                return
+            with self._qcond:
+                self._queue.popleft()
+                self._queued -= frame.size
+                if frame.done is not None:
+                    frame.done.set()
+                self._qcond.notify_all()
 
     def _wait(self, want_read: bool, deadline: float | None) -> None:
         poller = select.poll()
@@ -269,8 +381,10 @@ class _Conn:
                 got += n
 
     def close(self) -> None:
-        """Tear the connection down (the reader thread notices and stops)."""
+        """Tear the connection down (the reader and writer threads notice and stop)."""
         self.closing = True
+        with self._qcond:
+            self._qcond.notify_all()
         with self.tls_lock:
             try:
                 self.sock.close()
@@ -336,6 +450,8 @@ class TlsTransport(Transport):
         self.bytes_received: dict[str, int] = {p: 0 for p in self.peers}
         socks = self._connect_all(listener)
         self._conns = {p: _Conn(p, s) for p, s in socks.items()}
+        for p, c in self._conns.items():
+            c.on_error = lambda exc, p=p: self._writer_failed(p, exc)
         self._readers = [
             threading.Thread(target=self._read_loop, args=(c,), daemon=True,
                              name=f"veil-tls-{me}<-{p}")
@@ -531,7 +647,8 @@ class TlsTransport(Transport):
         self._mail.raise_for(peer, tag)
 
     def send(self, to: str, tag: str, payload: bytes | bytearray | memoryview) -> None:
-        """Frame ``payload`` with the session and ``tag`` and write it to ``to``."""
+        """Frame ``payload`` with the session and ``tag`` and queue it for ``to``'s writer
+        thread (see the module doc: it returns before the bytes are on the wire)."""
         if self._closed:
             raise ProtocolError(f"transport of {self.me!r} is closed")
         conn = self._check_peer(to)
@@ -540,12 +657,7 @@ class TlsTransport(Transport):
         view = memoryview(payload).cast("B")
         head = encode_header(KIND_DATA, self._session, tag.encode(), len(view))
         try:
-            with conn.send_lock:
-                if len(view) <= _SMALL:
-                    conn.write(memoryview(head + view), self.timeout)
-                else:
-                    conn.write(memoryview(head), self.timeout)
-                    conn.write(view, self.timeout)
+            queue_frame(conn, head, payload, view, self.timeout)
         except _Stalled:
             self._fail(to, PartyUnavailable(
                 to, f"party {to!r} accepted no data for {self.timeout:g} s"))
@@ -577,6 +689,18 @@ class TlsTransport(Transport):
         """Pop the first buffered payload of ``(frm, tag)``, waiting up to the timeout."""
         self._check_peer(frm)
         return self._mail.take(frm, tag, self.timeout if timeout is None else timeout)
+
+    def _writer_failed(self, peer: str, exc: BaseException) -> None:
+        """The writer thread to ``peer`` stopped: fail every wait on ``peer`` now."""
+        if isinstance(exc, _Stalled):
+            self._fail(peer, PartyUnavailable(
+                peer, f"party {peer!r} accepted no data for {self.timeout:g} s"))
+            return
+        # As in ``send``: the peer's goodbye may still be landing; it names the culprit.
+        with self._cond:
+            self._cond.wait_for(lambda: peer in self._errors, timeout=0.2)
+        self._fail(peer, PartyUnavailable(
+            peer, f"connection to party {peer!r} lost while sending: {_describe(exc)}"))
 
     def _read_loop(self, conn: _Conn) -> None:
         peer = conn.peer
@@ -631,15 +755,17 @@ class TlsTransport(Transport):
         if self._closed:
             return
         self._closed = True
-        bye = memoryview(encode_frame(KIND_BYE, self._session, self.me, why))
+        bye = encode_frame(KIND_BYE, self._session, self.me, why)
         for p, conn in self._conns.items():
             if p in self._errors:
                 continue
-            try:
-                with conn.send_lock:
-                    conn.write(bye, min(self.linger, 1.0))
+            try:  # after every frame still queued to that peer
+                conn.enqueue([bye], min(self.linger, 1.0))
             except (_Stalled, _Closing, OSError, ValueError):
                 pass
+        end = time.monotonic() + self.linger
+        for conn in self._conns.values():
+            conn.flush(max(0.0, end - time.monotonic()))
         # Keep reading until each peer says goodbye too, so no unread data makes the kernel
         # reset the connection (a reset can destroy data the peer has not read yet).
         end = time.monotonic() + self.linger
@@ -661,6 +787,24 @@ class TlsTransport(Transport):
             self.close()
         else:
             self.abort(exc)
+
+
+def queue_frame(conn: _Conn, head: bytes, payload: bytes | bytearray | memoryview,
+                view: memoryview, stall: float) -> None:
+    """Queue header ``head`` and ``payload`` (``view`` of it) as one frame on ``conn``.
+
+    Small frames are joined into one write (a copy); an immutable ``bytes`` payload is
+    referenced; a mutable one is copied when at most ``COPY_LIMIT`` bytes, so the caller
+    may reuse its buffer at once, and otherwise written before this returns.
+    """
+    if len(view) <= _SMALL:
+        conn.enqueue([head + view], stall)
+    elif isinstance(payload, bytes):
+        conn.enqueue([head, view], stall)
+    elif len(view) <= COPY_LIMIT:
+        conn.enqueue([head, bytes(view)], stall)
+    else:
+        conn.enqueue([head, view], stall, wait=True)
 
 
 def _goodbye_error(peer: str, me: str, payload: bytes | bytearray) -> PartyUnavailable:
