@@ -325,7 +325,11 @@ def _mb(n: float) -> str:
 def render(res: dict[str, Any]) -> str:
     """The markdown tables of one run."""
     lines = [f"# WAN benchmark, {res['people']:,} people ({res['started']} - "
-             f"{res['finished']}, {res['reps']} repetition(s), medians)", ""]
+             f"{res['finished']}, {res['reps']} repetition(s), medians)", "",
+             f"Commit {res.get('commit')}; engine files uncommitted at the time: "
+             f"{', '.join(res.get('veilql_uncommitted') or []) or 'none'}. Bound: bytes on the "
+             "busiest link / rate + rounds x RTT; the tight bound, busy times and rounds are "
+             "explained in bench/README.md (WAN section).", ""]
     for pname, prof in res["profiles"].items():
         lines += [f"## {pname}: {prof['rate_mbit']:g} Mbit/s, {prof['delay_ms']:g} ms one way",
                   "", "| link | ping RTT median (min-max) ms | one TCP flow Mbit/s |",
