@@ -47,7 +47,7 @@ from veilql.engine.operators.inputs import announce_and_send, local_columns
 from veilql.engine.operators.join import join_stage
 from veilql.engine.operators.local import PartyRows, fetch, labels_only, secret_file
 from veilql.engine.operators.local_mode import release_local
-from veilql.engine.operators.memory import chunk_words
+from veilql.engine.operators.memory import chunk_words, forget_frames, release_memory
 from veilql.engine.operators.oblivious_join import oblivious_join_stage
 from veilql.engine.operators.secure_mode import compute_secure, release_secure
 from veilql.engine.plan.nodes import Plan
@@ -190,6 +190,9 @@ class PartyNode:
         A failure before step 3 aborts this party's reservation. A failure after it keeps
         the charge, and what reaches the analyst is a generic error naming this party and
         the query: the details (which may depend on data) go to this party's log only.
+        Either way the failed query's memory is handed back before the error leaves: its
+        frames are cleared, its join cache entry and private labels dropped, and the
+        allocator trimmed (``memory.release_memory``).
 
         ``progress(party, step)`` is told each step as it starts (names only, no data).
         While the node works on the query it sends heartbeats to every other participant and
@@ -207,6 +210,8 @@ class PartyNode:
         qid = request.query_id
         reservation = None
         begun = False
+        join_key = ""
+        failure: BaseException | None = None
         # Peers and the analyst hear from this node at least every third of the timeout
         # while it works, so only a dead or stopped node trips their timeouts.
         with Heartbeat(transport, (*who, ANALYST), self._beat_interval(transport)):
@@ -230,13 +235,23 @@ class PartyNode:
             except Refused:
                 raise
             except BaseException as exc:
-                if isinstance(exc, PartyUnavailable):
-                    exc = self._silent_peer(exc)
+                settled = self._silent_peer(exc) if isinstance(exc, PartyUnavailable) else exc
                 if not begun:
                     if reservation is not None:
                         self.ledger.abort(reservation, "query failed before any party read data")
-                    raise exc from None
-                raise self._failed(exc, qid) from None
+                    failure = settled
+                else:
+                    failure = self._failed(settled, qid)
+                forget_frames(exc)  # the failed steps' arrays are not kept by the error
+                del exc, settled
+            if failure is not None:
+                # Raised outside the handler, so the analyst's error does not carry the
+                # original one (and its frames) as context; memory goes back at once.
+                self._query.rows = None
+                if begun and join_key:  # its join may be cached half-used: not kept
+                    self._cache.drop(join_key)
+                release_memory()
+                raise failure from None
         self._step("done")
 
     def _beat_interval(self, transport: Transport) -> float:
@@ -461,8 +476,9 @@ class PartyNode:
         the release."""
         me = self.party.name
         rows = fetch(plan.step(me), self.connector, self.seed())
+        columns = local_columns(plan, me, rows, transport, qid, chunk_words())
         self._query.rows = labels_only(rows)  # private group keys stay until the release
-        return local_columns(plan, me, rows, transport, qid, chunk_words())
+        return columns
 
 
 class Refused(Exception):

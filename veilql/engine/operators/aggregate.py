@@ -8,8 +8,16 @@ product is an inner product over units and slots, which costs one word per cell 
 than one per row. COUNT(DISTINCT unit) under a cross-party predicate ORs its slot
 combinations first (a OR b = a + b - ab), so a person counts at most once per cell.
 
-Memory: the joint grid of a unit is as wide as the product of every party's slots and cells
-times the aggregates, so ``secure_sum`` works on chunks of units of at most
+Without a cross-party predicate (every slot axis 1) the joint grid is never built over
+the widest party's cells: the other parties' factors are multiplied on their own grid, and
+the last product is a matrix product over units, ``X^T Y`` (cells of the others x cells of
+the widest party), computed locally from the shares' cross terms (as ``dot`` does for one
+inner product) and reshared once; a GROUP BY of 32 public cells at one party and 3,000
+private keys at another holds 32 + 3,000 words per unit, not 96,000. It costs what the
+inner products cost (one round, one word per cell and aggregate).
+
+Memory: the grid of a unit is as wide as the product of the (other) parties' slots and
+cells times the aggregates, so ``secure_sum`` works on chunks of units of at most
 ``Runtime.chunk_words`` grid words each and adds the per-chunk sums (sums over units are
 linear, and a unit's slot combinations stay in one chunk for the OR), one round of products
 per chunk; a table that fits in one chunk takes exactly one pass as before.
@@ -62,6 +70,8 @@ def secure_sum(
     words (see the module docstring); the result does not depend on the chunk size.
     """
     n = factors[0].shape[0]
+    if cross is None and len(factors) > 1 and all(f.shape[1] == 1 for f in factors):
+        return _product_sum(rt, factors, len(distinct))
     rows = rt.chunk_rows(grid_width([f.shape for f in factors], len(distinct)))
     if n <= rows:
         return _secure_sum(rt, factors, cross, distinct)
@@ -73,6 +83,49 @@ def secure_sum(
         total = part if total is None else total + part
     assert total is not None
     return total
+
+
+def _product_sum(rt: Runtime, factors: list[AShare], aggs: int) -> AShare:
+    """``secure_sum`` without a cross-party predicate: the widest party's factors enter one
+    matrix product over units (see the module docstring); the others are multiplied on
+    their own grid, in chunks of units, and the product's local terms summed over chunks
+    before the one resharing round (``arith.dot``'s protocol, on a matrix product)."""
+    k = len(factors)
+    cells = [f.shape[3] for f in factors]
+    last = max(range(k), key=lambda i: cells[i])
+    others = [i for i in range(k) if i != last]
+    wide = int(np.prod([cells[i] for i in others], dtype=np.int64))
+    n = factors[0].shape[0]
+    z = np.zeros((aggs, wide, cells[last]), dtype=np.uint64)
+    rows = rt.chunk_rows(aggs * wide * (2 if len(others) > 1 else 1) + cells[last])
+    for lo in range(0, max(n, 1), rows):
+        hi = min(n, lo + rows)
+        joint = (hi - lo, aggs, *[cells[i] for i in others])
+        grid = [expand(factors[i][lo:hi], (hi - lo, factors[i].shape[2],
+                                           *[cells[j] if j == i else 1 for j in others]), joint)
+                for i in others]
+        x = grid[0]
+        for g in grid[1:]:
+            x = rt.mul(x, g)
+        del grid
+        x = x.reshape(hi - lo, aggs, wide)
+        y = factors[last][lo:hi].reshape(hi - lo, factors[last].shape[2], cells[last])
+        for a in range(aggs):
+            ya = y[:, a if y.shape[1] > 1 else 0, :]
+            xa = x[:, a, :]
+            z[a] += xa.a.T @ (ya.a + ya.b)
+            z[a] += xa.b.T @ ya.a
+        del x, y
+    tag = rt.tag("dot")
+    z += rt.zero_a(tag, z.shape)
+    other = rt.reshare_raw(tag, z)
+    # Axes (aggs, others' cells..., the widest party's cells) back to party order.
+    where = [*others, last]
+    perm = [0, *[1 + where.index(i) for i in range(k)]]
+    shape = (aggs, *[cells[i] for i in where])
+    a = np.ascontiguousarray(z.reshape(shape).transpose(perm)).reshape(aggs, -1)
+    b = np.ascontiguousarray(other.reshape(shape).transpose(perm)).reshape(aggs, -1)
+    return AShare(rt.me, a, b)
 
 
 def _secure_sum(

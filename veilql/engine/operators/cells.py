@@ -35,15 +35,23 @@ def cell_info(plan: Plan, rows: PartyRows, cells: np.ndarray) -> dict:
     order. Nothing else leaves: not the number of candidate keys, not a cell's index (a
     key's rank among all keys), so adding a person with a new key changes this message
     only if that key is released. Cells are in index order, and private keys are indexed
-    in sorted order (``index_labels``), so the order is a function of the released labels.
+    in sorted order (``index_labels``; the owner's occurring cells in sorted mixed-radix
+    order, ``factors.sparsify``), so the order is a function of the released labels.
     """
-    ordered = ordered_groups(plan)
-    sizes = [fac.group_size(g, rows if g.private else None) for g in ordered]
+    parties = [p for p in plan.parties if fac.party_cells(plan.groups, p)]
+    mine = {p: rows if any(g.private for g in fac.party_cells(plan.groups, p)) else None
+            for p in parties}
+    sizes = [fac.cell_count(fac.party_cells(plan.groups, p), mine[p]) for p in parties]
     out = []
     for cell in cells.tolist():
         values = []
-        for g, i in zip(ordered, decompose(cell, sizes), strict=True):
-            values.append(rows.labels[g.column][i] if g.private else g.domain[i])  # type: ignore[index]
+        for p, digit in zip(parties, decompose(cell, sizes), strict=True):
+            groups = fac.party_cells(plan.groups, p)
+            own = mine[p]
+            dense = int(own.cells[digit]) if own is not None and own.cells is not None else digit
+            digits = decompose(dense, [fac.group_size(g, own) for g in groups])
+            for g, i in zip(groups, digits, strict=True):
+                values.append(rows.labels[g.column][i] if g.private else g.domain[i])  # type: ignore[index]
         out.append(values)
     return {"cells": out}
 

@@ -36,19 +36,22 @@ def group_size(g: GroupKey, rows: PartyRows | None = None) -> int:
 
 
 def cell_count(groups: tuple[GroupKey, ...], rows: PartyRows | None = None) -> int:
-    """Number of cells spanned by ``groups`` (1 when there are none)."""
+    """Number of cells spanned by ``groups`` (1 when there are none): the cells that occur
+    in ``rows`` when they are sparse (``sparsify``), else every combination of domains."""
+    if rows is not None and rows.cells is not None and any(g.private for g in groups):
+        return len(rows.cells)
     n = 1
     for g in groups:
         n *= group_size(g, rows)
     return n
 
 
-def cell_index(rows: PartyRows, groups: tuple[GroupKey, ...]) -> np.ndarray:
-    """Mixed-radix cell index of each (unit, slot) over ``groups``; -1 outside the domains.
+def dense_index(rows: PartyRows, groups: tuple[GroupKey, ...]) -> np.ndarray:
+    """Mixed-radix index over the domains of ``groups`` of each (unit, slot); -1 outside.
 
     >>> from veilql.engine.operators.local import pivot
     >>> rows = pivot({"__unit": np.array([1, 2]), "g0": np.array([1, -1])}, ["g0"], 1)
-    >>> cell_index(rows, (GroupKey("r", "bank", "g0", ("a", "b")),)).tolist()
+    >>> dense_index(rows, (GroupKey("r", "bank", "g0", ("a", "b")),)).tolist()
     [[1], [-1]]
     """
     idx = np.zeros(rows.present.shape, dtype=np.int64)
@@ -59,6 +62,46 @@ def cell_index(rows: PartyRows, groups: tuple[GroupKey, ...]) -> np.ndarray:
         idx = idx * group_size(g, rows) + np.maximum(col, 0)
     idx[outside] = -1
     return idx
+
+
+def cell_index(rows: PartyRows, groups: tuple[GroupKey, ...]) -> np.ndarray:
+    """Cell index of each (unit, slot) over ``groups``: the mixed-radix index, or with
+    sparse cells its place among the occurring ones; -1 outside the domains."""
+    dense = dense_index(rows, groups)
+    if rows.cells is None or not any(g.private for g in groups):
+        return dense
+    return sparse_places(rows.cells, dense)
+
+
+def sparse_places(cells: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """Each dense index's place in the sorted ``cells``, -1 where it is not one of them.
+
+    >>> sparse_places(np.array([3, 7, 40]), np.array([7, -1, 40, 5])).tolist()
+    [1, -1, 2, -1]
+    """
+    if len(cells) == 0:
+        return np.full(dense.shape, -1, dtype=np.int64)
+    place = np.minimum(np.searchsorted(cells, dense), len(cells) - 1)
+    return np.where((dense >= 0) & (cells[place] == dense), place, -1).astype(np.int64)
+
+
+def sparsify(plan: Plan, party: str, rows: PartyRows) -> None:
+    """With a private group key among ``party``'s group columns, keep as its cells only the
+    combinations that occur in its (bounded) rows, in sorted mixed-radix order.
+
+    A cell that occurs at no party is an exact 0 that partition selection would drop, so it
+    needs no factor column; with several group columns at one party the combinations of
+    their domains (e.g. 2 x 16 x 3,000) far outnumber the rows. What the compute parties
+    learn is the number of occurring combinations (the array length) instead of the
+    number of distinct private keys (``docs/SECURITY.md``). Public domains alone stay dense:
+    every cell of a public domain is released, and which occur must stay private.
+    """
+    groups = party_cells(plan.groups, party)
+    if not any(g.private for g in groups):
+        return
+    rows.cells = None
+    dense = dense_index(rows, groups)
+    rows.cells = np.unique(dense[rows.present & (dense >= 0)])
 
 
 def factor_kind(agg: AggregateSpec, party: str) -> str:
@@ -110,7 +153,7 @@ def build_factors(
     for lo in range(0, n, step):
         hi = min(n, lo + step)
         part = PartyRows(rows.keys[lo:hi], {k: v[lo:hi] for k, v in rows.cols.items()},
-                         rows.present[lo:hi], rows.labels)
+                         rows.present[lo:hi], rows.labels, rows.cells)
         out[lo:hi] = _factors(part, groups, ncell, party, aggregates, slot_level)
     return out
 
@@ -215,7 +258,8 @@ def reduce_groups(plan: Plan, party: str, result: list[dict], groups: list[str],
                   names: list[str]) -> tuple[np.ndarray, PartyRows]:
     """Per chain and cell the sums of ``aggregate_sql``'s ``result`` rows, shape (chains,
     cells), and a ``PartyRows`` holding only the private group labels (indexed as
-    ``local.index_labels`` indexes them over all rows: the same distinct values)."""
+    ``local.index_labels`` indexes them over all rows: the same distinct values) and, with
+    a private key, the occurring cells (the same as ``sparsify`` over the pivoted rows)."""
     from veilql.engine.operators.local import index_labels, labels_only
 
     keys = party_cells(plan.groups, party)
@@ -232,7 +276,12 @@ def reduce_groups(plan: Plan, party: str, result: list[dict], groups: list[str],
         col = np.array([0 if v is None else int(v) for v in data[g.column]], dtype=np.int64)
         inside &= col >= 0
         cell = cell * size + np.maximum(col, 0)
-    ncell = int(np.prod(sizes, dtype=np.int64)) if sizes else 1
+    if any(g.private for g in keys):  # sparse cells, as ``sparsify`` makes them
+        rows.cells = np.unique(cell[inside])
+        cell = sparse_places(rows.cells, cell)
+        ncell = len(rows.cells)
+    else:
+        ncell = int(np.prod(sizes, dtype=np.int64)) if sizes else 1
     out = np.zeros((len(names), ncell), dtype=np.int64)
     for i, name in enumerate(names):
         sums = np.array([int(row[name] or 0) for row in result], dtype=np.int64)

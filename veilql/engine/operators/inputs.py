@@ -38,10 +38,12 @@ def local_columns(plan: Plan, me: str, rows: PartyRows, transport: Transport, qi
                   words: int) -> dict[str, np.ndarray]:
     """This party's columns to share: join tags, factors, predicate atoms and operands.
 
-    The factors are built in chunks of units of at most ``words`` words; the columns of
-    ``rows`` that are shared as they are (atoms, operands) are taken out of it.
+    The factors are built in chunks of units of at most ``words`` words, over the cells
+    that occur in ``rows`` when this party holds a private group key (``rows.cells`` is
+    set here); the columns of ``rows`` shared as they are (atoms, operands) are taken out.
     """
     step = plan.step(me)
+    fac.sparsify(plan, me, rows)  # only the cells that occur here, with a private key
     if is_oblivious(plan):  # padded or in cuckoo bins (operators/oblivious_join.py)
         return oblivious_columns(plan, me, rows, transport, qid)
     out: dict[str, np.ndarray] = {}

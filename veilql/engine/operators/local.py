@@ -43,6 +43,10 @@ class PartyRows:
     cols: dict[str, np.ndarray]
     present: np.ndarray  # (units, slots) bool
     labels: dict[str, list[Any]] = field(default_factory=dict)  # private group keys
+    # With a private group key: the party's cells that occur in its rows, as sorted dense
+    # (mixed-radix) indices over its group columns; a cell's index is its place here
+    # (``factors.sparsify``). None: every combination of the domains is a cell.
+    cells: np.ndarray | None = None
 
     @property
     def units(self) -> int:
@@ -68,16 +72,18 @@ def fetch(step: LocalStep, connector: Connector, seed: str, *,
         return reduce_in_engine(reduce, step, connector, seed)
     label_names = {c.name for c in step.columns if c.role == "label"}
     with ENGINE_LOCK:
-        table = connector.run(bounded_sql(step, seed))
-        try:
-            data: dict[str, Any] = {
-                name: (col.to_pylist() if name in label_names else
-                       col.to_numpy(zero_copy_only=False))
-                for name, col in zip(table.column_names, table.columns, strict=True)}
-        except Exception as exc:  # noqa: BLE001 - a conversion failure can quote a value
-            raise engine_failure(exc, connector.spec) from None
-        del table
-        release_engine_memory(connector)
+        try:  # the engine's cached memory is handed back also when the query fails
+            table = connector.run(bounded_sql(step, seed))
+            try:
+                data: dict[str, Any] = {
+                    name: (col.to_pylist() if name in label_names else
+                           col.to_numpy(zero_copy_only=False))
+                    for name, col in zip(table.column_names, table.columns, strict=True)}
+            except Exception as exc:  # noqa: BLE001 - a conversion failure can quote a value
+                raise engine_failure(exc, connector.spec) from None
+            del table
+        finally:
+            release_engine_memory(connector)
     labels = {}
     for col in step.columns:
         if col.role == "label":  # private group keys: index them; the labels stay here
@@ -103,13 +109,15 @@ def run_engine(connector: Connector, sql: str) -> list[dict[str, Any]]:
     """A small result of ``sql`` on the party's engine, as rows (one local query at a time,
     engine memory handed back afterwards, as in ``fetch``)."""
     with ENGINE_LOCK:
-        table = connector.run(sql)
         try:
-            rows = table.to_pylist()
-        except Exception as exc:  # noqa: BLE001 - a conversion failure can quote a value
-            raise engine_failure(exc, connector.spec) from None
-        del table
-        release_engine_memory(connector)
+            table = connector.run(sql)
+            try:
+                rows = table.to_pylist()
+            except Exception as exc:  # noqa: BLE001 - a conversion failure can quote a value
+                raise engine_failure(exc, connector.spec) from None
+            del table
+        finally:
+            release_engine_memory(connector)
     return rows
 
 
@@ -135,7 +143,8 @@ def labels_only(rows: PartyRows) -> PartyRows:
     0
     """
     slots = rows.present.shape[1] if rows.present.ndim == 2 else 1
-    return PartyRows(rows.keys[:0], {}, np.zeros((0, slots), dtype=bool), rows.labels)
+    return PartyRows(rows.keys[:0], {}, np.zeros((0, slots), dtype=bool), rows.labels,
+                     rows.cells)
 
 
 Label = str | int | float | bool | None

@@ -34,6 +34,7 @@ def aggregate_plain(plan: Plan, rows: dict[str, PartyRows]) -> np.ndarray:
     """Aggregates in the clear for a single-party plan: shape (aggregates, cells)."""
     chains, owner = fac.expand_terms(plan)
     party = plan.parties[0]
+    fac.sparsify(plan, party, rows[party])  # the cells the engine's GROUP BY yields
     f = fac.build_factors(plan, party, rows[party], chains, slot_level=False)
     per_chain = fac.combine_plain([f])
     out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=np.int64)

@@ -8,7 +8,12 @@ word of every row they hold (two components), whatever the setting. See ARCHITEC
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
+import traceback
+from functools import lru_cache
 
 import numpy as np
 
@@ -72,3 +77,39 @@ def row_words(shape: tuple[int, ...] | list[int]) -> int:
     (12, 1)
     """
     return max(1, int(np.prod(shape[1:], dtype=np.int64)))
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Clear the locals of the finished frames in ``exc``'s traceback and in those of the
+    errors it was raised from or during: an error kept by its caller (a shell's last
+    exception, a test's report) then keeps no joined shares or factors alive. File names
+    and line numbers stay, so a traceback still prints."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo.extend((e.__cause__, e.__context__))
+
+
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def release_memory() -> None:
+    """Collect what a failed query left unreachable and hand freed heap pages back to the
+    system (glibc's ``malloc_trim``; elsewhere only the collection), so a session's
+    resident size falls back after the failure instead of staying at its peak."""
+    gc.collect()
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is not None:
+        trim(0)

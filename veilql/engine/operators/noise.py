@@ -8,6 +8,12 @@ Two kinds of noise, per aggregate (``NoisePlan``, chosen by ``rewrite/attach_noi
 - **distributed**: each adding compute party draws its own share with OpenDP's exact sampler
   (``dp.sample_share``), secret-shares it (one round per adder) and all add it in.
 
+Memory: sampling holds about ``COIN_WORDS`` words per coin at each party (``2 K`` coins per
+cell and central aggregate), so the cells are sampled in batches of at most
+``NOISE_CHUNKS`` chunks' worth of coins (``Runtime.chunk_words``), 9 rounds per batch; a
+query whose coins fit in one batch samples them in one batch as before. Each cell's noise
+is independent of the others', so batching does not change its law.
+
 Ring safety: the planner proved ``|value| + noise bound < 2^62`` per cell
 (``rewrite/check_ranges.py``); the central bound ``2^K - 1`` is exact.
 """
@@ -22,6 +28,9 @@ from veilql.engine.mpc.runtime import Runtime
 from veilql.engine.mpc.shares import AShare
 from veilql.engine.plan.nodes import Plan
 from veilql.errors import ProtocolError
+
+COIN_WORDS = 40  # words per coin a party holds while sampling (measured: about 37)
+NOISE_CHUNKS = 16  # chunk-sized arrays' worth of coins sampled in one batch
 
 
 def _plans(plan: Plan) -> list[NoisePlan]:
@@ -58,10 +67,16 @@ def add_noise(rt: Runtime, plan: Plan, x: AShare) -> AShare:
         if cells > bound:  # cannot happen: the planner bounds every key count (MAX_UNITS)
             raise ProtocolError(f"{cells} cells exceed the {bound} the noise plan allows for",
                                 "nothing is released; report this as a bug")
-        noise = dlap_on_shares(rt, [plans[i].thresholds for i in central], cells)
+        thresholds = [plans[i].thresholds for i in central]
+        per_cell = 2 * sum(len(t) for t in thresholds)  # coins of one cell, all aggregates
+        batch = max(1, rt.chunk_words * NOISE_CHUNKS // (COIN_WORDS * max(1, per_cell)))
         a, b = x.a.copy(), x.b.copy()
-        a[central] += noise.a
-        b[central] += noise.b
+        for lo in range(0, cells, batch):
+            hi = min(cells, lo + batch)
+            noise = dlap_on_shares(rt, thresholds, hi - lo)
+            a[central, lo:hi] += noise.a
+            b[central, lo:hi] += noise.b
+            del noise
         x = AShare(rt.me, a, b)
     adders = sorted({i for p in plans if not p.central for i in p.adders})
     for i in adders:

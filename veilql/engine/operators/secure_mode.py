@@ -42,6 +42,7 @@ from veilql.engine.plan.nodes import Plan
 from veilql.engine.transport.base import Transport
 
 CROSS_WORDS = 16  # words per slot combination a cross-party comparison holds at once
+COMPARE_WORDS = 64  # words per element a comparison with the threshold holds at once
 Columns = Callable[[], tuple[dict[str, np.ndarray] | None, PartyRows | None]]
 
 
@@ -92,10 +93,23 @@ def compute_secure(rt: Runtime, plan: Plan, qid: str, join_key: str, cache: Join
     if plan.threshold is not None:
         # Only cells whose noisy unit count passes the threshold are released; the
         # compute parties learn which (the released key set), nothing else.
-        passed = rt.gt(total[selection_index(plan)], plan.threshold)
-        cells = np.flatnonzero(np.asarray(rt.open(passed)) & 1)
+        cells = selected(rt, total[selection_index(plan)], plan.threshold)
         total = total[:, cells]
     return SecureOutput(total, cells, rows)
+
+
+def selected(rt: Runtime, counts: AShare, threshold: int) -> np.ndarray:
+    """The cells whose noisy unit count exceeds ``threshold``, opened to the compute
+    parties; compared in batches of ``chunk_words / COMPARE_WORDS`` cells, so that the
+    comparison's temporaries (some ``COMPARE_WORDS`` words per cell) stay within about a
+    chunk (one batch, as before, for fewer cells)."""
+    n = counts.shape[0]
+    batch = max(1, rt.chunk_words // COMPARE_WORDS)
+    out = []
+    for lo, hi in spans(n, batch):
+        passed = rt.gt(counts[lo:hi], threshold)
+        out.append(lo + np.flatnonzero(np.asarray(rt.open(passed)) & 1))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 def join_all(rt: Runtime, plan: Plan, qid: str, columns: dict[str, np.ndarray] | None,
