@@ -4,10 +4,11 @@
     python -m bench.peers_spu [--n 1000000] [--reps 3] [--json]
     python -m bench.peers_spu --report bench/results/2026-12-01-spu
 
-SPU 0.9.5 (the one release that installs on Python 3.11 x86_64 here) pins numpy below 2 and
-JAX 0.4.34, which VeilQL's environment (numpy 2) cannot hold, so it lives in its own
-virtual environment, ``bench/.venv-spu`` (git-ignored), and ``bench/spu_worker.py`` runs
-there as a subprocess with a timeout; this module parses the JSON line it prints.
+SPU 0.9.5 (the only release the package index here offers; its cp311 x86_64 wheel
+installs) pins numpy below 2 and JAX 0.4.34, which VeilQL's environment (numpy 2) cannot
+hold, so it lives in its own virtual environment, ``bench/.venv-spu`` (git-ignored), and
+``bench/spu_worker.py`` runs there as a subprocess with a timeout; this module parses the
+JSON line it prints.
 ``--report`` measures VeilQL's LT and multiplication at the same n in this process (three
 party threads, in-process transport: ``bench.mpc.measure``) right after SPU's run and
 writes ``<stem>.json`` and ``<stem>.md`` with the ratios.
@@ -32,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "bench" / ".venv-spu"
 PYTHON = VENV / "bin" / "python"
 WORKER = ROOT / "bench" / "spu_worker.py"
-SPU_REQUIREMENT = "spu==0.9.5"  # 0.9.5 is the only release with a cp311 manylinux wheel here
+SPU_REQUIREMENT = "spu==0.9.5"  # `pip index versions spu` lists only 0.9.5 here
 
 
 def setup(python: str | None = None) -> None:
