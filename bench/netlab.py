@@ -27,8 +27,10 @@ inside namespaces; ``python -m bench.netlab cleanup`` removes leftovers by hand.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -44,6 +46,7 @@ PREFIX = "veilwan-"
 ROLES = ("bank", "payments", "insurer", "analyst")
 ADDRESSES = {role: f"198.18.0.{i + 1}" for i, role in enumerate(ROLES)}
 PROBE_PORT = 5999
+PR_SET_PDEATHSIG = 1
 MTU = 65000  # see bench/README.md: the packet rate, not the byte rate, bounds linkemu
 
 
@@ -134,6 +137,13 @@ def cleanup_leftovers() -> dict[str, Any]:
     return removed
 
 
+def _die_with_parent() -> None:
+    """In a child before exec: SIGKILL when the parent dies (linkemu also ends when its
+    stdin closes)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class _Teardown(SystemExit):
     """SIGTERM or SIGHUP while the lab is up: unwind through every ``finally``."""
 
@@ -178,7 +188,7 @@ class Lab:
         if self.priority:
             cmd.insert(3, "--priority")
         self.emu = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    text=True, bufsize=1)
+                                    text=True, bufsize=1, preexec_fn=_die_with_parent)
         assert self.emu.stdout is not None
         if self.emu.stdout.readline().strip() != "ready":
             raise RuntimeError(f"linkemu did not start (exit {self.emu.poll()})")
@@ -236,12 +246,15 @@ class Lab:
 
     # -- using it ---------------------------------------------------------------------
     def command(self, role: str, argv: Sequence[str]) -> list[str]:
-        """``argv`` run inside the role's namespace (``ip netns exec`` execs, so the pid
-        of the started process is the command's own)."""
-        return ["ip", "netns", "exec", namespace(role), *argv]
+        """``argv`` run inside the role's namespace. ``ip netns exec`` and ``setpriv`` both
+        exec, so the started process's pid is the command's own, and it gets SIGKILL
+        when the process that started it dies (even by SIGKILL, where no ``finally``
+        runs; the next run's ``cleanup_leftovers`` then removes the namespaces)."""
+        guard = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+        return ["ip", "netns", "exec", namespace(role), *guard, *argv]
 
     def popen(self, role: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
-        """Start ``argv`` inside the role's namespace."""
+        """Start ``argv`` inside the role's namespace (see ``command``)."""
         return subprocess.Popen(self.command(role, argv), **kw)
 
     def emu_command(self, cmd: str) -> Any:
