@@ -24,7 +24,7 @@ FORBIDDEN = {
     "veilql.engine.dp": ["veilql.engine.mpc", "veilql.engine.transport", "veilql.ui"],
     "veilql.engine.ledger": ["veilql.engine.mpc", "veilql.engine.transport",
                              "veilql.engine.dp", "veilql.ui"],
-    "veilql.engine.operators": ["veilql.engine.session", "veilql.ui"],
+    "veilql.engine.operators": ["veilql.engine.session", "veilql.engine.node", "veilql.ui"],
     "veilql.engine": ["veilql.ui", "veilql.cli"],
 }
 

@@ -46,7 +46,7 @@ def _plan(demo, sql: str, **kw: object) -> Plan:
 
 def _released_noise(plan: Plan, names: list[str], cells: int, runs: int) -> np.ndarray:
     """The noise the release path adds to the named aggregates (every adder's share, as
-    ``node.noise_vector`` draws them), ``runs`` times."""
+    ``operators.local_mode.noise_vector`` draws them), ``runs`` times."""
     index = [i for i, a in enumerate(plan.aggregates) if a.name in names]
     adders = sorted({i for a in plan.aggregates for i in a.noise.adders})  # type: ignore[union-attr]
     total = 0  # the runs' draws of each aggregate at once: the same law as run by run

@@ -286,7 +286,7 @@ def cell_values(plan: Plan, info: dict[str, Any] | None = None) -> list[dict[str
     """For each released cell (party order), the value of every group output.
 
     ``info`` comes from the owner of private group keys: the group values of each released
-    cell, in release order (``node.cell_info``), and nothing else.
+    cell, in release order (``operators.cells.cell_info``), and nothing else.
     """
     ordered: list[GroupKey] = [g for p in plan.parties for g in plan.groups if g.party == p]
     if not ordered:
