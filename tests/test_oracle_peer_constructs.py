@@ -1,5 +1,6 @@
 """Oracle shapes for the constructs a peer engine's regression queries use most (issue 14):
-COUNT(DISTINCT x) of columns other than the unit, and conditions over released aggregates.
+COUNT(DISTINCT x) of columns other than the unit, conditions over released aggregates, and
+WITH / derived tables that aggregate one table per person.
 
 Each runs over the BI federation (tests/bi_fixtures.py) locally, across two and across
 three parties at a huge epsilon and must equal plain DuckDB on the union: distinct counts
@@ -53,6 +54,26 @@ CONDITIONS = [
 ]
 
 
+PER_PERSON = "WITH per AS (SELECT uid, SUM(visits) AS v, COUNT(*) AS n, AVG(spend) AS a, " \
+    "MAX(score) AS hi, COUNT(score) AS k FROM alpha.ta WHERE visits > 3 GROUP BY uid) "
+
+PER_UNIT = [
+    # one party: the average of each person's total (a person has one or two rows)
+    PER_PERSON + "SELECT AVG(v) AS avg_total, SUM(n) AS rows, COUNT(*) AS people, "
+    "AVG(a) AS a, SUM(hi) AS h, SUM(k) AS k FROM per",
+    # two parties: grouped and filtered at the other party; a derived table in FROM
+    PER_PERSON + "SELECT tb.groupby_string_0, AVG(per.v) AS v, SUM(per.n * tb.fills) AS w, "
+    "COUNT(*) AS people FROM per JOIN beta.tb ON per.uid = tb.uid WHERE tb.rate < 0.9 "
+    "GROUP BY tb.groupby_string_0",
+    "SELECT COUNT(*) AS people, AVG(d.total) AS t FROM (SELECT uid, SUM(visits) AS total FROM "
+    "alpha.ta GROUP BY uid) AS d JOIN beta.tb ON d.uid = tb.uid WHERE d.total > 40",
+    # three parties, a person's total compared with another party's value
+    PER_PERSON + "SELECT tb.groupby_string_0, COUNT(*) AS n, SUM(per.v) AS v, "
+    "AVG(tc.level) AS l {J3p} WHERE per.v > tb.fills GROUP BY tb.groupby_string_0".replace(
+        "{J3p}", "FROM per JOIN beta.tb ON per.uid = tb.uid JOIN gamma.tc ON tc.person = per.uid"),
+]
+
+
 @pytest.fixture(scope="module")
 def bi(tmp_path_factory: pytest.TempPathFactory):
     fed = bi_fixtures.build(tmp_path_factory.mktemp("bi_peer"))
@@ -83,6 +104,25 @@ def test_count_distinct_equals_duckdb(bi, sql: str) -> None:
 def test_conditions_over_released_values_equal_duckdb(bi, sql: str) -> None:
     session, con = bi
     check_against_duckdb(_run(session, sql), plain(con, sql))
+
+
+@pytest.mark.parametrize("sql", PER_UNIT, ids=[f"p{i}" for i in range(len(PER_UNIT))])
+def test_per_person_aggregates_equal_duckdb(bi, sql: str) -> None:
+    session, con = bi
+    check_against_duckdb(_run(session, sql), plain(con, sql))
+
+
+def test_per_person_bounds_follow_from_the_policy(bi) -> None:
+    """A person's SUM of at most 2 rows of visits in [0, 50] is in [0, 100]; COUNT(*) in
+    [1, 2]; AVG in the column's bounds; the outer SUM's sensitivity is one person's total."""
+    session, _ = bi
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LargeEpsilonWarning)
+        plan = session.plan(PER_PERSON + "SELECT SUM(v) AS s, SUM(n) AS r FROM per", 1.0, 0.0)
+    step = plan.step("alpha")
+    assert {c.bounds for c in step.columns if c.role == "value"} == {(0.0, 100.0), (1.0, 2.0)}
+    assert step.max_rows == (1,) and "GROUP BY ta.uid" in step.sql
+    assert "per person: <= 2 rows per unit" in plan.to_s()
 
 
 def test_count_distinct_reads_one_histogram_per_column(bi) -> None:
@@ -121,6 +161,12 @@ def test_count_distinct_error_bar_brackets_the_release(bi) -> None:
     ("SELECT COUNT(DISTINCT ta.merchant_id) AS c FROM alpha.ta", "is a key column"),
     (f"SELECT COUNT(DISTINCT ta.visits + tb.fills) AS c {J2}", "several parties"),
     ("SELECT MAX(spend) > 10 AS c FROM alpha.ta", "within a bucket of several values"),
+    ("WITH p AS (SELECT groupby_string_0, SUM(visits) AS v FROM alpha.ta GROUP BY "
+     "groupby_string_0) SELECT SUM(v) AS s FROM p", "GROUP BY the privacy unit"),
+    ("WITH p AS (SELECT ta.uid, SUM(tb.fills) AS f FROM alpha.ta JOIN beta.tb ON ta.uid = "
+     "tb.uid GROUP BY ta.uid) SELECT SUM(f) AS s FROM p", "JOIN inside the subquery p"),
+    ("WITH p AS (SELECT uid, SUM(visits) FROM alpha.ta GROUP BY uid) SELECT COUNT(*) AS n "
+     "FROM p", "select the unit and aliased aggregates"),
 ])
 def test_refusals_name_the_construct(bi, sql: str, needle: str) -> None:
     session, _ = bi

@@ -103,6 +103,10 @@ PEER: list[tuple[str, str, str | None, float]] = [
      f"tb.fills > 5) AS l, COUNT(DISTINCT ta.day) AS d, COUNT(*) AS n {J3}", None, 0.0),
     ("compare_aggregates", f"SELECT SUM(ta.visits) > SUM(tb.fills) AS more, MAX(tc.level) >= "
      f"MIN(tc.level) AS ordered, AVG(tb.rate) < 0.5 AS low {J3}", None, 0.0),
+    ("per_person_totals", "WITH per AS (SELECT uid, SUM(visits) AS total, COUNT(*) AS n FROM "
+     "alpha.ta GROUP BY uid) SELECT tb.groupby_string_0, AVG(per.total) AS avg_total, "
+     "MAX(per.n) AS most FROM per JOIN beta.tb ON per.uid = tb.uid GROUP BY "
+     "tb.groupby_string_0", None, 0.0),
     ("case_over_aggregates", "SELECT groupby_string_0, CASE WHEN COUNT(*) > 120 THEN 'large' "
      "ELSE 'small' END AS size, SUM(visits) BETWEEN 2000 AND 4000 AS mid FROM alpha.ta "
      "GROUP BY groupby_string_0", None, 0.0),

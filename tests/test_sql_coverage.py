@@ -146,8 +146,8 @@ REFUSED = [
     ("SELECT COUNT(*) FROM bank.customers c JOIN bank.loans l ON c.age = l.term_months",
      "is not the privacy unit"),
     ("SELECT FLOOR(income) AS i, COUNT(*) FROM bank.customers GROUP BY 1", "no public domain"),
-    ("WITH x AS (SELECT customer_id, SUM(amount) AS t FROM bank.loans GROUP BY customer_id) "
-     "SELECT AVG(t) FROM x", "GROUP BY inside the subquery x"),
+    ("WITH x AS (SELECT term_months, SUM(amount) AS t FROM bank.loans GROUP BY term_months) "
+     "SELECT AVG(t) FROM x", "must GROUP BY the privacy unit"),
 ]
 
 

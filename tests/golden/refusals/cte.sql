@@ -1,1 +1,1 @@
-WITH x AS (SELECT customer_id, SUM(amount) AS total FROM bank.loans GROUP BY customer_id) SELECT AVG(total) FROM x
+WITH x AS (SELECT region, SUM(income) AS total FROM bank.customers GROUP BY region) SELECT AVG(total) FROM x

@@ -88,6 +88,19 @@ class DimensionJoin:
 
 
 @dataclass(frozen=True)
+class PerUnitSource:
+    """A table read as one row per person: its bounded rows (``max_rows`` per unit, the
+    columns ``reads``) filtered by ``where`` and aggregated per unit into ``items``
+    (``(name, aggregate SQL)``), e.g. ``s = SUM(x)``: a WITH that aggregates per person."""
+
+    max_rows: int
+    reads: tuple[str, ...]
+    items: tuple[tuple[str, str], ...]
+    where: str | None = None
+    inner: str = ""  # the alias ``items`` and ``where`` use for the table's rows
+
+
+@dataclass(frozen=True)
 class LocalStep:
     """What one party runs on its own engine: bounded tables, local join, local SQL."""
 
@@ -108,6 +121,9 @@ class LocalStep:
     # Per alias: "" (an inner join) or "LEFT", "RIGHT", "FULL" (an outer join on the unit to
     # the aliases before it). Empty for a step without outer joins.
     outer: tuple[str, ...] = ()
+    # Per alias: a table aggregated per person first (``PerUnitSource``; its ``max_rows``
+    # entry is then 1) or None. Empty for a step without such tables.
+    per_unit: tuple[PerUnitSource | None, ...] = ()
 
     @property
     def slots(self) -> int:
@@ -130,8 +146,15 @@ class LocalStep:
         filters = self.filters or (None,) * len(self.aliases)
 
         outer = self.outer or ("",) * len(self.aliases)
+        per = dict(zip(self.aliases, self.per_unit, strict=True)) if self.per_unit else {}
 
         def entry(a: str, t: str, m: int, kind: str, cond: str | None, side: str) -> str:
+            body = per.get(a)
+            if body is not None:
+                test = f" WHERE {body.where}" if body.where else ""
+                what = ", ".join(f"{n} = {s}" for n, s in body.items)
+                return (f"{t} AS {a} (per person: <= {body.max_rows} rows per unit{test}, "
+                        f"one row per unit with {what})")
             if side:
                 return f"{side} JOIN {t} AS {a} (<= {m} rows per unit; NULLs where unmatched)"
             if not kind:

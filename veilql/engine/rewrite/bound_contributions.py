@@ -35,6 +35,7 @@ from veilql.engine.plan.nodes import (
     DimensionJoin,
     LocalColumn,
     LocalStep,
+    PerUnitSource,
     Plan,
 )
 from veilql.engine.rewrite.context import Context
@@ -68,8 +69,13 @@ def _local_sql(step: LocalStep, used: dict[str, set[str]]) -> str:
     sources = []
     semi = step.semi or ("",) * len(step.aliases)
     filters = step.filters or (None,) * len(step.aliases)
-    for alias, table, unit, m, kind, cond in zip(step.aliases, step.tables, step.units,
-                                                 step.max_rows, semi, filters, strict=True):
+    bodies = step.per_unit or (None,) * len(step.aliases)
+    for alias, table, unit, m, kind, cond, body in zip(step.aliases, step.tables, step.units,
+                                                       step.max_rows, semi, filters, bodies,
+                                                       strict=True):
+        if body is not None:  # a WITH aggregating per person: its bounded rows, one per unit
+            sources.append(_per_unit_source(alias, table, unit, body))
+            continue
         if kind:  # a semi-join: one row per unit, __in = 1 if any row passes the condition
             test = f"CASE WHEN {cond} THEN 1 ELSE 0 END" if cond else "1"
             sources.append(f"(SELECT {alias}.{unit}, MAX({test}) AS __in FROM {table} AS "
@@ -104,6 +110,28 @@ def _local_sql(step: LocalStep, used: dict[str, set[str]]) -> str:
     sql = f"SELECT {', '.join(select)} FROM {sources[0]}{joins}"
     # Normalise through sqlglot so golden files are stable and the SQL is known to parse.
     return sqlglot.transpile(sql, read="duckdb", write="duckdb")[0]
+
+
+def _bounded(table: str, unit: str, cols: list[str], m: int) -> str:
+    """At most ``m`` rows per unit of ``table`` (columns ``cols``, unit first), chosen by a
+    hash of the row under the party's seed; rows without a unit dropped."""
+    listed = ", ".join(cols)
+    key = ", '|', ".join(f"CAST({c} AS VARCHAR)" for c in cols)
+    seed = f"'{SEED_PLACEHOLDER}:{table}'"
+    ranked = (f"SELECT {listed}, ROW_NUMBER() OVER (PARTITION BY {unit} "
+              f"ORDER BY MD5(CONCAT({seed}, '|', {key}))) AS __rn "
+              f"FROM {table} WHERE {unit} IS NOT NULL")
+    return f"(SELECT {listed} FROM ({ranked}) AS __b WHERE __rn <= {m})"
+
+
+def _per_unit_source(alias: str, table: str, unit: str, body: PerUnitSource) -> str:
+    """A table aggregated per person: its bounded rows, filtered, one row per unit."""
+    cols = [unit] + sorted(set(body.reads) - {unit})
+    items = ", ".join(f"{s} AS {n}" for n, s in body.items)
+    where = f" WHERE {body.where}" if body.where else ""
+    rows = body.inner or alias
+    return (f"(SELECT {rows}.{unit}, {items} FROM {_bounded(table, unit, cols, body.max_rows)}"
+            f" AS {rows}{where} GROUP BY {rows}.{unit}) AS {alias}")
 
 
 def _dimension_source(d: DimensionJoin) -> str:

@@ -41,6 +41,7 @@ from veilql.engine.plan.nodes import (
     LocalColumn,
     LocalStep,
     OutputSpec,
+    PerUnitSource,
     Plan,
     Term,
 )
@@ -170,6 +171,8 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
                           for t in tables) if any(t.semi for t in tables) else (),
             dimensions=tuple(_dimension(d, used) for d in bound.dimensions if d.party == party),
             outer=tuple(t.outer for t in tables) if any(t.outer for t in tables) else (),
+            per_unit=tuple(_per_unit(t) for t in tables) if any(t.per_unit for t in tables)
+            else (),
         ))
     return Plan(
         sql=plan.sql, mode=plan.mode, compute=plan.compute, steps=tuple(steps),
@@ -277,6 +280,13 @@ def _count_nonnull(
     sql = f"CASE WHEN ({out.expr.sql(dialect='duckdb')}) IS NULL THEN 0 ELSE 1 END"
     columns[party].append(LocalColumn(name, "nn", sql))
     return AggregateSpec(out.name + ".den", out.name, "sum", (Term(party, name),))
+
+
+def _per_unit(t: BoundTable) -> PerUnitSource | None:
+    """The plan's form of a per-person aggregating WITH (``sql/perunit.py``)."""
+    b = t.per_unit
+    return None if b is None else PerUnitSource(b.max_rows, b.reads, b.items, b.where,
+                                               b.inner)
 
 
 def _dimension(d: BoundTable, used: dict[str, set[str]]) -> DimensionJoin:

@@ -25,6 +25,22 @@ SemiKind = Literal["", "semi", "anti"]
 
 
 @dataclass(frozen=True)
+class PerUnit:
+    """A WITH or derived table that aggregates one table per person (``perunit.py``):
+    ``SELECT unit, SUM(x) AS s ... FROM party.table WHERE ... GROUP BY unit``, read at the
+    owner as one row per person from at most ``max_rows`` bounded rows of the table.
+    ``reads`` are the table's columns it reads, ``items`` each output column's name and its
+    aggregate (SQL over ``alias.column``, values clamped to their declared bounds), and
+    ``where`` its condition (SQL) or None."""
+
+    max_rows: int
+    reads: tuple[str, ...]
+    items: tuple[tuple[str, str], ...]
+    where: str | None = None
+    inner: str = ""  # the alias ``items`` and ``where`` use for the table's rows
+
+
+@dataclass(frozen=True)
 class BoundTable:
     """One FROM entry: ``party.table AS alias`` and the table's policy.
 
@@ -48,6 +64,9 @@ class BoundTable:
     # "LEFT", "RIGHT" or "FULL" for the table of an outer join (to the tables before it, at
     # its own party; ``joins.outer_joins``), "" for an inner join.
     outer: str = ""
+    # A per-person aggregating WITH / derived table over ``table`` (its policy is derived:
+    # one row per unit, value columns bounded by the aggregates' bounds), else None.
+    per_unit: PerUnit | None = None
 
     @property
     def unit(self) -> str:

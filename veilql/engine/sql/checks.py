@@ -136,8 +136,14 @@ def check_constructs(select: exp.Select) -> None:
             continue  # the DP clause, checked by the parser
         for child in value if isinstance(value, list) else [value]:
             if isinstance(child, exp.Expr):
-                for node in child.walk():
-                    _check_node(node, select)
+                for node in child.walk(prune=_per_unit_body):
+                    if not _per_unit_body(node):
+                        _check_node(node, select)
+
+
+def _per_unit_body(node: exp.Expr) -> bool:
+    """A derived table aggregating per person: its body is checked by ``perunit``."""
+    return isinstance(node, exp.Subquery) and bool(node.meta.get("veil_per_unit"))
 
 
 def _check_node(node: exp.Expr, select: exp.Select) -> None:

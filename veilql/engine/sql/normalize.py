@@ -5,7 +5,9 @@ body is a plain SELECT (tables, joins, WHERE, columns and row-level expressions;
 aggregate, GROUP BY, DISTINCT or LIMIT) are inlined: the body's tables take the place of
 the reference, its WHERE joins the outer WHERE, and every reference ``d.x`` becomes the
 body's expression for ``x``. The body's tables then belong to the outer query like any
-other, so what touches one party is pushed down to that party's local SQL as usual.
+other, so what touches one party is pushed down to that party's local SQL as usual. A body
+with GROUP BY stays a derived table, marked for ``perunit`` (a table aggregated per person,
+grouped by its privacy unit).
 
 Aliases: a body over one table gives that table the reference's alias (``FROM (SELECT ...
 FROM bank.loans) AS d`` reads ``bank.loans AS d``); a body over several tables prefixes
@@ -70,6 +72,10 @@ def inline_subqueries(select: exp.Expression, columns_of: ColumnsOf | None = Non
         current = [select.args["from_"].this] + [j.this for j in select.args.get("joins") or []]
         for entry in current:
             body, alias = _body(entry, known, columns_of)
+            if body is not None and body.args.get("group") is not None:
+                # a body that aggregates (per person, ``perunit.py``) stays a derived table
+                entry.replace(per_unit_reference(body, alias))
+                break
             if body is not None:
                 select = _inline(select, entry, body, alias, columns_of)
                 break
@@ -77,9 +83,26 @@ def inline_subqueries(select: exp.Expression, columns_of: ColumnsOf | None = Non
             return select
 
 
+PER_UNIT = "veil_per_unit"  # meta key of a derived table that aggregates per person
+
+
+def per_unit_reference(body: exp.Select, alias: str) -> exp.Subquery:
+    """``(body) AS alias`` marked as an aggregating derived table (bound by ``perunit``)."""
+    ref = exp.Subquery(this=body, alias=exp.TableAlias(this=exp.to_identifier(alias)))
+    ref.meta[PER_UNIT] = True
+    return ref
+
+
+def is_per_unit(node: exp.Expr) -> bool:
+    """True for a derived table ``per_unit_reference`` made."""
+    return isinstance(node, exp.Subquery) and bool(node.meta.get(PER_UNIT))
+
+
 def _body(entry: exp.Expression, ctes: dict[str, exp.Select],
           columns_of: ColumnsOf | None) -> tuple[exp.Select | None, str]:
     """The SELECT an entry of FROM stands for (a CTE or a derived table), with its alias."""
+    if is_per_unit(entry):
+        return None, ""
     if isinstance(entry, exp.Table) and not entry.db and entry.name.lower() in ctes:
         return ctes[entry.name.lower()].copy(), entry.alias_or_name
     if isinstance(entry, exp.Subquery):

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from sqlglot import exp
 
-from veilql.engine.sql import checks
+from veilql.engine.sql import checks, normalize
 from veilql.engine.sql.bound import (
     BoundColumn,
     BoundTable,
@@ -60,25 +60,36 @@ def bind_tables(
     refs = [from_.this] + [j.this for j in select.args.get("joins") or []]
     tables: list[BoundTable] = []
     for ref in refs:
+        if normalize.is_per_unit(ref):  # a WITH aggregating per person
+            from veilql.engine.sql.perunit import bind_per_unit
+
+            tables.append(bind_per_unit(ref, federation, catalog))  # type: ignore[arg-type]
+            _check_distinct(tables)
+            continue
         if not isinstance(ref, exp.Table) or not isinstance(ref.this, exp.Identifier):
             raise UnsupportedError(
                 f"{ref.sql(dialect='duckdb')} is not supported in FROM",
                 "FROM takes tables written party.table",
             )
-        bound = bind_table(ref, federation, catalog)
-        for other in tables:
-            if (other.party, other.table) == (bound.party, bound.table):
-                raise UnsupportedError(
-                    f"self-join of {bound.party}.{bound.table} is not supported",
-                    "each table may appear once in FROM",
-                )
-            if other.alias.lower() == bound.alias.lower():
-                raise UnsupportedError(
-                    f"alias {bound.alias!r} is used for two tables",
-                    "give each table its own alias, e.g. FROM a.t AS x JOIN b.t AS y",
-                )
-        tables.append(bound)
+        tables.append(bind_table(ref, federation, catalog))
+        _check_distinct(tables)
     return tuple(tables)
+
+
+def _check_distinct(tables: list[BoundTable]) -> None:
+    """The last table of FROM is neither another table again nor another alias again."""
+    bound = tables[-1]
+    for other in tables[:-1]:
+        if (other.party, other.table) == (bound.party, bound.table):
+            raise UnsupportedError(
+                f"self-join of {bound.party}.{bound.table} is not supported",
+                "each table may appear once in FROM",
+            )
+        if other.alias.lower() == bound.alias.lower():
+            raise UnsupportedError(
+                f"alias {bound.alias!r} is used for two tables",
+                "give each table its own alias, e.g. FROM a.t AS x JOIN b.t AS y",
+            )
 
 
 def bind_table(ref: exp.Table, federation: Federation, catalog: Catalog | None) -> BoundTable:

@@ -1,0 +1,1 @@
+WITH per AS (SELECT customer_id, SUM(amount) AS total, COUNT(*) AS loans FROM bank.loans WHERE term_months >= 24 GROUP BY customer_id) SELECT p.product, AVG(per.total) AS avg_total, SUM(per.loans) AS n FROM per JOIN insurer.policies p ON per.customer_id = p.customer_id GROUP BY p.product
