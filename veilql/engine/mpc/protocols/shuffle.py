@@ -33,7 +33,9 @@ column in pieces of its row elements (a piece of all rows is about one chunk), e
 piece in chunks of rows (one message per chunk and step); ``b``, which never waits,
 is held at most one piece ahead of ``a`` by an empty go-ahead message, so no mailbox
 buffers more than about a piece. With ``consume=True`` each input column's arrays take
-the intermediate values and outputs in place and the column is released once done.
+the intermediate values and outputs in place and the column is released once done; beyond
+that, ``a`` and ``c`` hold one temporary of a piece (a value read at permuted rows while
+the output is written in order) and every party two permutations (8 bytes per row each).
 
 The pairs draw their permutation by sorting random keys (``permutation``): the numbers,
 not the order of the draws, decide it, so both members of the pair get the same one.
@@ -128,30 +130,40 @@ def shuffle(rt: Runtime, columns: Sequence[Column], *, consume: bool = False) ->
     tag = rt.tag("shuffle")
     a = int(tag.rsplit(":", 1)[1]) % 3
     role = (rt.me - a) % 3  # 0: a, 1: b, 2: c
-    states = [_State.of(rt.me, col, n, role, consume and _reusable(i, cols))
-              for i, col in enumerate(cols)]
+    reuse = [consume and _reusable(i, cols) for i in range(len(cols))]
     run = _Run(rt, tag, a, n)
     if n * sum(_row_words(c) for c in cols) <= rt.chunk_words:
+        states = [_State.of(rt.me, col, n, role, reuse[i]) for i, col in enumerate(cols)]
         run.group(0, states, [(i, 0, st.width) for i, st in enumerate(states)], [(0, n)],
                   last=True)
         return [st.result() for st in states]
-    groups = [(i, g0, g1) for i, st in enumerate(states)
-              for g0, g1 in _pieces(n, st.width, st.dtype.itemsize, rt.chunk_words)]
+    groups = [(i, g0, g1) for i, col in enumerate(cols)
+              for g0, g1 in _pieces(n, _width(col), col.dtype.itemsize, rt.chunk_words)]
+    # Column by column: a column's buffers exist only while it is being shuffled.
+    by_index: list[_State] = []
     for u, (i, g0, g1) in enumerate(groups):
-        words = -(-(g1 - g0) * states[i].dtype.itemsize // 8)
-        run.group(u, states, [(i, g0, g1)], _spans(n, rt.chunk_rows(words)),
+        if g0 == 0:
+            by_index = [_State.of(rt.me, cols[i], n, role, reuse[i]) if k == i else None
+                        for k in range(len(cols))]  # type: ignore[misc]
+        words = -(-(g1 - g0) * cols[i].dtype.itemsize // 8)
+        run.group(u, by_index, [(i, g0, g1)], _spans(n, rt.chunk_rows(words)),
                   last=u == len(groups) - 1)
         if u == len(groups) - 1 or groups[u + 1][0] != i:
-            cols[i] = states[i].result()  # this column is done: its input is released
-            states[i] = None  # type: ignore[call-overload]
+            cols[i] = by_index[i].result()  # this column is done: its input is released
+            by_index = []
     return cols
+
+
+def _width(col: Column) -> int:
+    """Elements per row of ``col``."""
+    return int(np.prod(col.shape[1:], dtype=np.int64))
 
 
 @dataclass
 class _State:
-    """One column at one party: its input (``n`` x ``width`` views), the two slabs ``p``
-    and ``q`` (the input's own arrays when they may be reused) and, at ``a`` and ``c``,
-    ``r`` for the output that is summed from two messages."""
+    """One column at one party: its input (``n`` x ``width`` views) and the two slabs ``p``
+    and ``q`` that take the intermediate values and the output components (the input's
+    own arrays when they may be reused)."""
 
     party: int
     kind: type
@@ -162,17 +174,15 @@ class _State:
     in_b: np.ndarray
     p: np.ndarray
     q: np.ndarray
-    r: np.ndarray | None
 
     @classmethod
     def of(cls, party: int, col: Column, n: int, role: int, in_place: bool) -> _State:
         """The state of ``col`` (reusing its arrays when ``in_place``)."""
-        width = int(np.prod(col.shape[1:], dtype=np.int64))
+        width = _width(col)
         in_a, in_b = col.a.reshape(n, width), col.b.reshape(n, width)
         p, q = (in_a, in_b) if in_place else (np.empty((n, width), col.dtype),
                                               np.empty((n, width), col.dtype))
-        r = None if role == 1 else np.empty((n, width), col.dtype)
-        return cls(party, type(col), col.shape, role, width, in_a, in_b, p, q, r)
+        return cls(party, type(col), col.shape, role, width, in_a, in_b, p, q)
 
     @property
     def dtype(self) -> np.dtype:
@@ -192,9 +202,7 @@ class _State:
     def result(self) -> Column:
         """The output share: ``(x'_a, x'_b)`` at a, ``(x'_b, x'_c)`` at b, ``(x'_c,
         x'_a)`` at c."""
-        first, second = {0: (self.r, self.p), 1: (self.p, self.q), 2: (self.p, self.r)}[
-            self.role]
-        assert first is not None and second is not None
+        first, second = (self.q, self.p) if self.role == 0 else (self.p, self.q)
         return self.kind(self.party, first.reshape(self.shape), second.reshape(self.shape))
 
 
@@ -235,6 +243,7 @@ class _Run:
             st = states[i]
             st.add(st.in_a[:, g0:g1], st.in_b[:, g0:g1], out=st.p[:, g0:g1])
         pi1 = self.perm(1)
+        temp = _temps(states, slots, self.n)  # B' of this piece (q is written row by row)
         for j, (lo, hi) in enumerate(spans):
             parts = []
             for i, g0, g1 in slots:
@@ -243,18 +252,17 @@ class _Run:
                 st.add(m, self._draw(self.s_b, "r", u, i, j, m), out=m)
                 parts.append(m)
             self._send(self.c, f"{u}.{j}/A", parts)
-            for (i, g0, g1), got in zip(slots, self._recv(self.b, f"{u}.{j}/B", states, slots,
-                                                          hi - lo), strict=True):
-                states[i].q[lo:hi, g0:g1] = got
+            for t, got in zip(temp, self._recv(self.b, f"{u}.{j}/B", states, slots, hi - lo),
+                              strict=True):
+                t[lo:hi] = got
         if not last:
             self._send(self.b, f"{u}/go", [np.empty(0, np.uint8)])
         pi3 = self.perm(3)
-        for j, (lo, hi) in enumerate(spans):
+        for j, (lo, hi) in enumerate(spans):  # outputs: x'_a into q, x'_b into p
             parts = []
-            for i, g0, g1 in slots:
+            for t, (i, g0, g1) in zip(temp, slots, strict=True):
                 st = states[i]
-                assert st.r is not None
-                v = _take(st.q[:, g0:g1], pi3[lo:hi], st.r[lo:hi, g0:g1])
+                v = _take(t, pi3[lo:hi], st.q[lo:hi, g0:g1])
                 xb = self._draw(self.s_b, "xb", u, i, j, v)
                 st.sub(v, xb, out=v)
                 st.p[lo:hi, g0:g1] = xb
@@ -262,9 +270,8 @@ class _Run:
             self._send(self.c, f"{u}.{j}/V", parts)
             for (i, g0, g1), got in zip(slots, self._recv(self.c, f"{u}.{j}/U", states, slots,
                                                           hi - lo), strict=True):
-                st = states[i]
-                assert st.r is not None
-                st.add(st.r[lo:hi, g0:g1], got, out=st.r[lo:hi, g0:g1])
+                out = states[i].q[lo:hi, g0:g1]
+                states[i].add(out, got, out=out)
 
     def _at_b(self, u: int, states: list[_State], slots: list[Slot],
               spans: list[tuple[int, int]], last: bool) -> None:
@@ -298,18 +305,18 @@ class _Run:
                                                           hi - lo), strict=True):
                 states[i].p[lo:hi, g0:g1] = got
         pi2 = self.perm(2)
-        for j, (lo, hi) in enumerate(spans):  # C = pi_2(A) + r', into q
-            for i, g0, g1 in slots:
+        temp = _temps(states, slots, self.n)  # C of this piece
+        for j, (lo, hi) in enumerate(spans):  # C = pi_2(A) + r'
+            for t, (i, g0, g1) in zip(temp, slots, strict=True):
                 st = states[i]
-                out = _take(st.p[:, g0:g1], pi2[lo:hi], st.q[lo:hi, g0:g1])
+                out = _take(st.p[:, g0:g1], pi2[lo:hi], t[lo:hi])
                 st.add(out, self._draw(self.s_c, "r2", u, i, j, out), out=out)
         pi3 = self.perm(3)
-        for j, (lo, hi) in enumerate(spans):
+        for j, (lo, hi) in enumerate(spans):  # outputs: x'_c into p, x'_a into q
             parts = []
-            for i, g0, g1 in slots:
+            for t, (i, g0, g1) in zip(temp, slots, strict=True):
                 st = states[i]
-                assert st.r is not None
-                w = _take(st.q[:, g0:g1], pi3[lo:hi], st.r[lo:hi, g0:g1])
+                w = _take(t, pi3[lo:hi], st.q[lo:hi, g0:g1])
                 xc = self._draw(self.s_c, "xc", u, i, j, w)
                 st.sub(w, xc, out=w)
                 st.p[lo:hi, g0:g1] = xc
@@ -317,9 +324,8 @@ class _Run:
             self._send(self.a, f"{u}.{j}/U", parts)
             for (i, g0, g1), got in zip(slots, self._recv(self.a, f"{u}.{j}/V", states, slots,
                                                           hi - lo), strict=True):
-                st = states[i]
-                assert st.r is not None
-                st.add(st.r[lo:hi, g0:g1], got, out=st.r[lo:hi, g0:g1])
+                out = states[i].q[lo:hi, g0:g1]
+                states[i].add(out, got, out=out)
 
     # -- messages and keystreams ------------------------------------------------------
     def _draw(self, seed: Prg | None, what: str, u: int, i: int, j: int,
@@ -340,6 +346,12 @@ class _Run:
             return [self.rt.recv(frm, f"{self.tag}/{name}", like[0][0], like[0][1])]
         total = sum(rows * w * dt.itemsize for dt, (_, w) in like)
         return _unpack(self.rt.recv(frm, f"{self.tag}/{name}", np.uint8, total), like)
+
+
+def _temps(states: list[_State], slots: list[Slot], n: int) -> list[np.ndarray]:
+    """One ``n``-row buffer per slot, for the value a role must read at permuted rows while
+    it writes the slot's output rows in order (at most one piece of a column at a time)."""
+    return [np.empty((n, g1 - g0), states[i].dtype) for i, g0, g1 in slots]
 
 
 def _take(src: np.ndarray, idx: np.ndarray, out: np.ndarray) -> np.ndarray:
