@@ -42,8 +42,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import lru_cache
 
-import opendp.prelude as dp
-
+from veilql.engine.dp import opendp_api as dp
 from veilql.engine.dp.calibrate import (
     MIN_EPSILON,
     NoisePlan,

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
-import opendp.prelude as dp
 
+from veilql.engine.dp import opendp_api as dp
 from veilql.engine.dp.calibrate import NoisePlan
 
 _EXACT_GAUSS_MAX_SIGMA = 2000.0

@@ -30,8 +30,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Literal
 
-import opendp.prelude as dp
-
+from veilql.engine.dp import opendp_api as dp
 from veilql.engine.dp.central import (
     MAX_DISTANCE,
     charged_delta,

@@ -19,8 +19,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import opendp.prelude as dp
 
+from veilql.engine.dp import opendp_api as dp
 from veilql.engine.dp.calibrate import NoisePlan
 
 dp.enable_features("contrib")
