@@ -35,7 +35,8 @@ is held at most one piece ahead of ``a`` by an empty go-ahead message, so no mai
 buffers more than about a piece. With ``consume=True`` each input column's arrays take
 the intermediate values and outputs in place and the column is released once done; beyond
 that, ``a`` and ``c`` hold one temporary of a piece (a value read at permuted rows while
-the output is written in order) and every party two permutations (8 bytes per row each).
+the output is written in order) and every party two permutations (4 bytes per row each,
+below 2^31 rows).
 
 The pairs draw their permutation by sorting random keys (``permutation``): the numbers,
 not the order of the draws, decide it, so both members of the pair get the same one.
@@ -227,7 +228,10 @@ class _Run:
         if got is None:
             seed = {1: self.s_b, 2: self.s_c, 3: self.s_a}[k]
             assert seed is not None
-            got = self.perms[k] = permutation(seed, f"{self.tag}/p{k}", self.n)
+            got = permutation(seed, f"{self.tag}/p{k}", self.n)
+            if self.n < 1 << 31:  # two are kept: as int32 they take what one int64 took
+                got = got.astype(np.int32)
+            self.perms[k] = got
         return got
 
     def group(self, u: int, states: list[_State], slots: list[Slot],
