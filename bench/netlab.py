@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import json
 import os
 import shutil
@@ -47,6 +48,7 @@ ROLES = ("bank", "payments", "insurer", "analyst")
 ADDRESSES = {role: f"198.18.0.{i + 1}" for i, role in enumerate(ROLES)}
 PROBE_PORT = 5999
 PR_SET_PDEATHSIG = 1
+LOCK = "/run/lock/veilwan.lock"  # held while a lab is up: a second run would remove it
 MTU = 65000  # see bench/README.md: the packet rate, not the byte rate, bounds linkemu
 
 
@@ -144,6 +146,26 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def hold_lock() -> int:
+    """Take the lab lock (one lab at a time on a machine) or fail naming the holder.
+
+    ``cleanup_leftovers`` removes every ``veilwan-`` namespace, so a second lab would tear
+    down a running one. The lock is a ``flock``: it goes with the process that held it,
+    even one killed by SIGKILL.
+    """
+    os.makedirs(os.path.dirname(LOCK), exist_ok=True)
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError(f"another WAN lab is up (pid {holder}); wait for it to end") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class _Teardown(SystemExit):
     """SIGTERM or SIGHUP while the lab is up: unwind through every ``finally``."""
 
@@ -157,10 +179,12 @@ class Lab:
         self.mtu = mtu
         self.emu: subprocess.Popen[str] | None = None
         self._saved: dict[int, Any] = {}
+        self._lock: int | None = None
         self.leftovers: dict[str, Any] = {}
 
     # -- life cycle -------------------------------------------------------------------
     def __enter__(self) -> Lab:
+        self._lock = hold_lock()
         for sig in (signal.SIGTERM, signal.SIGHUP):
             self._saved[sig] = signal.signal(sig, self._on_signal)
         try:
@@ -243,6 +267,9 @@ class Lab:
             for sig, handler in self._saved.items():
                 signal.signal(sig, handler)
             self._saved.clear()
+            if self._lock is not None:
+                os.close(self._lock)  # releases the flock
+                self._lock = None
 
     # -- using it ---------------------------------------------------------------------
     def command(self, role: str, argv: Sequence[str]) -> list[str]:
@@ -406,7 +433,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"mtu": args.mtu, "load": os.getloadavg(),
                               "links": up.check_links()}, indent=2))
     else:
-        print(json.dumps(cleanup_leftovers()))
+        fd = hold_lock()
+        try:
+            print(json.dumps(cleanup_leftovers()))
+        finally:
+            os.close(fd)
     return 0
 
 

@@ -13,16 +13,18 @@ For each query of ``bench.nodes`` and each repetition: three freshly started nod
 node keeps its join cache across sessions), a client process in the analyst's namespace,
 the **first run**, then the **repeated run** on the same session. Per run: wall time (at
 the client), bytes every node wrote (``wchar``, as in ``bench.nodes``), bytes on every
-directed link (IP packets counted by linkemu: TCP/IP and TLS framing included), and the
-load average before and after.
+directed link (IP packets counted by linkemu: TCP/IP and TLS framing included), CPU time
+of every node and of the client, how long any link and all links were busy, and the load
+average before and after.
 
 Rounds cannot be read from a ``veil serve`` process without instrumenting the engine, so
 they come from the **embedded mode on the same data**: ``Runtime.rounds`` of every compute
 party (``bench.e2e.Meter``), the largest of the three. The bound adds the exchanges the
 query's life cycle makes outside the runtime (``LIFECYCLE_RTTS``, ``SETUP_RTTS``).
 
-The bound is the issue's: bytes on the busiest link / rate + rounds x RTT. The embedded
-run's time (all parties' compute on this machine, no network) is reported beside it.
+The bound is the issue's: bytes on the busiest link / rate + rounds x RTT; ``bound``
+also gives a tighter one. The embedded run's time (all parties' compute in one process,
+no network) and the nodes' CPU time are reported beside them.
 """
 
 from __future__ import annotations
