@@ -237,12 +237,13 @@ def cli(reps: int = 5) -> dict[str, Any]:
         # whose .pyc files are not written yet, or PYTHONDONTWRITEBYTECODE in the caller's
         # environment, would otherwise time compiling VeilQL's sources in every process.
         for rep in range(reps + 1):
-            env = dict(os.environ, VEIL_LEDGER_DIR=tempfile.mkdtemp(prefix="veil-scale-cli-"))
-            env.pop("VEIL_FEDERATION", None)
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env,
-                                  cwd=tempfile.gettempdir())
+            with tempfile.TemporaryDirectory(prefix="veil-scale-cli-") as ledgers:
+                env = dict(os.environ, VEIL_LEDGER_DIR=ledgers)
+                env.pop("VEIL_FEDERATION", None)
+                env.pop("PYTHONDONTWRITEBYTECODE", None)
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                                      env=env, cwd=tempfile.gettempdir())
             if rep:
                 times.append(time.perf_counter() - t0)
             if proc.returncode != 0:
