@@ -92,6 +92,16 @@ def _watchdog(cap_mb: float) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def _ledger_dir() -> str:
+    """A temporary ledger folder for this child, removed when it exits normally."""
+    import atexit
+    import shutil
+
+    path = tempfile.mkdtemp(prefix="veil-scale-ledger-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def _cpu() -> float:
     times = os.times()
     return times.user + times.system
@@ -105,7 +115,7 @@ def child_query(people: int, name: str, cap_mb: float) -> dict[str, Any]:
     _watchdog(cap_mb)
     fed = federation(people)
     sql = QUERIES[name]
-    os.environ["VEIL_LEDGER_DIR"] = tempfile.mkdtemp(prefix="veil-scale-ledger-")
+    os.environ["VEIL_LEDGER_DIR"] = _ledger_dir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LargeEpsilonWarning)
         with veilql.connect(fed, ANALYST) as session:
@@ -132,7 +142,7 @@ def child_sqls(people: int, path: Path, cap_mb: float) -> dict[str, Any]:
 
     _watchdog(cap_mb)
     fed = federation(people)
-    os.environ["VEIL_LEDGER_DIR"] = tempfile.mkdtemp(prefix="veil-scale-ledger-")
+    os.environ["VEIL_LEDGER_DIR"] = _ledger_dir()
     out: dict[str, Any] = {"queries": []}
     with warnings.catch_warnings(), veilql.connect(fed, ANALYST) as session:
         warnings.simplefilter("ignore", LargeEpsilonWarning)
@@ -278,10 +288,11 @@ def run(people: list[int], queries: list[str], cap_mb: float, timeout: float = 3
                                               / res["duckdb"]["plain_s"])
         out["people"][str(n)] = res
     if all_shapes and people:
-        listed = Path(tempfile.mkdtemp(prefix="veil-scale-shapes-")) / "queries.json"
-        listed.write_text(json.dumps(shapes()))
-        out["shapes"] = {"people": max(people), **child(
-            ["sqls", str(max(people)), str(listed), str(cap_mb)], 2 * timeout)}
+        with tempfile.TemporaryDirectory(prefix="veil-scale-shapes-") as tmp:
+            listed = Path(tmp) / "queries.json"
+            listed.write_text(json.dumps(shapes()))
+            out["shapes"] = {"people": max(people), **child(
+                ["sqls", str(max(people)), str(listed), str(cap_mb)], 2 * timeout)}
     out["load_after"] = os.getloadavg()
     return out
 
