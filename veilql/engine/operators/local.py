@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from veilql.connectors.base import Connector, engine_failure
+from veilql.connectors.base import Connector, column_to_numpy, engine_failure
 from veilql.engine.dp.ring import MAX_UNITS
 from veilql.engine.plan.nodes import SEED_PLACEHOLDER, LocalStep, Plan, plain_value
 from veilql.errors import ProtocolError
@@ -77,7 +77,7 @@ def fetch(step: LocalStep, connector: Connector, seed: str, *,
             try:
                 data: dict[str, Any] = {
                     name: (col.to_pylist() if name in label_names else
-                           col.to_numpy(zero_copy_only=False))
+                           column_to_numpy(col))
                     for name, col in zip(table.column_names, table.columns, strict=True)}
             except Exception as exc:  # noqa: BLE001 - a conversion failure can quote a value
                 raise engine_failure(exc, connector.spec) from None
