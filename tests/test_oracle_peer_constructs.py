@@ -1,6 +1,7 @@
 """Oracle shapes for the constructs a peer engine's regression queries use most (issue 14):
-COUNT(DISTINCT x) of columns other than the unit, conditions over released aggregates, and
-WITH / derived tables that aggregate one table per person.
+COUNT(DISTINCT x) of columns other than the unit, conditions over released aggregates,
+WITH / derived tables that aggregate one table per person, and scalar subqueries over the
+query's own rows.
 
 Each runs over the BI federation (tests/bi_fixtures.py) locally, across two and across
 three parties at a huge epsilon and must equal plain DuckDB on the union: distinct counts
@@ -74,6 +75,16 @@ PER_UNIT = [
 ]
 
 
+SCALAR = [
+    "SELECT SUM(visits) / (SELECT COUNT(*) FROM alpha.ta WHERE visits > 3) AS per_row "
+    "FROM alpha.ta WHERE visits > 3",
+    f"SELECT 100.0 * COUNT(tb.fills) / (SELECT COUNT(*) {J2}) AS pct_filled, "
+    f"(SELECT AVG(tb.rate) {J2}) AS r {J2}",
+    f"SELECT COUNT(*) AS n {J3} WHERE ta.visits > tb.fills "
+    f"HAVING (SELECT SUM(tc.level) {J3} WHERE ta.visits > tb.fills) > 10",
+]
+
+
 @pytest.fixture(scope="module")
 def bi(tmp_path_factory: pytest.TempPathFactory):
     fed = bi_fixtures.build(tmp_path_factory.mktemp("bi_peer"))
@@ -108,6 +119,12 @@ def test_conditions_over_released_values_equal_duckdb(bi, sql: str) -> None:
 
 @pytest.mark.parametrize("sql", PER_UNIT, ids=[f"p{i}" for i in range(len(PER_UNIT))])
 def test_per_person_aggregates_equal_duckdb(bi, sql: str) -> None:
+    session, con = bi
+    check_against_duckdb(_run(session, sql), plain(con, sql))
+
+
+@pytest.mark.parametrize("sql", SCALAR, ids=[f"s{i}" for i in range(len(SCALAR))])
+def test_scalar_subqueries_over_the_same_rows_equal_duckdb(bi, sql: str) -> None:
     session, con = bi
     check_against_duckdb(_run(session, sql), plain(con, sql))
 
@@ -167,6 +184,9 @@ def test_count_distinct_error_bar_brackets_the_release(bi) -> None:
      "tb.uid GROUP BY ta.uid) SELECT SUM(f) AS s FROM p", "JOIN inside the subquery p"),
     ("WITH p AS (SELECT uid, SUM(visits) FROM alpha.ta GROUP BY uid) SELECT COUNT(*) AS n "
      "FROM p", "select the unit and aliased aggregates"),
+    (f"SELECT COUNT(*) / (SELECT COUNT(*) FROM alpha.ta) AS share {J2}", "reads other rows"),
+    ("SELECT groupby_string_0, COUNT(*) / (SELECT COUNT(*) FROM alpha.ta) AS share "
+     "FROM alpha.ta GROUP BY groupby_string_0", "in a query with GROUP BY"),
 ])
 def test_refusals_name_the_construct(bi, sql: str, needle: str) -> None:
     session, _ = bi

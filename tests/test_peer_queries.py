@@ -107,6 +107,8 @@ PEER: list[tuple[str, str, str | None, float]] = [
      "alpha.ta GROUP BY uid) SELECT tb.groupby_string_0, AVG(per.total) AS avg_total, "
      "MAX(per.n) AS most FROM per JOIN beta.tb ON per.uid = tb.uid GROUP BY "
      "tb.groupby_string_0", None, 0.0),
+    ("scalar_subquery_share", f"SELECT 100.0 * COUNT(*) FILTER (WHERE tb.fills > 10) / "
+     f"(SELECT COUNT(*) {J2}) AS pct_many {J2}", None, 0.0),
     ("case_over_aggregates", "SELECT groupby_string_0, CASE WHEN COUNT(*) > 120 THEN 'large' "
      "ELSE 'small' END AS size, SUM(visits) BETWEEN 2000 AND 4000 AS mid FROM alpha.ta "
      "GROUP BY groupby_string_0", None, 0.0),

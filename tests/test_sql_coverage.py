@@ -142,7 +142,7 @@ REFUSED = [
     ("SELECT COUNT(*) FROM bank.customers c WHERE c.customer_id NOT IN "
      "(SELECT customer_id FROM insurer.policies)", "NOT IN"),
     ("SELECT COUNT(*) / (SELECT COUNT(*) FROM bank.loans) FROM bank.customers",
-     "scalar subqueries"),
+     "scalar subquery"),
     ("SELECT COUNT(*) FROM bank.customers c JOIN bank.loans l ON c.age = l.term_months",
      "is not the privacy unit"),
     ("SELECT FLOOR(income) AS i, COUNT(*) FROM bank.customers GROUP BY 1", "no public domain"),

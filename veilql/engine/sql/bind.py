@@ -39,7 +39,7 @@ from dataclasses import replace
 
 from sqlglot import exp
 
-from veilql.engine.sql import checks, functions, limits, normalize, typecheck
+from veilql.engine.sql import checks, functions, limits, normalize, scalars, typecheck
 from veilql.engine.sql.bound import BoundQuery
 from veilql.engine.sql.groups import bind_group_by
 from veilql.engine.sql.joins import bind_joins, link_dimensions, outer_joins
@@ -85,6 +85,7 @@ def _bind(
     else:
         tree = parsed.tree
     select = checks.check_statement(tree)
+    select = scalars.inline_scalar_subqueries(select)
     select, semis = take_semi_joins(select)
     checks.check_constructs(select)
     scope = Scope(bind_tables(select, federation, catalog), catalog)

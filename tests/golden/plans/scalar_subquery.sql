@@ -1,0 +1,1 @@
+SELECT SUM(l.amount) / (SELECT COUNT(*) FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id WHERE p.open_claim = 1) AS per_loan, COUNT(*) AS n FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id WHERE p.open_claim = 1
