@@ -257,11 +257,14 @@ class _Conn:
         sock.setblocking(False)
 
     def enqueue(self, parts: Sequence[bytes | memoryview], stall: float, *,
-                wait: bool = False) -> None:
+                wait: bool = False, inline: bool = False) -> None:
         """Queue one frame for the writer thread; with ``wait``, return once it is written.
 
         The parts are referenced, not copied: the caller passes bytes it will not change
-        (or waits). Raises the writer's error if it has stopped, ``_Closing`` once closing.
+        (or waits). ``inline`` (small frames): when nothing is queued and nobody writes,
+        write it in this thread at once, which saves a thread hand-off per small message
+        (a round of tiny messages is latency-bound). Raises the writer's error if it has
+        stopped, ``_Closing`` once closing.
         """
         frame = _Frame(parts, stall, wait)
         with self._qcond:
@@ -270,16 +273,34 @@ class _Conn:
                     raise self.error
                 if self.closing:
                     raise _Closing
+                if inline and not self._queue and self.send_lock.acquire(blocking=False):
+                    break
+                inline = False
                 if not self._queue or self._queued + frame.size <= QUEUE_BYTES:
                     break
                 self._qcond.wait(_POLL_SLICE)  # the writer frees room or fails within stall
-            self._queue.append(frame)
-            self._queued += frame.size
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._write_loop, daemon=True,
-                                                name=f"veil-tls-writer->{self.peer}")
-                self._writer.start()
-            self._qcond.notify_all()
+            if inline:  # frames queued from now on wait for send_lock: order is kept
+                pass
+            else:
+                self._queue.append(frame)
+                self._queued += frame.size
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                    name=f"veil-tls-writer->{self.peer}")
+                    self._writer.start()
+                self._qcond.notify_all()
+        if inline:
+            try:
+                for part in frame.parts:
+                    self.write(part, stall)
+            except BaseException as exc:
+                with self._qcond:
+                    self.error = exc  # later frames to this peer raise it too
+                    self._qcond.notify_all()
+                raise
+            finally:
+                self.send_lock.release()
+            return
         if frame.done is not None:
             while not frame.done.wait(_POLL_SLICE):
                 if self.closing:
@@ -798,7 +819,7 @@ def queue_frame(conn: _Conn, head: bytes, payload: bytes | bytearray | memoryvie
     may reuse its buffer at once, and otherwise written before this returns.
     """
     if len(view) <= _SMALL:
-        conn.enqueue([head + view], stall)
+        conn.enqueue([head + view], stall, inline=True)
     elif isinstance(payload, bytes):
         conn.enqueue([head, view], stall)
     elif len(view) <= COPY_LIMIT:
