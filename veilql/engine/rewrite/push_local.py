@@ -374,7 +374,7 @@ def _variance(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
 def _square_aggregate(out: Output, ctx: Context,
                       columns: dict[str, list[LocalColumn]]) -> AggregateSpec:
     """SUM(x * x) of the clamped x (NULL stays NULL), its bounds by interval arithmetic
-    (exact for a square, ``typecheck._square``), in as many digits as fit the ring."""
+    (exact for a square, ``fixedpoint._square``), in as many digits as fit the ring."""
     assert out.expr is not None and out.bounds is not None
     lo, hi = out.bounds
     # in floating point (x * 1e0), so that no integer type can overflow; NULL stays NULL

@@ -416,7 +416,7 @@ def group_domain(expr: exp.Expression, columns: Sequence[BoundColumn],
     if literal is not None:
         return literal
     if isinstance(node, exp.Extract | exp.Month | exp.Quarter | exp.Day | exp.DayOfWeek):
-        from veilql.engine.sql.typecheck import DATE_PART_RANGES, date_part
+        from veilql.engine.sql.sqltypes import DATE_PART_RANGES, date_part
 
         part = date_part(node)
         if part != "year":
