@@ -193,3 +193,26 @@ def test_refusals_name_the_construct(bi, sql: str, needle: str) -> None:
     with pytest.raises(QueryError) as info:
         _run(session, sql)
     assert needle in info.value.message and info.value.hint
+
+
+@pytest.mark.parametrize("expr", [
+    "a > b", "a = b OR b IS NULL", "NOT (a <= b) AND a IS NOT NULL", "a BETWEEN b AND 3",
+    "(a > 1) IS TRUE", "(a > 1) IS FALSE", "CASE WHEN a > b THEN 'x' WHEN b > 2 THEN 'y' END",
+    "IF(a >= 2, a, b)", "a <> 2 OR NOT b = 1",
+])
+def test_released_conditions_follow_sqls_three_valued_logic(expr: str) -> None:
+    """The analyst's evaluation of a condition over released values equals DuckDB's, NULLs
+    included."""
+    import duckdb
+    import sqlglot
+
+    from veilql.engine.postprocess import evaluate
+
+    node = sqlglot.parse_one(expr, read="duckdb")
+    con = duckdb.connect()
+    for a in (None, 1, 2, 3):
+        for b in (None, 1, 2, 3):
+            want = con.execute(f"SELECT {expr} FROM (SELECT ?::INTEGER AS a, ?::INTEGER AS b)",
+                               [a, b]).fetchone()[0]
+            assert evaluate(node, {"a": a, "b": b}) == want, (expr, a, b)
+    con.close()

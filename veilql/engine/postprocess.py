@@ -136,8 +136,10 @@ def evaluate(node: exp.Expr, values: Mapping[str, Any]) -> Any:
         return None if a is None or b is None else _COMPARE[type(node)](a, b)
     if isinstance(node, exp.And | exp.Or | exp.Not):
         return _logic(node, values)
-    if isinstance(node, exp.Is):  # IS [NOT] NULL (NOT is its parent)
-        return evaluate(node.this, values) is None
+    if isinstance(node, exp.Is):  # IS NULL, IS TRUE, IS FALSE (NOT is its parent)
+        v = evaluate(node.this, values)
+        other = _unparen(node.expression)
+        return v is None if not isinstance(other, exp.Boolean) else v is other.this
     if isinstance(node, exp.Between):
         v = evaluate(node.this, values)
         lo, hi = evaluate(node.args["low"], values), evaluate(node.args["high"], values)
