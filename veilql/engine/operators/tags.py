@@ -4,9 +4,9 @@ Two parties that share a random key compute the same 64-bit tag for the same uni
 nobody without the key can tell which unit a tag belongs to, or test a guess: AES-128 is
 used as the PRF (one block per key, so integer keys are tagged by whole-array AES-ECB
 calls, a chunk of blocks at a time into reused buffers: no per-row work and no copies of
-the whole column), with string keys first compressed by SHA-256. A tag collision between different units
-has probability about n^2 / 2^65 (1e-7 for two million units); it would add a wrong row
-to one join, never reveal anything.
+the whole column), with string keys first compressed by SHA-256. A tag collision between
+different units has probability about n^2 / 2^65 (1e-7 for two million units); it would
+add a wrong row to one join, never reveal anything.
 """
 
 from __future__ import annotations
