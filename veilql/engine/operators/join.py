@@ -115,12 +115,56 @@ def agree_all(rt: Runtime, flag: bool) -> bool:
 def match(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of equal tags on both sides (run by the viewer only).
 
-    Matches come in increasing order of the tag (as ``np.intersect1d`` gives them): each
-    side is sorted once and the left tags are looked up in the sorted right ones.
+    Matches come in increasing order of the tag (as ``np.intersect1d`` gives them). Both
+    sides are sorted together in one sort of plain integers: each tag keeps its top bits
+    and carries its index into both sides in its low bits, so equal tags land next to each
+    other (a left one first) and the sort needs no ``argsort``. A pair of neighbours whose
+    top bits agree is a match when their whole tags do; the few tags whose top bits agree
+    with two or more others are matched exactly by ``_match_sorted``.
 
     >>> match(np.array([5, 9, 2], dtype=np.uint64), np.array([2, 7, 5], dtype=np.uint64))
     (array([2, 0]), array([0, 2]))
     """
+    nl, nr = len(left), len(right)
+    if not nl or not nr:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    n = nl + nr
+    bits = np.uint64(max(1, (n - 1).bit_length()))
+    keys = np.empty(n, dtype=np.uint64)
+    keys[:nl], keys[nl:] = left, right
+    keys >>= bits
+    keys <<= bits
+    keys |= np.arange(n, dtype=np.uint64)
+    keys.sort()
+    where = (keys & ((np.uint64(1) << bits) - np.uint64(1))).view(np.int64)
+    keys >>= bits
+    same = keys[1:] == keys[:-1]  # neighbours with the same top bits
+    del keys
+    crowded = np.zeros(n, dtype=bool)  # in a run of three or more equal top bits
+    three = np.flatnonzero(same[:-1] & same[1:])
+    for k in range(3):
+        crowded[three + k] = True
+    first = np.flatnonzero(same)
+    first = first[~crowded[first]]
+    a, b = where[first], where[first + 1]
+    del first
+    pair = (a < nl) & (b >= nl)
+    a, b = a[pair], b[pair] - nl
+    hit = left[a] == right[b]
+    il, ir = a[hit], b[hit]
+    if len(three):  # exactly, among the crowded runs' tags only
+        rest = where[crowded]
+        ls, rs = np.sort(rest[rest < nl]), np.sort(rest[rest >= nl] - nl)
+        fl, fr = _match_sorted(left[ls], right[rs])
+        fl, fr = ls[fl], rs[fr]
+        at = np.searchsorted(left[il], left[fl])
+        il, ir = np.insert(il, at, fl), np.insert(ir, at, fr)
+    return il.astype(np.int64, copy=False), ir.astype(np.int64, copy=False)
+
+
+def _match_sorted(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``match`` by sorting each side (``argsort``) and looking the left tags up in the
+    sorted right ones."""
     if not len(left) or not len(right):
         return np.empty(0, np.int64), np.empty(0, np.int64)
     ol = np.argsort(left)
@@ -189,11 +233,36 @@ def join_stage(
     # The joined rows are ordered by their position on the wider side (every party sorts
     # the same public positions the same way), so that side is gathered in place.
     wide = _row_words(left) >= _row_words(right)
-    order = np.argsort(il if wide else ir, kind="stable")
-    il, ir = il[order], ir[order]
+    if wide:
+        il, ir = by_first(il, ir)
+    else:
+        ir, il = by_first(ir, il)
     a = left.take(il, consume=True, in_place=wide)  # the shuffled copies are this function's
     b = right.take(ir, consume=True, in_place=not wide)
     return SharedTable(len(il), {**a.cols, **b.cols})
+
+
+def by_first(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs ``(first[k], second[k])`` in increasing order of ``first`` (positions,
+    distinct on a side), ties by ``second``.
+
+    Positions below 2^32 are packed two to a word and sorted as plain integers, a sort
+    several times faster than an ``argsort`` and the same order for distinct ``first``.
+
+    >>> [p.tolist() for p in by_first(np.array([5, 1, 3]), np.array([0, 9, 4]))]
+    [[1, 3, 5], [9, 4, 0]]
+    """
+    if not len(first):
+        return first.astype(np.int64), second.astype(np.int64)
+    if max(int(first.max()), int(second.max())) < 1 << 32 and min(first.min(), second.min()) >= 0:
+        packed = first.astype(np.uint64) << np.uint64(32)
+        packed |= second.astype(np.uint64)
+        packed.sort()
+        low = (packed & np.uint64(0xFFFFFFFF)).view(np.int64)
+        packed >>= np.uint64(32)
+        return packed.view(np.int64), low
+    order = np.argsort(first, kind="stable")
+    return first[order].astype(np.int64), second[order].astype(np.int64)
 
 
 def _row_words(table: SharedTable) -> int:
