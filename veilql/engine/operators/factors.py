@@ -179,24 +179,34 @@ def _factors(rows: PartyRows, groups: tuple[GroupKey, ...], ncell: int, party: s
     return summed
 
 
-def expand_terms(plan: Plan) -> tuple[tuple[AggregateSpec, ...], list[int]]:
-    """One chain per term, and for each the index of its aggregate.
+def expand_terms(plan: Plan) -> tuple[tuple[AggregateSpec, ...], list[tuple[int, int]]]:
+    """The distinct term chains, and which aggregate each adds into: ``(chain, aggregate)``
+    pairs, so that aggregate ``a`` is the sum of the chains paired with it.
 
     SUM(a.x + b.y) becomes SUM(a.x) and SUM(b.y) over the same rows, added on shares. A
     product SUM(a.x * b.y) is one chain whose factor is a.x at a and b.y at b (each party
-    multiplies its own term into the product; ``factor_kind``).
+    multiplies its own term into the product; ``factor_kind``). Chains that compute the
+    same quantity (the same kind, terms and product, e.g. AVG(x)'s count beside COUNT(*))
+    are built, shared and multiplied once: their exact values are equal, and each
+    aggregate still gets its own noise.
     """
     chains: list[AggregateSpec] = []
-    owner: list[int] = []
+    owner: list[tuple[int, int]] = []
+    seen: dict[tuple[object, ...], int] = {}
+
+    def add(chain: AggregateSpec, agg: int) -> None:
+        key = (chain.kind, chain.terms, chain.product)
+        if key not in seen:
+            seen[key] = len(chains)
+            chains.append(chain)
+        owner.append((seen[key], agg))
+
     for i, agg in enumerate(plan.aggregates):
         if agg.product:
-            chains.append(AggregateSpec(agg.name, agg.output, agg.kind, agg.terms,
-                                        product=True))
-            owner.append(i)
+            add(AggregateSpec(agg.name, agg.output, agg.kind, agg.terms, product=True), i)
             continue
         for term in agg.terms:
-            chains.append(AggregateSpec(agg.name, agg.output, agg.kind, (term,)))
-            owner.append(i)
+            add(AggregateSpec(agg.name, agg.output, agg.kind, (term,)), i)
     return tuple(chains), owner
 
 
@@ -310,6 +320,6 @@ def reduce_in_engine(plan: Plan, step: LocalStep, connector: Connector,
     per_chain, rows = reduce_groups(plan, party, result, groups, names)
     _, owner = expand_terms(plan)
     out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=np.int64)
-    for i, agg in enumerate(owner):
+    for i, agg in owner:
         out[agg] += per_chain[i]
     return out, rows

@@ -38,7 +38,7 @@ def aggregate_plain(plan: Plan, rows: dict[str, PartyRows]) -> np.ndarray:
     f = fac.build_factors(plan, party, rows[party], chains, slot_level=False)
     per_chain = fac.combine_plain([f])
     out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=np.int64)
-    for i, agg in enumerate(owner):
+    for i, agg in owner:
         out[agg] += per_chain[i]
     return out
 

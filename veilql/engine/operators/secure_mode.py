@@ -182,7 +182,7 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
     cells = per_chain.shape[1]
     a = np.zeros((len(plan.aggregates), cells), dtype=np.uint64)
     b = np.zeros_like(a)
-    for i, agg in enumerate(owner):
+    for i, agg in owner:  # a chain may feed several aggregates (fac.expand_terms)
         a[agg] += per_chain.a[i]
         b[agg] += per_chain.b[i]
     joined.memo[key] = AShare(rt.me, a, b)
