@@ -148,35 +148,60 @@ def build_factors(
     groups = party_cells(plan.groups, party)
     ncell = cell_count(groups, rows)
     n, slots = rows.present.shape
-    out = np.empty((n, slots if slot_level else 1, len(aggregates), ncell), dtype=np.int64)
+    out = np.zeros((n, slots if slot_level else 1, len(aggregates), ncell), dtype=np.int64)
     step = max(1, chunk_rows or n)
     for lo in range(0, n, step):
         hi = min(n, lo + step)
         part = PartyRows(rows.keys[lo:hi], {k: v[lo:hi] for k, v in rows.cols.items()},
                          rows.present[lo:hi], rows.labels, rows.cells)
-        out[lo:hi] = _factors(part, groups, ncell, party, aggregates, slot_level)
+        _factors(part, groups, party, aggregates, slot_level, out[lo:hi])
     return out
 
 
-def _factors(rows: PartyRows, groups: tuple[GroupKey, ...], ncell: int, party: str,
-             aggregates: tuple[AggregateSpec, ...], slot_level: bool) -> np.ndarray:
-    """``build_factors`` of one chunk of units."""
-    cells = cell_index(rows, groups)
+def _factors(rows: PartyRows, groups: tuple[GroupKey, ...], party: str,
+             aggregates: tuple[AggregateSpec, ...], slot_level: bool, out: np.ndarray) -> None:
+    """``build_factors`` of one chunk of units, written into ``out`` (zeros on entry).
+
+    Each (unit, slot) adds its value into its one cell (a scatter per slot: a unit's slots
+    are distinct rows of it, so no two writes of one slot meet), rather than multiplying
+    by a one-hot row of every cell; COUNT(DISTINCT) ORs its slots' ``value > 0``.
+    """
+    cells = cell_index(rows, groups) if groups else None  # no groups: one cell, all in it
+    inside = cells >= 0 if cells is not None else None
     w = rows.cols["w"] * rows.present
-    onehot = (cells[..., None] == np.arange(ncell)).astype(np.int64)  # (n, S, C)
-    out = np.empty((rows.units, rows.present.shape[1], len(aggregates), ncell), dtype=np.int64)
+    ncell = out.shape[3]
     for k, agg in enumerate(aggregates):
         kind = factor_kind(agg, party)
         value = w if kind == "w" else w * rows.cols[kind]
-        out[:, :, k, :] = value[..., None] * onehot
-    if slot_level:
-        return out
-    distinct = np.array([a.kind == "count_distinct" for a in aggregates], dtype=bool)
-    summed = out.sum(axis=1, keepdims=True)
-    if distinct.any():
-        ored = (out > 0).any(axis=1, keepdims=True).astype(np.int64)
-        summed[:, :, distinct, :] = ored[:, :, distinct, :]
-    return summed
+        distinct = agg.kind == "count_distinct" and not slot_level
+        if distinct:
+            value = (value > 0).astype(np.int64)
+        if ncell == 1 or cells is None:
+            if inside is not None:
+                value = value * inside
+            if slot_level:
+                out[:, :, k, 0] = value
+                continue
+            # slot by slot: a reduction over a short last axis is several times slower
+            target = out[:, 0, k, 0]
+            target[...] = value[:, 0]
+            for s in range(1, value.shape[1]):
+                if distinct:
+                    target |= value[:, s]
+                else:
+                    target += value[:, s]
+            continue
+        assert cells is not None and inside is not None
+        for s in range(value.shape[1]):
+            units = np.flatnonzero(inside[:, s])
+            target = out[:, s if slot_level else 0, k, :]  # a view: written through
+            where = (units, cells[units, s])
+            if slot_level:
+                target[where] = value[units, s]
+            elif distinct:
+                target[where] |= value[units, s]
+            else:
+                target[where] += value[units, s]
 
 
 def expand_terms(plan: Plan) -> tuple[tuple[AggregateSpec, ...], list[tuple[int, int]]]:
