@@ -193,37 +193,71 @@ def pivot(data: dict[str, np.ndarray], names: list[str], slots: int,
     units = data["__unit"]
     if units.dtype == object:
         units = units.astype(str)
-    order = np.argsort(units, kind="stable" if units.dtype.kind in "US" else None)
-    ordered = units[order]
+    order, ordered = _sort_units(units)
     fresh = np.ones(len(ordered), dtype=bool)
     if len(ordered):
         np.not_equal(ordered[1:], ordered[:-1], out=fresh[1:])
     starts = np.flatnonzero(fresh)
     keys = ordered[starts]
     del ordered
-    unit = np.cumsum(fresh, dtype=np.int64) - 1  # unit index of each sorted row
+    place = np.cumsum(fresh, dtype=np.int64)  # 1 + unit index of each sorted row
     del fresh
-    slot = np.arange(len(order), dtype=np.int64) - starts[unit] if len(order) else unit
+    place -= 1
+    slot = np.arange(len(order), dtype=np.int64)
+    slot -= starts[place]
+    del starts
     if len(slot) and int(slot.max()) >= slots:
         raise ProtocolError(
             f"the local result has {int(slot.max()) + 1} rows for one unit, more than the "
             f"{slots} the plan allows", "this is a bug in contribution bounding; report it",
         )
+    place *= slots
+    place += slot  # each sorted row's place in a flat (units x slots) array
+    del slot
     n = len(keys)
     present = np.zeros((n, slots), dtype=bool)
-    present[unit, slot] = True
+    present.reshape(-1)[place] = True
     cols = {}
     step = max(1, chunk)
     for name in names:
         col = np.zeros((n, slots), dtype=np.int64)
+        flat = col.reshape(-1)
         values = np.asarray(data[name])
         if values.dtype == object:  # NULLs from the engine: count them as 0
             values = np.array([0 if v is None else v for v in values])
         for lo in range(0, len(order), step):
-            hi = lo + step
-            col[unit[lo:hi], slot[lo:hi]] = values[order[lo:hi]].astype(np.int64)
+            flat[place[lo:lo + step]] = values[order[lo:lo + step]]
         cols[name] = col
     return PartyRows(keys, cols, present)
+
+
+def _sort_units(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The order that sorts ``units`` and the sorted units.
+
+    Integer keys whose range and row count fit in 64 bits together are sorted as one
+    plain-integer sort of ``(unit - min) << b | row`` (several times faster than an
+    ``argsort``, and stable); other keys by ``argsort``.
+
+    >>> [x.tolist() for x in _sort_units(np.array([7, -2, 7, 3]))]
+    [[1, 3, 0, 2], [-2, 3, 7, 7]]
+    """
+    n = len(units)
+    if n and units.dtype.kind in "iu":
+        lo, hi = int(units.min()), int(units.max())
+        bits = max(1, (n - 1).bit_length())
+        if (hi - lo).bit_length() + bits <= 64:
+            packed = (units.astype(np.int64, copy=False) - np.int64(lo)).view(np.uint64) \
+                if units.dtype.kind == "i" else units.astype(np.uint64) - np.uint64(lo)
+            packed = packed << np.uint64(bits)
+            packed |= np.arange(n, dtype=np.uint64)
+            packed.sort()
+            order = (packed & np.uint64((1 << bits) - 1)).view(np.int64)
+            packed >>= np.uint64(bits)
+            ordered = packed.view(np.int64) + np.int64(lo) if units.dtype.kind == "i" \
+                else packed + np.uint64(lo)
+            return order, ordered.astype(units.dtype, copy=False)
+    order = np.argsort(units, kind="stable" if units.dtype.kind in "US" else None)
+    return order, units[order]
 
 
 def secret_file(path: Path) -> str:
