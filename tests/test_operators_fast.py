@@ -175,3 +175,55 @@ def test_pivot_of_unsorted_units_keeps_every_row() -> None:
     for i, key in enumerate(rows.keys.tolist()):
         assert sorted(rows.cols["v"][i][rows.present[i]].tolist()) == \
             sorted(values[units == key].tolist())
+
+
+SEPARABLE_SQL = {
+    "customers' region": ("SELECT c.region, AVG(l.defaulted) AS rate, COUNT(*) AS n "
+                          "FROM bank.customers c JOIN bank.loans l "
+                          "ON c.customer_id = l.customer_id JOIN insurer.policies p "
+                          "ON p.customer_id = c.customer_id GROUP BY c.region", True),
+    "loans' term": ("SELECT l.term_months, AVG(l.amount) AS a, COUNT(*) AS n "
+                    "FROM bank.customers c JOIN bank.loans l ON c.customer_id = l.customer_id "
+                    "JOIN insurer.policies p ON p.customer_id = c.customer_id "
+                    "GROUP BY l.term_months", False),
+    "cross predicate": ("SELECT c.region, SUM(l.amount) AS s, COUNT(*) AS n "
+                        "FROM bank.customers c JOIN bank.loans l "
+                        "ON c.customer_id = l.customer_id JOIN insurer.policies p "
+                        "ON p.customer_id = c.customer_id WHERE l.amount > p.claims_amount "
+                        "GROUP BY c.region", False),
+}
+
+
+@pytest.mark.parametrize("name", list(SEPARABLE_SQL))
+def test_separable_factors_multiply_to_the_factor(name: str) -> None:
+    """Values times cells equals the factor whenever ``separable`` says so; a group column
+    of a table with several rows per person (loans' term) or a cross-party predicate keeps
+    the whole factor."""
+    from pathlib import Path
+
+    from oracle import HUGE_EPSILON
+
+    from veilql.engine.node import PartyNode
+    from veilql.engine.rewrite import compile_plan
+    from veilql.policies.loader import load_federation
+
+    sql, expected = SEPARABLE_SQL[name]
+    fed = load_federation(Path(__file__).resolve().parent.parent / "sample_data" / "demo"
+                          / "federation.toml")
+    plan = compile_plan(sql, fed, epsilon=HUGE_EPSILON, delta=0)
+    assert fac.separable(plan, "bank") is expected
+    assert not fac.separable(plan, "insurer")  # no group column there
+    node = PartyNode(fed, "bank", log=lambda line: None)
+    try:
+        from veilql.engine.operators.local import fetch
+
+        rows = fetch(plan.step("bank"), node.connector, "ab" * 16)
+    finally:
+        node.close()
+    chains, _ = fac.expand_terms(plan)
+    whole = fac.build_factors(plan, "bank", rows, chains, slot_level=plan.cross is not None)
+    values = fac.build_factors(plan, "bank", rows, chains, slot_level=False, cells=False)
+    cells = fac.cell_indicator(plan, "bank", rows)
+    assert values.shape[2:] == (len(chains), 1) and cells.shape[2] == 1
+    if expected:
+        assert np.array_equal(values * cells, whole)

@@ -13,6 +13,8 @@ Arrays have shape (units, slots, aggregates, cells of this party), int64 in fixe
 from __future__ import annotations
 
 import numpy as np
+import sqlglot
+from sqlglot import exp
 
 from veilql.connectors.base import Connector
 from veilql.engine.dp.ring import MAX_UNITS
@@ -131,6 +133,7 @@ def collapsible(party: str, aggregates: tuple[AggregateSpec, ...]) -> bool:
 def build_factors(
     plan: Plan, party: str, rows: PartyRows, aggregates: tuple[AggregateSpec, ...],
     *, slot_level: bool, chunk_rows: int | None = None, collapse: bool = False,
+    cells: bool = True,
 ) -> np.ndarray:
     """Factors of ``party`` for ``aggregates``: shape (units, slots or 1, aggs, cells).
 
@@ -141,11 +144,12 @@ def build_factors(
     does not depend on it. With ``collapse``, a party whose factor is the same for every
     aggregate (``collapsible``) gets one aggregate axis of length 1, which the secure sum
     broadcasts (e.g. the owner of the group columns, four cells and three aggregates:
-    four words per unit instead of twelve).
+    four words per unit instead of twelve). ``cells=False`` ignores the party's group
+    columns (one cell: the values part of ``separable`` factors).
     """
     if collapse and collapsible(party, aggregates):
         aggregates = aggregates[:1]
-    groups = party_cells(plan.groups, party)
+    groups = party_cells(plan.groups, party) if cells else ()
     ncell = cell_count(groups, rows)
     n, slots = rows.present.shape
     out = np.zeros((n, slots if slot_level else 1, len(aggregates), ncell), dtype=np.int64)
@@ -202,6 +206,52 @@ def _factors(rows: PartyRows, groups: tuple[GroupKey, ...], party: str,
                 target[where] |= value[units, s]
             else:
                 target[where] += value[units, s]
+
+
+def separable(plan: Plan, party: str) -> bool:
+    """Whether ``party`` shares its factors as two parts, values (units, 1, aggregates, 1)
+    and a one-hot row of its cells (units, 1, 1, cells), whose product on shares is the
+    factor: aggregates + cells words per unit instead of aggregates x cells.
+
+    Decided from the plan alone (the shapes must not depend on the data): slots summed
+    locally (no cross-party predicate), only public group domains, a factor not already
+    collapsed, and every group column read only from tables the party keeps one row per
+    person of (``max_rows_per_unit = 1``, joined on the unit, not outer, semi or through a
+    dimension), so that all of a unit's slots fall in one cell.
+    """
+    groups = party_cells(plan.groups, party)
+    if plan.cross is not None or not groups or any(g.private for g in groups):
+        return False
+    chains, _ = expand_terms(plan)
+    ncell = cell_count(groups)
+    if collapsible(party, chains) or len(chains) + ncell >= len(chains) * ncell:
+        return False
+    step = plan.step(party)
+    if step.dimensions:
+        return False
+    for g in groups:
+        tree = sqlglot.parse_one(step.column(g.column).sql, read="duckdb")
+        for col in tree.find_all(exp.Column):
+            if col.table not in step.aliases:
+                return False  # unqualified or unknown: not provably one row per person
+            i = step.aliases.index(col.table)
+            if step.max_rows[i] != 1 or (step.semi and step.semi[i]) or \
+                    (step.outer and step.outer[i]):
+                return False
+    return True
+
+
+def cell_indicator(plan: Plan, party: str, rows: PartyRows) -> np.ndarray:
+    """The one-hot row of each unit's cell, shape (units, 1, 1, cells), int64 (zeros
+    outside the domains); the cell of a unit is that of its present slots, which agree
+    when ``separable`` holds."""
+    groups = party_cells(plan.groups, party)
+    ncell = cell_count(groups, rows)
+    cell = np.where(rows.present, cell_index(rows, groups), -1).max(axis=1)
+    out = np.zeros((rows.units, 1, 1, ncell), dtype=np.int64)
+    units = np.flatnonzero(cell >= 0)
+    out[units, 0, 0, cell[units]] = 1
+    return out
 
 
 def expand_terms(plan: Plan) -> tuple[tuple[AggregateSpec, ...], list[tuple[int, int]]]:

@@ -61,8 +61,13 @@ def local_columns(plan: Plan, me: str, rows: PartyRows, transport: Transport, qi
     chains, _ = fac.expand_terms(plan)
     slot_level = plan.cross is not None
     width = fac.factor_width(plan, me, rows, chains, slot_level=slot_level)
-    out["F"] = fac.build_factors(plan, me, rows, chains, slot_level=slot_level,
-                                 chunk_rows=max(1, words // width), collapse=True)
+    if fac.separable(plan, me):  # values and cells apart: A + C words, not A x C
+        out["V"] = fac.build_factors(plan, me, rows, chains, slot_level=False, cells=False,
+                                     chunk_rows=max(1, words // width))
+        out["H"] = fac.cell_indicator(plan, me, rows)
+    else:
+        out["F"] = fac.build_factors(plan, me, rows, chains, slot_level=slot_level,
+                                     chunk_rows=max(1, words // width), collapse=True)
     for col in step.columns:
         if col.role in ("atom", "operand"):
             out[col.name] = rows.cols.pop(col.name) * rows.present

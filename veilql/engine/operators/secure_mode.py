@@ -159,7 +159,10 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
     distinct = np.array([c.kind == "count_distinct" for c in chains])
     n = joined.n
     slots = [plan.step(p).slots for p in plan.parties]
-    factors = [joined.cols[f"{p}.F"] for p in plan.parties]
+    factors = []  # a party's factor, or its values and cells apart (fac.separable)
+    for p in plan.parties:
+        parts = ("F",) if f"{p}.F" in joined.cols else ("V", "H")
+        factors += [joined.cols[f"{p}.{name}"] for name in parts]
     width = grid_width([f.shape for f in factors], len(chains))
     if plan.cross is not None:
         width += CROSS_WORDS * int(np.prod(slots, dtype=np.int64))
