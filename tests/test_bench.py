@@ -41,7 +41,11 @@ def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
     assert join["openmined_psi"] is None and join["ratio_veilql_over_psi"] is None
     tls = join["veilql_tls"]  # the same join as three processes over mutual TLS
     assert tls["matches"] == 1000 and set(tls["peak_rss_mb_per_party"]) == {"p0", "p1", "p2"}
-    assert tls["bytes_sent_per_party"] == join["veilql"]["bytes_sent_per_party"]
+    # The same protocol over TLS sends the same bytes in all; which party sends which share
+    # of them depends on the round counter (the shuffle's roles rotate with it).
+    assert sum(tls["bytes_sent_per_party"].values()) == sum(
+        join["veilql"]["bytes_sent_per_party"].values())
+    assert all(b > 0 for b in tls["bytes_sent_per_party"].values())
     acc = res["accuracy"]
     assert acc["veilql"]["privacy_per_query"] == {"epsilon": 1.0, "delta": 0.0}
     assert acc["veilql"]["values_scored"] == 3 * acc["groups"] and acc["groups"] == 5

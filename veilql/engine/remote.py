@@ -252,6 +252,13 @@ class RemoteAnalyst(Transport):
         if self._closed:
             return
         self._closed = True
+        if self._transcript.enabled:
+            # Recording: let each node's goodbye (sent right after its last frame) arrive and
+            # be recorded before ours goes out; a node that reads our goodbye first may close
+            # the link before its own is written. Bounded, and only with transcripts on.
+            end = time.monotonic() + TRANSCRIPT_LINGER
+            for t in getattr(self, "_readers", ()):
+                t.join(max(0.0, end - time.monotonic()))
         bye = encode_frame(KIND_BYE, NO_SESSION, ANALYST, b"")
         for conn in self._conns.values():
             try:
@@ -259,12 +266,6 @@ class RemoteAnalyst(Transport):
                     conn.write(memoryview(bye), 1.0)
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
-        if self._transcript.enabled:
-            # Recording: let each node's goodbye (sent right after its last frame) arrive and
-            # be recorded before the connections close; bounded, and only with transcripts on.
-            end = time.monotonic() + TRANSCRIPT_LINGER
-            for t in getattr(self, "_readers", ()):
-                t.join(max(0.0, end - time.monotonic()))
         for conn in self._conns.values():
             conn.close()
 
