@@ -41,7 +41,7 @@ from veilql.engine.ledger.errors import BudgetRefused
 from veilql.engine.ledger.ledger import Ledger
 from veilql.engine.ledger.multi import ledger_path
 from veilql.engine.mpc.runtime import Runtime
-from veilql.engine.operators import ANALYST
+from veilql.engine.operators import ANALYST, union_mode
 from veilql.engine.operators.cache import JoinCache, all_cached, structure_hash
 from veilql.engine.operators.inputs import announce_and_send, local_columns
 from veilql.engine.operators.join import join_stage
@@ -230,6 +230,8 @@ class PartyNode:
                     pass  # only the owner of a dimension table: it has sent it
                 elif plan.mode == "local":
                     self._run_local(transport, plan)
+                elif plan.mode == "union":
+                    self._run_union(transport, plan, qid)
                 else:
                     self._run_secure(transport, plan, qid, join_key)
             except Refused:
@@ -467,6 +469,27 @@ class PartyNode:
             return self._local_columns(transport, plan, qid), self._query.rows
 
         out = compute_secure(rt, plan, qid, join_key, self._cache, columns, self._step)
+        self._await_commits(transport, plan, qid)  # no output share before every charge
+        release_secure(transport, plan, me, out)
+
+    def _run_union(self, transport: Transport, plan: Plan, qid: str) -> None:
+        """A UNION ALL (``operators/union_mode.py``): sum this party's branches in its engine
+        and share the vector; a compute party adds the shares and noise, waits for every
+        charged party's commit, then releases its output shares."""
+        me = self.party.name
+        vector = None
+        if me in plan.charged:
+            self._step("running its local SQL")
+            vector = union_mode.party_vector(plan, me, self.connector, self.seed())
+        if me not in plan.compute:
+            union_mode.send_vector(transport, plan, me, vector, qid)
+            return
+        rt = Runtime(transport, plan.compute, timeout=self.federation.timeout,
+                     chunk_words=chunk_words())
+        rt.setup()
+        rt.agree_chunk_words()
+        self._step("adding shares and noise")
+        out = union_mode.compute_union(rt, plan, qid, vector)
         self._await_commits(transport, plan, qid)  # no output share before every charge
         release_secure(transport, plan, me, out)
 

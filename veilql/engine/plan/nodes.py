@@ -422,7 +422,7 @@ class Plan:
     """The whole plan of one query."""
 
     sql: str
-    mode: Literal["local", "secure"]
+    mode: Literal["local", "secure", "union"]
     compute: tuple[str, ...]
     steps: tuple[LocalStep, ...]
     outputs: tuple[OutputSpec, ...]
@@ -442,6 +442,9 @@ class Plan:
     notes: tuple[str, ...] = field(default_factory=tuple)
     # Outputs released and used by ``expr`` outputs, HAVING or ORDER BY, never shown.
     hidden: tuple[OutputSpec, ...] = ()
+    # mode "union" (a UNION ALL in FROM, ``rewrite/union.py``): each branch's one-party plan,
+    # whose aggregates are summed on shares; ``steps`` holds their local steps in order.
+    branches: tuple[Plan, ...] = ()
 
     def step(self, party: str) -> LocalStep:
         """The local step of ``party``."""
@@ -452,8 +455,8 @@ class Plan:
 
     @property
     def parties(self) -> tuple[str, ...]:
-        """Parties whose data the plan reads."""
-        return tuple(s.party for s in self.steps)
+        """Parties whose data the plan reads (once each: a union's branches may share one)."""
+        return tuple(dict.fromkeys(s.party for s in self.steps))
 
     @property
     def shipments(self) -> tuple[tuple[str, str, DimensionJoin], ...]:
@@ -471,6 +474,8 @@ class Plan:
 
     def to_s(self) -> str:
         """The plan as a person reads it (``veil explain``)."""
+        if self.mode == "union":
+            return _union_to_s(self)
         out = [f"plan ({self.mode}): {' '.join(self.sql.split())}"]
         for owner, to, d in self.shipments:
             out.append(f"0. {owner} sends its dimension table {d.table} ({', '.join(d.columns)}) "
@@ -570,6 +575,44 @@ class Plan:
         out.append(f"{n}. release: only the analyst sees the noisy values{tail}")
         out += [f"note: {note}" for note in self.notes]
         return "\n".join(out)
+
+
+def _union_to_s(plan: Plan) -> str:
+    """``veil explain`` of a UNION ALL plan: each party's branch SQL and the secure sum."""
+    out = [f"plan (union): {' '.join(plan.sql.split())}",
+           "1. local work, each branch at its own party on its own engine (bounded rows per "
+           "unit, clamped values, aggregated per cell there):"]
+    for i, b in enumerate(plan.branches):
+        out.append(f"   branch {i + 1}:")
+        out += ["     " + line for line in b.steps[0].to_s().splitlines()]
+    cells = " x ".join(f"{g.output}{list(g.domain or ())}" for g in plan.groups) or "one cell"
+    n = len(plan.aggregates)
+    out.append(
+        f"2. each data party ({', '.join(plan.charged)}) sums its own branches and "
+        f"secret-shares its vector of {n} aggregate(s) x cells over {cells} among the compute "
+        f"parties {', '.join(plan.compute)}; reveals nothing but that public length")
+    out.append("3. secure sum of the parties' vectors on shares (no join: a person's "
+               "contribution is bounded by the sum over the branches of each branch's bound):")
+    out += [f"   {a.to_s()}" for a in plan.aggregates]
+    central = [getattr(a.noise, "central", False) for a in plan.aggregates]
+    who = ("one draw per cell is sampled on shares, known to no party," if all(central) else
+           "the compute parties add noise on shares")
+    out.append(f"4. noise: {who} before anything is opened; total cost "
+               f"epsilon={_num(plan.epsilon)} delta={_num(plan.delta)}, charged at "
+               f"{', '.join(plan.charged)}")
+    post = [f"compute {o.name} = {o.post.sql()}" for o in plan.outputs
+            if o.kind == "expr" and o.post is not None]
+    if plan.having is not None:
+        post.append(f"HAVING {plan.having.sql()}")
+    if plan.order_by:
+        post.append("ORDER BY " + ", ".join(e.sql() + (" DESC" if d else "")
+                                            for e, d in plan.order_by))
+    if plan.limit is not None:
+        post.append(f"LIMIT {plan.limit}")
+    tail = (" then " + ", ".join(post)) if post else ""
+    out.append(f"5. release: after every charged party committed, only the analyst sees the "
+               f"noisy values{tail}")
+    return "\n".join(out)
 
 
 _FAMILY = "(histogram {name})"

@@ -21,9 +21,11 @@ from veilql.engine.rewrite.check_ranges import check_ranges
 from veilql.engine.rewrite.context import Context, Pass
 from veilql.engine.rewrite.place_secure import place_secure
 from veilql.engine.rewrite.push_local import push_local
+from veilql.engine.rewrite.union import plan_union
 from veilql.engine.sql.bind import bind
 from veilql.engine.sql.limits import recursion_guard
 from veilql.engine.sql.parse import ParsedQuery, parse
+from veilql.engine.sql.union import union_body
 from veilql.policies.model import Federation
 
 RULES: tuple[Pass, ...] = (push_local, place_secure, bound_contributions, attach_noise,
@@ -53,8 +55,11 @@ def compile_plan(
 ) -> Plan:
     """Parse, bind and plan ``sql``; ``stop_after`` names a pass to stop after (tests)."""
     parsed = parse(sql)
-    bound = bind(parsed, federation, catalog)
     eps, dlt = resolve_cost(parsed, federation, epsilon, delta)
+    if union_body(parsed) is not None:  # a UNION ALL in FROM: one plan per branch, summed
+        return plan_union(parsed, federation, eps, dlt, mechanism, lambda branch: compile_plan(
+            branch, federation, epsilon=eps, delta=dlt, mechanism=mechanism, catalog=catalog))
+    bound = bind(parsed, federation, catalog)
     ctx = Context(bound, federation, eps, dlt, mechanism)
     plan = Plan(sql=sql, mode="secure", compute=(), steps=(), outputs=(),
                 epsilon=exact_amount(eps, "epsilon"), delta=exact_amount(dlt, "delta"))

@@ -1,0 +1,1 @@
+SELECT g, COUNT(*) AS n, AVG(v) AS a FROM (SELECT region AS g, income AS v FROM bank.customers WHERE age > 30 UNION ALL SELECT product, premium FROM insurer.policies WHERE open_claim = 1) AS u WHERE v > 100 GROUP BY g ORDER BY n DESC

@@ -1,0 +1,186 @@
+"""UNION ALL of several parties' tables in FROM (issue #14): summed on shares, no join.
+
+Oracle: at a huge epsilon the answer equals plain DuckDB on the union of the parties'
+tables (counts exactly, sums to fixed point), for two and three parties, branches at one
+party, and a fourth data party that only inputs shares. Refusals name the construct. An
+attack check: a compute party receives messages of the same lengths whether or not one
+person is in the data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+from adversarial.test_transcript_scan import records_of
+from oracle import HUGE_EPSILON, oracle_federation, plain, same, union_connection
+
+import veilql
+from veilql.engine.rewrite import compile_plan
+from veilql.errors import QueryError
+from veilql.policies.loader import load_federation
+
+DEMO = Path(__file__).resolve().parent.parent / "sample_data" / "demo"
+
+QUERIES = [
+    # two parties, WHERE in a branch and outside
+    "SELECT COUNT(*) AS n, SUM(x) AS s FROM (SELECT amount AS x FROM bank.loans "
+    "UNION ALL SELECT premium FROM insurer.policies WHERE open_claim = 1) AS u WHERE x > 10",
+    # three parties, GROUP BY a public domain (the union of the branches' values), AVG
+    "SELECT g, COUNT(*) AS n, AVG(v) AS a FROM (SELECT region AS g, income AS v "
+    "FROM bank.customers WHERE age > 30 UNION ALL SELECT segment, monthly_txn_amount "
+    "FROM payments.accounts UNION ALL SELECT product, premium FROM insurer.policies) u "
+    "GROUP BY g ORDER BY g",
+    # two branches at one party beside another party, COUNT(col), row-level expression
+    "SELECT COUNT(v) AS c, SUM(v * 2 + 1) AS s2 FROM (SELECT age AS v FROM bank.customers "
+    "UNION ALL SELECT monthly_txn_count FROM payments.accounts "
+    "UNION ALL SELECT defaulted FROM bank.loans WHERE amount > 5000) AS u",
+    # GROUP BY an integer domain, HAVING and LIMIT on released values
+    "SELECT t, SUM(a) AS total FROM (SELECT term_months AS t, amount AS a FROM bank.loans "
+    "UNION ALL SELECT CASE WHEN monthly_txn_count > 50 THEN 24 ELSE 12 END, "
+    "monthly_txn_amount FROM payments.accounts) AS u GROUP BY t HAVING total > 0 "
+    "ORDER BY t LIMIT 3",
+]
+
+
+def _check(session, con, sql: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6)
+    want = plain(con, sql)
+    assert len(got.rows) == len(want), (got.rows, want)
+    for g, w in zip(got.rows, want, strict=True):
+        for a, b in zip(g, w, strict=True):
+            assert same(a, b, 0.02), (sql, got.rows, want)
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory):
+    fed = oracle_federation(DEMO, tmp_path_factory.mktemp("union") / "fed")
+    session = veilql.connect(fed, analyst="oracle")
+    con = union_connection(session.federation)
+    yield session, con
+    session.close()
+    con.close()
+
+
+@pytest.mark.parametrize("sql", QUERIES, ids=[f"u{i}" for i in range(len(QUERIES))])
+def test_union_equals_plain_duckdb(oracle, sql: str) -> None:
+    session, con = oracle
+    _check(session, con, sql)
+
+
+def test_union_charges_every_party_read(oracle) -> None:
+    session, _ = oracle
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = session.sql(QUERIES[0], epsilon=1.0)
+    assert set(result.budget) == {"bank", "insurer"}
+    assert result.plan.charged == ("bank", "insurer")  # type: ignore[union-attr]
+
+
+def _four_parties(root: Path) -> Path:
+    """The demo with a fourth data party (a second insurer over the same file): the
+    federation's first three parties compute, the fourth only inputs shares."""
+    fed = oracle_federation(DEMO, root)
+    text = fed.read_text().replace(
+        "[analyst.alice]", '[[party]]\nname = "reinsurer"\naddress = "local"\n'
+        'connector = "csv:data/insurer"\n\n[analyst.alice]')
+    fed.write_text(text)
+    shutil.copy(root / "policies" / "insurer.toml", root / "policies" / "reinsurer.toml")
+    return fed
+
+
+def test_union_with_a_fourth_data_party(tmp_path: Path) -> None:
+    fed = _four_parties(tmp_path / "fed")
+    sql = ("SELECT p, COUNT(*) AS n, SUM(x) AS s FROM (SELECT product AS p, premium AS x "
+           "FROM reinsurer.policies WHERE open_claim = 0 UNION ALL SELECT region, income "
+           "FROM bank.customers) AS u GROUP BY p ORDER BY p")
+    with veilql.connect(fed, analyst="oracle") as session:
+        plan = compile_plan(sql, session.federation, epsilon=1.0)
+        assert "reinsurer" in plan.charged and "reinsurer" not in plan.compute
+        con = union_connection(session.federation)
+        _check(session, con, sql)
+        con.close()
+
+
+def test_union_plan_sensitivity_adds_branch_bounds() -> None:
+    fed = load_federation(DEMO / "federation.toml")
+    plan = compile_plan("SELECT COUNT(*) AS n, SUM(x) AS s FROM (SELECT amount AS x FROM "
+                        "bank.loans UNION ALL SELECT premium FROM insurer.policies) u",
+                        fed, epsilon=1.0)
+    n, s = plan.aggregates
+    assert n.l1 == 3 + 1  # loans: 3 rows per unit, policies: 1
+    assert s.l1 == 3 * 100000 * 100 + 1 * 5000 * 100
+    assert plan.epsilon == 1 and plan.charged == ("bank", "insurer")
+    text = plan.to_s()
+    assert "branch 1:" in text and "branch 2:" in text and "secure sum" in text
+
+
+@pytest.mark.parametrize("sql, words", [
+    ("SELECT MIN(x) FROM (SELECT age AS x FROM bank.customers UNION ALL SELECT premium "
+     "FROM insurer.policies) u", "MIN"),
+    ("SELECT QUANTILE_CONT(x, 0.5) FROM (SELECT age AS x FROM bank.customers UNION ALL "
+     "SELECT premium FROM insurer.policies) u", "PERCENTILE_CONT"),
+    ("SELECT VAR_SAMP(x) FROM (SELECT age AS x FROM bank.customers UNION ALL SELECT premium "
+     "FROM insurer.policies) u", "VAR"),
+    ("SELECT COUNT(*) FROM (SELECT age AS x FROM bank.customers UNION SELECT premium "
+     "FROM insurer.policies) u", "UNION (without ALL)"),
+    ("SELECT COUNT(DISTINCT x) FROM (SELECT age AS x FROM bank.customers UNION ALL "
+     "SELECT premium FROM insurer.policies) u", "COUNT(DISTINCT"),
+    ("SELECT COUNT(*) FROM (SELECT customer_id AS k FROM bank.customers UNION ALL "
+     "SELECT customer_id FROM insurer.policies) u JOIN payments.accounts a "
+     "ON u.k = a.customer_id", "JOIN"),
+    ("SELECT b, COUNT(*) FROM (SELECT branch AS b FROM bank.customers UNION ALL "
+     "SELECT product FROM insurer.policies) u GROUP BY b", "public domain"),
+    ("SELECT COUNT(*) FROM (SELECT c.age FROM bank.customers c JOIN bank.loans l "
+     "ON c.customer_id = l.customer_id UNION ALL SELECT premium FROM insurer.policies) u",
+     "JOIN inside branch 1"),
+    ("SELECT COUNT(*) FROM (SELECT age FROM bank.customers UNION ALL "
+     "SELECT premium, open_claim FROM insurer.policies) u", "has 2 columns"),
+    ("SELECT SUM(x) / (SELECT COUNT(*) FROM bank.loans) FROM (SELECT age AS x FROM "
+     "bank.customers UNION ALL SELECT premium FROM insurer.policies) u", "subqueries"),
+    ("SELECT SUM(y) FROM (SELECT age AS x FROM bank.customers UNION ALL "
+     "SELECT premium FROM insurer.policies) u", "y is not a column"),
+])
+def test_union_refusals_name_the_construct(sql: str, words: str) -> None:
+    fed = load_federation(DEMO / "federation.toml")
+    with pytest.raises(QueryError) as info:
+        compile_plan(sql, fed, epsilon=1.0, delta=1e-6)
+    assert words in info.value.message
+
+
+def _lengths(fed: Path, out: Path, sql: str) -> list[tuple[str, str, int]]:
+    """``(sender, kind, payload length)`` of every non-heartbeat record ``payments`` (a
+    compute party that holds no branch here) received running ``sql``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
+    try:
+        with veilql.connect(fed, analyst="oracle") as session, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            session.sql(sql, epsilon=1.0, delta=1e-6)
+    finally:
+        mp.undo()
+    return [(f, k, len(p)) for f, k, _, p in records_of(out / "payments.bin") if k == "data"]
+
+
+def test_compute_party_sees_the_same_lengths_for_neighbouring_federations(
+        tmp_path: Path) -> None:
+    # The attack: a compute party compares what it receives with and without one person
+    # (the insurer's customer 2, and a whole region of the bank's customers' rows).
+    sql = ("SELECT g, COUNT(*) AS n, SUM(v) AS s FROM (SELECT region AS g, income AS v FROM "
+           "bank.customers UNION ALL SELECT product, premium FROM insurer.policies) u "
+           "GROUP BY g")
+    first = oracle_federation(DEMO, tmp_path / "a")
+    second = oracle_federation(DEMO, tmp_path / "b")
+    csv = tmp_path / "b" / "data" / "insurer" / "policies.csv"
+    lines = csv.read_text().splitlines()
+    kept = [lines[0]] + [ln for ln in lines[1:] if not ln.startswith("2,")]
+    assert len(kept) == len(lines) - 1
+    csv.write_text("\n".join(kept) + "\n")
+    a = _lengths(first, tmp_path / "ta", sql)
+    b = _lengths(second, tmp_path / "tb", sql)
+    assert a and sorted(a) == sorted(b)
+    assert any(f == "bank" and n > 0 for f, _, n in a)  # the bank's shares did arrive
