@@ -37,6 +37,9 @@ QUERIES = [
     "SELECT COUNT(v) AS c, SUM(v * 2 + 1) AS s2 FROM (SELECT age AS v FROM bank.customers "
     "UNION ALL SELECT monthly_txn_count FROM payments.accounts "
     "UNION ALL SELECT defaulted FROM bank.loans WHERE amount > 5000) AS u",
+    # branches of different fixed points (age: whole numbers, premium: cents), AVG and SUM
+    "SELECT AVG(v) AS a, SUM(v) AS s, COUNT(*) AS n FROM (SELECT age AS v FROM "
+    "bank.customers UNION ALL SELECT premium FROM insurer.policies WHERE premium < 900) u",
     # GROUP BY an integer domain, HAVING and LIMIT on released values
     "SELECT t, SUM(a) AS total FROM (SELECT term_months AS t, amount AS a FROM bank.loans "
     "UNION ALL SELECT CASE WHEN monthly_txn_count > 50 THEN 24 ELSE 12 END, "
@@ -69,6 +72,14 @@ def oracle(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("sql", QUERIES, ids=[f"u{i}" for i in range(len(QUERIES))])
 def test_union_equals_plain_duckdb(oracle, sql: str) -> None:
     session, con = oracle
+    _check(session, con, sql)
+
+
+def test_union_pure_epsilon_equals_plain_duckdb(oracle) -> None:
+    # delta = 0: two compute parties each add a discrete Laplace share (the distributed path)
+    session, con = oracle
+    sql = ("SELECT WITH DIFFERENTIAL_PRIVACY OPTIONS (epsilon = 1e12, delta = 0) "
+           + QUERIES[1][len("SELECT "):])
     _check(session, con, sql)
 
 
