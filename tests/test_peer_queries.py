@@ -112,6 +112,13 @@ PEER: list[tuple[str, str, str | None, float]] = [
     ("case_over_aggregates", "SELECT groupby_string_0, CASE WHEN COUNT(*) > 120 THEN 'large' "
      "ELSE 'small' END AS size, SUM(visits) BETWEEN 2000 AND 4000 AS mid FROM alpha.ta "
      "GROUP BY groupby_string_0", None, 0.0),
+    # UNION ALL of several parties' tables in FROM (a sum of each party's own aggregates)
+    ("union_all_two_parties", "SELECT COUNT(*) AS n, SUM(v) AS s, AVG(v) AS a FROM (SELECT "
+     "visits AS v FROM alpha.ta WHERE visits > 3 UNION ALL SELECT fills AS v FROM beta.tb) "
+     "AS u", None, 0.0),
+    ("union_all_grouped", "SELECT g, COUNT(*) AS n, SUM(x) AS s FROM (SELECT groupby_string_0 "
+     "AS g, visits AS x FROM alpha.ta UNION ALL SELECT groupby_string_0 AS g, fills AS x FROM "
+     "beta.tb) AS u GROUP BY g", None, 0.0),
 ]
 
 # Queries refused, with the construct their error names (anything else refused is a failure).
