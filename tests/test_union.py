@@ -2,7 +2,9 @@
 
 Oracle: at a huge epsilon the answer equals plain DuckDB on the union of the parties'
 tables (counts exactly, sums to fixed point), for two and three parties, branches at one
-party, and a fourth data party that only inputs shares. Refusals name the construct. An
+party, and a fourth data party that only inputs shares; MIN, MAX, MEDIAN and quantiles (one
+histogram over common buckets) exactly where a bucket is one value wide, else within one
+bucket; VAR/STDDEV from moments. Refusals name the construct. An
 attack check: a compute party receives messages of the same lengths whether or not one
 person is in the data.
 """
@@ -83,6 +85,81 @@ def test_union_pure_epsilon_equals_plain_duckdb(oracle) -> None:
     _check(session, con, sql)
 
 
+# Quantiles over the union: one histogram over common buckets (the hull of the branches'
+# bounds), summed over the branches. ``exact``: every bucket is one value wide (the common
+# range spans <= 64 integers), so MIN, MAX and MEDIAN equal DuckDB's; else within a bucket.
+QUANTILE_QUERIES = [
+    # two parties, different bounds ([18, 60] and [10, 50]): one bucket per value of [10, 60]
+    ("SELECT MIN(x) AS lo, MAX(x) AS hi, MEDIAN(x) AS m, QUANTILE_DISC(x, 0.9) AS q9, "
+     "COUNT(*) AS n FROM (SELECT LEAST(age, 60) AS x FROM bank.customers UNION ALL "
+     "SELECT LEAST(monthly_txn_count, 40) + 10 FROM payments.accounts) u", True),
+    # grouped by a public column (the union of the branches' domains), exact buckets
+    ("SELECT g, MIN(x) AS lo, MAX(x) AS hi, MEDIAN(x) AS m FROM (SELECT region AS g, "
+     "LEAST(age, 60) AS x FROM bank.customers WHERE age > 25 UNION ALL SELECT segment, "
+     "LEAST(monthly_txn_count, 40) + 10 FROM payments.accounts) u GROUP BY g ORDER BY g", True),
+    # two branches at one party beside a third party, FILTER, exact buckets of [0, 50]
+    ("SELECT MIN(x) AS lo, MAX(x) AS hi, MEDIAN(x) AS m, MAX(x) FILTER (WHERE x < 40) AS h2 "
+     "FROM (SELECT LEAST(age, 50) AS x FROM bank.customers UNION ALL SELECT defaulted "
+     "FROM bank.loans UNION ALL SELECT open_claim + 3 FROM insurer.policies "
+     "WHERE premium > 100) u", True),
+    # three parties, grouped, different bounds and fixed points ([18, 100] whole numbers,
+    # [0, 200], [0, 5000] in cents): 64 buckets of [0, 5000] in cents, within one bucket
+    ("SELECT g, MIN(v) AS lo, MAX(v) AS hi, MEDIAN(v) AS m, QUANTILE_CONT(v, 0.25) AS q1 "
+     "FROM (SELECT region AS g, age AS v FROM bank.customers UNION ALL SELECT segment, "
+     "monthly_txn_count FROM payments.accounts UNION ALL SELECT product, premium "
+     "FROM insurer.policies) u GROUP BY g ORDER BY g", False),
+]
+
+
+def _bucket_width(plan) -> float:
+    b = next(o.buckets for o in plan.outputs if o.buckets is not None)
+    return b.per * b.step
+
+
+@pytest.mark.parametrize("sql, exact", QUANTILE_QUERIES,
+                         ids=[f"q{i}" for i in range(len(QUANTILE_QUERIES))])
+def test_union_quantiles_equal_plain_duckdb(oracle, sql: str, exact: bool) -> None:
+    session, con = oracle
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6)
+    want = plain(con, sql)
+    width = _bucket_width(got.plan)
+    assert (width == 1) == exact
+    assert len(got.rows) == len(want), (got.rows, want)
+    for g, w in zip(got.rows, want, strict=True):
+        for a, b in zip(g, w, strict=True):
+            if isinstance(b, str) or exact:
+                assert a == b, (sql, got.rows, want)
+            else:  # a bucket's end, or a value interpolated within the bucket
+                assert abs(float(a) - float(b)) <= width, (sql, got.rows, want)
+
+
+def test_union_variances_equal_plain_duckdb(oracle) -> None:
+    # VAR / STDDEV from moments (COUNT, SUM, SUM of squares), each summed over the branches
+    session, con = oracle
+    _check(session, con, "SELECT g, VAR_SAMP(v) AS vs, STDDEV_POP(v) AS sp, AVG(v) AS a FROM "
+           "(SELECT region AS g, age AS v FROM bank.customers UNION ALL SELECT product, "
+           "premium FROM insurer.policies) u GROUP BY g ORDER BY g")
+
+
+def test_union_histogram_buckets_are_common_and_pay_once() -> None:
+    fed = load_federation(DEMO / "federation.toml")
+    plan = compile_plan("SELECT MIN(x) AS lo, MEDIAN(x) AS m, COUNT(*) AS n FROM (SELECT age "
+                        "AS x FROM bank.customers UNION ALL SELECT amount FROM bank.loans "
+                        "UNION ALL SELECT premium FROM insurer.policies) u", fed, epsilon=1.0)
+    common = plan.outputs[0].buckets
+    assert common is not None and common.lo == 0 and common.decimals == 2
+    assert common.highest(common.count - 1) == 100000 and common.count == 64
+    for branch in plan.branches:  # every branch bucketed alike, whatever its own bounds
+        assert [o.buckets for o in branch.outputs] == [common, common, None]
+    buckets = [a for a in plan.aggregates if a.family]
+    assert len(buckets) == 64 and all(a.noise == buckets[0].noise for a in buckets)
+    # one person in every branch: 1 customer row + 3 loans + 1 policy, one bucket each
+    assert buckets[0].l1 == 1 + 3 + 1
+    assert plan.epsilon == 1  # the histogram and the count: two shares of the budget, once
+
+
 def test_union_charges_every_party_read(oracle) -> None:
     session, _ = oracle
     with warnings.catch_warnings():
@@ -131,12 +208,8 @@ def test_union_plan_sensitivity_adds_branch_bounds() -> None:
 
 
 @pytest.mark.parametrize("sql, words", [
-    ("SELECT MIN(x) FROM (SELECT age AS x FROM bank.customers UNION ALL SELECT premium "
-     "FROM insurer.policies) u", "MIN"),
-    ("SELECT QUANTILE_CONT(x, 0.5) FROM (SELECT age AS x FROM bank.customers UNION ALL "
-     "SELECT premium FROM insurer.policies) u", "PERCENTILE_CONT"),
-    ("SELECT VAR_SAMP(x) FROM (SELECT age AS x FROM bank.customers UNION ALL SELECT premium "
-     "FROM insurer.policies) u", "VAR"),
+    ("SELECT ARRAY_AGG(x) FROM (SELECT age AS x FROM bank.customers UNION ALL SELECT "
+     "premium FROM insurer.policies) u", "ARRAY_AGG over a UNION ALL is not supported"),
     ("SELECT COUNT(*) FROM (SELECT age AS x FROM bank.customers UNION SELECT premium "
      "FROM insurer.policies) u", "UNION (without ALL)"),
     ("SELECT COUNT(DISTINCT x) FROM (SELECT age AS x FROM bank.customers UNION ALL "
@@ -181,9 +254,9 @@ def test_compute_party_sees_the_same_lengths_for_neighbouring_federations(
         tmp_path: Path) -> None:
     # The attack: a compute party compares what it receives with and without one person
     # (the insurer's customer 2, and a whole region of the bank's customers' rows).
-    sql = ("SELECT g, COUNT(*) AS n, SUM(v) AS s FROM (SELECT region AS g, income AS v FROM "
-           "bank.customers UNION ALL SELECT product, premium FROM insurer.policies) u "
-           "GROUP BY g")
+    sql = ("SELECT g, COUNT(*) AS n, SUM(v) AS s, MAX(v) AS hi FROM (SELECT region AS g, "
+           "income AS v FROM bank.customers UNION ALL SELECT product, premium FROM "
+           "insurer.policies) u GROUP BY g")
     first = oracle_federation(DEMO, tmp_path / "a")
     second = oracle_federation(DEMO, tmp_path / "b")
     csv = tmp_path / "b" / "data" / "insurer" / "policies.csv"

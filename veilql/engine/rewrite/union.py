@@ -14,6 +14,12 @@ branches' decimals; a branch with fewer is scaled up). The ring check is the sam
 for values: ``|cell| <= MAX_UNITS * sum over branches of rows x per-row bound``, plus the
 noise's bound, below 2^62.
 
+Quantiles, MIN and MAX: one histogram whose buckets every branch shares (``_common_ranges``
+chooses the hull of the branches' bounds, ``sql.union`` writes it into each branch, the plan
+checks the buckets agree); a row is in one bucket, so the buckets are one vector-valued count
+(``AggregateSpec.family``) with the summed per-person bound, one noise plan and one share of
+the budget, as ``attach_noise`` gives a one-party histogram. VAR/STDDEV are their moments.
+
 Group cells: a GROUP BY column of the union needs a public domain in every branch (declared
 values or a derived one); the union's domain is their union, in first-seen order, and each
 branch's cells are placed into it (``union_cells``); private keys are refused.
@@ -30,6 +36,7 @@ branch's cells are placed into it (``union_cells``); private keys are refused.
 from __future__ import annotations
 
 from dataclasses import replace
+from decimal import Decimal
 from fractions import Fraction
 from itertools import product
 
@@ -40,7 +47,7 @@ from veilql.engine.dp.ring import MAX_UNITS, SAFE_RANGE, noise_bound
 from veilql.engine.plan.nodes import AggregateSpec, GroupKey, Plan
 from veilql.engine.rewrite.check_ranges import _per_row
 from veilql.engine.sql.parse import ParsedQuery
-from veilql.engine.sql.union import HINT, union_branches
+from veilql.engine.sql.union import HINT, probe, union_branches
 from veilql.errors import QueryError, UnsupportedError
 from veilql.policies.model import Federation
 
@@ -49,7 +56,9 @@ def plan_union(parsed: ParsedQuery, federation: Federation, epsilon: float, delt
                mechanism: str, compile_branch) -> Plan:
     """The union's plan: each branch planned by ``compile_branch(sql)`` (the ordinary
     one-party pipeline at the query's epsilon), summed, noised on shares."""
-    branches = union_branches(parsed)
+    keys, probed = probe(parsed)
+    widen = _common_ranges(keys, union_branches(probed), compile_branch) if keys else None
+    branches = union_branches(parsed, widen)
     for b in branches:
         table = federation.party(b.party)
         policy = table.tables.get(b.table) if table is not None else None
@@ -71,9 +80,15 @@ def plan_union(parsed: ParsedQuery, federation: Federation, epsilon: float, delt
                 f"GROUP BY {g.output} over a UNION ALL needs a public domain in every branch, "
                 f"and {b.party}.{b.table} has none for it (its keys would be chosen privately)",
                 f"declare values = [...] for it in policies/{b.party}.toml")
-        if any(o.kind in ("var", "quantile", "count_distinct") for o in
+        if any(o.kind == "count_distinct" or o.stat == "distinct" for o in
                (*p.outputs, *p.hidden)):
-            raise UnsupportedError("only COUNT, SUM and AVG add up over a UNION ALL", HINT)
+            raise UnsupportedError("COUNT(DISTINCT ...) does not add up over a UNION ALL",
+                                   HINT)
+        if [o.buckets for o in (*p.outputs, *p.hidden)] != \
+                [o.buckets for o in (*first.outputs, *first.hidden)]:
+            raise UnsupportedError(  # _common_ranges should have made them equal
+                f"the branch over {b.party}.{b.table} buckets a quantile differently than the "
+                "first, so their histograms do not add up", HINT)
         if ([a.name for a in p.aggregates] != [a.name for a in first.aggregates]
                 or [(o.name, o.kind) for o in p.outputs] !=
                 [(o.name, o.kind) for o in first.outputs]
@@ -97,11 +112,47 @@ def plan_union(parsed: ParsedQuery, federation: Federation, epsilon: float, delt
         first, sql=parsed.sql, mode="union", compute=compute,
         steps=tuple(p.steps[0] for p in plans), groups=groups, aggregates=aggregates,
         joins=(), cross=None, threshold=None, charged=charged, branches=plans,
-        epsilon=sum((a.noise.epsilon for a in aggregates), Fraction(0)),  # type: ignore[union-attr]
-        delta=sum((a.noise.delta for a in aggregates), Fraction(0)),  # type: ignore[union-attr]
+        # a histogram's buckets share one noise plan and pay once (its head)
+        epsilon=sum((a.noise.epsilon for a in aggregates if _head(a)), Fraction(0)),  # type: ignore[union-attr]
+        delta=sum((a.noise.delta for a in aggregates if _head(a)), Fraction(0)),  # type: ignore[union-attr]
         notes=())
     _check_ring(plan, epsilon)
     return plan
+
+
+def _head(agg: AggregateSpec) -> bool:
+    """True unless ``agg`` is a histogram's bucket after its first (``family``)."""
+    return not agg.family or agg.family == agg.name
+
+
+def _common_ranges(keys: list[str], probes: list, compile_branch
+                   ) -> dict[str, tuple[str, ...]]:
+    """Per quantile argument, the literals whose hull is the common range: the lowest of
+    the branches' lows, the highest of their highs, in the most digits any branch has
+    (plus, when that is more than the ends show, a value between them with all of those
+    digits, so the argument's fixed point is the union's). Each branch's own bounds lie
+    inside it, so clamping a branch to its own bounds keeps its values in the common
+    buckets, which ``histogram_buckets`` derives from this range as for one column."""
+    plans = [compile_branch(b.sql) for b in probes]
+    out = {}
+    for i, key in enumerate(keys):
+        buckets = [p.outputs[i].buckets for p in plans]
+        if any(b is None or b.values is not None for b in buckets):
+            raise UnsupportedError(f"the quantile of {key} over the UNION ALL has no bounds "
+                                   "in every branch", HINT)
+        digits = max(b.decimals for b in buckets)
+        unit = Decimal(1).scaleb(-digits)
+        lo = min(Decimal(repr(b.lowest(0))) for b in buckets).quantize(unit)
+        hi = max(Decimal(repr(b.highest(b.count - 1))) for b in buckets).quantize(unit)
+        literals = [str(lo), str(hi)]
+        if digits > 0:  # a value with exactly ``digits`` digits: lo + 1 or 2 units
+            inner = next(lo + k * unit for k in (1, 2) if (lo / unit + k) % 10 != 0)
+            if inner > hi:
+                raise UnsupportedError(f"the quantile of {key} over the UNION ALL spans "
+                                       "less than two steps of its fixed point", HINT)
+            literals.append(str(inner))
+        out[key] = tuple(literals)
+    return out
 
 
 def _groups(plans: tuple[Plan, ...]) -> tuple[GroupKey, ...]:
@@ -157,11 +208,17 @@ def _noised(aggs: tuple[AggregateSpec, ...], plans: tuple[Plan, ...], epsilon: f
     """Noise plans for the union's aggregates, the budget split over them as
     ``attach_noise`` splits it across parties (noise sampled on shares where it fits)."""
     eps_q, delta_q = exact_amount(epsilon, "epsilon"), exact_amount(delta, "delta")
-    eps_each, delta_each = split_budget(eps_q, delta_q, len(aggs))[0]
-    noises = allocate([Demand(a.l1, a.l2, max(cells, 1)) for a in aggs],
-                      eps_each * len(aggs), delta_each * len(aggs), mechanism, local=False,
-                      query_epsilon=eps_q, max_distance=MAX_DISTANCE / len(aggs))
-    return tuple(replace(a, noise=n) for a, n in zip(aggs, noises, strict=True))
+    # A histogram's buckets are one vector-valued count (a row is in one bucket, in every
+    # branch): one share of the budget and one noise plan, as ``attach_noise`` gives them.
+    heads = [a for a in aggs if _head(a)]
+    size = {a.name: sum(1 for b in aggs if b.family == a.name) or 1 for a in heads}
+    eps_each, delta_each = split_budget(eps_q, delta_q, len(heads))[0]
+    noises = allocate([Demand(a.l1, a.l2, max(cells, 1) * size[a.name]) for a in heads],
+                      eps_each * len(heads), delta_each * len(heads), mechanism, local=False,
+                      query_epsilon=eps_q, max_distance=MAX_DISTANCE / len(heads))
+    shared = {a.name: n for a, n in zip(heads, noises, strict=True)}
+    return tuple(replace(a, noise=shared[a.family if not _head(a) else a.name])
+                 for a in aggs)
 
 
 def _check_ring(plan: Plan, epsilon: float) -> None:

@@ -11,9 +11,15 @@ query (bounding, clamping, local SQL) and adds them on shares.
 
 Accepted: FROM is exactly one derived table whose body is two or more ``SELECT cols FROM
 party.table [WHERE ...]`` joined by UNION ALL, the same number of columns in each; the
-outer query has COUNT(*), COUNT(col), SUM and AVG over union columns (or row-level
-expressions of them), an optional WHERE and GROUP BY over union columns. Everything else is
-refused with a ``UnsupportedError`` naming the construct.
+outer query has COUNT(*), COUNT(col), SUM, AVG, VAR/STDDEV (their moments add up), and
+MIN, MAX, MEDIAN and quantiles over union columns (or row-level expressions of them), an
+optional WHERE and GROUP BY over union columns. Everything else is refused with a
+``UnsupportedError`` naming the construct.
+
+A quantile's histogram adds up over the branches only if every branch uses the same
+buckets: ``union_branches(parsed, widen)`` writes each quantile's argument as ``CASE WHEN
+FALSE THEN lo WHEN FALSE THEN hi ELSE arg END`` (the same value, whose declared bounds are
+the common ``[lo, hi]``; ``rewrite/union.py`` chooses it and checks the buckets agree).
 
 >>> from veilql.engine.sql.parse import parse
 >>> q = parse("SELECT COUNT(*) AS n, SUM(x) FROM (SELECT amount AS x FROM bank.loans "
@@ -31,13 +37,14 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
+from veilql.engine.sql.aggregates import _statistic
 from veilql.engine.sql.groups import unique_name
 from veilql.engine.sql.parse import ParsedQuery
 from veilql.errors import UnsupportedError
 
 HINT = ("a UNION ALL in FROM is supported as (SELECT cols FROM party.table [WHERE ...] "
-        "UNION ALL SELECT ...) AS u, with COUNT, SUM and AVG over its columns, WHERE and "
-        "GROUP BY on them")
+        "UNION ALL SELECT ...) AS u, with COUNT, SUM, AVG, VAR/STDDEV, MIN, MAX, MEDIAN and "
+        "quantiles over its columns, WHERE and GROUP BY on them")
 _ALLOWED_AGGREGATES = (exp.Count, exp.Sum, exp.Avg)
 
 
@@ -141,10 +148,11 @@ def _check_outer(tree: exp.Select) -> None:
                 isinstance(node, exp.In) and node.args.get("query") is not None):
             raise UnsupportedError("subqueries beside a UNION ALL in FROM are not supported",
                                    HINT)
-        if isinstance(node, exp.AggFunc) and not isinstance(node, _ALLOWED_AGGREGATES):
+        if isinstance(node, exp.AggFunc) and not isinstance(node, _ALLOWED_AGGREGATES) \
+                and not isinstance(node.parent, exp.WithinGroup) and _statistic(node) is None:
             raise UnsupportedError(
-                f"{node.sql_name()} over a UNION ALL is not supported: only COUNT, SUM and "
-                "AVG add up over the branches", HINT)
+                f"{node.sql_name()} over a UNION ALL is not supported: only COUNT, SUM, AVG, "
+                "VAR/STDDEV and quantiles (MIN, MAX, MEDIAN) add up over the branches", HINT)
         if isinstance(node, exp.Count) and isinstance(node.this, exp.Distinct):
             raise UnsupportedError(
                 "COUNT(DISTINCT ...) over a UNION ALL is not supported: a person or value in "
@@ -166,14 +174,76 @@ def _default_name(node: exp.Expression) -> str:
         kind = "sum" if isinstance(node, exp.Sum) else "avg"
         arg = node.this
         return f"{kind}_{arg.name}" if isinstance(arg, exp.Column) else kind
+    statistic = _statistic(node) if isinstance(node, exp.AggFunc | exp.WithinGroup) else None
+    if statistic is not None:  # as the binder names VAR(x), MIN(x), MEDIAN(x)...
+        func, _, _, arg = statistic
+        while isinstance(arg, exp.Paren):
+            arg = arg.this
+        return f"{func}_{arg.name}" if isinstance(arg, exp.Column) else func
     if isinstance(node, exp.Func) and not isinstance(node, exp.Binary):
         return node.sql_name().lower()
     return "expr"
 
 
-def union_branches(parsed: ParsedQuery) -> list[Branch]:
-    """One single-party query per branch (see the module docstring); refuses the rest."""
-    tree = parsed.tree
+def quantile_arguments(tree: exp.Expression) -> list[exp.Expression]:
+    """The arguments of the quantile aggregates (MIN, MAX, MEDIAN, ...) of the outer query,
+    as nodes of ``tree`` (not inside the union)."""
+    union = tree.args["from_"].this
+    out = []
+    for node in tree.walk():
+        if node is union or node.find_ancestor(exp.Subquery) is union:
+            continue
+        if isinstance(node, exp.AggFunc) and isinstance(node.parent, exp.WithinGroup):
+            continue  # the WITHIN GROUP node names the argument
+        if isinstance(node, exp.AggFunc | exp.WithinGroup):
+            statistic = _statistic(node)
+            if statistic is not None and statistic[2] is not None:
+                out.append(statistic[3])
+    return out
+
+
+def argument_key(arg: exp.Expression) -> str:
+    """The text that identifies a quantile's argument (equal arguments share buckets)."""
+    return arg.sql(dialect="duckdb")
+
+
+def probe(parsed: ParsedQuery) -> tuple[list[str], ParsedQuery]:
+    """The quantile arguments' keys, and a query ``SELECT MIN(arg) ...`` over the same
+    union and WHERE: its branches' plans show each branch's own buckets for each argument."""
+    tree = parsed.tree.copy()
+    args = quantile_arguments(tree)
+    keys = list(dict.fromkeys(argument_key(a) for a in args))
+    first = {argument_key(a): a for a in reversed(args)}
+    tree.set("expressions", [exp.alias_(exp.Min(this=first[k].copy()), f"p{i}")
+                             for i, k in enumerate(keys)])
+    for arg in ("group", "having", "order", "limit", "offset"):
+        tree.set(arg, None)
+    return keys, ParsedQuery(sql=parsed.sql, tree=tree)
+
+
+def _widen(tree: exp.Expression, widen: dict[str, tuple[str, ...]]) -> exp.Expression:
+    """A copy of ``tree`` with every quantile argument written as ``CASE WHEN FALSE THEN
+    lo ... ELSE arg END``: the same value, but bounded (and bucketed) by the common range."""
+    tree = tree.copy()
+    for arg in quantile_arguments(tree):
+        literals = widen.get(argument_key(arg))
+        if literals is None:
+            continue
+        ifs = [exp.If(this=exp.false(), true=_number(v)) for v in literals]
+        arg.replace(exp.Case(ifs=ifs, default=arg.copy()))
+    return tree
+
+
+def _number(text: str) -> exp.Expression:
+    lit = exp.Literal.number(text.lstrip("-"))
+    return exp.Neg(this=lit) if text.startswith("-") else lit
+
+
+def union_branches(parsed: ParsedQuery,
+                   widen: dict[str, tuple[str, ...]] | None = None) -> list[Branch]:
+    """One single-party query per branch (see the module docstring); refuses the rest.
+    ``widen``: per quantile argument (``argument_key``), the literals of its common range."""
+    tree = parsed.tree if not widen else _widen(parsed.tree, widen)
     body = union_body(parsed)
     assert isinstance(tree, exp.Select) and body is not None
     _check_outer(tree)
