@@ -123,7 +123,6 @@ PEER: list[tuple[str, str, str | None, float]] = [
 
 # Queries refused, with the construct their error names (anything else refused is a failure).
 REFUSED = {
-    "left_join_counts": "LEFT JOIN",
     "count_distinct_city": "COUNT(DISTINCT",
     "window_running_sum": "window functions",
 }

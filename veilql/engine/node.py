@@ -41,7 +41,7 @@ from veilql.engine.ledger.errors import BudgetRefused
 from veilql.engine.ledger.ledger import Ledger
 from veilql.engine.ledger.multi import ledger_path
 from veilql.engine.mpc.runtime import Runtime
-from veilql.engine.operators import ANALYST, union_mode
+from veilql.engine.operators import ANALYST, outer, union_mode
 from veilql.engine.operators.cache import JoinCache, all_cached, structure_hash
 from veilql.engine.operators.inputs import announce_and_send, local_columns
 from veilql.engine.operators.join import join_stage
@@ -201,6 +201,7 @@ class PartyNode:
         """
         self._query.progress = progress or _quiet
         self._query.rows = None
+        self._query.own = None  # an outer join's own total (operators/outer.py)
         self._query.step = None
         plan = compile_plan(request.sql, self.federation, epsilon=request.epsilon,
                             delta=request.delta, mechanism=request.mechanism)
@@ -460,6 +461,8 @@ class PartyNode:
             if not all_cached(transport, plan, qid):
                 announce_and_send(transport, plan, me, self._local_columns(transport, plan, qid),
                                   qid, words)
+                if plan.own_total:  # an outer join: its own total too (operators/outer.py)
+                    outer.send_own_total(transport, plan, me, self._query.own, qid)
             return
         rt = Runtime(transport, plan.compute, timeout=self.federation.timeout, chunk_words=words)
         rt.setup()
@@ -468,7 +471,8 @@ class PartyNode:
         def columns() -> tuple[dict[str, np.ndarray], PartyRows | None]:
             return self._local_columns(transport, plan, qid), self._query.rows
 
-        out = compute_secure(rt, plan, qid, join_key, self._cache, columns, self._step)
+        out = compute_secure(rt, plan, qid, join_key, self._cache, columns, self._step,
+                             own=lambda: getattr(self._query, "own", None))
         self._await_commits(transport, plan, qid)  # no output share before every charge
         release_secure(transport, plan, me, out)
 
@@ -500,6 +504,9 @@ class PartyNode:
         me = self.party.name
         rows = fetch(plan.step(me), self.connector, self.seed())
         columns = local_columns(plan, me, rows, transport, qid, chunk_words())
+        if plan.own_total:  # a LEFT/RIGHT JOIN across parties (operators/outer.py)
+            outer.shift_factors(plan, me, columns)
+            self._query.own = outer.own_total(plan, me, rows, chunk_words())
         self._query.rows = labels_only(rows)  # private group keys stay until the release
         return columns
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from veilql.engine.mpc.runtime import Runtime
 from veilql.engine.mpc.shares import AShare
-from veilql.engine.operators import ANALYST
+from veilql.engine.operators import ANALYST, outer
 from veilql.engine.operators import factors as fac
 from veilql.engine.operators.aggregate import expand, grid_width, secure_sum
 from veilql.engine.operators.cache import JoinCache, agree_cached, cache_level, structure_hash
@@ -58,7 +58,8 @@ class SecureOutput:
 
 
 def compute_secure(rt: Runtime, plan: Plan, qid: str, join_key: str, cache: JoinCache,
-                   columns: Columns, step: Callable[[str], None]) -> SecureOutput:
+                   columns: Columns, step: Callable[[str], None],
+                   own: Callable[[], np.ndarray | None] | None = None) -> SecureOutput:
     """Everything up to the release at a compute party (see the module docstring).
 
     ``columns()`` runs this party's local SQL and returns its columns to share and its
@@ -66,11 +67,14 @@ def compute_secure(rt: Runtime, plan: Plan, qid: str, join_key: str, cache: Join
     each step's name. Memory: columns are shared and shuffled one at a time in chunks of
     the agreed ``Runtime.chunk_words``, each table is released as soon as the next step
     holds its successor, and the aggregation runs over chunks of joined rows; a cached join
-    keeps only its exact aggregates once they are known.
+    keeps only its exact aggregates once they are known. A LEFT/RIGHT JOIN across parties
+    (``plan.own_total``) adds the preserved party's own total (``own()`` there, after
+    ``columns()``) on shares before the noise (``outer.py``); its join is not cached (the
+    own total comes from the local SQL).
     """
     me = rt.parties[rt.me]
     structure = structure_hash(plan)
-    cached = cache.get(join_key)
+    cached = None if plan.own_total else cache.get(join_key)
     if agree_cached(rt, plan, qid, cache_level(cached, structure)):
         assert cached is not None
         joined, rows = cached
@@ -82,10 +86,14 @@ def compute_secure(rt: Runtime, plan: Plan, qid: str, join_key: str, cache: Join
         del mine
         if me not in plan.parties:
             rows = None
-        cache.remember(join_key, joined, rows)
+        if not plan.own_total:
+            cache.remember(join_key, joined, rows)
     step("aggregating on shares")
     result = secure_aggregate(rt, plan, joined)
-    cache.keep_aggregates(join_key, joined, structure)
+    if plan.own_total:
+        result = outer.add_own_total(rt, plan, qid, result, own() if own else None)
+    else:
+        cache.keep_aggregates(join_key, joined, structure)
     del joined
     step("adding noise")
     total = add_noise(rt, plan, result)

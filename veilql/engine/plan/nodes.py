@@ -445,6 +445,14 @@ class Plan:
     # mode "union" (a UNION ALL in FROM, ``rewrite/union.py``): each branch's one-party plan,
     # whose aggregates are summed on shares; ``steps`` holds their local steps in order.
     branches: tuple[Plan, ...] = ()
+    # A LEFT or RIGHT JOIN across two parties (``rewrite/outer_join.py``): ``outer`` names it,
+    # ``own_total`` is the preserved party (it secret-shares its own aggregates times
+    # ``shift``), ``optional`` the party whose factors are shifted by ``shift`` (per term
+    # chain of ``factors.expand_terms``: its factor on the all-NULL row) before sharing.
+    outer: str = ""
+    own_total: str = ""
+    optional: str = ""
+    shift: tuple[int, ...] = ()
 
     def step(self, party: str) -> LocalStep:
         """The local step of ``party``."""
@@ -509,6 +517,15 @@ class Plan:
             if self.cross is not None:
                 n += 1
                 out.append(f"{n}. secure predicate on shares: {self.cross.sql()}")
+            if self.own_total:
+                n += 1
+                out.append(
+                    f"{n}. {self.outer} JOIN: {self.optional} shifts its factors by their "
+                    f"value on a row of NULLs {list(self.shift)} before sharing; "
+                    f"{self.own_total} secret-shares its own aggregates times the same (one "
+                    "word per aggregate and cell), added on shares before the noise, so that "
+                    f"{self.own_total}'s unmatched units count with NULLs; reveals nothing "
+                    "more than the inner join")
             n += 1
             cells = " x ".join(
                 f"{g.output}{list(g.domain) if g.domain is not None else '[private keys]'}"

@@ -2,7 +2,8 @@
 
 Each pass is one module with one public function ``(plan, ctx) -> plan``:
 ``push_local`` (per-party local columns, group keys, aggregates), ``place_secure``
-(local or secure mode, join stages, cross-party predicates), ``bound_contributions``
+(local or secure mode, join stages, cross-party predicates), ``outer_join`` (a LEFT or
+RIGHT JOIN across two parties), ``bound_contributions``
 (the local SQL with row bounding and clamping), ``attach_noise`` (sensitivities,
 noise, cost) and ``check_ranges`` (every released value, noise included, provably fits
 the 64-bit ring, else the query is refused). Policy checks happen before, in
@@ -19,6 +20,7 @@ from veilql.engine.rewrite.attach_noise import attach_noise
 from veilql.engine.rewrite.bound_contributions import bound_contributions
 from veilql.engine.rewrite.check_ranges import check_ranges
 from veilql.engine.rewrite.context import Context, Pass
+from veilql.engine.rewrite.outer_join import outer_join
 from veilql.engine.rewrite.place_secure import place_secure
 from veilql.engine.rewrite.push_local import push_local
 from veilql.engine.rewrite.union import plan_union
@@ -28,8 +30,8 @@ from veilql.engine.sql.parse import ParsedQuery, parse
 from veilql.engine.sql.union import union_body
 from veilql.policies.model import Federation
 
-RULES: tuple[Pass, ...] = (push_local, place_secure, bound_contributions, attach_noise,
-                          check_ranges)
+RULES: tuple[Pass, ...] = (push_local, place_secure, outer_join, bound_contributions,
+                          attach_noise, check_ranges)
 
 
 def resolve_cost(

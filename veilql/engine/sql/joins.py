@@ -118,8 +118,10 @@ def outer_joins(select: exp.Select, tables: tuple[BoundTable, ...],
     table to an earlier table of the same party on the unit (the rows before it are kept
     whatever the others hold, so it commutes with the joins on the same unit); RIGHT and FULL
     joins, which keep rows the tables before them lack, are supported between the only two
-    tables of a query at one party. Across parties an outer join is refused: the secure join
-    keeps matching people only.
+    tables of a query at one party. Across parties only a LEFT or RIGHT JOIN of a query's
+    two tables at two parties is kept (``across_parties``; planned in
+    ``rewrite/outer_join.py``), any other is refused: the secure join keeps matching people
+    only.
     """
     kinds: dict[str, str] = {}
     for join in select.args.get("joins") or []:
@@ -140,13 +142,16 @@ def outer_joins(select: exp.Select, tables: tuple[BoundTable, ...],
                                    f"write {side} JOIN ... ON <earlier>.<unit> = "
                                    f"{t.alias}.{t.unit}")
         parties = {by_alias[o.lower()].party for o in others} | {t.party}
+        if len(parties) > 1 and side in ("LEFT", "RIGHT") and across_parties(tables):
+            continue  # planned by rewrite/outer_join.py: the secure join plus a's own total
         if len(parties) > 1:
             raise UnsupportedError(
                 f"{side} JOIN of {t.party}.{t.table} with another party's table "
-                f"({', '.join(sorted(parties - {t.party}))}) is not supported: the secure join "
-                "keeps the people both parties hold, so unmatched people cannot be seen",
-                f"use an inner JOIN, or {side} JOIN tables of one party ({t.party}'s own); "
-                "count the unmatched people as COUNT(*) of one party minus that of the join")
+                f"({', '.join(sorted(parties - {t.party}))}) is not supported: across parties "
+                "only a LEFT or RIGHT JOIN of a query's only two tables (no dimension tables) "
+                "is, the secure join keeping the people both parties hold",
+                f"use an inner JOIN, a LEFT or RIGHT JOIN of two tables, or {side} JOIN tables "
+                f"of one party ({t.party}'s own)")
         if side != "LEFT" and (len(tables) != 2 or len({x.party for x in tables}) != 1):
             raise UnsupportedError(
                 f"{side} JOIN is supported between the only two tables of a query over one "
@@ -154,6 +159,13 @@ def outer_joins(select: exp.Select, tables: tuple[BoundTable, ...],
                 "write it as a LEFT JOIN with the tables swapped, or join one party's two "
                 "tables only")
     return tuple(replace(t, outer=kinds.get(t.alias.lower(), "")) for t in tables)
+
+
+def across_parties(tables: tuple[BoundTable, ...]) -> bool:
+    """Whether an outer join of ``tables`` is the supported one across parties: exactly two
+    tables with personal data, at two parties (``rewrite/outer_join.py``)."""
+    return len(tables) == 2 and len({x.party for x in tables}) == 2 and \
+        not any(x.dimension or x.semi or x.per_unit for x in tables)
 
 
 def is_optional(t: BoundTable, tables: tuple[BoundTable, ...]) -> bool:
