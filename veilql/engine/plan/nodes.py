@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
@@ -310,11 +311,17 @@ class AggregateSpec:
     # budget and one noise plan (each bucket still gets its own independent draws).
     family: str = ""
 
-    def to_s(self) -> str:
-        """One line: what is summed and, once attached, its sensitivity and noise."""
+    def to_s(self, *, branches: bool = False) -> str:
+        """One line: what is summed and, once attached, its sensitivity and noise.
+
+        ``branches``: the terms are a UNION ALL's branches, whose counts add up (in a join
+        the 0/1 columns of a COUNT multiply: a row counts when every party's says 1).
+        """
         what = {"count": "COUNT(*)", "count_distinct": "COUNT(DISTINCT unit)"}.get(self.kind)
         columns = [t for t in self.terms if t.column is not None]
-        if self.kind == "count_distinct" and columns:
+        if branches and self.kind == "count" and columns:
+            what = " + ".join(f"COUNT(rows WHERE {t.party}.{t.column} = 1)" for t in columns)
+        elif self.kind == "count_distinct" and columns:
             what = "COUNT(DISTINCT unit WHERE " + " * ".join(
                 f"{t.party}.{t.column}" for t in columns) + " > 0)"
         elif self.kind == "count" and columns:  # COUNT(x), FILTER: rows whose 0/1 column is 1
@@ -531,19 +538,7 @@ class Plan:
                 f"{g.output}{list(g.domain) if g.domain is not None else '[private keys]'}"
                 for g in self.groups) or "one cell"
             out.append(f"{n}. secure aggregates over {cells}:")
-        shown: dict[str, int] = {}
-        for a in self.aggregates:
-            if a.family and a.family != a.name:
-                shown[a.family] = shown.get(a.family, 0) + 1
-                continue
-            out.append(f"   {a.to_s()}")
-            if a.family:
-                out.append(f"   {_FAMILY.format(name=a.family)}")
-        for family, more in shown.items():  # the histogram's other buckets, in one line
-            at = out.index(f"   {_FAMILY.format(name=family)}")
-            out[at] = (f"   ... and {more} more bucket counts of this histogram "
-                       f"({family[:-1]}1 to {family[:-1]}{more}): one noisy count per bucket, "
-                       "the same noise plan, one share of the budget for all")
+        out += _aggregate_lines(self.aggregates)
         if self.threshold is not None:
             n += 1
             out.append(
@@ -610,7 +605,7 @@ def _union_to_s(plan: Plan) -> str:
         f"parties {', '.join(plan.compute)}; reveals nothing but that public length")
     out.append("3. secure sum of the parties' vectors on shares (no join: a person's "
                "contribution is bounded by the sum over the branches of each branch's bound):")
-    out += [f"   {a.to_s()}" for a in plan.aggregates]
+    out += _aggregate_lines(plan.aggregates, branches=True)
     central = [getattr(a.noise, "central", False) for a in plan.aggregates]
     who = ("one draw per cell is sampled on shares, known to no party," if all(central) else
            "the compute parties add noise on shares")
@@ -633,6 +628,28 @@ def _union_to_s(plan: Plan) -> str:
 
 
 _FAMILY = "(histogram {name})"
+
+
+def _aggregate_lines(aggregates: Sequence[AggregateSpec], *,
+                     branches: bool = False) -> list[str]:
+    """One ``veil explain`` line per aggregate, a histogram's bucket counts after its first
+    folded into one line (they share one noise plan and one share of the budget);
+    ``branches``: a UNION ALL's aggregates (see ``AggregateSpec.to_s``)."""
+    out: list[str] = []
+    shown: dict[str, int] = {}
+    for a in aggregates:
+        if a.family and a.family != a.name:
+            shown[a.family] = shown.get(a.family, 0) + 1
+            continue
+        out.append(f"   {a.to_s(branches=branches)}")
+        if a.family:
+            out.append(f"   {_FAMILY.format(name=a.family)}")
+    for family, more in shown.items():  # the histogram's other buckets, in one line
+        at = out.index(f"   {_FAMILY.format(name=family)}")
+        out[at] = (f"   ... and {more} more bucket counts of this histogram "
+                   f"({family[:-1]}1 to {family[:-1]}{more}): one noisy count per bucket, "
+                   "the same noise plan, one share of the budget for all")
+    return out
 _STAT_NAMES = {"var_samp": "VAR_SAMP", "var_pop": "VAR_POP", "stddev_samp": "STDDEV_SAMP",
                "stddev_pop": "STDDEV_POP"}
 
