@@ -178,6 +178,11 @@ def test_count_distinct_error_bar_brackets_the_release(bi) -> None:
     ("SELECT COUNT(DISTINCT ta.merchant_id) AS c FROM alpha.ta", "is a key column"),
     (f"SELECT COUNT(DISTINCT ta.visits + tb.fills) AS c {J2}", "several parties"),
     ("SELECT MAX(spend) > 10 AS c FROM alpha.ta", "within a bucket of several values"),
+    # HAVING too: which groups are kept must not be decided by the bucketing (an alias too)
+    ("SELECT groupby_string_0, COUNT(*) AS n FROM alpha.ta GROUP BY groupby_string_0 "
+     "HAVING MAX(spend) > 10", "within a bucket of several values"),
+    ("SELECT groupby_string_0, MEDIAN(spend) AS m FROM alpha.ta GROUP BY groupby_string_0 "
+     "HAVING m > 10", "within a bucket of several values"),
     ("WITH p AS (SELECT groupby_string_0, SUM(visits) AS v FROM alpha.ta GROUP BY "
      "groupby_string_0) SELECT SUM(v) AS s FROM p", "GROUP BY the privacy unit"),
     ("WITH p AS (SELECT ta.uid, SUM(tb.fills) AS f FROM alpha.ta JOIN beta.tb ON ta.uid = "

@@ -148,12 +148,17 @@ class Outputs:
 
     def _check_decided(self, node: exp.Expr, clause: str) -> None:
         """Refuse a released condition over a quantile, MIN or MAX known only to within a
-        bucket of several values: the bucketing, not the data, would decide it."""
+        bucket of several values: the bucketing, not the data, would decide it (in SELECT
+        and HAVING alike; a HAVING may also name such an output by its alias)."""
+        by_name = {o.name.lower(): o for o in self.visible}
         for cmp in node.find_all(*_COMPARISONS):
             for n in cmp.walk():
-                if not is_aggregate(n):
+                if is_aggregate(n):
+                    out, _ = bind_aggregate(n, self.scope)
+                elif isinstance(n, exp.Column) and not n.table and n.name.lower() in by_name:
+                    out = by_name[n.name.lower()]
+                else:
                     continue
-                out, _ = bind_aggregate(n, self.scope)
                 if out.kind != "quantile" or out.stat == "distinct" or out.bounds is None \
                         or exact_buckets(out.bounds, out.decimals):
                     continue
@@ -184,6 +189,8 @@ class Outputs:
 
     def over_outputs(self, node: exp.Expression, clause: str) -> exp.Expression:
         """Rewrite a HAVING / ORDER BY expression into one over output names only."""
+        if clause == "HAVING":  # which groups are kept must not be decided by a bucketing
+            self._check_decided(node, clause)
         names = {o.name.lower(): o.name for o in self.visible}
 
         def refer(n: exp.Expr) -> exp.Expr:
