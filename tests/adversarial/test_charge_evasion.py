@@ -87,8 +87,20 @@ def test_hanging_up_on_one_node_does_not_give_an_uncharged_answer(cluster: Clust
     session.close()
 
 
+# Every mode that releases output shares of the compute parties: the join, the sum of the
+# parties' own vectors of a UNION ALL, and a LEFT JOIN (the preserved party's own totals).
+RELEASING = {
+    "join": CROSS,
+    "union": ("SELECT COUNT(*) AS n, SUM(v) AS s FROM (SELECT income AS v FROM bank.customers "
+              "UNION ALL SELECT premium AS v FROM insurer.policies) AS u"),
+    "left_join": ("SELECT COUNT(*) AS n, SUM(c.income) AS s FROM insurer.policies p LEFT JOIN "
+                  "bank.customers c ON p.customer_id = c.customer_id"),
+}
+
+
+@pytest.mark.parametrize("sql", list(RELEASING.values()), ids=list(RELEASING))
 def test_a_failed_delivery_of_one_partys_shares_does_not_uncharge_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sql: str) -> None:
     fed = _copy_demo(tmp_path)
     delivered: dict[str, bytes] = {}
     real = InProcessTransport.send
@@ -103,13 +115,14 @@ def test_a_failed_delivery_of_one_partys_shares_does_not_uncharge_it(
     monkeypatch.setattr(InProcessTransport, "send", send)
     with veilql.connect(fed, "alice") as session:
         with pytest.raises(VeilError):
-            session.sql(CROSS, epsilon=0.5, delta=0)
-        compute = session.plan(CROSS, epsilon=0.5, delta=0).compute
-        others = [p for p in compute if p != "bank"]
+            session.sql(sql, epsilon=0.5, delta=0)
+        plan = session.plan(sql, epsilon=0.5, delta=0)
+        others = [p for p in plan.compute if p != "bank"]
         # The two other compute parties' shares reached the analyst: the whole answer...
         assert sorted(delivered) == sorted(others)
         # ...so every party the query read must have kept its charge.
-        for party in ("bank", "insurer"):
+        assert sorted(plan.charged) == ["bank", "insurer"]
+        for party in plan.charged:
             ledger = session.ledger(party)
             assert ledger is not None and not ledger.open_reservations()
             assert [c.status for c in ledger.history()] == ["committed"], party
