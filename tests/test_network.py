@@ -29,9 +29,9 @@ import veilql.errors
 from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.ledger.ledger import Ledger
 from veilql.engine.transport.certs import make_ca
+from veilql.engine.transport.frames import KIND_HELLO, encode_frame
 from veilql.engine.transport.identity import make_analyst_cert
 from veilql.engine.transport.mux import NO_SESSION
-from veilql.engine.transport.tls import KIND_HELLO, encode_frame
 
 pytestmark = pytest.mark.network
 

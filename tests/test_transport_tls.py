@@ -28,20 +28,22 @@ from veilql.engine.transport.certs import (
     make_federation_certs,
     peer_party_names,
 )
-from veilql.engine.transport.launch import (
-    run_parties_tls,
-    run_parties_tls_detailed,
-)
-from veilql.engine.transport.tls import (
+from veilql.engine.transport.frames import (
     HEADER_SIZE,
     KIND_DATA,
-    TlsTransport,
     decode_frame,
     encode_frame,
     encode_header,
     parse_address,
     parse_header,
     session_digest,
+)
+from veilql.engine.transport.launch import (
+    run_parties_tls,
+    run_parties_tls_detailed,
+)
+from veilql.engine.transport.tls import (
+    TlsTransport,
 )
 from veilql.errors import ConfigError, PartyUnavailable, ProtocolError
 

@@ -38,6 +38,14 @@ from veilql.engine.node import ANALYST, Progress, QueryRequest
 from veilql.engine.server import certs_dir
 from veilql.engine.transport.base import TranscriptWriter, Transport, decode_array
 from veilql.engine.transport.certs import PartyCredentials, client_context
+from veilql.engine.transport.frames import (
+    KIND_BYE,
+    KIND_DATA,
+    KIND_NAMES,
+    encode_frame,
+    parse_address,
+    session_digest,
+)
 from veilql.engine.transport.identity import ANALYST_KIND, certificate_identity, certificate_name
 from veilql.engine.transport.mailbox import Mailbox
 from veilql.engine.transport.mux import (
@@ -49,16 +57,10 @@ from veilql.engine.transport.mux import (
     read_frame,
     routing_id,
 )
-from veilql.engine.transport.tls import (
-    KIND_BYE,
-    KIND_DATA,
-    KIND_NAMES,
-    _Closing,
-    _Conn,
-    _describe,
-    encode_frame,
-    parse_address,
-    session_digest,
+from veilql.engine.transport.tlsconn import (
+    Closing,
+    Conn,
+    describe,
 )
 from veilql.errors import ConfigError, PartyUnavailable, ProtocolError, UsageError
 from veilql.policies.model import Federation
@@ -149,7 +151,7 @@ class RemoteAnalyst(Transport):
         self.timeout = timeout
         self.parties = tuple(parties)
         self._box = Mailbox(ANALYST)
-        self._conns: dict[str, _Conn] = {}
+        self._conns: dict[str, Conn] = {}
         self._closed = False
         self._on_step = on_step
         self._transcript = TranscriptWriter(ANALYST)
@@ -169,12 +171,12 @@ class RemoteAnalyst(Transport):
                     raw = socket.create_connection((host, port), timeout=limit)
                 except OSError as exc:
                     raise PartyUnavailable(party, f"cannot reach party {party!r} at {address}: "
-                                           f"{_describe(exc)}") from exc
+                                           f"{describe(exc)}") from exc
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 raw.settimeout(limit)
                 tls = handshake_client(ctx, raw, party, name, address, self._transcript)
                 tls.sendall(encode_frame(KIND_DATA, self._digest, QUERY_TAG, query))
-                self._conns[party] = _Conn(party, tls)
+                self._conns[party] = Conn(party, tls)
             except BaseException as exc:  # noqa: BLE001 - re-raised below in party order
                 errors[party] = exc
 
@@ -193,7 +195,7 @@ class RemoteAnalyst(Transport):
         for t in self._readers:
             t.start()
 
-    def _read_loop(self, conn: _Conn) -> None:
+    def _read_loop(self, conn: Conn) -> None:
         party = conn.peer
         try:
             while True:
@@ -215,7 +217,7 @@ class RemoteAnalyst(Transport):
                             pass
                     continue
                 self._box.put(party, tag, payload)
-        except _Closing:
+        except Closing:
             return
         except ProtocolError as exc:
             self._box.fail(party, ProtocolError(f"party {party!r} sent a bad frame: "
@@ -225,7 +227,7 @@ class RemoteAnalyst(Transport):
                 party, f"party {party!r} closed the connection before the query finished"))
         except (OSError, ValueError) as exc:
             self._box.fail(party, PartyUnavailable(
-                party, f"connection to party {party!r} lost: {_describe(exc)}"))
+                party, f"connection to party {party!r} lost: {describe(exc)}"))
 
     def send(self, to: str, tag: str, payload: bytes) -> None:
         """The analyst sends nothing after the query itself."""

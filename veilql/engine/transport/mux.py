@@ -50,28 +50,30 @@ import numpy as np
 
 from veilql.engine.transport.base import TranscriptWriter, Transport, decode_array
 from veilql.engine.transport.certs import PartyCredentials, client_context, server_context
-from veilql.engine.transport.identity import ANALYST_KIND, PARTY, peer_identity
-from veilql.engine.transport.mailbox import Mailbox
-from veilql.engine.transport.tls import (
+from veilql.engine.transport.frames import (
     HEADER_SIZE,
     KIND_BYE,
     KIND_DATA,
     KIND_HELLO,
     KIND_NAMES,
     KIND_REJECT,
-    _Closing,
-    _Conn,
-    _decode_tag,
-    _describe,
-    _read_exact_blocking,
-    _Stalled,
-    connect_with_retry,
+    decode_tag,
     encode_frame,
     encode_header,
     parse_address,
     parse_header,
-    queue_frame,
     session_digest,
+)
+from veilql.engine.transport.identity import ANALYST_KIND, PARTY, peer_identity
+from veilql.engine.transport.mailbox import Mailbox
+from veilql.engine.transport.tlsconn import (
+    Closing,
+    Conn,
+    Stalled,
+    connect_with_retry,
+    describe,
+    queue_frame,
+    read_exact_blocking,
 )
 from veilql.errors import ConfigError, PartyUnavailable, ProtocolError
 
@@ -136,7 +138,7 @@ def goodbye_error(peer: str, me: str, payload: bytes | bytearray) -> ProtocolErr
     return PartyUnavailable(peer, f"party {peer!r} stopped the query: {reason}")
 
 
-def write_frame(conn: _Conn, kind: int, digest: bytes, tag: str,
+def write_frame(conn: Conn, kind: int, digest: bytes, tag: str,
                 payload: bytes | bytearray | memoryview, stall: float) -> None:
     """Queue one frame on a shared connection for its writer thread (header and payload
     kept together, frames in order; ``tls.queue_frame`` says when the payload is copied)."""
@@ -145,7 +147,7 @@ def write_frame(conn: _Conn, kind: int, digest: bytes, tag: str,
     queue_frame(conn, head, payload, view, stall)
 
 
-def read_frame(conn: _Conn, max_payload: int) -> tuple[int, bytes, str, bytearray]:
+def read_frame(conn: Conn, max_payload: int) -> tuple[int, bytes, str, bytearray]:
     """Read one frame of any session: ``(kind, session digest, tag, payload)``."""
     header = bytearray(HEADER_SIZE)
     conn.read_into(memoryview(header))
@@ -154,7 +156,7 @@ def read_frame(conn: _Conn, max_payload: int) -> tuple[int, bytes, str, bytearra
     conn.read_into(memoryview(raw_tag))
     payload = bytearray(n)
     conn.read_into(memoryview(payload))
-    return kind, digest, _decode_tag(raw_tag), payload
+    return kind, digest, decode_tag(raw_tag), payload
 
 
 def read_hello(tls: ssl.SSLSocket, transcript: TranscriptWriter | None = None,
@@ -163,10 +165,10 @@ def read_hello(tls: ssl.SSLSocket, transcript: TranscriptWriter | None = None,
 
     The frame is recorded in ``transcript`` (as sent by ``sender``) before it is checked.
     """
-    head = _read_exact_blocking(tls, HEADER_SIZE)
+    head = read_exact_blocking(tls, HEADER_SIZE)
     kind, tag_len, n, _ = parse_header(head, None, max_payload=MAX_QUERY_BYTES)
-    body = _read_exact_blocking(tls, tag_len + n)
-    tag, payload = _decode_tag(body[:tag_len]), body[tag_len:]
+    body = read_exact_blocking(tls, tag_len + n)
+    tag, payload = decode_tag(body[:tag_len]), body[tag_len:]
     if transcript is not None:
         transcript.record(sender, tag, payload, KIND_NAMES[kind])
     return kind, tag, payload
@@ -195,7 +197,7 @@ class MuxSession(Transport):
     """One query session's view of a node's endpoint (the ``Transport`` a ``PartyNode`` uses)."""
 
     def __init__(self, endpoint: MuxEndpoint, session_id: str,
-                 participants: Collection[str], client: _Conn | None) -> None:
+                 participants: Collection[str], client: Conn | None) -> None:
         self.me = endpoint.me
         self.session_id = session_id
         self.timeout = endpoint.timeout
@@ -231,16 +233,16 @@ class MuxSession(Transport):
             conn = self._endpoint.outbound(to)
         try:
             write_frame(conn, KIND_DATA, self.digest, tag, payload, self.timeout)
-        except _Stalled:
+        except Stalled:
             self._box.fail(to, PartyUnavailable(
                 to, f"party {to!r} accepted no data for {self.timeout:g} s"))
             self._box.raise_for(to, tag)
-        except (_Closing, OSError, ValueError) as exc:
+        except (Closing, OSError, ValueError) as exc:
             # A peer's goodbye naming the real culprit may still be in flight: wait briefly.
             with self._box.cond:
                 self._box.cond.wait_for(lambda: to in self._box.errors, timeout=0.2)
             self._box.fail(to, PartyUnavailable(
-                to, f"connection to {to!r} lost while sending: {_describe(exc)}"))
+                to, f"connection to {to!r} lost while sending: {describe(exc)}"))
             if to != ANALYST:
                 self._endpoint.drop(conn)
             self._box.raise_for(to, tag)
@@ -272,12 +274,12 @@ class MuxSession(Transport):
                     try:
                         conn = self._endpoint.outbound(p, quick=True)
                         write_frame(conn, KIND_BYE, self.digest, self.me, why, 1.0)
-                    except (ProtocolError, _Stalled, _Closing, OSError, ValueError):
+                    except (ProtocolError, Stalled, Closing, OSError, ValueError):
                         pass
         if self._client is not None:
             try:
                 write_frame(self._client, KIND_BYE, self.digest, self.me, why, 1.0)
-            except (_Stalled, _Closing, OSError, ValueError):
+            except (Stalled, Closing, OSError, ValueError):
                 pass
             # The client closes once it has everything; its EOF ends our reader. Closing our
             # side first could reset the connection before the client has read the tail.
@@ -324,9 +326,9 @@ class MuxEndpoint:
         self._pending: dict[bytes, list[tuple[str, int, str, bytearray]]] = {}
         self._pending_since: dict[bytes, float] = {}
         self._finished: OrderedDict[bytes, None] = OrderedDict()
-        self._out: dict[str, _Conn] = {}
+        self._out: dict[str, Conn] = {}
         self._dial_locks = {p: threading.Lock() for p in self._addr}
-        self._conns: set[_Conn] = set()
+        self._conns: set[Conn] = set()
         self._listener: socket.socket | None = None
         self._closing = False
 
@@ -378,7 +380,7 @@ class MuxEndpoint:
 
     # -- sessions -----------------------------------------------------------------------
     def session(self, session_id: str, participants: Collection[str] = (),
-                client: _Conn | None = None) -> MuxSession:
+                client: Conn | None = None) -> MuxSession:
         """Open the per-session transport of ``session_id`` (frames already here included)."""
         s = MuxSession(self, session_id, participants, client)
         with self._lock:
@@ -481,7 +483,7 @@ class MuxEndpoint:
             tls = self._server_ctx.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError) as exc:
             self._log(f"refused connection from {where}: TLS handshake failed "
-                      f"({_describe(exc)}); a valid certificate of this federation is required")
+                      f"({describe(exc)}); a valid certificate of this federation is required")
             raw.close()
             return
         try:
@@ -507,7 +509,7 @@ class MuxEndpoint:
                 return
             raise ProtocolError("certificate names neither a party nor an analyst")
         except (ProtocolError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-            reason = exc.message if isinstance(exc, ProtocolError) else _describe(exc)
+            reason = exc.message if isinstance(exc, ProtocolError) else describe(exc)
             self._log(f"refused connection from {where}: {reason}")
             try:
                 tls.sendall(encode_frame(KIND_REJECT, NO_SESSION, self.me, reason.encode()))
@@ -525,7 +527,7 @@ class MuxEndpoint:
                 isinstance(p, str) for p in parts):
             raise ProtocolError("malformed QUERY frame")
         tls.settimeout(None)
-        conn = _Conn(ANALYST, tls)
+        conn = Conn(ANALYST, tls)
         try:
             session = self.session(routing_id(analyst, sid), parts, client=conn)
         except ProtocolError as exc:
@@ -541,7 +543,7 @@ class MuxEndpoint:
         threading.Thread(target=self._on_query, args=(session, query), daemon=True,
                          name=f"veil-query-{sid[:8]}").start()
 
-    def _client_reader(self, conn: _Conn, session: MuxSession) -> None:
+    def _client_reader(self, conn: Conn, session: MuxSession) -> None:
         """Watch the client link: the client sends nothing more, so any end fails it."""
         try:
             while True:
@@ -549,7 +551,7 @@ class MuxEndpoint:
                 self.transcript.record(ANALYST, tag, payload, KIND_NAMES[kind])
                 if kind == KIND_BYE:
                     raise EOFError
-        except (_Closing, EOFError, ProtocolError, OSError, ValueError):
+        except (Closing, EOFError, ProtocolError, OSError, ValueError):
             # A client that leaves early abandons the query: stop waiting on anyone, so the
             # reservation is aborted now rather than after the timeout.
             gone = PartyUnavailable(ANALYST, "the client went away; query abandoned")
@@ -560,7 +562,7 @@ class MuxEndpoint:
             with self._lock:
                 self._conns.discard(conn)
 
-    def linger_close(self, conn: _Conn) -> None:
+    def linger_close(self, conn: Conn) -> None:
         """Close a client link once the client has closed it (bounded wait)."""
         def later() -> None:
             end = time.monotonic() + 5.0
@@ -571,8 +573,8 @@ class MuxEndpoint:
         threading.Thread(target=later, daemon=True).start()
 
     # -- peer links ---------------------------------------------------------------------
-    def _adopt(self, peer: str, tls: ssl.SSLSocket, *, outbound: bool) -> _Conn:
-        conn = _Conn(peer, tls)
+    def _adopt(self, peer: str, tls: ssl.SSLSocket, *, outbound: bool) -> Conn:
+        conn = Conn(peer, tls)
         conn.on_error = lambda exc: self._writer_failed(conn, exc)
         with self._lock:
             self._conns.add(conn)
@@ -582,7 +584,7 @@ class MuxEndpoint:
                          name=f"veil-mux-{self.me}<-{peer}").start()
         return conn
 
-    def _peer_reader(self, conn: _Conn) -> None:
+    def _peer_reader(self, conn: Conn) -> None:
         peer = conn.peer
         try:
             while True:
@@ -593,7 +595,7 @@ class MuxEndpoint:
                 if kind not in (KIND_DATA, KIND_BYE):
                     raise ProtocolError(f"unexpected frame kind {kind} after set-up")
                 self._route(peer, kind, digest, tag, payload)
-        except _Closing:
+        except Closing:
             return
         except ProtocolError as exc:
             self._log(f"bad frame from {peer}: {exc.message}; closing that link")
@@ -604,21 +606,21 @@ class MuxEndpoint:
                 peer, f"party {peer!r} closed its connection to {self.me!r}"))
         except (OSError, ValueError) as exc:
             self._fail_everywhere(peer, PartyUnavailable(
-                peer, f"connection between {self.me!r} and {peer!r} lost: {_describe(exc)}"))
+                peer, f"connection between {self.me!r} and {peer!r} lost: {describe(exc)}"))
         self.drop(conn)
 
-    def _writer_failed(self, conn: _Conn, exc: BaseException) -> None:
+    def _writer_failed(self, conn: Conn, exc: BaseException) -> None:
         """The writer to a peer stopped: every session waiting on it fails now (the next
         send to it raises too), and the pool dials afresh for later sessions."""
         peer = conn.peer
-        if isinstance(exc, _Stalled):
+        if isinstance(exc, Stalled):
             why = f"party {peer!r} accepted no data for {self.timeout:g} s"
         else:
-            why = f"connection to {peer!r} lost while sending: {_describe(exc)}"
+            why = f"connection to {peer!r} lost while sending: {describe(exc)}"
         self._fail_everywhere(peer, PartyUnavailable(peer, why))
         self.drop(conn)
 
-    def drop(self, conn: _Conn) -> None:
+    def drop(self, conn: Conn) -> None:
         """Close a dead link and take it out of the pool."""
         conn.close()
         with self._lock:
@@ -626,7 +628,7 @@ class MuxEndpoint:
             if self._out.get(conn.peer) is conn:
                 del self._out[conn.peer]
 
-    def outbound(self, peer: str, *, quick: bool = False) -> _Conn:
+    def outbound(self, peer: str, *, quick: bool = False) -> Conn:
         """The pooled link to ``peer``, dialing it when there is none (or it died)."""
         if peer not in self._addr:
             raise ProtocolError(f"no party named {peer!r} in this federation")
@@ -661,11 +663,11 @@ def handshake_client(ctx: ssl.SSLContext, raw: socket.socket, peer: str, me: str
     except ssl.SSLError as exc:
         raw.close()
         raise ProtocolError(f"TLS handshake with party {peer!r} at {where} failed: "
-                            f"{_describe(exc)}", hint) from exc
+                            f"{describe(exc)}", hint) from exc
     except OSError as exc:
         raw.close()
         raise PartyUnavailable(peer, f"party {peer!r} at {where} dropped the TLS handshake: "
-                               f"{_describe(exc)}") from exc
+                               f"{describe(exc)}") from exc
     try:
         if peer_identity(tls.getpeercert()) != (PARTY, peer):
             raise ProtocolError(f"the node at {where} does not hold a certificate for party "
@@ -679,12 +681,12 @@ def handshake_client(ctx: ssl.SSLContext, raw: socket.socket, peer: str, me: str
             raise ProtocolError(f"unexpected reply from party {peer!r} during set-up")
     except ssl.SSLError as exc:
         tls.close()
-        raise ProtocolError(f"party {peer!r} refused our certificate: {_describe(exc)}",
+        raise ProtocolError(f"party {peer!r} refused our certificate: {describe(exc)}",
                             hint) from exc
     except (EOFError, OSError) as exc:
         tls.close()
         raise ProtocolError(f"party {peer!r} closed the connection during set-up "
-                            f"({_describe(exc)}); it may have refused our certificate",
+                            f"({describe(exc)}); it may have refused our certificate",
                             hint) from exc
     except ProtocolError:
         tls.close()
