@@ -118,6 +118,12 @@ class Connector(ABC):
     def table_version(self, table: str) -> str:
         """A cheap fingerprint of ``table``'s data that changes whenever the data changes."""
 
+    def unique_columns(self, table: str) -> frozenset[str]:
+        """Columns of ``table`` the engine itself keeps unique (a one-column PRIMARY KEY or
+        UNIQUE constraint it enforces), read from its catalog; names in lower case. A
+        schema fact, never one found by reading rows. The default knows none."""
+        return frozenset()
+
     def transpile(self, sql_duckdb: str) -> str:
         """Check that ``sql_duckdb`` is one read-only query and rewrite it in ``self.dialect``.
 

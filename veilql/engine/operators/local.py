@@ -20,7 +20,7 @@ import os
 import secrets
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,14 @@ import numpy as np
 from veilql.connectors.base import Connector, column_to_numpy, engine_failure
 from veilql.engine.dp.ring import MAX_UNITS
 from veilql.engine.plan.nodes import SEED_PLACEHOLDER, LocalStep, Plan, plain_value
+from veilql.engine.rewrite.bound_contributions import unbounded_sql
 from veilql.errors import ProtocolError
 
 ENGINE_LOCK = threading.Lock()  # one local query at a time in this process (see above)
 PIVOT_CHUNK = 1 << 20  # rows gathered at once while filling a pivoted column
+FAST_KEPT = 32  # steps whose run-time SQL (``with_engine_facts``) is kept, per process
+_FAST: dict[tuple[str, tuple[tuple[str, frozenset[str]], ...]], str] = {}
+_FAST_LOCK = threading.Lock()
 
 
 @dataclass
@@ -66,6 +70,7 @@ def fetch(step: LocalStep, connector: Connector, seed: str, *,
     to the plan's aggregates instead, and the result is ``(aggregates, labels)`` as
     ``factors.reduce_in_engine`` returns it.
     """
+    step = with_engine_facts(step, connector)
     if reduce is not None:
         from veilql.engine.operators.factors import reduce_in_engine
 
@@ -96,6 +101,32 @@ def fetch(step: LocalStep, connector: Connector, seed: str, *,
                             "of this query, beyond the range the plan was checked for")
     rows.labels = labels
     return rows
+
+
+def with_engine_facts(step: LocalStep, connector: Connector) -> LocalStep:
+    """``step`` with its SQL for this party's engine: a table whose unit column the engine
+    keeps unique (``Connector.unique_columns``: a PRIMARY KEY or UNIQUE constraint, read
+    from its catalog) is read without the scan for over-full units
+    (``bound_contributions.unbounded_sql``); the same rows, the plan unchanged.
+
+    Whether the scan runs depends on the schema only, never on the rows, so the time it
+    saves tells the analyst nothing about a person (docs/SECURITY.md, "Timing"). The
+    rewritten SQL is kept per step text and constraints (the last ``FAST_KEPT``).
+    """
+    facts = tuple((t, connector.unique_columns(t)) for t in dict.fromkeys(step.tables))
+    if not any(cols for _, cols in facts):
+        return step
+    key = (step.sql, facts)
+    with _FAST_LOCK:
+        sql = _FAST.get(key)
+    if sql is None:
+        sql = unbounded_sql(step.sql, lambda table, unit: unit.lower() in
+                            connector.unique_columns(table))
+        with _FAST_LOCK:
+            if len(_FAST) >= FAST_KEPT:
+                _FAST.pop(next(iter(_FAST)))  # the oldest
+            _FAST[key] = sql
+    return replace(step, sql=sql)
 
 
 def bounded_sql(step: LocalStep, seed: str) -> str:

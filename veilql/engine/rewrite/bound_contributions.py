@@ -29,9 +29,11 @@ FROM (SELECT customer_id, amount FROM loans WHERE NOT customer_id IS NULL AND NO
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import sqlglot
+from sqlglot import exp
 
 from veilql.engine.plan.nodes import (
     DIMENSION_TABLE,
@@ -130,6 +132,68 @@ def _bounded(table: str, unit: str, cols: list[str], m: int) -> str:
               f"FROM {table} WHERE {unit} IN ({over})")
     return (f"(SELECT {listed} FROM {table} WHERE {unit} IS NOT NULL AND NOT {unit} IN "
             f"({over}) UNION ALL SELECT {listed} FROM ({ranked}) AS __b WHERE __rn <= {m})")
+
+
+def unbounded_sql(sql: str, unique: Callable[[str, str], bool]) -> str:
+    """``sql`` (a step's local SQL) with each bounded source over a table whose unit column
+    the party's engine keeps unique (``unique(table, unit)``) read as the table's rows with
+    a unit: the same rows, without the ``GROUP BY unit HAVING COUNT(*) > m`` scan.
+
+    Run by the party on its own engine (``operators/local.py``), decided from its catalog
+    (a PRIMARY KEY or UNIQUE constraint the engine enforces: a schema fact, public, never a
+    check of the rows), so the plan and its text stay as they are. With a unique unit and
+    ``m >= 1`` no unit is over-full, so ``_bounded`` keeps every row that has a unit, which
+    is what the replacement reads. Only a source that is exactly ``_bounded``'s output
+    (compared as a syntax tree) is replaced; anything else is left bounded.
+
+    >>> from tests.sql_fixtures import federation
+    >>> from veilql.engine.rewrite import compile_plan
+    >>> sql = compile_plan("SELECT COUNT(*) FROM bank.customers", federation()).steps[0].sql
+    >>> print(unbounded_sql(sql, lambda table, unit: True))  # doctest: +NORMALIZE_WHITESPACE
+    SELECT customers.customer_id AS __unit, 1 AS w FROM (SELECT customer_id FROM customers
+      WHERE NOT customer_id IS NULL) AS customers
+    >>> unbounded_sql(sql, lambda table, unit: False) == sql
+    True
+    """
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    changed = False
+    for node in list(tree.find_all(exp.Union)):
+        found = _bounded_parts(node)
+        if found is None:
+            continue
+        table, unit, cols, m = found
+        if m < 1 or not unique(table.name, unit):
+            continue
+        listed = ", ".join(cols)
+        node.replace(sqlglot.parse_one(
+            f"SELECT {listed} FROM {table.sql(dialect='duckdb')} WHERE NOT {unit} IS NULL",
+            read="duckdb"))
+        changed = True
+    return tree.sql(dialect="duckdb") if changed else sql
+
+
+def _bounded_parts(node: exp.Union) -> tuple[exp.Table, str, list[str], int] | None:
+    """``(table, unit, columns, m)`` when ``node`` is exactly ``_bounded(table, unit,
+    columns, m)`` (the unit is its first column), else None."""
+    left, right = node.this, node.expression
+    if not isinstance(left, exp.Select) or not isinstance(right, exp.Select):
+        return None
+    source = left.args.get("from_")
+    where = right.args.get("where")
+    if source is None or not isinstance(source.this, exp.Table) or where is None:
+        return None
+    bound = where.this
+    if not isinstance(bound, exp.LTE) or not isinstance(bound.expression, exp.Literal) \
+            or not bound.expression.is_int:
+        return None
+    cols = [e.name for e in left.expressions if isinstance(e, exp.Column)]
+    if not cols or len(cols) != len(left.expressions):
+        return None
+    table, m = source.this, int(bound.expression.this)
+    expected = sqlglot.parse_one(
+        f"SELECT * FROM {_bounded(table.sql(dialect='duckdb'), cols[0], cols, m)} AS __x",
+        read="duckdb").find(exp.Union)
+    return (table, cols[0], cols, m) if expected == node else None
 
 
 def _per_unit_source(alias: str, table: str, unit: str, body: PerUnitSource) -> str:

@@ -1,0 +1,237 @@
+"""A table whose unit the party's engine keeps unique is read without the over-full scan.
+
+The party decides at run time from its engine's catalog (a one-column PRIMARY KEY or
+UNIQUE constraint, ``Connector.unique_columns``) and reads the same rows as the bounded SQL
+would (``operators/local.py`` ``with_engine_facts``, ``bound_contributions.unbounded_sql``).
+Checked here: the fast path returns the same rows and answers as the bounded path and as
+plain DuckDB at a huge epsilon; a table without a constraint, or with one on another
+column, is still bounded (over-full units keep ``max_rows_per_unit`` rows); and, as an
+attacker would probe it, which SQL a party runs depends on its schema only, never on
+whether some person has more rows than the bound.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from oracle import HUGE_EPSILON, oracle_federation, plain, same, union_connection
+
+import veilql
+from veilql.connectors.base import open_connector
+from veilql.connectors.duckdb import DuckDBConnector
+from veilql.engine.operators import local as local_ops
+from veilql.engine.operators.local import fetch, with_engine_facts
+from veilql.engine.rewrite import compile_plan
+from veilql.engine.rewrite.bound_contributions import unbounded_sql
+from veilql.policies.loader import load_federation
+
+DEMO = Path(__file__).resolve().parent.parent / "sample_data" / "demo"
+SEED = "0123456789abcdef" * 2
+
+LOCAL = [
+    "SELECT region, COUNT(*) AS n FROM bank.customers GROUP BY region ORDER BY region",
+    "SELECT region, COUNT(*) AS n, SUM(income) AS s, AVG(income) AS a FROM bank.customers "
+    "WHERE age > 40 GROUP BY region ORDER BY region",
+    "SELECT COUNT(*) AS n, AVG(age) AS a FROM bank.customers WHERE region = 'north'",
+    # a local join at the bank: customers (keyed) beside loans (three rows per person)
+    "SELECT c.region, COUNT(*) AS n, SUM(l.amount) AS s FROM bank.customers c JOIN "
+    "bank.loans l ON c.customer_id = l.customer_id GROUP BY c.region ORDER BY c.region",
+]
+SECURE = [  # the bank's keyed table as one side of a secure join
+    "SELECT c.region, COUNT(*) AS n, SUM(p.premium) AS s FROM bank.customers c JOIN "
+    "insurer.policies p ON c.customer_id = p.customer_id GROUP BY c.region ORDER BY c.region",
+]
+
+
+def declare_keys(db: Path, keys: dict[str, str], extra: dict[str, str] | None = None) -> None:
+    """Rebuild the DuckDB file ``db`` with ``keys[table]`` declared its PRIMARY KEY (same
+    rows); ``extra[table]``: SQL run after the copy (e.g. more rows)."""
+    src = db.with_name(db.name + ".orig")
+    db.rename(src)
+    con = duckdb.connect(str(db))
+    try:
+        con.execute(f"ATTACH '{src}' AS src (READ_ONLY)")
+        tables = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE "
+                                            "database_name = 'src'").fetchall()]
+        for table in tables:
+            cols = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE "
+                               f"database_name = 'src' AND table_name = '{table}' "
+                               "ORDER BY column_index").fetchall()
+            body = ", ".join(f"{c} {t}" + (" PRIMARY KEY" if keys.get(table) == c else "")
+                             for c, t in cols)
+            con.execute(f"CREATE TABLE {table} ({body})")
+            con.execute(f"INSERT INTO {table} SELECT * FROM src.{table}")
+        con.execute("DETACH src")
+        for sql in (extra or {}).values():
+            con.execute(sql)
+    finally:
+        con.close()
+    src.unlink()
+
+
+@pytest.fixture(scope="module")
+def feds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo federation as shipped (no constraint) and with customers keyed."""
+    root = tmp_path_factory.mktemp("local-fast")
+    out = {"bounded": oracle_federation(DEMO, root / "bounded"),
+           "pk": oracle_federation(DEMO, root / "pk")}
+    declare_keys(out["pk"].parent / "data" / "bank.duckdb", {"customers": "customer_id"})
+    return out
+
+
+def _bank(fed: Path) -> DuckDBConnector:
+    f = load_federation(fed)
+    conn = open_connector(f.party("bank").connector, f.root)
+    assert isinstance(conn, DuckDBConnector)
+    return conn
+
+
+def _executed(conn: DuckDBConnector, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SQL text the connector hands its engine, recorded."""
+    seen: list[str] = []
+    run = conn._execute
+    monkeypatch.setattr(conn, "_execute", lambda sql: (seen.append(sql), run(sql))[1])
+    return seen
+
+
+def test_duckdb_reads_one_column_keys(tmp_path: Path) -> None:
+    db = tmp_path / "k.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute('CREATE TABLE a (id BIGINT PRIMARY KEY, y INT UNIQUE, z INT, w INT, '
+                'UNIQUE (z, w))')
+    con.execute('CREATE TABLE "Mixed" ("Id" BIGINT PRIMARY KEY, v INT)')
+    con.execute("CREATE TABLE b (id BIGINT, v INT)")
+    con.execute("CREATE VIEW keyed AS SELECT * FROM a")
+    con.close()
+    with DuckDBConnector(db) as conn:
+        assert conn.unique_columns("a") == {"id", "y"}  # not the two-column (z, w)
+        assert conn.unique_columns("mixed") == {"id"}
+        assert conn.unique_columns("b") == frozenset()
+        assert conn.unique_columns("keyed") == frozenset()  # a view declares nothing
+
+
+def test_only_bounded_sources_of_keyed_tables_are_rewritten(feds: dict[str, Path]) -> None:
+    fed = load_federation(feds["bounded"])
+    sql = compile_plan(LOCAL[3], fed, epsilon=1.0).steps[0].sql
+    assert sql.count("HAVING COUNT(*) > 1") == 2 and sql.count("HAVING COUNT(*) > 3") == 2
+    fast = unbounded_sql(sql, lambda table, unit: table == "customers")
+    # customers read as its rows with a unit; loans still bounded to three rows per person
+    assert "HAVING COUNT(*) > 1" not in fast and fast.count("HAVING COUNT(*) > 3") == 2
+    assert unbounded_sql(sql, lambda table, unit: False) == sql
+    # a source that is not exactly the bounded shape is left alone
+    odd = sql.replace("__rn <= 1", "__rn <= 2")
+    assert "HAVING COUNT(*) > 1" in unbounded_sql(odd, lambda table, unit: True)
+
+
+@pytest.mark.parametrize("sql", [*LOCAL, *SECURE])
+def test_fast_path_reads_the_rows_the_bounded_path_reads(feds: dict[str, Path], sql: str,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    fed = load_federation(feds["pk"])
+    step = compile_plan(sql, fed, epsilon=1.0).step("bank")
+    with _bank(feds["pk"]) as conn:
+        seen = _executed(conn, monkeypatch)
+        fast = fetch(step, conn, SEED)
+        assert "HAVING COUNT(*) > 1" not in seen[-1]  # customers: no over-full scan
+        monkeypatch.setattr(conn, "unique_columns", lambda table: frozenset())
+        slow = fetch(step, conn, SEED)
+        assert "HAVING COUNT(*) > 1" in seen[-1]
+    assert np.array_equal(fast.keys, slow.keys)
+    assert np.array_equal(fast.present, slow.present)
+    assert fast.cols.keys() == slow.cols.keys()
+    for name in fast.cols:
+        assert np.array_equal(fast.cols[name], slow.cols[name]), name
+
+
+@pytest.mark.parametrize("kind", ["pk", "bounded"])
+def test_answers_equal_plain_duckdb(feds: dict[str, Path], kind: str, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VEIL_LEDGER_DIR", str(tmp_path))
+    fed = load_federation(feds[kind])
+    con = union_connection(fed)
+    with warnings.catch_warnings(), veilql.connect(fed, "oracle") as session:
+        warnings.simplefilter("ignore")
+        for sql in [*LOCAL, *SECURE]:
+            got = session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6)
+            want = plain(con, sql)
+            keys = {w[0] for w in want}
+            rows = [g for g in got.rows if "GROUP BY" not in sql or g[0] in keys]
+            assert len(rows) == len(want), (sql, got.rows, want)
+            for g, w in zip(rows, want, strict=True):
+                for a, b in zip(g, w, strict=True):
+                    assert same(a, b, 0.02), (sql, got.rows, want)
+
+
+def test_over_full_units_are_still_bounded(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """loans at one row per person, keyed on loan_id (not the unit): still bounded, so
+    COUNT(*) counts each person once, as plain DuckDB over one row per person does."""
+    fed_path = oracle_federation(DEMO, tmp_path / "fed")
+    policy = fed_path.parent / "policies" / "bank.toml"
+    text = policy.read_text()
+    start = text.index("[tables.loans]")
+    cut = text.index("max_rows_per_unit = 3", start)
+    policy.write_text(text[:cut] + "max_rows_per_unit = 1" + text[cut + 21:])
+    declare_keys(fed_path.parent / "data" / "bank.duckdb", {"loans": "loan_id"})
+    monkeypatch.setenv("VEIL_LEDGER_DIR", str(tmp_path / "ledgers"))
+    fed = load_federation(fed_path)
+    with _bank(fed_path) as conn:
+        assert conn.unique_columns("loans") == {"loan_id"}
+    people, rows = duckdb.connect(str(fed_path.parent / "data" / "bank.duckdb"),
+                                  read_only=True).execute(
+        "SELECT COUNT(DISTINCT customer_id), COUNT(*) FROM loans").fetchone()
+    assert rows > people  # some people have several loans: the bound has work to do
+    with warnings.catch_warnings(), veilql.connect(fed, "oracle") as session:
+        warnings.simplefilter("ignore")
+        got = session.sql("SELECT COUNT(*) AS n FROM bank.loans", epsilon=HUGE_EPSILON,
+                          delta=1e-6)
+    assert got.rows[0][0] == pytest.approx(people, abs=0.5)
+
+
+def test_sql_run_depends_on_the_schema_not_on_the_rows(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """The attack: time the query to learn whether some person has more rows than the
+    bound. The party must run the same SQL for neighbouring federations (one person with
+    one loan more), so that any difference in time comes from the rows' work alone, not
+    from a shortcut taken only when no unit is over-full."""
+    texts = []
+    for name, extra in (("without", None),
+                        ("with", {"loans": "INSERT INTO loans SELECT * REPLACE "
+                                           "(loan_id + 1000000 AS loan_id) FROM loans "
+                                           "WHERE customer_id = (SELECT MIN(customer_id) "
+                                           "FROM loans)"})):
+        fed_path = oracle_federation(DEMO, tmp_path / name)
+        declare_keys(fed_path.parent / "data" / "bank.duckdb", {"customers": "customer_id"},
+                     extra)
+        fed = load_federation(fed_path)
+        with _bank(fed_path) as conn:
+            seen = _executed(conn, monkeypatch)
+            for sql in (LOCAL[0], LOCAL[3]):
+                plan = compile_plan(sql, fed, epsilon=1.0)
+                fetch(plan.steps[0], conn, SEED, reduce=plan)
+            texts.append(list(seen))
+    assert texts[0] == texts[1]
+    assert all("HAVING COUNT(*) > 3" in t for t in texts[0][1:])  # loans: bounded
+
+
+def test_rewritten_sql_is_kept_per_step(feds: dict[str, Path]) -> None:
+    fed = load_federation(feds["pk"])
+    step = compile_plan(LOCAL[0], fed, epsilon=1.0).steps[0]
+    with _bank(feds["pk"]) as conn:
+        first = with_engine_facts(step, conn)
+        assert first.sql != step.sql
+        assert any(k[0] == step.sql for k in local_ops._FAST)
+        assert with_engine_facts(step, conn).sql == first.sql
+    with _bank(feds["bounded"]) as conn:  # the same step where no key is declared
+        assert with_engine_facts(step, conn) is step
+
+
+def test_demo_copy_is_untouched(feds: dict[str, Path]) -> None:
+    """The fixtures rebuild copies; the shipped demo keeps no constraint."""
+    with _bank(DEMO / "federation.toml") as conn:
+        assert conn.unique_columns("customers") == frozenset()
