@@ -128,21 +128,21 @@ def test_a_failed_delivery_of_one_partys_shares_does_not_uncharge_it(
             assert [c.status for c in ledger.history()] == ["committed"], party
 
 
-def _stall_insurer(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+def _stall_insurer(monkeypatch: pytest.MonkeyPatch, seconds: float,
+                   interrupt: bool = False) -> None:
+    """The insurer sleeps ``seconds`` before its secure step, that is after admission;
+    with ``interrupt``, Ctrl-C reaches the analyst's main thread as that sleep begins (a
+    fixed timer from the start raced the CLI's start-up on a loaded machine)."""
     real = node_module.PartyNode._run_secure
 
     def slow(self, transport, plan, qid, key):  # type: ignore[no-untyped-def]
         if self.party.name == "insurer":
+            if interrupt:
+                threading.Timer(0.1, _thread.interrupt_main).start()
             time.sleep(seconds)
         return real(self, transport, plan, qid, key)
 
     monkeypatch.setattr(node_module.PartyNode, "_run_secure", slow)
-
-
-def _interrupt_after(seconds: float) -> threading.Timer:
-    timer = threading.Timer(seconds, _thread.interrupt_main)
-    timer.start()
-    return timer
 
 
 def _copy_demo(tmp_path: Path) -> Path:
@@ -156,12 +156,10 @@ def _copy_demo(tmp_path: Path) -> Path:
 def test_ctrl_c_after_admission_keeps_the_charge_and_says_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fed = _copy_demo(tmp_path)
-    _stall_insurer(monkeypatch, 1.5)
+    _stall_insurer(monkeypatch, 1.5, interrupt=True)
     with veilql.connect(fed, "alice") as session:
-        timer = _interrupt_after(0.6)
         with pytest.raises(Interrupted) as err:
             session.sql(CROSS, epsilon=0.5, delta=0)
-        timer.cancel()
         assert err.value.exit_code == 130
         assert "charge stands at bank, insurer" in str(err.value)
         for party in ("bank", "insurer"):
@@ -172,11 +170,9 @@ def test_ctrl_c_after_admission_keeps_the_charge_and_says_so(
 
 def test_veil_query_exits_130_on_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fed = _copy_demo(tmp_path)
-    _stall_insurer(monkeypatch, 1.5)
-    timer = _interrupt_after(0.6)
+    _stall_insurer(monkeypatch, 1.5, interrupt=True)
     result = CliRunner().invoke(main, ["query", "-f", str(fed), "--analyst", "alice",
                                        "--epsilon", "0.5", "--delta", "0", CROSS])
-    timer.cancel()
     assert result.exit_code == 130, result.output
     assert "veil: error: query cancelled; the charge stands at bank, insurer" in result.output
     assert "Traceback" not in result.output

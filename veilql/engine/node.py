@@ -10,7 +10,8 @@ the module that owns it:
 1. compile the SQL into a plan; agree with the other participants on the plan's hash and
    the join cache key (``_agree``);
 2. if the plan reads this party's tables: reserve the cost in its own ledger and tell
-   the others and the analyst; if any party refuses, abort and stop (``_reserve``);
+   the others and the analyst; if any party refuses, abort and stop
+   (``engine/admission.py``);
 3. once every charged party admitted the query: commit, and tell everyone;
 4. run: local mode (``operators/local_mode.py``) or secure mode
    (``operators/secure_mode.py``: inputs, join, aggregate, noise, partition selection);
@@ -26,18 +27,17 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from veilql.connectors.base import Connector, open_connector
+from veilql.engine import admission
+from veilql.engine.admission import Refused
 from veilql.engine.dimensions import exchange
-from veilql.engine.ledger.errors import BudgetRefused
 from veilql.engine.ledger.ledger import Ledger
 from veilql.engine.ledger.multi import ledger_path
 from veilql.engine.mpc.runtime import Runtime
@@ -51,6 +51,13 @@ from veilql.engine.operators.memory import chunk_words, forget_frames, release_m
 from veilql.engine.operators.oblivious_join import oblivious_join_stage
 from veilql.engine.operators.secure_mode import compute_secure, release_secure
 from veilql.engine.plan.nodes import Plan
+from veilql.engine.request import (
+    Progress,
+    QueryRequest,
+    ledger_dir_override,
+    participants,
+    plan_hash,
+)
 from veilql.engine.rewrite import compile_plan
 from veilql.engine.transport.base import HEARTBEAT_SHARE, Heartbeat, Transport
 from veilql.engine.transport.mailbox import without_rounds
@@ -61,54 +68,9 @@ __all__ = ["ANALYST", "PartyNode", "Progress", "QueryRequest", "Refused", "chunk
            "join_stage", "ledger_dir_override", "oblivious_join_stage", "participants",
            "plan_hash", "structure_hash"]
 
-Progress = Callable[[str, str], None]  # (party, step) -> None
-
-
-@dataclass(frozen=True)
-class QueryRequest:
-    """What the analyst asks every node: the SQL and the requested cost."""
-
-    query_id: str
-    sql: str
-    analyst: str
-    epsilon: float | None = None
-    delta: float | None = None
-    mechanism: str = "auto"
-    purpose: str = ""  # the analyst's stated purpose, recorded in each charged ledger entry
-    identity: str = "self-asserted"  # "certificate" when a `veil serve` node checked it
-
-    def to_bytes(self) -> bytes:
-        """JSON encoding, for the network."""
-        return json.dumps(asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> QueryRequest:
-        """Inverse of ``to_bytes``."""
-        return cls(**json.loads(data))
-
 
 def _quiet(party: str, step: str) -> None:
     """The default progress sink: nothing."""
-
-
-def participants(plan: Plan) -> tuple[str, ...]:
-    """Parties that take part in running ``plan`` (its data parties and compute parties, and
-    the owners of dimension tables sent to them)."""
-    owners = tuple(owner for owner, _, _ in plan.shipments)
-    if plan.mode == "local":
-        return tuple(dict.fromkeys((*plan.parties, *owners)))
-    return tuple(dict.fromkeys((*plan.compute, *plan.parties, *owners)))
-
-
-def plan_hash(plan: Plan) -> str:
-    """A digest of the plan every participant compiles; they must all agree on it."""
-    return hashlib.sha256(plan.to_s().encode()).hexdigest()
-
-
-def ledger_dir_override(federation: Federation) -> Path | None:
-    """``$VEIL_LEDGER_DIR``, when set, replaces the federation's ledger folder."""
-    env = os.environ.get("VEIL_LEDGER_DIR")
-    return Path(env) if env else None
 
 
 class PartyNode:
@@ -220,11 +182,11 @@ class PartyNode:
                 self._step("agreeing on the plan")
                 join_key = self._agree(transport, plan, who, qid)
                 self._step("reserving budget")
-                reservation = self._reserve(transport, plan, request)
+                reservation = admission.reserve(self, transport, plan, request)
                 begun = True  # every charged party admitted the query: the charge now stands
                 if reservation is not None:
                     self.ledger.commit(reservation)
-                    self._announce_commit(transport, plan, qid)
+                    admission.announce_commit(self, transport, plan, qid)
                 plan = exchange(transport, plan, self.party.name, lambda: self.connector, qid,
                                 self._step)  # dimension tables (engine/dimensions.py)
                 if self.party.name not in (*plan.parties, *plan.compute):
@@ -349,99 +311,6 @@ class PartyNode:
         return hashlib.sha256(json.dumps([structure, sorted(everything.items())]).encode()
                               ).hexdigest()
 
-    def _reserve(self, transport: Transport, plan: Plan, request: QueryRequest):
-        """Reserve at this party's ledger if the plan reads its tables, and exchange the
-        outcome with every participant and the analyst; stop everywhere if any refused.
-
-        Admission is a chain in ``plan.charged`` order: a party reserves only after every
-        earlier one admitted the query (a later one is not asked once one refused). So
-        the parties admit concurrent queries of one analyst in the same order, and a
-        party that waits for its open reservations to settle (``Ledger.reserve(wait=)``)
-        waits only on queries that every earlier party already admitted: no cycle, and a
-        budget for k queries releases exactly k however many race for it.
-
-        The reservation is aborted here on any failure of the exchange (a peer that died,
-        a refusal elsewhere), so no reservation is ever left open by a live node.
-        """
-        me = self.party.name
-        tag = f"{request.query_id}/budget"
-        reservation = None
-        refused = False
-        try:
-            for p in plan.charged:
-                if p != me:
-                    theirs = json.loads(transport.recv(p, f"{tag}/{p}"))
-                    refused = refused or not theirs["ok"]
-                    continue
-                if refused:
-                    status = {"party": me, "ok": False, "skipped": True,
-                              "message": f"{me}: not asked (another party refused first)"}
-                else:
-                    status = self._try_reserve(plan, request)
-                    reservation = status.pop("reservation")
-                payload = json.dumps(status).encode()
-                for other in participants(plan):
-                    if other != me:
-                        transport.send(other, f"{tag}/{me}", payload)
-                transport.send(ANALYST, f"{tag}/{me}", payload)
-                refused = refused or not status["ok"]
-        except BaseException:
-            if reservation is not None:
-                self.ledger.abort(reservation, "the budget exchange failed")
-            raise
-        if refused:
-            if reservation is not None:
-                self.ledger.abort(reservation, "another party refused the query")
-            raise Refused()
-        return reservation
-
-    def _try_reserve(self, plan: Plan, request: QueryRequest) -> dict:
-        """Reserve the plan's cost for the analyst; the outcome as a status message."""
-        me = self.party.name
-        analyst = self.federation.analysts.get(request.analyst)
-        if analyst is None:
-            return {"party": me, "ok": False, "reservation": None,
-                    "message": f"{me}: analyst {request.analyst!r} has no budget here"}
-        tables = [t for step in plan.steps if step.party == me for t in step.tables]
-        # Waiting for open reservations to settle is silence to the peers down the chain:
-        # keep the chain's total wait inside their timeout.
-        wait = self.federation.timeout / (len(plan.charged) + 1)
-        try:
-            reservation = self.ledger.reserve(
-                analyst, plan.epsilon, plan.delta, query_id=request.query_id,
-                sql=request.sql, tables=tables, wait=wait, purpose=request.purpose,
-                identity=request.identity, record_refusal=True)
-        except BudgetRefused as refusal:
-            return {"party": me, "ok": False, "reservation": None, "message": refusal.detail()}
-        eps, delta = self.ledger.remaining(analyst)
-        return {"party": me, "ok": True, "reservation": reservation,
-                "epsilon_remaining": float(eps), "delta_remaining": float(delta)}
-
-    def _announce_commit(self, transport: Transport, plan: Plan, qid: str) -> None:
-        """Tell every participant and the analyst that this party committed its charge,
-        with its ledger's head (which the others keep as an anchor)."""
-        me = self.party.name
-        seq, digest = self.ledger.head()
-        payload = json.dumps({"party": me, "seq": seq, "hash": digest}).encode()
-        for p in participants(plan):
-            if p != me:
-                transport.send(p, f"{qid}/committed/{me}", payload)
-        transport.send(ANALYST, f"{qid}/committed/{me}", payload)
-
-    def _await_commits(self, transport: Transport, plan: Plan, qid: str) -> None:
-        """Before any output share leaves: every other charged party has committed.
-
-        Each commit carries that party's ledger head; this party keeps it as an anchor.
-        """
-        me = self.party.name
-        for p in plan.charged:
-            if p == me:
-                continue
-            theirs = json.loads(transport.recv(p, f"{qid}/committed/{p}"))
-            if theirs.get("party") != p:
-                raise ProtocolError(f"party {p!r} sent a malformed commit notice")
-            self.ledger.record_anchor(p, int(theirs["seq"]), str(theirs["hash"]), qid)
-
     # -- run -------------------------------------------------------------------------
     def _run_local(self, transport: Transport, plan: Plan) -> None:
         """One party: aggregate its own rows and add the full noise itself
@@ -473,7 +342,7 @@ class PartyNode:
 
         out = compute_secure(rt, plan, qid, join_key, self._cache, columns, self._step,
                              own=lambda: getattr(self._query, "own", None))
-        self._await_commits(transport, plan, qid)  # no output share before every charge
+        admission.await_commits(self, transport, plan, qid)  # no output share before every charge
         release_secure(transport, plan, me, out)
 
     def _run_union(self, transport: Transport, plan: Plan, qid: str) -> None:
@@ -494,7 +363,7 @@ class PartyNode:
         rt.agree_chunk_words()
         self._step("adding shares and noise")
         out = union_mode.compute_union(rt, plan, qid, vector)
-        self._await_commits(transport, plan, qid)  # no output share before every charge
+        admission.await_commits(self, transport, plan, qid)  # no output share before every charge
         release_secure(transport, plan, me, out)
 
     def _local_columns(self, transport: Transport, plan: Plan, qid: str) -> dict[str, np.ndarray]:
@@ -509,7 +378,3 @@ class PartyNode:
             self._query.own = outer.own_total(plan, me, rows, chunk_words())
         self._query.rows = labels_only(rows)  # private group keys stay until the release
         return columns
-
-
-class Refused(Exception):
-    """This node stopped because some party refused the budget (the analyst reports it)."""
