@@ -438,8 +438,9 @@ def test_products_of_one_factor_per_party_bind_and_others_do_not() -> None:
     b(sql.format("CASE WHEN a.monthly_txn_count > 3 THEN p.premium END"))
     with pytest.raises(UnsupportedError, match="adds columns of different parties"):
         b(sql.format("(a.monthly_txn_count + p.premium) * p.open_claim"))
-    with pytest.raises(UnsupportedError, match="multiplies or divides"):
-        b(sql.format("a.monthly_txn_count / (p.premium + 1)"))
+    b(sql.format("a.monthly_txn_count / (p.premium + 1)"))  # x * (1 / D), D at insurer
+    with pytest.raises(UnsupportedError, match="several parties' columns"):
+        b(sql.format("p.open_claim / (a.monthly_txn_count + p.premium + 1)"))
 
 
 def test_ctes_and_derived_tables_inline() -> None:

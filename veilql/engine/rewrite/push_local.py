@@ -49,6 +49,7 @@ from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql.bound import BoundTable, Output, columns_used, parties_in
 from veilql.engine.sql.distinct import MAX_BUCKETS, MAX_DISTINCT
+from veilql.engine.sql.fixedpoint import Factor, product_decimals
 from veilql.engine.sql.functions import (
     clamp_sql,
     float_digits,
@@ -226,9 +227,15 @@ def _product_aggregate(
         factors[first] = exp.Mul(this=exp.Paren(this=constant),
                                  expression=exp.Paren(this=factors[first]))
     terms, total, bound = [], 0, 1.0
-    for party, factor in factors.items():
-        lo, hi = _interval(factor, ctx)
-        digits = _decimals(factor, ctx)
+    # A floating-point factor's digits depend on the others' bounds (fixedpoint.py).
+    sized = {party: _interval(factor, ctx) for party, factor in factors.items()}
+    chosen = product_decimals([Factor(
+        f"{factor.sql(dialect='duckdb')} at {party}", max(abs(lo), abs(hi)),
+        _decimals(factor, ctx), has_float_result(factor))
+        for (party, factor), (lo, hi) in zip(factors.items(), sized.values(), strict=True)],
+        _join_rows(ctx), f"{out.kind.upper()}({out.expr.sql(dialect='duckdb')})")
+    for (party, factor), digits in zip(factors.items(), chosen, strict=True):
+        lo, hi = sized[party]
         total += digits
         bound *= max(abs(lo), abs(hi))
         name = _next_name(columns[party], prefix)
@@ -248,12 +255,17 @@ def _decimals(node: exp.Expression, ctx: Context) -> int:
 
     d = value_decimals(node, digits)
     if has_float_result(node):
-        rows = 1
-        for t in ctx.bound.tables:
-            rows *= 1 if t.semi else t.policy.max_rows_per_unit
         lo, hi = _interval(node, ctx)
-        d = float_digits(d, max(abs(lo), abs(hi)), rows)
+        d = float_digits(d, max(abs(lo), abs(hi)), _join_rows(ctx))
     return d
+
+
+def _join_rows(ctx: Context) -> int:
+    """The most joined rows one person has: the product of the tables' rows per unit."""
+    rows = 1
+    for t in ctx.bound.tables:
+        rows *= 1 if t.semi else t.policy.max_rows_per_unit
+    return rows
 
 
 def _count_nonnull(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from veilql.engine.sql.sqltypes import _DIGITS, _int_range
+from veilql.errors import UnsupportedError
 
 # ---------------------------------------------------------------- numbers
 
@@ -133,3 +134,93 @@ def _square(product: _Num, a: _Num) -> _Num:
                 product.known)
 
 
+
+
+# ------------------------------------------------- floating-point factors of a product
+
+#: Decimals to which each row's product is exact, at least, when a factor of a product
+#: across parties is computed in floating point (a reciprocal ``1 / D``): cents, or the
+#: other factors' own digits when they have more.
+PRODUCT_DECIMALS = 2
+#: The most digits a floating-point factor gets: a double holds about 15.9 of them.
+MAX_FLOAT_DIGITS = 15
+# Per person and row, a product may use half of the ring's safe range 2^62 (the rest is for
+# the noise) over up to 2^33 people (``dp/ring.py`` MAX_UNITS, ``rewrite/check_ranges.py``).
+_ROOM = 2.0**62 / 2 / 2.0**33
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One party's factor of a product across parties, as its public bounds describe it."""
+
+    label: str  # how a refusal names it, e.g. "1 / (tb.fills + 1) at beta"
+    magnitude: float  # its largest |value| under the declared bounds
+    decimals: int  # its own fixed-point digits
+    floating: bool  # computed in floating point: its digits are chosen here
+
+
+def product_decimals(factors: list[Factor], rows: int, what: str) -> list[int]:
+    """Digits of each factor of ``what``, a product across parties, from public bounds.
+
+    A factor computed in floating point (``1 / D``, ``x / D``, ``SQRT(x)``) is rounded to
+    ``d`` digits at its party, so each row's product is off by up to ``M * 0.5 * 10^-d``,
+    where ``M`` bounds the product of the other factors: with ``1 / D`` tiny, six digits
+    would keep one or two significant ones. It gets at least ``need = d_out +
+    ceil(log10 M) + 1`` digits, so that this error stays below ``0.5 * 10^-d_out``
+    (``d_out``: ``PRODUCT_DECIMALS``, or the other factors' digits when more), and then
+    as many more as keep the product, at its scale (the sum of the factors' digits), within
+    ``_ROOM / rows`` for up to 2^33 people with ``rows`` joined rows each (the ring check of
+    ``rewrite/check_ranges.py``). Other factors keep their digits; when the least digits
+    do not fit, the query is refused, naming the bounds to narrow.
+
+    >>> product_decimals([Factor("ta.score", 10.0, 2, False),
+    ...                   Factor("1 / (tb.fills + 1)", 1.0, 6, True)], 2, "SUM")
+    [2, 5]
+    >>> product_decimals([Factor("ta.visits", 50.0, 0, False),
+    ...                   Factor("1 / (tb.d)", 1e-3, 6, True)], 2, "SUM")
+    [0, 9]
+    """
+    digits = [f.decimals for f in factors]
+    floating = [i for i, f in enumerate(factors) if f.floating]
+    if not floating:
+        return digits
+    exact = [f.decimals for f in factors if not f.floating]
+    d_out = max([PRODUCT_DECIMALS, *exact])
+    room = _ROOM / max(rows, 1)
+
+    def size(ds: list[int]) -> float:  # as check_ranges' per_row: one unit of rounding each
+        out = 1.0
+        for f, d in zip(factors, ds, strict=True):
+            out *= math.ceil(f.magnitude * 10.0**d * (1 + 2.0**-50)) + 1
+        return out
+
+    for i in floating:
+        others = math.prod(f.magnitude for j, f in enumerate(factors) if j != i)
+        need = d_out + math.ceil(math.log10(others)) + 1 if others > 0 else 0
+        digits[i] = max(need, 0)
+    if size(digits) >= room or max(digits[i] for i in floating) > MAX_FLOAT_DIGITS:
+        raise _unfit(factors, digits, floating, d_out, rows, what)
+    grown = True
+    while grown:  # more digits while they fit: each row's error shrinks tenfold per digit
+        grown = False
+        for i in floating:
+            more = digits[:i] + [digits[i] + 1] + digits[i + 1:]
+            if more[i] <= MAX_FLOAT_DIGITS and size(more) < room:
+                digits, grown = more, True
+    return digits
+
+
+def _unfit(factors: list[Factor], digits: list[int], floating: list[int], d_out: int,
+           rows: int, what: str) -> UnsupportedError:
+    """The refusal of a floating-point factor whose least digits leave the ring."""
+    i = floating[0]
+    others = " x ".join(f"{f.label} (up to {f.magnitude:.6g})" for j, f in
+                        enumerate(factors) if j != i)
+    labels = ", ".join(f.label for f in factors)
+    return UnsupportedError(
+        f"{what}: {factors[i].label} is computed in floating point and needs {digits[i]} "
+        f"decimals so that its product with {others} is exact to {d_out} decimals on each "
+        f"row, but a product at {sum(digits)} decimals could leave the safe range of the "
+        f"64-bit ring (2^62, for up to 2^33 people x {rows} rows each)",
+        f"narrow the declared bounds of {labels} in the parties' policies (a smaller "
+        "numerator, or a divisor farther from 0), or lower max_rows_per_unit")

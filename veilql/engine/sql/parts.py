@@ -10,10 +10,13 @@ Two shapes fit the secure runtime, which multiplies one factor per party and sum
   joined rows of ``visits`` (at p) times ``fills`` (at s); ``CASE WHEN a.c THEN b.x END``
   (what ``SUM(b.x) FILTER (WHERE a.c)`` means) is ``[a.c] * b.x``, with the indicator
   ``CASE WHEN a.c THEN 1 END`` computed at a's party. At most one factor per party (a
-  party's factors multiply locally).
+  party's factors multiply locally). A division by one party's expression ``D`` is the
+  product with its reciprocal: ``SUM(a.x / b.d)`` is ``a.x`` (at a) times ``1 / (b.d)``
+  (at b, computed in its own engine; ``b.d``'s bounds exclude 0), its digits chosen from
+  public bounds (``fixedpoint.product_decimals``).
 
-Anything else across parties (a product of sums, a division, a function of two parties'
-columns) is refused with the reason.
+Anything else across parties (a product of sums, a division by several parties' columns,
+a function of two parties' columns) is refused with the reason.
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ def split_product(node: exp.Expression, party_of: Callable[[str], str]) -> Parts
                       split_product(node.expression, party_of))
     if isinstance(node, exp.Neg):
         return _times({None: exp.Literal.number(-1)}, split_product(node.this, party_of))
+    if isinstance(node, exp.Div):
+        return _quotient(node, party_of)
     if isinstance(node, exp.Case | exp.If):
         from veilql.engine.sql.functions import branches
 
@@ -116,6 +121,46 @@ def split_product(node: exp.Expression, party_of: Callable[[str], str]) -> Parts
                                   or _is_null(default))
             return _times(factors, split_product(value, party_of))
     raise UnsupportedError(_across(node, owners), _HINT)
+
+
+def _quotient(node: exp.Div, party_of: Callable[[str], str]) -> Parts:
+    """``x / D`` across parties as the product ``x * (1 / D)``: the party that owns ``D``
+    computes the reciprocal in its own engine, like any of its factors (``x / D`` itself
+    when it also owns a factor of ``x``). The binder has refused a ``D`` whose declared
+    bounds hold 0 (``typecheck_exprs._division``); its digits come from the public
+    bounds of every factor (``fixedpoint.product_decimals``).
+    """
+    divisor = node.expression
+    owners = _owners(divisor, party_of)
+    if len(owners) > 1:
+        raise UnsupportedError(
+            f"{node.sql()} divides by {divisor.sql()}, an expression of several parties' "
+            f"columns ({', '.join(sorted(owners))}), which is not supported",
+            "divide by one party's expression (its reciprocal is computed by that party), "
+            "or aggregate numerator and divisor separately and divide the released values")
+    try:
+        numerator = split_product(node.this, party_of)
+    except UnsupportedError as error:
+        raise UnsupportedError(
+            f"{node.sql()}: its numerator {node.this.sql()} is not one factor per party "
+            f"({error.message})",
+            "divide each party's part separately: SUM(a.x / c.d) + SUM(b.y / c.d) rather "
+            "than SUM((a.x + b.y) / c.d)") from None
+    if not owners:  # a constant divisor of a product across parties
+        return _times(numerator, {None: _divided(exp.Literal.number(1), divisor, node)})
+    party = owners.pop()
+    out = dict(numerator)
+    if party in out:  # one division in the party's engine, not a product with 1 / D
+        out[party] = _divided(out[party], divisor, node)
+    else:
+        out[party] = _divided(exp.Literal.number(1), divisor, node)
+    return out
+
+
+def _divided(this: exp.Expression, divisor: exp.Expression, like: exp.Div) -> exp.Div:
+    """``this / (divisor)``, a division of the same kind as ``like`` (DuckDB's ``/``)."""
+    return exp.Div(this=_paren(this.copy()), expression=exp.Paren(this=divisor.copy()),
+                   typed=like.args.get("typed"), safe=like.args.get("safe"))
 
 
 def _zero_or_null(node: exp.Expr) -> bool:

@@ -180,7 +180,8 @@ class ExpressionTypes:
             raise UnsupportedError(
                 f"division by {_short(node.expression)} is not supported: a party's engine "
                 f"fails on a row where the divisor is 0{within}",
-                "divide by a number written in the query, e.g. x / 12, or multiply out: "
+                "declare bounds that exclude 0 for the divisor's columns (e.g. [1, 10]), "
+                "divide by a number written in the query (x / 12), or multiply out: "
                 "a > b * 2 rather than a / b > 2",
             )
         literal_type(divisor)
