@@ -235,3 +235,45 @@ def test_demo_copy_is_untouched(feds: dict[str, Path]) -> None:
     """The fixtures rebuild copies; the shipped demo keeps no constraint."""
     with _bank(DEMO / "federation.toml") as conn:
         assert conn.unique_columns("customers") == frozenset()
+
+
+@pytest.mark.parametrize("sql,expected", [
+    (LOCAL[0], True), (LOCAL[1], True),
+    (LOCAL[3], False),  # a local join, loans ranked
+    ("SELECT branch, COUNT(*) AS n FROM bank.customers GROUP BY branch", False),  # private keys
+    ("SELECT COUNT(DISTINCT customer_id) AS n FROM bank.customers", False),
+])
+def test_memory_is_handed_back_unless_the_step_is_light(feds: dict[str, Path], sql: str,
+                                                        expected: bool,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """A light step (one keyed table, public groups, no COUNT(DISTINCT)) skips the
+    hand-back of DuckDB's memory; every other one still hands it back. Decided from the
+    plan and the schema: the bounded federation never skips it."""
+    released: list[int] = []
+    monkeypatch.setattr(local_ops, "release_engine_memory", lambda conn: released.append(1))
+    for kind in ("pk", "bounded"):
+        fed = load_federation(feds[kind])
+        plan = compile_plan(sql, fed, epsilon=1.0, delta=1e-6)
+        released.clear()
+        with _bank(feds[kind]) as conn:
+            assert local_ops.light(with_engine_facts(plan.steps[0], conn), plan) is (
+                expected and kind == "pk")
+            fetch(plan.steps[0], conn, SEED, reduce=plan)
+        assert bool(released) is not (expected and kind == "pk"), (kind, released)
+
+
+def test_session_plans_a_repeated_query_once(feds: dict[str, Path]) -> None:
+    from veilql.engine.dp import LargeEpsilonWarning
+    from veilql.errors import QueryError
+
+    with veilql.connect(feds["pk"], "oracle") as session:
+        a = session.plan(LOCAL[0], epsilon=1.0)
+        assert session.plan(LOCAL[0], epsilon=1.0) is a
+        assert session.plan(LOCAL[0], epsilon=0.5) is not a
+        for _ in range(2):  # a refusal is not kept: it is raised again
+            with pytest.raises(QueryError):
+                session.plan("SELECT loan_id FROM bank.loans", epsilon=1.0)
+        for _ in range(2):  # the warning of a large epsilon comes with a kept plan too
+            with pytest.warns(LargeEpsilonWarning):
+                session.plan(LOCAL[0], epsilon=50.0)

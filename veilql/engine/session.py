@@ -31,6 +31,7 @@ from veilql.engine.node import (
     participants,
 )
 from veilql.engine.plan.nodes import Plan
+from veilql.engine.plan_cache import PlanCache
 from veilql.engine.remote import (
     RemoteAnalyst,
     all_remote,
@@ -38,7 +39,6 @@ from veilql.engine.remote import (
     remote_budget,
 )
 from veilql.engine.result import Result, build_result
-from veilql.engine.rewrite import compile_plan
 from veilql.engine.sql.parse import parse
 from veilql.engine.transport.identity import certificate_name
 from veilql.engine.transport.inprocess import InProcessNetwork
@@ -117,6 +117,7 @@ class Session:
         self._nodes: dict[str, PartyNode] = {}
         self._warned_embedded = False
         self._catalog: dict[str, dict[str, list[str]]] | None = None
+        self._plans = PlanCache(federation)  # a repeated query is planned once
 
     # -- compile ---------------------------------------------------------------------------
     def catalog(self) -> dict[str, dict[str, list[str]]]:
@@ -134,8 +135,8 @@ class Session:
              mechanism: str = "auto") -> Plan:
         """The plan of ``sql`` (spends nothing)."""
         self._check_open()
-        return compile_plan(sql, self.federation, epsilon=epsilon, delta=delta,
-                            mechanism=mechanism, catalog=self.catalog())
+        return self._plans.compile(sql, epsilon=epsilon, delta=delta, mechanism=mechanism,
+                                   catalog=self.catalog())
 
     def explain(self, sql: str, epsilon: float | None = None, delta: float | None = None) -> str:
         """``veil explain``: the plan as text (spends nothing)."""
