@@ -21,7 +21,7 @@ import pytest
 from oracle import HUGE_EPSILON, oracle_federation, plain, same, union_connection
 
 import veilql
-from veilql.connectors.base import open_connector
+from veilql.connectors.base import Connector, open_connector
 from veilql.connectors.duckdb import DuckDBConnector
 from veilql.engine.operators import local as local_ops
 from veilql.engine.operators.local import fetch, with_engine_facts
@@ -90,7 +90,7 @@ def _bank(fed: Path) -> DuckDBConnector:
     return conn
 
 
-def _executed(conn: DuckDBConnector, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def _executed(conn: Connector, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every SQL text the connector hands its engine, recorded."""
     seen: list[str] = []
     run = conn._execute
@@ -277,3 +277,46 @@ def test_session_plans_a_repeated_query_once(feds: dict[str, Path]) -> None:
         for _ in range(2):  # the warning of a large epsilon comes with a kept plan too
             with pytest.warns(LargeEpsilonWarning):
                 session.plan(LOCAL[0], epsilon=50.0)
+
+
+def test_postgres_reads_enforced_one_column_keys(feds: dict[str, Path],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: PRIMARY KEY, UNIQUE and plain unique indexes count; a partial, an
+    expression, a two-column or a mixed-case one does not. The bank's customers keyed
+    there read the same rows with and without the scan."""
+    pg = pytest.importorskip("pg_fixtures")
+    url, why = pg.server_url()
+    if url is None:
+        pytest.skip(why)
+    from veilql.connectors.postgres import PostgresConnector
+
+    with pg.fresh_schema(url) as (con, schema):
+        con.execute(f"CREATE TABLE {schema}.a (id bigint PRIMARY KEY, y int UNIQUE, z int, "
+                    "w int, v int, UNIQUE (z, w))")
+        con.execute(f"CREATE UNIQUE INDEX ON {schema}.a (v) WHERE v > 0")
+        con.execute(f"CREATE TABLE {schema}.b (id bigint, k int)")
+        con.execute(f"CREATE UNIQUE INDEX ON {schema}.b (k) INCLUDE (id)")
+        con.execute(f"CREATE UNIQUE INDEX ON {schema}.b ((id + 1))")
+        con.execute(f'CREATE TABLE {schema}."Mixed" ("Id" bigint PRIMARY KEY)')
+        con.execute(f"CREATE VIEW {schema}.keyed AS SELECT * FROM {schema}.a")
+        pg.load_party(con, schema, feds["bounded"], "bank")
+        con.execute(f"ALTER TABLE {schema}.customers ADD PRIMARY KEY (customer_id)")
+        sep = "&" if "?" in url else "?"
+        with PostgresConnector(f"{url}{sep}schema={schema}") as conn:
+            assert conn.unique_columns("a") == {"id", "y"}
+            assert conn.unique_columns("b") == {"k"}
+            assert conn.unique_columns("Mixed") == frozenset()
+            assert conn.unique_columns("keyed") == frozenset()
+            assert conn.unique_columns("customers") == {"customer_id"}
+            assert conn.unique_columns("loans") == frozenset()
+            step = compile_plan(LOCAL[3], load_federation(feds["bounded"]),
+                                epsilon=1.0).steps[0]
+            seen = _executed(conn, monkeypatch)
+            fast = fetch(step, conn, SEED)
+            assert "> 1" not in seen[-1] and "> 3" in seen[-1]  # customers unranked only
+            monkeypatch.setattr(conn, "unique_columns", lambda table: frozenset())
+            slow = fetch(step, conn, SEED)
+            assert "> 1" in seen[-1]
+    assert np.array_equal(fast.keys, slow.keys) and np.array_equal(fast.present, slow.present)
+    for name in fast.cols:
+        assert np.array_equal(fast.cols[name], slow.cols[name]), name

@@ -79,6 +79,22 @@ LEFT JOIN pg_stat_all_tables AS s ON s.relid = c.oid
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
 """
 
+# One-column unique indexes the server enforces on every write and that hold for every row:
+# a PRIMARY KEY or UNIQUE constraint (or a plain unique index), valid, live and checked
+# immediately, over a column rather than an expression, without a WHERE (a partial index
+# says nothing of the rows outside it). INCLUDE columns are not keys.
+_UNIQUE_SQL = """
+SELECT a.attname
+FROM pg_index AS i
+JOIN pg_class AS c ON c.oid = i.indrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+  AND i.indisunique AND i.indnkeyatts = 1 AND i.indkey[0] > 0
+  AND i.indisvalid AND i.indislive AND i.indimmediate
+  AND i.indpred IS NULL AND i.indexprs IS NULL
+"""
+
 # information_schema.columns.data_type -> the DuckDB spelling policies/coltypes.py knows.
 _CATALOG_TYPES: dict[str, str] = {
     "smallint": "SMALLINT",
@@ -340,6 +356,18 @@ class PostgresConnector(Connector):
         if not rows:
             return "view:" + secrets.token_hex(8)
         return ":".join("-" if v is None else str(v) for v in rows[0])
+
+    def unique_columns(self, table: str) -> frozenset[str]:
+        """Columns of ``table`` with a one-column unique index the server enforces
+        (``_UNIQUE_SQL``), looked up on every call (the schema may change between queries).
+
+        Only lower-case names count: the local SQL's unquoted identifiers fold to lower
+        case in PostgreSQL, so a mixed-case table or column is never taken for another.
+        """
+        if table != table.lower():
+            return frozenset()
+        rows = self._query(_UNIQUE_SQL, (self.schema, table), "catalog")
+        return frozenset(name for (name,) in rows if name == name.lower())
 
     def _query(self, sql: str, params: Sequence[Any], stage: str) -> list[tuple[Any, ...]]:
         """Run VeilQL's own catalog SQL (with parameters) in a read-only transaction; a
