@@ -230,8 +230,9 @@ def _product_aggregate(
     # A floating-point factor's digits depend on the others' bounds (fixedpoint.py).
     sized = {party: _interval(factor, ctx) for party, factor in factors.items()}
     chosen = product_decimals([Factor(
-        f"{factor.sql(dialect='duckdb')} at {party}", max(abs(lo), abs(hi)),
-        _decimals(factor, ctx), has_float_result(factor))
+        f"{party}'s factor {factor.sql(dialect='duckdb')}", max(abs(lo), abs(hi)),
+        _decimals(factor, ctx), has_float_result(factor),
+        tuple(f"{c.table}.{c.name}" for c in factor.find_all(exp.Column)))
         for (party, factor), (lo, hi) in zip(factors.items(), sized.values(), strict=True)],
         _join_rows(ctx), f"{out.kind.upper()}({out.expr.sql(dialect='duckdb')})")
     for (party, factor), digits in zip(factors.items(), chosen, strict=True):

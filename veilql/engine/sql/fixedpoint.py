@@ -153,10 +153,11 @@ _ROOM = 2.0**62 / 2 / 2.0**33
 class Factor:
     """One party's factor of a product across parties, as its public bounds describe it."""
 
-    label: str  # how a refusal names it, e.g. "1 / (tb.fills + 1) at beta"
+    label: str  # how a refusal names it, e.g. "beta's factor 1 / (tb.fills + 1)"
     magnitude: float  # its largest |value| under the declared bounds
     decimals: int  # its own fixed-point digits
     floating: bool  # computed in floating point: its digits are chosen here
+    columns: tuple[str, ...] = ()  # the columns it reads, named by a refusal's hint
 
 
 def product_decimals(factors: list[Factor], rows: int, what: str) -> list[int]:
@@ -214,13 +215,13 @@ def _unfit(factors: list[Factor], digits: list[int], floating: list[int], d_out:
            rows: int, what: str) -> UnsupportedError:
     """The refusal of a floating-point factor whose least digits leave the ring."""
     i = floating[0]
-    others = " x ".join(f"{f.label} (up to {f.magnitude:.6g})" for j, f in
-                        enumerate(factors) if j != i)
-    labels = ", ".join(f.label for f in factors)
+    others = math.prod(f.magnitude for j, f in enumerate(factors) if j != i)
+    columns = sorted({c for f in factors for c in f.columns}) or [f.label for f in factors]
     return UnsupportedError(
         f"{what}: {factors[i].label} is computed in floating point and needs {digits[i]} "
-        f"decimals so that its product with {others} is exact to {d_out} decimals on each "
-        f"row, but a product at {sum(digits)} decimals could leave the safe range of the "
-        f"64-bit ring (2^62, for up to 2^33 people x {rows} rows each)",
-        f"narrow the declared bounds of {labels} in the parties' policies (a smaller "
-        "numerator, or a divisor farther from 0), or lower max_rows_per_unit")
+        f"decimals, so that its product with the other factors (up to {others:.6g}) is "
+        f"exact to {d_out} decimals on each row; but the product, at {sum(digits)} "
+        f"decimals in all, could then leave the safe range of the 64-bit ring (2^62, for "
+        f"up to 2^33 people x {rows} rows each)",
+        f"narrow the declared bounds of {', '.join(columns)} in the parties' policies (a "
+        "smaller numerator, or a divisor farther from 0), or lower max_rows_per_unit")

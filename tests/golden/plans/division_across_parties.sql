@@ -1,0 +1,1 @@
+SELECT c.region, AVG(a.monthly_txn_count / c.age) AS txn_per_year, SUM(a.monthly_txn_count / (p.open_claim + 1)) AS halved FROM bank.customers c JOIN payments.accounts a ON c.customer_id = a.customer_id JOIN insurer.policies p ON p.customer_id = c.customer_id GROUP BY c.region
