@@ -14,17 +14,21 @@ only: the plan is the same for other data.
 from __future__ import annotations
 
 import csv
+import math
 import warnings
 from pathlib import Path
 
 import bi_fixtures
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from oracle import HUGE_EPSILON, plain, union_connection
 from test_oracle import check_against_duckdb
 
 import veilql
 from veilql.engine.rewrite import compile_plan
-from veilql.errors import QueryError
+from veilql.engine.sql.fixedpoint import PRODUCT_DECIMALS, Factor, product_decimals
+from veilql.errors import QueryError, UnsupportedError
 from veilql.policies.loader import load_federation
 
 J2 = "FROM alpha.ta JOIN beta.tb ON ta.uid = tb.uid"
@@ -177,3 +181,20 @@ def test_unsupported_division_is_refused(bi, sql: str, words: str) -> None:
         compile_plan(sql, session.federation, epsilon=1.0, delta=1e-6)
     text = f"{info.value.message} {info.value.hint}"
     assert words in text, text
+
+
+@given(st.floats(0.01, 1e5), st.integers(0, 3), st.floats(1e-6, 10.0), st.integers(1, 4))
+def test_reciprocal_digits_keep_each_row_exact_and_in_the_ring(
+        x: float, dx: int, r: float, rows: int) -> None:
+    """Whatever the bounds, chosen digits keep a row's rounding error below half a unit of
+    ``d_out`` and the product within the ring's room, or the query is refused."""
+    factors = [Factor("a.x", x, dx, False), Factor("1 / b.d", r, 6, True)]
+    try:
+        _, d = product_decimals(factors, rows, "SUM")
+    except UnsupportedError:
+        return
+    d_out = max(PRODUCT_DECIMALS, dx)
+    assert x * 0.5 * 10.0**-d <= 0.5 * 10.0**-d_out
+    per_row = (math.ceil(x * 10**dx * (1 + 2**-50)) + 1) * (
+        math.ceil(r * 10**d * (1 + 2**-50)) + 1)
+    assert 2**33 * rows * per_row < 2**61
