@@ -64,6 +64,8 @@ def secure_sum(
 ) -> AShare:
     """Shares of every aggregate and cell, shape (aggregates, cells in party order).
 
+    ``cross`` is 0/1 shares of shape (units, slots of each party...), or with one more
+    axis of one predicate per chain (``predicate.per_chain_predicate``).
     ``distinct`` has one flag per aggregate (term chain); a party whose factor has one
     aggregate axis of length 1 (``build_factors(collapse=True)``) multiplies the same factor
     into every aggregate. Units are taken in chunks of at most ``rt.chunk_words`` grid
@@ -138,8 +140,9 @@ def _secure_sum(
     aggs = len(distinct)  # one per chain; a party's factor may hold one for all (collapsed)
     joint = (n, *[s[1] for s in shapes], aggs, *[s[3] for s in shapes])
     grid = [expand(f, layout(i, f.shape, k), joint) for i, f in enumerate(factors)]
-    if cross is not None:
-        cross_axes = (n, *[s[1] for s in shapes], 1, *[1] * k)
+    if cross is not None:  # one predicate for all, or one per chain on its last axis
+        per = cross.shape[-1] if cross.a.ndim == 2 + k else 1
+        cross_axes = (n, *[s[1] for s in shapes], per, *[1] * k)
         grid.append(expand(cross, cross_axes, joint))
     acc = grid[0]
     for g in grid[1:-1]:

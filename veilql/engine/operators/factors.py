@@ -220,7 +220,7 @@ def separable(plan: Plan, party: str) -> bool:
     dimension), so that all of a unit's slots fall in one cell.
     """
     groups = party_cells(plan.groups, party)
-    if plan.cross is not None or not groups or any(g.private for g in groups):
+    if plan.on_shares or not groups or any(g.private for g in groups):
         return False
     chains, _ = expand_terms(plan)
     ncell = cell_count(groups)
@@ -270,7 +270,8 @@ def expand_terms(plan: Plan) -> tuple[tuple[AggregateSpec, ...], list[tuple[int,
     seen: dict[tuple[object, ...], int] = {}
 
     def add(chain: AggregateSpec, agg: int) -> None:
-        key = (chain.kind, chain.terms, chain.product)
+        key = (chain.kind, chain.terms, chain.product,
+               chain.cross.sql() if chain.cross is not None else None)
         if key not in seen:
             seen[key] = len(chains)
             chains.append(chain)
@@ -278,10 +279,11 @@ def expand_terms(plan: Plan) -> tuple[tuple[AggregateSpec, ...], list[tuple[int,
 
     for i, agg in enumerate(plan.aggregates):
         if agg.product:
-            add(AggregateSpec(agg.name, agg.output, agg.kind, agg.terms, product=True), i)
+            add(AggregateSpec(agg.name, agg.output, agg.kind, agg.terms, product=True,
+                              cross=agg.cross), i)
             continue
         for term in agg.terms:
-            add(AggregateSpec(agg.name, agg.output, agg.kind, (term,)), i)
+            add(AggregateSpec(agg.name, agg.output, agg.kind, (term,), cross=agg.cross), i)
     return tuple(chains), owner
 
 

@@ -59,7 +59,7 @@ def local_columns(plan: Plan, me: str, rows: PartyRows, transport: Transport, qi
             key = transport.recv(other, key_tag)
         out[f"tag{j}"] = tags(key, rows.keys)
     chains, _ = fac.expand_terms(plan)
-    slot_level = plan.cross is not None
+    slot_level = plan.on_shares
     width = fac.factor_width(plan, me, rows, chains, slot_level=slot_level)
     if fac.separable(plan, me):  # values and cells apart: A + C words, not A x C
         out["V"] = fac.build_factors(plan, me, rows, chains, slot_level=False, cells=False,

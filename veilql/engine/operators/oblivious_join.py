@@ -180,7 +180,7 @@ def local_columns(plan: Plan, me: str, rows: PartyRows, transport: Transport,
     step = plan.step(me)
     chains, _ = fac.expand_terms(plan)
     payload = {"F": fac.build_factors(plan, me, rows, chains,
-                                      slot_level=plan.cross is not None)}
+                                      slot_level=plan.on_shares)}
     for col in step.columns:
         if col.role in ("atom", "operand"):
             payload[col.name] = rows.cols[col.name] * rows.present

@@ -4,12 +4,21 @@ The plan's predicate refers to local columns as ``party.column``: 0/1 ``atom`` c
 (``party.a0 = 1``) and fixed-point ``operand`` columns whose sum is compared with 0.
 Comparisons run as secure LT/EQ and come back as arithmetic 0/1 shares; AND, OR and NOT
 are then products and sums (a OR b = a + b - ab).
+
+An aggregate may have its own predicate (``SUM(a.x > b.y)``, ``FILTER (WHERE a.x > b.y)``;
+``AggregateSpec.cross``): ``per_chain_predicate`` evaluates each distinct one once and
+lays them out along the aggregates' axis, so the secure sum multiplies every chain by its
+own 0/1 column. Leakage: none beyond the WHERE's (every comparison runs on shares over all
+rows and slots, whatever the data; the shapes follow the plan and the units' count).
+Cost: one secure comparison per distinct predicate and slot combination, and one product
+per AND/OR (the not-NULL atoms of each comparison included).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from sqlglot import exp
 
 from veilql.engine.mpc.runtime import Runtime
@@ -57,3 +66,24 @@ def _sum(node: exp.Expression, column: Lookup) -> AShare:
     if isinstance(node, exp.Column):
         return column(node.table, node.name)
     raise ProtocolError(f"unexpected operand {node.sql()} in a secure comparison")
+
+
+def per_chain_predicate(rt: Runtime, own: list[exp.Expression | None],
+                        where: AShare | None, column: Lookup,
+                        shape: tuple[int, ...]) -> AShare:
+    """0/1 shares of shape (units, slots..., chains): per chain, its own predicate (each
+    distinct one evaluated once) times the WHERE's, or the WHERE's (1 without one)."""
+    done: dict[str, AShare] = {}
+    per: list[AShare] = []
+    for cond in own:
+        if cond is None:
+            value = where if where is not None else AShare(
+                rt.me, np.zeros(shape, dtype=np.uint64), np.zeros(shape, dtype=np.uint64)) + 1
+        else:
+            key = cond.sql()
+            if key not in done:
+                test = evaluate(rt, cond, column)
+                done[key] = test if where is None else rt.mul(test, where)
+            value = done[key]
+        per.append(value.reshape(*shape, 1))
+    return AShare.concat(per, axis=len(shape))

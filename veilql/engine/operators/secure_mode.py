@@ -37,7 +37,7 @@ from veilql.engine.operators.local import PartyRows
 from veilql.engine.operators.memory import spans
 from veilql.engine.operators.noise import add_noise
 from veilql.engine.operators.oblivious_join import oblivious_join_stage
-from veilql.engine.operators.predicate import evaluate
+from veilql.engine.operators.predicate import evaluate, per_chain_predicate
 from veilql.engine.plan.nodes import Plan
 from veilql.engine.transport.base import Transport
 
@@ -172,12 +172,15 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
         parts = ("F",) if f"{p}.F" in joined.cols else ("V", "H")
         factors += [joined.cols[f"{p}.{name}"] for name in parts]
     width = grid_width([f.shape for f in factors], len(chains))
-    if plan.cross is not None:
-        width += CROSS_WORDS * int(np.prod(slots, dtype=np.int64))
+    own = [c.cross for c in chains]  # each chain's own predicate (SUM(a.x > b.y)) or None
+    if plan.on_shares:
+        tests = 1 + len({c.sql() for c in own if c is not None})
+        width += CROSS_WORDS * tests * int(np.prod(slots, dtype=np.int64))
+        width += len(chains) * int(np.prod(slots, dtype=np.int64))
     per_chain: AShare | None = None
     for lo, hi in spans(n, rt.chunk_rows(width)):
         cross = None
-        if plan.cross is not None:
+        if plan.on_shares:
 
             def column(party: str, name: str, lo: int = lo, hi: int = hi) -> AShare:
                 i = plan.parties.index(party)
@@ -186,7 +189,9 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
                 return expand(joined.cols[f"{party}.{name}"][lo:hi], (hi - lo, *axes),
                               (hi - lo, *slots))
 
-            cross = evaluate(rt, plan.cross, column)
+            where = evaluate(rt, plan.cross, column) if plan.cross is not None else None
+            cross = where if not any(c is not None for c in own) else per_chain_predicate(
+                rt, own, where, column, (hi - lo, *slots))
         part = secure_sum(rt, [f[lo:hi] for f in factors], cross, distinct)
         per_chain = part if per_chain is None else per_chain + part
     assert per_chain is not None

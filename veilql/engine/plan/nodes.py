@@ -310,6 +310,10 @@ class AggregateSpec:
     # are one vector-valued count (a row falls in one bucket), so they share one share of the
     # budget and one noise plan (each bucket still gets its own independent draws).
     family: str = ""
+    # Rows must also meet this condition across parties, evaluated on shares like
+    # ``Plan.cross`` (over ``party.column`` local columns once ``place_secure`` ran; before,
+    # over the query's ``alias.column``): ``SUM(a.x > b.y)``, ``FILTER (WHERE a.x > b.y)``.
+    cross: exp.Expression | None = None
 
     def to_s(self, *, branches: bool = False) -> str:
         """One line: what is summed and, once attached, its sensitivity and noise.
@@ -331,6 +335,8 @@ class AggregateSpec:
             op = " * " if self.product else " + "
             what = "SUM(" + op.join(f"{t.party}.{t.column}" for t in self.terms) + ")"
         line = f"{self.name} = {what}"
+        if self.cross is not None:
+            line += f" over rows where {self.cross.sql()} (on shares)"
         if self.l1:
             line += f"; sensitivity L1 {self.l1}, L2 {self.l2:g} (x10^{self.decimals})"
         if self.noise is not None:
@@ -460,6 +466,12 @@ class Plan:
     own_total: str = ""
     optional: str = ""
     shift: tuple[int, ...] = ()
+
+    @property
+    def on_shares(self) -> bool:
+        """Whether a predicate runs on shares (the WHERE's or an aggregate's own), so that
+        every party shares its factors per slot."""
+        return self.cross is not None or any(a.cross is not None for a in self.aggregates)
 
     def step(self, party: str) -> LocalStep:
         """The local step of ``party``."""

@@ -295,7 +295,8 @@ def _interval(node: exp.Expression, ctx: Context) -> tuple[Fraction, Fraction] |
 
 def _check_comparisons(ctx: Context) -> None:
     """Cross-party comparisons run on shares as signed 64-bit differences: bound them."""
-    for conj in ctx.bound.conjuncts:
+    own = [e for o in ctx.bound.outputs for e in (o.cross, o.truth) if e is not None]
+    for conj in (*ctx.bound.conjuncts, *own):  # the WHERE's and each aggregate's own
         if len(parties_in(conj, ctx.bound)) < 2:
             continue
         for node in conj.walk():

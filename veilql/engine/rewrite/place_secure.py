@@ -72,9 +72,80 @@ def place_secure(plan: Plan, ctx: Context) -> Plan:
     for conj in cross:
         part = _rewrite(conj, ctx, new_cols)
         expr = part if expr is None else exp.And(this=expr, expression=part)
+    aggregates = tuple(a if a.cross is None else replace(
+        a, cross=_aggregate_predicate(a.cross, ctx, new_cols)) for a in plan.aggregates)
     steps = tuple(replace(s, columns=tuple(new_cols[s.party])) for s in plan.steps)
     return replace(plan, mode="secure", compute=compute, joins=tuple(joins), steps=steps,
-                   cross=expr)
+                   cross=expr, aggregates=aggregates)
+
+
+_FLIP: dict[type[exp.Expression], type[exp.Expression]] = {
+    exp.EQ: exp.NEQ, exp.NEQ: exp.EQ, exp.GT: exp.LTE, exp.LTE: exp.GT, exp.GTE: exp.LT,
+    exp.LT: exp.GTE}
+
+
+def _aggregate_predicate(node: exp.Expression, ctx: Context,
+                         cols: dict[str, list[LocalColumn]]) -> exp.Expression:
+    """An aggregate's own condition across parties (``SUM(a.x > b.y)``, ``FILTER (WHERE
+    ...)``) over local columns, TRUE exactly where SQL's three-valued logic makes it TRUE:
+    NOT is pushed down to the comparisons (``NOT a > b`` is ``a <= b``; one party's pieces
+    are atoms its owner evaluates in SQL, NOT included), and each comparison across
+    parties also needs every party's part not NULL (a 0/1 atom per party): an operand
+    reads NULL as 0, and a comparison with NULL is neither TRUE nor FALSE. (The WHERE's
+    top-level comparisons get the same through each party's weight, ``push_local``.)"""
+    if any(t.outer for t in ctx.bound.tables):
+        raise UnsupportedError(
+            f"the condition {node.sql(dialect='duckdb')} across parties inside an aggregate "
+            "is not supported with an outer join across parties",
+            "use an inner JOIN, or move the condition to WHERE")
+    return _rewrite_known(_negation_inside(node, ctx), ctx, cols)
+
+
+def _negation_inside(node: exp.Expression, ctx: Context, negate: bool = False
+                     ) -> exp.Expression:
+    """``node`` (or NOT ``node``) with NOT pushed down to comparisons across parties and to
+    one party's pieces (De Morgan; a NULL stays NULL through each step)."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if len(parties_in(node, ctx.bound)) < 2:
+        return exp.Not(this=exp.Paren(this=node.copy())) if negate else node.copy()
+    if isinstance(node, exp.Not):
+        return _negation_inside(node.this, ctx, not negate)
+    if isinstance(node, exp.And | exp.Or):
+        cls = type(node) if not negate else exp.Or if isinstance(node, exp.And) else exp.And
+        return cls(this=_negation_inside(node.this, ctx, negate),
+                   expression=_negation_inside(node.expression, ctx, negate))
+    if isinstance(node, exp.Between):
+        low = exp.GTE(this=node.this.copy(), expression=node.args["low"].copy())
+        high = exp.LTE(this=node.this.copy(), expression=node.args["high"].copy())
+        return _negation_inside(exp.And(this=low, expression=high), ctx, negate)
+    if negate and type(node) in _FLIP:
+        return _FLIP[type(node)](this=node.this.copy(), expression=node.expression.copy())
+    if negate:
+        return exp.Not(this=exp.Paren(this=node.copy()))  # refused by _rewrite, naming it
+    return node.copy()
+
+
+def _rewrite_known(node: exp.Expression, ctx: Context,
+                   cols: dict[str, list[LocalColumn]]) -> exp.Expression:
+    """``_rewrite`` of a condition in negation normal form, each comparison across parties
+    ANDed with its parts' not-NULL atoms."""
+    if isinstance(node, exp.And | exp.Or) and len(parties_in(node, ctx.bound)) > 1:
+        return type(node)(this=_rewrite_known(node.this, ctx, cols),
+                          expression=_rewrite_known(node.expression, ctx, cols))
+    out = _rewrite(node, ctx, cols)
+    if not isinstance(node, _COMPARISONS) or len(parties_in(node, ctx.bound)) < 2:
+        return out
+    diff = exp.Sub(this=node.this.copy(), expression=exp.Paren(this=node.expression.copy()))
+    for party, part in split_linear(diff, ctx.party_of).items():
+        if party is None or not list(part.find_all(exp.Column)):
+            continue
+        test = f"CASE WHEN ({part.sql(dialect='duckdb')}) IS NULL THEN 0 ELSE 1 END"
+        name = next((c.name for c in cols[party] if c.role == "atom" and c.sql == test),
+                    None) or _add(cols[party], "a", "atom", test, 0)
+        out = exp.And(this=out, expression=exp.EQ(this=exp.column(name, table=party),
+                                                   expression=exp.Literal.number(1)))
+    return out
 
 
 def _oblivious(ctx: Context) -> bool:

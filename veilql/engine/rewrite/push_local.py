@@ -125,30 +125,40 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
             shown.append(_variance(out, ctx, columns, one))
         elif out.kind == "quantile":
             shown.append(_quantile(out, ctx, columns, histograms, aggregates))
+        elif out.truth is not None:  # AVG(condition across parties): TRUE / not NULL rows
+            rows = out.expr.sql(dialect="duckdb") if out.expr is not None else "*"
+            names = tuple(one(("count", rows, *_where(out, c)), lambda out=out, c=c, s=s: _count(
+                out, ctx, columns, c, s)) for c, s in (
+                    (_both(out.cross, out.truth), ".num"),
+                    (_both(out.cross, _known(out.truth)), ".den")))
+            shown.append(OutputSpec(out.name, "avg", names))
         elif out.kind in ("count", "count_distinct") and out.expr is not None:
             # COUNT(x), FILTER (WHERE ...): the rows (units) where a 0/1 expression is 1;
             # COUNT(x) is AVG(x)'s denominator, and shares it
             tested = _nonnull_of(out.expr) if out.kind == "count" else None
             key = (("nonnull", tested.sql(dialect="duckdb")) if tested is not None else
-                   (out.kind, out.expr.sql(dialect="duckdb")))
+                   (out.kind, out.expr.sql(dialect="duckdb"))) + _where(out)
             name = one(key, lambda out=out: replace(
-                _sum_aggregate(out, ctx, columns, suffix=""), kind=out.kind))
+                _sum_aggregate(out, ctx, columns, suffix=""), kind=out.kind,
+                cross=out.cross))
             shown.append(OutputSpec(out.name, out.kind, (name,)))
         elif out.kind in ("count", "count_distinct"):
-            name = one((out.kind,), lambda out=out: AggregateSpec(
-                out.name, out.name, out.kind, (Term(None, None),)))
+            name = one((out.kind, *_where(out)), lambda out=out: AggregateSpec(
+                out.name, out.name, out.kind, (Term(None, None),), cross=out.cross))
             shown.append(OutputSpec(out.name, out.kind, (name,)))
         else:
             assert out.expr is not None
             what = out.expr.sql(dialect="duckdb")
-            names = (one(("sum", what), lambda out=out: _sum_aggregate(
-                out, ctx, columns, suffix=".num" if out.kind == "avg" else "")),)
+            names = (one(("sum", what, *_where(out)), lambda out=out: replace(_sum_aggregate(
+                out, ctx, columns, suffix=".num" if out.kind == "avg" else ""),
+                cross=out.cross)),)
             if out.kind == "avg":
                 key = (("count",) if len(parties_in(out.expr, ctx.bound)) != 1
                        else ("nonnull", what))
                 if not is_linear(out.expr, ctx.party_of):  # a product: its own count
                     key = ("nonnull", what)
-                names += (one(key, lambda out=out: _count_nonnull(out, ctx, columns)),)
+                names += (one(key + _where(out), lambda out=out: replace(
+                    _count_nonnull(out, ctx, columns), cross=out.cross)),)
             shown.append(OutputSpec(out.name, out.kind, names))
 
     if private:  # the unit count per cell that decides which private keys are released
@@ -350,6 +360,35 @@ def _known_operands(ctx: Context) -> dict[str, list[exp.Expression]]:
                     seen.add(test.sql())
                     out[party].append(test)
     return out
+
+
+def _where(out: Output, cross: exp.Expression | None = None) -> tuple[str, ...]:
+    """The part of an aggregate's key that tells rows apart by a condition across parties."""
+    cond = cross if cross is not None else out.cross
+    return () if cond is None else ("where", cond.sql(dialect="duckdb"))
+
+
+def _both(a: exp.Expression | None, b: exp.Expression) -> exp.Expression:
+    return b.copy() if a is None else exp.And(this=exp.Paren(this=a.copy()),
+                                              expression=exp.Paren(this=b.copy()))
+
+
+def _known(cond: exp.Expression) -> exp.Expression:
+    """``cond IS NOT NULL`` as a condition: it is TRUE or it is FALSE (``place_secure``
+    evaluates each side in SQL's three-valued logic, a NULL comparison neither)."""
+    return exp.Or(this=exp.Paren(this=cond.copy()),
+                  expression=exp.Not(this=exp.Paren(this=cond.copy())))
+
+
+def _count(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
+           cross: exp.Expression, suffix: str) -> AggregateSpec:
+    """A count of the rows where ``out.expr`` (a one-party 0/1 indicator, or every row
+    when None) is 1 and ``cross`` holds on shares."""
+    if out.expr is None:
+        return AggregateSpec(out.name + suffix, out.name, "count", (Term(None, None),),
+                             cross=cross)
+    return replace(_sum_aggregate(out, ctx, columns, suffix=suffix), kind="count",
+                   cross=cross)
 
 
 def _nonnull_of(expr: exp.Expression) -> exp.Expression | None:

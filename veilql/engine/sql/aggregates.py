@@ -9,6 +9,7 @@ expressions; an argument must be linear across parties or a product of one facto
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from sqlglot import exp
 
@@ -108,27 +109,34 @@ def _statistic(node: exp.Expr) -> tuple[str, str, float | None, exp.Expr] | None
 def bind_aggregate(node: exp.Expr, scope: Scope) -> tuple[Output, Signature]:
     """COUNT / SUM / AVG (with FILTER) as an Output with a default name, and its signature."""
     cond = None
+    cross = None  # the FILTER's conjuncts that read several parties' columns
     if isinstance(node, exp.Filter):
         where = node.expression
         cond_node = where.this if isinstance(where, exp.Where) else where
         checks.check_no_aggregate(cond_node, "FILTER (WHERE ...)")
         checks.check_predicate(cond_node, scope.resolve, "FILTER (WHERE ...)")
-        cond = scope.qualify(cond_node)
+        cond, cross = _split_cross(scope.qualify(cond_node), scope)
         node = node.this
     if isinstance(node, exp.Count):
-        return _bind_count(node, cond, scope)
+        out, signature = _bind_count(node, cond, scope)
+        if cross is not None and out.kind not in ("count", "count_distinct"):
+            _refuse_cross(node.sql(dialect="duckdb"), cross)  # COUNT(DISTINCT x): buckets
+        return _with_cross(out, signature, cross)
     statistic = _statistic(node)
     if statistic is not None:
+        if cross is not None:
+            _refuse_cross(node.sql(dialect="duckdb"), cross)
         return _bind_statistic(statistic, cond, scope)
     if not isinstance(node, exp.Sum | exp.Avg):
         raise UnsupportedError(f"aggregate {node.sql_name()} is not supported yet",
                                checks.SUPPORTED_SQL)
     kind: OutputKind = "sum" if isinstance(node, exp.Sum) else "avg"
     func = kind.upper()
-    arg = node.this
-    while isinstance(arg, exp.Paren):
-        arg = arg.this
+    arg = _unparen(node.this)
     inner = node.this
+    lowered = _cross_argument(node, arg, kind, cond, cross, scope)
+    if lowered is not None:
+        return lowered
     if functions.is_condition(arg):  # SUM(a > 0): the rows where it holds
         arg = exp.Case(ifs=[exp.If(this=arg.copy(), true=exp.Literal.number(1)),
                             exp.If(this=exp.Not(this=exp.Paren(this=arg.copy())),
@@ -150,7 +158,124 @@ def bind_aggregate(node: exp.Expr, scope: Scope) -> tuple[Output, Signature]:
     while isinstance(plain, exp.Paren):
         plain = plain.this
     name = f"{kind}_{plain.name}" if isinstance(plain, exp.Column) else kind
-    return Output(name, kind, expr=expr, bounds=bounds), (kind, expr.sql(dialect="duckdb"))
+    return _with_cross(Output(name, kind, expr=expr, bounds=bounds),
+                       (kind, expr.sql(dialect="duckdb")), cross)
+
+
+def _unparen(node: exp.Expr) -> exp.Expr:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node
+
+
+def _parties(node: exp.Expr, scope: Scope) -> set[str]:
+    """The parties whose columns ``node`` reads (qualified or not)."""
+    return {scope.resolve(c).party for c in node.find_all(exp.Column)}
+
+
+def _conjunction(terms: list[exp.Expression]) -> exp.Expression | None:
+    if not terms:
+        return None
+    out = terms[0].copy()
+    for t in terms[1:]:
+        out = exp.And(this=out, expression=t.copy())
+    return out
+
+
+def _split_cross(cond: exp.Expression, scope: Scope
+                 ) -> tuple[exp.Expression | None, exp.Expression | None]:
+    """A qualified condition as (its one-party conjuncts, its conjuncts across parties):
+    the first fold into the aggregate's local factors, the second run on shares."""
+    local, cross = [], []
+    for term in checks.split_and(cond):
+        (cross if len(_parties(term, scope)) > 1 else local).append(term)
+    return _conjunction(local), _conjunction(cross)
+
+
+def _both(a: exp.Expression | None, b: exp.Expression | None) -> exp.Expression | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return exp.And(this=exp.Paren(this=a.copy()), expression=exp.Paren(this=b.copy()))
+
+
+def _with_cross(out: Output, signature: Signature, cross: exp.Expression | None,
+                truth: exp.Expression | None = None) -> tuple[Output, Signature]:
+    """``out`` restricted to the rows where ``cross`` holds (on shares), its signature
+    telling it apart from the same aggregate over other rows."""
+    if cross is None and truth is None:
+        return out, signature
+    text = "|".join(e.sql(dialect="duckdb") if e is not None else "" for e in (cross, truth))
+    return replace(out, cross=cross, truth=truth), (signature[0], f"{signature[1]}|{text}")
+
+
+def _refuse_cross(what: str, cross: exp.Expression) -> None:
+    raise UnsupportedError(
+        f"{what} FILTER (WHERE {cross.sql(dialect='duckdb')}): a condition across parties "
+        "inside this aggregate is not supported (only COUNT, SUM and AVG take one)",
+        "move the condition across parties to WHERE, or FILTER on one party's columns")
+
+
+def _cross_argument(node: exp.Sum | exp.Avg, arg: exp.Expr, kind: OutputKind,
+                    cond: exp.Expression | None, cross: exp.Expression | None,
+                    scope: Scope) -> tuple[Output, Signature] | None:
+    """SUM/AVG of a condition across parties, or of ``CASE WHEN <condition across
+    parties> THEN x ELSE 0 END``, as a COUNT / SUM / AVG over the rows where the condition
+    holds (evaluated on shares, as WHERE is): ``SUM(c)`` is ``COUNT(*) FILTER (WHERE c)``
+    (a NULL condition is not counted), ``AVG(c)`` the TRUE rows over the rows where ``c``
+    is not NULL, ``SUM(CASE WHEN c THEN x ELSE 0 END)`` is ``SUM(x) FILTER (WHERE c)``.
+    None when the argument reads no condition across parties (the ordinary path)."""
+    func = kind.upper()
+    text = f"{func}({arg.sql(dialect='duckdb')})"
+    local = _indicator(cond) if cond is not None else None
+    if functions.is_condition(arg) and len(_parties(arg, scope)) > 1:
+        checks.check_predicate(arg, scope.resolve, func)
+        c = scope.qualify(arg)
+        if kind == "sum":  # TRUE rows: a count
+            out = Output("sum", "count", expr=local, bounds=(0.0, 1.0) if local else None)
+            return _with_cross(out, ("count", local.sql(dialect="duckdb") if local else "*"),
+                               _both(cross, c))
+        out = Output("avg", "avg", expr=local, bounds=(0.0, 1.0) if local else None)
+        return _with_cross(out, ("avg", local.sql(dialect="duckdb") if local else "*"),
+                           cross, c)
+    if not isinstance(arg, exp.Case | exp.If) or arg.args.get("this") is not None:
+        return None  # (a simple CASE x WHEN v compares x with values: one party's)
+    conds, results = functions.branches(arg)
+    if not any(len(_parties(c, scope)) > 1 for c in conds):
+        return None
+    default = _unparen(results[-1])
+    zero = isinstance(default, exp.Literal) and not default.is_string and \
+        float(default.this) == 0
+    if len(conds) != 1 or not (zero or isinstance(default, exp.Null)):
+        raise UnsupportedError(
+            f"{text}: a CASE whose conditions read several parties' columns must have one "
+            "WHEN and ELSE 0 (or no ELSE)",
+            "write SUM(x) FILTER (WHERE condition) for each branch, or move the condition "
+            "across parties to WHERE")
+    if kind == "avg" and zero:
+        raise UnsupportedError(
+            f"{text}: AVG of a CASE with ELSE 0 over a condition across parties is not "
+            "supported", "write SUM(CASE ...) / COUNT(*), or AVG(x) FILTER (WHERE condition) "
+            "for the average over the rows where it holds")
+    checks.check_predicate(conds[0], scope.resolve, func)
+    when, across = _split_cross(scope.qualify(conds[0]), scope)
+    value = _unparen(results[0])
+    if not list(value.find_all(exp.Column)):
+        if not (isinstance(value, exp.Literal) and not value.is_string
+                and float(value.this) == 1 and kind == "sum"):
+            raise UnsupportedError(
+                f"{text}: THEN {value.sql(dialect='duckdb')} under a condition across "
+                "parties is not supported", "write SUM(CASE WHEN condition THEN 1 ELSE 0 "
+                "END) (a count) and multiply the released value, or THEN a value column")
+        both = _both(cond, when)
+        expr = _indicator(both) if both is not None else None
+        out = Output("sum", "count", expr=expr, bounds=(0.0, 1.0) if expr else None)
+        return _with_cross(out, ("count", expr.sql(dialect="duckdb") if expr else "*"),
+                           _both(cross, across))
+    folded = _both(cond, when)
+    inner = exp.Filter(this=type(node)(this=value.copy()), expression=exp.Where(
+        this=folded)) if folded is not None else type(node)(this=value.copy())
+    out, signature = bind_aggregate(inner, scope)
+    return _with_cross(replace(out, name=kind), signature, _both(cross, across))
 
 
 def _bind_statistic(statistic: tuple[str, str, float | None, exp.Expr],

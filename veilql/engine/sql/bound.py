@@ -189,6 +189,13 @@ class Output:
     # quantile with stat "distinct" (COUNT(DISTINCT x), ``distinct``): the public values of a
     # group expression, one bucket each; None for value columns (buckets of their bounds)
     values: tuple[str | int | float | bool | None, ...] | None = None
+    # count, count_distinct, sum, avg: a condition across parties (qualified) a row must
+    # meet to count in this aggregate, evaluated on shares (``SUM(a.x > b.y)``, ``FILTER
+    # (WHERE a.x > b.y)``); None when every condition is one party's (folded into ``expr``)
+    cross: exp.Expression | None = None
+    # avg of a condition across parties (``AVG(a.x > b.y)``): the condition whose TRUE rows
+    # are counted over the rows where it is not NULL (``cross`` then holds only the FILTER)
+    truth: exp.Expression | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +273,8 @@ def columns_used(bound: BoundQuery) -> dict[str, set[str]]:
     exprs: list[exp.Expression] = list(bound.conjuncts)
     exprs += [o.expr for o in bound.outputs if o.expr is not None]
     exprs += [o.filter for o in bound.outputs if o.filter is not None]
+    exprs += [o.cross for o in bound.outputs if o.cross is not None]
+    exprs += [o.truth for o in bound.outputs if o.truth is not None]
     exprs += [g.expr for g in bound.group_by]
     exprs += [t.filter for t in bound.tables if t.filter is not None]
     for e in exprs:

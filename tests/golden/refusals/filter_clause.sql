@@ -1,1 +1,0 @@
-SELECT COUNT(*) FILTER (WHERE l.amount > p.premium) FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id

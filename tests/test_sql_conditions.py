@@ -1,0 +1,179 @@
+"""Conditions and group columns inside aggregates (issue #14, task A).
+
+Oracle: at a huge epsilon the answer equals plain DuckDB on the union of the parties'
+tables (counts exactly, sums to fixed point) over the BI federation (tests/bi_fixtures.py,
+NULLs in ``ta.score``, ``ta.spend`` and ``tb.fills``), for two and three parties:
+
+- SUM/AVG of a condition across parties, ``SUM(CASE WHEN <across> THEN x ELSE 0 END)`` and
+  ``FILTER (WHERE <across>)``: one predicate per aggregate, evaluated on shares;
+- refusals name the construct.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import bi_fixtures
+import pytest
+from adversarial.test_transcript_scan import records_of
+from oracle import (
+    HUGE_EPSILON,
+    oblivious_federation,
+    oracle_federation,
+    plain,
+    union_connection,
+)
+from test_oracle import check_statistics
+
+import veilql
+from veilql.engine.dp import LargeEpsilonWarning
+from veilql.engine.rewrite import compile_plan
+from veilql.errors import QueryError
+
+DEMO = Path(__file__).resolve().parent.parent / "sample_data" / "demo"
+J2 = "FROM alpha.ta JOIN beta.tb ON ta.uid = tb.uid"
+J3 = f"{J2} JOIN gamma.tc ON tc.person = ta.uid"
+
+# (SQL, DuckDB reference when it differs: DuckDB has no AVG(BOOLEAN); VeilQL answers it as
+# the share of TRUE rows among the rows where the condition is not NULL)
+CROSS: list[tuple[str, str | None]] = [
+    (f"SELECT SUM(ta.visits > tb.fills) AS s, COUNT(*) AS n {J2}", None),
+    (f"SELECT AVG(ta.visits > tb.fills) AS a, SUM(ta.visits) AS v {J2}",
+     f"SELECT AVG(CAST(ta.visits > tb.fills AS INTEGER)) AS a, SUM(ta.visits) AS v {J2}"),
+    # NULLs: tb.fills and ta.score are NULL on some rows; NOT and OR in three-valued logic
+    (f"SELECT SUM(NOT (ta.score > tb.fills)) AS s, SUM(ta.score > tb.fills OR ta.visits > 40)"
+     f" AS o, SUM(NOT (ta.score > tb.fills AND ta.visits < 20)) AS na {J2}", None),
+    (f"SELECT AVG(ta.score * 2 <= tb.fills) AS a {J2}",
+     f"SELECT AVG(CAST(ta.score * 2 <= tb.fills AS INTEGER)) AS a {J2}"),
+    (f"SELECT SUM(CASE WHEN ta.visits > tb.fills THEN 1 ELSE 0 END) AS c, "
+     f"SUM(CASE WHEN ta.visits > tb.fills THEN tb.fills ELSE 0 END) AS f, "
+     f"SUM(CASE WHEN ta.spend > tb.fills * 10 AND tb.rate < 0.5 THEN ta.spend END) AS sp "
+     f"{J2}", None),
+    # beside GROUP BY of either party's column
+    (f"SELECT ta.groupby_string_0, SUM(ta.visits > tb.fills) AS s, COUNT(*) AS n, "
+     f"AVG(tb.fills) FILTER (WHERE ta.visits > tb.fills) AS f {J2} GROUP BY 1", None),
+    (f"SELECT tb.groupby_string_0, COUNT(*) FILTER (WHERE ta.visits BETWEEN tb.fills AND "
+     f"tb.fills + 10) AS c, SUM(ta.visits) FILTER (WHERE ta.visits > tb.fills AND "
+     f"ta.groupby_string_0 = 'x') AS v {J2} GROUP BY 1", None),
+    # a WHERE across parties beside the aggregates' own predicates
+    (f"SELECT COUNT(*) AS n, SUM(ta.visits > tb.fills * 2) AS s, SUM(tb.fills) FILTER "
+     f"(WHERE ta.score < tb.fills) AS f {J2} WHERE ta.visits + tb.fills > 10", None),
+    # three parties
+    (f"SELECT COUNT(*) FILTER (WHERE ta.visits > tb.fills AND tc.level >= 3) AS c, "
+     f"AVG(tc.level) FILTER (WHERE ta.visits > tb.fills + tc.level) AS l, "
+     f"SUM(tc.level * 10 > ta.visits) AS s, COUNT(DISTINCT ta.uid) FILTER (WHERE "
+     f"tb.fills > tc.level) AS people {J3}", None),
+]
+
+
+@pytest.fixture(scope="module")
+def bi(tmp_path_factory: pytest.TempPathFactory):
+    fed = bi_fixtures.build(tmp_path_factory.mktemp("conditions"))
+    session = veilql.connect(fed, analyst="oracle")
+    con = union_connection(session.federation)
+    yield session, con
+    session.close()
+    con.close()
+
+
+def _run(session, sql: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LargeEpsilonWarning)
+        return session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6)
+
+
+@pytest.mark.parametrize("sql, reference", CROSS, ids=[f"x{i}" for i in range(len(CROSS))])
+def test_conditions_across_parties_equal_plain_duckdb(bi, sql: str,
+                                                      reference: str | None) -> None:
+    session, con = bi
+    check_statistics(_run(session, sql), plain(con, reference or sql))
+
+
+# over the demo federation (20,000 people): the revealing join, and the oblivious join
+DEMO_SQL = ("SELECT p.product, COUNT(*) FILTER (WHERE l.amount > p.premium * 20) AS c, "
+            "SUM(l.amount > p.claims_amount) AS s, COUNT(*) AS n FROM bank.loans l JOIN "
+            "insurer.policies p ON l.customer_id = p.customer_id GROUP BY p.product")
+
+
+@pytest.mark.parametrize("oblivious", [False, True], ids=["reveal", "oblivious"])
+def test_demo_conditions_equal_plain_duckdb(tmp_path: Path, oblivious: bool) -> None:
+    make = oblivious_federation if oblivious else oracle_federation
+    fed = make(DEMO, tmp_path / "fed")
+    with veilql.connect(fed, analyst="oracle") as session:
+        con = union_connection(session.federation)
+        result = _run(session, DEMO_SQL)
+        assert all((j.mode == "oblivious") == oblivious for j in result.plan.joins)
+        check_statistics(result, plain(con, DEMO_SQL))
+        con.close()
+
+
+def _lengths(fed: Path, out: Path, sql: str) -> list[tuple[str, str, int]]:
+    """``(sender, kind, payload length)`` of every data record ``payments`` (a compute
+    party holding no table of the query) received running ``sql``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
+    try:
+        with veilql.connect(fed, analyst="oracle") as session, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            session.sql(sql, epsilon=1.0, delta=1e-6)
+    finally:
+        mp.undo()
+    return [(f, k, len(p)) for f, k, _, p in records_of(out / "payments.bin") if k == "data"]
+
+
+def test_predicate_outcome_does_not_change_message_lengths(tmp_path: Path) -> None:
+    # The attack: a compute party compares what it receives when one person's comparisons
+    # are TRUE with when they are FALSE or NULL (the insurer's customer 2, whose loan is
+    # 7,900: premium emptied and claims raised above it, then both NULL); every comparison
+    # runs on shares over all rows and slots, so nothing it receives may differ in length.
+    sql = ("SELECT COUNT(*) FILTER (WHERE l.amount > p.premium * 20) AS c, "
+           "AVG(l.amount > p.claims_amount) AS a FROM bank.loans l JOIN insurer.policies p "
+           "ON l.customer_id = p.customer_id")
+    feds = [oracle_federation(DEMO, tmp_path / name) for name in ("a", "b", "c")]
+    for fed, row in ((feds[1], "2,auto,0.00,0,99999.00"), (feds[2], "2,auto,,0,")):
+        csv = fed.parent / "data" / "insurer" / "policies.csv"
+        lines = csv.read_text().splitlines()
+        assert lines[1].startswith("2,")
+        csv.write_text("\n".join([lines[0], row, *lines[2:]]) + "\n")
+    seen = [sorted(_lengths(f, tmp_path / f"t{i}", sql)) for i, f in enumerate(feds)]
+    assert seen[0] and seen[0] == seen[1] == seen[2]
+    assert any(f == "insurer" and n > 0 for f, _, n in seen[0])
+
+
+def test_aggregate_predicate_in_the_plan(bi) -> None:
+    # each aggregate carries its own predicate on shares, with the not-NULL atoms
+    session, _ = bi
+    plan = compile_plan(f"SELECT COUNT(*) AS n, SUM(ta.visits > tb.fills) AS s {J2}",
+                        session.federation)
+    assert plan.cross is None
+    own = [a for a in plan.aggregates if a.cross is not None]
+    assert len(own) == 1 and own[0].kind == "count"
+    text = own[0].cross.sql()
+    assert "alpha.o0 + beta.o0 > 0" in text and "beta.a" in text and "alpha.a" in text
+    assert "over rows where" in plan.to_s()
+
+
+REFUSED = [
+    (f"SELECT AVG(CASE WHEN ta.visits > tb.fills THEN tb.fills ELSE 0 END) {J2}",
+     "AVG of a CASE with ELSE 0"),
+    (f"SELECT SUM(CASE WHEN ta.visits > tb.fills THEN 1 WHEN ta.visits < tb.fills THEN 2 "
+     f"END) {J2}", "must have one WHEN"),
+    (f"SELECT SUM(CASE WHEN ta.visits > tb.fills THEN 2 ELSE 0 END) {J2}", "THEN 2"),
+    (f"SELECT MEDIAN(ta.visits) FILTER (WHERE ta.visits > tb.fills) {J2}",
+     "a condition across parties inside this aggregate"),
+    (f"SELECT COUNT(DISTINCT tb.groupby_string_0) FILTER (WHERE ta.visits > tb.fills) "
+     f"{J2}",
+     "a condition across parties inside this aggregate"),
+    ("SELECT SUM(ta.visits > tb.fills) FROM alpha.ta LEFT JOIN beta.tb ON ta.uid = tb.uid",
+     "outer join"),
+]
+
+
+@pytest.mark.parametrize("sql, words", REFUSED, ids=[f"r{i}" for i in range(len(REFUSED))])
+def test_refusals_name_the_construct(bi, sql: str, words: str) -> None:
+    session, _ = bi
+    with pytest.raises(QueryError) as info:
+        compile_plan(sql, session.federation)
+    assert words in info.value.message, info.value.message
+    assert info.value.hint
