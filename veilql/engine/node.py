@@ -51,6 +51,7 @@ from veilql.engine.operators.memory import chunk_words, forget_frames, release_m
 from veilql.engine.operators.oblivious_join import oblivious_join_stage
 from veilql.engine.operators.secure_mode import compute_secure, release_secure
 from veilql.engine.plan.nodes import Plan
+from veilql.engine.plan_cache import PlanCache
 from veilql.engine.request import (
     Progress,
     QueryRequest,
@@ -58,7 +59,6 @@ from veilql.engine.request import (
     participants,
     plan_hash,
 )
-from veilql.engine.rewrite import compile_plan
 from veilql.engine.transport.base import HEARTBEAT_SHARE, Heartbeat, Transport
 from veilql.engine.transport.mailbox import without_rounds
 from veilql.errors import PartyUnavailable, ProtocolError, QueryFailed, UsageError
@@ -88,6 +88,7 @@ class PartyNode:
         self._ledger: Ledger | None = None
         self._log = log  # where failure details go; default: <state dir>/<party>.log
         self._cache = JoinCache()  # joined shares for repeated queries (compute parties)
+        self._plans = PlanCache(federation)  # its own recent plans (engine/plan_cache.py)
         self._open_lock = threading.Lock()  # ... and the connector, ledger and seed
         self._seed: str | None = None
         # Per-query state lives per thread: a node serves concurrent queries, one thread each.
@@ -165,8 +166,8 @@ class PartyNode:
         self._query.rows = None
         self._query.own = None  # an outer join's own total (operators/outer.py)
         self._query.step = None
-        plan = compile_plan(request.sql, self.federation, epsilon=request.epsilon,
-                            delta=request.delta, mechanism=request.mechanism)
+        plan = self._plans.compile(request.sql, epsilon=request.epsilon, delta=request.delta,
+                                   mechanism=request.mechanism, analyst=request.analyst)
         who = participants(plan)
         if self.party.name not in who:
             return
