@@ -15,7 +15,8 @@ Two copies of the bank's data at ``--people`` (``bench/.data/<N>/``, generated o
 Per federation and query: one ``Session``, one untimed run, then ``--reps`` runs of the
 VeilQL query and of the plain aggregate on a DuckDB connection to the same file (opened
 with the connector's settings, so both share one database instance and its cache),
-alternating, so that both see the same load. Medians, their ratio and the load average
+alternating, so that both see the same load. Medians of wall time and of the process's
+CPU time (every thread: DuckDB's and the parties'), their ratios and the load average
 (1 min) before and after are reported. The machine may be shared: compare ratios taken
 in one run.
 """
@@ -116,16 +117,21 @@ def measure(fed: Path, reps: int, queries: dict[str, tuple[str, str]]) -> dict[s
                     load = os.getloadavg()[0]
                     session.sql(sql, epsilon=EPSILON, delta=0)  # untimed: plan, caches
                     con.execute(plain).fetchall()
-                    veil, duck = [], []
+                    veil, duck, veil_cpu, duck_cpu = [], [], [], []
                     for _ in range(reps):
-                        t0 = time.perf_counter()
+                        c0, t0 = time.process_time(), time.perf_counter()
                         session.sql(sql, epsilon=EPSILON, delta=0)
                         veil.append(time.perf_counter() - t0)
-                        t0 = time.perf_counter()
+                        veil_cpu.append(time.process_time() - c0)
+                        c0, t0 = time.process_time(), time.perf_counter()
                         con.execute(plain).fetchall()
                         duck.append(time.perf_counter() - t0)
+                        duck_cpu.append(time.process_time() - c0)
                     v, d = statistics.median(veil), statistics.median(duck)
+                    vc, dc = statistics.median(veil_cpu), statistics.median(duck_cpu)
                     out[name] = {"veil_s": v, "plain_s": d, "ratio": v / d,
+                                 "veil_cpu_s": vc, "plain_cpu_s": dc,
+                                 "cpu_ratio": vc / dc if dc else None,
                                  "veil_all_s": veil, "plain_all_s": duck,
                                  "load_before": load, "load_after": os.getloadavg()[0]}
             finally:
@@ -135,12 +141,14 @@ def measure(fed: Path, reps: int, queries: dict[str, tuple[str, str]]) -> dict[s
 
 def render(res: dict[str, Any]) -> str:
     """Markdown table of a ``run``."""
-    rows = ["| data | query | VeilQL median s | plain DuckDB median s | ratio | load |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| data | query | VeilQL median s | plain DuckDB median s | ratio | CPU ratio "
+            "| load |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for kind, queries in res["federations"].items():
         for name, r in queries.items():
+            cpu = f"{r['cpu_ratio']:.1f}x" if r.get("cpu_ratio") else "-"
             rows.append(f"| {kind} | {name} | {r['veil_s']:.4f} | {r['plain_s']:.4f} | "
-                        f"{r['ratio']:.1f}x | {r['load_before']:.1f}-{r['load_after']:.1f} |")
+                        f"{r['ratio']:.1f}x | {cpu} | "
+                        f"{r['load_before']:.1f}-{r['load_after']:.1f} |")
     return "\n".join(rows) + "\n"
 
 

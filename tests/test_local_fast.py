@@ -320,3 +320,17 @@ def test_postgres_reads_enforced_one_column_keys(feds: dict[str, Path],
     assert np.array_equal(fast.keys, slow.keys) and np.array_equal(fast.present, slow.present)
     for name in fast.cols:
         assert np.array_equal(fast.cols[name], slow.cols[name]), name
+
+
+def test_a_node_keeps_plans_per_analyst(feds: dict[str, Path]) -> None:
+    """One analyst's repeated SQL is planned once; another analyst asking the same SQL gets
+    a fresh compile, so the time a node takes shows nothing of others' queries."""
+    from veilql.engine.plan_cache import PlanCache
+
+    cache = PlanCache(load_federation(feds["pk"]), size=2)
+    a = cache.compile(LOCAL[0], epsilon=1.0, analyst="alice")
+    assert cache.compile(LOCAL[0], epsilon=1.0, analyst="alice") is a
+    b = cache.compile(LOCAL[0], epsilon=1.0, analyst="bob")
+    assert b is not a and b.to_s() == a.to_s()
+    cache.compile(LOCAL[1], epsilon=1.0, analyst="bob")  # the third plan: alice's is dropped
+    assert cache.compile(LOCAL[0], epsilon=1.0, analyst="alice") is not a
