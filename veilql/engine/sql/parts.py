@@ -159,7 +159,7 @@ def _quotient(node: exp.Div, party_of: Callable[[str], str]) -> Parts:
 
 def _divided(this: exp.Expression, divisor: exp.Expression, like: exp.Div) -> exp.Div:
     """``this / (divisor)``, a division of the same kind as ``like`` (DuckDB's ``/``)."""
-    return exp.Div(this=_paren(this.copy()), expression=exp.Paren(this=divisor.copy()),
+    return exp.Div(this=_paren(this.copy()), expression=_paren(divisor.copy()),
                    typed=like.args.get("typed"), safe=like.args.get("safe"))
 
 
