@@ -1,11 +1,13 @@
-"""LEFT and RIGHT JOIN of two parties' tables on the privacy unit (issue #14 item 1).
+"""LEFT, RIGHT and FULL JOIN of two parties' tables on the privacy unit (issue #14 item 1).
 
 Oracle: at a huge epsilon the answer equals plain DuckDB on the parties' tables (counts
 exactly, sums to fixed point): LEFT and RIGHT, NULL values on the optional side, units held
 by one side only (either way), a predicate on the preserved side, GROUP BY the preserved
-side's public column, a product across the sides, and a fourth data party preserved. Refusals
-name the construct. An attack check: what an outer join adds to a compute party's received
-messages (its own-total sharing) has the same lengths for neighbouring federations.
+side's public column, a product across the sides, and a fourth data party preserved; FULL
+JOIN with both sides' unmatched people, several rows per person, FILTER, a fourth data
+party. Refusals name the construct. An attack check: what an outer join adds to a compute
+party's received messages (the own-total sharings) has the same lengths for neighbouring
+federations. Further ON conditions: ``test_outer_join_on.py``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,19 @@ QUERIES = [
     # ungrouped, several rows per unit on the preserved side (loans: up to 3)
     "SELECT COUNT(*) AS n, COUNT(p.premium) AS k, SUM(l.amount) AS s FROM bank.loans l "
     "LEFT JOIN insurer.policies p ON l.customer_id = p.customer_id",
+]
+
+FULL = [
+    # both sides' unmatched people: COUNT(*), COUNT(col) and SUM/AVG of either side, a
+    # product across the sides (NULL: 0)
+    "SELECT COUNT(*) AS n, COUNT(c.age) AS ka, COUNT(p.premium) AS k, SUM(c.income) AS si, "
+    "SUM(p.premium) AS s, AVG(p.premium) AS a, AVG(c.age) AS g, SUM(c.age * p.open_claim) "
+    f"AS x FROM bank.customers c FULL JOIN insurer.policies p {J}",
+    # several rows per person on one side (loans: up to 3), FILTER on either side
+    "SELECT COUNT(*) AS n, COUNT(l.amount) AS k, SUM(l.amount) AS s, COUNT(p.premium) AS kp, "
+    "COUNT(*) FILTER (WHERE p.premium > 800) AS f, SUM(l.amount) FILTER (WHERE l.amount > "
+    "5000) AS big FROM bank.loans l FULL OUTER JOIN insurer.policies p ON l.customer_id = "
+    "p.customer_id",
 ]
 
 
@@ -108,11 +123,21 @@ def test_outer_join_equals_plain_duckdb(oracle, sql: str) -> None:
     _check(session, con, sql)
 
 
+@pytest.mark.parametrize("sql", FULL, ids=[f"full{i}" for i in range(len(FULL))])
+def test_full_join_equals_plain_duckdb(oracle, sql: str) -> None:
+    session, con = oracle
+    _check(session, con, sql)
+
+
 def test_outer_join_differs_from_the_inner_join(oracle) -> None:
     # the oracle above would not notice an outer join answered as an inner one otherwise
     _, con = oracle
     inner = QUERIES[0].replace("LEFT JOIN", "JOIN")
     assert plain(con, inner) != plain(con, QUERIES[0])
+    for sql in FULL:  # nor a FULL JOIN answered as a LEFT or RIGHT one
+        full = plain(con, sql)
+        assert all(full != plain(con, sql.replace(" FULL", f" {side}"))
+                   for side in ("LEFT", "RIGHT"))
 
 
 def _four_parties(root: Path) -> Path:
@@ -138,6 +163,30 @@ def test_preserved_side_at_a_fourth_data_party(tmp_path: Path) -> None:
         con = union_connection(session.federation)
         _check(session, con, sql)
         con.close()
+
+
+def test_full_join_at_a_fourth_data_party(tmp_path: Path) -> None:
+    fed = _four_parties(tmp_path / "fed")
+    sql = ("SELECT COUNT(*) AS n, COUNT(c.age) AS k, SUM(c.income) AS s, AVG(p.premium) AS a "
+           f"FROM reinsurer.policies p FULL JOIN bank.customers c {J}")
+    with veilql.connect(fed, analyst="oracle") as session:
+        plan = compile_plan(sql, session.federation, epsilon=1.0)
+        assert (plan.own_total, plan.optional) == ("reinsurer", "bank")
+        con = union_connection(session.federation)
+        _check(session, con, sql)
+        con.close()
+
+
+def test_full_join_plan() -> None:
+    fed = load_federation(DEMO / "federation.toml")
+    sql = ("SELECT COUNT(*) AS n, COUNT(p.premium) AS k, SUM(c.age) AS s FROM bank.customers "
+           f"c FULL JOIN insurer.policies p {J}")
+    plan = compile_plan(sql, fed, epsilon=1.0)
+    inner = compile_plan(sql.replace("FULL JOIN", "JOIN"), fed, epsilon=1.0)
+    assert (plan.outer, plan.own_total, plan.optional) == ("FULL", "bank", "insurer")
+    assert plan.shift == (1, 0, 1) and plan.shift_own == (1, 1, 0)
+    assert [a.l1 for a in plan.aggregates] == [a.l1 for a in inner.aggregates]
+    assert "FULL JOIN: insurer shifts its factors" in plan.to_s()
 
 
 def test_plan_shift_and_sensitivity() -> None:
@@ -167,8 +216,14 @@ def test_plan_shift_and_sensitivity() -> None:
      "not supported"),
     (f"SELECT c.branch, COUNT(*) FROM bank.customers c LEFT JOIN insurer.policies p {J} "
      "GROUP BY c.branch", "partition selection"),
-    (f"SELECT COUNT(*) FROM bank.customers c FULL JOIN insurer.policies p {J}",
-     "FULL JOIN"),
+    (f"SELECT c.region, COUNT(*) FROM bank.customers c FULL JOIN insurer.policies p {J} "
+     "GROUP BY c.region", "NULL group"),
+    (f"SELECT COUNT(*) FROM bank.customers c FULL JOIN insurer.policies p {J} "
+     "WHERE c.age > 40", "reads a side of a FULL JOIN"),
+    (f"SELECT SUM(c.age + p.premium) FROM bank.customers c FULL JOIN insurer.policies p {J}",
+     "adds columns of both sides"),
+    (f"SELECT MEDIAN(p.premium) FROM bank.customers c FULL JOIN insurer.policies p {J}",
+     "not supported"),
     ("SELECT COUNT(*) FROM bank.customers c LEFT JOIN insurer.policies p ON c.customer_id "
      "= p.customer_id JOIN payments.accounts a ON a.customer_id = c.customer_id",
      "LEFT JOIN"),
@@ -196,13 +251,17 @@ def _lengths(fed: Path, out: Path, sql: str) -> Counter:
                    for f, k, _, p in records_of(out / f"{to}.bin") if k == "data")
 
 
+@pytest.mark.parametrize("sql", [
+    f"SELECT p.product, COUNT(*) AS n, SUM(c.income) AS s FROM insurer.policies p "
+    f"LEFT JOIN bank.customers c {J} GROUP BY p.product",
+    f"SELECT COUNT(*) AS n, SUM(c.income) AS s, COUNT(p.premium) AS k FROM insurer.policies "
+    f"p FULL JOIN bank.customers c {J}",
+], ids=["left", "full"])
 def test_outer_join_adds_the_same_lengths_for_neighbouring_federations(
-        tmp_path: Path) -> None:
+        tmp_path: Path, sql: str) -> None:
     # The attack: a compute party compares what the outer join adds to the inner join's
     # messages with and without one person the bank lacks (an unmatched policy holder).
-    sql = (f"SELECT p.product, COUNT(*) AS n, SUM(c.income) AS s FROM insurer.policies p "
-           f"LEFT JOIN bank.customers c {J} GROUP BY p.product")
-    inner = sql.replace("LEFT JOIN", "JOIN")
+    inner = sql.replace("LEFT JOIN", "JOIN").replace("FULL JOIN", "JOIN")
     first = oracle_federation(DEMO, tmp_path / "a")
     second = oracle_federation(DEMO, tmp_path / "b")
     con = union_connection(load_federation(first))

@@ -1,12 +1,30 @@
-"""A LEFT or RIGHT JOIN across two parties, at run time (planned in ``rewrite/outer_join.py``).
+"""Outer joins across two parties, at run time (planned in ``rewrite/outer_join.py``).
 
-``answer = sum over u in a of F_a(u) * g0 + sum over matched u of F_a(u) * (F_b(u) - g0)``:
-the optional party ``b`` subtracts ``g0`` (``Plan.shift``, one public constant per term
-chain) from its factors before sharing them (``shift_factors``), so the existing secure
-join computes the second term; the preserved party ``a`` computes the first term in the
-clear from its own rows (``own_total``: its factors summed over its units, times ``g0``) and
-secret-shares it, one word per aggregate and cell, a public length; the compute parties
-add it on shares before the noise (``add_own_total``), so it is never released alone.
+LEFT (RIGHT: the sides swapped), ``g0`` the optional party ``b``'s factor on a row of NULLs
+(``Plan.shift``, one public constant per term chain):
+
+    answer = sum over u in a of F_a(u) * g0 + sum over matched u of F_a(u) * (F_b(u) - g0)
+
+``b`` subtracts ``g0`` from its factors before sharing them (``shift_factors``), so the
+existing secure join computes the second term; ``a`` computes the first in the clear from its
+own rows (``own_total``: its factors summed over its units, times ``g0``) and secret-shares
+it, one word per aggregate and cell, a public length; the compute parties add it on shares
+before the noise (``add_own_total``), so it is never released alone.
+
+With further ON conditions (``Plan.cross`` is then their predicate ``P`` on shares,
+``rewrite/outer_on.py``) a row ``r`` of ``a`` matches the rows of ``b`` of its unit where
+``P`` holds, and adds ``F_a(r) * g0`` only when there is none. No factor is shifted; the
+secure sum under ``P`` gives the matched pairs' products, and the compute parties subtract
+``g0 * sum of F_a(r)`` over the rows of ``a`` that matched at least one row (``matched``:
+``P`` OR-ed over ``b``'s rows, then one inner product with ``a``'s factors).
+
+FULL (``Plan.shift_own``: ``a``'s own NULL-row value ``h0``; no group keys, ON on the unit):
+
+    answer = sum over a of F_a g0 + sum over b of h0 F_b
+             + sum over matched u of (F_a - h0)(F_b - g0)  -  h0 g0 * |matched units|
+
+both parties shift and both share their own totals; the last term is public to the
+compute parties, who hold the joined table and so know its number of rows.
 """
 
 from __future__ import annotations
@@ -17,27 +35,52 @@ from veilql.engine.mpc.protocols.arith import share_from_outside
 from veilql.engine.mpc.runtime import Runtime
 from veilql.engine.mpc.shares import AShare
 from veilql.engine.operators import factors as fac
+from veilql.engine.operators.aggregate import expand
+from veilql.engine.operators.join import SharedTable
 from veilql.engine.operators.local import PartyRows
+from veilql.engine.operators.memory import spans
+from veilql.engine.operators.predicate import evaluate
 from veilql.engine.plan.nodes import Plan
 from veilql.engine.transport.base import Transport
 
+CROSS_WORDS = 16  # words per slot combination a comparison holds at once (secure_mode.py)
+
+
+def sharers(plan: Plan) -> tuple[str, ...]:
+    """The parties that secret-share an own total: the preserved one, both for FULL."""
+    if not plan.own_total:
+        return ()
+    return (plan.own_total, plan.optional) if plan.outer == "FULL" else (plan.own_total,)
+
+
+def _own_shift(plan: Plan, me: str) -> tuple[int, ...]:
+    """The other side's NULL-row values that ``me``'s own total is multiplied by."""
+    return plan.shift if me == plan.own_total else plan.shift_own
+
 
 def shift_factors(plan: Plan, me: str, columns: dict[str, np.ndarray]) -> None:
-    """At the optional party: its factors minus their value on a row of NULLs, per chain
-    (in place; a collapsed factor has one chain axis, whose chains all share one shift)."""
-    if me != plan.optional:
+    """At a party whose factors are shifted (the optional one; both for FULL): its factors
+    minus their value on a row of NULLs, per chain (in place; a collapsed factor has one
+    chain axis, whose chains all share one shift). Not under ON conditions (``matched``)."""
+    if plan.cross is not None:
+        return
+    if me == plan.optional:
+        shift = plan.shift
+    elif me == plan.own_total and plan.outer == "FULL":
+        shift = plan.shift_own
+    else:
         return
     f = columns["F"]  # never separable: this party holds no group key (outer_join.py)
-    shift = np.asarray(plan.shift, dtype=np.int64)
+    values = np.asarray(shift, dtype=np.int64)
     if f.shape[2] == 1:
-        shift = shift[:1]
-    f -= shift[None, None, :, None]
+        values = values[:1]
+    f -= values[None, None, :, None]
 
 
 def own_total(plan: Plan, me: str, rows: PartyRows, words: int) -> np.ndarray | None:
-    """At the preserved party: per aggregate and cell, its factors summed over all its units
-    times the optional party's factor on a row of NULLs; ``None`` at any other party."""
-    if me != plan.own_total:
+    """At a sharing party: per aggregate and cell, its factors summed over all its units
+    times the other side's factor on a row of NULLs; ``None`` at any other party."""
+    if me not in sharers(plan):
         return None
     chains, owner = fac.expand_terms(plan)
     width = fac.factor_width(plan, me, rows, chains, slot_level=False)
@@ -49,40 +92,110 @@ def own_total(plan: Plan, me: str, rows: PartyRows, words: int) -> np.ndarray | 
         part = PartyRows(rows.keys[lo:hi], {k: v[lo:hi] for k, v in rows.cols.items()},
                          rows.present[lo:hi], rows.labels, rows.cells)
         per_chain += fac.build_factors(plan, me, part, chains, slot_level=False).sum(axis=(0, 1))
-    per_chain *= np.asarray(plan.shift, dtype=np.int64)[:, None]
+    per_chain *= np.asarray(_own_shift(plan, me), dtype=np.int64)[:, None]
     out = np.zeros((len(plan.aggregates), ncell), dtype=np.int64)
     for i, agg in owner:
         out[agg] += per_chain[i]
     return out
 
 
-def shape(plan: Plan) -> tuple[int, int]:
-    """The public shape of the own-total sharing: aggregates x the preserved party's cells
-    (public domains only: ``outer_join.py`` refuses private group keys)."""
-    return len(plan.aggregates), fac.cell_count(fac.party_cells(plan.groups, plan.own_total))
+def shape(plan: Plan, party: str | None = None) -> tuple[int, int]:
+    """The public shape of an own-total sharing: aggregates x the party's cells (public
+    domains only: ``outer_join.py`` refuses private group keys)."""
+    return len(plan.aggregates), fac.cell_count(fac.party_cells(plan.groups,
+                                                                party or plan.own_total))
 
 
 def send_own_total(transport: Transport, plan: Plan, me: str, vector: np.ndarray | None,
                    qid: str) -> None:
-    """A preserved party that does not compute: send shares of its own total."""
-    if me == plan.own_total:
+    """A sharing party that does not compute: send shares of its own total."""
+    if me in sharers(plan):
         assert vector is not None
         share_from_outside(transport, plan.compute, vector.astype(np.uint64),
                            f"{qid}/outer/{me}")
 
 
 def add_own_total(rt: Runtime, plan: Plan, qid: str, result: AShare,
-                  vector: np.ndarray | None) -> AShare:
-    """At a compute party: ``result`` (the inner join with shifted factors) plus the shares
-    of the preserved party's own total (shared here by it, or received from it)."""
-    party = plan.own_total
-    if party in plan.compute:
-        me = rt.parties[rt.me]
-        values = vector.astype(np.uint64) if party == me and vector is not None else None
-        part = rt.share(party, values, shape(plan))
-    else:
-        part = rt.receive_input(party, f"{qid}/outer/{party}", shape(plan))
-    assert isinstance(part, AShare)
-    if part.shape != result.shape:
-        raise ValueError(f"own total of {party} has shape {part.shape}, not {result.shape}")
-    return result + part
+                  vector: np.ndarray | None, joined: SharedTable | None = None) -> AShare:
+    """At a compute party: ``result`` (the secure sum over the joined rows) plus the shares
+    of the own totals (shared here by their party, or received from it), minus what the
+    module docstring subtracts: under ON conditions ``matched``, for FULL the public term."""
+    me = rt.parties[rt.me]
+    for party in sharers(plan):
+        if party in plan.compute:
+            values = vector.astype(np.uint64) if party == me and vector is not None else None
+            part = rt.share(party, values, shape(plan, party))
+        else:
+            part = rt.receive_input(party, f"{qid}/outer/{party}", shape(plan, party))
+        assert isinstance(part, AShare)
+        if part.shape != result.shape:
+            raise ValueError(f"own total of {party} has shape {part.shape}, not {result.shape}")
+        result = result + part
+    if plan.cross is not None and joined is not None:
+        result = result - matched(rt, plan, joined)
+    if plan.outer == "FULL" and joined is not None:
+        chains, owner = fac.expand_terms(plan)
+        both = np.zeros(result.shape, dtype=np.int64)
+        for i, agg in owner:
+            both[agg] += plan.shift[i] * plan.shift_own[i]
+        result = result - both.astype(np.uint64) * np.uint64(joined.n)
+    return result
+
+
+def matched(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
+    """Per aggregate and cell, shares of ``g0`` times the preserved party's factors summed
+    over its rows that match at least one row of the optional party under the ON
+    predicate ``plan.cross`` (slot-level factors: a predicate on shares). In chunks of
+    joined rows: the predicate per slot combination, OR-ed over the optional party's slots
+    (a tree of products), and one inner product with the factors."""
+    chains, owner = fac.expand_terms(plan)
+    keep = plan.parties.index(plan.own_total)
+    other = plan.parties.index(plan.optional)
+    slots = [plan.step(p).slots for p in plan.parties]
+    f = joined.cols[f"{plan.own_total}.F"]  # (units, slots, chains or 1, cells)
+    n, s, k, c = f.shape
+    width = (CROSS_WORDS + k * c) * int(np.prod(slots, dtype=np.int64))
+    total: AShare | None = None
+    for lo, hi in spans(n, rt.chunk_rows(width)):
+
+        def column(party: str, name: str, lo: int = lo, hi: int = hi) -> AShare:
+            axes = [1] * len(slots)
+            axes[plan.parties.index(party)] = slots[plan.parties.index(party)]
+            return expand(joined.cols[f"{party}.{name}"][lo:hi], (hi - lo, *axes),
+                          (hi - lo, *slots))
+
+        m = hi - lo
+        p = evaluate(rt, plan.cross, column)  # 0/1 per (unit, slot of each party)
+        p = AShare(p.party, np.ascontiguousarray(np.moveaxis(p.a, 1 + other, 1)),
+                   np.ascontiguousarray(np.moveaxis(p.b, 1 + other, 1)))
+        hit = _any(rt, p.reshape(m, slots[other], -1)).reshape(m, slots[keep])
+        hit = expand(hit, (m, s, 1), (m, s, k * c))
+        x = f[lo:hi].reshape(m * s, k * c)
+        y = hit.reshape(m * s, k * c)
+        part = rt.dot(_transposed(x), _transposed(y))  # (chains x cells,)
+        total = part if total is None else total + part
+    a = np.zeros((len(plan.aggregates), c), dtype=np.uint64)
+    b = np.zeros_like(a)
+    if total is not None:
+        per = total.reshape(k, c)
+        for i, agg in owner:
+            g0 = np.uint64(plan.shift[i] % (1 << 64))
+            a[agg] += per.a[i if k > 1 else 0] * g0
+            b[agg] += per.b[i if k > 1 else 0] * g0
+    return AShare(rt.me, a, b)
+
+
+def _transposed(x: AShare) -> AShare:
+    return AShare(x.party, np.ascontiguousarray(x.a.T), np.ascontiguousarray(x.b.T))
+
+
+def _any(rt: Runtime, x: AShare) -> AShare:
+    """OR over axis 1 of 0/1 shares (a OR b = a + b - ab), by a tree of products."""
+    while x.shape[1] > 1:
+        half = x.shape[1] // 2
+        left, right = x[:, :half], x[:, half:2 * half]
+        merged = left + right - rt.mul(left, right)
+        if x.shape[1] % 2:
+            merged = AShare.concat([merged, x[:, 2 * half:]], axis=1)
+        x = merged
+    return x[:, 0]

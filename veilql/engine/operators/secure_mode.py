@@ -91,7 +91,7 @@ def compute_secure(rt: Runtime, plan: Plan, qid: str, join_key: str, cache: Join
     step("aggregating on shares")
     result = secure_aggregate(rt, plan, joined)
     if plan.own_total:
-        result = outer.add_own_total(rt, plan, qid, result, own() if own else None)
+        result = outer.add_own_total(rt, plan, qid, result, own() if own else None, joined)
     else:
         cache.keep_aggregates(join_key, joined, structure)
     del joined

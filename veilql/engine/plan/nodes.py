@@ -462,16 +462,46 @@ class Plan:
     # ``own_total`` is the preserved party (it secret-shares its own aggregates times
     # ``shift``), ``optional`` the party whose factors are shifted by ``shift`` (per term
     # chain of ``factors.expand_terms``: its factor on the all-NULL row) before sharing.
+    # With further ON conditions ``cross`` is their predicate (``rewrite/outer_on.py``). A
+    # FULL JOIN: ``own_total`` is the first table's party, whose own NULL-row values are
+    # ``shift_own``; both parties shift and share their own totals (``operators/outer.py``).
     outer: str = ""
     own_total: str = ""
     optional: str = ""
     shift: tuple[int, ...] = ()
+    shift_own: tuple[int, ...] = ()
 
     @property
     def on_shares(self) -> bool:
         """Whether a predicate runs on shares (the WHERE's or an aggregate's own), so that
         every party shares its factors per slot."""
         return self.cross is not None or any(a.cross is not None for a in self.aggregates)
+
+    def _outer_line(self) -> str:
+        """What ``to_s`` says of an outer join across parties (``operators/outer.py``)."""
+        own, opt, g0 = self.own_total, self.optional, list(self.shift)
+        if self.outer == "FULL":
+            return (f"FULL JOIN: {opt} shifts its factors by their value on a row of NULLs "
+                    f"{g0}, {own} by its own {list(self.shift_own)}, before sharing; each "
+                    "secret-shares its own aggregates times the other's (one word per "
+                    "aggregate and cell), and the compute parties subtract the product of "
+                    "the two times the number of matched units (known to them from the "
+                    "join), on shares before the noise, so that either side's unmatched "
+                    "units count with NULLs; reveals nothing more than the inner join")
+        if self.cross is not None:
+            return (f"{self.outer} JOIN ... ON with further conditions (the predicate above): "
+                    f"the matched pairs add their products; each row of {own} that matches "
+                    f"a row of {opt} subtracts its factors times {opt}'s value on a row of "
+                    f"NULLs {g0} (the predicate OR-ed over {opt}'s rows, one inner product); "
+                    f"{own} secret-shares its own aggregates times the same (one word per "
+                    "aggregate and cell), added on shares before the noise, so that its "
+                    "unmatched rows count with NULLs; reveals nothing more than the inner join")
+        return (f"{self.outer} JOIN: {opt} shifts its factors by their "
+                f"value on a row of NULLs {g0} before sharing; "
+                f"{own} secret-shares its own aggregates times the same (one "
+                "word per aggregate and cell), added on shares before the noise, so that "
+                f"{own}'s unmatched units count with NULLs; reveals nothing "
+                "more than the inner join")
 
     def step(self, party: str) -> LocalStep:
         """The local step of ``party``."""
@@ -538,13 +568,7 @@ class Plan:
                 out.append(f"{n}. secure predicate on shares: {self.cross.sql()}")
             if self.own_total:
                 n += 1
-                out.append(
-                    f"{n}. {self.outer} JOIN: {self.optional} shifts its factors by their "
-                    f"value on a row of NULLs {list(self.shift)} before sharing; "
-                    f"{self.own_total} secret-shares its own aggregates times the same (one "
-                    "word per aggregate and cell), added on shares before the noise, so that "
-                    f"{self.own_total}'s unmatched units count with NULLs; reveals nothing "
-                    "more than the inner join")
+                out.append(f"{n}. {self._outer_line()}")
             n += 1
             cells = " x ".join(
                 f"{g.output}{list(g.domain) if g.domain is not None else '[private keys]'}"

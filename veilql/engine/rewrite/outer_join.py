@@ -1,4 +1,4 @@
-"""Plan a LEFT or RIGHT JOIN of two parties' tables on the privacy unit.
+"""Plan a LEFT, RIGHT or FULL JOIN of two parties' tables on the privacy unit.
 
 For ``a LEFT JOIN b`` the answer of a cell is, over the units ``u`` of ``a``,
 ``sum F_a(u) * G_b(u)`` where ``G_b(u)`` is ``b``'s factor (``operators/factors.py``) for a
@@ -11,12 +11,15 @@ computes it at ``a`` and secret-shares it), the second the inner join with ``b``
 shifted by ``g0`` before sharing. ``g0`` is computed here, per term chain, by evaluating
 ``b``'s weight and value columns (the clamped fixed-point SQL of its local step) on a row
 whose every column is NULL, in DuckDB. RIGHT JOIN is the same with the sides swapped.
+Further ON conditions become a predicate on shares (``rewrite/outer_on.py``); a FULL JOIN
+shifts both sides and shares both own totals (``operators/outer.py`` has both arguments).
 
 Refused, naming why: group keys, WHERE conditions or cross-party predicates that read the
 optional side (``b``'s predicates would be evaluated on NULLs, which SQL semantics make an
 inner join; write an inner JOIN), group keys without a public domain (partition
 selection), COUNT(DISTINCT), variances and quantiles, a sum that adds columns of both sides
-(``a.x + NULL`` is NULL), dimension tables, and a join that must reveal nothing.
+(``a.x + NULL`` is NULL), dimension tables, and a join that must reveal nothing; for a
+FULL JOIN also every group key and WHERE condition (either side is NULL for someone).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from veilql.engine.operators import factors as fac
 from veilql.engine.plan.nodes import Plan
 from veilql.engine.rewrite.bound_contributions import _column_sql
 from veilql.engine.rewrite.context import Context
+from veilql.engine.rewrite.outer_on import on_predicate
 from veilql.engine.sql.bound import parties_in
 from veilql.engine.sql.joins import across_parties
 from veilql.errors import UnsupportedError
@@ -39,8 +43,9 @@ _HINT = "use an inner JOIN, or LEFT JOIN with group keys, WHERE and aggregates a
 
 
 def outer_join(plan: Plan, ctx: Context) -> Plan:
-    """Mark a cross-party LEFT/RIGHT JOIN on the plan (``Plan.outer``, ``own_total``,
-    ``optional``, ``shift``), or refuse what it cannot answer exactly."""
+    """Mark a cross-party LEFT/RIGHT/FULL JOIN on the plan (``Plan.outer``, ``own_total``,
+    ``optional``, ``shift``, ``shift_own``, and ``cross`` for further ON conditions), or
+    refuse what it cannot answer exactly."""
     tables = ctx.bound.tables
     if plan.mode != "secure" or not any(t.outer for t in tables) or \
             not across_parties(tables):
@@ -48,15 +53,39 @@ def outer_join(plan: Plan, ctx: Context) -> Plan:
     joined = next(t for t in tables if t.outer)
     side = joined.outer
     first = tables[0]
-    preserved, optional = (first, joined) if side == "LEFT" else (joined, first)
+    preserved, optional = (joined, first) if side == "RIGHT" else (first, joined)
     what = f"{side} JOIN of {joined.party}.{joined.table} with {first.party}.{first.table}"
+    if side == "FULL":
+        _refuse_full(plan, ctx, what)
     _refuse(plan, ctx, what, preserved.party, optional.party)
-    step = plan.step(optional.party)
+    if joined.on:  # the predicate of the pairs that match (rewrite/outer_on.py)
+        plan = on_predicate(plan, ctx, joined.on, optional.party, f"{side} JOIN")
     chains, _ = fac.expand_terms(plan)
-    shift = tuple(_null_factor(step, fac.factor_kind(c, optional.party)) for c in chains)
+
+    def null_row(party: str) -> tuple[int, ...]:
+        step = plan.step(party)
+        return tuple(_null_factor(step, fac.factor_kind(c, party)) for c in chains)
+
     steps = tuple(replace(s, outer=()) for s in plan.steps)  # one table each: no local join
     return replace(plan, steps=steps, outer=side, own_total=preserved.party,
-                   optional=optional.party, shift=shift)
+                   optional=optional.party, shift=null_row(optional.party),
+                   shift_own=null_row(preserved.party) if side == "FULL" else ())
+
+
+def _refuse_full(plan: Plan, ctx: Context, what: str) -> None:
+    """A FULL JOIN keeps the unmatched people of both sides: a group key or a WHERE
+    condition would read NULLs of one side or the other."""
+    if plan.groups:
+        raise UnsupportedError(
+            f"{what}: GROUP BY {', '.join(g.output for g in plan.groups)} is not supported "
+            "with a FULL JOIN across parties (the other side's unmatched people would form a "
+            "NULL group)", "drop the GROUP BY, or use a LEFT or RIGHT JOIN grouped by the "
+            "preserved side's columns")
+    for c in ctx.bound.conjuncts:
+        raise UnsupportedError(
+            f"{what}: the condition {c.sql(dialect='duckdb')} reads a side of a FULL JOIN, "
+            "whose columns are NULL for the other side's unmatched people",
+            "use an aggregate's FILTER (WHERE ...), or a LEFT or RIGHT JOIN")
 
 
 def _refuse(plan: Plan, ctx: Context, what: str, preserved: str, optional: str) -> None:

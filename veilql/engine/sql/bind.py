@@ -94,7 +94,8 @@ def _bind(
     for term in raw:
         checks.check_no_aggregate(term, "WHERE")
     joins, raw = bind_joins(select, scope, raw)
-    scope = Scope(outer_joins(select, link_dimensions(scope.tables, joins), joins), catalog)
+    scope = Scope(outer_joins(select, link_dimensions(scope.tables, joins), joins, scope),
+                  catalog)
     conjuncts: list[exp.Expression] = []
     for term in raw:
         checks.check_predicate(term, scope.resolve)

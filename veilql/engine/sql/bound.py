@@ -64,6 +64,10 @@ class BoundTable:
     # "LEFT", "RIGHT" or "FULL" for the table of an outer join (to the tables before it, at
     # its own party; ``joins.outer_joins``), "" for an inner join.
     outer: str = ""
+    # The conditions of an outer join's ON beside the unit equality (qualified; a LEFT,
+    # RIGHT or FULL JOIN across two parties, ``joins.outer_joins``): the pairs of rows they
+    # reject do not match, and the preserved rows then get NULLs (``rewrite/outer_on.py``).
+    on: tuple[exp.Expression, ...] = ()
     # A per-person aggregating WITH / derived table over ``table`` (its policy is derived:
     # one row per unit, value columns bounded by the aggregates' bounds), else None.
     per_unit: PerUnit | None = None
@@ -277,6 +281,7 @@ def columns_used(bound: BoundQuery) -> dict[str, set[str]]:
     exprs += [o.truth for o in bound.outputs if o.truth is not None]
     exprs += [g.expr for g in bound.group_by]
     exprs += [t.filter for t in bound.tables if t.filter is not None]
+    exprs += [c for t in bound.tables for c in t.on]  # an outer join's ON conditions
     for e in exprs:
         for c in e.find_all(exp.Column):
             if c.table in used and c.name != "__in":  # a semi-join's own 0/1 column

@@ -53,15 +53,16 @@ def bind_joins(
         using = join.args.get("using")
         on = join.args.get("on")
         if outer and on is not None:
+            checks.check_no_aggregate(on, "JOIN ... ON")
             for term in checks.split_and(on):
                 try:
                     edge = _join_edge(term, scope)
                 except _NotUnit as other:
-                    raise UnsupportedError(
-                        f"{side} JOIN ... ON {term.sql(dialect='duckdb')}: the ON of an outer "
-                        "join takes only the privacy-unit equality",
-                        "write the other conditions in WHERE (they then filter the joined "
-                        "rows) or in an aggregate's FILTER") from (other.error or None)
+                    # Not a filter of the joined rows: ``outer_joins`` reads these conditions
+                    # of the ON (or refuses them); a join by nothing else names this one.
+                    if other.error is not None:
+                        non_unit.setdefault(alias.lower(), other.error)
+                    continue
                 if edge.dimension:
                     raise UnsupportedError(f"{side} JOIN of a dimension table is not supported",
                                            "join dimension tables with an inner JOIN")
@@ -111,23 +112,31 @@ OUTER = ("LEFT", "RIGHT", "FULL")
 
 
 def outer_joins(select: exp.Select, tables: tuple[BoundTable, ...],
-                 edges: tuple[JoinEdge, ...]) -> tuple[BoundTable, ...]:
-    """Mark the tables of LEFT, RIGHT and FULL joins (``BoundTable.outer``).
+                edges: tuple[JoinEdge, ...], scope: Scope) -> tuple[BoundTable, ...]:
+    """Mark the tables of LEFT, RIGHT and FULL joins (``BoundTable.outer``) and the
+    conditions of their ON beside the unit equality (``BoundTable.on``).
 
     They run inside one party's local SQL, where the outer join is exact: a LEFT JOIN joins a
     table to an earlier table of the same party on the unit (the rows before it are kept
     whatever the others hold, so it commutes with the joins on the same unit); RIGHT and FULL
     joins, which keep rows the tables before them lack, are supported between the only two
-    tables of a query at one party. Across parties only a LEFT or RIGHT JOIN of a query's
+    tables of a query at one party. Across parties a LEFT, RIGHT or FULL JOIN of a query's
     two tables at two parties is kept (``across_parties``; planned in
     ``rewrite/outer_join.py``), any other is refused: the secure join keeps matching people
-    only.
+    only. Further ON conditions are kept for a LEFT or RIGHT JOIN across parties (they
+    decide which pairs match, so they are not a WHERE: ``rewrite/outer_on.py``), and
+    refused elsewhere.
     """
     kinds: dict[str, str] = {}
+    ons: dict[str, list[exp.Expression]] = {}
     for join in select.args.get("joins") or []:
         side = (join.args.get("side") or "").upper()
         if side in OUTER and not (join.args.get("method") or ""):
-            kinds[join.this.alias_or_name.lower()] = side
+            alias = join.this.alias_or_name.lower()
+            kinds[alias] = side
+            on = join.args.get("on")
+            ons[alias] = [t for t in checks.split_and(on) if not _is_unit_edge(t, scope)] \
+                if on is not None else []
     if not kinds:
         return tables
     by_alias = {t.alias.lower(): t for t in tables}
@@ -142,15 +151,32 @@ def outer_joins(select: exp.Select, tables: tuple[BoundTable, ...],
                                    f"write {side} JOIN ... ON <earlier>.<unit> = "
                                    f"{t.alias}.{t.unit}")
         parties = {by_alias[o.lower()].party for o in others} | {t.party}
-        if len(parties) > 1 and side in ("LEFT", "RIGHT") and across_parties(tables):
-            continue  # planned by rewrite/outer_join.py: the secure join plus a's own total
+        crossing = len(parties) > 1 and across_parties(tables)
+        extra = ons[alias]
+        if extra and not (crossing and side in ("LEFT", "RIGHT")):
+            term = extra[0].sql(dialect="duckdb")
+            if crossing:
+                raise UnsupportedError(
+                    f"FULL JOIN ... ON {term}: a FULL JOIN across parties takes only the "
+                    "privacy-unit equality in its ON",
+                    "use a LEFT or RIGHT JOIN for further ON conditions, or join on the unit "
+                    "only")
+            raise UnsupportedError(
+                f"{side} JOIN ... ON {term}: the ON of an outer join takes only the "
+                "privacy-unit equality",
+                "write the other conditions in WHERE (they then filter the joined "
+                "rows) or in an aggregate's FILTER")
+        for term in extra:
+            _check_on(term, scope, side)
+        if crossing:
+            continue  # planned by rewrite/outer_join.py: the secure join plus own totals
         if len(parties) > 1:
             raise UnsupportedError(
                 f"{side} JOIN of {t.party}.{t.table} with another party's table "
                 f"({', '.join(sorted(parties - {t.party}))}) is not supported: across parties "
-                "only a LEFT or RIGHT JOIN of a query's only two tables (no dimension tables) "
-                "is, the secure join keeping the people both parties hold",
-                f"use an inner JOIN, a LEFT or RIGHT JOIN of two tables, or {side} JOIN tables "
+                "only a LEFT, RIGHT or FULL JOIN of a query's only two tables (no dimension "
+                "tables) is, the secure join keeping the people both parties hold",
+                f"use an inner JOIN, an outer JOIN of two tables, or {side} JOIN tables "
                 f"of one party ({t.party}'s own)")
         if side != "LEFT" and (len(tables) != 2 or len({x.party for x in tables}) != 1):
             raise UnsupportedError(
@@ -158,7 +184,46 @@ def outer_joins(select: exp.Select, tables: tuple[BoundTable, ...],
                 "party's tables",
                 "write it as a LEFT JOIN with the tables swapped, or join one party's two "
                 "tables only")
-    return tuple(replace(t, outer=kinds.get(t.alias.lower(), "")) for t in tables)
+    return tuple(replace(t, outer=kinds.get(t.alias.lower(), ""),
+                         on=tuple(scope.qualify(x) for x in ons.get(t.alias.lower(), ())))
+                 for t in tables)
+
+
+def _is_unit_edge(term: exp.Expression, scope: Scope) -> bool:
+    """Whether ``term`` of an outer join's ON is a unit (or foreign-key) equality."""
+    try:
+        _join_edge(term, scope)
+    except (_NotUnit, PolicyError):
+        return False
+    return True
+
+
+def _check_on(term: exp.Expression, scope: Scope, side: str) -> None:
+    """An outer join's further ON condition: a condition over either side's columns, where
+    an equality of two group columns of the two parties is kept too (compared on shares as
+    codes, ``rewrite/outer_on.py``); NOT over a comparison across parties is refused (on
+    a NULL it would hold, and SQL's ON then rejects the pair)."""
+    where = f"{side} JOIN ... ON"
+    node = term
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And | exp.Or):
+        _check_on(node.this, scope, side)
+        _check_on(node.expression, scope, side)
+        return
+    parties = {scope.resolve(c).party for c in node.find_all(exp.Column)}
+    if isinstance(node, exp.Not) and len(parties) > 1:
+        raise UnsupportedError(
+            f"{where} {term.sql(dialect='duckdb')}: NOT over a comparison across parties is "
+            "not supported in an outer join's ON (a NULL would make it hold)",
+            "write the negated comparison instead, e.g. a.x <> b.y for NOT a.x = b.y")
+    if len(parties) > 1 and isinstance(node, exp.EQ | exp.NEQ | exp.LT | exp.LTE | exp.GT
+                                       | exp.GTE) and all(
+            isinstance(c, exp.Column) for c in (node.this, node.expression)):
+        cols = [scope.resolve(c) for c in (node.this, node.expression)]
+        if all(c.policy.role == "group" for c in cols):
+            return  # two group columns of the two parties: codes (rewrite/outer_on.py)
+    checks.check_predicate(node, scope.resolve, where)
 
 
 def across_parties(tables: tuple[BoundTable, ...]) -> bool:

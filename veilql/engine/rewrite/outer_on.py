@@ -1,0 +1,191 @@
+"""The further conditions of a LEFT or RIGHT JOIN's ON across parties, as a predicate on shares.
+
+``a LEFT JOIN b ON a.u = b.u AND c`` matches a row of ``a`` with the rows of ``b`` of the
+same unit for which ``c`` holds; a row of ``a`` with no such row gets NULLs. So ``c`` is
+not a WHERE (that would drop the rows of ``a``): it is a 0/1 predicate ``P`` of each pair of
+rows (``Plan.cross``), under which the matched pairs add ``F_a * F_b`` and each row of
+``a`` that matched at least one row adds ``- F_a * g0`` besides (``operators/outer.py``).
+
+``P`` is built like the cross-party predicate of WHERE (``place_secure``): a piece that
+reads one party is a 0/1 ``atom`` its owner computes in SQL (exact, NULLs included), a
+comparison across parties is ``sum of parts <op> 0`` over fixed-point ``operand`` columns.
+SQL's ON rejects a pair whose comparison reads a NULL; each party's part is compared on
+shares as a number (a NULL would count as 0), so every such comparison is ANDed with an
+atom per party saying its part is not NULL (exact under AND and OR; NOT over a comparison
+across parties is refused when binding). An equality of two group columns of the two
+parties is compared as codes: dates (DATE on both sides) as days since 1970-01-01, any
+comparison; text, booleans and numbers with declared values on both sides as the index in
+the sorted union of the two columns' values (= and <> only; a value outside its column's
+declared values matches nothing, as for GROUP BY, where it is not counted). When the
+optional party keeps several rows per person, ``P`` is ANDed with its presence (an atom of
+1 on its present rows), since an absent row's operands are 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sqlglot import exp
+
+from veilql.engine.plan.nodes import LocalColumn, Plan
+from veilql.engine.rewrite.context import Context
+from veilql.engine.rewrite.linear import split_linear
+from veilql.engine.rewrite.place_secure import _add, _rewrite
+from veilql.engine.sql import functions
+from veilql.engine.sql.bound import parties_in
+from veilql.engine.sql.typecheck import TypeChecker
+from veilql.errors import UnsupportedError
+
+_COMPARE = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)
+_EPOCH = "DATE '1970-01-01'"
+
+
+def on_predicate(plan: Plan, ctx: Context, conditions: tuple[exp.Expression, ...],
+                 optional: str, what: str) -> Plan:
+    """``plan`` with ``cross`` the predicate of ``conditions`` (see the module docstring)
+    and the atom and operand columns it reads added to the parties' steps."""
+    checker = TypeChecker(ctx.bound)
+
+    def interval(node: exp.Expr) -> tuple[float, float]:
+        n = checker.numeric(node)
+        return n.lo, n.hi
+
+    cols: dict[str, list[LocalColumn]] = {s.party: list(s.columns) for s in plan.steps}
+    expr: exp.Expression | None = None
+    for cond in conditions:
+        cond = functions.safe_forms(cond, interval)  # no row value can make an engine fail
+        checker.predicate(cond)
+        part = _condition(cond, ctx, checker, cols, what)
+        expr = part if expr is None else exp.And(this=expr, expression=part)
+    assert expr is not None
+    if plan.step(optional).slots > 1:
+        name = _add(cols[optional], "a", "atom", "1", 0)  # 0 on its absent rows
+        expr = exp.And(this=_atom(optional, name), expression=expr)
+    steps = tuple(replace(s, columns=tuple(cols[s.party])) for s in plan.steps)
+    return replace(plan, steps=steps, cross=expr)
+
+
+def _atom(party: str, name: str) -> exp.Expression:
+    return exp.EQ(this=exp.column(name, table=party), expression=exp.Literal.number(1))
+
+
+def _not_null(party: str, sql: str, cols: dict[str, list[LocalColumn]]) -> exp.Expression:
+    """An atom of ``party``: 1 where its part ``sql`` of a comparison is not NULL."""
+    return _atom(party, _add(cols[party], "a", "atom",
+                             f"CASE WHEN ({sql}) IS NOT NULL THEN 1 ELSE 0 END", 0))
+
+
+def _condition(node: exp.Expression, ctx: Context, checker: TypeChecker,
+               cols: dict[str, list[LocalColumn]], what: str) -> exp.Expression:
+    """One condition over local columns: atoms, and comparisons across parties guarded by
+    their parts' NULL tests."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if len(parties_in(node, ctx.bound)) < 2:
+        return _rewrite(node, ctx, cols)  # one party's piece: an exact atom in its SQL
+    if isinstance(node, exp.And | exp.Or):
+        return type(node)(this=_condition(node.this, ctx, checker, cols, what),
+                          expression=_condition(node.expression, ctx, checker, cols, what))
+    if isinstance(node, exp.Between):
+        low = exp.GTE(this=node.this.copy(), expression=node.args["low"].copy())
+        high = exp.LTE(this=node.this.copy(), expression=node.args["high"].copy())
+        return _condition(exp.And(this=low, expression=high), ctx, checker, cols, what)
+    if not isinstance(node, _COMPARE):
+        raise UnsupportedError(
+            f"{what} ... ON {node.sql(dialect='duckdb')}: only comparisons (= <> < <= > >=), "
+            "AND and OR are supported across parties in an outer join's ON",
+            "compare the two parties' columns with = <> < <= > >=")
+    pair = (node.this, node.expression)
+    if all(isinstance(c, exp.Column) for c in pair) and any(
+            checker.column(c).kind != "num" for c in pair):  # type: ignore[arg-type]
+        return _coded(node, ctx, checker, cols, what)
+    for col in node.find_all(exp.Column):
+        t = checker.column(col)
+        if t.kind not in ("num", None):
+            raise UnsupportedError(
+                f"{what} ... ON {node.sql(dialect='duckdb')}: {checker.describe(col, t)} "
+                "cannot be compared across parties inside arithmetic",
+                "compare a column with another party's column directly, or compare "
+                "numbers")
+    size = sum(_magnitude(checker, side) for side in pair)
+    checker.fixed_point(node, size, f"a side of {node.sql(dialect='duckdb')}")
+    diff = exp.Sub(this=node.this.copy(), expression=exp.Paren(this=node.expression.copy()))
+    guards = [_not_null(party, part.sql(dialect="duckdb"), cols)
+              for party, part in split_linear(diff, ctx.party_of).items() if party is not None]
+    out = _rewrite(node, ctx, cols)
+    for g in guards:
+        out = exp.And(this=g, expression=out)
+    return out
+
+
+def _magnitude(checker: TypeChecker, node: exp.Expr) -> float:
+    """A bound on every per-party part of a linear side: the sum of its terms' sizes."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.Add | exp.Sub):
+        return _magnitude(checker, node.this) + _magnitude(checker, node.expression)
+    if isinstance(node, exp.Neg):
+        return _magnitude(checker, node.this)
+    return checker.numeric(node).magnitude
+
+
+def _coded(node: exp.Expression, ctx: Context, checker: TypeChecker,
+           cols: dict[str, list[LocalColumn]], what: str) -> exp.Expression:
+    """A comparison of two columns of two parties that are not both numbers, as codes
+    (see the module docstring): each party's code as an operand, guarded by NOT NULL."""
+    left, right = node.this, node.expression
+    assert isinstance(left, exp.Column) and isinstance(right, exp.Column)
+    types = [checker.column(c) for c in (left, right)]
+    policies = [ctx.bound.table(c.table).policy.column(c.name) for c in (left, right)]
+    text = node.sql(dialect="duckdb")
+    names = [t.name.upper() for t in types]
+    if names == ["DATE", "DATE"]:
+        codes = [f"DATE_DIFF('day', {_EPOCH}, {c.sql(dialect='duckdb')})" for c in (left, right)]
+    elif types[0].kind == types[1].kind and types[0].kind in ("str", "bool", "num") and all(
+            p is not None and p.values for p in policies):
+        if not isinstance(node, exp.EQ | exp.NEQ):
+            raise UnsupportedError(
+                f"{what} ... ON {text}: {types[0].name} columns of two parties are compared "
+                "with = and <> only", "write an equality, or compare dates or numbers")
+        distinct = {_key(v): v for p in policies for v in p.values}  # type: ignore[union-attr]
+        values = [distinct[k] for k in sorted(distinct)]
+        codes = []
+        for c in (left, right):
+            whens = " ".join(f"WHEN {c.sql(dialect='duckdb')} = {_literal(v)} THEN {i}"
+                             for i, v in enumerate(values))
+            codes.append(f"CASE {whens} END")  # NULL outside the declared values
+    else:
+        described = " and ".join(checker.describe(c, t) for c, t in zip((left, right), types,
+                                                                         strict=True))
+        raise UnsupportedError(
+            f"{what} ... ON {text}: {described} cannot be compared across parties",
+            "compare DATE with DATE, numbers with numbers, or text (booleans) whose columns "
+            "both declare values = [...] in the parties' policies")
+    owners = [ctx.party_of(c.table) for c in (left, right)]
+    guards = [_not_null(p, code, cols) for p, code in zip(owners, codes, strict=True)]
+    first = _add(cols[owners[0]], "o", "operand", codes[0], 0)
+    second = _add(cols[owners[1]], "o", "operand", f"-({codes[1]})", 0)
+    total = exp.Add(this=exp.column(first, table=owners[0]),
+                    expression=exp.column(second, table=owners[1]))
+    out: exp.Expression = type(node)(this=total, expression=exp.Literal.number(0))
+    for g in guards:
+        out = exp.And(this=g, expression=out)
+    return out
+
+
+def _key(v: object) -> tuple[int, object]:
+    """A declared value's place in the union of two domains (booleans, numbers, text)."""
+    if isinstance(v, bool):
+        return (0, int(v))
+    if isinstance(v, int | float):
+        return (1, v)
+    return (2, str(v))
+
+
+def _literal(v: object) -> str:
+    """A SQL literal for a declared value."""
+    if isinstance(v, bool):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, int | float):
+        return repr(v)
+    return "'" + str(v).replace("'", "''") + "'"
