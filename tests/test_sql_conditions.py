@@ -6,6 +6,9 @@ NULLs in ``ta.score``, ``ta.spend`` and ``tb.fills``), for two and three parties
 
 - SUM/AVG of a condition across parties, ``SUM(CASE WHEN <across> THEN x ELSE 0 END)`` and
   ``FILTER (WHERE <across>)``: one predicate per aggregate, evaluated on shares;
+- a group column inside an aggregate of its own GROUP BY (``MAX(g)``, ``MIN``,
+  ``ANY_VALUE``, ``AVG``: the released label; ``SUM(g)``: the label times the noisy count),
+  in local, secure and union mode;
 - refusals name the construct.
 """
 
@@ -65,6 +68,56 @@ CROSS: list[tuple[str, str | None]] = [
      f"SUM(tc.level * 10 > ta.visits) AS s, COUNT(DISTINCT ta.uid) FILTER (WHERE "
      f"tb.fills > tc.level) AS people {J3}", None),
 ]
+
+
+# a group column as a value inside an aggregate of its own GROUP BY
+GROUP_VALUES: list[str] = [
+    "SELECT groupby_int_0, COUNT(*) AS n, MAX(groupby_int_0) AS mx, MIN(groupby_int_0) AS mn, "
+    "SUM(groupby_int_0) AS s, AVG(groupby_int_0) AS a, ANY_VALUE(groupby_int_0) AS av "
+    "FROM alpha.ta GROUP BY groupby_int_0",
+    # an expression over it, HAVING on it
+    "SELECT groupby_string_0, groupby_int_0, COUNT(*) AS n, MAX(groupby_string_0) AS g, "
+    "SUM(groupby_int_0) + 1 AS s FROM alpha.ta GROUP BY groupby_string_0, groupby_int_0 "
+    "HAVING MIN(groupby_int_0) > 100",
+    f"SELECT tb.groupby_string_0 AS b, ta.groupby_string_0 AS a0, COUNT(*) AS n, "
+    f"MAX(tb.groupby_string_0) AS m, "
+    f"ANY_VALUE(ta.groupby_string_0) AS a {J2} GROUP BY tb.groupby_string_0, "
+    f"ta.groupby_string_0",
+    f"SELECT ta.groupby_int_0, COUNT(*) AS n, SUM(ta.groupby_int_0) AS s, "
+    f"AVG(ta.groupby_int_0) AS a {J2} GROUP BY ta.groupby_int_0",
+    "SELECT g, COUNT(*) AS cc, MAX(g) AS mm, MIN(u.g) AS mn, ANY_VALUE(g) AS av FROM (SELECT "
+    "groupby_string_0 AS g FROM alpha.ta UNION ALL SELECT groupby_string_0 FROM beta.tb) AS u "
+    "GROUP BY u.g",
+]
+
+
+@pytest.mark.parametrize("sql", GROUP_VALUES, ids=[f"g{i}" for i in range(len(GROUP_VALUES))])
+def test_group_column_in_its_own_aggregate_equals_plain_duckdb(bi, sql: str) -> None:
+    session, con = bi
+    check_statistics(_run(session, sql), plain(con, sql))
+
+
+def test_group_label_not_selected_is_released_hidden(bi) -> None:
+    # MAX(g) without g in SELECT: g's label is a hidden output, shown through MAX(g)
+    session, con = bi
+    sql = (f"SELECT MAX(ta.groupby_int_0) AS g, COUNT(*) AS n, SUM(ta.groupby_int_0) AS s "
+           f"{J2} GROUP BY ta.groupby_int_0")
+    result = _run(session, sql)
+    assert [o.kind for o in result.plan.hidden] == ["group"]
+    assert sorted(map(tuple, result.rows)) == sorted(plain(con, sql))
+
+
+def test_union_group_column_in_its_own_aggregate(tmp_path: Path) -> None:
+    # a numeric group key of a UNION ALL (public domains): SUM(t) = t * COUNT(*)
+    sql = ("SELECT t, COUNT(*) AS cc, MAX(t) AS mm, SUM(t) AS s, AVG(t) AS a FROM (SELECT "
+           "term_months AS t FROM bank.loans UNION ALL SELECT CASE WHEN monthly_txn_count > 50 "
+           "THEN 24 ELSE 12 END FROM payments.accounts) AS u GROUP BY u.t")
+    with veilql.connect(oracle_federation(DEMO, tmp_path / "fed"), analyst="oracle") as session:
+        con = union_connection(session.federation)
+        result = _run(session, sql)
+        assert result.plan.mode == "union"
+        check_statistics(result, plain(con, sql))
+        con.close()
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +220,15 @@ REFUSED = [
      "a condition across parties inside this aggregate"),
     ("SELECT SUM(ta.visits > tb.fills) FROM alpha.ta LEFT JOIN beta.tb ON ta.uid = tb.uid",
      "outer join"),
+    # a group column inside an aggregate: only of its own GROUP BY
+    ("SELECT groupby_string_0, MAX(groupby_int_0) FROM alpha.ta GROUP BY groupby_string_0",
+     "cannot be used as a value"),
+    ("SELECT COUNT(*), ANY_VALUE(visits) FROM alpha.ta GROUP BY groupby_string_0",
+     "only of a GROUP BY key"),
+    ("SELECT COUNT(*), SUM(groupby_string_0) FROM alpha.ta GROUP BY groupby_string_0",
+     "is not a number"),
+    ("SELECT COUNT(*), MAX(groupby_int_0) FILTER (WHERE visits > 3) FROM alpha.ta "
+     "GROUP BY groupby_int_0", "cannot be used as a value"),
 ]
 
 

@@ -179,6 +179,9 @@ def _check_node(node: exp.Expr, select: exp.Select) -> None:
             f"DISTINCT inside {name} is not supported",
             "only COUNT(DISTINCT unit) is supported",
         )
+    if isinstance(node, exp.AnyValue) or (isinstance(node, exp.IgnoreNulls)
+                                          and isinstance(node.this, exp.AnyValue)):
+        return  # ANY_VALUE(g) of a group's own key; the binder refuses any other (outputs.py)
     if isinstance(node, exp.AggFunc) and not isinstance(node, AGGREGATES):
         raise UnsupportedError(
             f"aggregate {node.sql_name()} is not supported yet", _AGGREGATE_HINT

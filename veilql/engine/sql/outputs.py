@@ -49,7 +49,8 @@ class Outputs:
         explicit = {a.lower() for a, _ in items if a}
         outputs: list[tuple[Output, Signature | None] | None] = []
         for _alias, node in items:
-            later = not is_aggregate(node) and node.find(exp.AggFunc) is not None
+            later = (not is_aggregate(node) and node.find(exp.AggFunc) is not None) or \
+                self._group_aggregated(node) is not None  # MAX(g) of its own GROUP BY g
             outputs.append(None if later else self._item(node))
         names = []
         for (alias, node), done in zip(items, outputs, strict=True):
@@ -116,6 +117,63 @@ class Outputs:
         raise UnsupportedError(f"SELECT item {node.sql(dialect='duckdb')} must appear in "
                                "GROUP BY", f"add GROUP BY {node.sql(dialect='duckdb')}")
 
+    def _group_aggregated(self, node: exp.Expr) -> BoundGroup | None:
+        """The GROUP BY item that ``MAX``/``MIN``/``ANY_VALUE``/``AVG``/``SUM`` (DISTINCT
+        too, without FILTER) aggregates as a value, else None: in its own group it is one
+        value, so the aggregate is post-processing of the released label (and count)."""
+        if isinstance(node, exp.IgnoreNulls) and isinstance(node.this, exp.AnyValue):
+            node = node.this  # DuckDB's ANY_VALUE skips NULLs
+        if not isinstance(node, _OF_GROUP) or (isinstance(node, exp.Min | exp.Max)
+                                                and node.expressions):
+            return None
+        found = self._aggregated_key(node)
+        if found is None and isinstance(node, exp.AnyValue):
+            raise UnsupportedError(
+                f"{node.sql(dialect='duckdb')} is supported only of a GROUP BY key (in its "
+                "group it is the key itself)", "select the group column itself, or MIN/MAX "
+                "of a value column")
+        return found
+
+    def _aggregated_key(self, node: exp.Expr) -> BoundGroup | None:
+        """The GROUP BY item ``node``'s argument is, else None."""
+        arg = node.this
+        while isinstance(arg, exp.Paren):
+            arg = arg.this
+        if isinstance(arg, exp.Distinct):
+            if len(arg.expressions) != 1:
+                return None
+            arg = arg.expressions[0]
+        if not list(arg.find_all(exp.Column)):
+            return None
+        if isinstance(arg, exp.Column):
+            col = self.scope.resolve(arg)
+            return next((g for g in self.group_by if g.column == col), None)
+        text = self.scope.qualify(arg).sql(dialect="duckdb")
+        return next((g for g in self.group_by if g.expr.sql(dialect="duckdb") == text), None)
+
+    def _group_value(self, node: exp.Expr, group: BoundGroup) -> exp.Expression:
+        """``MAX(g)`` (MIN, ANY_VALUE, AVG) of a group's own key as its released label;
+        ``SUM(g)`` as ``g * COUNT(*)``, over the released label and noisy count."""
+        signature = ("group", group.expr.sql(dialect="duckdb"))
+        found = self.signatures.get(signature)
+        if found is None:  # the label, released hidden (it is released with every cell)
+            found = unique_name("__" + group.name, self.taken)
+            self.taken.add(found.lower())
+            self.hidden.append(Output(found, "group", column=group.column, group=group,
+                                      hidden=True))
+            self.signatures[signature] = found
+        label: exp.Expression = exp.column(found)
+        if isinstance(node, exp.Avg | exp.Sum) and not _numeric(group):
+            raise UnsupportedError(
+                f"{node.sql(dialect='duckdb')}: the group key {group.name} is not a number",
+                f"select {group.name} itself, or MIN/MAX/ANY_VALUE of it")
+        if isinstance(node, exp.Sum):  # each of the group's rows adds g
+            count = self.aggregate_ref(exp.Count(this=exp.Star()))
+            return exp.Mul(this=label, expression=count)
+        if isinstance(node, exp.Avg):  # a DOUBLE, as DuckDB's AVG
+            return exp.Mul(this=label, expression=exp.Literal.number("1.0"))
+        return label
+
     def aggregate_ref(self, node: exp.Expr) -> exp.Column:
         """A reference to the output releasing aggregate ``node`` (hidden if new)."""
         output, signature = bind_aggregate(node, self.scope)
@@ -134,6 +192,9 @@ class Outputs:
         self._check_decided(node, clause)
 
         def refer(n: exp.Expr) -> exp.Expr:
+            group = self._group_aggregated(n)
+            if group is not None:
+                return self._group_value(n, group)
             if is_aggregate(n):
                 return self.aggregate_ref(n)
             if isinstance(n, exp.Column):
@@ -153,6 +214,8 @@ class Outputs:
         by_name = {o.name.lower(): o for o in self.visible}
         for cmp in node.find_all(*_COMPARISONS):
             for n in cmp.walk():
+                if self._group_aggregated(n) is not None:
+                    continue  # a label, known exactly
                 if is_aggregate(n):
                     out, _ = bind_aggregate(n, self.scope)
                 elif isinstance(n, exp.Column) and not n.table and n.name.lower() in by_name:
@@ -177,7 +240,8 @@ class Outputs:
                 continue
             if any(isinstance(a, exp.AggFunc | exp.Filter) for a in ancestors(n, node)):
                 continue
-            if isinstance(n, exp.AggFunc | exp.Filter):
+            if isinstance(n, exp.AggFunc | exp.Filter) or (
+                    isinstance(n, exp.IgnoreNulls) and isinstance(n.this, exp.AnyValue)):
                 continue
             if not isinstance(n, (*functions.POST_EXPRESSIONS, *functions.POST_CONDITIONS,
                                   exp.Column, exp.Identifier)):
@@ -194,6 +258,9 @@ class Outputs:
         names = {o.name.lower(): o.name for o in self.visible}
 
         def refer(n: exp.Expr) -> exp.Expr:
+            group = self._group_aggregated(n)
+            if group is not None:
+                return self._group_value(n, group)
             if is_aggregate(n):
                 return self.aggregate_ref(n)
             if isinstance(n, exp.Column):
@@ -219,6 +286,23 @@ class Outputs:
                                        f"{clause}",
                                        "use outputs, literals, comparisons and arithmetic")
         return node.copy().transform(refer)
+
+
+#: Aggregates that, of a group's own key, are that key (SUM: times the count).
+_OF_GROUP = (exp.Max, exp.Min, exp.AnyValue, exp.Avg, exp.Sum)
+
+
+def _numeric(group: BoundGroup) -> bool:
+    """Whether a group key is a number: its public values, else its column's type."""
+    if group.domain is not None:
+        values = [v for v in group.domain if v is not None]
+        return bool(values) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                    for v in values)
+    policy = group.policy
+    kind = (policy.type or "").upper() if policy is not None else ""
+    return kind.startswith(("TINYINT", "SMALLINT", "INT", "BIGINT", "HUGEINT", "UTINYINT",
+                            "USMALLINT", "UINTEGER", "UBIGINT", "DECIMAL", "DOUBLE", "FLOAT",
+                            "REAL", "NUMERIC"))
 
 
 def ancestors(node: exp.Expr, root: exp.Expr) -> list[exp.Expr]:

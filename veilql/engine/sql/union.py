@@ -141,9 +141,12 @@ def _check_outer(tree: exp.Select) -> None:
     if tree.args.get("distinct"):
         raise UnsupportedError("SELECT DISTINCT over a UNION ALL is not supported", HINT)
     union = tree.args["from_"].this
+    keys = group_keys(tree)
     for node in tree.walk():
         if node is union or node.find_ancestor(exp.Subquery) is union:
             continue
+        if of_group_key(node, keys, union.alias_or_name):
+            continue  # MAX(g) of its own GROUP BY g: the label (outputs.py)
         if isinstance(node, exp.Subquery | exp.Exists) or (
                 isinstance(node, exp.In) and node.args.get("query") is not None):
             raise UnsupportedError("subqueries beside a UNION ALL in FROM are not supported",
@@ -159,6 +162,56 @@ def _check_outer(tree: exp.Select) -> None:
                 "two branches would count twice", HINT)
         if isinstance(node, exp.Window):
             raise UnsupportedError("window functions over a UNION ALL are not supported", HINT)
+
+
+#: Aggregates that, of a group's own key, are that key (SUM: times the count).
+_OF_GROUP = (exp.Max, exp.Min, exp.AnyValue, exp.Avg, exp.Sum)
+
+
+def _bare(node: exp.Expression, alias: str) -> str:
+    """``node``'s text with the union's alias dropped from its columns (``u.g`` is ``g``)."""
+    def strip(n: exp.Expression) -> exp.Expression:
+        if isinstance(n, exp.Column) and n.table.lower() == alias.lower():
+            return exp.column(n.name)
+        return n
+
+    while isinstance(node, exp.Paren):
+        node = node.this
+    return node.copy().transform(strip).sql(dialect="duckdb")
+
+
+def group_keys(tree: exp.Select) -> set[str]:
+    """The outer GROUP BY items' texts (``_bare``), positions and aliases resolved."""
+    group = tree.args.get("group")
+    if group is None:
+        return set()
+    alias = tree.args["from_"].this.alias_or_name
+    items = {(i.alias or "").lower(): i.this for i in tree.expressions
+             if isinstance(i, exp.Alias)}
+    out = set()
+    for g in group.expressions:
+        if isinstance(g, exp.Literal) and g.is_int and 1 <= int(g.this) <= len(
+                tree.expressions):
+            item = tree.expressions[int(g.this) - 1]
+            g = item.this if isinstance(item, exp.Alias) else item
+        elif isinstance(g, exp.Column) and not g.table and g.name.lower() in items:
+            g = items[g.name.lower()]
+        out.add(_bare(g, alias))
+    return out
+
+
+def of_group_key(node: exp.Expression, keys: set[str], alias: str) -> bool:
+    """Whether ``node`` is MAX/MIN/ANY_VALUE/AVG/SUM of a GROUP BY key of the outer query
+    (the binder answers it from the released label, ``outputs.py``)."""
+    if not isinstance(node, _OF_GROUP) or isinstance(node.parent, exp.Filter) or (
+            isinstance(node, exp.Min | exp.Max) and node.expressions):
+        return False
+    arg = node.this
+    while isinstance(arg, exp.Paren):
+        arg = arg.this
+    if isinstance(arg, exp.Distinct) and len(arg.expressions) == 1:
+        arg = arg.expressions[0]
+    return _bare(arg, alias) in keys
 
 
 def _default_name(node: exp.Expression) -> str:
@@ -189,12 +242,15 @@ def quantile_arguments(tree: exp.Expression) -> list[exp.Expression]:
     """The arguments of the quantile aggregates (MIN, MAX, MEDIAN, ...) of the outer query,
     as nodes of ``tree`` (not inside the union)."""
     union = tree.args["from_"].this
+    keys = group_keys(tree) if isinstance(tree, exp.Select) else set()
     out = []
     for node in tree.walk():
         if node is union or node.find_ancestor(exp.Subquery) is union:
             continue
         if isinstance(node, exp.AggFunc) and isinstance(node.parent, exp.WithinGroup):
             continue  # the WITHIN GROUP node names the argument
+        if of_group_key(node, keys, union.alias_or_name):
+            continue  # MAX(g) of its own group: the label, no histogram
         if isinstance(node, exp.AggFunc | exp.WithinGroup):
             statistic = _statistic(node)
             if statistic is not None and statistic[2] is not None:
