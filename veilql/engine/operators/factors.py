@@ -382,8 +382,11 @@ def reduce_in_engine(plan: Plan, step: LocalStep, connector: Connector,
     own engine (``aggregate_sql`` around the bounded local SQL), and its private group
     labels (a ``PartyRows`` without arrays); what ``local_mode.aggregate_plain`` computes over
     the pivoted rows."""
+    from veilql.engine.operators import histogram
     from veilql.engine.operators.local import bounded_sql, run_engine
 
+    if histogram.families(plan, step.party):  # a large COUNT(DISTINCT): grouped by bucket
+        return histogram.reduce_in_engine(plan, step, connector, seed)
     party = step.party
     sql, groups, names = aggregate_sql(plan, party, bounded_sql(step, seed))
     result = run_engine(connector, sql)

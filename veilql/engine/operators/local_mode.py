@@ -44,8 +44,23 @@ def aggregate_plain(plan: Plan, rows: dict[str, PartyRows]) -> np.ndarray:
 
 
 def noise_vector(plan: Plan, party_index: int, cells: int) -> np.ndarray:
-    """This party's noise shares for every aggregate and cell (zeros where it adds none)."""
-    return np.stack([sample_share(a.noise, party_index, cells) for a in plan.aggregates])
+    """This party's noise shares for every aggregate and cell (zeros where it adds none).
+
+    A histogram's bucket counts (one ``family``, one noise plan) are drawn in one call of
+    the sampler, independent draws as one per bucket would be: 100,000 buckets took 16 s
+    one call each, and now take what one call of 100,000 draws takes."""
+    out = np.zeros((len(plan.aggregates), cells), dtype=np.int64)
+    i = 0
+    while i < len(plan.aggregates):
+        agg = plan.aggregates[i]
+        j = i + 1
+        while agg.family and j < len(plan.aggregates) and \
+                plan.aggregates[j].family == agg.family and \
+                (plan.aggregates[j].noise is agg.noise or plan.aggregates[j].noise == agg.noise):
+            j += 1
+        out[i:j] = sample_share(agg.noise, party_index, (j - i) * cells).reshape(j - i, cells)
+        i = j
+    return out
 
 
 def release_local(transport: Transport, plan: Plan, values: np.ndarray,

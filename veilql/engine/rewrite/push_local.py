@@ -45,6 +45,7 @@ from veilql.engine.plan.nodes import (
     Plan,
     Term,
 )
+from veilql.engine.rewrite import histogram
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql.bound import BoundTable, Output, columns_used, parties_in
@@ -512,6 +513,10 @@ def _quantile(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
             buckets = histogram_buckets(out.bounds[0], out.bounds[1], min(out.decimals, 6),
                                         MAX_DISTINCT if out.stat == "distinct" else
                                         MAX_BUCKETS)
+        if histogram.dense(out, ctx, buckets.points):  # one bucket-index column
+            names = histogram.plan_dense(out, ctx, columns, aggregates, buckets)
+            histograms[key] = (names, buckets)
+            return OutputSpec(out.name, "quantile", names, stat=out.stat, buckets=buckets)
         edges = buckets.edges() if out.values is None else []
         family = f"{out.name}.b0"
         names = []

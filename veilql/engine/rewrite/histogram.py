@@ -1,0 +1,99 @@
+"""COUNT(DISTINCT x) over a large public domain: one bucket-index column, not one per bucket.
+
+A histogram of MIN, MAX or a quantile has at most 64 buckets, and one of COUNT(DISTINCT x)
+over at most ``MAX_SECURE_DISTINCT`` values one bucket each; both are planned as one 0/1
+local column and one count per bucket (``push_local._quantile``), which every mode
+computes. Above that, in a query over one party's tables (local mode, the only mode such a
+histogram is bound in: ``sql/distinct.py``), the plan holds one local column instead, the
+index of the row's bucket (``-1``: NULL, FILTERed out), and the bucket counts still as one
+aggregate each (``AggregateSpec.family``: one noise plan, one share of the budget, each
+bucket its own draws), whose term names that column. The party's engine reduces it in one
+GROUP BY over the group columns and the index (``operators/histogram.py``); 100,000 SUM
+columns would take minutes to plan and transpile (2.5 ms a bucket) and DuckDB a row of
+100,000 columns.
+
+The buckets are those of ``push_local.histogram_buckets`` at one value each: bucket ``b``
+holds the values in ``[lo + (b - 1/2) step, lo + (b + 1/2) step)``, values below the
+bounds fall in the first and values above them in the last (the clamping of every
+aggregate), so the counts are those of the per-bucket plan. The domain is dense (every
+bucket is released, with noise) whatever values occur.
+
+>>> print(bucket_sql("t.x", None, 0.0, 2, 10001))  # doctest: +NORMALIZE_WHITESPACE
+CASE WHEN (t.x) IS NOT NULL THEN CAST(FLOOR((LEAST(GREATEST(t.x, 0), 100.00) - 0) * 100
+  + 0.5) AS BIGINT) ELSE -1 END
+"""
+
+from __future__ import annotations
+
+import decimal
+
+from veilql.engine.plan.nodes import AggregateSpec, Buckets, LocalColumn, Term
+from veilql.engine.rewrite.context import Context
+from veilql.engine.sql.bound import Output, parties_in
+from veilql.engine.sql.distinct import MAX_SECURE_DISTINCT
+from veilql.errors import UnsupportedError
+
+PREFIX = "h"  # local columns h0, h1, ...: a histogram's bucket index
+
+
+def dense(out: Output, ctx: Context, points: int) -> bool:
+    """Whether ``out`` (COUNT(DISTINCT) over a value's bounds, ``points`` values) is planned
+    as one bucket-index column; refused across parties above ``MAX_SECURE_DISTINCT``
+    (the binder refuses it first; this keeps the plan from building a row of buckets)."""
+    if out.stat != "distinct" or out.values is not None or points <= MAX_SECURE_DISTINCT:
+        return False
+    if len(ctx.bound.parties) != 1:
+        raise UnsupportedError(
+            f"COUNT(DISTINCT {out.expr.sql(dialect='duckdb') if out.expr else ''}) over "
+            f"{points:,} values is not supported in a query across parties",
+            f"at most {MAX_SECURE_DISTINCT:,} values there; narrow the column's bounds")
+    return True
+
+
+def bucket_sql(expr: str, cond: str | None, lo: float, decimals: int, points: int) -> str:
+    """The SQL of a row's bucket index among ``points`` values from ``lo`` at ``decimals``
+    digits: clamped into the bounds first (so the cast cannot overflow), -1 when NULL or
+    when ``cond`` fails."""
+    scale = 10**decimals
+    low = _plain(lo)
+    high = _plain(float(decimal.Decimal(repr(float(lo))) + (points - 1) *
+                        decimal.Decimal(1).scaleb(-decimals)), decimals)
+    test = f"({expr}) IS NOT NULL"
+    if cond is not None:
+        test = f"({cond}) AND {test}"
+    return (f"CASE WHEN {test} THEN CAST(FLOOR((LEAST(GREATEST({expr}, {low}), {high}) - "
+            f"{low}) * {scale} + 0.5) AS BIGINT) ELSE -1 END")
+
+
+def plan_dense(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
+               aggregates: list[AggregateSpec], buckets: Buckets) -> tuple[str, ...]:
+    """Add ``out``'s bucket-index column and one count per bucket (one family); returns the
+    counts' names in bucket order."""
+    assert out.expr is not None
+    (party,) = parties_in(out.expr, ctx.bound) or set(ctx.bound.parties)
+    cols = columns[party]
+    name = f"{PREFIX}{sum(1 for c in cols if c.name.startswith(PREFIX))}"
+    cond = out.filter.sql(dialect="duckdb") if out.filter is not None else None
+    cols.append(LocalColumn(name, "group", bucket_sql(
+        out.expr.sql(dialect="duckdb"), cond, buckets.lo, buckets.decimals, buckets.points)))
+    family = f"{out.name}.b0"
+    term = (Term(party, name),)
+    names = tuple(f"{out.name}.b{b}" for b in range(buckets.count))
+    aggregates.extend(AggregateSpec(n, out.name, "count", term, bound=1.0, family=family)
+                      for n in names)
+    return names
+
+
+def _plain(value: float, decimals: int | None = None) -> str:
+    """An exact decimal literal without an exponent.
+
+    >>> _plain(-100.0), _plain(1e-05), _plain(0.30000000000000004, 2)
+    ('-100', '0.00001', '0.30')
+    """
+    d = decimal.Decimal(repr(float(value)))
+    if decimals is not None:
+        d = d.quantize(decimal.Decimal(1).scaleb(-decimals))
+    text = format(d, "f")
+    if decimals is None and "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
