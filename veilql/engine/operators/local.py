@@ -35,7 +35,7 @@ from veilql.errors import ProtocolError
 ENGINE_LOCK = threading.Lock()  # one local query at a time in this process (see above)
 PIVOT_CHUNK = 1 << 20  # rows gathered at once while filling a pivoted column
 FAST_KEPT = 32  # steps whose run-time SQL (``with_engine_facts``) is kept, per process
-_FAST: dict[tuple[str, tuple[tuple[str, frozenset[str]], ...]], str] = {}
+_FAST: dict[tuple[str, tuple[tuple[str, frozenset[str]], ...], bool], str] = {}
 _FAST_LOCK = threading.Lock()
 # Set by ``fetch`` for the engine's one aggregate query of a light step (``light``):
 # ``run_engine`` then skips the memory hand-back, and clears the mark.
@@ -114,16 +114,18 @@ def with_engine_facts(step: LocalStep, connector: Connector) -> LocalStep:
     """``step`` with its SQL for this party's engine: a table whose unit column the engine
     keeps unique (``Connector.unique_columns``: a PRIMARY KEY or UNIQUE constraint, read
     from its catalog) is read without the scan for over-full units
-    (``bound_contributions.unbounded_sql``); the same rows, the plan unchanged.
+    (``bound_contributions.unbounded_sql``); on DuckDB a table still bounded finds its
+    over-full units once (a materialized WITH); the same rows, the plan unchanged.
 
     Whether the scan runs depends on the schema only, never on the rows, so the time it
     saves tells the analyst nothing about a person (docs/SECURITY.md, "Timing"). The
     rewritten SQL is kept per step text and constraints (the last ``FAST_KEPT``).
     """
     facts = tuple((t, connector.unique_columns(t)) for t in dict.fromkeys(step.tables))
-    if not any(cols for _, cols in facts):
+    duckdb = connector.dialect == "duckdb"
+    if not duckdb and not any(cols for _, cols in facts):
         return step
-    key = (step.sql, facts)
+    key = (step.sql, facts, duckdb)
     with _FAST_LOCK:
         sql = _FAST.get(key)
     if sql is None:
@@ -131,7 +133,7 @@ def with_engine_facts(step: LocalStep, connector: Connector) -> LocalStep:
         from veilql.engine.rewrite.bound_contributions import unbounded_sql
 
         sql = unbounded_sql(step.sql, lambda table, unit: unit.lower() in
-                            connector.unique_columns(table))
+                            connector.unique_columns(table), materialize=duckdb)
         with _FAST_LOCK:
             if len(_FAST) >= FAST_KEPT:
                 _FAST.pop(next(iter(_FAST)))  # the oldest
