@@ -2,7 +2,7 @@
 
 The party decides at run time from its engine's catalog (a one-column PRIMARY KEY or
 UNIQUE constraint, ``Connector.unique_columns``) and reads the same rows as the bounded SQL
-would (``operators/local.py`` ``with_engine_facts``, ``bound_contributions.unbounded_sql``).
+would (``operators/local.py`` ``with_engine_facts``, ``bound_contributions.engine_sql``).
 Checked here: the fast path returns the same rows and answers as the bounded path and as
 plain DuckDB at a huge epsilon; a table without a constraint, or with one on another
 column, is still bounded (over-full units keep ``max_rows_per_unit`` rows); and, as an
@@ -26,7 +26,7 @@ from veilql.connectors.duckdb import DuckDBConnector
 from veilql.engine.operators import local as local_ops
 from veilql.engine.operators.local import fetch, with_engine_facts
 from veilql.engine.rewrite import compile_plan
-from veilql.engine.rewrite.bound_contributions import unbounded_sql
+from veilql.engine.rewrite.bound_contributions import engine_sql
 from veilql.policies.loader import load_federation
 
 DEMO = Path(__file__).resolve().parent.parent / "sample_data" / "demo"
@@ -118,13 +118,13 @@ def test_only_bounded_sources_of_keyed_tables_are_rewritten(feds: dict[str, Path
     fed = load_federation(feds["bounded"])
     sql = compile_plan(LOCAL[3], fed, epsilon=1.0).steps[0].sql
     assert sql.count("HAVING COUNT(*) > 1") == 2 and sql.count("HAVING COUNT(*) > 3") == 2
-    fast = unbounded_sql(sql, lambda table, unit: table == "customers")
+    fast = engine_sql(sql, lambda table, unit: table == "customers")
     # customers read as its rows with a unit; loans still bounded to three rows per person
     assert "HAVING COUNT(*) > 1" not in fast and fast.count("HAVING COUNT(*) > 3") == 2
-    assert unbounded_sql(sql, lambda table, unit: False) == sql
+    assert engine_sql(sql, lambda table, unit: False) == sql
     # a source that is not exactly the bounded shape is left alone
     odd = sql.replace("__rn <= 1", "__rn <= 2")
-    assert "HAVING COUNT(*) > 1" in unbounded_sql(odd, lambda table, unit: True)
+    assert "HAVING COUNT(*) > 1" in engine_sql(odd, lambda table, unit: True)
 
 
 @pytest.mark.parametrize("sql", [*LOCAL, *SECURE])

@@ -114,7 +114,7 @@ def with_engine_facts(step: LocalStep, connector: Connector) -> LocalStep:
     """``step`` with its SQL for this party's engine: a table whose unit column the engine
     keeps unique (``Connector.unique_columns``: a PRIMARY KEY or UNIQUE constraint, read
     from its catalog) is read without the scan for over-full units
-    (``bound_contributions.unbounded_sql``); on DuckDB a table still bounded finds its
+    (``bound_contributions.engine_sql``); on DuckDB a table still bounded finds its
     over-full units once (a materialized WITH); the same rows, the plan unchanged.
 
     Whether the scan runs depends on the schema only, never on the rows, so the time it
@@ -130,10 +130,10 @@ def with_engine_facts(step: LocalStep, connector: Connector) -> LocalStep:
         sql = _FAST.get(key)
     if sql is None:
         # Imported here: the rewrite package imports the operators (a cycle at load time).
-        from veilql.engine.rewrite.bound_contributions import unbounded_sql
+        from veilql.engine.rewrite.bound_contributions import engine_sql
 
-        sql = unbounded_sql(step.sql, lambda table, unit: unit.lower() in
-                            connector.unique_columns(table), materialize=duckdb)
+        sql = engine_sql(step.sql, lambda table, unit: unit.lower() in
+                         connector.unique_columns(table), materialize=duckdb)
         with _FAST_LOCK:
             if len(_FAST) >= FAST_KEPT:
                 _FAST.pop(next(iter(_FAST)))  # the oldest
