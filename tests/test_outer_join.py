@@ -60,6 +60,18 @@ FULL = [
     "COUNT(*) FILTER (WHERE p.premium > 800) AS f, SUM(l.amount) FILTER (WHERE l.amount > "
     "5000) AS big FROM bank.loans l FULL OUTER JOIN insurer.policies p ON l.customer_id = "
     "p.customer_id",
+    # grouped by one side: the other side's unmatched people form the NULL group
+    "SELECT c.region, COUNT(*) AS n, COUNT(p.premium) AS k, AVG(p.premium) AS a, COUNT(c.age) "
+    f"AS ka FROM bank.customers c FULL JOIN insurer.policies p {J} GROUP BY c.region "
+    "ORDER BY c.region",
+    # grouped by the second table's side, three rows per person on the other
+    "SELECT p.product, COUNT(*) AS n, COUNT(l.amount) AS k, SUM(l.amount) AS s FROM "
+    "bank.loans l FULL JOIN insurer.policies p ON l.customer_id = p.customer_id "
+    "GROUP BY p.product ORDER BY p.product",
+    # a key whose value on NULLs is a declared one (CASE ... ELSE): no NULL group
+    "SELECT CASE WHEN c.age > 40 THEN 'old' ELSE 'young' END AS band, COUNT(*) AS n, "
+    f"COUNT(p.premium) AS k FROM bank.customers c FULL JOIN insurer.policies p {J} "
+    "GROUP BY 1 ORDER BY 1",
 ]
 
 
@@ -187,6 +199,9 @@ def test_full_join_plan() -> None:
     assert plan.shift == (1, 0, 1) and plan.shift_own == (1, 1, 0)
     assert [a.l1 for a in plan.aggregates] == [a.l1 for a in inner.aggregates]
     assert "FULL JOIN: insurer shifts its factors" in plan.to_s()
+    grouped = compile_plan("SELECT p.product, COUNT(*) AS n FROM bank.customers c FULL JOIN "
+                           f"insurer.policies p {J} GROUP BY p.product", fed, epsilon=1.0)
+    assert grouped.groups[0].domain[-1] is None and grouped.null_cell == 5
 
 
 def test_plan_shift_and_sensitivity() -> None:
@@ -216,8 +231,8 @@ def test_plan_shift_and_sensitivity() -> None:
      "not supported"),
     (f"SELECT c.branch, COUNT(*) FROM bank.customers c LEFT JOIN insurer.policies p {J} "
      "GROUP BY c.branch", "partition selection"),
-    (f"SELECT c.region, COUNT(*) FROM bank.customers c FULL JOIN insurer.policies p {J} "
-     "GROUP BY c.region", "NULL group"),
+    (f"SELECT c.region, p.product, COUNT(*) FROM bank.customers c FULL JOIN "
+     f"insurer.policies p {J} GROUP BY c.region, p.product", "reads both sides"),
     (f"SELECT COUNT(*) FROM bank.customers c FULL JOIN insurer.policies p {J} "
      "WHERE c.age > 40", "reads a side of a FULL JOIN"),
     (f"SELECT SUM(c.age + p.premium) FROM bank.customers c FULL JOIN insurer.policies p {J}",

@@ -53,9 +53,38 @@ def sharers(plan: Plan) -> tuple[str, ...]:
     return (plan.own_total, plan.optional) if plan.outer == "FULL" else (plan.own_total,)
 
 
-def _own_shift(plan: Plan, me: str) -> tuple[int, ...]:
-    """The other side's NULL-row values that ``me``'s own total is multiplied by."""
-    return plan.shift if me == plan.own_total else plan.shift_own
+def null_row(plan: Plan, party: str) -> np.ndarray:
+    """``party``'s factor on a row of NULLs, shape (chains, its cells): its per-chain value
+    (``shift`` at the optional party, ``shift_own`` at the other for FULL) in the cell of
+    its keys' values on NULLs (``Plan.null_cell``; its only cell without group keys)."""
+    values = np.asarray(plan.shift if party == plan.optional else plan.shift_own,
+                        dtype=np.int64)
+    out = np.zeros((len(values), _cells(plan, party)), dtype=np.int64)
+    out[:, plan.null_cell if out.shape[1] > 1 else 0] = values
+    return out
+
+
+def _cells(plan: Plan, party: str) -> int:
+    return fac.cell_count(fac.party_cells(plan.groups, party))
+
+
+def _joint(plan: Plan, parts: dict[str, np.ndarray]) -> np.ndarray:
+    """Per chain, the outer product of the parties' (chains, cells) rows in party order:
+    the cells of the answer."""
+    out: np.ndarray | None = None
+    for p in plan.parties:
+        x = parts[p]
+        out = x if out is None else (out[:, :, None] * x[:, None, :]).reshape(len(x), -1)
+    assert out is not None
+    return out
+
+
+def _by_aggregate(plan: Plan, per_chain: np.ndarray) -> np.ndarray:
+    _, owner = fac.expand_terms(plan)
+    out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=np.int64)
+    for i, agg in owner:
+        out[agg] += per_chain[i]
+    return out
 
 
 def shift_factors(plan: Plan, me: str, columns: dict[str, np.ndarray]) -> None:
@@ -64,17 +93,15 @@ def shift_factors(plan: Plan, me: str, columns: dict[str, np.ndarray]) -> None:
     chain axis, whose chains all share one shift). Not under ON conditions (``matched``)."""
     if plan.cross is not None:
         return
-    if me == plan.optional:
-        shift = plan.shift
-    elif me == plan.own_total and plan.outer == "FULL":
-        shift = plan.shift_own
-    else:
+    if me != plan.optional and not (me == plan.own_total and plan.outer == "FULL"):
         return
-    f = columns["F"]  # never separable: this party holds no group key (outer_join.py)
-    values = np.asarray(shift, dtype=np.int64)
+    if "F" not in columns:  # values and cells apart (factors.separable): one factor again,
+        columns["F"] = columns.pop("V") * columns.pop("H")  # a shape fixed by the plan
+    f = columns["F"]
+    values = null_row(plan, me)
     if f.shape[2] == 1:
         values = values[:1]
-    f -= values[None, None, :, None]
+    f -= values[None, None, :, :]
 
 
 def own_total(plan: Plan, me: str, rows: PartyRows, words: int) -> np.ndarray | None:
@@ -82,7 +109,7 @@ def own_total(plan: Plan, me: str, rows: PartyRows, words: int) -> np.ndarray | 
     times the other side's factor on a row of NULLs; ``None`` at any other party."""
     if me not in sharers(plan):
         return None
-    chains, owner = fac.expand_terms(plan)
+    chains, _ = fac.expand_terms(plan)
     width = fac.factor_width(plan, me, rows, chains, slot_level=False)
     ncell = fac.cell_count(fac.party_cells(plan.groups, me), rows)
     per_chain = np.zeros((len(chains), ncell), dtype=np.int64)
@@ -92,18 +119,14 @@ def own_total(plan: Plan, me: str, rows: PartyRows, words: int) -> np.ndarray | 
         part = PartyRows(rows.keys[lo:hi], {k: v[lo:hi] for k, v in rows.cols.items()},
                          rows.present[lo:hi], rows.labels, rows.cells)
         per_chain += fac.build_factors(plan, me, part, chains, slot_level=False).sum(axis=(0, 1))
-    per_chain *= np.asarray(_own_shift(plan, me), dtype=np.int64)[:, None]
-    out = np.zeros((len(plan.aggregates), ncell), dtype=np.int64)
-    for i, agg in owner:
-        out[agg] += per_chain[i]
-    return out
+    other = next(p for p in plan.parties if p != me)
+    return _by_aggregate(plan, _joint(plan, {me: per_chain, other: null_row(plan, other)}))
 
 
-def shape(plan: Plan, party: str | None = None) -> tuple[int, int]:
-    """The public shape of an own-total sharing: aggregates x the party's cells (public
+def shape(plan: Plan) -> tuple[int, int]:
+    """The public shape of an own-total sharing: aggregates x the answer's cells (public
     domains only: ``outer_join.py`` refuses private group keys)."""
-    return len(plan.aggregates), fac.cell_count(fac.party_cells(plan.groups,
-                                                                party or plan.own_total))
+    return len(plan.aggregates), int(np.prod([_cells(plan, p) for p in plan.parties]))
 
 
 def send_own_total(transport: Transport, plan: Plan, me: str, vector: np.ndarray | None,
@@ -124,9 +147,9 @@ def add_own_total(rt: Runtime, plan: Plan, qid: str, result: AShare,
     for party in sharers(plan):
         if party in plan.compute:
             values = vector.astype(np.uint64) if party == me and vector is not None else None
-            part = rt.share(party, values, shape(plan, party))
+            part = rt.share(party, values, shape(plan))
         else:
-            part = rt.receive_input(party, f"{qid}/outer/{party}", shape(plan, party))
+            part = rt.receive_input(party, f"{qid}/outer/{party}", shape(plan))
         assert isinstance(part, AShare)
         if part.shape != result.shape:
             raise ValueError(f"own total of {party} has shape {part.shape}, not {result.shape}")
@@ -134,10 +157,7 @@ def add_own_total(rt: Runtime, plan: Plan, qid: str, result: AShare,
     if plan.cross is not None and joined is not None:
         result = result - matched(rt, plan, joined)
     if plan.outer == "FULL" and joined is not None:
-        chains, owner = fac.expand_terms(plan)
-        both = np.zeros(result.shape, dtype=np.int64)
-        for i, agg in owner:
-            both[agg] += plan.shift[i] * plan.shift_own[i]
+        both = _by_aggregate(plan, _joint(plan, {p: null_row(plan, p) for p in plan.parties}))
         result = result - both.astype(np.uint64) * np.uint64(joined.n)
     return result
 

@@ -470,6 +470,9 @@ class Plan:
     optional: str = ""
     shift: tuple[int, ...] = ()
     shift_own: tuple[int, ...] = ()
+    # A FULL JOIN grouped by one side's keys: the cell, among that side's cells, of its
+    # keys' values on a row of NULLs (where the other side's unmatched people count).
+    null_cell: int = -1
 
     @property
     def on_shares(self) -> bool:
@@ -482,7 +485,10 @@ class Plan:
         own, opt, g0 = self.own_total, self.optional, list(self.shift)
         if self.outer == "FULL":
             return (f"FULL JOIN: {opt} shifts its factors by their value on a row of NULLs "
-                    f"{g0}, {own} by its own {list(self.shift_own)}, before sharing; each "
+                    f"{g0}, {own} by its own {list(self.shift_own)}"
+                    + (f" (the grouping side's in cell {self.null_cell} of its keys, their "
+                       "values on NULLs)" if self.null_cell >= 0 else "")
+                    + ", before sharing; each "
                     "secret-shares its own aggregates times the other's (one word per "
                     "aggregate and cell), and the compute parties subtract the product of "
                     "the two times the number of matched units (known to them from the "

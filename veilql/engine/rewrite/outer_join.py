@@ -31,7 +31,7 @@ import sqlglot
 from sqlglot import exp
 
 from veilql.engine.operators import factors as fac
-from veilql.engine.plan.nodes import Plan
+from veilql.engine.plan.nodes import LocalStep, Plan
 from veilql.engine.rewrite.bound_contributions import _column_sql
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.outer_on import on_predicate
@@ -55,9 +55,11 @@ def outer_join(plan: Plan, ctx: Context) -> Plan:
     first = tables[0]
     preserved, optional = (joined, first) if side == "RIGHT" else (first, joined)
     what = f"{side} JOIN of {joined.party}.{joined.table} with {first.party}.{first.table}"
+    null_cell = -1
     if side == "FULL":
         _refuse_full(plan, ctx, what)
-    _refuse(plan, ctx, what, preserved.party, optional.party)
+        plan, null_cell = _null_group(plan, ctx, what)
+    _refuse(plan, ctx, what, preserved.party, optional.party, full=side == "FULL")
     if joined.on:  # the predicate of the pairs that match (rewrite/outer_on.py)
         plan = on_predicate(plan, ctx, joined.on, optional.party, f"{side} JOIN")
     chains, _ = fac.expand_terms(plan)
@@ -69,18 +71,19 @@ def outer_join(plan: Plan, ctx: Context) -> Plan:
     steps = tuple(replace(s, outer=()) for s in plan.steps)  # one table each: no local join
     return replace(plan, steps=steps, outer=side, own_total=preserved.party,
                    optional=optional.party, shift=null_row(optional.party),
-                   shift_own=null_row(preserved.party) if side == "FULL" else ())
+                   shift_own=null_row(preserved.party) if side == "FULL" else (),
+                   null_cell=null_cell)
 
 
 def _refuse_full(plan: Plan, ctx: Context, what: str) -> None:
-    """A FULL JOIN keeps the unmatched people of both sides: a group key or a WHERE
-    condition would read NULLs of one side or the other."""
-    if plan.groups:
+    """A FULL JOIN keeps the unmatched people of both sides: group keys of both sides, or
+    a WHERE condition, would read NULLs of one side or the other."""
+    if len({g.party for g in plan.groups}) > 1:
         raise UnsupportedError(
-            f"{what}: GROUP BY {', '.join(g.output for g in plan.groups)} is not supported "
-            "with a FULL JOIN across parties (the other side's unmatched people would form a "
-            "NULL group)", "drop the GROUP BY, or use a LEFT or RIGHT JOIN grouped by the "
-            "preserved side's columns")
+            f"{what}: GROUP BY {', '.join(g.output for g in plan.groups)} reads both sides "
+            "of a FULL JOIN across parties, which is not supported",
+            "group by the columns of one side (the other side's unmatched people then form "
+            "the NULL group)")
     for c in ctx.bound.conjuncts:
         raise UnsupportedError(
             f"{what}: the condition {c.sql(dialect='duckdb')} reads a side of a FULL JOIN, "
@@ -88,7 +91,43 @@ def _refuse_full(plan: Plan, ctx: Context, what: str) -> None:
             "use an aggregate's FILTER (WHERE ...), or a LEFT or RIGHT JOIN")
 
 
-def _refuse(plan: Plan, ctx: Context, what: str, preserved: str, optional: str) -> None:
+def _null_group(plan: Plan, ctx: Context, what: str) -> tuple[Plan, int]:
+    """A FULL JOIN grouped by one side's keys: the other side's unmatched people fall in
+    the cell of the keys' values on a row of NULLs, evaluated like ``_null_factor``; a key
+    that is NULL there gets NULL added to its public domain (SQL's NULL group), a value
+    outside the domain is refused. Returns the plan and that cell's index among the
+    grouping party's cells (-1 without group keys)."""
+    if not plan.groups:
+        return plan, -1
+    party = plan.groups[0].party
+    step = plan.step(party)
+    exprs = {g.name: g.expr.sql(dialect="duckdb") for g in ctx.bound.group_by}
+    columns = {c.name: c for c in step.columns}
+    keys, cell = [], 0
+    for g in plan.groups:
+        assert g.domain is not None  # private keys are refused (_refuse)
+        col = columns[g.column]
+        index, value = _on_nulls(step, [col.sql, exprs[g.output]])
+        domain = g.domain
+        if index is None or int(index) < 0:
+            if value is not None:
+                raise UnsupportedError(
+                    f"{what}: GROUP BY {g.output} is {value!r} on the other side's unmatched "
+                    "people, outside its public domain",
+                    "group by a column whose value on NULLs is NULL or a declared value")
+            index = len(domain)
+            domain = (*domain, None)  # type: ignore[assignment]
+            sql = f"CASE WHEN ({exprs[g.output]}) IS NULL THEN {index} ELSE {col.sql} END"
+            columns[g.column] = replace(col, sql=sql, domain=domain)
+        keys.append(replace(g, domain=domain))
+        cell = cell * len(domain) + int(index)
+    step = replace(step, columns=tuple(columns[c.name] for c in step.columns))
+    steps = tuple(step if s.party == party else s for s in plan.steps)
+    return replace(plan, groups=tuple(keys), steps=steps), cell
+
+
+def _refuse(plan: Plan, ctx: Context, what: str, preserved: str, optional: str, *,
+            full: bool = False) -> None:
     """Refuse, naming the construct, what the outer join cannot answer exactly."""
     if any(j.mode == "oblivious" for j in plan.joins):
         raise UnsupportedError(f"{what}: an outer join that must reveal nothing "
@@ -99,7 +138,7 @@ def _refuse(plan: Plan, ctx: Context, what: str, preserved: str, optional: str) 
                 f"{what}: GROUP BY {g.output} has no public domain; partition selection is not "
                 "supported with an outer join across parties",
                 f"declare values = [...] for {g.output}, or use an inner JOIN")
-        if g.party == optional:
+        if g.party == optional and not full:
             raise UnsupportedError(
                 f"{what}: GROUP BY {g.output} reads the optional side ({optional}), whose "
                 "columns are NULL for unmatched people", f"group by {preserved}'s columns only")
@@ -129,14 +168,19 @@ def _refuse(plan: Plan, ctx: Context, what: str, preserved: str, optional: str) 
                                "are not supported with an outer join across parties", _HINT)
 
 
-def _null_factor(step: object, kind: str) -> int:
+def _null_factor(step: LocalStep, kind: str) -> int:
     """The optional party's factor on a row of NULLs for one chain: its weight times, unless
     the chain counts rows (``kind == "w"``), its clamped fixed-point value column."""
-    from veilql.engine.plan.nodes import LocalStep
-
-    assert isinstance(step, LocalStep)
     cols = [step.column("w")] + ([] if kind == "w" else [step.column(kind)])
-    exprs = [_column_sql(c) for c in cols]
+    out = 1
+    for v in _on_nulls(step, [_column_sql(c) for c in cols]):
+        out *= int(v or 0)  # a NULL weight or value adds nothing, as SQL's aggregates skip it
+    return out
+
+
+def _on_nulls(step: LocalStep, exprs: list[str]) -> tuple[object, ...]:
+    """``exprs`` (SQL over ``step``'s table) evaluated on a row whose every column is NULL,
+    in an in-memory DuckDB: no table is read, only the NULL row."""
     names: set[str] = set()
     for e in exprs:
         names |= {c.name for c in sqlglot.parse_one(e, read="duckdb").find_all(exp.Column)}
@@ -145,15 +189,13 @@ def _null_factor(step: object, kind: str) -> int:
     sql = (f"SELECT {', '.join(f'({e})' for e in exprs)} "
            f'FROM (SELECT {nulls}) AS "{alias}"')
     try:
-        with duckdb.connect() as con:  # in memory: no table is read, only the NULL row
+        with duckdb.connect() as con:
             row = con.execute(sql).fetchone()
     except duckdb.Error as error:
         raise UnsupportedError(
-            f"an aggregate of {step.party}'s columns cannot be evaluated on the NULLs of an "
+            f"an expression of {step.party}'s columns cannot be evaluated on the NULLs of an "
             f"unmatched row of an outer join ({error})",
-            "aggregate plain columns of the optional side, or use an inner JOIN") from None
+            "aggregate and group by plain columns of the optional side, or use an inner "
+            "JOIN") from None
     assert row is not None
-    out = 1
-    for v in row:
-        out *= int(v or 0)  # a NULL weight or value adds nothing, as SQL's aggregates skip it
-    return out
+    return tuple(row)
