@@ -6,6 +6,9 @@ NULLs in ``ta.score``, ``ta.spend`` and ``tb.fills``), for two and three parties
 
 - SUM/AVG of a condition across parties, ``SUM(CASE WHEN <across> THEN x ELSE 0 END)`` and
   ``FILTER (WHERE <across>)``: one predicate per aggregate, evaluated on shares;
+- aggregates of conditions over a UNION ALL (SUM/AVG: counts of a CASE in each branch;
+  MIN/MAX: a BOOLEAN read off a noisy histogram over {0, 1}), and MIN/MAX of a condition in
+  one party's query as a BOOLEAN too;
 - a group column inside an aggregate of its own GROUP BY (``MAX(g)``, ``MIN``,
   ``ANY_VALUE``, ``AVG``: the released label; ``SUM(g)``: the label times the noisy count),
   in local, secure and union mode;
@@ -68,6 +71,34 @@ CROSS: list[tuple[str, str | None]] = [
      f"SUM(tc.level * 10 > ta.visits) AS s, COUNT(DISTINCT ta.uid) FILTER (WHERE "
      f"tb.fills > tc.level) AS people {J3}", None),
 ]
+
+
+# aggregates of conditions over a UNION ALL (and MIN/MAX of a condition at one party)
+U2 = "FROM (SELECT visits AS x FROM alpha.ta UNION ALL SELECT fills FROM beta.tb) AS u"
+U3 = ("FROM (SELECT groupby_string_0 AS g, visits AS x FROM alpha.ta UNION ALL SELECT "
+      "groupby_string_0, fills FROM beta.tb UNION ALL SELECT CASE WHEN level > 3 THEN 'x' ELSE "
+      "'q' END, level * 10 FROM gamma.tc WHERE level > 1) AS u")
+BOOLEANS: list[tuple[str, str | None]] = [
+    (f"SELECT COUNT(*) AS n, MAX(x > 10) AS mx, MIN(x > 10) AS mn, SUM(x > 10) AS s, "
+     f"AVG(x > 10) AS a, MAX(x > 100) AS never, MIN(x >= 0) AS always {U2}",
+     f"SELECT COUNT(*) AS n, MAX(x > 10) AS mx, MIN(x > 10) AS mn, SUM(x > 10) AS s, "
+     f"AVG(CAST(x > 10 AS INTEGER)) AS a, MAX(x > 100) AS never, MIN(x >= 0) AS always {U2}"),
+    (f"SELECT g, COUNT(*) AS n, MAX(x > 45) AS mx, MIN(x > 2) AS mn, SUM(x > 20) AS s, "
+     f"MAX(x > 30) FILTER (WHERE x < 40) AS f {U3} GROUP BY g", None),
+    ("SELECT groupby_string_0, MAX(visits > 48) AS mx, MIN(score > 1.5) AS mn, COUNT(*) AS n "
+     "FROM alpha.ta GROUP BY groupby_string_0", None),
+]
+
+
+@pytest.mark.parametrize("sql, reference", BOOLEANS,
+                         ids=[f"b{i}" for i in range(len(BOOLEANS))])
+def test_boolean_aggregates_equal_plain_duckdb(bi, sql: str, reference: str | None) -> None:
+    session, con = bi
+    result = _run(session, sql)
+    want = plain(con, reference or sql)
+    check_statistics(result, want)
+    booleans = [i for i, w in enumerate(want[0]) if isinstance(w, bool)]
+    assert booleans and all(isinstance(r[i], bool) for r in result.rows for i in booleans)
 
 
 # a group column as a value inside an aggregate of its own GROUP BY

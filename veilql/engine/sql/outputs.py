@@ -50,7 +50,8 @@ class Outputs:
         outputs: list[tuple[Output, Signature | None] | None] = []
         for _alias, node in items:
             later = (not is_aggregate(node) and node.find(exp.AggFunc) is not None) or \
-                self._group_aggregated(node) is not None  # MAX(g) of its own GROUP BY g
+                self._group_aggregated(node) is not None or \
+                _boolean_extreme(node)  # MAX(g) of its own GROUP BY g; MAX(a > 0)
             outputs.append(None if later else self._item(node))
         names = []
         for (alias, node), done in zip(items, outputs, strict=True):
@@ -174,6 +175,13 @@ class Outputs:
             return exp.Mul(this=label, expression=exp.Literal.number("1.0"))
         return label
 
+    def _boolean(self, node: exp.Expr) -> exp.Expression:
+        """``MAX(c)`` / ``MIN(c)`` of a condition as a BOOLEAN, as DuckDB returns it: the
+        MAX/MIN of its 0/1 value, read off a noisy histogram of two one-value buckets
+        (``{0, 1}``: exact, NULL when no bucket passes the noise band), compared with 1."""
+        return exp.Paren(this=exp.EQ(this=self.aggregate_ref(node),
+                                     expression=exp.Literal.number(1)))
+
     def aggregate_ref(self, node: exp.Expr) -> exp.Column:
         """A reference to the output releasing aggregate ``node`` (hidden if new)."""
         output, signature = bind_aggregate(node, self.scope)
@@ -195,6 +203,8 @@ class Outputs:
             group = self._group_aggregated(n)
             if group is not None:
                 return self._group_value(n, group)
+            if _boolean_extreme(n):
+                return self._boolean(n)
             if is_aggregate(n):
                 return self.aggregate_ref(n)
             if isinstance(n, exp.Column):
@@ -261,6 +271,8 @@ class Outputs:
             group = self._group_aggregated(n)
             if group is not None:
                 return self._group_value(n, group)
+            if _boolean_extreme(n):
+                return self._boolean(n)
             if is_aggregate(n):
                 return self.aggregate_ref(n)
             if isinstance(n, exp.Column):
@@ -286,6 +298,13 @@ class Outputs:
                                        f"{clause}",
                                        "use outputs, literals, comparisons and arithmetic")
         return node.copy().transform(refer)
+
+
+def _boolean_extreme(node: exp.Expr) -> bool:
+    """Whether ``node`` is MIN or MAX (with FILTER too) of a condition."""
+    inner = node.this if isinstance(node, exp.Filter) else node
+    return isinstance(inner, exp.Min | exp.Max) and not inner.expressions and \
+        functions.is_condition(inner.this)
 
 
 #: Aggregates that, of a group's own key, are that key (SUM: times the count).

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from veilql.engine.sql.aggregates import _statistic
+from veilql.engine.sql.functions import is_condition
 from veilql.engine.sql.groups import unique_name
 from veilql.engine.sql.parse import ParsedQuery
 from veilql.errors import UnsupportedError
@@ -267,7 +268,8 @@ def probe(parsed: ParsedQuery) -> tuple[list[str], ParsedQuery]:
     """The quantile arguments' keys, and a query ``SELECT MIN(arg) ...`` over the same
     union and WHERE: its branches' plans show each branch's own buckets for each argument."""
     tree = parsed.tree.copy()
-    args = quantile_arguments(tree)
+    # a condition's buckets are {0, 1} in every branch: nothing to agree on
+    args = [a for a in quantile_arguments(tree) if not is_condition(a)]
     keys = list(dict.fromkeys(argument_key(a) for a in args))
     first = {argument_key(a): a for a in reversed(args)}
     tree.set("expressions", [exp.alias_(exp.Min(this=first[k].copy()), f"p{i}")
@@ -283,8 +285,8 @@ def _widen(tree: exp.Expression, widen: dict[str, tuple[str, ...]]) -> exp.Expre
     tree = tree.copy()
     for arg in quantile_arguments(tree):
         literals = widen.get(argument_key(arg))
-        if literals is None:
-            continue
+        if literals is None or is_condition(arg):
+            continue  # a condition's buckets are {0, 1} in every branch
         ifs = [exp.If(this=exp.false(), true=_number(v)) for v in literals]
         arg.replace(exp.Case(ifs=ifs, default=arg.copy()))
     return tree
