@@ -9,9 +9,10 @@ new ``Federation``, hence a new cache), so a repeated query may reuse its plan.
 
 Each owner keeps its own cache: a node still compiles every query itself (nothing another
 party planned is trusted) and agrees on the plan's hash with the others as before. A node
-keys its entries by analyst too, so one analyst's timing cannot tell which SQL another one
-asked recently. Refusals are not kept (compiling again raises them again), and a hit repeats
-the large-epsilon warning a fresh compile would give.
+keys its entries by analyst too, so its planning time shows nothing of which SQL another
+analyst asked (its engine-side caches are per party: docs/SECURITY.md, "Timing").
+Refusals are not kept (compiling again raises them again), and a hit repeats the
+large-epsilon warning a fresh compile would give.
 """
 
 from __future__ import annotations
