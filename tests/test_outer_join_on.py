@@ -1,13 +1,14 @@
-"""LEFT and RIGHT JOIN across parties with further ON conditions (issue #14 item 1).
+"""LEFT, RIGHT and FULL JOIN across parties with further ON conditions (issue #14 item 1).
 
 ``a LEFT JOIN b ON a.u = b.u AND c``: a row of ``a`` matches the rows of ``b`` where ``c``
 holds, and gets NULLs when there is none (``c`` is not a WHERE). Oracle at a huge epsilon
 against DuckDB on the union: conditions on the optional side, on the preserved side, across
 parties (numbers, OR, BETWEEN), with several rows per person on the optional side (the OR
-over its rows), equality of text (declared values) and of dates across parties, the BI
-peer query, a fourth data party on the optional side; rows that match on the unit but fail
-the condition exist and change the answer. Refusals name the construct. Attack: the
-message lengths of the whole query do not depend on whether a person's rows pass the ON.
+over its rows), FULL (either side's unmatched rows; grouped: the NULL group), equality of
+text (declared values) and of dates across parties, the BI peer query, a fourth data party
+on the optional side; rows that match on the unit but fail the condition exist and change
+the answer. Refusals name the construct. Attack: the message lengths of the whole query do
+not depend on whether a person's rows pass the ON.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ QUERIES = [
     # LEFT with the preserved side of three rows per person, condition across parties
     "SELECT COUNT(*) AS n, COUNT(p.premium) AS k, AVG(p.premium) AS a, SUM(l.amount) AS s "
     f"FROM bank.loans l LEFT JOIN insurer.policies p {JL} AND l.amount < p.premium * 40",
+    # FULL: the rows of either side that match nothing get NULLs
+    "SELECT COUNT(*) AS n, COUNT(c.age) AS ka, COUNT(p.premium) AS k, SUM(c.income) AS si, "
+    f"SUM(p.premium) AS s FROM bank.customers c FULL JOIN insurer.policies p {J} AND "
+    "p.premium > c.age * 20",
+    # FULL grouped by one side, three rows per person on the other (the NULL group)
+    "SELECT p.product, COUNT(*) AS n, COUNT(l.amount) AS k, SUM(l.amount) AS s, "
+    f"COUNT(p.premium) AS kp FROM bank.loans l FULL JOIN insurer.policies p {JL} AND "
+    "l.amount > p.premium * 10 GROUP BY p.product ORDER BY p.product",
 ]
 
 
@@ -170,8 +179,6 @@ def test_plan_of_an_on_condition() -> None:
      "ta.groupby_string_0 = tb.fills", "compared with"),
     ("SELECT COUNT(*) FROM alpha.ta LEFT JOIN alpha.ta2 ON ta.uid = ta2.uid AND "
      "ta2.tenure > 3", "takes only the privacy-unit equality"),
-    ("SELECT COUNT(*) FROM alpha.ta FULL JOIN beta.tb ON ta.uid = tb.uid AND "
-     "tb.fills > 3", "FULL JOIN across parties takes only"),
     ("SELECT COUNT(*) FROM alpha.ta LEFT JOIN beta.tb ON ta.uid = tb.uid AND "
      "ta.merchant_id = tb.uid", "key"),
 ])

@@ -18,13 +18,16 @@ secure sum under ``P`` gives the matched pairs' products, and the compute partie
 ``g0 * sum of F_a(r)`` over the rows of ``a`` that matched at least one row (``matched``:
 ``P`` OR-ed over ``b``'s rows, then one inner product with ``a``'s factors).
 
-FULL (``Plan.shift_own``: ``a``'s own NULL-row value ``h0``; no group keys, ON on the unit):
+FULL (``Plan.shift_own``: ``a``'s own NULL-row value ``h0``):
 
     answer = sum over a of F_a g0 + sum over b of h0 F_b
              + sum over matched u of (F_a - h0)(F_b - g0)  -  h0 g0 * |matched units|
 
 both parties shift and both share their own totals; the last term is public to the
-compute parties, who hold the joined table and so know its number of rows.
+compute parties, who hold the joined table and so know its number of rows. Grouped by one
+side's keys, that side's NULL-row value sits in the cell of its keys on NULLs
+(``Plan.null_cell``) and the products run over the cells (``null_row``, ``_joint``). With ON
+conditions nothing is shifted and ``matched`` is taken out for both sides.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def _joint(plan: Plan, parts: dict[str, np.ndarray]) -> np.ndarray:
 
 def _by_aggregate(plan: Plan, per_chain: np.ndarray) -> np.ndarray:
     _, owner = fac.expand_terms(plan)
-    out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=np.int64)
+    out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=per_chain.dtype)
     for i, agg in owner:
         out[agg] += per_chain[i]
     return out
@@ -155,24 +158,24 @@ def add_own_total(rt: Runtime, plan: Plan, qid: str, result: AShare,
             raise ValueError(f"own total of {party} has shape {part.shape}, not {result.shape}")
         result = result + part
     if plan.cross is not None and joined is not None:
-        result = result - matched(rt, plan, joined)
-    if plan.outer == "FULL" and joined is not None:
+        for party in sharers(plan):  # no factor was shifted: take out the matched rows
+            result = result - matched(rt, plan, joined, party)
+    elif plan.outer == "FULL" and joined is not None:
         both = _by_aggregate(plan, _joint(plan, {p: null_row(plan, p) for p in plan.parties}))
         result = result - both.astype(np.uint64) * np.uint64(joined.n)
     return result
 
 
-def matched(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
-    """Per aggregate and cell, shares of ``g0`` times the preserved party's factors summed
-    over its rows that match at least one row of the optional party under the ON
-    predicate ``plan.cross`` (slot-level factors: a predicate on shares). In chunks of
-    joined rows: the predicate per slot combination, OR-ed over the optional party's slots
-    (a tree of products), and one inner product with the factors."""
-    chains, owner = fac.expand_terms(plan)
-    keep = plan.parties.index(plan.own_total)
-    other = plan.parties.index(plan.optional)
+def matched(rt: Runtime, plan: Plan, joined: SharedTable, side: str) -> AShare:
+    """Per aggregate and cell, shares of ``side``'s factors summed over its rows that match
+    at least one row of the other party under the ON predicate ``plan.cross``, times the
+    other party's factor on a row of NULLs (slot-level factors: a predicate on shares). In
+    chunks of joined rows: the predicate per slot combination, OR-ed over the other
+    party's slots (a tree of products), and one inner product with the factors."""
+    keep = plan.parties.index(side)
+    other = 1 - keep  # two parties (outer_join.py)
     slots = [plan.step(p).slots for p in plan.parties]
-    f = joined.cols[f"{plan.own_total}.F"]  # (units, slots, chains or 1, cells)
+    f = joined.cols[f"{side}.F"]  # (units, slots, chains or 1, cells)
     n, s, k, c = f.shape
     width = (CROSS_WORDS + k * c) * int(np.prod(slots, dtype=np.int64))
     total: AShare | None = None
@@ -194,14 +197,15 @@ def matched(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
         y = hit.reshape(m * s, k * c)
         part = rt.dot(_transposed(x), _transposed(y))  # (chains x cells,)
         total = part if total is None else total + part
-    a = np.zeros((len(plan.aggregates), c), dtype=np.uint64)
-    b = np.zeros_like(a)
+    chains, _ = fac.expand_terms(plan)
+    rows = [np.zeros((len(chains), c), dtype=np.uint64) for _ in range(2)]
     if total is not None:
         per = total.reshape(k, c)
-        for i, agg in owner:
-            g0 = np.uint64(plan.shift[i] % (1 << 64))
-            a[agg] += per.a[i if k > 1 else 0] * g0
-            b[agg] += per.b[i if k > 1 else 0] * g0
+        for i in range(len(chains)):
+            rows[0][i], rows[1][i] = per.a[i if k > 1 else 0], per.b[i if k > 1 else 0]
+    name = plan.parties[other]
+    null = null_row(plan, name).astype(np.uint64)
+    a, b = (_by_aggregate(plan, _joint(plan, {side: r, name: null})) for r in rows)
     return AShare(rt.me, a, b)
 
 

@@ -483,6 +483,16 @@ class Plan:
     def _outer_line(self) -> str:
         """What ``to_s`` says of an outer join across parties (``operators/outer.py``)."""
         own, opt, g0 = self.own_total, self.optional, list(self.shift)
+        if self.outer == "FULL" and self.cross is not None:
+            return (f"FULL JOIN ... ON with further conditions (the predicate above): the "
+                    "matched pairs add their products; each row of either side that matches "
+                    "a row of the other subtracts its factors times the other's value on a "
+                    f"row of NULLs ({opt}: {g0}, {own}: {list(self.shift_own)}; the predicate "
+                    "OR-ed over the other's rows, one inner product per side); each side "
+                    "secret-shares its own aggregates times the other's value (one word per "
+                    "aggregate and cell), added on shares before the noise, so that either "
+                    "side's unmatched rows count with NULLs; reveals nothing more than the "
+                    "inner join")
         if self.outer == "FULL":
             return (f"FULL JOIN: {opt} shifts its factors by their value on a row of NULLs "
                     f"{g0}, {own} by its own {list(self.shift_own)}"

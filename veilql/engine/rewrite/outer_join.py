@@ -61,7 +61,8 @@ def outer_join(plan: Plan, ctx: Context) -> Plan:
         plan, null_cell = _null_group(plan, ctx, what)
     _refuse(plan, ctx, what, preserved.party, optional.party, full=side == "FULL")
     if joined.on:  # the predicate of the pairs that match (rewrite/outer_on.py)
-        plan = on_predicate(plan, ctx, joined.on, optional.party, f"{side} JOIN")
+        nullable = (optional.party, preserved.party) if side == "FULL" else (optional.party,)
+        plan = on_predicate(plan, ctx, joined.on, nullable, f"{side} JOIN")
     chains, _ = fac.expand_terms(plan)
 
     def null_row(party: str) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""The further conditions of a LEFT or RIGHT JOIN's ON across parties, as a predicate on shares.
+"""The further conditions of an outer join's ON across parties, as a predicate on shares.
 
 ``a LEFT JOIN b ON a.u = b.u AND c`` matches a row of ``a`` with the rows of ``b`` of the
 same unit for which ``c`` holds; a row of ``a`` with no such row gets NULLs. So ``c`` is
@@ -17,8 +17,9 @@ parties is compared as codes: dates (DATE on both sides) as days since 1970-01-0
 comparison; text, booleans and numbers with declared values on both sides as the index in
 the sorted union of the two columns' values (= and <> only; a value outside its column's
 declared values matches nothing, as for GROUP BY, where it is not counted). When the
-optional party keeps several rows per person, ``P`` is ANDed with its presence (an atom of
-1 on its present rows), since an absent row's operands are 0.
+optional party (for FULL, either) keeps several rows per person, ``P`` is ANDed with its
+presence (an atom of 1 on its present rows), since an absent row's operands are 0; for
+FULL the rows of either side that match nothing get NULLs, each side's by the same route.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _EPOCH = "DATE '1970-01-01'"
 
 
 def on_predicate(plan: Plan, ctx: Context, conditions: tuple[exp.Expression, ...],
-                 optional: str, what: str) -> Plan:
+                 optional: tuple[str, ...], what: str) -> Plan:
     """``plan`` with ``cross`` the predicate of ``conditions`` (see the module docstring)
     and the atom and operand columns it reads added to the parties' steps."""
     checker = TypeChecker(ctx.bound)
@@ -58,9 +59,10 @@ def on_predicate(plan: Plan, ctx: Context, conditions: tuple[exp.Expression, ...
         part = _condition(cond, ctx, checker, cols, what)
         expr = part if expr is None else exp.And(this=expr, expression=part)
     assert expr is not None
-    if plan.step(optional).slots > 1:
-        name = _add(cols[optional], "a", "atom", "1", 0)  # 0 on its absent rows
-        expr = exp.And(this=_atom(optional, name), expression=expr)
+    for party in optional:  # the sides whose rows may be NULL (both for FULL)
+        if plan.step(party).slots > 1:
+            name = _add(cols[party], "a", "atom", "1", 0)  # 0 on its absent rows
+            expr = exp.And(this=_atom(party, name), expression=expr)
     steps = tuple(replace(s, columns=tuple(cols[s.party])) for s in plan.steps)
     return replace(plan, steps=steps, cross=expr)
 

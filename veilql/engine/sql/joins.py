@@ -123,9 +123,9 @@ def outer_joins(select: exp.Select, tables: tuple[BoundTable, ...],
     tables of a query at one party. Across parties a LEFT, RIGHT or FULL JOIN of a query's
     two tables at two parties is kept (``across_parties``; planned in
     ``rewrite/outer_join.py``), any other is refused: the secure join keeps matching people
-    only. Further ON conditions are kept for a LEFT or RIGHT JOIN across parties (they
-    decide which pairs match, so they are not a WHERE: ``rewrite/outer_on.py``), and
-    refused elsewhere.
+    only. Further ON conditions are kept for an outer join across parties (they decide
+    which pairs match, so they are not a WHERE: ``rewrite/outer_on.py``), and refused
+    elsewhere.
     """
     kinds: dict[str, str] = {}
     ons: dict[str, list[exp.Expression]] = {}
@@ -153,14 +153,8 @@ def outer_joins(select: exp.Select, tables: tuple[BoundTable, ...],
         parties = {by_alias[o.lower()].party for o in others} | {t.party}
         crossing = len(parties) > 1 and across_parties(tables)
         extra = ons[alias]
-        if extra and not (crossing and side in ("LEFT", "RIGHT")):
+        if extra and not crossing:
             term = extra[0].sql(dialect="duckdb")
-            if crossing:
-                raise UnsupportedError(
-                    f"FULL JOIN ... ON {term}: a FULL JOIN across parties takes only the "
-                    "privacy-unit equality in its ON",
-                    "use a LEFT or RIGHT JOIN for further ON conditions, or join on the unit "
-                    "only")
             raise UnsupportedError(
                 f"{side} JOIN ... ON {term}: the ON of an outer join takes only the "
                 "privacy-unit equality",
