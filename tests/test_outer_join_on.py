@@ -190,11 +190,13 @@ def test_on_refusals_name_the_construct(bi, sql: str, words: str) -> None:
     assert words in info.value.message, info.value.message
 
 
-def test_lengths_do_not_depend_on_whether_a_person_passes_the_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("side", ["LEFT", "FULL"])
+def test_lengths_do_not_depend_on_whether_a_person_passes_the_on(tmp_path: Path,
+                                                                  side: str) -> None:
     # The attack: a compute party compares the lengths of everything it receives for two
     # federations that differ only in whether one person's policy passes the ON condition
     # (its premium above or below 800): the matching rows are found on shares only.
-    sql = (f"SELECT COUNT(*) AS n, SUM(p.premium) AS s FROM bank.customers c LEFT JOIN "
+    sql = (f"SELECT COUNT(*) AS n, SUM(p.premium) AS s FROM bank.customers c {side} JOIN "
            f"insurer.policies p {J} AND p.premium > 800")
     first = oracle_federation(DEMO, tmp_path / "a")
     second = oracle_federation(DEMO, tmp_path / "b")
