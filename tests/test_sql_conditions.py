@@ -62,6 +62,13 @@ CROSS: list[tuple[str, str | None]] = [
     (f"SELECT tb.groupby_string_0, COUNT(*) FILTER (WHERE ta.visits BETWEEN tb.fills AND "
      f"tb.fills + 10) AS c, SUM(ta.visits) FILTER (WHERE ta.visits > tb.fills AND "
      f"ta.groupby_string_0 = 'x') AS v {J2} GROUP BY 1", None),
+    # private group keys (partition selection), a condition across parties in FILTER
+    (f"SELECT ta.groupby_int_0, SUM(ta.visits > tb.fills) AS s, COUNT(*) AS n {J2} "
+     f"GROUP BY 1", None),
+    (f"SELECT tb.city, AVG(ta.visits > tb.fills) AS a, SUM(tb.fills) FILTER (WHERE "
+     f"ta.score > tb.rate * 5) AS f {J2} GROUP BY 1",
+     f"SELECT tb.city, AVG(CAST(ta.visits > tb.fills AS INTEGER)) AS a, SUM(tb.fills) FILTER "
+     f"(WHERE ta.score > tb.rate * 5) AS f {J2} GROUP BY 1"),
     # a WHERE across parties beside the aggregates' own predicates
     (f"SELECT COUNT(*) AS n, SUM(ta.visits > tb.fills * 2) AS s, SUM(tb.fills) FILTER "
      f"(WHERE ta.score < tb.fills) AS f {J2} WHERE ta.visits + tb.fills > 10", None),

@@ -21,6 +21,7 @@ from veilql.engine.sql.bound import (
 from veilql.engine.sql.distinct import bind_distinct
 from veilql.engine.sql.joins import is_optional
 from veilql.engine.sql.scope import Scope
+from veilql.engine.sql.statistics import statistic as _statistic
 from veilql.errors import PolicyError, UnsupportedError
 
 Signature = tuple[str, str]
@@ -33,77 +34,6 @@ def is_aggregate(node: exp.Expr) -> bool:
     return isinstance(node, checks.AGGREGATES) or checks.is_var(node) or (
         isinstance(node, exp.WithinGroup)
         and isinstance(node.this, exp.PercentileCont | exp.PercentileDisc))
-
-
-#: VAR_SAMP (VARIANCE), VAR_POP, STDDEV (STDDEV_SAMP), STDDEV_POP as computed from moments.
-_STATS: dict[type[exp.Expr], str] = {
-    exp.Variance: "var_samp", exp.VariancePop: "var_pop", exp.Stddev: "stddev_samp",
-    exp.StddevSamp: "stddev_samp", exp.StddevPop: "stddev_pop"}
-
-
-def _fraction(node: exp.Expr | None, func: str) -> float:
-    """The fraction of a quantile: a number in [0, 1] written in the query."""
-    inner = node
-    while isinstance(inner, exp.Paren):
-        inner = inner.this
-    if isinstance(inner, exp.Array):
-        raise UnsupportedError(
-            f"{func} with a list of fractions is not supported",
-            f"write one {func}(x, q) per fraction, e.g. {func}(x, 0.25), {func}(x, 0.75)")
-    if not (isinstance(inner, exp.Literal) and not inner.is_string):
-        raise UnsupportedError(f"{func}: the fraction must be a number written in the query",
-                               f"write e.g. {func}(x, 0.5)")
-    q = float(inner.this)
-    if not 0.0 <= q <= 1.0:
-        raise UnsupportedError(f"{func}: the fraction {inner.this} is not between 0 and 1",
-                               "write a fraction in [0, 1], e.g. 0.9 for the 90th percentile")
-    return q
-
-
-def _statistic(node: exp.Expr) -> tuple[str, str, float | None, exp.Expr] | None:
-    """``(function name, stat, q, argument)`` of a variance or quantile aggregate, else None.
-
-    ``stat``: ``var_samp``, ``var_pop``, ``stddev_samp``, ``stddev_pop``, or ``cont``,
-    ``disc``, ``min``, ``max`` for quantiles at fraction ``q``.
-    """
-    if checks.is_var(node):
-        if len(node.expressions) != 1:
-            raise UnsupportedError("VAR takes one argument", "write VAR(x)")
-        return "var", "var_samp", None, node.expressions[0]
-    for cls, stat in _STATS.items():
-        if type(node) is cls:
-            return node.sql_name().lower(), stat, None, node.this
-    if isinstance(node, exp.Min | exp.Max):
-        if node.expressions:
-            raise UnsupportedError(f"{node.sql_name()} takes one argument",
-                                   f"write {node.sql_name()}(x); LEAST/GREATEST compare values "
-                                   "within a row")
-        word = "min" if isinstance(node, exp.Min) else "max"
-        return word, word, 0.0 if word == "min" else 1.0, node.this
-    if isinstance(node, exp.Median):
-        return "median", "cont", 0.5, node.this
-    if isinstance(node, exp.PercentileCont | exp.PercentileDisc):
-        func = "quantile_cont" if isinstance(node, exp.PercentileCont) else "quantile_disc"
-        stat = "cont" if isinstance(node, exp.PercentileCont) else "disc"
-        return func, stat, _fraction(node.expression, func.upper()), node.this
-    if isinstance(node, exp.ApproxQuantile | exp.Quantile):
-        func = "approx_quantile" if isinstance(node, exp.ApproxQuantile) else "quantile"
-        return func, "disc", _fraction(node.args.get("quantile"), func.upper()), node.this
-    if isinstance(node, exp.WithinGroup):
-        inner = node.this
-        func = "percentile_cont" if isinstance(inner, exp.PercentileCont) else "percentile_disc"
-        order = node.expression
-        items = order.expressions if isinstance(order, exp.Order) else []
-        if len(items) != 1 or not isinstance(items[0], exp.Ordered):
-            raise UnsupportedError(f"{func.upper()} ... WITHIN GROUP must order by one "
-                                   "expression", f"write {func.upper()}(0.5) WITHIN GROUP "
-                                   "(ORDER BY x)")
-        q = _fraction(inner.this, func.upper())
-        if items[0].args.get("desc"):
-            q = 1.0 - q
-        stat = "cont" if isinstance(inner, exp.PercentileCont) else "disc"
-        return func, stat, q, items[0].this
-    return None
 
 
 def bind_aggregate(node: exp.Expr, scope: Scope) -> tuple[Output, Signature]:
