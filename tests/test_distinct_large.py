@@ -165,8 +165,9 @@ def test_large_distinct_equals_plain_duckdb(fed: Path, name: str) -> None:
 
 
 def test_grouped_by_a_private_key_equals_plain_duckdb(fed: Path) -> None:
-    # Partition selection at a huge epsilon keeps the tags with at least two people.
-    sql = "SELECT tag, COUNT(DISTINCT item) AS k FROM shop.orders GROUP BY tag"
+    # Partition selection at a huge epsilon keeps the tags with at least two people;
+    # beside a private key only up to 1,000 values (refused above: test_limits_and_refusals)
+    sql = "SELECT tag, COUNT(DISTINCT small) AS k FROM shop.orders GROUP BY tag"
     with veilql.connect(fed, "oracle") as session, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         got = sorted(session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6).rows)
@@ -209,7 +210,7 @@ def _exact(federation: object, sql: str) -> np.ndarray:
     "SELECT kind, COUNT(DISTINCT small) FILTER (WHERE item > 5000) AS k, COUNT(*) AS n "
     "FROM shop.orders GROUP BY kind",
     "SELECT COUNT(DISTINCT rate) AS k FROM shop.orders WHERE kind = 'b'",
-    "SELECT tag, COUNT(DISTINCT rate * 2) AS k FROM shop.orders GROUP BY tag",
+    "SELECT kind, COUNT(DISTINCT rate * 2) AS k FROM shop.orders GROUP BY kind",
 ])
 def test_dense_counts_equal_the_per_bucket_plan(fed: Path, sql: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,6 +255,15 @@ def test_limits_and_refusals(fed: Path) -> None:
     assert "COUNT(DISTINCT o.item)" in error.value.message
     with veilql.connect(fed, "oracle") as session, pytest.raises(QueryError):
         session.sql(across, epsilon=1.0, delta=1e-6)
+    with pytest.raises(UnsupportedError) as error:  # cells chosen privately
+        compile_plan("SELECT tag, COUNT(DISTINCT item) FROM shop.orders GROUP BY tag",
+                     federation, epsilon=1.0, delta=1e-6)
+    assert "GROUP BY tag" in error.value.message and "privately" in error.value.message
+    with pytest.raises(UnsupportedError) as error:  # 3 x 301 x 51 cells x 10,001 buckets
+        compile_plan("SELECT kind, FLOOR(small / 1) AS s, FLOOR(price) AS p, "
+                     "COUNT(DISTINCT item) FROM shop.orders GROUP BY 1, 2, 3",
+                     federation, epsilon=1.0, delta=1e-6)
+    assert "46,053 group cells" in error.value.message and error.value.hint
     # up to 1,000 values across parties, as before
     compile_plan(across.replace("o.item", "o.small"), federation, epsilon=1.0, delta=1e-6)
 

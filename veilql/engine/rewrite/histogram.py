@@ -34,19 +34,36 @@ from veilql.engine.sql.distinct import MAX_SECURE_DISTINCT
 from veilql.errors import UnsupportedError
 
 PREFIX = "h"  # local columns h0, h1, ...: a histogram's bucket index
+#: The most bucket counts (buckets x group cells) of one such histogram: each is a word of
+#: the counts, of the noise and of the release (80 MB apiece at this size).
+MAX_DENSE_COUNTS = 10_000_000
 
 
 def dense(out: Output, ctx: Context, points: int) -> bool:
     """Whether ``out`` (COUNT(DISTINCT) over a value's bounds, ``points`` values) is planned
-    as one bucket-index column; refused across parties above ``MAX_SECURE_DISTINCT``
-    (the binder refuses it first; this keeps the plan from building a row of buckets)."""
+    as one bucket-index column. Above ``MAX_SECURE_DISTINCT`` values it is refused across
+    parties (the binder refuses it first; this keeps the plan from building a row of
+    buckets), beside a GROUP BY key chosen privately (its number of cells is the data's)
+    and above ``MAX_DENSE_COUNTS`` buckets x public cells, each naming why."""
     if out.stat != "distinct" or out.values is not None or points <= MAX_SECURE_DISTINCT:
         return False
+    what = f"COUNT(DISTINCT {out.expr.sql(dialect='duckdb') if out.expr else ''}) over " \
+        f"{points:,} values"
+    narrow = f"at most {MAX_SECURE_DISTINCT:,} values there; narrow the column's bounds"
     if len(ctx.bound.parties) != 1:
+        raise UnsupportedError(f"{what} is not supported in a query across parties", narrow)
+    cells = 1
+    for g in ctx.bound.group_by:
+        if g.domain is None:
+            raise UnsupportedError(
+                f"{what} is not supported with GROUP BY {g.name}, whose keys are chosen "
+                "privately (the histogram would have a row of buckets per key)", narrow)
+        cells *= len(g.domain)
+    if points * cells > MAX_DENSE_COUNTS:
         raise UnsupportedError(
-            f"COUNT(DISTINCT {out.expr.sql(dialect='duckdb') if out.expr else ''}) over "
-            f"{points:,} values is not supported in a query across parties",
-            f"at most {MAX_SECURE_DISTINCT:,} values there; narrow the column's bounds")
+            f"{what} is not supported in {cells:,} group cells: {points * cells:,} noisy "
+            f"counts, more than {MAX_DENSE_COUNTS:,}",
+            "group by fewer values, or narrow the column's bounds")
     return True
 
 
