@@ -61,7 +61,10 @@ class PlanCache:
             if plan is not None:
                 self._plans.move_to_end(key)
         if plan is not None:
-            check_budget(plan.epsilon, plan.delta)  # the warning a compile would give
+            # the large-epsilon warning a compile would give (the request was checked
+            # when the plan was made; plan.delta is the charged delta, which may be
+            # smaller than any delta a request may name)
+            check_budget(plan.epsilon, 0)
             return plan
         plan = compile_plan(sql, self.federation, epsilon=epsilon, delta=delta,
                             mechanism=mechanism, catalog=catalog)
