@@ -214,3 +214,58 @@ def test_lengths_do_not_depend_on_whether_a_person_passes_the_on(tmp_path: Path,
     csv_path.write_text("\n".join(lines) + "\n")
     got = [_lengths(fed, tmp_path / f"t{i}", sql) for i, fed in enumerate((first, second))]
     assert got[0] and got[0] == got[1]
+
+
+STAMPS = ("2024-01-01 00:00:00", "2024-01-01 06:00:00", "2024-03-01 12:30:00")
+
+
+def _bi_with_stamps(root: Path) -> Path:
+    """The BI federation with a TIMESTAMP column ``at`` at beta (CSV, some empty) and at
+    gamma (Parquet), both declaring their values (gamma's in another ISO spelling)."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fed = bi_fixtures.build(root)
+    path = root / "data" / "beta" / "tb.csv"
+    rows = list(csv.reader(path.open()))
+    rows[0].append("at")
+    for i, r in enumerate(rows[1:]):
+        r.append(STAMPS[bi_fixtures._rand(i * 5 + 2, 3)] if i % 7 else "")
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    gamma = root / "data" / "gamma" / "tc.parquet"
+    table = pq.read_table(gamma)
+    at = [dt.datetime.fromisoformat(STAMPS[bi_fixtures._rand(int(p) * 3, 3)])
+          for p in table.column("person").to_pylist()]
+    pq.write_table(table.append_column("at", pa.array(at, pa.timestamp("us"))), gamma)
+    for party, anchor, values in (
+            ("beta", "[tables.merchants]", list(STAMPS)),
+            ("gamma", None, [s.replace(" ", "T") for s in STAMPS])):
+        policy = root / "policies" / f"{party}.toml"
+        line = f'at = {{ role = "group", values = {values!r} }}\n'
+        text = policy.read_text()
+        text = text.replace(anchor, line + "\n" + anchor, 1) if anchor else text + line
+        policy.write_text(text)
+    return fed
+
+
+def test_timestamp_equality_across_parties(tmp_path: Path) -> None:
+    fed = _bi_with_stamps(tmp_path)
+    session = veilql.connect(fed, analyst="oracle")
+    con = union_connection(session.federation)
+    try:
+        for sql in ("SELECT COUNT(*) AS n, COUNT(tc.level) AS k, SUM(tc.level) AS s FROM "
+                    "beta.tb LEFT JOIN gamma.tc ON tb.uid = tc.person AND tb.at = tc.at",
+                    "SELECT COUNT(tb.fills) AS k FROM beta.tb RIGHT JOIN gamma.tc ON "
+                    "tb.uid = tc.person AND tb.at <> tc.at"):
+            _check(session, con, sql)
+            bare = sql[:sql.index(" AND ")]
+            assert plain(con, sql) != plain(con, bare)
+        with pytest.raises(QueryError, match="compared with = and <> only"):
+            session.sql("SELECT COUNT(*) FROM beta.tb LEFT JOIN gamma.tc ON tb.uid = "
+                        "tc.person AND tb.at < tc.at", epsilon=1.0, delta=0)
+    finally:
+        session.close()
+        con.close()

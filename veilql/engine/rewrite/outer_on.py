@@ -2,8 +2,8 @@
 
 ``a LEFT JOIN b ON a.u = b.u AND c`` matches a row of ``a`` with the rows of ``b`` of the
 same unit for which ``c`` holds; a row of ``a`` with no such row gets NULLs. So ``c`` is
-not a WHERE (that would drop the rows of ``a``): it is a 0/1 predicate ``P`` of each pair of
-rows (``Plan.cross``), under which the matched pairs add ``F_a * F_b`` and each row of
+not a WHERE (that would drop the rows of ``a``): it is a 0/1 predicate ``P`` of each pair
+of rows (``Plan.cross``), under which the matched pairs add ``F_a * F_b`` and each row of
 ``a`` that matched at least one row adds ``- F_a * g0`` besides (``operators/outer.py``).
 
 ``P`` is built like the cross-party predicate of WHERE (``place_secure``): a piece that
@@ -14,16 +14,18 @@ shares as a number (a NULL would count as 0), so every such comparison is ANDed 
 atom per party saying its part is not NULL (exact under AND and OR; NOT over a comparison
 across parties is refused when binding). An equality of two group columns of the two
 parties is compared as codes: dates (DATE on both sides) as days since 1970-01-01, any
-comparison; text, booleans and numbers with declared values on both sides as the index in
-the sorted union of the two columns' values (= and <> only; a value outside its column's
-declared values matches nothing, as for GROUP BY, where it is not counted). When the
-optional party (for FULL, either) keeps several rows per person, ``P`` is ANDed with its
-presence (an atom of 1 on its present rows), since an absent row's operands are 0; for
-FULL the rows of either side that match nothing get NULLs, each side's by the same route.
+comparison; text, booleans, numbers and timestamps with declared values on both sides as
+the index in the sorted union of the two columns' values (timestamps by their instant; =
+and <> only; a value outside its column's declared values matches nothing, as for GROUP BY,
+where it is not counted). When the optional party (for FULL, either) keeps several rows per
+person, ``P`` is ANDed with its presence (an atom of 1 on its present rows), since an
+absent row's operands are 0; for FULL the rows of either side that match nothing get NULLs,
+each side's by the same route.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import replace
 
 from sqlglot import exp
@@ -143,17 +145,20 @@ def _coded(node: exp.Expression, ctx: Context, checker: TypeChecker,
     names = [t.name.upper() for t in types]
     if names == ["DATE", "DATE"]:
         codes = [f"DATE_DIFF('day', {_EPOCH}, {c.sql(dialect='duckdb')})" for c in (left, right)]
-    elif types[0].kind == types[1].kind and types[0].kind in ("str", "bool", "num") and all(
+    elif (types[0].kind == types[1].kind and types[0].kind in ("str", "bool", "num")
+          or all(n.startswith("TIMESTAMP") for n in names)) and all(
             p is not None and p.values for p in policies):
         if not isinstance(node, exp.EQ | exp.NEQ):
             raise UnsupportedError(
                 f"{what} ... ON {text}: {types[0].name} columns of two parties are compared "
                 "with = and <> only", "write an equality, or compare dates or numbers")
-        distinct = {_key(v): v for p in policies for v in p.values}  # type: ignore[union-attr]
+        stamps = names[0].startswith("TIMESTAMP")
+        distinct = {_key(v, stamps): v for p in policies
+                    for v in p.values}  # type: ignore[union-attr]
         values = [distinct[k] for k in sorted(distinct)]
         codes = []
         for c in (left, right):
-            whens = " ".join(f"WHEN {c.sql(dialect='duckdb')} = {_literal(v)} THEN {i}"
+            whens = " ".join(f"WHEN {c.sql(dialect='duckdb')} = {_literal(v, stamps)} THEN {i}"
                              for i, v in enumerate(values))
             codes.append(f"CASE {whens} END")  # NULL outside the declared values
     else:
@@ -175,8 +180,11 @@ def _coded(node: exp.Expression, ctx: Context, checker: TypeChecker,
     return out
 
 
-def _key(v: object) -> tuple[int, object]:
-    """A declared value's place in the union of two domains (booleans, numbers, text)."""
+def _key(v: object, stamp: bool = False) -> tuple[int, object]:
+    """A declared value's place in the union of two domains (booleans, numbers, text;
+    timestamps by their instant, so '2024-01-01T06:00' and '2024-01-01 06:00:00' are one)."""
+    if stamp:
+        return (3, dt.datetime.fromisoformat(str(v)).isoformat(sep=" "))
     if isinstance(v, bool):
         return (0, int(v))
     if isinstance(v, int | float):
@@ -184,8 +192,10 @@ def _key(v: object) -> tuple[int, object]:
     return (2, str(v))
 
 
-def _literal(v: object) -> str:
-    """A SQL literal for a declared value."""
+def _literal(v: object, stamp: bool = False) -> str:
+    """A SQL literal for a declared value (a typed TIMESTAMP literal for timestamps)."""
+    if stamp:
+        return f"TIMESTAMP '{dt.datetime.fromisoformat(str(v)).isoformat(sep=' ')}'"
     if isinstance(v, bool):
         return "TRUE" if v else "FALSE"
     if isinstance(v, int | float):
