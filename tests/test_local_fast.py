@@ -358,3 +358,32 @@ def test_duckdb_finds_over_full_units_once_with_the_same_rows(feds: dict[str, Pa
         a = conn.run(local_ops.bounded_sql(step, SEED)).to_pylist()
         b = conn.run(local_ops.bounded_sql(mine, SEED)).to_pylist()
     assert sorted(map(str, a)) == sorted(map(str, b)) and a
+
+
+@pytest.mark.parametrize("kind,lo,hi,decimals", [
+    ("DECIMAL(12,2)", "0", "500000", 2), ("DOUBLE", "-2.5", "0.145", 2),
+    ("INTEGER", "18", "100", 0), ("BIGINT", "-5", "5", 1), ("DOUBLE", "0", "1", 0),
+])
+def test_case_clamp_gives_the_values_of_least_greatest(kind: str, lo: str, hi: str,
+                                                       decimals: int) -> None:
+    """DuckDB's CASE clamp (``_case_clamps``) against the plan's LEAST/GREATEST on NULLs,
+    NaN, both bounds, values beyond them and halves, in several column types."""
+    from veilql.engine.plan.nodes import LocalColumn
+    from veilql.engine.rewrite.bound_contributions import _column_sql
+
+    col = LocalColumn("v0", "value", "t.x", bounds=(float(lo), float(hi)), decimals=decimals)
+    sql = f"SELECT t.id AS __unit, {_column_sql(col)} AS v0 FROM t"
+    fast = engine_sql(sql, lambda table, unit: False, materialize=True)
+    assert "LEAST" not in fast and "LEAST" in sql
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE t (id INTEGER, x {kind})")
+    values = ["NULL", "0", "1", "-1", "0.125", "0.145", "-2.5", "-3", "17", "18", "100",
+              "101", "499999.995", "500000", "600000", "2.5", "-0.5", "4.5"]
+    if kind == "DOUBLE":
+        values += ["'nan'", "'inf'", "'-inf'", "1e300"]
+    for i, v in enumerate(values):
+        try:
+            con.execute(f"INSERT INTO t VALUES ({i}, {v})")
+        except duckdb.Error:
+            continue  # a value the type cannot hold
+    assert con.execute(sql).fetchall() == con.execute(fast).fetchall()
