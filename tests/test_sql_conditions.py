@@ -50,8 +50,9 @@ CROSS: list[tuple[str, str | None]] = [
     # NULLs: tb.fills and ta.score are NULL on some rows; NOT and OR in three-valued logic
     (f"SELECT SUM(NOT (ta.score > tb.fills)) AS s, SUM(ta.score > tb.fills OR ta.visits > 40)"
      f" AS o, SUM(NOT (ta.score > tb.fills AND ta.visits < 20)) AS na {J2}", None),
-    (f"SELECT AVG(ta.score * 2 <= tb.fills) AS a {J2}",
-     f"SELECT AVG(CAST(ta.score * 2 <= tb.fills AS INTEGER)) AS a {J2}"),
+    (f"SELECT AVG(ta.score * 2 <= tb.fills) AS a, SUM(ta.score * 2 <= tb.fills) AS s {J2}",
+     f"SELECT AVG(CAST(ta.score * 2 <= tb.fills AS INTEGER)) AS a, "
+     f"SUM(ta.score * 2 <= tb.fills) AS s {J2}"),
     (f"SELECT SUM(CASE WHEN ta.visits > tb.fills THEN 1 ELSE 0 END) AS c, "
      f"SUM(CASE WHEN ta.visits > tb.fills THEN tb.fills ELSE 0 END) AS f, "
      f"SUM(CASE WHEN ta.spend > tb.fills * 10 AND tb.rate < 0.5 THEN ta.spend END) AS sp "
@@ -243,6 +244,15 @@ def test_aggregate_predicate_in_the_plan(bi) -> None:
     text = own[0].cross.sql()
     assert "alpha.o0 + beta.o0 > 0" in text and "beta.a" in text and "alpha.a" in text
     assert "over rows where" in plan.to_s()
+    # SUM(c) beside AVG(c): one noisy count of TRUE rows; the denominator (c not NULL) is
+    # the parts' not-NULL atoms, no comparison; a part in two comparisons is one column
+    plan = compile_plan(f"SELECT SUM(ta.score > tb.fills) AS s, AVG(ta.score > tb.fills) AS "
+                        f"a, SUM(ta.score > tb.fills) FILTER (WHERE tb.rate < 0.5) AS f {J2}",
+                        session.federation)
+    own = {a.name: a.cross.sql() for a in plan.aggregates if a.cross is not None}
+    assert sorted(own) == ["a.den", "f", "s"], own
+    assert ">" not in own["a.den"] and own["s"] in own["f"]
+    assert [c.name for c in plan.step("alpha").columns if c.role == "operand"] == ["o0"]
 
 
 REFUSED = [

@@ -28,22 +28,30 @@ from veilql.errors import ProtocolError
 Lookup = Callable[[str, str], AShare]  # (party, column) -> shares expanded to all slot combos
 
 
-def evaluate(rt: Runtime, node: exp.Expression, column: Lookup) -> AShare:
-    """0/1 arithmetic shares of ``node`` for every row and slot combination."""
+def evaluate(rt: Runtime, node: exp.Expression, column: Lookup,
+             memo: dict[str, AShare] | None = None) -> AShare:
+    """0/1 arithmetic shares of ``node`` for every row and slot combination; ``memo``
+    keeps each comparison's bits by its text, so that predicates sharing one (``SUM(c)``
+    beside ``AVG(c)``) compare once."""
     if isinstance(node, exp.Paren):
-        return evaluate(rt, node.this, column)
+        return evaluate(rt, node.this, column, memo)
     if isinstance(node, exp.And):
-        left, right = evaluate(rt, node.this, column), evaluate(rt, node.expression, column)
+        left = evaluate(rt, node.this, column, memo)
+        right = evaluate(rt, node.expression, column, memo)
         return rt.mul(left, right)
     if isinstance(node, exp.Or):
-        left, right = evaluate(rt, node.this, column), evaluate(rt, node.expression, column)
+        left = evaluate(rt, node.this, column, memo)
+        right = evaluate(rt, node.expression, column, memo)
         return left + right - rt.mul(left, right)
     if isinstance(node, exp.Not):
-        return -evaluate(rt, node.this, column) + 1
+        return -evaluate(rt, node.this, column, memo) + 1
     if isinstance(node, exp.EQ) and _is_atom(node):
         col = node.this
         return column(col.table, col.name)
     if isinstance(node, exp.EQ | exp.NEQ | exp.GT | exp.GTE | exp.LT | exp.LTE):
+        key = node.sql()
+        if memo is not None and key in memo:
+            return memo[key]
         total = _sum(node.this, column)
         bits = {
             exp.EQ: rt.eq, exp.NEQ: rt.eq, exp.GT: rt.gt, exp.GTE: rt.ge,
@@ -51,7 +59,10 @@ def evaluate(rt: Runtime, node: exp.Expression, column: Lookup) -> AShare:
         }[type(node)](total, 0)
         if isinstance(node, exp.NEQ):
             bits = bits ^ 1
-        return rt.b2a_bit(bits)
+        out = rt.b2a_bit(bits)
+        if memo is not None:
+            memo[key] = out
+        return out
     raise ProtocolError(f"cannot evaluate {node.sql()} on shares")
 
 
@@ -74,6 +85,7 @@ def per_chain_predicate(rt: Runtime, own: list[exp.Expression | None],
     """0/1 shares of shape (units, slots..., chains): per chain, its own predicate (each
     distinct one evaluated once) times the WHERE's, or the WHERE's (1 without one)."""
     done: dict[str, AShare] = {}
+    memo: dict[str, AShare] = {}
     per: list[AShare] = []
     for cond in own:
         if cond is None:
@@ -82,7 +94,7 @@ def per_chain_predicate(rt: Runtime, own: list[exp.Expression | None],
         else:
             key = cond.sql()
             if key not in done:
-                test = evaluate(rt, cond, column)
+                test = evaluate(rt, cond, column, memo)
                 done[key] = test if where is None else rt.mul(test, where)
             value = done[key]
         per.append(value.reshape(*shape, 1))

@@ -98,7 +98,38 @@ def _aggregate_predicate(node: exp.Expression, ctx: Context,
             f"the condition {node.sql(dialect='duckdb')} across parties inside an aggregate "
             "is not supported with an outer join across parties",
             "use an inner JOIN, or move the condition to WHERE")
+    known = _known_of(node)
+    if known is not None:  # AVG(c)'s denominator, ``c OR NOT c``: c IS NOT NULL
+        return _not_null(known, ctx, cols)
     return _rewrite_known(_negation_inside(node, ctx), ctx, cols)
+
+
+def _known_of(node: exp.Expression) -> exp.Expression | None:
+    """``c`` when ``node`` is ``(c) OR NOT (c)`` (``push_local._known``), else None."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if not (isinstance(node, exp.Or) and isinstance(node.expression, exp.Not)):
+        return None
+    return node.this if node.this.sql() == node.expression.this.sql() else None
+
+
+def _not_null(node: exp.Expression, ctx: Context,
+              cols: dict[str, list[LocalColumn]]) -> exp.Expression:
+    """``node IS NOT NULL`` over local columns: for a comparison across parties, its parts'
+    not-NULL atoms alone (no comparison on shares); else TRUE or FALSE (``node OR NOT
+    node`` in three-valued logic, ``_rewrite_known`` of each side)."""
+    inner = node
+    while isinstance(inner, exp.Paren):
+        inner = inner.this
+    if isinstance(inner, _COMPARISONS) and len(parties_in(inner, ctx.bound)) > 1:
+        atoms = _known_atoms(inner, ctx, cols)
+        if atoms:
+            out = atoms[0]
+            for a in atoms[1:]:
+                out = exp.And(this=out, expression=a)
+            return out
+    return exp.Or(this=_rewrite_known(_negation_inside(node, ctx), ctx, cols),
+                  expression=_rewrite_known(_negation_inside(node, ctx, True), ctx, cols))
 
 
 def _negation_inside(node: exp.Expression, ctx: Context, negate: bool = False
@@ -136,15 +167,25 @@ def _rewrite_known(node: exp.Expression, ctx: Context,
     out = _rewrite(node, ctx, cols)
     if not isinstance(node, _COMPARISONS) or len(parties_in(node, ctx.bound)) < 2:
         return out
+    for atom in _known_atoms(node, ctx, cols):
+        out = exp.And(this=out, expression=atom)
+    return out
+
+
+def _known_atoms(node: exp.Expression, ctx: Context,
+                 cols: dict[str, list[LocalColumn]]) -> list[exp.Expression]:
+    """``party.aN = 1`` per party with a part of the comparison ``node``: the part is not
+    NULL (an existing atom of the same SQL reused)."""
     diff = exp.Sub(this=node.this.copy(), expression=exp.Paren(this=node.expression.copy()))
+    out: list[exp.Expression] = []
     for party, part in split_linear(diff, ctx.party_of).items():
         if party is None or not list(part.find_all(exp.Column)):
             continue
         test = f"CASE WHEN ({part.sql(dialect='duckdb')}) IS NULL THEN 0 ELSE 1 END"
         name = next((c.name for c in cols[party] if c.role == "atom" and c.sql == test),
                     None) or _add(cols[party], "a", "atom", test, 0)
-        out = exp.And(this=out, expression=exp.EQ(this=exp.column(name, table=party),
-                                                   expression=exp.Literal.number(1)))
+        out.append(exp.EQ(this=exp.column(name, table=party),
+                          expression=exp.Literal.number(1)))
     return out
 
 
@@ -242,6 +283,10 @@ def _rewrite(
 
 
 def _add(cols: list[LocalColumn], prefix: str, role: str, sql: str, decimals: int) -> str:
+    for c in cols:  # the same part of two comparisons is one column (and one comparison)
+        if c.role == role and c.sql == sql and c.decimals == decimals and \
+                c.name.startswith(prefix):
+            return c.name
     n = sum(1 for c in cols if c.name.startswith(prefix) and c.name[len(prefix):].isdigit())
     name = f"{prefix}{n}"
     cols.append(LocalColumn(name, role, sql, decimals=decimals))  # type: ignore[arg-type]

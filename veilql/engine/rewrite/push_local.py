@@ -127,8 +127,9 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
         elif out.kind == "quantile":
             shown.append(_quantile(out, ctx, columns, histograms, aggregates))
         elif out.truth is not None:  # AVG(condition across parties): TRUE / not NULL rows
-            rows = out.expr.sql(dialect="duckdb") if out.expr is not None else "*"
-            names = tuple(one(("count", rows, *_where(out, c)), lambda out=out, c=c, s=s: _count(
+            # keyed as COUNT(*) / COUNT(x) FILTER (WHERE c) are: SUM(c) shares the numerator
+            rows = (out.expr.sql(dialect="duckdb"),) if out.expr is not None else ()
+            names = tuple(one(("count", *rows, *_where(out, c)), lambda out=out, c=c, s=s: _count(
                 out, ctx, columns, c, s)) for c, s in (
                     (_both(out.cross, out.truth), ".num"),
                     (_both(out.cross, _known(out.truth)), ".den")))
