@@ -20,11 +20,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from veilql.connectors.base import Connector
+from veilql.connectors.base import Connector, column_to_numpy, engine_failure
 from veilql.engine.operators import factors as fac
-from veilql.engine.operators.local import PartyRows, bounded_sql, run_engine
+from veilql.engine.operators.local import (
+    ENGINE_LOCK,
+    PartyRows,
+    bounded_sql,
+    release_engine_memory,
+)
 from veilql.engine.operators.memory import chunk_words
-from veilql.engine.plan.nodes import LocalStep, Plan, plain_value
+from veilql.engine.plan.nodes import LocalStep, Plan
 from veilql.engine.rewrite.histogram import PREFIX
 
 
@@ -56,12 +61,11 @@ def reduce_in_engine(plan: Plan, step: LocalStep, connector: Connector,
     groups = [g.column for g in fac.party_cells(plan.groups, party)]
     for column, idx in dense.items():
         keys = ", ".join(f'"{g}"' for g in [*groups, column])
-        sql = (f'SELECT {keys}, SUM("w") AS "__c" FROM ({bounded_sql(step, seed)}) AS "__l" '
-               f'WHERE "{column}" >= 0 GROUP BY {keys}')
-        result = run_engine(connector, sql)
-        bucket = np.array([int(r[column]) for r in result], dtype=np.int64)
-        count = np.array([int(r["__c"] or 0) for r in result], dtype=np.int64)
-        cell = _cells(plan, party, rows, result)
+        sql = (f'SELECT {keys}, CAST(SUM("w") AS BIGINT) AS "__c" FROM '
+               f'({bounded_sql(step, seed)}) AS "__l" WHERE "{column}" >= 0 GROUP BY {keys}')
+        result = _arrays(connector, sql)
+        bucket, count = result[column], result["__c"]
+        cell = _cells(plan, party, result)
         ok = (cell >= 0) & (bucket < len(idx))
         block = np.zeros((len(idx), out.shape[1]), dtype=np.int64)
         np.add.at(block, (bucket[ok], cell[ok]), count[ok])
@@ -69,25 +73,34 @@ def reduce_in_engine(plan: Plan, step: LocalStep, connector: Connector,
     return out, rows
 
 
-def _cells(plan: Plan, party: str, rows: PartyRows, result: list[dict]) -> np.ndarray:
-    """The cell of each result row, indexed as ``factors.reduce_groups`` indexed the
-    party's other aggregates (private keys by the labels it found; -1 outside)."""
+def _arrays(connector: Connector, sql: str) -> dict[str, np.ndarray]:
+    """The result of ``sql`` (integers, no NULLs) as int64 columns: up to buckets x cells
+    rows, so as arrays, not as Python rows; one local query at a time as in
+    ``local.fetch``."""
+    with ENGINE_LOCK:
+        try:
+            table = connector.run(sql)
+            try:
+                return {name: column_to_numpy(col).astype(np.int64)
+                        for name, col in zip(table.column_names, table.columns, strict=True)}
+            except Exception as exc:  # noqa: BLE001 - a conversion failure can quote a value
+                raise engine_failure(exc, connector.spec) from None
+        finally:
+            release_engine_memory(connector)
+
+
+def _cells(plan: Plan, party: str, result: dict[str, np.ndarray]) -> np.ndarray:
+    """The cell of each result row over the party's public group domains (the mixed-radix
+    index ``factors.reduce_groups`` gives it; -1 outside). A large histogram has no
+    private group key beside it (``rewrite/histogram.dense``)."""
     keys = fac.party_cells(plan.groups, party)
-    cell = np.zeros(len(result), dtype=np.int64)
-    inside = np.ones(len(result), dtype=bool)
+    n = len(next(iter(result.values())))
+    cell = np.zeros(n, dtype=np.int64)
+    inside = np.ones(n, dtype=bool)
     for g in keys:
-        size = fac.group_size(g, rows)
-        if g.private:
-            where = {(type(v), v): i for i, v in enumerate(rows.labels[g.column])}
-            col = np.array([where.get((type(p), p), -1) for p in
-                            (plain_value(r[g.column]) for r in result)], dtype=np.int64)
-        else:
-            col = np.array([-1 if r[g.column] is None else int(r[g.column]) for r in result],
-                           dtype=np.int64)
+        col = result[g.column]
         inside &= col >= 0
-        cell = cell * size + np.maximum(col, 0)
-    if rows.cells is not None and any(g.private for g in keys):
-        return np.where(inside, fac.sparse_places(rows.cells, cell), -1)
+        cell = cell * fac.group_size(g) + np.maximum(col, 0)
     return np.where(inside, cell, -1)
 
 

@@ -35,8 +35,9 @@ from veilql.errors import UnsupportedError
 
 PREFIX = "h"  # local columns h0, h1, ...: a histogram's bucket index
 #: The most bucket counts (buckets x group cells) of one such histogram: each is a word of
-#: the counts, of the noise and of the release (80 MB apiece at this size).
-MAX_DENSE_COUNTS = 10_000_000
+#: the counts, of the noise and of the release, and each noise draw takes some 20 us of
+#: the exact sampler (10^7 counts: 245 s and 1.2 GB; 10^6: see docs/PRIVACY.md).
+MAX_DENSE_COUNTS = 1_000_000
 
 
 def dense(out: Output, ctx: Context, points: int) -> bool:
