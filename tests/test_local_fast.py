@@ -387,3 +387,11 @@ def test_case_clamp_gives_the_values_of_least_greatest(kind: str, lo: str, hi: s
         except duckdb.Error:
             continue  # a value the type cannot hold
     assert con.execute(sql).fetchall() == con.execute(fast).fetchall()
+
+
+def test_a_histogram_step_still_hands_memory_back(feds: dict[str, Path]) -> None:
+    fed = load_federation(feds["pk"])
+    plan = compile_plan("SELECT MEDIAN(age) AS m FROM bank.customers", fed, epsilon=1.0,
+                        delta=1e-6)
+    with _bank(feds["pk"]) as conn:
+        assert not local_ops.light(with_engine_facts(plan.steps[0], conn), plan)

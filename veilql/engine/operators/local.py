@@ -170,15 +170,16 @@ def run_engine(connector: Connector, sql: str) -> list[dict[str, Any]]:
 def light(step: LocalStep, plan: Plan) -> bool:
     """True when the engine reduces ``step`` (already ``with_engine_facts``) to ``plan``'s
     aggregates with a streaming aggregate over one table read as it is: no ranked
-    (bounded) source, join, semi-join, per-person source, private group key or COUNT
-    (DISTINCT). Such a query leaves DuckDB nothing to hand back (at 10^6 rows: the same
-    resident memory after 30 queries with and without ``release_engine_memory``), so the
-    20-30 ms that costs is skipped. Decided from the plan and the schema only, never the rows.
+    (bounded) source, join, semi-join, per-person source, private group key, COUNT
+    (DISTINCT) or histogram (a quantile's or a large COUNT(DISTINCT x)'s buckets). Such a
+    query leaves DuckDB nothing to hand back (at 10^6 rows: the same resident memory after
+    30 queries with and without ``release_engine_memory``), so the 20-30 ms that costs is
+    skipped. Decided from the plan and the schema only, never the rows.
     """
     return (len(step.aliases) == 1 and not step.dimensions and not any(step.semi)
             and not any(step.per_unit) and not any(step.outer)
             and all(c.role != "label" for c in step.columns)
-            and all(a.kind != "count_distinct" for a in plan.aggregates)
+            and all(a.kind != "count_distinct" and not a.family for a in plan.aggregates)
             and "ROW_NUMBER" not in step.sql.upper())
 
 
