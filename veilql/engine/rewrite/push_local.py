@@ -57,6 +57,7 @@ from veilql.engine.sql.functions import (
     has_float_result,
     value_decimals,
 )
+from veilql.engine.sql.joins import across_parties
 from veilql.engine.sql.typecheck import TypeChecker
 from veilql.errors import PolicyError, UnsupportedError
 
@@ -151,16 +152,17 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
         else:
             assert out.expr is not None
             what = out.expr.sql(dialect="duckdb")
-            names = (one(("sum", what, *_where(out)), lambda out=out: replace(_sum_aggregate(
-                out, ctx, columns, suffix=".num" if out.kind == "avg" else ""),
-                cross=out.cross)),)
+            cross = _not_null_parts(out, ctx)
+            names = (one(("sum", what, *_where(out, cross)), lambda out=out, c=cross: replace(
+                _sum_aggregate(out, ctx, columns, suffix=".num" if out.kind == "avg" else ""),
+                cross=c)),)
             if out.kind == "avg":
                 key = (("count",) if len(parties_in(out.expr, ctx.bound)) != 1
                        else ("nonnull", what))
                 if not is_linear(out.expr, ctx.party_of):  # a product: its own count
                     key = ("nonnull", what)
-                names += (one(key + _where(out), lambda out=out: replace(
-                    _count_nonnull(out, ctx, columns), cross=out.cross)),)
+                names += (one(key + _where(out, cross), lambda out=out, c=cross: replace(
+                    _count_nonnull(out, ctx, columns), cross=c)),)
             shown.append(OutputSpec(out.name, out.kind, names))
 
     if private:  # the unit count per cell that decides which private keys are released
@@ -362,6 +364,34 @@ def _known_operands(ctx: Context) -> dict[str, list[exp.Expression]]:
                     seen.add(test.sql())
                     out[party].append(test)
     return out
+
+
+def _not_null_parts(out: Output, ctx: Context) -> exp.Expression | None:
+    """The aggregate's condition across parties, with, for a sum of several parties' parts
+    (``SUM(a.x + b.y)``), every part NOT NULL: SQL adds a row only where the whole
+    expression is not NULL, but each party sums its own part with NULL as 0, so a row where
+    one part is NULL would still add the others' (and count in AVG's denominator). Each
+    ``part IS NOT NULL`` is one party's atom of the predicate on shares (``place_secure``)."""
+    assert out.expr is not None
+    if len(parties_in(out.expr, ctx.bound)) < 2 or not is_linear(out.expr, ctx.party_of):
+        return out.cross
+    if any(t.outer for t in ctx.bound.tables):
+        if across_parties(ctx.bound.tables):
+            return out.cross  # rewrite/outer_join.py refuses a sum over both sides
+        raise UnsupportedError(
+            f"{out.expr.sql(dialect='duckdb')} adds several parties' columns beside an outer "
+            "join: a part NULL for an unmatched row makes the row's sum NULL, which the "
+            "parties cannot see on each other's rows here",
+            "aggregate each party's part apart, e.g. SUM(a.x) + SUM(b.y), or use inner joins")
+    # in party order, so that AVG(a.x + b.y) and AVG(b.y + a.x) share one denominator
+    split = split_linear(out.expr, ctx.party_of)
+    parts = [split[party] for party in sorted(p for p in split if p is not None)]
+    known: exp.Expression | None = None
+    for part in parts:
+        test = exp.Not(this=exp.Is(this=exp.Paren(this=part.copy()), expression=exp.Null()))
+        known = test if known is None else exp.And(this=known, expression=test)
+    assert known is not None
+    return known if out.cross is None else _both(out.cross, known)
 
 
 def _where(out: Output, cross: exp.Expression | None = None) -> tuple[str, ...]:
