@@ -494,7 +494,8 @@ def _square_aggregate(out: Output, ctx: Context,
 def _square_digits(digits: int, magnitude: float, rows: int) -> int:
     """Fixed-point digits for a sum of squares: as ``float_digits``, but going below 0 when
     the squares are too large for the ring (a square of incomes up to 500,000 is summed in
-    units of 10^4: its relative error stays below 1e-5 of any variance above 1,000).
+    units of 10^4). Each square is rounded to a unit of 10^-digits, so VAR_POP is off by at
+    most half a unit and VAR_SAMP by at most one, before noise.
 
     >>> _square_digits(4, 2.5e11, 1), _square_digits(0, 2500.0, 2)
     (-4, 0)
