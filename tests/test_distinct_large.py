@@ -195,6 +195,7 @@ def test_plan_is_one_bucket_column_and_one_noise_plan(fed: Path) -> None:
         assert a.noise.epsilon == b.noise.epsilon == 1  # type: ignore[attr-defined]
         assert a.noise.scale == b.noise.scale  # type: ignore[attr-defined]
     assert plan.to_s().count("one noisy count per bucket") == 1
+    assert plan.aggregates[7].to_s().startswith("k.b7 = COUNT(rows WHERE shop.h0 = 7)")
 
 
 def _exact(federation: object, sql: str) -> np.ndarray:

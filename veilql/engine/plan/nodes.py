@@ -328,6 +328,10 @@ class AggregateSpec:
         elif self.kind == "count_distinct" and columns:
             what = "COUNT(DISTINCT unit WHERE " + " * ".join(
                 f"{t.party}.{t.column}" for t in columns) + " > 0)"
+        elif self.kind == "count" and len(columns) == 1 and self.family and \
+                _bucket_index(columns[0].column):  # a bucket of a bucket-index column
+            what = (f"COUNT(rows WHERE {columns[0].party}.{columns[0].column} = "
+                    f"{self.name.rsplit('.b', 1)[-1]})")
         elif self.kind == "count" and columns:  # COUNT(x), FILTER: rows whose 0/1 column is 1
             what = "COUNT(rows WHERE " + " * ".join(
                 f"{t.party}.{t.column}" for t in columns) + " = 1)"
@@ -343,6 +347,20 @@ class AggregateSpec:
             describe = getattr(self.noise, "describe", None)
             line += "; noise " + (describe() if describe else str(self.noise))
         return line
+
+
+#: Local columns ``h0``, ``h1``...: a histogram's bucket index (``rewrite/histogram.py``).
+BUCKET_INDEX_PREFIX = "h"
+
+
+def _bucket_index(column: str | None) -> bool:
+    """Whether ``column`` is a bucket-index local column.
+
+    >>> _bucket_index("h0"), _bucket_index("b12"), _bucket_index(None)
+    (True, False, False)
+    """
+    return column is not None and column.startswith(BUCKET_INDEX_PREFIX) and \
+        column[len(BUCKET_INDEX_PREFIX):].isdigit()
 
 
 @dataclass(frozen=True)

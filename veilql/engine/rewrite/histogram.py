@@ -27,13 +27,19 @@ from __future__ import annotations
 
 import decimal
 
-from veilql.engine.plan.nodes import AggregateSpec, Buckets, LocalColumn, Term
+from veilql.engine.plan.nodes import (
+    BUCKET_INDEX_PREFIX,
+    AggregateSpec,
+    Buckets,
+    LocalColumn,
+    Term,
+)
 from veilql.engine.rewrite.context import Context
 from veilql.engine.sql.bound import Output, parties_in
 from veilql.engine.sql.distinct import MAX_SECURE_DISTINCT
 from veilql.errors import UnsupportedError
 
-PREFIX = "h"  # local columns h0, h1, ...: a histogram's bucket index
+PREFIX = BUCKET_INDEX_PREFIX  # local columns h0, h1, ...: a histogram's bucket index
 #: The most bucket counts (buckets x group cells) of one such histogram: each is a word of
 #: the counts, of the noise and of the release, and each noise draw takes some 20 us of
 #: the exact sampler (10^7 counts: 245 s and 1.2 GB; 10^6: see docs/PRIVACY.md).
