@@ -8,7 +8,8 @@ opened to a compute party outside that pair; when a table asks for ``join_reveal
 the hub, every party is padded to its declared ``max_units``). Every WHERE conjunct
 spanning parties is rewritten over local columns: single-party pieces become 0/1
 ``atom`` columns computed by their owner, and comparisons across parties become
-``sum of parts <op> 0`` over fixed-point ``operand`` columns, one part per party.
+``sum of parts <op> 0`` over fixed-point ``operand`` columns, one part per party; under
+OR or NOT in SQL's three-valued logic (``_where_conjunct``).
 
 >>> from tests.sql_fixtures import federation
 >>> from veilql.engine.rewrite import compile_plan
@@ -16,8 +17,8 @@ spanning parties is rewritten over local columns: single-party pieces become 0/1
 ...     "SELECT COUNT(*) FROM bank.loans l JOIN insurer.policies p "
 ...     "ON l.customer_id = p.customer_id WHERE l.amount > p.claims_amount OR p.open_claim = 1",
 ...     federation(), stop_after="place_secure")
->>> plan.cross.sql()
-'bank.o0 + insurer.o0 > 0 OR insurer.a0 = 1'
+>>> plan.cross.sql()  # under OR, the comparison also needs both parts not NULL
+'bank.o0 + insurer.o0 > 0 AND bank.a0 = 1 AND insurer.a0 = 1 OR insurer.a1 = 1'
 >>> [j.to_s() for j in plan.joins]  # doctest: +NORMALIZE_WHITESPACE
 ['secure join bank with insurer on the privacy unit: tags keyed by bank&insurer,
   shuffled, matched by payments; reveals the number of matching units']
@@ -70,7 +71,7 @@ def place_secure(plan: Plan, ctx: Context) -> Plan:
     cross = [c for c in ctx.bound.conjuncts if len(parties_in(c, ctx.bound)) > 1]
     expr = None
     for conj in cross:
-        part = _rewrite(conj, ctx, new_cols)
+        part = _where_conjunct(conj, ctx, new_cols)
         expr = part if expr is None else exp.And(this=expr, expression=part)
     aggregates = tuple(a if a.cross is None else replace(
         a, cross=_aggregate_predicate(a.cross, ctx, new_cols)) for a in plan.aggregates)
@@ -82,6 +83,21 @@ def place_secure(plan: Plan, ctx: Context) -> Plan:
 _FLIP: dict[type[exp.Expression], type[exp.Expression]] = {
     exp.EQ: exp.NEQ, exp.NEQ: exp.EQ, exp.GT: exp.LTE, exp.LTE: exp.GT, exp.GTE: exp.LT,
     exp.LT: exp.GTE}
+
+
+def _where_conjunct(conj: exp.Expression, ctx: Context,
+                    cols: dict[str, list[LocalColumn]]) -> exp.Expression:
+    """A WHERE conjunct across parties over local columns. A bare comparison reads a NULL
+    part as 0 on shares, which is harmless: a row with a NULL part has weight 0 at its owner
+    (``push_local``), so it is dropped as SQL drops it. Under OR or NOT it is not (``a.x >
+    b.y OR a.z < 5`` with ``b.y`` NULL is ``a.z < 5``), so those are rewritten in SQL's
+    three-valued logic, as an aggregate's own condition is (``_aggregate_predicate``)."""
+    inner = conj
+    while isinstance(inner, exp.Paren):
+        inner = inner.this
+    if isinstance(inner, _COMPARISONS):
+        return _rewrite(conj, ctx, cols)
+    return _rewrite_known(_negation_inside(conj, ctx), ctx, cols)
 
 
 def _aggregate_predicate(node: exp.Expression, ctx: Context,
