@@ -10,8 +10,9 @@ An aggregate may have its own predicate (``SUM(a.x > b.y)``, ``FILTER (WHERE a.x
 lays them out along the aggregates' axis, so the secure sum multiplies every chain by its
 own 0/1 column. Leakage: none beyond the WHERE's (every comparison runs on shares over all
 rows and slots, whatever the data; the shapes follow the plan and the units' count).
-Cost: one secure comparison per distinct predicate and slot combination, and one product
-per AND/OR (the not-NULL atoms of each comparison included).
+Cost: one secure comparison per distinct predicate and slot combination (a comparison and
+its complement, ``x < 0`` and ``x >= 0``, are one), and one product per AND/OR (the
+not-NULL atoms of each comparison included).
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def evaluate(rt: Runtime, node: exp.Expression, column: Lookup,
         key = node.sql()
         if memo is not None and key in memo:
             return memo[key]
+        if memo is not None:  # x < 0 is NOT x >= 0: one comparison for both (the edge
+            # tests of a histogram across parties, rewrite/cross_histogram.py)
+            other = _COMPLEMENT[type(node)](this=node.this.copy(),
+                                            expression=node.expression.copy()).sql()
+            if other in memo:
+                memo[key] = -memo[other] + 1
+                return memo[key]
         total = _sum(node.this, column)
         bits = {
             exp.EQ: rt.eq, exp.NEQ: rt.eq, exp.GT: rt.gt, exp.GTE: rt.ge,
@@ -64,6 +72,11 @@ def evaluate(rt: Runtime, node: exp.Expression, column: Lookup,
             memo[key] = out
         return out
     raise ProtocolError(f"cannot evaluate {node.sql()} on shares")
+
+
+_COMPLEMENT: dict[type[exp.Expression], type[exp.Expression]] = {
+    exp.EQ: exp.NEQ, exp.NEQ: exp.EQ, exp.GT: exp.LTE, exp.LTE: exp.GT, exp.GTE: exp.LT,
+    exp.LT: exp.GTE}
 
 
 def _is_atom(node: exp.EQ) -> bool:

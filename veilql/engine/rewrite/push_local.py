@@ -45,7 +45,7 @@ from veilql.engine.plan.nodes import (
     Plan,
     Term,
 )
-from veilql.engine.rewrite import histogram
+from veilql.engine.rewrite import cross_histogram, histogram
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql.bound import BoundTable, Output, columns_used, parties_in
@@ -538,6 +538,11 @@ def _quantile(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
     key = ("distinct " if out.stat == "distinct" else "") + _folded(
         out, out.expr.copy()).sql(dialect="duckdb")
     if key not in histograms:
+        if out.stat != "distinct" and len(parties_in(out.expr, ctx.bound)) > 1:
+            histograms[key] = cross_histogram.plan(out, ctx, columns, aggregates)  # on shares
+            names, buckets = histograms[key]
+            return OutputSpec(out.name, "quantile", names, stat=out.stat, q=out.q,
+                              buckets=buckets)
         if out.values is not None:  # a group expression's public values
             buckets = Buckets(0.0, 0, len(out.values), 1, values=out.values)
         else:

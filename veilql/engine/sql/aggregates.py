@@ -21,6 +21,7 @@ from veilql.engine.sql.bound import (
 from veilql.engine.sql.distinct import bind_distinct
 from veilql.engine.sql.joins import is_optional
 from veilql.engine.sql.scope import Scope
+from veilql.engine.sql.statistics import check_across_parties
 from veilql.engine.sql.statistics import statistic as _statistic
 from veilql.errors import PolicyError, UnsupportedError
 
@@ -234,18 +235,13 @@ def _bind_statistic(statistic: tuple[str, str, float | None, exp.Expr],
                 "bucket or clamp it",
                 f"add bounds = [low, high] to {col.column} in policies/{col.party}.toml")
     parties = {c.party for c in cols}
-    if len(parties) > 1:
-        what = ("its squares would multiply columns of different parties" if q is None else
-                "its histogram's buckets would compare columns of different parties")
-        raise UnsupportedError(
-            f"{word}({arg.sql(dialect='duckdb')}) reads columns of several parties "
-            f"({', '.join(sorted(parties))}): {what}, which is not supported",
-            f"take {word} of one party's expression; conditions on other parties go in "
-            "WHERE or FILTER (WHERE ...)")
     expr = scope.qualify(arg)
+    if len(parties) > 1:  # bucket tests on shares (rewrite/cross_histogram.py)
+        check_across_parties(word, expr, q, parties, scope.party_of)
     bounds = _bounds(expr, scope, word)
     folded = expr if cond is None else exp.Case(ifs=[exp.If(this=cond, true=expr)])
-    _check_factors(folded, scope, word)
+    _check_factors(folded if len(parties) == 1 else _indicator(cond) if cond is not None
+                   else exp.Literal.number(1), scope, word)
 
     def digits(c: exp.Column) -> int:
         return scope.resolve(c).policy.decimals

@@ -9,9 +9,11 @@ in the query; ``aggregates.py`` binds them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlglot import exp
 
-from veilql.engine.sql import checks
+from veilql.engine.sql import checks, parts
 from veilql.errors import UnsupportedError
 
 #: VAR_SAMP (VARIANCE), VAR_POP, STDDEV (STDDEV_SAMP), STDDEV_POP as computed from moments.
@@ -83,3 +85,28 @@ def statistic(node: exp.Expr) -> tuple[str, str, float | None, exp.Expr] | None:
         stat = "cont" if isinstance(inner, exp.PercentileCont) else "disc"
         return func, stat, q, items[0].this
     return None
+
+
+def check_across_parties(word: str, expr: exp.Expression, q: float | None,
+                         owners: set[str], party_of: Callable[[str], str]) -> None:
+    """A statistic of an expression reading several parties' columns (``expr`` qualified):
+    MIN, MAX or a quantile of a linear one (``a.x + b.y``, ``a.x - 2 * b.y + 3``) is read
+    off a histogram whose bucket tests are comparisons on shares
+    (``rewrite/cross_histogram.py``); a variance (its squares would multiply the parties'
+    columns) or a product, quotient or function of several parties' columns is refused,
+    naming why."""
+    text = f"{word}({expr.sql(dialect='duckdb')})"
+    who = ", ".join(sorted(owners))
+    if q is None:
+        raise UnsupportedError(
+            f"{text} reads columns of several parties ({who}): its squares would multiply "
+            "columns of different parties, which is not supported",
+            f"take {word} of one party's expression; conditions on other parties go in "
+            "WHERE or FILTER (WHERE ...)")
+    if not parts.is_linear(expr, party_of):
+        raise UnsupportedError(
+            f"{text} reads columns of several parties ({who}) in a product, quotient or "
+            "function: its histogram's buckets compare only a sum of the parties' parts "
+            "on shares",
+            f"take {word} of a sum of the parties' parts (e.g. a.x + b.y, a.x - 2 * b.y), "
+            "or of one party's expression")

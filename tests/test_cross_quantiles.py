@@ -1,0 +1,182 @@
+"""MIN, MAX, MEDIAN and quantiles of an expression across parties (issue #14 item 2).
+
+``MAX(ta.visits + tb.fills)``: each bucket of the histogram counts the joined rows where
+``e_{b-1} <= E < e_b``, compared on shares (``rewrite/cross_histogram.py``). Oracle: at a
+huge epsilon the answer is plain DuckDB's on the union of the BI federation's tables within
+one bucket (exactly when a bucket is one value), grouped by one party's column, with WHERE
+on one party and across parties, a one-party FILTER, three parties, NULL parts (a row where
+any part is NULL is in no bucket). Cost: one secure comparison per inner edge (the upper
+test of a bucket is the complement of the next bucket's lower test). An attack check: a
+compute party's received message lengths do not change when a person's values do.
+Refusals name the construct (products, variances, FILTER across parties, outer joins).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import bi_fixtures
+import duckdb
+import pytest
+from adversarial.test_transcript_scan import records_of
+from oracle import HUGE_EPSILON, plain, union_connection
+from test_oracle import check_statistics
+
+import veilql
+from veilql.engine.dp import LargeEpsilonWarning
+from veilql.engine.mpc.protocols import compare
+from veilql.engine.rewrite import compile_plan
+from veilql.errors import UnsupportedError
+from veilql.policies.loader import load_federation
+
+J2 = "FROM alpha.ta JOIN beta.tb ON ta.uid = tb.uid"
+J3 = f"{J2} JOIN gamma.tc ON tc.person = ta.uid"
+QUERIES = [
+    f"SELECT MAX(ta.visits + tb.fills) AS mx, MIN(ta.score - tb.rate) AS mn, "
+    f"MEDIAN(ta.visits - tb.fills) AS md {J2}",
+    f"SELECT ta.groupby_string_0, MAX(ta.visits + tb.fills) AS mx, MIN(ta.score - tb.rate) "
+    f"AS mn, MEDIAN(ta.visits - tb.fills) AS md {J2} WHERE ta.visits > 5 GROUP BY 1",
+    f"SELECT tb.groupby_string_0, MAX(ta.visits + tb.fills) AS mx, QUANTILE_CONT(ta.visits "
+    f"- tb.fills, 0.9) AS q {J2} WHERE ta.visits > tb.fills - 10 GROUP BY 1",
+    f"SELECT MAX(ta.visits + tb.fills + tc.level) AS mx, MIN(tb.fills - 2 * tc.level + 3) AS "
+    f"mn, QUANTILE_DISC(ta.score - tc.level, 0.25) AS q {J3}",
+    f"SELECT MAX(ta.visits + tb.fills) FILTER (WHERE ta.visits < 30) AS mx, "
+    f"MIN(ta.visits - tb.fills) FILTER (WHERE tb.rate > 0.5 AND ta.visits > 2) AS mn, "
+    f"PERCENTILE_DISC(0.5) WITHIN GROUP (ORDER BY ta.spend + tb.fills) AS p {J2}",
+]
+
+
+@pytest.fixture(scope="module")
+def bi(tmp_path_factory: pytest.TempPathFactory):
+    fed = bi_fixtures.build(tmp_path_factory.mktemp("cross_quantiles"))
+    session = veilql.connect(fed, analyst="oracle")
+    con = union_connection(session.federation)
+    yield session, con
+    session.close()
+    con.close()
+
+
+def _run(session: veilql.Session, sql: str, delta: float = 1e-6) -> veilql.Result:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LargeEpsilonWarning)
+        return session.sql(sql, epsilon=HUGE_EPSILON, delta=delta)
+
+
+@pytest.mark.parametrize("sql", QUERIES, ids=[f"q{i}" for i in range(len(QUERIES))])
+def test_quantiles_across_parties_equal_plain_duckdb(bi, sql: str) -> None:
+    session, con = bi
+    check_statistics(_run(session, sql), plain(con, sql))
+
+
+def test_one_value_buckets_give_exact_answers(bi) -> None:
+    """``tb.fills - tc.level`` spans [-5, 19]: 25 values, one bucket each, so MIN, MAX and
+    the quantiles are DuckDB's exactly at a huge epsilon."""
+    session, con = bi
+    sql = (f"SELECT MIN(tb.fills - tc.level) AS lo, MAX(tb.fills - tc.level) AS hi, "
+           f"MEDIAN(tb.fills - tc.level) AS m, QUANTILE_DISC(tb.fills - tc.level, 0.3) AS d "
+           f"{J3}")
+    result = _run(session, sql)
+    assert all(o.buckets.per == 1 for o in result.plan.outputs)
+    assert [tuple(float(v) for v in r) for r in result.rows] == [
+        tuple(float(v) for v in r) for r in plain(con, sql)]
+
+
+def test_rows_with_a_null_part_are_in_no_bucket(bi) -> None:
+    """Rows where only ``ta.score`` is NULL exist, and counted with score as 0 (what an
+    operand reads a NULL as) they would put MIN below DuckDB's by several buckets."""
+    session, con = bi
+    sql = f"SELECT MIN(ta.score - tb.rate) AS lo {J2}"
+    (want,), = plain(con, sql)
+    (as_zero,), = plain(con, f"SELECT MIN(-tb.rate) {J2} WHERE ta.score IS NULL")
+    result = _run(session, sql)
+    buckets = result.plan.outputs[0].buckets
+    assert as_zero < want - 2 * buckets.per * buckets.step
+    check_statistics(result, [(want,)])
+
+
+def test_one_comparison_per_inner_edge(bi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bucket ``b``'s test ``E < e_b`` and bucket ``b + 1``'s ``E >= e_b`` are one secure
+    comparison: 36 buckets of ``ta.visits + tb.fills`` cost 35 per compute party."""
+    session, _ = bi
+    calls: list[int] = []
+    lt = compare.lt
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return lt(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "lt", counted)
+    base = f"SELECT COUNT(*) AS n {J2}"
+    _run(session, base, delta=0.0)
+    before = len(calls)
+    result = _run(session, f"SELECT MAX(ta.visits + tb.fills) AS mx {J2}", delta=0.0)
+    edges = result.plan.outputs[0].buckets.count - 1
+    assert edges == 35
+    # the COUNT's own comparisons (if any) and one per edge at each compute party (one chunk)
+    assert len(calls) - before == before + 3 * edges
+
+
+def _lengths(fed: Path, out: Path, sql: str) -> Counter:
+    """``(receiver, sender, payload length)`` of every data record a compute party got."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
+    try:
+        with veilql.connect(fed, analyst="oracle") as session, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            session.sql(sql, epsilon=1.0, delta=1e-6)
+    finally:
+        mp.undo()
+    return Counter((to, f, len(p)) for to in ("alpha", "beta", "gamma")
+                   for f, k, _, p in records_of(out / f"{to}.bin") if k == "data")
+
+
+def test_message_lengths_do_not_depend_on_a_persons_values(tmp_path: Path) -> None:
+    # The attack: a compute party compares its received messages between two federations
+    # that differ only in one person's values (moved from the lowest bucket to the highest,
+    # and another's part made NULL), hoping a bucket's work shows the row's bucket.
+    sql = (f"SELECT ta.groupby_string_0, MAX(ta.visits + tb.fills) AS mx, "
+           f"MEDIAN(ta.score - tb.rate) AS md {J2} WHERE ta.visits > tb.fills - 30 "
+           "GROUP BY 1")
+    first = bi_fixtures.build(tmp_path / "a")
+    second = bi_fixtures.build(tmp_path / "b")
+    con = duckdb.connect(str(tmp_path / "b" / "data" / "alpha.duckdb"))
+    try:
+        con.execute("UPDATE ta SET visits = 50, score = 10 WHERE uid = 2")
+        con.execute("UPDATE ta SET score = NULL WHERE uid = 4")
+    finally:
+        con.close()
+    one = _lengths(first, tmp_path / "o1", sql)
+    two = _lengths(second, tmp_path / "o2", sql)
+    assert one and one == two
+
+
+@pytest.mark.parametrize(("sql", "words"), [
+    (f"SELECT MAX(ta.visits * tb.fills) AS m {J2}", "product, quotient or function"),
+    (f"SELECT MEDIAN(GREATEST(ta.visits, tb.fills)) AS m {J2}", "product, quotient or"),
+    (f"SELECT VAR_POP(ta.visits + tb.fills) AS v {J2}", "its squares would multiply"),
+    (f"SELECT MAX(ta.visits + tb.fills) FILTER (WHERE ta.visits > tb.fills) AS m {J2}",
+     "a condition across parties inside this aggregate"),
+    ("SELECT MAX(ta.visits + tb.fills) AS m FROM alpha.ta LEFT JOIN beta.tb "
+     "ON ta.uid = tb.uid", "beside an outer join"),
+])
+def test_refusals_name_the_construct(bi, sql: str, words: str) -> None:
+    session, _ = bi
+    with pytest.raises(UnsupportedError) as info:
+        _run(session, sql)
+    assert words in info.value.message
+
+
+def test_plan_one_family_of_bucket_counts(tmp_path: Path) -> None:
+    fed = load_federation(bi_fixtures.build(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = compile_plan(f"SELECT MAX(ta.visits + tb.fills) AS mx, MIN(tb.fills + "
+                            f"ta.visits) AS mn, MEDIAN(ta.visits + tb.fills) AS md {J2}",
+                            fed, epsilon=1.0, delta=1e-6)
+    buckets = [a for a in plan.aggregates if a.family]
+    # MAX and MEDIAN of one expression share one histogram; MIN's is written apart
+    assert len({a.family for a in buckets}) == 2 and len(buckets) == 72
+    assert all(a.cross is not None and a.l1 == buckets[0].l1 for a in buckets)
+    assert len({a.noise for a in buckets if a.family == buckets[0].family}) == 1
