@@ -5,14 +5,16 @@
 huge epsilon the answer is plain DuckDB's on the union of the BI federation's tables within
 one bucket (exactly when a bucket is one value), grouped by one party's column, with WHERE
 on one party and across parties, a one-party FILTER, three parties, NULL parts (a row where
-any part is NULL is in no bucket). Cost: one secure comparison per inner edge (the upper
-test of a bucket is the complement of the next bucket's lower test). An attack check: a
-compute party's received message lengths do not change when a person's values do.
-Refusals name the construct (products, variances, FILTER across parties, outer joins).
+any part is NULL is in no bucket), the oblivious join. Cost: one secure comparison per
+inner edge (the upper test of a bucket is the complement of the next bucket's lower test).
+An attack check: a compute party's received message lengths do not change when a
+person's values do. Refusals name the construct (products, variances, FILTER across
+parties, outer joins).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -180,3 +182,22 @@ def test_plan_one_family_of_bucket_counts(tmp_path: Path) -> None:
     assert len({a.family for a in buckets}) == 2 and len(buckets) == 72
     assert all(a.cross is not None and a.l1 == buckets[0].l1 for a in buckets)
     assert len({a.noise for a in buckets if a.family == buckets[0].family}) == 1
+
+
+def test_oblivious_join_gives_the_same_answers(tmp_path: Path) -> None:
+    """With ``join_reveal = "nothing"`` the hub's padded rows (dummies and people the other
+    party lacks) are in no bucket: the same answers as DuckDB's."""
+    fed = bi_fixtures.build(tmp_path)
+    for policy in (tmp_path / "policies").glob("*.toml"):
+        policy.write_text(re.sub(r"^(privacy_unit = .*)$",
+                                 r'\1\njoin_reveal = "nothing"\nmax_units = 500',
+                                 policy.read_text(), flags=re.M))
+    sql = f"SELECT MAX(ta.visits + tb.fills) AS mx, MEDIAN(ta.visits - tb.fills) AS md {J2}"
+    with veilql.connect(fed, analyst="oracle") as session:
+        con = union_connection(session.federation)
+        try:
+            result = _run(session, sql)
+            assert result.plan.joins[0].mode == "oblivious"
+            check_statistics(result, plain(con, sql))
+        finally:
+            con.close()
