@@ -9,7 +9,11 @@ NULLs, values clamped into the bounds); the dense plan's exact counts equal thos
 per-bucket plan wherever both apply; the pivoted-rows counts equal at every chunk of
 buckets; one histogram costs one aggregate's budget with the usual sensitivity; what the
 analyst receives has the same lengths for neighbouring data sets; across parties the
-limit stays 1,000 with a clear refusal.
+limit is the same, and across parties (two one-hot digits of the bucket index, one matrix
+product on shares: ``operators/histogram.py``) the answers equal DuckDB's over a join
+(``test_distinct_across.py`` has the BI fixture's), shapes the digits cannot serve are
+refused before any charge, and every party's messages have the same lengths when one
+person's value moves to a bucket no one else occupies.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from veilql.engine.operators import histogram as hist
 from veilql.engine.operators.local import fetch
 from veilql.engine.rewrite import compile_plan
 from veilql.engine.sql.distinct import MAX_DISTINCT, MAX_SECURE_DISTINCT
-from veilql.errors import QueryError, UnsupportedError
+from veilql.errors import UnsupportedError
 from veilql.policies.loader import load_federation
 
 pytestmark = pytest.mark.filterwarnings("ignore::veilql.engine.dp.LargeEpsilonWarning")
@@ -250,12 +254,11 @@ def test_limits_and_refusals(fed: Path) -> None:
     assert "100,000 buckets" in error.value.message and error.value.hint
     across = ("SELECT COUNT(DISTINCT o.item) AS k FROM shop.orders o JOIN club.members m "
               "ON o.customer_id = m.customer_id")
-    with pytest.raises(UnsupportedError) as error:
-        compile_plan(across, federation, epsilon=1.0, delta=1e-6)
-    assert "across parties" in error.value.message and "1,000" in error.value.message
-    assert "COUNT(DISTINCT o.item)" in error.value.message
-    with veilql.connect(fed, "oracle") as session, pytest.raises(QueryError):
-        session.sql(across, epsilon=1.0, delta=1e-6)
+    with pytest.raises(UnsupportedError) as error:  # 5,000,001 values across parties too
+        compile_plan(across.replace("o.item", "o.item * 500"), federation, epsilon=1.0,
+                     delta=1e-6)
+    assert "100,000 buckets" in error.value.message and error.value.hint
+    assert compile_plan(across, federation, epsilon=1.0, delta=1e-6).mode == "secure"
     with pytest.raises(UnsupportedError) as error:  # cells chosen privately
         compile_plan("SELECT tag, COUNT(DISTINCT item) FROM shop.orders GROUP BY tag",
                      federation, epsilon=1.0, delta=1e-6)
@@ -265,8 +268,10 @@ def test_limits_and_refusals(fed: Path) -> None:
                      "COUNT(DISTINCT item) FROM shop.orders GROUP BY 1, 2, 3",
                      federation, epsilon=1.0, delta=1e-6)
     assert "46,053 group cells" in error.value.message and error.value.hint
-    # up to 1,000 values across parties, as before
-    compile_plan(across.replace("o.item", "o.small"), federation, epsilon=1.0, delta=1e-6)
+    # up to 1,000 values across parties one column per bucket, as before
+    small = compile_plan(across.replace("o.item", "o.small"), federation, epsilon=1.0,
+                         delta=1e-6)
+    assert not [c for c in small.step("shop").columns if c.name.startswith(hist.PREFIX)]
 
 
 def _received(fed: Path, out: Path, sql: str) -> list[tuple[str, str, int]]:
@@ -290,3 +295,99 @@ def test_analyst_sees_the_same_lengths_for_neighbouring_data(tmp_path: Path) -> 
     assert any(n > 10001 * 8 for _, _, n in base)  # the dense release of every bucket
     assert _received(build(tmp_path / "b", drop=5), tmp_path / "tb", sql) == base
     assert _received(build(tmp_path / "c", move=7), tmp_path / "tc", sql) == base
+
+
+ACROSS = {
+    "count_sum_where": (
+        "SELECT COUNT(DISTINCT o.item) AS k, COUNT(*) AS n, SUM(m.level) AS s "
+        "FROM shop.orders o JOIN club.members m ON o.customer_id = m.customer_id "
+        "WHERE m.level > 1", None),
+    "owner_grouped_filter": (
+        "SELECT o.kind, COUNT(DISTINCT o.item) FILTER (WHERE o.small > 40) AS k, "
+        "COUNT(*) AS n FROM shop.orders o JOIN club.members m "
+        "ON o.customer_id = m.customer_id GROUP BY o.kind", None),
+    "other_grouped_three_parties": (
+        "SELECT FLOOR(m.level / 2) AS band, COUNT(DISTINCT o.price) AS k, SUM(g.hours) AS h "
+        "FROM club.members m JOIN shop.orders o ON m.customer_id = o.customer_id "
+        "JOIN gym.visits g ON o.customer_id = g.customer_id GROUP BY 1",
+        f"SELECT FLOOR(m.level / 2) AS band, COUNT(DISTINCT {_clamped('o.price', -10, 40)}) "
+        "AS k, SUM(g.hours) AS h FROM club.members m JOIN shop.orders o "
+        "ON m.customer_id = o.customer_id JOIN gym.visits g "
+        "ON o.customer_id = g.customer_id GROUP BY 1"),
+}
+
+
+@pytest.mark.parametrize("name", list(ACROSS))
+def test_across_parties_equals_plain_duckdb(fed: Path, name: str) -> None:
+    sql, reference = ACROSS[name]
+    with veilql.connect(fed, "oracle") as session, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = sorted(session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6).rows)
+        want = sorted(plain(union_connection(session.federation), reference or sql))
+    assert [list(r) for r in got] == [list(r) for r in want]
+    assert all(r[-2 if name != "count_sum_where" else 0] > 10 for r in got)
+
+
+def test_across_parties_digits_are_shared_not_buckets(fed: Path) -> None:
+    federation = load_federation(fed)
+    plan = compile_plan(ACROSS["count_sum_where"][0], federation, epsilon=1.0, delta=1e-6)
+    connector = open_connector(federation.party("shop").connector, federation.root)
+    rows = fetch(plan.step("shop"), connector, "ab" * 16)
+    cols = hist.digit_columns(plan, "shop", rows)
+    assert sorted(cols) == ["h0:hi", "h0:lo"]
+    assert hist.digit_size(10001) == (100, 101)  # 101 words per row, not 10,001
+    assert cols["h0:hi"].shape == (rows.units, 2, 100) and cols["h0:lo"].shape[2] == 101
+    # each present, non-NULL row is one (high, low) pair: its bucket
+    index = rows.cols["h0"]
+    keep = rows.present & (index >= 0)
+    hi = cols["h0:hi"].argmax(axis=2) * 101 + cols["h0:lo"].argmax(axis=2)
+    assert np.array_equal(hi[keep], index[keep])
+    assert cols["h0:lo"].sum() == keep.sum() == cols["h0:hi"].sum()  # weights are 1 here
+
+
+@pytest.mark.parametrize("sql, words", [
+    ("SELECT COUNT(DISTINCT o.item) FROM shop.orders o JOIN club.members m "
+     "ON o.customer_id = m.customer_id WHERE o.small > m.level", "condition"),
+    ("SELECT COUNT(DISTINCT o.item) FROM shop.orders o LEFT JOIN club.members m "
+     "ON o.customer_id = m.customer_id", "outer join"),
+    ("SELECT COUNT(DISTINCT o.item), SUM(o.small + m.level) FROM shop.orders o "
+     "JOIN club.members m ON o.customer_id = m.customer_id", "several parties"),
+    ("SELECT COUNT(DISTINCT o.item), COUNT(*) FILTER (WHERE m.level > o.small) "
+     "FROM shop.orders o JOIN club.members m ON o.customer_id = m.customer_id",
+     "several parties"),
+])
+def test_across_parties_refuses_what_the_digits_cannot_count(fed: Path, sql: str,
+                                                             words: str) -> None:
+    federation = load_federation(fed)
+    with pytest.raises(UnsupportedError) as error:
+        compile_plan(sql, federation, epsilon=1.0, delta=1e-6)
+    assert "COUNT(DISTINCT o.item) over 10,001 values" in error.value.message
+    assert words in error.value.message and error.value.hint
+
+
+def _lengths(fed: Path, out: Path, sql: str) -> dict[str, list[tuple[str, str, int]]]:
+    """Per transcript (every party and the analyst), the sorted ``(sender, kind, payload
+    length)`` of its records other than heartbeats."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
+    try:
+        with veilql.connect(fed, analyst="oracle") as session, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            session.sql(sql, epsilon=1.0, delta=1e-6)
+    finally:
+        mp.undo()
+    return {path.name: sorted((f, k, len(p)) for f, k, _, p in records_of(path)
+                              if k == "data")
+            for path in sorted(out.glob("*.bin"))}
+
+
+def test_across_parties_lengths_do_not_depend_on_a_value(tmp_path: Path) -> None:
+    # The attack: a compute party (or the analyst) compares every message's length with
+    # and without one person's items moved to a bucket no one else occupies; the digits'
+    # shapes are units x slots x digits, whichever buckets occur.
+    sql = ("SELECT o.kind, COUNT(DISTINCT o.item) AS k, COUNT(*) AS n FROM shop.orders o "
+           "JOIN club.members m ON o.customer_id = m.customer_id GROUP BY o.kind")
+    base = _lengths(build(tmp_path / "a"), tmp_path / "ta", sql)
+    assert {"shop.bin", "club.bin", "gym.bin", "analyst.bin"} <= set(base)
+    assert any(n > 3 * 10001 * 8 for _, _, n in base["analyst.bin"])  # every bucket released
+    assert _lengths(build(tmp_path / "c", move=7), tmp_path / "tc", sql) == base

@@ -73,7 +73,7 @@ def secure_sum(
     """
     n = factors[0].shape[0]
     if cross is None and len(factors) > 1 and all(f.shape[1] == 1 for f in factors):
-        return _product_sum(rt, factors, len(distinct))
+        return product_sum(rt, factors, len(distinct))
     rows = rt.chunk_rows(grid_width([f.shape for f in factors], len(distinct)))
     if n <= rows:
         return _secure_sum(rt, factors, cross, distinct)
@@ -87,8 +87,9 @@ def secure_sum(
     return total
 
 
-def _product_sum(rt: Runtime, factors: list[AShare], aggs: int) -> AShare:
-    """``secure_sum`` without a cross-party predicate: the widest party's factors enter one
+def product_sum(rt: Runtime, factors: list[AShare], aggs: int) -> AShare:
+    """``secure_sum`` without a cross-party predicate (also the digits of a large histogram,
+    ``histogram.secure_counts``): the widest party's factors enter one
     matrix product over units (see the module docstring); the others are multiplied on
     their own grid, in chunks of units, and the product's local terms summed over chunks
     before the one resharing round (``arith.dot``'s protocol, on a matrix product)."""

@@ -1,17 +1,33 @@
-"""The buckets of a COUNT(DISTINCT x) over a large public domain, in the party's engine.
+"""The buckets of a COUNT(DISTINCT x) over a large public domain: in the party's engine,
+or across parties as two one-hot digits of the bucket index multiplied on shares.
 
-Such a histogram (``rewrite/histogram.py``; local mode only) is one local column, the
-row's bucket index (-1: no bucket), and one count per bucket in the plan, all of one
-``family``. ``reduce_in_engine`` reduces the plan's other aggregates as local mode always
-does (``factors.reduce_in_engine``) and each histogram in one more GROUP BY over the
-party's group columns and the index: at most one result row per (cell, bucket) that
+Such a histogram (``rewrite/histogram.py``) is one local column, the row's bucket index
+(-1: no bucket), and one count per bucket in the plan, all of one ``family``. In local
+mode ``reduce_in_engine`` reduces the plan's other aggregates as local mode always does
+(``factors.reduce_in_engine``) and each histogram in one more GROUP BY over the party's
+group columns and the index: at most one result row per (cell, bucket) that
 occurs, so memory grows with rows plus buckets x cells (the dense array of counts every
 bucket of which is released, with noise), never with rows x buckets. ``plain_counts``
 computes the same counts from pivoted rows (the reference of ``local_mode.aggregate_plain``
 and the tests), a chunk of buckets at a time.
 
+Across parties (``digit_columns``, ``secure_counts``) a bucket ``b`` of ``B`` is the pair
+of digits ``h = b // s``, ``l = b % s`` with ``s = ceil(sqrt(B))``. The owner shares, per
+unit and slot, a one-hot row of ``(its cell, h)`` carrying the row's weight and a one-hot
+row of ``l``: ``cells x ceil(B / s) + s`` words instead of ``B``. The other parties'
+factors for the histogram's count (their weights times their one-hot cells, summed over
+their slots as for any aggregate) are repeated over the owner's slots, multiplied into
+one digit on their own grid, and the last product is ONE matrix product over the rows
+(``aggregate.product_sum``: digits and cells of the others x the other digit), reshared
+once; its ``s x s`` cells per joint cell are the bucket counts (the first ``B`` of them).
+No cross-party predicate may stand beside it (``rewrite/histogram._across``): then every
+party's factor is summed over its slots before the join.
+
 Leakage: none beyond the released noisy counts (local mode sends only those). The engine
 sees its own rows; which buckets occur decides the size of its own result, at its owner.
+Across parties every array's shape is a function of the units and slots (the join's
+sizes, already revealed), ``B`` and the public cells, never of which buckets occur; every
+value is a share.
 """
 
 from __future__ import annotations
@@ -21,7 +37,10 @@ from dataclasses import replace
 import numpy as np
 
 from veilql.connectors.base import Connector, column_to_numpy, engine_failure
+from veilql.engine.mpc.runtime import Runtime
+from veilql.engine.mpc.shares import AShare
 from veilql.engine.operators import factors as fac
+from veilql.engine.operators.aggregate import product_sum
 from veilql.engine.operators.local import (
     ENGINE_LOCK,
     PartyRows,
@@ -29,8 +48,9 @@ from veilql.engine.operators.local import (
     release_engine_memory,
 )
 from veilql.engine.operators.memory import chunk_words
-from veilql.engine.plan.nodes import LocalStep, Plan
+from veilql.engine.plan.nodes import LocalStep, Plan, Term
 from veilql.engine.rewrite.histogram import PREFIX
+from veilql.errors import ProtocolError
 
 
 def families(plan: Plan, party: str) -> dict[str, list[int]]:
@@ -124,3 +144,108 @@ def plain_counts(plan: Plan, party: str, rows: PartyRows, column: str, buckets: 
         onehot = index[:, None] == np.arange(lo, hi)[None, :]  # rows x chunk, bounded
         np.add.at(out[lo:hi].T, cell, weight[:, None] * onehot)
     return out
+
+
+def digit_size(buckets: int) -> tuple[int, int]:
+    """The high digit's and the low digit's number of values for ``buckets`` buckets: the
+    low one ``s = ceil(sqrt(buckets))``, the high one ``ceil(buckets / s)``.
+
+    >>> digit_size(10001), digit_size(100000), digit_size(1001)
+    ((100, 101), (316, 317), (32, 32))
+    """
+    low = int(np.ceil(np.sqrt(buckets)))
+    while (low - 1) ** 2 >= buckets:  # float sqrt of a square can round up
+        low -= 1
+    return -(-buckets // low), low
+
+
+def digit_columns(plan: Plan, party: str, rows: PartyRows) -> dict[str, np.ndarray]:
+    """The owner's digit columns of each large histogram it holds (empty when none; in a
+    query across parties): ``<index>:hi`` of shape (units, slots, cells x high digits),
+    the row's weight at its (cell, high digit), and ``<index>:lo`` of shape (units, slots,
+    low digits), 1 at its low digit; zero rows where the row is absent, NULL, FILTERed out
+    or outside the cells. Shapes depend on the units, slots, buckets and public cells."""
+    out: dict[str, np.ndarray] = {}
+    if plan.mode != "secure":
+        return out
+    groups = fac.party_cells(plan.groups, party)
+    ncell = fac.cell_count(groups, rows)
+    cell = fac.cell_index(rows, groups) if groups else np.zeros(rows.present.shape, np.int64)
+    for column, idx in families(plan, party).items():
+        high, low = digit_size(len(idx))
+        index = rows.cols[column]
+        n, slots = index.shape
+        keep = rows.present & (index >= 0) & (index < len(idx)) & (cell >= 0)
+        units, slot = np.nonzero(keep)
+        b = index[units, slot]
+        hi = np.zeros((n, slots, ncell * high), dtype=np.int64)
+        hi[units, slot, cell[units, slot] * high + b // low] = rows.cols["w"][units, slot]
+        lo = np.zeros((n, slots, low), dtype=np.int64)
+        lo[units, slot, b % low] = 1
+        out[f"{column}:hi"], out[f"{column}:lo"] = hi, lo
+    return out
+
+
+def secure_counts(rt: Runtime, plan: Plan, cols: dict[str, AShare],
+                  chains: tuple, cells: int) -> dict[int, AShare]:
+    """Shares of every large histogram's bucket counts over the joined rows ``cols``: per
+    plan aggregate index of a bucket, its row of ``cells`` joint cells (party order).
+
+    ``chains`` are ``factors.expand_terms``'s; the histogram's chain (its count of the
+    bucket-index column) selects each other party's factor, as it does in every aggregate.
+    """
+    out: dict[int, AShare] = {}
+    for party in plan.parties:
+        for column, idx in families(plan, party).items():
+            if plan.on_shares or plan.outer:  # refused when planned (rewrite/histogram)
+                raise ProtocolError("a large COUNT(DISTINCT) across parties beside a "
+                                    "condition on shares or an outer join")
+            c = next(i for i, ch in enumerate(chains) if ch.kind == "count" and
+                     ch.terms == (Term(party, column),))
+            counts = _family_counts(rt, plan, cols, party, column, c, len(idx))
+            assert counts.shape == (len(idx), cells)
+            for b, agg in enumerate(idx):
+                out[agg] = counts[b]
+    return out
+
+
+def _family_counts(rt: Runtime, plan: Plan, cols: dict[str, AShare], owner: str,
+                   column: str, chain: int, buckets: int) -> AShare:
+    """The (buckets, joint cells) counts of one histogram (see the module docstring)."""
+    hi = cols[f"{owner}.{column}:hi"]
+    lo = cols[f"{owner}.{column}:lo"]
+    n, slots = hi.shape[0], hi.shape[1]
+    high, low = digit_size(buckets)
+
+    def rows_of(x: AShare) -> AShare:  # a unit's factor on each of the owner's slots
+        flat = x.reshape(n, 1, 1, -1)
+        if slots == 1:
+            return flat
+        return AShare(x.party, np.repeat(flat.a, slots, axis=0),
+                      np.repeat(flat.b, slots, axis=0))
+
+    factors: list[AShare] = []
+    dims: list[int] = []  # the result's axes, in list order
+    where = 0  # the high digit's axis among them
+    for p in plan.parties:
+        if p == owner:
+            factors.append(hi.reshape(n * slots, 1, 1, -1))
+            dims += [hi.shape[2] // high, high]
+            where = len(dims) - 1
+            continue
+        if f"{p}.F" in cols:
+            f = cols[f"{p}.F"]
+            parts = [f[:, :, chain if f.shape[2] > 1 else 0, :]]
+        else:  # values and cells apart (factors.separable)
+            v = cols[f"{p}.V"]
+            parts = [v[:, :, chain if v.shape[2] > 1 else 0, :], cols[f"{p}.H"]]
+        for part in parts:
+            factors.append(rows_of(part))
+            dims.append(factors[-1].shape[3])
+    factors.append(lo.reshape(n * slots, 1, 1, low))
+    dims.append(low)
+    z = product_sum(rt, factors, 1).reshape(*dims)
+    rest = [i for i in range(len(dims) - 1) if i != where]
+    z = AShare(z.party, np.ascontiguousarray(z.a.transpose(where, len(dims) - 1, *rest)),
+               np.ascontiguousarray(z.b.transpose(where, len(dims) - 1, *rest)))
+    return z.reshape(high * low, -1)[:buckets]

@@ -21,6 +21,7 @@ from veilql.engine.mpc.protocols.arith import share_from_outside
 from veilql.engine.mpc.runtime import DEFAULT_CHUNK_WORDS, Runtime
 from veilql.engine.mpc.shares import AShare
 from veilql.engine.operators import factors as fac
+from veilql.engine.operators import histogram
 from veilql.engine.operators.join import SharedTable
 from veilql.engine.operators.local import PartyRows
 from veilql.engine.operators.memory import row_words, spans
@@ -68,6 +69,7 @@ def local_columns(plan: Plan, me: str, rows: PartyRows, transport: Transport, qi
     else:
         out["F"] = fac.build_factors(plan, me, rows, chains, slot_level=slot_level,
                                      chunk_rows=max(1, words // width), collapse=True)
+    out.update(histogram.digit_columns(plan, me, rows))  # a large COUNT(DISTINCT)'s digits
     for col in step.columns:
         if col.role in ("atom", "operand"):
             out[col.name] = rows.cols.pop(col.name) * rows.present

@@ -26,7 +26,7 @@ import numpy as np
 
 from veilql.engine.mpc.runtime import Runtime
 from veilql.engine.mpc.shares import AShare
-from veilql.engine.operators import ANALYST, outer
+from veilql.engine.operators import ANALYST, histogram, outer
 from veilql.engine.operators import factors as fac
 from veilql.engine.operators.aggregate import expand, grid_width, secure_sum
 from veilql.engine.operators.cache import JoinCache, agree_cached, cache_level, structure_hash
@@ -201,6 +201,10 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
     for i, agg in owner:  # a chain may feed several aggregates (fac.expand_terms)
         a[agg] += per_chain.a[i]
         b[agg] += per_chain.b[i]
+    # A large COUNT(DISTINCT)'s buckets: its chain above counted no bucket; the two digits'
+    # matrix product does (operators/histogram.py)
+    for agg, counts in histogram.secure_counts(rt, plan, joined.cols, chains, cells).items():
+        a[agg], b[agg] = counts.a, counts.b
     joined.memo[key] = AShare(rt.me, a, b)
     return joined.memo[key]
 

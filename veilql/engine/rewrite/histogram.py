@@ -3,14 +3,14 @@
 A histogram of MIN, MAX or a quantile has at most 64 buckets, and one of COUNT(DISTINCT x)
 over at most ``MAX_SECURE_DISTINCT`` values one bucket each; both are planned as one 0/1
 local column and one count per bucket (``push_local._quantile``), which every mode
-computes. Above that, in a query over one party's tables (local mode, the only mode such a
-histogram is bound in: ``sql/distinct.py``), the plan holds one local column instead, the
-index of the row's bucket (``-1``: NULL, FILTERed out), and the bucket counts still as one
-aggregate each (``AggregateSpec.family``: one noise plan, one share of the budget, each
-bucket its own draws), whose term names that column. The party's engine reduces it in one
-GROUP BY over the group columns and the index (``operators/histogram.py``); 100,000 SUM
-columns would take minutes to plan and transpile (2.5 ms a bucket) and DuckDB a row of
-100,000 columns.
+computes. Above that the plan holds one local column instead, the index of the row's
+bucket (``-1``: NULL, FILTERed out), and the bucket counts still as one aggregate each
+(``AggregateSpec.family``: one noise plan, one share of the budget, each bucket its own
+draws), whose term names that column. In local mode the party's engine reduces it in one
+GROUP BY over the group columns and the index; across parties the owner shares two one-hot
+digits of the index, multiplied on shares (``operators/histogram.py``). 100,000 SUM
+columns would take minutes to plan and transpile (2.5 ms a bucket), DuckDB a row of 100,000
+columns, and across parties every person would carry 100,000 words through the join.
 
 The buckets are those of ``push_local.histogram_buckets`` at one value each: bucket ``b``
 holds the values in ``[lo + (b - 1/2) step, lo + (b + 1/2) step)``, values below the
@@ -48,17 +48,17 @@ MAX_DENSE_COUNTS = 1_000_000
 
 def dense(out: Output, ctx: Context, points: int) -> bool:
     """Whether ``out`` (COUNT(DISTINCT) over a value's bounds, ``points`` values) is planned
-    as one bucket-index column. Above ``MAX_SECURE_DISTINCT`` values it is refused across
-    parties (the binder refuses it first; this keeps the plan from building a row of
-    buckets), beside a GROUP BY key chosen privately (its number of cells is the data's)
-    and above ``MAX_DENSE_COUNTS`` buckets x public cells, each naming why."""
+    as one bucket-index column: above ``MAX_SECURE_DISTINCT`` values. Refused beside a GROUP
+    BY key chosen privately (its number of cells is the data's), above ``MAX_DENSE_COUNTS``
+    buckets x public cells and, across parties, where the two digits cannot stand in for
+    the buckets (``_across``), each naming why."""
     if out.stat != "distinct" or out.values is not None or points <= MAX_SECURE_DISTINCT:
         return False
     what = f"COUNT(DISTINCT {out.expr.sql(dialect='duckdb') if out.expr else ''}) over " \
         f"{points:,} values"
     narrow = f"at most {MAX_SECURE_DISTINCT:,} values there; narrow the column's bounds"
     if len(ctx.bound.parties) != 1:
-        raise UnsupportedError(f"{what} is not supported in a query across parties", narrow)
+        _across(what, narrow, ctx)
     cells = 1
     for g in ctx.bound.group_by:
         if g.domain is None:
@@ -72,6 +72,33 @@ def dense(out: Output, ctx: Context, points: int) -> bool:
             f"counts, more than {MAX_DENSE_COUNTS:,}",
             "group by fewer values, or narrow the column's bounds")
     return True
+
+
+def _across(what: str, narrow: str, ctx: Context) -> None:
+    """Refuse, across parties, what the digits' matrix product does not compute: it needs
+    every party's factor summed over its own rows before the join (no condition across
+    parties in WHERE, FILTER or an aggregate, which run on shares per row, and no sum of
+    several parties' parts, whose NULL test does), an inner join that reveals sizes (the
+    oblivious join's payload and an outer join's shifts are the factors alone)."""
+    bound = ctx.bound
+    if any(t.outer for t in bound.tables):
+        raise UnsupportedError(f"{what} is not supported with an outer join across parties",
+                               f"use an inner JOIN, or {narrow}")
+    if any(t.policy.join_reveal == "nothing" for t in bound.tables):
+        raise UnsupportedError(f'{what} is not supported with join_reveal = "nothing"',
+                               narrow)
+    for conj in bound.conjuncts:
+        if len(parties_in(conj, bound)) > 1:
+            raise UnsupportedError(
+                f"{what} is not supported beside the condition {conj.sql(dialect='duckdb')} "
+                "across parties", f"move the condition to one party, or {narrow}")
+    for o in bound.outputs:
+        for e in (o.expr, o.filter, o.cross, o.truth):
+            if e is not None and (e is o.cross or len(parties_in(e, bound)) > 1):
+                raise UnsupportedError(
+                    f"{what} is not supported beside {o.name}, which reads several parties' "
+                    "columns in one aggregate (computed on shares row by row)",
+                    f"aggregate each party's columns apart, or {narrow}")
 
 
 def bucket_sql(expr: str, cond: str | None, lo: float, decimals: int, points: int) -> str:

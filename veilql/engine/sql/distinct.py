@@ -10,13 +10,13 @@ buckets passing is post-processing of it. At a huge epsilon it is DuckDB's count
 The public values: a group column's declared ``values`` (or the domain an expression over
 group columns derives, as GROUP BY derives it); for value columns, every representable
 value of the declared bounds at the expression's fixed-point digits, when there are at most
-``MAX_DISTINCT`` of them in a query over one party's tables (local mode), or at most
-``MAX_SECURE_DISTINCT`` in a query across parties (values outside the bounds are clamped to
-them first, as in every aggregate). Above ``MAX_SECURE_DISTINCT`` values the histogram is
-one local column, the bucket index, reduced by the party's engine in one GROUP BY
-(``rewrite/histogram.py``), so neither the plan, the local SQL nor the memory grows with
-rows times buckets. Anything else (a private group key, a key column, more values, columns
-of several parties) is refused with the reason.
+``MAX_DISTINCT`` of them (values outside the bounds are clamped to them first, as in every
+aggregate). Above ``MAX_SECURE_DISTINCT`` values the histogram is one local column, the
+bucket index (``rewrite/histogram.py``): in a query over one party's tables reduced by the
+party's engine in one GROUP BY, across parties shared as two one-hot digits of the index
+(about ``2 sqrt(buckets)`` words per row, ``operators/histogram.py``), so neither the plan,
+the local SQL nor the memory grows with rows times buckets. Anything else (a private group
+key, a key column, more values, columns of several parties) is refused with the reason.
 
 >>> from pathlib import Path
 >>> from veilql.engine.sql.parse import parse
@@ -46,8 +46,9 @@ from veilql.errors import PolicyError, UnsupportedError
 #: query over one party's tables: its engine groups by the bucket index, so time and memory
 #: grow with rows plus buckets (figures in docs/PRIVACY.md, "COUNT(DISTINCT x)").
 MAX_DISTINCT = 100_000
-#: The most in a query across parties, where every person's factor holds one word per
-#: bucket through the join (a one-hot row of the buckets).
+#: Up to this many, a histogram is planned as one 0/1 local column per bucket (every mode
+#: computes it; across parties a person's factor holds one word per bucket); above it, as
+#: one bucket-index column (``rewrite/histogram.py``).
 MAX_SECURE_DISTINCT = functions.MAX_DERIVED_DOMAIN
 #: A quantile's histogram has at most this many buckets (``rewrite.push_local
 #: .histogram_buckets``): one per value when the bounds hold at most this many.
@@ -64,8 +65,8 @@ def exact_buckets(bounds: tuple[float, float], decimals: int) -> bool:
     return (bounds[1] - bounds[0]) * 10.0 ** min(decimals, 6) + 1 <= MAX_BUCKETS
 
 _HINT = ("COUNT(DISTINCT x) takes one party's group column with declared values, or a value "
-         f"column whose bounds hold at most {MAX_DISTINCT:,} values ({MAX_SECURE_DISTINCT:,} in "
-         "a query across parties); count people with COUNT(DISTINCT <unit>)")
+         f"column whose bounds hold at most {MAX_DISTINCT:,} values; count people with "
+         "COUNT(DISTINCT <unit>)")
 
 
 def bind_distinct(arg: exp.Expr, cond: exp.Expression | None,
@@ -106,14 +107,11 @@ def bind_distinct(arg: exp.Expr, cond: exp.Expression | None,
 
         decimals = min(functions.value_decimals(expr, digits), 6)
         points = (bounds[1] - bounds[0]) * 10.0**decimals + 1
-        across = len({t.party for t in scope.tables}) > 1
-        most = MAX_SECURE_DISTINCT if across else MAX_DISTINCT
-        if not points <= most:
-            where = " in a query across parties" if across else ""
+        if not points <= MAX_DISTINCT:
             raise UnsupportedError(
                 f"COUNT(DISTINCT {text}) is not supported: its bounds [{bounds[0]:g}, "
                 f"{bounds[1]:g}] hold {points:.0f} values at {decimals} decimal digits, more "
-                f"than the {most:,} buckets of its histogram{where}", _HINT)
+                f"than the {MAX_DISTINCT:,} buckets of its histogram", _HINT)
     else:
         try:
             group = bind_group(inner, scope)
