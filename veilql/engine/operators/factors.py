@@ -12,6 +12,8 @@ Arrays have shape (units, slots, aggregates, cells of this party), int64 in fixe
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import sqlglot
 from sqlglot import exp
@@ -19,6 +21,7 @@ from sqlglot import exp
 from veilql.connectors.base import Connector
 from veilql.engine.dp.ring import MAX_UNITS
 from veilql.engine.operators.local import PartyRows
+from veilql.engine.operators.raw_groups import raw_groups
 from veilql.engine.plan.nodes import AggregateSpec, GroupKey, LocalStep, Plan
 from veilql.errors import ProtocolError
 
@@ -304,14 +307,18 @@ def combine_plain(factors: list[np.ndarray]) -> np.ndarray:
     return acc.sum(axis=(0, 1))
 
 
-def aggregate_sql(plan: Plan, party: str, sql: str) -> tuple[str, list[str], list[str]]:
+def aggregate_sql(plan: Plan, party: str, sql: str,
+                  cells: dict[str, str] | None = None) -> tuple[str, list[str], list[str]]:
     """The SQL that reduces ``party``'s bounded local result ``sql`` to its aggregates.
 
     One row per combination of the party's group columns, with per term chain its sum of
     the weight times its value (``SUM(w)`` for a count; for COUNT(DISTINCT) the units with a
     positive factor) and the number of rows, exactly what ``build_factors`` and
     ``combine_plain`` compute over the pivoted rows. Returns the SQL, the group columns and
-    the names of the chain columns.
+    the names of the chain columns. With ``cells`` (``raw_groups``: ``sql`` projects those
+    group columns as their raw keys) the rows are grouped by the raw keys and the groups
+    mapped to their cells by ``cells[column]`` in one more GROUP BY, whose sums are the
+    same (no COUNT(DISTINCT) chain then).
 
     >>> from veilql.engine.plan.nodes import Term
     >>> plan = Plan.__new__(Plan)
@@ -338,6 +345,12 @@ def aggregate_sql(plan: Plan, party: str, sql: str) -> tuple[str, list[str], lis
     out = f'SELECT {", ".join(parts)} FROM ({sql}) AS "__l"'
     if groups:
         out += " GROUP BY " + ", ".join(f'"{g}"' for g in groups)
+    if cells and groups:
+        assert not any(c.kind == "count_distinct" for c in chains), "distinct units do not add"
+        keys = [f'{cells[g]} AS "{g}"' if g in cells else f'"{g}"' for g in groups]
+        sums = [f'SUM("{n}") AS "{n}"' for n in [*names, "__rows"]]
+        out = (f'SELECT {", ".join(keys + sums)} FROM ({out}) AS "__r" GROUP BY '
+               + ", ".join(str(i + 1) for i in range(len(groups))))
     return out, groups, names
 
 
@@ -379,16 +392,22 @@ def reduce_groups(plan: Plan, party: str, result: list[dict], groups: list[str],
 def reduce_in_engine(plan: Plan, step: LocalStep, connector: Connector,
                      seed: str) -> tuple[np.ndarray, PartyRows]:
     """A single-party plan's aggregates, shape (aggregates, cells), reduced by the party's
-    own engine (``aggregate_sql`` around the bounded local SQL), and its private group
-    labels (a ``PartyRows`` without arrays); what ``local_mode.aggregate_plain`` computes over
-    the pivoted rows."""
+    own engine (``aggregate_sql`` around the bounded local SQL; on DuckDB grouped by the raw
+    group keys, ``raw_groups``), and its private group labels (a ``PartyRows`` without
+    arrays); what ``local_mode.aggregate_plain`` computes over the pivoted rows."""
     from veilql.engine.operators import histogram
     from veilql.engine.operators.local import bounded_sql, run_engine
 
     if histogram.families(plan, step.party):  # a large COUNT(DISTINCT): grouped by bucket
         return histogram.reduce_in_engine(plan, step, connector, seed)
     party = step.party
-    sql, groups, names = aggregate_sql(plan, party, bounded_sql(step, seed))
+    chains, _ = expand_terms(plan)
+    raw = None
+    if connector.dialect == "duckdb" and not any(c.kind == "count_distinct" for c in chains):
+        raw = raw_groups(step, party_cells(plan.groups, party))  # group by the raw keys
+    sql, groups, names = aggregate_sql(
+        plan, party, bounded_sql(replace(step, sql=raw.sql) if raw else step, seed),
+        raw.cells if raw else None)
     result = run_engine(connector, sql)
     if sum(int(r["__rows"] or 0) for r in result) > MAX_UNITS:
         # Rows bound units from above; count them exactly only when that bound is too big.
