@@ -30,7 +30,7 @@ import veilql
 from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.mpc.protocols import compare
 from veilql.engine.rewrite import compile_plan
-from veilql.errors import UnsupportedError
+from veilql.errors import QueryError, UnsupportedError
 from veilql.policies.loader import load_federation
 
 J2 = "FROM alpha.ta JOIN beta.tb ON ta.uid = tb.uid"
@@ -168,6 +168,13 @@ def test_refusals_name_the_construct(bi, sql: str, words: str) -> None:
     with pytest.raises(UnsupportedError) as info:
         _run(session, sql)
     assert words in info.value.message
+
+
+def test_bucket_tests_beyond_the_ring_are_refused(bi) -> None:
+    session, _ = bi
+    with pytest.raises(QueryError) as info:
+        _run(session, f"SELECT MAX(ta.visits * 10000000000000000 + tb.fills) AS m {J2}")
+    assert "beyond the ring's safe range" in info.value.message
 
 
 def test_plan_one_family_of_bucket_counts(tmp_path: Path) -> None:

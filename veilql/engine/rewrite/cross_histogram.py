@@ -37,11 +37,12 @@ from dataclasses import replace
 
 from sqlglot import exp
 
+from veilql.engine.dp.ring import SAFE_RANGE
 from veilql.engine.plan.nodes import AggregateSpec, Buckets, LocalColumn, Term
 from veilql.engine.rewrite.context import MAX_DECIMALS, Context
 from veilql.engine.rewrite.linear import is_linear, split_linear
 from veilql.engine.sql.bound import Output
-from veilql.errors import UnsupportedError
+from veilql.errors import QueryError, UnsupportedError
 
 
 def plan(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
@@ -66,6 +67,8 @@ def plan(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
     buckets = histogram_buckets(out.bounds[0], out.bounds[1],
                                 min(out.decimals, MAX_DECIMALS - 1))
     edges = [_number(e) for e in buckets.edges()]
+    if edges:
+        _check_range(out, ctx, exp.GTE(this=expr.copy(), expression=edges[0].copy()))
     family = f"{out.name}.b0"
     template = AggregateSpec(family, out.name, "count", (Term(None, None),), family=family)
     if out.filter is not None:  # a one-party FILTER: each party's 0/1 factor, every bucket's
@@ -92,6 +95,25 @@ def plan(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
         aggregates.append(agg)
         names.append(agg.name)
     return tuple(names), buckets
+
+
+def _check_range(out: Output, ctx: Context, test: exp.Expression) -> None:
+    """Each bucket test compares ``E - e`` on shares as a signed 64-bit integer, and each
+    operand (a party's part, the first with ``-e``) is a BIGINT: under the declared bounds
+    they must stay in the ring's safe range, else the query is refused before any charge."""
+    from veilql.engine.rewrite.push_local import _interval
+
+    assert out.expr is not None and out.bounds is not None
+    edge = max(abs(out.bounds[0]), abs(out.bounds[1]))
+    reach = edge + sum(max(abs(lo), abs(hi)) for lo, hi in (
+        _interval(part, ctx) for party, part in split_linear(out.expr, ctx.party_of).items()
+        if party is not None))
+    if reach * 10 ** ctx.decimals_of(test) >= SAFE_RANGE:
+        raise QueryError(
+            f"the bucket tests of {out.expr.sql(dialect='duckdb')} across parties can reach "
+            f"{reach * 10 ** ctx.decimals_of(test):.3g} in fixed point under the declared "
+            "bounds, beyond the ring's safe range (2^62)",
+            "narrow the declared bounds of its columns, or drop the constants that scale them")
 
 
 def _number(text: str) -> exp.Expression:
