@@ -352,6 +352,8 @@ def test_across_parties_digits_are_shared_not_buckets(fed: Path) -> None:
      "ON o.customer_id = m.customer_id", "outer join"),
     ("SELECT COUNT(DISTINCT o.item), SUM(o.small + m.level) FROM shop.orders o "
      "JOIN club.members m ON o.customer_id = m.customer_id", "several parties"),
+    ("SELECT COUNT(DISTINCT o.item) FILTER (WHERE m.level > 2) FROM shop.orders o "
+     "JOIN club.members m ON o.customer_id = m.customer_id", "FILTER over club's"),
     ("SELECT COUNT(DISTINCT o.item), COUNT(*) FILTER (WHERE m.level > o.small) "
      "FROM shop.orders o JOIN club.members m ON o.customer_id = m.customer_id",
      "several parties"),

@@ -59,6 +59,12 @@ def dense(out: Output, ctx: Context, points: int) -> bool:
     narrow = f"at most {MAX_SECURE_DISTINCT:,} values there; narrow the column's bounds"
     if len(ctx.bound.parties) != 1:
         _across(what, narrow, ctx)
+        others = parties_in(out.filter, ctx.bound) - parties_in(out.expr, ctx.bound)
+        if others:  # the owner's bucket index cannot read them
+            raise UnsupportedError(
+                f"{what} is not supported with a FILTER over {', '.join(sorted(others))}'s "
+                "columns (across parties its FILTER reads the counted column's party only)",
+                f"move the condition to WHERE, or {narrow}")
     cells = 1
     for g in ctx.bound.group_by:
         if g.domain is None:
