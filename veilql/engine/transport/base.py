@@ -24,13 +24,18 @@ Heartbeats are recorded in transcripts like every delivered frame (as ``!data/!a
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import os
 import struct
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +124,11 @@ class Heartbeat:
 
     A daemon thread sends an empty ``HEARTBEAT_TAG`` frame to each peer over ``transport``;
     a peer that cannot be reached is skipped (the node's own protocol notices and reports
-    it). Leaving the block stops the thread at once.
+    it). The thread starts only when the first beat is due, ``interval`` after entering
+    (``_Starter``, one thread per process, starts it and never sends), so a query that
+    ends sooner (a one-party query of a few milliseconds at a timeout of 30 s) neither
+    starts nor stops a thread, while a long step beats on the same schedule as before.
+    Leaving the block stops the beats at once.
 
     >>> import time
     >>> from veilql.engine.transport.inprocess import InProcessNetwork
@@ -136,23 +145,36 @@ class Heartbeat:
         self.peers = tuple(p for p in dict.fromkeys(peers) if p != transport.me)
         self.interval = interval
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # orders a late start against leaving the block
         self._thread: threading.Thread | None = None
+        self._entry: list[Any] | None = None
 
     def __enter__(self) -> Heartbeat:
         if self.peers and self.interval > 0:
-            self._thread = threading.Thread(target=self._beat, daemon=True,
-                                            name=f"veil-heartbeat-{self.transport.me}")
-            self._thread.start()
+            self._entry = _STARTER.add(self, time.monotonic() + self.interval)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.interval)
+        with self._lock:
+            self._stop.set()
+            thread = self._thread
+        if self._entry is not None:
+            _STARTER.cancel(self._entry)
+        if thread is not None:
+            thread.join(self.interval)
+
+    def _start(self) -> None:
+        """Start the beating thread (the first beat is due now), unless already left."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._thread = threading.Thread(target=self._beat, daemon=True,
+                                            name=f"veil-heartbeat-{self.transport.me}")
+            self._thread.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
             for peer in self.peers:
                 if self._stop.is_set():
                     return
@@ -160,6 +182,63 @@ class Heartbeat:
                     self.transport.send(peer, HEARTBEAT_TAG, b"")
                 except Exception:  # noqa: BLE001 - a lost peer is reported by the protocol
                     continue
+            if self._stop.wait(self.interval):
+                return
+
+
+class _Starter:
+    """One daemon thread per process that starts each ``Heartbeat``'s thread when its
+    first beat is due. It never sends, so a peer that blocks a send (a full socket to a
+    stopped process) delays only its own query's beats, as before."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: list[list[Any]] = []  # a heap of [due, sequence, heartbeat or None]
+        self._seq = itertools.count()
+        self._wake = math.inf  # when the thread wakes next; -inf while it works
+        self._thread: threading.Thread | None = None
+
+    def add(self, beat: Heartbeat, due: float) -> list[Any]:
+        """Start ``beat``'s thread at ``due`` (monotonic seconds); the entry to cancel."""
+        entry = [due, next(self._seq), beat]
+        with self._cond:
+            heapq.heappush(self._due, entry)
+            if self._thread is None or not self._thread.is_alive():  # first use, or a fork
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="veil-heartbeat-starter")
+                self._thread.start()
+            elif due < self._wake:
+                self._cond.notify()
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        """Forget ``entry``'s heartbeat (its small list leaves the heap when due)."""
+        with self._cond:
+            entry[2] = None
+
+    def _run(self) -> None:
+        while True:
+            start: list[Heartbeat] = []
+            with self._cond:
+                now = time.monotonic()
+                while self._due and (self._due[0][2] is None or self._due[0][0] <= now):
+                    entry = heapq.heappop(self._due)
+                    if entry[2] is not None:
+                        start.append(entry[2])
+                        entry[2] = None
+                if not start:
+                    self._wake = self._due[0][0] if self._due else math.inf
+                    self._cond.wait(self._wake - now if self._due else None)
+                    self._wake = -math.inf
+                    continue
+            for beat in start:
+                try:
+                    beat._start()
+                except RuntimeError:  # no thread to be had: its peers will name this node
+                    continue
+
+
+_STARTER = _Starter()
 
 
 # Kinds of delivered frames other than data, as recorded in transcripts (see TranscriptWriter).
