@@ -463,13 +463,14 @@ SHARED = ("SELECT COUNT(*) AS n, SUM(l.amount) AS s, AVG(l.amount) AS m, "
 def test_avg_shares_the_noisy_sum_and_count_and_the_budget_split_follows() -> None:
     plan = _plan(SHARED)
     names = [a.name for a in plan.aggregates]
-    # m reuses s; mp and pm reuse n (their argument spans parties: the row count); m's
-    # denominator counts non-NULL amounts, so it is its own aggregate
-    assert names == ["n", "s", "m.den", "mp.num", "pm.num"]
+    # m reuses s; m's denominator counts non-NULL amounts, so it is its own aggregate; mp
+    # and pm (a sum of two parties' parts) count the rows where no part is NULL, one
+    # denominator for both (the same rows whatever the order of the parts)
+    assert names == ["n", "s", "m.den", "mp.num", "mp.den", "pm.num"]
     outs = {o.name: o.aggregates for o in plan.outputs}
-    assert outs["m"] == ("s", "m.den") and outs["mp"] == ("mp.num", "n")
-    assert outs["pm"] == ("pm.num", "n")
-    assert all(a.noise.epsilon == Fraction(1, 5) for a in plan.aggregates)
+    assert outs["m"] == ("s", "m.den") and outs["mp"] == ("mp.num", "mp.den")
+    assert outs["pm"] == ("pm.num", "mp.den")
+    assert all(a.noise.epsilon == Fraction(1, 6) for a in plan.aggregates)
     assert plan.epsilon == 1
     dup = _plan("SELECT COUNT(*) AS a, COUNT(*) AS b FROM bank.loans l "
                 "JOIN insurer.policies p ON l.customer_id = p.customer_id")
@@ -487,8 +488,9 @@ def test_shared_parts_are_released_once_end_to_end(tmp_path: Path) -> None:
             res = session.sql(sql, epsilon=1.0, delta=1e-6)
             exact = session.sql(sql, epsilon=HUGE_EPSILON, delta=0)
     n, s, mp, pp = res.rows[0]
-    assert [a.name for a in res.plan.aggregates] == ["n", "s", "mp.num", "pp.num", "pp.den"]
-    # mp is post-processing of the released count: its denominator is n itself
-    assert abs(mp * n - round(mp * n, 2)) < 1e-6 * abs(mp * n)
+    assert [a.name for a in res.plan.aggregates] == ["n", "s", "mp.num", "mp.den", "pp.num",
+                                                     "pp.den"]
+    # mp's denominator counts the rows where neither part is NULL (SQL's AVG of a + p)
+    assert res.plan.aggregate("mp.den").cross is not None
     assert exact.rows[0][0] > 0 and abs(n - exact.rows[0][0]) < 100
     assert res.accuracy["mp"]["ci95"] is not None and s > 0 and pp > 0
