@@ -8,8 +8,10 @@ on one party and across parties, a one-party FILTER, three parties, NULL parts (
 any part is NULL is in no bucket), the oblivious join. Cost: one secure comparison per
 inner edge (the upper test of a bucket is the complement of the next bucket's lower test).
 An attack check: a compute party's received message lengths do not change when a
-person's values do. Refusals name the construct (products, variances, FILTER across
-parties, outer joins).
+person's values do. Products of one factor per party
+(``MAX(ta.visits * tb.fills)``) multiply the factors on shares before the comparisons, and
+a FILTER may compare such a product with a number. Refusals name the construct (quotients,
+sums of products, variances, FILTER across parties, outer joins).
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ QUERIES = [
     f"SELECT MAX(ta.visits + tb.fills) FILTER (WHERE ta.visits < 30) AS mx, "
     f"MIN(ta.visits - tb.fills) FILTER (WHERE tb.rate > 0.5 AND ta.visits > 2) AS mn, "
     f"PERCENTILE_DISC(0.5) WITHIN GROUP (ORDER BY ta.spend + tb.fills) AS p {J2}",
+    # products of one factor per party: the factors multiplied on shares, then compared
+    f"SELECT MAX(ta.visits * tb.fills) AS mx, MIN(ta.score * tb.rate) AS mn, "
+    f"MEDIAN(ta.visits * tb.fills) AS md, MAX(-2 * ta.visits * tb.fills) AS neg {J2}",
+    f"SELECT tb.groupby_string_0, MAX(ta.score * tb.fills) AS mx, QUANTILE_CONT(tb.fills * "
+    f"tc.level, 0.75) AS q, MIN(ta.visits * tb.fills * tc.level) AS mn {J3} "
+    "WHERE ta.visits > 3 GROUP BY 1",
+]
+#: Conditions comparing a product of one factor per party with a number, in FILTER
+PRODUCT_FILTERS = [
+    f"SELECT COUNT(*) FILTER (WHERE ta.visits * tb.fills >= 100) AS a, COUNT(*) FILTER "
+    f"(WHERE ta.visits * tb.fills > 100) AS b, SUM(ta.visits) FILTER (WHERE ta.visits * "
+    f"tb.fills < 99.5) AS c, COUNT(*) FILTER (WHERE ta.score * tb.rate <= 2.5) AS d {J2}",
+    f"SELECT COUNT(*) FILTER (WHERE NOT (ta.score * tb.rate > 4) OR tb.fills < 3) AS a, "
+    f"SUM(ta.visits * tb.fills >= 60) AS b {J2}",
 ]
 
 
@@ -68,6 +84,16 @@ def _run(session: veilql.Session, sql: str, delta: float = 1e-6) -> veilql.Resul
 
 @pytest.mark.parametrize("sql", QUERIES, ids=[f"q{i}" for i in range(len(QUERIES))])
 def test_quantiles_across_parties_equal_plain_duckdb(bi, sql: str) -> None:
+    session, con = bi
+    check_statistics(_run(session, sql), plain(con, sql))
+
+
+@pytest.mark.parametrize("sql", PRODUCT_FILTERS, ids=[f"f{i}" for i in
+                                                    range(len(PRODUCT_FILTERS))])
+def test_product_conditions_equal_plain_duckdb(bi, sql: str) -> None:
+    """A product compared with a number is exact: the scaled factors' product is an
+    integer, compared with the ceiling (or floor) of the scaled number; NULL factors follow
+    SQL's three-valued logic."""
     session, con = bi
     check_statistics(_run(session, sql), plain(con, sql))
 
@@ -155,8 +181,15 @@ def test_message_lengths_do_not_depend_on_a_persons_values(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("sql", "words"), [
-    (f"SELECT MAX(ta.visits * tb.fills) AS m {J2}", "product, quotient or function"),
-    (f"SELECT MEDIAN(GREATEST(ta.visits, tb.fills)) AS m {J2}", "product, quotient or"),
+    (f"SELECT MAX(ta.visits / tb.fills) AS m {J2}", "in a quotient, a sum of products"),
+    (f"SELECT MAX(ta.visits * tb.fills + tb.fills) AS m {J2}", "in a quotient, a sum of"),
+    (f"SELECT MEDIAN(GREATEST(ta.visits, tb.fills)) AS m {J2}", "in a quotient, a sum of"),
+    (f"SELECT COUNT(*) FILTER (WHERE ta.visits * tb.fills = 100) AS n {J2}",
+     "only with a number, by <, <=, > or >="),
+    (f"SELECT COUNT(*) FILTER (WHERE ta.visits * tb.fills > tb.fills) AS n {J2}",
+     "only with a number, by <, <=, > or >="),
+    (f"SELECT COUNT(*) FILTER (WHERE ta.visits * tb.fills > 2 * 50) AS n {J2}",
+     "with a number written in the query"),
     (f"SELECT VAR_POP(ta.visits + tb.fills) AS v {J2}", "its squares would multiply"),
     (f"SELECT MAX(ta.visits + tb.fills) FILTER (WHERE ta.visits > tb.fills) AS m {J2}",
      "a condition across parties inside this aggregate"),

@@ -1,1 +1,1 @@
-SELECT p.product, MAX(l.defaulted + p.open_claim) AS worst, MIN(l.defaulted - 2 * p.open_claim + 3) AS low FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id WHERE l.amount > p.claims_amount GROUP BY p.product
+SELECT p.product, MAX(l.defaulted + p.open_claim) AS worst, MIN(l.defaulted - 2 * p.open_claim + 3) AS low, MAX(l.defaulted * p.open_claim) AS both_ FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id WHERE l.amount > p.claims_amount GROUP BY p.product

@@ -1,1 +1,1 @@
-SELECT MEDIAN(l.amount * p.premium) FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id
+SELECT MEDIAN(l.amount * p.premium + p.premium) FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id

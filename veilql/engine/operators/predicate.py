@@ -60,11 +60,11 @@ def evaluate(rt: Runtime, node: exp.Expression, column: Lookup,
             if other in memo:
                 memo[key] = -memo[other] + 1
                 return memo[key]
-        total = _sum(node.this, column)
+        total = _sum(rt, node.this, column, memo)
         bits = {
             exp.EQ: rt.eq, exp.NEQ: rt.eq, exp.GT: rt.gt, exp.GTE: rt.ge,
             exp.LT: rt.lt, exp.LTE: rt.le,
-        }[type(node)](total, 0)
+        }[type(node)](total, _public(node.expression))
         if isinstance(node, exp.NEQ):
             bits = bits ^ 1
         out = rt.b2a_bit(bits)
@@ -84,9 +84,29 @@ def _is_atom(node: exp.EQ) -> bool:
             and isinstance(node.expression, exp.Literal))
 
 
-def _sum(node: exp.Expression, column: Lookup) -> AShare:
+def _public(node: exp.Expression) -> int:
+    """The public integer a comparison's operands are compared with (0, or a product's
+    scaled bucket edge: ``place_secure._product_comparison``)."""
+    if isinstance(node, exp.Neg):
+        return -_public(node.this)
+    if isinstance(node, exp.Literal) and not node.is_string:
+        return int(node.this)
+    raise ProtocolError(f"unexpected bound {node.sql()} in a secure comparison")
+
+
+def _sum(rt: Runtime, node: exp.Expression, column: Lookup,
+         memo: dict[str, AShare] | None) -> AShare:
     if isinstance(node, exp.Add):
-        return _sum(node.this, column) + _sum(node.expression, column)
+        return _sum(rt, node.this, column, memo) + _sum(rt, node.expression, column, memo)
+    if isinstance(node, exp.Mul):  # one factor per party, multiplied once for every edge
+        key = "*" + node.sql()
+        if memo is not None and key in memo:
+            return memo[key]
+        out = rt.mul(_sum(rt, node.this, column, memo), _sum(rt, node.expression, column,
+                                                             memo))
+        if memo is not None:
+            memo[key] = out
+        return out
     if isinstance(node, exp.Column):
         return column(node.table, node.name)
     raise ProtocolError(f"unexpected operand {node.sql()} in a secure comparison")

@@ -17,8 +17,11 @@ columns), which ``operators/predicate.evaluate`` takes as ``1 - bit``; then a fe
 per bucket (the not-NULL atoms, the two tests, WHERE). A one-party FILTER folds into one
 0/1 factor per party, the same for every bucket. The buckets are one family
 (``AggregateSpec.family``): one noise plan, the sensitivity of a histogram (a joined row is
-in one bucket). Only a sum of the parties' parts (``sql/statistics.check_across_parties``
-refuses products).
+in one bucket). A product of one factor per party (``MAX(a.x * b.y)``) is compared the same
+way: each party shares its factor in its own digits, the factors are multiplied on shares
+once per row (not once per edge) and compared with each scaled edge
+(``place_secure._product_comparison``); a quotient or a sum of products is refused
+(``sql/statistics.check_across_parties``).
 
 >>> from tests.sql_fixtures import federation
 >>> from veilql.engine.rewrite import compile_plan
@@ -40,8 +43,9 @@ from sqlglot import exp
 from veilql.engine.dp.ring import SAFE_RANGE
 from veilql.engine.plan.nodes import AggregateSpec, Buckets, LocalColumn, Term
 from veilql.engine.rewrite.context import MAX_DECIMALS, Context
-from veilql.engine.rewrite.linear import is_linear, split_linear
+from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql.bound import Output
+from veilql.engine.sql.statistics import is_product
 from veilql.errors import QueryError, UnsupportedError
 
 
@@ -54,9 +58,11 @@ def plan(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
     expr = out.expr
     assert expr is not None and out.bounds is not None
     text = f"A quantile, MIN or MAX of {expr.sql(dialect='duckdb')}"
-    if not is_linear(expr, ctx.party_of):  # the binder refuses it first
-        raise UnsupportedError(f"{text}: only a sum of the parties' parts is bucketed on "
-                               "shares", "take it of a.x + b.y, or of one party's expression")
+    if not is_linear(expr, ctx.party_of) and not is_product(expr, ctx.party_of):
+        raise UnsupportedError(  # the binder refuses it first
+            f"{text}: only a sum of the parties' parts or a product of one factor per party "
+            "is bucketed on shares", "take it of a.x + b.y, a.x * b.y, or of one party's "
+            "expression")
     if any(t.outer for t in ctx.bound.tables):
         raise UnsupportedError(
             f"{text} reads several parties' columns beside an outer join: a part NULL for "
@@ -105,14 +111,23 @@ def _check_range(out: Output, ctx: Context, test: exp.Expression) -> None:
 
     assert out.expr is not None and out.bounds is not None
     edge = max(abs(out.bounds[0]), abs(out.bounds[1]))
-    reach = edge + sum(max(abs(lo), abs(hi)) for lo, hi in (
-        _interval(part, ctx) for party, part in split_linear(out.expr, ctx.party_of).items()
-        if party is not None))
-    if reach * 10 ** ctx.decimals_of(test) >= SAFE_RANGE:
+    if is_linear(out.expr, ctx.party_of):
+        reach = (edge + sum(max(abs(lo), abs(hi)) for lo, hi in (
+            _interval(part, ctx) for party, part in split_linear(
+                out.expr, ctx.party_of).items() if party is not None))) * \
+            10 ** ctx.decimals_of(test)
+    else:  # the scaled factors' product, and the scaled edge it is compared with
+        reach, digits = 1.0, 0
+        for factor in _factors(out.expr, ctx).values():
+            lo, hi = _interval(factor, ctx)
+            reach *= max(abs(lo), abs(hi)) * 10 ** ctx.decimals_of(factor)
+            digits += ctx.decimals_of(factor)
+        reach += (edge + 1) * 10 ** digits
+    if reach >= SAFE_RANGE:
         raise QueryError(
             f"the bucket tests of {out.expr.sql(dialect='duckdb')} across parties can reach "
-            f"{reach * 10 ** ctx.decimals_of(test):.3g} in fixed point under the declared "
-            "bounds, beyond the ring's safe range (2^62)",
+            f"{reach:.3g} in fixed point under the declared bounds, beyond the ring's safe "
+            "range (2^62)",
             "narrow the declared bounds of its columns, or drop the constants that scale them")
 
 
@@ -122,10 +137,25 @@ def _number(text: str) -> exp.Expression:
     return exp.Neg(this=lit) if text.startswith("-") else lit
 
 
+def _factors(expr: exp.Expression, ctx: Context) -> dict[str | None, exp.Expression]:
+    """A product's factors, a constant factor folded into the first party's (as
+    ``place_secure._product_comparison`` folds it)."""
+    factors = split_product(expr, ctx.party_of)
+    constant = factors.pop(None, None)
+    if constant is not None:
+        first = next(iter(factors))
+        factors[first] = exp.Mul(this=exp.Paren(this=constant),
+                                 expression=exp.Paren(this=factors[first]))
+    return dict(factors)
+
+
 def _not_null(expr: exp.Expression, ctx: Context) -> list[exp.Expression]:
-    """``part IS NOT NULL`` per party's part of ``expr`` (one party's conditions: atoms)."""
+    """``part IS NOT NULL`` per party's part (or factor) of ``expr`` (one party's
+    conditions: atoms)."""
     out: list[exp.Expression] = []
-    for party, part in split_linear(expr, ctx.party_of).items():
+    split = split_linear(expr, ctx.party_of) if is_linear(expr, ctx.party_of) else \
+        _factors(expr, ctx)
+    for party, part in split.items():
         if party is not None:
             out.append(exp.Not(this=exp.Is(this=exp.Paren(this=part.copy()),
                                            expression=exp.Null())))

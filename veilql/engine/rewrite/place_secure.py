@@ -26,15 +26,17 @@ OR or NOT in SQL's three-valued logic (``_where_conjunct``).
 
 from __future__ import annotations
 
+import decimal
 from dataclasses import replace
 
 from sqlglot import exp
 
 from veilql.engine.plan.nodes import JoinStage, LocalColumn, Plan, cuckoo_bins
 from veilql.engine.rewrite.context import Context
-from veilql.engine.rewrite.linear import split_linear
+from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql.bound import parties_in
-from veilql.errors import PolicyError, UnsupportedError
+from veilql.engine.sql.typecheck import TypeChecker
+from veilql.errors import PolicyError, QueryError, UnsupportedError
 
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 
@@ -194,7 +196,9 @@ def _known_atoms(node: exp.Expression, ctx: Context,
     NULL (an existing atom of the same SQL reused)."""
     diff = exp.Sub(this=node.this.copy(), expression=exp.Paren(this=node.expression.copy()))
     out: list[exp.Expression] = []
-    for party, part in split_linear(diff, ctx.party_of).items():
+    split = split_linear(diff, ctx.party_of) if is_linear(diff, ctx.party_of) else \
+        split_product(node.this, ctx.party_of)  # a product's bucket test: its factors
+    for party, part in split.items():
         if party is None or not list(part.find_all(exp.Column)):
             continue
         test = f"CASE WHEN ({part.sql(dialect='duckdb')}) IS NULL THEN 0 ELSE 1 END"
@@ -281,6 +285,8 @@ def _rewrite(
         return _rewrite(exp.And(this=low, expression=high), ctx, cols)
     if isinstance(node, _COMPARISONS):
         diff = exp.Sub(this=node.this.copy(), expression=exp.Paren(this=node.expression.copy()))
+        if not is_linear(diff, ctx.party_of):  # a product's bucket test (cross_histogram.py)
+            return _product_comparison(node, ctx, cols)
         decimals = ctx.decimals_of(node)
         parts = split_linear(diff, ctx.party_of)
         constant = parts.pop(None, None)
@@ -296,6 +302,55 @@ def _rewrite(
         f"{node.sql(dialect='duckdb')} across parties is not supported",
         "compare arithmetic of value columns across parties with = <> < <= > >=",
     )
+
+
+def _product_comparison(node: exp.Expression, ctx: Context,
+                        cols: dict[str, list[LocalColumn]]) -> exp.Expression:
+    """``a.x * b.y >= e`` (``<``, ``>``, ``<=``; a histogram's bucket test, a FILTER) over
+    local columns: one operand per party's factor in its own digits, multiplied on shares,
+    against a public integer: the product ``P`` of the scaled factors is an integer, so with
+    ``D`` their digits summed ``P >= e 10^D`` exactly when ``P >= ceil(e 10^D)`` (``<``
+    too), and ``P > e 10^D`` when ``P > floor(e 10^D)`` (``<=`` too)."""
+    if not isinstance(node, exp.GTE | exp.LT | exp.GT | exp.LTE) or \
+            list(node.expression.find_all(exp.Column)):
+        raise UnsupportedError(
+            f"{node.sql(dialect='duckdb')}: a product of several parties' columns is "
+            "compared on shares only with a number, by <, <=, > or >=",
+            "write e.g. a.x * b.y >= 10, or compare a sum of the parties' parts")
+    number = node.expression
+    while isinstance(number, exp.Paren):
+        number = number.this
+    text = number.sql(dialect="duckdb")
+    if not isinstance(number.this if isinstance(number, exp.Neg) else number, exp.Literal):
+        raise UnsupportedError(
+            f"{node.sql(dialect='duckdb')}: a product of several parties' columns is "
+            "compared on shares only with a number written in the query",
+            f"compute {text} and write the number")
+    factors = split_product(node.this, ctx.party_of)
+    constant = factors.pop(None, None)
+    if constant is not None:  # fold a constant factor into the first party's
+        first = next(iter(factors))
+        factors[first] = exp.Mul(this=exp.Paren(this=constant),
+                                 expression=exp.Paren(this=factors[first]))
+    total: exp.Expression | None = None
+    digits, reach = 0, 1.0
+    for party, factor in factors.items():
+        d = ctx.decimals_of(factor)
+        digits += d
+        num = TypeChecker(ctx.bound).numeric(factor)
+        reach *= max(abs(float(num.lo)), abs(float(num.hi))) * 10.0**d
+        ref = exp.column(_add(cols[party], "o", "operand", factor.sql(dialect="duckdb"), d),
+                         table=party)
+        total = ref if total is None else exp.Mul(this=total, expression=ref)
+    edge = decimal.Decimal(text).scaleb(digits)
+    bound = int(edge.to_integral_value(rounding=decimal.ROUND_CEILING if isinstance(
+        node, exp.GTE | exp.LT) else decimal.ROUND_FLOOR))
+    if reach + abs(bound) >= 2.0**62:  # compared as a signed 64-bit difference
+        raise QueryError(
+            f"{node.sql(dialect='duckdb')}: the product of the scaled factors can reach "
+            f"{reach:.3g} under the declared bounds, beyond the ring's safe range (2^62)",
+            "narrow the declared bounds of its columns")
+    return type(node)(this=total, expression=exp.Literal.number(bound))
 
 
 def _add(cols: list[LocalColumn], prefix: str, role: str, sql: str, decimals: int) -> str:

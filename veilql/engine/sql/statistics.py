@@ -90,11 +90,11 @@ def statistic(node: exp.Expr) -> tuple[str, str, float | None, exp.Expr] | None:
 def check_across_parties(word: str, expr: exp.Expression, q: float | None,
                          owners: set[str], party_of: Callable[[str], str]) -> None:
     """A statistic of an expression reading several parties' columns (``expr`` qualified):
-    MIN, MAX or a quantile of a linear one (``a.x + b.y``, ``a.x - 2 * b.y + 3``) is read
-    off a histogram whose bucket tests are comparisons on shares
-    (``rewrite/cross_histogram.py``); a variance (its squares would multiply the parties'
-    columns) or a product, quotient or function of several parties' columns is refused,
-    naming why."""
+    MIN, MAX or a quantile of a linear one (``a.x + b.y``, ``a.x - 2 * b.y + 3``) or of a
+    product of one factor per party (``a.x * b.y``) is read off a histogram whose bucket
+    tests are comparisons on shares (``rewrite/cross_histogram.py``); a variance (its
+    squares would multiply the parties' columns), a quotient or a function of several
+    parties' columns is refused, naming why."""
     text = f"{word}({expr.sql(dialect='duckdb')})"
     who = ", ".join(sorted(owners))
     if q is None:
@@ -103,10 +103,23 @@ def check_across_parties(word: str, expr: exp.Expression, q: float | None,
             "columns of different parties, which is not supported",
             f"take {word} of one party's expression; conditions on other parties go in "
             "WHERE or FILTER (WHERE ...)")
-    if not parts.is_linear(expr, party_of):
+    if not parts.is_linear(expr, party_of) and not is_product(expr, party_of):
         raise UnsupportedError(
-            f"{text} reads columns of several parties ({who}) in a product, quotient or "
-            "function: its histogram's buckets compare only a sum of the parties' parts "
-            "on shares",
-            f"take {word} of a sum of the parties' parts (e.g. a.x + b.y, a.x - 2 * b.y), "
-            "or of one party's expression")
+            f"{text} reads columns of several parties ({who}) in a quotient, a sum of "
+            "products or a function: its histogram's buckets compare only a sum of the "
+            "parties' parts, or a product of one factor per party, on shares",
+            f"take {word} of a.x + b.y, a.x - 2 * b.y, a.x * b.y, or of one party's "
+            "expression")
+
+
+def is_product(expr: exp.Expression, party_of: Callable[[str], str]) -> bool:
+    """Whether ``expr`` is a product of one factor per party (``a.x * b.y``, ``-2 * a.x *
+    b.y``), without a quotient or a CASE (whose factors would be indicators or
+    reciprocals: not compared on shares)."""
+    if any(isinstance(n, exp.Div | exp.Case | exp.If) for n in expr.walk()):
+        return False
+    try:
+        parts.split_product(expr, party_of)
+    except UnsupportedError:
+        return False
+    return True
