@@ -56,13 +56,14 @@ QUERIES = [
     f"tc.level, 0.75) AS q, MIN(ta.visits * tb.fills * tc.level) AS mn {J3} "
     "WHERE ta.visits > 3 GROUP BY 1",
 ]
-#: Conditions comparing a product of one factor per party with a number, in FILTER
+#: Conditions comparing a product of one factor per party with a number (FILTER, WHERE's OR)
 PRODUCT_FILTERS = [
     f"SELECT COUNT(*) FILTER (WHERE ta.visits * tb.fills >= 100) AS a, COUNT(*) FILTER "
     f"(WHERE ta.visits * tb.fills > 100) AS b, SUM(ta.visits) FILTER (WHERE ta.visits * "
     f"tb.fills < 99.5) AS c, COUNT(*) FILTER (WHERE ta.score * tb.rate <= 2.5) AS d {J2}",
     f"SELECT COUNT(*) FILTER (WHERE NOT (ta.score * tb.rate > 4) OR tb.fills < 3) AS a, "
     f"SUM(ta.visits * tb.fills >= 60) AS b {J2}",
+    f"SELECT COUNT(*) AS n {J2} WHERE ta.visits * tb.fills >= 100 OR ta.visits < 5",
 ]
 
 
