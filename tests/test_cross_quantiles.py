@@ -166,8 +166,8 @@ def test_message_lengths_do_not_depend_on_a_persons_values(tmp_path: Path) -> No
     # that differ only in one person's values (moved from the lowest bucket to the highest,
     # and another's part made NULL), hoping a bucket's work shows the row's bucket.
     sql = (f"SELECT ta.groupby_string_0, MAX(ta.visits + tb.fills) AS mx, "
-           f"MEDIAN(ta.score - tb.rate) AS md {J2} WHERE ta.visits > tb.fills - 30 "
-           "GROUP BY 1")
+           f"MEDIAN(ta.score - tb.rate) AS md, MIN(ta.score * tb.fills) AS p {J2} "
+           "WHERE ta.visits > tb.fills - 30 GROUP BY 1")
     first = bi_fixtures.build(tmp_path / "a")
     second = bi_fixtures.build(tmp_path / "b")
     con = duckdb.connect(str(tmp_path / "b" / "data" / "alpha.duckdb"))
