@@ -116,8 +116,8 @@ def product_sum(rt: Runtime, factors: list[AShare], aggs: int) -> AShare:
         for a in range(aggs):
             ya = y[:, a if y.shape[1] > 1 else 0, :]
             xa = x[:, a, :]
-            z[a] += xa.a.T @ (ya.a + ya.b)
-            z[a] += xa.b.T @ ya.a
+            z[a] += matmul(xa.a.T, ya.a + ya.b)
+            z[a] += matmul(xa.b.T, ya.a)
         del x, y
     tag = rt.tag("dot")
     z += rt.zero_a(tag, z.shape)
@@ -129,6 +129,39 @@ def product_sum(rt: Runtime, factors: list[AShare], aggs: int) -> AShare:
     a = np.ascontiguousarray(z.reshape(shape).transpose(perm)).reshape(aggs, -1)
     b = np.ascontiguousarray(other.reshape(shape).transpose(perm)).reshape(aggs, -1)
     return AShare(rt.me, a, b)
+
+
+#: Below this many multiply-adds numpy's own uint64 matmul is fast enough.
+FLOAT_MATMUL_WORK = 1 << 22
+_LIMB_ROWS = 1 << 13  # rows per float block: limb sums stay < 2^53 up to 2^21 rows
+
+
+def matmul(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x @ y`` over Z_2^64 (uint64, wrapping), exactly. numpy's integer matmul has no BLAS
+    (some 60x slower than float64's), so large products are split into 16-bit limbs,
+    ``x = sum_i x_i 2^(16 i)``: each limb product summed over at most ``_LIMB_ROWS`` rows is
+    below ``2^13 * 2^32 < 2^53``, exact in float64, and only limb pairs with ``i + j <= 3``
+    survive mod ``2^64`` (10 float matmuls a block).
+
+    >>> x = np.array([[2**64 - 1, 3], [5, 2**63]], dtype=np.uint64)
+    >>> bool(np.array_equal(matmul(x, x), x @ x))
+    True
+    """
+    n, k = x.shape
+    m = y.shape[1]
+    if n * k * m < FLOAT_MATMUL_WORK:
+        return x @ y
+    out = np.zeros((n, m), dtype=np.uint64)
+    mask = np.uint64(0xFFFF)
+    for lo in range(0, k, _LIMB_ROWS):
+        hi = min(k, lo + _LIMB_ROWS)
+        xs = [((x[:, lo:hi] >> np.uint64(16 * i)) & mask).astype(np.float64) for i in range(4)]
+        ys = [((y[lo:hi] >> np.uint64(16 * j)) & mask).astype(np.float64) for j in range(4)]
+        for i in range(4):
+            for j in range(4 - i):
+                part = (xs[i] @ ys[j]).astype(np.uint64)  # exact: below 2^53
+                out += part << np.uint64(16 * (i + j))
+    return out
 
 
 def _secure_sum(
