@@ -393,3 +393,17 @@ def test_across_parties_lengths_do_not_depend_on_a_value(tmp_path: Path) -> None
     assert {"shop.bin", "club.bin", "gym.bin", "analyst.bin"} <= set(base)
     assert any(n > 3 * 10001 * 8 for _, _, n in base["analyst.bin"])  # every bucket released
     assert _lengths(build(tmp_path / "c", move=7), tmp_path / "tc", sql) == base
+
+
+@pytest.mark.parametrize("n, k, m", [(101, 9000, 101), (3, 20000, 317), (40, 300, 400)])
+def test_ring_matmul_equals_numpy(n: int, k: int, m: int) -> None:
+    """The digits' matrix product through float limbs wraps exactly as uint64 does, at the
+    ring's edges too (all ones, the top bit)."""
+    from veilql.engine.operators.aggregate import FLOAT_MATMUL_WORK, matmul
+
+    assert n * k * m >= FLOAT_MATMUL_WORK  # the limb path, not numpy's
+    rng = np.random.default_rng(n + k + m)
+    x = rng.integers(0, 2**64, (n, k), dtype=np.uint64)
+    y = rng.integers(0, 2**64, (k, m), dtype=np.uint64)
+    x[0], y[:, 0], x[-1] = 2**64 - 1, 2**63, 1
+    assert np.array_equal(matmul(x, y), x @ y)
