@@ -192,3 +192,31 @@ def test_released_cells_and_labels_equal_on_the_federations(
         if raw_rows.cells is not None:
             assert np.array_equal(raw_rows.cells, case_rows.cells), sql
         assert raw.sum() > 0, sql
+
+
+def test_an_outside_value_changes_no_sql_and_no_shape(tmp_path: Path) -> None:
+    """The attack: tell apart neighbouring data (one person's key moved outside the public
+    domain, a new distinct raw value) from what the party runs or sends. The SQL texts and
+    the shape of the exact values are the same; the person falls in no cell."""
+    import duckdb
+
+    sql = "SELECT region, COUNT(*) AS n, SUM(income) AS s FROM bank.customers GROUP BY region"
+    texts, values = [], []
+    for name in ("as is", "moved"):
+        path = oracle_federation(DEMO, tmp_path / name.replace(" ", "_"))
+        if name == "moved":
+            con = duckdb.connect(str(path.parent / "data" / "bank.duckdb"))
+            con.execute("UPDATE customers SET region = 'nowhere' WHERE customer_id = "
+                        "(SELECT MIN(customer_id) FROM customers)")
+            con.close()
+        fed = load_federation(path)
+        plan = compile_plan(sql, fed, epsilon=1.0, delta=1e-6)
+        with open_connector(fed.party("bank").connector, fed.root) as conn:
+            seen: list[str] = []
+            conn.run = _recorder(conn.run, seen)  # type: ignore[method-assign]
+            got, _ = fetch(plan.steps[0], conn, SEED, reduce=plan)
+        texts.append(seen)
+        values.append(got)
+    assert texts[0] == texts[1] and 'AS "__r" GROUP BY' in texts[0][0]
+    assert values[0].shape == values[1].shape
+    assert values[0][0].sum() - values[1][0].sum() == 1  # counted in no cell
