@@ -127,6 +127,10 @@ def test_raw_keys_give_the_per_row_case_sums(kind: str, values: list[object],
     "FROM t",
     "SELECT t.x AS g0 FROM t",
     "SELECT CASE WHEN t.x = 'a' THEN 0 WHEN t.x = 'b' THEN 1 ELSE -1 END AS g1 FROM t",
+    "SELECT CASE WHEN t.x = 'a' THEN 0 WHEN t.x = 'b' THEN 1 ELSE -1 END AS g0 FROM t "
+    "GROUP BY 1",
+    "SELECT DISTINCT CASE WHEN t.x = 'a' THEN 0 WHEN t.x = 'b' THEN 1 ELSE -1 END AS g0 "
+    "FROM t",
 ])
 def test_other_shapes_keep_the_per_row_case(sql: str) -> None:
     step = LocalStep("p", ("t",), ("t",), ("id",), (1,), (), sql=sql)

@@ -84,8 +84,9 @@ def raw_groups(step: LocalStep, groups: Sequence[GroupKey]) -> RawGroups | None:
 
 def _rewrite(sql: str, groups: Sequence[GroupKey]) -> RawGroups | None:
     tree = sqlglot.parse_one(sql, read="duckdb")
-    if not isinstance(tree, exp.Select):
-        return None
+    if not isinstance(tree, exp.Select) or any(
+            tree.args.get(k) for k in ("group", "having", "distinct", "qualify")):
+        return None  # a grouped or filtered projection: the key may not stand alone there
     names = {g.column for g in groups}
     # A projection's alias could be read again in its own SELECT (DuckDB reuses aliases):
     # then the raw key would change what that reads.
