@@ -395,13 +395,13 @@ def test_across_parties_lengths_do_not_depend_on_a_value(tmp_path: Path) -> None
     assert _lengths(build(tmp_path / "c", move=7), tmp_path / "tc", sql) == base
 
 
-@pytest.mark.parametrize("n, k, m", [(101, 9000, 101), (3, 20000, 317), (40, 300, 400)])
+@pytest.mark.parametrize("n, k, m", [(317, 9000, 316), (200, 3000, 200), (64, 300, 600)])
 def test_ring_matmul_equals_numpy(n: int, k: int, m: int) -> None:
     """The digits' matrix product through float limbs wraps exactly as uint64 does, at the
     ring's edges too (all ones, the top bit)."""
-    from veilql.engine.operators.aggregate import FLOAT_MATMUL_WORK, matmul
+    from veilql.engine.operators.aggregate import FLOAT_MATMUL_CELLS, FLOAT_MATMUL_WORK, matmul
 
-    assert n * k * m >= FLOAT_MATMUL_WORK  # the limb path, not numpy's
+    assert n * k * m >= FLOAT_MATMUL_WORK and n * m >= FLOAT_MATMUL_CELLS  # the limb path
     rng = np.random.default_rng(n + k + m)
     x = rng.integers(0, 2**64, (n, k), dtype=np.uint64)
     y = rng.integers(0, 2**64, (k, m), dtype=np.uint64)
