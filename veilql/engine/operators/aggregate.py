@@ -193,7 +193,7 @@ def _secure_sum(
     if cross is None or not distinct.any():
         return _dot_rows(rt, acc, last, rows, aggs * ncells).reshape(aggs, ncells)
     full = rt.mul(acc, last)  # keep rows to OR the slot combinations of each unit
-    ored = _or_slots(rt, full.reshape(n, -1, aggs * ncells))
+    ored = or_over_columns(rt, full.reshape(n, -1, aggs * ncells))
     plain = _sum_rows(full, rows, aggs * ncells)
     summed = ored.a.sum(axis=0, dtype=np.uint64), ored.b.sum(axis=0, dtype=np.uint64)
     mask = np.repeat(distinct, ncells)
@@ -216,8 +216,9 @@ def _sum_rows(x: AShare, rows: int, width: int) -> AShare:
                   x.b.reshape(rows, width).sum(axis=0, dtype=np.uint64))
 
 
-def _or_slots(rt: Runtime, x: AShare) -> AShare:
-    """OR over axis 1 (slot combinations) of 0/1 shares, by a tree of products."""
+def or_over_columns(rt: Runtime, x: AShare) -> AShare:
+    """OR over axis 1 of 0/1 shares (a OR b = a + b - ab), by a tree of products (slot
+    combinations here; the matched rows of an outer join in ``outer.py``)."""
     while x.shape[1] > 1:
         half = x.shape[1] // 2
         left, right = x[:, :half], x[:, half:2 * half]

@@ -38,7 +38,7 @@ from veilql.engine.mpc.protocols.arith import share_from_outside
 from veilql.engine.mpc.runtime import Runtime
 from veilql.engine.mpc.shares import AShare
 from veilql.engine.operators import factors as fac
-from veilql.engine.operators.aggregate import expand
+from veilql.engine.operators.aggregate import expand, or_over_columns
 from veilql.engine.operators.join import SharedTable
 from veilql.engine.operators.local import PartyRows
 from veilql.engine.operators.memory import spans
@@ -191,7 +191,7 @@ def matched(rt: Runtime, plan: Plan, joined: SharedTable, side: str) -> AShare:
         p = evaluate(rt, plan.cross, column)  # 0/1 per (unit, slot of each party)
         p = AShare(p.party, np.ascontiguousarray(np.moveaxis(p.a, 1 + other, 1)),
                    np.ascontiguousarray(np.moveaxis(p.b, 1 + other, 1)))
-        hit = _any(rt, p.reshape(m, slots[other], -1)).reshape(m, slots[keep])
+        hit = or_over_columns(rt, p.reshape(m, slots[other], -1)).reshape(m, slots[keep])
         hit = expand(hit, (m, s, 1), (m, s, k * c))
         x = f[lo:hi].reshape(m * s, k * c)
         y = hit.reshape(m * s, k * c)
@@ -211,15 +211,3 @@ def matched(rt: Runtime, plan: Plan, joined: SharedTable, side: str) -> AShare:
 
 def _transposed(x: AShare) -> AShare:
     return AShare(x.party, np.ascontiguousarray(x.a.T), np.ascontiguousarray(x.b.T))
-
-
-def _any(rt: Runtime, x: AShare) -> AShare:
-    """OR over axis 1 of 0/1 shares (a OR b = a + b - ab), by a tree of products."""
-    while x.shape[1] > 1:
-        half = x.shape[1] // 2
-        left, right = x[:, :half], x[:, half:2 * half]
-        merged = left + right - rt.mul(left, right)
-        if x.shape[1] % 2:
-            merged = AShare.concat([merged, x[:, 2 * half:]], axis=1)
-        x = merged
-    return x[:, 0]
