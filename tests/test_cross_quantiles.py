@@ -83,7 +83,9 @@ def _run(session: veilql.Session, sql: str, delta: float = 1e-6) -> veilql.Resul
         return session.sql(sql, epsilon=HUGE_EPSILON, delta=delta)
 
 
-@pytest.mark.parametrize("sql", QUERIES, ids=[f"q{i}" for i in range(len(QUERIES))])
+@pytest.mark.parametrize("sql", [q if i < 3 else pytest.param(q, marks=pytest.mark.slow)
+                                 for i, q in enumerate(QUERIES)],
+                         ids=[f"q{i}" for i in range(len(QUERIES))])  # q3.. with -m slow
 def test_quantiles_across_parties_equal_plain_duckdb(bi, sql: str) -> None:
     session, con = bi
     check_statistics(_run(session, sql), plain(con, sql))

@@ -317,7 +317,8 @@ ACROSS = {
 }
 
 
-@pytest.mark.parametrize("name", list(ACROSS))
+@pytest.mark.parametrize("name", [n if n == "other_grouped_three_parties" else pytest.param(
+    n, marks=pytest.mark.slow) for n in ACROSS])  # the others with -m slow
 def test_across_parties_equals_plain_duckdb(fed: Path, name: str) -> None:
     sql, reference = ACROSS[name]
     with veilql.connect(fed, "oracle") as session, warnings.catch_warnings():
@@ -395,7 +396,8 @@ def test_across_parties_lengths_do_not_depend_on_a_value(tmp_path: Path) -> None
     assert _lengths(build(tmp_path / "c", move=7), tmp_path / "tc", sql) == base
 
 
-@pytest.mark.parametrize("n, k, m", [(317, 9000, 316), (200, 3000, 200), (64, 300, 600)])
+@pytest.mark.parametrize("n, k, m", [pytest.param(317, 9000, 316, marks=pytest.mark.slow),
+                                     (200, 3000, 200), (64, 300, 600)])
 def test_ring_matmul_equals_numpy(n: int, k: int, m: int) -> None:
     """The digits' matrix product through float limbs wraps exactly as uint64 does, at the
     ring's edges too (all ones, the top bit)."""
