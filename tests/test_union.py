@@ -116,7 +116,7 @@ def _bucket_width(plan) -> float:
     return b.per * b.step
 
 
-@pytest.mark.parametrize("sql, exact", [q if i in (0, 2) else pytest.param(
+@pytest.mark.parametrize("sql, exact", [q if i == 0 else pytest.param(
     *q, marks=pytest.mark.slow) for i, q in enumerate(QUANTILE_QUERIES)],
                          ids=[f"q{i}" for i in range(len(QUANTILE_QUERIES))])  # others: -m slow
 def test_union_quantiles_equal_plain_duckdb(oracle, sql: str, exact: bool) -> None:
