@@ -45,15 +45,14 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from fractions import Fraction
 from pathlib import Path
 
-import filelock
-
-from veilql.engine.ledger.anchors import Anchor, AnchorBook, anchors_path, validate
+from veilql.engine.ledger.anchor_file import AnchorFile
+from veilql.engine.ledger.anchors import AnchorBook, anchors_path
 from veilql.engine.ledger.chain import BadEntry, ChainState, Problem, mac_name
 from veilql.engine.ledger.entries import (
     FORMAT_VERSION,
@@ -64,128 +63,21 @@ from veilql.engine.ledger.entries import (
     check_purpose,
     now_utc,
 )
-from veilql.engine.ledger.errors import BudgetRefused, LedgerBusy, LedgerCorrupt, LedgerError
-from veilql.engine.ledger.keys import create_key, fsync_dir, key_path, load_key
+from veilql.engine.ledger.errors import BudgetRefused, LedgerCorrupt, LedgerError
+from veilql.engine.ledger.files import append_durably, file_lock, holding
+from veilql.engine.ledger.keys import create_key, key_path, load_key
 from veilql.engine.ledger.money import Amount, to_fraction
+from veilql.engine.ledger.records import (
+    Charge,
+    Reservation,
+    VerifyResult,
+    charge_of,
+    refusal_of,
+)
 from veilql.policies.model import Analyst
 
 _WAIT_POLL = 0.02  # seconds between looks at open reservations while an admission waits
 DEFAULT_TIMEOUT = 120.0  # seconds; the lock is held for one read and one fsync, so this is slack
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """A charge appended to one party's ledger, to be committed or aborted.
-
-    ``seq`` and ``hash`` identify the reserve entry, so a reservation cannot be settled in a
-    ledger it does not belong to.
-    """
-
-    party: str
-    seq: int
-    hash: str
-    analyst: str
-    query_id: str
-    epsilon: Fraction
-    delta: Fraction
-    tables: tuple[str, ...]
-    sql: str
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """Outcome of ``Ledger.verify`` (or ``multi.verify_all``): ``ok``, entries read, and
-    where and why it broke.
-
-    ``problems`` lists every reason it fails (``Problem.kind`` says which kind: chain, key,
-    missing, anchor, anchor-file, open-reservation); ``bad_index`` and ``problem`` are those
-    of the first. ``warnings`` do not make it fail (e.g. a ledger that is not keyed).
-    ``keyed`` says whether the chain is HMAC-keyed (None without entries); ``exists``
-    whether the file exists; ``anchors`` are the anchors other parties hold for this ledger
-    (filled in by ``multi.verify_all``).
-    """
-
-    ok: bool
-    entries: int
-    bad_index: int | None = None
-    problem: str | None = None
-    head: str | None = None
-    problems: tuple[Problem, ...] = ()
-    warnings: tuple[str, ...] = ()
-    keyed: bool | None = None
-    exists: bool = True
-    anchors: tuple[Anchor, ...] = ()
-
-    @classmethod
-    def of(cls, entries: int, head: str | None, problems: Iterable[Problem] = (), *,
-           warnings: Iterable[str] = (), keyed: bool | None = None, exists: bool = True,
-           anchors: Iterable[Anchor] = ()) -> VerifyResult:
-        """A result whose ``ok``, ``bad_index`` and ``problem`` follow from ``problems``."""
-        found = tuple(problems)
-        first = found[0] if found else None
-        return cls(
-            ok=not found, entries=entries, bad_index=first.index if first else None,
-            problem=first.message if first else None, head=head if not found else None,
-            problems=found, warnings=tuple(warnings), keyed=keyed, exists=exists,
-            anchors=tuple(anchors),
-        )
-
-    def adding(self, problems: Iterable[Problem] = (), anchors: Iterable[Anchor] = (),
-               ) -> VerifyResult:
-        """This result with more problems and the anchors held for it (the head is kept
-        only while no problem remains)."""
-        return VerifyResult.of(
-            self.entries, self.head, (*self.problems, *problems), warnings=self.warnings,
-            keyed=self.keyed, exists=self.exists, anchors=(*self.anchors, *anchors),
-        )
-
-    @property
-    def head_seq(self) -> int | None:
-        """``seq`` of the last entry read (None for an empty or missing ledger)."""
-        return self.entries - 1 if self.entries else None
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def __str__(self) -> str:
-        if self.ok:
-            if not self.exists:
-                return "no ledger (nothing charged)"
-            return f"ok ({self.entries} entries, head {self.head})"
-        return "; ".join(str(p) for p in self.problems)
-
-
-@dataclass(frozen=True)
-class Charge:
-    """One query at one party, for reports: the reservation and how it was settled."""
-
-    party: str
-    seq: int
-    analyst: str
-    query_id: str
-    sql: str
-    epsilon: Fraction
-    delta: Fraction
-    tables: tuple[str, ...]
-    status: str  # reserved (still open) | committed | aborted | refused (charged nothing)
-    reserved_at: str
-    settled_at: str | None
-    reason: str | None
-    purpose: str = ""
-    identity: str | None = None  # certificate | self-asserted; None before it was recorded
-    requested: tuple[Fraction, Fraction] | None = None  # refused: what the budget refused
-
-
-def _file_lock(path: str, timeout: float) -> filelock.BaseFileLock:
-    """An exclusive ``flock`` on ``path`` whose lock file is kept.
-
-    Unlinking the lock file on release races with waiters, and a native flock (no soft
-    fallback) is released by the kernel if the holder crashes.
-    """
-    try:
-        return filelock.FileLock(path, timeout=timeout, preserve_lock_file=True)
-    except TypeError:  # filelock < 4 has no such option and always uses flock on Unix
-        return filelock.FileLock(path, timeout=timeout)
 
 
 def _utc(since: datetime | date | str) -> datetime:
@@ -195,34 +87,6 @@ def _utc(since: datetime | date | str) -> datetime:
     if not isinstance(since, datetime):
         since = datetime(since.year, since.month, since.day)
     return since if since.tzinfo else since.replace(tzinfo=UTC)
-
-
-def charge_of(party: str, seq: int, reserve: Entry, settled: Entry | None) -> Charge:
-    """The ``Charge`` of reserve entry ``seq`` and its commit or abort entry, if any."""
-    e, done = reserve, settled
-    assert e.analyst is not None and e.query_id is not None and e.sql is not None
-    assert e.epsilon is not None and e.delta is not None and e.tables is not None
-    return Charge(
-        party=party, seq=seq, analyst=e.analyst, query_id=e.query_id, sql=e.sql,
-        epsilon=e.epsilon, delta=e.delta, tables=e.tables,
-        status=done.status if done and done.status else STATUS["reserve"],
-        reserved_at=e.time, settled_at=done.time if done else None,
-        reason=done.reason if done else None, purpose=e.purpose or "", identity=e.identity,
-    )
-
-
-def refusal_of(party: str, entry: Entry) -> Charge:
-    """The ``Charge`` of a ``refused`` entry: nothing charged, what was requested kept."""
-    e = entry
-    assert e.analyst is not None and e.query_id is not None and e.sql is not None
-    assert e.tables is not None
-    assert e.requested_epsilon is not None and e.requested_delta is not None
-    return Charge(
-        party=party, seq=e.seq, analyst=e.analyst, query_id=e.query_id, sql=e.sql,
-        epsilon=Fraction(0), delta=Fraction(0), tables=e.tables, status=STATUS["refused"],
-        reserved_at=e.time, settled_at=e.time, reason=e.reason, purpose=e.purpose or "",
-        identity=e.identity, requested=(e.requested_epsilon, e.requested_delta),
-    )
 
 
 class Ledger:
@@ -249,9 +113,8 @@ class Ledger:
         self._auto_key = key is None and key_file
         self._timeout = timeout
         self._state: ChainState | None = None
-        self._book: AnchorBook | None = None
-        self._lock = _file_lock(f"{self.path}.lock", timeout)
-        self._anchor_lock = _file_lock(f"{self.anchors_path}.lock", timeout)
+        self._lock = file_lock(f"{self.path}.lock", timeout)
+        self._anchors = AnchorFile(self.anchors_path, party, timeout)
 
     # ------------------------------------------------------------------ budget operations
 
@@ -469,44 +332,20 @@ class Ledger:
 
     def record_anchor(self, party: str, seq: int, digest: str, query_id: str) -> None:
         """Keep ``(seq, digest)``, the head of another ``party``'s ledger after query
-        ``query_id`` (what that party's ``head()`` returned), in this party's anchor file.
-
-        One JSON line is appended and fsynced under the anchor file's lock; nothing is ever
-        rewritten. Raises ``LedgerError`` for this party's own ledger or a malformed head.
-        """
-        if party == self.party:
-            raise LedgerError(
-                f"{self.party} cannot anchor its own ledger",
-                "record the heads of the other parties' ledgers; they record this one's",
-            )
-        try:
-            validate(party, seq, digest)
-        except ValueError as exc:
-            raise LedgerError(f"bad anchor for the ledger of {party}: {exc}",
-                              "pass the (seq, hash) that party's Ledger.head() returned"
-                              ) from None
-        anchor = Anchor(holder=self.party, party=party, seq=seq, hash=digest,
-                        query_id=str(query_id), time=now_utc())
-        line = anchor.line()
-        with self._locked(self._anchor_lock, self.anchors_path):
-            book = self._refresh_anchors(drop_torn=True)
-            book.ident = _append_durably(self.anchors_path, line)
-            book.feed(line)
+        ``query_id`` (what that party's ``head()`` returned), in this party's anchor file
+        (``anchor_file.AnchorFile.record``: one fsynced line, nothing ever rewritten)."""
+        self._anchors.record(party, seq, digest, query_id)
 
     def anchors(self) -> dict[str, tuple[int, str]]:
         """The latest (highest ``seq``) anchor this party holds for each other party:
         ``party -> (seq, hash)``."""
-        return self.anchor_book().heads()
+        return self._anchors.book().heads()
 
     def anchor_book(self) -> AnchorBook:
         """Everything this party's anchor file holds: latest anchors, conflicting anchors
         and damaged lines (a snapshot; read incrementally after the first call)."""
-        if not self.anchors_path.exists():
-            return AnchorBook(self.party)
-        with self._locked(self._anchor_lock, self.anchors_path):
-            book = self._refresh_anchors(drop_torn=False)
-            return replace(book, latest=dict(book.latest), conflicts=list(book.conflicts),
-                           damaged=list(book.damaged), seen=dict(book.seen))
+        return self._anchors.book()
+
 
     def repair(self) -> bool:
         """Drop a torn last line (a write cut short by a crash or power loss), recording the
@@ -538,25 +377,10 @@ class Ledger:
 
     # ------------------------------------------------------------------ internals
 
-    @contextlib.contextmanager
-    def _locked(self, lock: filelock.BaseFileLock | None = None,
-                what: Path | None = None) -> Iterator[None]:
-        """Hold an exclusive lock (by default the ledger's), waiting up to the timeout."""
-        lock = lock or self._lock
-        what = what or self.path
-        what.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            lock.acquire(timeout=self._timeout)
-        except filelock.Timeout:
-            raise LedgerBusy(
-                f"{'ledger' if what == self.path else 'anchor file'} {what} stayed locked "
-                f"for {self._timeout:g} s",
-                "another process holds the lock; retry, or raise the timeout",
-            ) from None
-        try:
-            yield
-        finally:
-            lock.release()
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the ledger's exclusive lock, waiting up to the timeout."""
+        return holding(self._lock, self.path, self._timeout, "ledger")
+
 
     def _resolve_key(self) -> bytes | None:
         """The chain's key: the one given, else the party's key file once it exists."""
@@ -628,31 +452,6 @@ class Ledger:
         self._state = state
         return state
 
-    def _refresh_anchors(self, *, drop_torn: bool) -> AnchorBook:
-        """Bring the anchor book up to the end of the anchor file (under its lock).
-
-        Reads only what was appended since the last call, unless the file was replaced or
-        shrank. With ``drop_torn``, a last line without newline (a write cut short by a
-        crash, never acknowledged) is cut off so the next append starts a fresh line.
-        """
-        try:
-            st = os.stat(self.anchors_path)
-        except FileNotFoundError:
-            self._book = AnchorBook(self.party)
-            return self._book
-        book = self._book
-        ident = (st.st_dev, st.st_ino)
-        if book is None or book.ident != ident or st.st_size < book.offset:
-            book = AnchorBook(self.party, ident=ident)
-        with open(self.anchors_path, "rb") as f:
-            f.seek(book.offset)
-            data = f.read()
-        used = book.feed(data)
-        if drop_torn and used < len(data):
-            os.truncate(self.anchors_path, book.offset)
-        self._book = book
-        return book
-
     def _append(self, state: ChainState, entry: Entry) -> Entry:
         """Seal ``entry``, append it durably, and apply it to ``state`` (under the lock).
 
@@ -669,7 +468,7 @@ class Ledger:
             entry = replace(entry, seq=state.next_seq, prev=state.last_hash)
         sealed = entry.sealed(self._key)
         line = sealed.line()
-        state.ident = _append_durably(self.path, line)
+        state.ident = append_durably(self.path, line)
         try:
             state.feed_line(line)
         except BadEntry as bad:  # cannot happen unless the writer itself is wrong
@@ -725,21 +524,3 @@ class Ledger:
             query_id=entry.query_id, epsilon=entry.epsilon, delta=entry.delta,
             tables=entry.tables, sql=entry.sql,
         )
-
-
-def _append_durably(path: Path, line: bytes) -> tuple[int, int]:
-    """Append ``line`` to ``path`` and fsync it (and the folder when the file is new);
-    returns the file's ``(st_dev, st_ino)``, which tells a later reader it is the same file."""
-    created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(line)
-        while view:  # one write in practice; loop in case the OS takes part of it
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if created:
-        fsync_dir(path.parent)
-    return st.st_dev, st.st_ino
