@@ -1,33 +1,35 @@
-"""The buckets of a COUNT(DISTINCT x) over a large public domain: in the party's engine,
-or across parties as two one-hot digits of the bucket index multiplied on shares.
+"""COUNT(DISTINCT x) over a large public domain: per cell the number of buckets with a
+positive count, in the party's engine or, across parties, compared with 0 on shares.
 
-Such a histogram (``rewrite/histogram.py``) is one local column, the row's bucket index
-(-1: no bucket), and one count per bucket in the plan, all of one ``family``. In local
-mode ``reduce_in_engine`` reduces the plan's other aggregates as local mode always does
-(``factors.reduce_in_engine``) and each histogram in one more GROUP BY over the party's
-group columns and the index: at most one result row per (cell, bucket) that
-occurs, so memory grows with rows plus buckets x cells (the dense array of counts every
-bucket of which is released, with noise), never with rows x buckets. ``plain_counts``
-computes the same counts from pivoted rows (the reference of ``local_mode.aggregate_plain``
-and the tests), a chunk of buckets at a time.
+Such an aggregate (``rewrite/histogram.py``, ``AggregateSpec.buckets``) counts one local
+column, the row's bucket index (-1: no bucket). In local mode ``reduce_in_engine``
+reduces the plan's other aggregates as local mode always does
+(``factors.reduce_in_engine``) and each such aggregate in one more query:
+``COUNT(DISTINCT index)`` over the bounded rows that pass WHERE, grouped by the party's
+group columns: one number per cell, whatever the number of buckets. ``plain_counts``
+computes the (bucket, cell) counts from pivoted rows, a chunk of buckets at a time, and
+``plain_distinct`` the distinct counts from them (the reference of the tests).
 
 Across parties (``digit_columns``, ``secure_counts``) a bucket ``b`` of ``B`` is the pair
 of digits ``h = b // s``, ``l = b % s`` with ``s = ceil(sqrt(B))``. The owner shares, per
 unit and slot, a one-hot row of ``(its cell, h)`` carrying the row's weight and a one-hot
 row of ``l``: ``cells x ceil(B / s) + s`` words instead of ``B``. The other parties'
-factors for the histogram's count (their weights times their one-hot cells, summed over
+factors for the aggregate's count (their weights times their one-hot cells, summed over
 their slots as for any aggregate) are repeated over the owner's slots, multiplied into
 one digit on their own grid, and the last product is ONE matrix product over the rows
 (``aggregate.product_sum``: digits and cells of the others x the other digit), reshared
 once; its ``s x s`` cells per joint cell are the bucket counts (the first ``B`` of them).
-No cross-party predicate may stand beside it (``rewrite/histogram._across``): then every
-party's factor is summed over its slots before the join.
+Each count is then compared with 0 on shares (``Runtime.gt``, in batches of whole
+buckets within the chunk budget), the bits converted to arithmetic shares and summed per
+cell: the exact number of distinct values per cell, still shared, which the noise on
+shares treats as any COUNT. No cross-party predicate may stand beside it
+(``rewrite/histogram._across``): then every party's factor is summed over its slots
+before the join.
 
-Leakage: none beyond the released noisy counts (local mode sends only those). The engine
-sees its own rows; which buckets occur decides the size of its own result, at its owner.
-Across parties every array's shape is a function of the units and slots (the join's
-sizes, already revealed), ``B`` and the public cells, never of which buckets occur; every
-value is a share.
+Leakage: none beyond the released noisy count per cell (local mode sends only those).
+The engine sees its own rows. Across parties every array's shape is a function of the
+units and slots (the join's sizes, already revealed), ``B`` and the public cells, never
+of which buckets occur; every value is a share, and the comparisons open nothing.
 """
 
 from __future__ import annotations
@@ -47,49 +49,52 @@ from veilql.engine.operators.local import (
     bounded_sql,
     release_engine_memory,
 )
-from veilql.engine.operators.memory import chunk_words
+from veilql.engine.operators.memory import chunk_words, spans
 from veilql.engine.plan.nodes import LocalStep, Plan, Term
 from veilql.engine.rewrite.histogram import PREFIX
 from veilql.errors import ProtocolError
 
+COMPARE_WORDS = 64  # words per entry a comparison holds at once (as secure_mode's)
 
-def families(plan: Plan, party: str) -> dict[str, list[int]]:
-    """``party``'s bucket-index columns and, for each, the indices of its bucket counts in
-    ``plan.aggregates``, in bucket order (empty when the plan has no such histogram)."""
-    step = plan.step(party)
-    index = {c.name for c in step.columns if c.role == "group" and c.name.startswith(PREFIX)}
-    out: dict[str, list[int]] = {}
+
+def families(plan: Plan, party: str) -> dict[str, tuple[int, int]]:
+    """``party``'s bucket-index columns and, for each, the index in ``plan.aggregates`` of
+    its COUNT(DISTINCT) and its number of buckets (empty when the plan has none)."""
+    index = {c.name for c in plan.step(party).columns
+             if c.role == "group" and c.name.startswith(PREFIX)}
+    out: dict[str, tuple[int, int]] = {}
     for i, agg in enumerate(plan.aggregates):
-        if agg.family and len(agg.terms) == 1 and agg.terms[0].party == party and \
+        if agg.buckets and len(agg.terms) == 1 and agg.terms[0].party == party and \
                 agg.terms[0].column in index:
-            out.setdefault(agg.terms[0].column, []).append(i)  # type: ignore[arg-type]
+            out[agg.terms[0].column] = (i, agg.buckets)  # type: ignore[index]
     return out
 
 
 def reduce_in_engine(plan: Plan, step: LocalStep, connector: Connector,
                      seed: str) -> tuple[np.ndarray, PartyRows]:
-    """``factors.reduce_in_engine`` of a plan with bucket-index histograms: shape
+    """``factors.reduce_in_engine`` of a plan with large COUNT(DISTINCT)s: shape
     (aggregates, cells), and the private group labels."""
     party = step.party
     dense = families(plan, party)
-    counted = {i for idx in dense.values() for i in idx}
+    counted = {i for i, _ in dense.values()}
     rest = replace(plan, aggregates=tuple(a for i, a in enumerate(plan.aggregates)
                                           if i not in counted))
     values, rows = fac.reduce_in_engine(rest, step, connector, seed)
     out = np.zeros((len(plan.aggregates), values.shape[1]), dtype=np.int64)
     out[[i for i in range(len(plan.aggregates)) if i not in counted]] = values
     groups = [g.column for g in fac.party_cells(plan.groups, party)]
-    for column, idx in dense.items():
-        keys = ", ".join(f'"{g}"' for g in [*groups, column])
-        sql = (f'SELECT {keys}, CAST(SUM("w") AS BIGINT) AS "__c" FROM '
-               f'({bounded_sql(step, seed)}) AS "__l" WHERE "{column}" >= 0 GROUP BY {keys}')
+    for column, (agg, buckets) in dense.items():
+        # the rows WHERE keeps (w > 0) whose bucket exists; a FILTER or NULL made it -1
+        keys = ", ".join(f'"{g}"' for g in groups)
+        sql = (f'SELECT {keys + ", " if keys else ""}CAST(COUNT(DISTINCT "{column}") AS '
+               f'BIGINT) AS "__c" FROM ({bounded_sql(step, seed)}) AS "__l" WHERE '
+               f'"w" > 0 AND "{column}" >= 0 AND "{column}" < {buckets}'
+               + (f" GROUP BY {keys}" if keys else ""))
         result = _arrays(connector, sql)
-        bucket, count = result[column], result["__c"]
-        cell = _cells(plan, party, result)
-        ok = (cell >= 0) & (bucket < len(idx))
-        block = np.zeros((len(idx), out.shape[1]), dtype=np.int64)
-        np.add.at(block, (bucket[ok], cell[ok]), count[ok])
-        out[idx] = block
+        count = result["__c"]
+        cell = _cells(plan, party, result) if groups else np.zeros(len(count), np.int64)
+        ok = cell >= 0
+        np.add.at(out[agg], cell[ok], count[ok])
     return out, rows
 
 
@@ -111,7 +116,7 @@ def _arrays(connector: Connector, sql: str) -> dict[str, np.ndarray]:
 
 def _cells(plan: Plan, party: str, result: dict[str, np.ndarray]) -> np.ndarray:
     """The cell of each result row over the party's public group domains (the mixed-radix
-    index ``factors.reduce_groups`` gives it; -1 outside). A large histogram has no
+    index ``factors.reduce_groups`` gives it; -1 outside). A large COUNT(DISTINCT) has no
     private group key beside it (``rewrite/histogram.dense``)."""
     keys = fac.party_cells(plan.groups, party)
     n = len(next(iter(result.values())))
@@ -146,6 +151,16 @@ def plain_counts(plan: Plan, party: str, rows: PartyRows, column: str, buckets: 
     return out
 
 
+def plain_distinct(counts: np.ndarray) -> np.ndarray:
+    """Per cell the number of buckets with a positive count: what ``reduce_in_engine`` and
+    ``secure_counts`` compute, from ``plain_counts``'s (buckets, cells).
+
+    >>> plain_distinct(np.array([[0, 2], [1, 0], [3, 1]])).tolist()
+    [2, 2]
+    """
+    return (counts > 0).sum(axis=0).astype(np.int64)
+
+
 def digit_size(buckets: int) -> tuple[int, int]:
     """The high digit's and the low digit's number of values for ``buckets`` buckets: the
     low one ``s = ceil(sqrt(buckets))``, the high one ``ceil(buckets / s)``.
@@ -171,11 +186,11 @@ def digit_columns(plan: Plan, party: str, rows: PartyRows) -> dict[str, np.ndarr
     groups = fac.party_cells(plan.groups, party)
     ncell = fac.cell_count(groups, rows)
     cell = fac.cell_index(rows, groups) if groups else np.zeros(rows.present.shape, np.int64)
-    for column, idx in families(plan, party).items():
-        high, low = digit_size(len(idx))
+    for column, (_, buckets) in families(plan, party).items():
+        high, low = digit_size(buckets)
         index = rows.cols[column]
         n, slots = index.shape
-        keep = rows.present & (index >= 0) & (index < len(idx)) & (cell >= 0)
+        keep = rows.present & (index >= 0) & (index < buckets) & (cell >= 0)
         units, slot = np.nonzero(keep)
         b = index[units, slot]
         hi = np.zeros((n, slots, ncell * high), dtype=np.int64)
@@ -188,30 +203,48 @@ def digit_columns(plan: Plan, party: str, rows: PartyRows) -> dict[str, np.ndarr
 
 def secure_counts(rt: Runtime, plan: Plan, cols: dict[str, AShare],
                   chains: tuple, cells: int) -> dict[int, AShare]:
-    """Shares of every large histogram's bucket counts over the joined rows ``cols``: per
-    plan aggregate index of a bucket, its row of ``cells`` joint cells (party order).
+    """Shares of every large COUNT(DISTINCT) over the joined rows ``cols``: per plan
+    aggregate index, its row of ``cells`` joint cells (party order), the number of buckets
+    whose count in the cell is positive.
 
-    ``chains`` are ``factors.expand_terms``'s; the histogram's chain (its count of the
+    ``chains`` are ``factors.expand_terms``'s; the aggregate's chain (its count of the
     bucket-index column) selects each other party's factor, as it does in every aggregate.
     """
     out: dict[int, AShare] = {}
     for party in plan.parties:
-        for column, idx in families(plan, party).items():
+        for column, (agg, buckets) in families(plan, party).items():
             if plan.on_shares or plan.outer:  # refused when planned (rewrite/histogram)
                 raise ProtocolError("a large COUNT(DISTINCT) across parties beside a "
                                     "condition on shares or an outer join")
             c = next(i for i, ch in enumerate(chains) if ch.kind == "count" and
                      ch.terms == (Term(party, column),))
-            counts = _family_counts(rt, plan, cols, party, column, c, len(idx))
-            assert counts.shape == (len(idx), cells)
-            for b, agg in enumerate(idx):
-                out[agg] = counts[b]
+            counts = _family_counts(rt, plan, cols, party, column, c, buckets)
+            assert counts.shape == (buckets, cells)
+            out[agg] = count_positive(rt, counts)
     return out
+
+
+def count_positive(rt: Runtime, counts: AShare) -> AShare:
+    """Per column of ``counts`` (buckets x cells, each in ``[0, 2^62)``), shares of how many
+    of its entries are positive: each compared with 0 on shares, the bits converted to
+    arithmetic shares and summed over the buckets. Whole buckets are taken in batches of
+    about ``rt.chunk_words / COMPARE_WORDS`` entries (a comparison holds some
+    ``COMPARE_WORDS`` words per entry), so the temporaries stay within about a chunk;
+    the batches depend on the shape only."""
+    buckets, cells = counts.shape
+    rows = max(1, rt.chunk_words // (COMPARE_WORDS * max(1, cells)))
+    a = np.zeros(cells, dtype=np.uint64)
+    b = np.zeros(cells, dtype=np.uint64)
+    for lo, hi in spans(buckets, rows):
+        bits = rt.b2a_bit(rt.gt(counts[lo:hi], 0))
+        a += bits.a.sum(axis=0, dtype=np.uint64)
+        b += bits.b.sum(axis=0, dtype=np.uint64)
+    return AShare(counts.party, a, b)
 
 
 def _family_counts(rt: Runtime, plan: Plan, cols: dict[str, AShare], owner: str,
                    column: str, chain: int, buckets: int) -> AShare:
-    """The (buckets, joint cells) counts of one histogram (see the module docstring)."""
+    """The (buckets, joint cells) counts of one bucket-index column (module docstring)."""
     hi = cols[f"{owner}.{column}:hi"]
     lo = cols[f"{owner}.{column}:lo"]
     n, slots = hi.shape[0], hi.shape[1]

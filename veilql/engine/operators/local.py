@@ -179,7 +179,8 @@ def light(step: LocalStep, plan: Plan) -> bool:
     return (len(step.aliases) == 1 and not step.dimensions and not any(step.semi)
             and not any(step.per_unit) and not any(step.outer)
             and all(c.role != "label" for c in step.columns)
-            and all(a.kind != "count_distinct" and not a.family for a in plan.aggregates)
+            and all(a.kind != "count_distinct" and not a.family and not a.buckets
+                    for a in plan.aggregates)
             and "ROW_NUMBER" not in step.sql.upper())
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from veilql.connectors.base import Connector
 from veilql.engine.dp import sample_share
-from veilql.engine.operators import ANALYST
+from veilql.engine.operators import ANALYST, histogram
 from veilql.engine.operators import factors as fac
 from veilql.engine.operators.cells import cell_info, selection_index
 from veilql.engine.operators.local import PartyRows, fetch
@@ -40,6 +40,11 @@ def aggregate_plain(plan: Plan, rows: dict[str, PartyRows]) -> np.ndarray:
     out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=np.int64)
     for i, agg in owner:
         out[agg] += per_chain[i]
+    # a large COUNT(DISTINCT): the buckets with a positive count per cell (its chain above
+    # summed the bucket index, not a count)
+    for column, (agg, buckets) in histogram.families(plan, party).items():
+        counts = histogram.plain_counts(plan, party, rows[party], column, buckets)
+        out[agg] = histogram.plain_distinct(counts)
     return out
 
 

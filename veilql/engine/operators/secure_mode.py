@@ -201,8 +201,9 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
     for i, agg in owner:  # a chain may feed several aggregates (fac.expand_terms)
         a[agg] += per_chain.a[i]
         b[agg] += per_chain.b[i]
-    # A large COUNT(DISTINCT)'s buckets: its chain above counted no bucket; the two digits'
-    # matrix product does (operators/histogram.py)
+    # A large COUNT(DISTINCT): its chain above counted no bucket; the two digits' matrix
+    # product does, and its counts compared with 0 give the distinct values per cell
+    # (operators/histogram.py), noised below as any COUNT
     for agg, counts in histogram.secure_counts(rt, plan, joined.cols, chains, cells).items():
         a[agg], b[agg] = counts.a, counts.b
     joined.memo[key] = AShare(rt.me, a, b)

@@ -314,6 +314,11 @@ class AggregateSpec:
     # ``Plan.cross`` (over ``party.column`` local columns once ``place_secure`` ran; before,
     # over the query's ``alias.column``): ``SUM(a.x > b.y)``, ``FILTER (WHERE a.x > b.y)``.
     cross: exp.Expression | None = None
+    # COUNT(DISTINCT x) over a large domain (``rewrite/histogram.py``): its one term is a
+    # bucket-index column of this many buckets, and the aggregate is, per cell, the number
+    # of buckets whose exact count is positive (compared on shares across parties): one
+    # count per cell, noised and released as a COUNT; 0 for every other aggregate.
+    buckets: int = 0
 
     def to_s(self, *, branches: bool = False) -> str:
         """One line: what is summed and, once attached, its sensitivity and noise.
@@ -328,6 +333,10 @@ class AggregateSpec:
         elif self.kind == "count_distinct" and columns:
             what = "COUNT(DISTINCT unit WHERE " + " * ".join(
                 f"{t.party}.{t.column}" for t in columns) + " > 0)"
+        elif self.buckets and len(columns) == 1:  # one count per cell, no bucket released
+            what = (f"COUNT(DISTINCT {columns[0].party}.{columns[0].column}) over "
+                    f"{self.buckets:,} buckets: per cell the buckets whose exact count is "
+                    "> 0 (no bucket count is released)")
         elif self.kind == "count" and len(columns) == 1 and self.family and \
                 _bucket_index(columns[0].column):  # a bucket of a bucket-index column
             what = (f"COUNT(rows WHERE {columns[0].party}.{columns[0].column} = "

@@ -1,22 +1,25 @@
-"""COUNT(DISTINCT x) over a large public domain: one bucket-index column, not one per bucket.
+"""COUNT(DISTINCT x) over a large public domain: one count per cell of its distinct values.
 
 A histogram of MIN, MAX or a quantile has at most 64 buckets, and one of COUNT(DISTINCT x)
 over at most ``MAX_SECURE_DISTINCT`` values one bucket each; both are planned as one 0/1
 local column and one count per bucket (``push_local._quantile``), which every mode
 computes. Above that the plan holds one local column instead, the index of the row's
-bucket (``-1``: NULL, FILTERed out), and the bucket counts still as one aggregate each
-(``AggregateSpec.family``: one noise plan, one share of the budget, each bucket its own
-draws), whose term names that column. In local mode the party's engine reduces it in one
-GROUP BY over the group columns and the index; across parties the owner shares two one-hot
-digits of the index, multiplied on shares (``operators/histogram.py``). 100,000 SUM
-columns would take minutes to plan and transpile (2.5 ms a bucket), DuckDB a row of 100,000
-columns, and across parties every person would carry 100,000 words through the join.
+bucket (``-1``: NULL, FILTERed out), and ONE aggregate (``AggregateSpec.buckets``): per
+group cell, the number of buckets whose exact count is positive, computed before any
+noise. In local mode the party's engine counts it, ``COUNT(DISTINCT index)`` over the
+bounded rows that pass WHERE, grouped by the party's group columns; across parties the
+owner shares two one-hot digits of the index, the (cell, bucket) counts are one matrix
+product on shares, each is compared with 0 on shares and the indicators summed per cell
+(``operators/histogram.py``). Only that count per cell is noised and released, as a
+COUNT: removing one person removes at most the rows they contribute (``max_rows_per_unit``,
+products over a join), each row is in one (cell, bucket), so the vector of distinct counts
+per cell changes by at most that in L1 (and L2): the sensitivity and noise of COUNT(*)
+of the same query (docs/PRIVACY.md). No per-bucket value reaches the analyst.
 
 The buckets are those of ``push_local.histogram_buckets`` at one value each: bucket ``b``
 holds the values in ``[lo + (b - 1/2) step, lo + (b + 1/2) step)``, values below the
 bounds fall in the first and values above them in the last (the clamping of every
-aggregate), so the counts are those of the per-bucket plan. The domain is dense (every
-bucket is released, with noise) whatever values occur.
+aggregate), so the distinct values are those of the clamped column.
 
 >>> print(bucket_sql("t.x", None, 0.0, 2, 10001))  # doctest: +NORMALIZE_WHITESPACE
 CASE WHEN (t.x) IS NOT NULL THEN CAST(FLOOR((LEAST(GREATEST(t.x, 0), 100.00) - 0) * 100
@@ -40,24 +43,26 @@ from veilql.engine.sql.distinct import MAX_SECURE_DISTINCT
 from veilql.errors import UnsupportedError
 
 PREFIX = BUCKET_INDEX_PREFIX  # local columns h0, h1, ...: a histogram's bucket index
-#: The most bucket counts (buckets x group cells) of one such histogram: each is a word of
-#: the counts, of the noise and of the release, and each noise draw takes some 20 us of
-#: the exact sampler (10^7 counts: 245 s and 1.2 GB; 10^6: see docs/PRIVACY.md).
-MAX_DENSE_COUNTS = 1_000_000
+#: Across parties, the most (bucket, joint cell) counts of one such COUNT(DISTINCT): each
+#: is a word of the digits' matrix product and one comparison with 0 on shares (some
+#: ``COMPARE_WORDS`` words at a time, in batches; figures in docs/PRIVACY.md). In local
+#: mode the party's engine counts distinct values per cell, which needs no such bound.
+MAX_SECURE_COUNTS = 10_000_000
 
 
 def dense(out: Output, ctx: Context, points: int) -> bool:
     """Whether ``out`` (COUNT(DISTINCT) over a value's bounds, ``points`` values) is planned
-    as one bucket-index column: above ``MAX_SECURE_DISTINCT`` values. Refused beside a GROUP
-    BY key chosen privately (its number of cells is the data's), above ``MAX_DENSE_COUNTS``
-    buckets x public cells and, across parties, where the two digits cannot stand in for
-    the buckets (``_across``), each naming why."""
+    as one bucket-index column and one count per cell: above ``MAX_SECURE_DISTINCT``
+    values. Refused beside a GROUP BY key chosen privately (its number of cells is the
+    data's) and, across parties, above ``MAX_SECURE_COUNTS`` buckets x public cells and
+    where the two digits cannot stand in for the buckets (``_across``), each naming why."""
     if out.stat != "distinct" or out.values is not None or points <= MAX_SECURE_DISTINCT:
         return False
     what = f"COUNT(DISTINCT {out.expr.sql(dialect='duckdb') if out.expr else ''}) over " \
         f"{points:,} values"
     narrow = f"at most {MAX_SECURE_DISTINCT:,} values there; narrow the column's bounds"
-    if len(ctx.bound.parties) != 1:
+    across = len(ctx.bound.parties) != 1
+    if across:
         _across(what, narrow, ctx)
         others = parties_in(out.filter, ctx.bound) - parties_in(out.expr, ctx.bound)
         if others:  # the owner's bucket index cannot read them
@@ -70,13 +75,15 @@ def dense(out: Output, ctx: Context, points: int) -> bool:
         if g.domain is None:
             raise UnsupportedError(
                 f"{what} is not supported with GROUP BY {g.name}, whose keys are chosen "
-                "privately (the histogram would have a row of buckets per key)", narrow)
+                "privately (its distinct values are counted per public cell)", narrow)
         cells *= len(g.domain)
-    if points * cells > MAX_DENSE_COUNTS:
+    if across and points * cells > MAX_SECURE_COUNTS:
         raise UnsupportedError(
-            f"{what} is not supported in {cells:,} group cells: {points * cells:,} noisy "
-            f"counts, more than {MAX_DENSE_COUNTS:,}",
-            "group by fewer values, or narrow the column's bounds")
+            f"{what} is not supported across parties in {cells:,} group cells: "
+            f"{points * cells:,} bucket counts compared on shares, more than "
+            f"{MAX_SECURE_COUNTS:,}",
+            "group by fewer values, narrow the column's bounds, or run it over one "
+            "party's tables")
     return True
 
 
@@ -123,9 +130,10 @@ def bucket_sql(expr: str, cond: str | None, lo: float, decimals: int, points: in
 
 
 def plan_dense(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
-               aggregates: list[AggregateSpec], buckets: Buckets) -> tuple[str, ...]:
-    """Add ``out``'s bucket-index column and one count per bucket (one family); returns the
-    counts' names in bucket order."""
+               aggregates: list[AggregateSpec], buckets: Buckets) -> str:
+    """Add ``out``'s bucket-index column and its one aggregate, the number of buckets with
+    a positive count per cell (a count of bound 1: ``AggregateSpec.buckets``); returns the
+    aggregate's name."""
     assert out.expr is not None
     (party,) = parties_in(out.expr, ctx.bound) or set(ctx.bound.parties)
     cols = columns[party]
@@ -133,12 +141,9 @@ def plan_dense(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
     cond = out.filter.sql(dialect="duckdb") if out.filter is not None else None
     cols.append(LocalColumn(name, "group", bucket_sql(
         out.expr.sql(dialect="duckdb"), cond, buckets.lo, buckets.decimals, buckets.points)))
-    family = f"{out.name}.b0"
-    term = (Term(party, name),)
-    names = tuple(f"{out.name}.b{b}" for b in range(buckets.count))
-    aggregates.extend(AggregateSpec(n, out.name, "count", term, bound=1.0, family=family)
-                      for n in names)
-    return names
+    aggregates.append(AggregateSpec(out.name, out.name, "count", (Term(party, name),),
+                                    bound=1.0, buckets=buckets.count))
+    return out.name
 
 
 def _plain(value: float, decimals: int | None = None) -> str:

@@ -551,9 +551,10 @@ def _quantile(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
                                         MAX_DISTINCT if out.stat == "distinct" else
                                         MAX_BUCKETS)
         if histogram.dense(out, ctx, buckets.points):  # one bucket-index column
-            names = histogram.plan_dense(out, ctx, columns, aggregates, buckets)
-            histograms[key] = (names, buckets)
-            return OutputSpec(out.name, "quantile", names, stat=out.stat, buckets=buckets)
+            # and one count per cell of the distinct values, released as a COUNT
+            name = histogram.plan_dense(out, ctx, columns, aggregates, buckets)
+            histograms[key] = ((name,), buckets)
+            return OutputSpec(out.name, "count", (name,))
         edges = buckets.edges() if out.values is None else []
         family = f"{out.name}.b0"
         names = []
@@ -584,6 +585,8 @@ def _quantile(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
             names.append(agg.name)
         histograms[key] = (tuple(names), buckets)
     names, buckets = histograms[key]
+    if any(a.buckets and a.name == names[0] for a in aggregates):  # a large COUNT(DISTINCT)
+        return OutputSpec(out.name, "count", names)
     return OutputSpec(out.name, "quantile", names, stat=out.stat, q=out.q, buckets=buckets)
 
 
