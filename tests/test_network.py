@@ -31,7 +31,7 @@ from veilql.engine.ledger.ledger import Ledger
 from veilql.engine.transport.certs import make_ca
 from veilql.engine.transport.frames import KIND_HELLO, encode_frame
 from veilql.engine.transport.identity import make_analyst_cert
-from veilql.engine.transport.mux import NO_SESSION
+from veilql.engine.transport.muxwire import NO_SESSION
 
 pytestmark = pytest.mark.network
 

@@ -48,7 +48,7 @@ from veilql.engine.transport.frames import (
 )
 from veilql.engine.transport.identity import ANALYST_KIND, certificate_identity, certificate_name
 from veilql.engine.transport.mailbox import Mailbox
-from veilql.engine.transport.mux import (
+from veilql.engine.transport.muxwire import (
     NO_SESSION,
     PROGRESS_TAG,
     QUERY_TAG,

@@ -21,13 +21,9 @@ from pathlib import Path
 from veilql.engine.ledger.ledger import Reservation
 from veilql.engine.node import PartyNode, QueryRequest, Refused
 from veilql.engine.transport.certs import PartyCredentials
-from veilql.engine.transport.mux import (
-    ANALYST,
-    PROGRESS_TAG,
-    ClientQuery,
-    MuxEndpoint,
-    MuxSession,
-)
+from veilql.engine.transport.mux import MuxEndpoint
+from veilql.engine.transport.mux_session import MuxSession
+from veilql.engine.transport.muxwire import ANALYST, PROGRESS_TAG, ClientQuery
 from veilql.errors import ConfigError, ProtocolError, UsageError, VeilError
 from veilql.policies.model import Federation
 

@@ -36,7 +36,6 @@ Framing, the per-connection TLS locking and header parsing come from ``tls.py``.
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import socket
 import ssl
@@ -44,45 +43,43 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 
-import numpy as np
-
-from veilql.engine.transport.base import TranscriptWriter, Transport, decode_array
+from veilql.engine.transport.base import TranscriptWriter
 from veilql.engine.transport.certs import PartyCredentials, client_context, server_context
 from veilql.engine.transport.frames import (
-    HEADER_SIZE,
     KIND_BYE,
     KIND_DATA,
     KIND_HELLO,
     KIND_NAMES,
     KIND_REJECT,
-    decode_tag,
     encode_frame,
-    encode_header,
     parse_address,
-    parse_header,
     session_digest,
 )
 from veilql.engine.transport.identity import ANALYST_KIND, PARTY, peer_identity
 from veilql.engine.transport.mailbox import Mailbox
+from veilql.engine.transport.mux_session import MuxSession
+from veilql.engine.transport.muxwire import (
+    ANALYST,
+    HANDSHAKE_TIMEOUT,
+    NO_SESSION,
+    QUERY_TAG,
+    ClientQuery,
+    handshake_client,
+    read_frame,
+    read_hello,
+    routing_id,
+    write_frame,
+)
 from veilql.engine.transport.tlsconn import (
     Closing,
     Conn,
     Stalled,
     connect_with_retry,
     describe,
-    queue_frame,
-    read_exact_blocking,
 )
 from veilql.errors import ConfigError, PartyUnavailable, ProtocolError
 
-ANALYST = "analyst"  # the client's endpoint name in a session (as in engine/node.py)
-QUERY_TAG = "query"  # the one frame a client sends after HELLO
-PROGRESS_TAG = "progress"  # node -> client: the name of the step it starts (no data)
-NO_SESSION = bytes(16)  # session field of HELLO/REJECT frames on multiplexed links
-MAX_QUERY_BYTES = 1 << 20  # a QUERY frame is JSON: the SQL and a few numbers
-HANDSHAKE_TIMEOUT = 5.0  # seconds a new connection may take to present itself
 PENDING_LIMIT = 100_000  # frames held for sessions not started yet (authenticated peers only)
 FINISHED_MEMORY = 4096  # digests of finished sessions whose late frames are dropped
 CONTROL = session_digest("veilql/control")  # node-to-node questions outside any query
@@ -90,88 +87,8 @@ Logger = Callable[[str], None]
 ControlHandler = Callable[[str, str, bytes], bytes]  # (peer, kind, question) -> answer
 
 
-def routing_id(analyst: str, session_id: str) -> str:
-    """The id a query's frames are routed by: the client's session id *and* the analyst its
-    certificate names, so no client can join or hijack another analyst's session by reusing
-    its id (ids are random uuid4 values besides)."""
-    return f"{analyst}/{session_id}"
-
-
 def _no_log(line: str) -> None:
     """The default log sink: nothing."""
-
-
-def abort_payload(exc: BaseException) -> bytes:
-    """The BYE payload telling peers why a session stopped (and whose fault it was)."""
-    culprit = exc.party if isinstance(exc, PartyUnavailable) else None
-    if isinstance(exc, ProtocolError):
-        kind, reason, hint = "protocol", exc.message, exc.hint
-    elif hasattr(exc, "message") and hasattr(exc, "hint"):
-        kind, reason, hint = "refused", str(exc.message), exc.hint
-    else:
-        kind, reason, hint = "internal", f"{type(exc).__name__}: {exc}", None
-    return json.dumps({"culprit": culprit, "kind": kind, "reason": reason[:1000],
-                       "hint": hint}).encode()
-
-
-def goodbye_error(peer: str, me: str, payload: bytes | bytearray) -> ProtocolError:
-    """The error a session BYE from ``peer`` leaves at ``me``.
-
-    >>> goodbye_error("bank", "analyst", b'{"culprit": "insurer", "reason": "x"}').party
-    'insurer'
-    """
-    if not payload:
-        return PartyUnavailable(peer, f"party {peer!r} ended the session")
-    try:
-        info = json.loads(bytes(payload))
-        culprit, kind = info.get("culprit"), info.get("kind")
-        reason, hint = str(info.get("reason")), info.get("hint")
-    except (ValueError, AttributeError):
-        culprit, kind, reason, hint = None, None, bytes(payload[:200]).decode("replace"), None
-    if isinstance(culprit, str) and culprit not in (peer, me):
-        # Relayed from node to node: keep the first report, say once who passed it on.
-        first = re.sub(r" \(reported by '[^']*'\)", "", reason.rpartition(" stopped because ")[2])
-        return PartyUnavailable(culprit, f"{first} (reported by {peer!r})")
-    if kind in ("protocol", "refused"):
-        return ProtocolError(f"party {peer!r} stopped the query: {reason}",
-                             hint if isinstance(hint, str) else None)
-    return PartyUnavailable(peer, f"party {peer!r} stopped the query: {reason}")
-
-
-def write_frame(conn: Conn, kind: int, digest: bytes, tag: str,
-                payload: bytes | bytearray | memoryview, stall: float) -> None:
-    """Queue one frame on a shared connection for its writer thread (header and payload
-    kept together, frames in order; ``tls.queue_frame`` says when the payload is copied)."""
-    view = memoryview(payload).cast("B")
-    head = encode_header(kind, digest, tag.encode(), len(view))
-    queue_frame(conn, head, payload, view, stall)
-
-
-def read_frame(conn: Conn, max_payload: int) -> tuple[int, bytes, str, bytearray]:
-    """Read one frame of any session: ``(kind, session digest, tag, payload)``."""
-    header = bytearray(HEADER_SIZE)
-    conn.read_into(memoryview(header))
-    kind, tag_len, n, digest = parse_header(header, None, max_payload=max_payload)
-    raw_tag = bytearray(tag_len)
-    conn.read_into(memoryview(raw_tag))
-    payload = bytearray(n)
-    conn.read_into(memoryview(payload))
-    return kind, digest, decode_tag(raw_tag), payload
-
-
-def read_hello(tls: ssl.SSLSocket, transcript: TranscriptWriter | None = None,
-               sender: str = "") -> tuple[int, str, bytes]:
-    """Read a set-up frame on a blocking socket: ``(kind, tag, payload)``.
-
-    The frame is recorded in ``transcript`` (as sent by ``sender``) before it is checked.
-    """
-    head = read_exact_blocking(tls, HEADER_SIZE)
-    kind, tag_len, n, _ = parse_header(head, None, max_payload=MAX_QUERY_BYTES)
-    body = read_exact_blocking(tls, tag_len + n)
-    tag, payload = decode_tag(body[:tag_len]), body[tag_len:]
-    if transcript is not None:
-        transcript.record(sender, tag, payload, KIND_NAMES[kind])
-    return kind, tag, payload
 
 
 def _sender(who: tuple[str, str] | None) -> str:
@@ -180,111 +97,6 @@ def _sender(who: tuple[str, str] | None) -> str:
     if who is None:
         return "unknown"
     return who[1] if who[0] == PARTY else ANALYST if who[0] == ANALYST_KIND else "unknown"
-
-
-@dataclass(frozen=True)
-class ClientQuery:
-    """A client's request as the node received it, with the analyst its certificate names."""
-
-    analyst: str
-    session_id: str
-    participants: tuple[str, ...]
-    request: dict
-    address: str
-
-
-class MuxSession(Transport):
-    """One query session's view of a node's endpoint (the ``Transport`` a ``PartyNode`` uses)."""
-
-    def __init__(self, endpoint: MuxEndpoint, session_id: str,
-                 participants: Collection[str], client: Conn | None) -> None:
-        self.me = endpoint.me
-        self.session_id = session_id
-        self.timeout = endpoint.timeout
-        self.digest = session_digest(session_id)
-        self.participants = tuple(participants)
-        self._endpoint = endpoint
-        self._client = client
-        self._box = Mailbox(endpoint.me)
-        self._closed = False
-
-    def deliver(self, frm: str, kind: int, tag: str, payload: bytearray) -> None:
-        """A frame for this session arrived from ``frm`` (called by reader threads)."""
-        if kind == KIND_BYE:
-            self._box.fail(frm, goodbye_error(frm, self.me, payload))
-        else:
-            self._box.put(frm, tag, payload)
-
-    def fail(self, frm: str, exc: ProtocolError) -> None:
-        """Fail every wait on ``frm`` in this session."""
-        self._box.fail(frm, exc)
-
-    def send(self, to: str, tag: str, payload: bytes | bytearray | memoryview) -> None:
-        """Send ``payload`` to peer ``to`` over the pooled link, or to the client."""
-        if self._closed:
-            raise ProtocolError(f"session transport of {self.me!r} is closed")
-        if to in self._box.errors:
-            self._box.raise_for(to, tag)
-        if to == ANALYST:
-            if self._client is None:
-                raise ProtocolError("this session has no client connection")
-            conn = self._client
-        else:
-            conn = self._endpoint.outbound(to)
-        try:
-            write_frame(conn, KIND_DATA, self.digest, tag, payload, self.timeout)
-        except Stalled:
-            self._box.fail(to, PartyUnavailable(
-                to, f"party {to!r} accepted no data for {self.timeout:g} s"))
-            self._box.raise_for(to, tag)
-        except (Closing, OSError, ValueError) as exc:
-            # A peer's goodbye naming the real culprit may still be in flight: wait briefly.
-            with self._box.cond:
-                self._box.cond.wait_for(lambda: to in self._box.errors, timeout=0.2)
-            self._box.fail(to, PartyUnavailable(
-                to, f"connection to {to!r} lost while sending: {describe(exc)}"))
-            if to != ANALYST:
-                self._endpoint.drop(conn)
-            self._box.raise_for(to, tag)
-
-    def recv(self, frm: str, tag: str, timeout: float | None = None) -> bytes:
-        """The payload ``frm`` sent under ``tag``; PartyUnavailable on timeout or death."""
-        return bytes(self._box.take(frm, tag, self.timeout if timeout is None else timeout))
-
-    def recv_array(self, frm: str, tag: str, timeout: float | None = None) -> np.ndarray:
-        """Receive an array without the copy ``recv`` makes."""
-        return decode_array(self._box.take(frm, tag, self.timeout if timeout is None
-                                           else timeout))
-
-    def abort(self, exc: BaseException) -> None:
-        """Stop this session because of ``exc``: tell the peers and the client why."""
-        self._finish(abort_payload(exc))
-
-    def close(self) -> None:
-        """End this session normally (the client hears an empty goodbye)."""
-        self._finish(b"")
-
-    def _finish(self, why: bytes) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if why:
-            for p in self.participants:
-                if p != self.me and p not in self._box.errors:
-                    try:
-                        conn = self._endpoint.outbound(p, quick=True)
-                        write_frame(conn, KIND_BYE, self.digest, self.me, why, 1.0)
-                    except (ProtocolError, Stalled, Closing, OSError, ValueError):
-                        pass
-        if self._client is not None:
-            try:
-                write_frame(self._client, KIND_BYE, self.digest, self.me, why, 1.0)
-            except (Stalled, Closing, OSError, ValueError):
-                pass
-            # The client closes once it has everything; its EOF ends our reader. Closing our
-            # side first could reset the connection before the client has read the tail.
-            self._endpoint.linger_close(self._client)
-        self._endpoint.forget(self)
 
 
 class MuxEndpoint:
@@ -649,47 +461,3 @@ class MuxEndpoint:
         raw.settimeout(HANDSHAKE_TIMEOUT)
         return handshake_client(self._client_ctx, raw, peer, self.me, f"{host}:{port}",
                                 self.transcript)
-
-
-def handshake_client(ctx: ssl.SSLContext, raw: socket.socket, peer: str, me: str,
-                     where: str, transcript: TranscriptWriter | None = None) -> ssl.SSLSocket:
-    """TLS-connect to node ``peer`` as ``me``, check it is that party, exchange HELLOs.
-
-    The node's answer (HELLO or REJECT) is recorded in ``transcript`` when one is given.
-    """
-    hint = "check that every node and client uses certificates from the same federation CA"
-    try:
-        tls = ctx.wrap_socket(raw)
-    except ssl.SSLError as exc:
-        raw.close()
-        raise ProtocolError(f"TLS handshake with party {peer!r} at {where} failed: "
-                            f"{describe(exc)}", hint) from exc
-    except OSError as exc:
-        raw.close()
-        raise PartyUnavailable(peer, f"party {peer!r} at {where} dropped the TLS handshake: "
-                               f"{describe(exc)}") from exc
-    try:
-        if peer_identity(tls.getpeercert()) != (PARTY, peer):
-            raise ProtocolError(f"the node at {where} does not hold a certificate for party "
-                                f"{peer!r}", "check the federation's party addresses")
-        tls.sendall(encode_frame(KIND_HELLO, NO_SESSION, me, b""))
-        kind, tag, payload = read_hello(tls, transcript, peer)
-        if kind == KIND_REJECT:
-            raise ProtocolError(f"party {peer!r} refused the connection: "
-                                f"{payload.decode(errors='replace')}", hint)
-        if kind != KIND_HELLO or tag != peer:
-            raise ProtocolError(f"unexpected reply from party {peer!r} during set-up")
-    except ssl.SSLError as exc:
-        tls.close()
-        raise ProtocolError(f"party {peer!r} refused our certificate: {describe(exc)}",
-                            hint) from exc
-    except (EOFError, OSError) as exc:
-        tls.close()
-        raise ProtocolError(f"party {peer!r} closed the connection during set-up "
-                            f"({describe(exc)}); it may have refused our certificate",
-                            hint) from exc
-    except ProtocolError:
-        tls.close()
-        raise
-    tls.settimeout(None)
-    return tls
