@@ -288,6 +288,10 @@ def cell_values(plan: Plan, info: dict[str, Any] | None = None) -> list[dict[str
     ``info`` comes from the owner of private group keys: the group values of each released
     cell, in release order (``operators.cells.cell_info``), and nothing else.
     """
+    if plan.merge:  # an expression across parties: its cells, merged on shares
+        from veilql.engine.operators.cells import release_labels
+
+        return release_labels(plan)
     ordered: list[GroupKey] = [g for p in plan.parties for g in plan.groups if g.party == p]
     if not ordered:
         return [{}]

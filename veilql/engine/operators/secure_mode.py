@@ -30,7 +30,7 @@ from veilql.engine.operators import ANALYST, histogram, outer
 from veilql.engine.operators import factors as fac
 from veilql.engine.operators.aggregate import expand, grid_width, secure_sum
 from veilql.engine.operators.cache import JoinCache, agree_cached, cache_level, structure_hash
-from veilql.engine.operators.cells import cell_info, selection_index
+from veilql.engine.operators.cells import cell_info, merge_cells, selection_index
 from veilql.engine.operators.inputs import receive_table
 from veilql.engine.operators.join import SharedTable, agree_all, join_stage
 from veilql.engine.operators.local import PartyRows
@@ -206,7 +206,8 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
     # (operators/histogram.py), noised below as any COUNT
     for agg, counts in histogram.secure_counts(rt, plan, joined.cols, chains, cells).items():
         a[agg], b[agg] = counts.a, counts.b
-    joined.memo[key] = AShare(rt.me, a, b)
+    # GROUP BY an expression across parties: fine cells added into its cells (cells.py)
+    joined.memo[key] = merge_cells(plan, AShare(rt.me, a, b))
     return joined.memo[key]
 
 

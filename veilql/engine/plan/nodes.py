@@ -280,6 +280,20 @@ class GroupKey:
 
 
 @dataclass(frozen=True)
+class MergedKey:
+    """A GROUP BY expression over several parties' group columns (``sql/groups_across``):
+    grouped by its columns' keys ``parts`` (``GroupKey.output``, hidden), whose fine cells
+    the compute parties add into the cells of its public ``domain`` on shares before the
+    noise; ``index`` gives, per combination of the parts' values (mixed radix in ``parts``
+    order, the last fastest), its value's index in ``domain`` (``operators/cells``)."""
+
+    output: str
+    parts: tuple[str, ...]
+    domain: tuple[str | int | float | bool | None, ...]
+    index: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Term:
     """One party's contribution to an aggregate: a local value column, or a count."""
 
@@ -500,6 +514,9 @@ class Plan:
     # A FULL JOIN grouped by one side's keys: the cell, among that side's cells, of its
     # keys' values on a row of NULLs (where the other side's unmatched people count).
     null_cell: int = -1
+    # GROUP BY expressions over several parties' group columns (``MergedKey``): the cells of
+    # ``groups`` (their columns among them) merged on shares into the released cells.
+    merge: tuple[MergedKey, ...] = ()
 
     @property
     def on_shares(self) -> bool:
@@ -624,6 +641,9 @@ class Plan:
                 for g in self.groups) or "one cell"
             out.append(f"{n}. secure aggregates over {cells}:")
         out += _aggregate_lines(self.aggregates)
+        for m in self.merge:
+            out.append(f"   cells merged on shares into {m.output}{list(m.domain)} (over "
+                       f"{', '.join(m.parts)}), a public 0/1 matrix, before the noise")
         if self.threshold is not None:
             n += 1
             out.append(

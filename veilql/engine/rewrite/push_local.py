@@ -40,6 +40,7 @@ from veilql.engine.plan.nodes import (
     GroupKey,
     LocalColumn,
     LocalStep,
+    MergedKey,
     OutputSpec,
     PerUnitSource,
     Plan,
@@ -48,6 +49,7 @@ from veilql.engine.plan.nodes import (
 from veilql.engine.rewrite import cross_histogram, histogram
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
+from veilql.engine.sql import groups_across
 from veilql.engine.sql.bound import BoundTable, Output, columns_used, parties_in
 from veilql.engine.sql.distinct import MAX_BUCKETS, MAX_DISTINCT
 from veilql.engine.sql.fixedpoint import Factor, product_decimals
@@ -87,7 +89,8 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
         )
     # Group keys are identified by their unique names (BoundGroup.name), never by a bare
     # column name: two parties' columns of one name are two keys.
-    for g in bound.group_by:
+    flat, merged = groups_across.split_merged(bound.group_by)
+    for g in flat:  # an expression across parties: its columns' keys, merged on shares
         key = g.expr.sql(dialect="duckdb")
         if g.domain is None:  # private keys: the owner indexes its own values (local.py)
             name = _next_name(columns[g.party], "k")
@@ -165,6 +168,8 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
                     _count_nonnull(out, ctx, columns), cross=c)),)
             shown.append(OutputSpec(out.name, out.kind, names))
 
+    groups_across.check_merged(bound, [(a.name, a.kind, a.buckets > 0)
+                                       for a in aggregates])
     if private:  # the unit count per cell that decides which private keys are released
         aggregates.append(AggregateSpec(SELECTION, "", "count_distinct", (Term(None, None),)))
 
@@ -194,6 +199,7 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
         outputs=tuple(outputs), groups=tuple(groups), aggregates=tuple(aggregates),
         having=bound.having, order_by=bound.order_by, limit=bound.limit,
         epsilon=plan.epsilon, delta=plan.delta, hidden=tuple(hidden),
+        merge=tuple(MergedKey(*m) for m in merged),
     )
 
 

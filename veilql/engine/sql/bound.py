@@ -121,6 +121,11 @@ class BoundGroup:
     party: str
     column: BoundColumn | None
     domain: tuple[str | int | float | bool | None, ...] | None
+    # An expression over several parties' group columns (``groups_across``): its columns as
+    # keys of their own (their declared values and NULL), and for each combination of their
+    # values (mixed radix, the last fastest) the index of the expression's value in ``domain``.
+    parts: tuple[BoundGroup, ...] = ()
+    index: tuple[int, ...] = ()
 
     @property
     def private(self) -> bool:
