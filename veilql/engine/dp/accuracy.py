@@ -165,6 +165,7 @@ class _TotalNoise:
         self.m = plan.draws
         self.s = plan.party_scale
         self.exact_gauss = plan.mechanism == "gaussian" and self.s <= _EXACT_GAUSS_MAX_SIGMA
+        self.erfc_tail = plan.mechanism == "gaussian" and not self.exact_gauss  # see ``ge``
         if self.exact_gauss:
             pmf = _dgauss_sum_pmf(self.s, self.m)
             self.offset = len(pmf) // 2
@@ -227,6 +228,41 @@ def _box_avg_half_width(noisy_sum: float, noisy_count: float, plan_sum: NoisePla
     return max(max(corners) - avg, avg - min(corners))
 
 
+@lru_cache(maxsize=256)
+def _total_noise(plan: NoisePlan) -> _TotalNoise:
+    """The plan's noise law, built once per plan (an AVG's error bar asks it per cell)."""
+    return _TotalNoise(plan)
+
+
+@lru_cache(maxsize=256)
+def _atoms(plan: NoisePlan) -> tuple[np.ndarray, np.ndarray] | None:
+    """``_TotalNoise(plan).atoms()``, kept per plan (read-only arrays)."""
+    found = _total_noise(plan).atoms()
+    if found is not None:
+        for arr in found:
+            arr.setflags(write=False)
+    return found
+
+
+# The AVG interval's search evaluates several candidate averages in one numpy call. One
+# call costs about as much as this many (candidate, count atom) pairs (measured on numpy's
+# per-call overhead here); ``_levels`` trades the two. Which candidates decide the search,
+# and so the endpoint reported, is exactly what the one-at-a-time search decides.
+_CALL_PAIRS = 512
+_CALL_PAIRS_ERFC = 16  # the same when the sum's tail is math.erfc per element (wide Gaussian)
+_DOUBLINGS = 20  # step0 * 2^k for k < 20; 2^20 > 1e6, the search's cap
+
+
+def _levels(pairs: int, atoms: int) -> int:
+    """Bisection levels decided per numpy call: the L in 1..6 that minimises the cost per
+    level, (one call, worth ``pairs`` pairs, + the 2 (2^L - 1) candidates of both sides) / L.
+
+    >>> _levels(_CALL_PAIRS, 3), _levels(_CALL_PAIRS, 60), _levels(_CALL_PAIRS, 5000)
+    (5, 2, 1)
+    """
+    return min(range(1, 7), key=lambda lv: (pairs + 2 * (2**lv - 1) * atoms) / lv)
+
+
 def avg_ci95(noisy_sum: float, noisy_count: float, plan_sum: NoisePlan,
              plan_count: NoisePlan) -> float:
     """Half-width of a 95% interval for AVG = noisy_sum / noisy_count (both noisy).
@@ -235,10 +271,17 @@ def avg_ci95(noisy_sum: float, noisy_count: float, plan_sum: NoisePlan,
     and the law of W_mu is known (the two noises are independent with known pmfs). So
     p(mu) = P(|W_mu| >= |S~ - mu C~|) is a valid p-value and {mu : p(mu) > 0.05} covers the
     truth with probability >= 95%; it is not the conservative product of two intervals. The
-    set's endpoints are found by bisection outward from the released average; the half-width
-    is the larger distance to an endpoint, infinite when the noisy count is not clearly
-    positive. Falls back to the sqrt(0.95)-box of the two intervals (also sound, looser) when
-    the count noise is too wide to enumerate.
+    set's endpoints are found outward from the released average: steps doubling from a
+    first guess until one is rejected, then bisection to 1e-4 of the guess, reporting the
+    outer end (errs wide); the half-width is the larger distance to an endpoint, infinite
+    when the noisy count is not clearly positive. Falls back to the sqrt(0.95)-box of the
+    two intervals (also sound, looser) when the count noise is too wide to enumerate.
+
+    The search is the sequential one-candidate-at-a-time doubling and bisection, with the
+    candidates it may visit next evaluated together (both sides at once; the next doubling
+    steps; the midpoints of the next ``_levels`` bisection levels, each computed from its
+    interval's ends as the sequential search computes it): the walk then takes the
+    sequential search's path, so the endpoints are its endpoints.
 
     >>> from veilql.engine.dp.calibrate import calibrate
     >>> plan = calibrate(1, 1.0, 1.0)
@@ -248,34 +291,69 @@ def avg_ci95(noisy_sum: float, noisy_count: float, plan_sum: NoisePlan,
     alpha = 0.05
     if noisy_count - half_width(plan_count, AVG_PART_ALPHA) <= 0:
         return math.inf
-    count_noise = _TotalNoise(plan_count).atoms()
+    count_noise = _atoms(plan_count)
     if count_noise is None:
         return _box_avg_half_width(noisy_sum, noisy_count, plan_sum, plan_count)
     values, probs = count_noise
-    sum_noise = _TotalNoise(plan_sum)
+    sum_noise = _total_noise(plan_sum)
     avg = noisy_sum / noisy_count
 
-    def accepted(mu: float) -> bool:
-        d = abs(noisy_sum - mu * noisy_count)
+    def accepted(mus: list[float]) -> list[bool]:
+        mu = np.array(mus, dtype=np.float64)[:, None]
+        d = np.abs(noisy_sum - mu * noisy_count)
         shift = mu * values
-        p_value = float(probs @ (sum_noise.ge(d + shift) + sum_noise.ge(d - shift)))
-        return p_value > alpha
+        return ((sum_noise.ge(d + shift) + sum_noise.ge(d - shift)) @ probs > alpha).tolist()
 
     step0 = (half_width(plan_sum, alpha) + abs(avg) * half_width(plan_count, alpha) + 1.0) \
         / noisy_count
-    ends = []
-    for sign in (1.0, -1.0):
-        inner, step = 0.0, step0
-        while accepted(avg + sign * step):
-            inner, step = step, 2 * step
-            if step > 1e6 * step0:
-                return math.inf
-        outer = step
-        while outer - inner > 1e-4 * step0:  # report the outer end: errs wide
-            mid = (inner + outer) / 2
-            if accepted(avg + sign * mid):
-                inner = mid
-            else:
-                outer = mid
-        ends.append(outer)
-    return max(ends)
+    signs = (1.0, -1.0)
+    steps = [step0]
+    for _ in range(_DOUBLINGS - 1):
+        steps.append(2 * steps[-1])
+    # Doubling: each side's first rejected step, ``chunk`` steps a call (none: unbounded).
+    pairs = _CALL_PAIRS_ERFC if sum_noise.erfc_tail else _CALL_PAIRS
+    chunk = max(1, min(_DOUBLINGS, pairs // len(values)))
+    brackets: list[list[float]] = [[0.0, math.nan], [0.0, math.nan]]
+    for k in range(0, _DOUBLINGS, chunk):
+        open_ = [side for side in (0, 1) if math.isnan(brackets[side][1])]
+        if not open_:
+            break
+        part = steps[k:k + chunk]
+        ok = accepted([avg + signs[side] * s for side in open_ for s in part])
+        for n, side in enumerate(open_):
+            for s, good in zip(part, ok[n * len(part):(n + 1) * len(part)], strict=True):
+                if not good:
+                    brackets[side][1] = s
+                    break
+                brackets[side][0] = s
+    if any(math.isnan(o) for _, o in brackets):
+        return math.inf
+    # Bisection: the midpoints of the next ``levels`` levels of both sides in one call.
+    levels = _levels(pairs, len(values))
+    tol = 1e-4 * step0
+    while any(o - i > tol for i, o in brackets):
+        open_ = [side for side in (0, 1) if brackets[side][1] - brackets[side][0] > tol]
+        mids: list[list[np.ndarray]] = []  # per open side and level: the midpoints, in order
+        for inner, outer in (brackets[side] for side in open_):
+            ends, side = np.array([inner, outer]), []
+            for _ in range(levels):  # each level's midpoints as the sequential (lo + hi) / 2
+                mid = (ends[:-1] + ends[1:]) / 2
+                side.append(mid)
+                both = np.empty(2 * len(ends) - 1)
+                both[0::2], both[1::2] = ends, mid
+                ends = both
+            mids.append(side)
+        flat = [avg + signs[n] * m for n, side in zip(open_, mids, strict=True) for m in side]
+        ok = iter(accepted(np.concatenate(flat).tolist()))
+        for bracket, side in zip((brackets[n] for n in open_), mids, strict=True):
+            verdicts = [[next(ok) for _ in level] for level in side]
+            place = 0  # the midpoint's index in its level; accepted: the upper half next
+            for level in range(levels):
+                if bracket[1] - bracket[0] <= tol:
+                    break
+                mid = float(side[level][place])
+                if verdicts[level][place]:
+                    bracket[0], place = mid, 2 * place + 1
+                else:
+                    bracket[1], place = mid, 2 * place
+    return max(o for _, o in brackets)
