@@ -23,12 +23,17 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/veil demo
 
+# Both targets run the tests on two workers (pytest-xdist), whole files per worker so each
+# module's fixtures (one Spark session, one set of nodes) are still built once;
+# `make test XDIST=` runs them in one process.
+XDIST ?= -n 2 --dist loadfile
+
 test: $(TEST_STAMP)
 	$(BIN)/ruff check veilql tests sample_data bench
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST)
 
 test-all: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check veilql tests sample_data bench

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import shutil
@@ -18,9 +19,17 @@ from pathlib import Path
 
 import pytest
 
-# The catalog commands' cache (veilql.connectors.catalog_cache) goes to a folder of this run,
-# not to the user's ~/.cache, so runs never see each other's entries.
-os.environ.setdefault("VEIL_CACHE_DIR", tempfile.mkdtemp(prefix="veil-cache-"))
+# The catalog commands' cache (veilql.connectors.catalog_cache) goes to a folder of this
+# process, not to the user's ~/.cache, so runs never see each other's entries. Under
+# pytest-xdist every worker inherits the controller's environment, so a folder this
+# conftest made (marked by _OWN_CACHE) is replaced by one per worker; a folder the user set
+# is kept.
+_OWN_CACHE = "VEIL_TEST_OWN_CACHE_DIR"
+if "VEIL_CACHE_DIR" not in os.environ or (
+        os.environ.get(_OWN_CACHE) == os.environ["VEIL_CACHE_DIR"]):
+    _cache = tempfile.mkdtemp(prefix="veil-cache-")
+    os.environ["VEIL_CACHE_DIR"] = os.environ[_OWN_CACHE] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HELDOUT = FIXTURES / "heldout"

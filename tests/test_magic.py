@@ -392,8 +392,11 @@ def _run_notebook(nb: Any, tmp: Path, cwd: Path) -> None:
     km = KernelManager(kernel_name="veilql-test", transport="ipc",
                        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp / "kernels")]),
                        connection_file=str(tmp / "kernel-connection.json"))
-    client = NotebookClient(nb, km=km, timeout=120, resources={"metadata": {"path": str(cwd)}})
-    client.execute()
+    # The client does not own a kernel manager it is given, so it would leave the kernel
+    # running until pytest exits (several idle kernels per worker); stop it here.
+    client = NotebookClient(nb, km=km, timeout=120, shutdown_kernel="immediate",
+                            resources={"metadata": {"path": str(cwd)}})
+    client.execute(cleanup_kc=True)
 
 
 def _html(cell: Any) -> str:
