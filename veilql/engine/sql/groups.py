@@ -124,14 +124,18 @@ def bind_group(node: exp.Expr, scope: Scope) -> BoundGroup:
                 "it with role 'group' and public values",
             )
         return BoundGroup(col.column, col.expr(), col.party, col, col.policy.values)
+    raw = [scope.resolve(c) for c in node.find_all(exp.Column)]
+    if len({c.party for c in raw}) > 1:
+        # Never run on rows (its values come from DuckDB over the declared values): the
+        # allow-list and roles apply, and its columns may be compared across parties.
+        functions.check_roles(node, lambda c: replace(scope.resolve(c), party=""),
+                              context="group", where="GROUP BY")
+        return groups_across.bind_across(node, scope.qualify(node), default_name(node), raw)
     cols = functions.check_roles(node, scope.resolve, context="group", where="GROUP BY")
     text = node.sql(dialect="duckdb")
-    parties = {c.party for c in cols}
     if not cols:
         raise UnsupportedError(f"GROUP BY {text} reads no column", "name a column")
     expr = scope.qualify(node)
-    if len(parties) > 1:  # never run on rows: its values come from DuckDB over the domains
-        return groups_across.bind_across(node, expr, default_name(node), cols)
     checker = typecheck.TypeChecker(scope)
     checker.expr_type(expr)
 
