@@ -157,17 +157,31 @@ class Connector(ABC):
         Every failure of the engine, whatever its type, is a ``LocalSQLError`` (exit 3)
         with a generic message; the engine's own text is in its ``detail`` only.
         """
-        try:
-            sql = self.transpile(sql_duckdb)
-        except (QueryError, LocalEngineError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - e.g. sqlglot cannot write the dialect
-            raise engine_failure(exc, self.spec, "transpile") from None
+        sql = self._transpiled(sql_duckdb)
         try:
             return self._execute(sql)
         except LocalEngineError:
             raise
         except Exception as exc:  # noqa: BLE001 - any engine failure; its text stays here
+            raise engine_failure(exc, self.spec) from None
+
+    def _transpiled(self, sql_duckdb: str) -> str:
+        """``transpile``, with any failure but a refusal as a ``LocalSQLError``."""
+        try:
+            return self.transpile(sql_duckdb)
+        except (QueryError, LocalEngineError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. sqlglot cannot write the dialect
+            raise engine_failure(exc, self.spec, "transpile") from None
+
+    def run_rows(self, sql_duckdb: str) -> list[dict[str, Any]]:
+        """A small result of integer columns as rows (name -> value), failures as in
+        ``run``; a value may be an ``int`` or what Arrow makes of it (a 128-bit integer is a
+        ``Decimal``). The default reads ``run``'s Arrow table."""
+        table = self.run(sql_duckdb)
+        try:
+            return table.to_pylist()
+        except Exception as exc:  # noqa: BLE001 - a conversion failure can quote a value
             raise engine_failure(exc, self.spec) from None
 
     def run_numpy(self, sql_duckdb: str) -> dict[str, np.ndarray]:

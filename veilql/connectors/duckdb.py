@@ -42,8 +42,20 @@ WHERE database_name = current_database() AND schema_name = 'main'
   AND constraint_type IN ('PRIMARY KEY', 'UNIQUE') AND len(constraint_column_names) = 1
 """
 
-#: Local SQL texts whose transpiled form is kept (per connector; see ``transpile``).
+#: Local SQL texts whose transpiled form is kept (per connector; see ``transpile``), and
+#: as many parsed statements (``_statement``).
 TRANSPILED_KEPT = 32
+# Result types ``run_rows`` reads through DB-API rows (Python ints, as Arrow's are but for
+# the 128-bit ones, which Arrow makes Decimals); any other type is read as ``run`` reads it.
+_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT",
+                            "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"})
+
+
+def _keep(cache: dict[str, Any], key: str, value: Any) -> None:
+    """Put ``value`` in ``cache``, dropping the oldest entry beyond ``TRANSPILED_KEPT``."""
+    if key not in cache and len(cache) >= TRANSPILED_KEPT:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
 
 
 def file_fingerprint(*paths: Path) -> str:
@@ -74,7 +86,9 @@ class DuckDBEngine(Connector):
         self._lock = threading.Lock()
         self._catalog: dict[str, list[ColumnInfo]] | None = None
         self._unique: dict[str, frozenset[str]] | None = None
-        self._transpiled: dict[str, str] = {}
+        self._transpiled_sql: dict[str, str] = {}
+        self._statements: dict[str, Any] = {}  # SQL text -> its parsed DuckDB statement
+        self._integer_only: dict[str, bool] = {}  # SQL text -> its result's columns are
 
     def transpile(self, sql_duckdb: str) -> str:
         """As every connector does (one read-only query, checked by parsing it), with the
@@ -82,14 +96,23 @@ class DuckDBEngine(Connector):
         is the same text, and parsing and writing it again took about 10 ms of a one-party
         query's 20. The texts hold the party's seed; they stay in its own process."""
         with self._lock:
-            done = self._transpiled.get(sql_duckdb)
+            done = self._transpiled_sql.get(sql_duckdb)
         if done is None:
             done = super().transpile(sql_duckdb)
             with self._lock:
-                if len(self._transpiled) >= TRANSPILED_KEPT:
-                    self._transpiled.pop(next(iter(self._transpiled)))  # the oldest
-                self._transpiled[sql_duckdb] = done
+                _keep(self._transpiled_sql, sql_duckdb, done)
         return done
+
+    def _statement(self, sql: str) -> Any:
+        """``sql`` parsed by DuckDB, kept for the last ``TRANSPILED_KEPT`` texts: a repeated
+        local query skips DuckDB's parser (about 0.5-0.8 ms at 10^6 rows). A parsed statement
+        is only ever run, never changed, so cursors in other threads may run it too."""
+        with self._lock:
+            statement = self._statements.get(sql)
+            if statement is None:
+                (statement,) = self._con.extract_statements(sql)  # transpile: one query
+                _keep(self._statements, sql, statement)
+        return statement
 
     def unique_columns(self, table: str) -> frozenset[str]:
         """One-column PRIMARY KEY or UNIQUE constraints of ``table`` (lower case), read once
@@ -129,7 +152,7 @@ class DuckDBEngine(Connector):
         with self._lock:
             cur = self._con.cursor()
         try:
-            rel = cur.sql(sql)
+            rel = cur.sql(self._statement(sql))
             if rel is None:  # pragma: no cover - transpile admits queries only
                 raise QueryError(f"local SQL for {self.spec} returned no result", None)
             return rel.to_arrow_table()
@@ -137,6 +160,32 @@ class DuckDBEngine(Connector):
             raise engine_failure(exc, self.spec) from None
         finally:
             cur.close()
+
+    def run_rows(self, sql_duckdb: str) -> list[dict[str, Any]]:
+        """As ``Connector.run_rows`` (values are ints), read through DuckDB's DB-API
+        ``execute``, which parses and binds the statement once where the relation API's
+        ``sql(...).to_arrow_table()`` binds it twice (1.5-3.5 ms CPU of a one-party query at
+        10^6 rows). A text whose result has a column of another type is read through
+        ``run`` (known after its first run; the types depend on the schema only)."""
+        sql = self._transpiled(sql_duckdb)
+        if self._integer_only.get(sql) is False:
+            return super().run_rows(sql_duckdb)
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            cur.execute(self._statement(sql))
+            described = cur.description or []
+            integers = all(str(d[1]) in _INTEGER_TYPES for d in described)
+            with self._lock:
+                _keep(self._integer_only, sql, integers)
+            if integers:
+                names = [d[0] for d in described]
+                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        except Exception as exc:  # noqa: BLE001 - any engine failure; its text stays here
+            raise engine_failure(exc, self.spec) from None
+        finally:
+            cur.close()
+        return super().run_rows(sql_duckdb)
 
     def _require_table(self, table: str) -> None:
         if table not in self.catalog():

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from veilql.engine.node import (
     participants,
 )
 from veilql.engine.plan.nodes import Plan
-from veilql.engine.plan_cache import PlanCache
+from veilql.engine.plan_cache import PLANS_KEPT, PlanCache
 from veilql.engine.remote import (
     RemoteAnalyst,
     all_remote,
@@ -388,7 +389,7 @@ def connect(federation: str | Path | None = None, analyst: str | None = None,
 def _stated_purpose(sql: str, purpose: str | None) -> str:
     """The query's purpose: the ``purpose`` argument or the SQL's ``OPTIONS (purpose =
     ...)``, checked as a ledger records it (one line of plain text)."""
-    written = parse(sql).purpose
+    written = _written_purpose(sql)
     if purpose is not None and written is not None and purpose.strip() != written.strip():
         raise UsageError(f"two purposes given: {purpose!r} and OPTIONS purpose {written!r}",
                          "state the purpose once, as an option or in the SQL")
@@ -397,6 +398,14 @@ def _stated_purpose(sql: str, purpose: str | None) -> str:
     except ValueError as exc:
         raise UsageError(f"cannot record the purpose: {exc}",
                          "state the purpose as one line of plain text") from None
+
+
+@lru_cache(maxsize=PLANS_KEPT)
+def _written_purpose(sql: str) -> str | None:
+    """The SQL's ``OPTIONS (purpose = ...)``: a function of the text alone, kept for the
+    texts a session's plans are kept for (parsing it again took 1-2 ms of every query).
+    A parse error is raised every time (exceptions are not kept)."""
+    return parse(sql).purpose
 
 
 def _reason(exc: BaseException) -> str:

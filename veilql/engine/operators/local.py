@@ -150,15 +150,20 @@ def bounded_sql(step: LocalStep, seed: str) -> str:
 
 def run_engine(connector: Connector, sql: str) -> list[dict[str, Any]]:
     """A small result of ``sql`` on the party's engine, as rows (one local query at a time,
-    engine memory handed back afterwards, as in ``fetch``)."""
+    engine memory handed back afterwards, as in ``fetch``). The aggregate of a ``light``
+    step has integer columns only (cell indices, sums, row counts) and is read as such
+    (``Connector.run_rows``: an int where Arrow may give a Decimal, read with ``int()``)."""
     with ENGINE_LOCK:
         try:
-            table = connector.run(sql)
-            try:
-                rows = table.to_pylist()
-            except Exception as exc:  # noqa: BLE001 - a conversion failure can quote a value
-                raise engine_failure(exc, connector.spec) from None
-            del table
+            if _LIGHT.get():
+                rows = connector.run_rows(sql)
+            else:
+                table = connector.run(sql)
+                try:
+                    rows = table.to_pylist()
+                except Exception as exc:  # noqa: BLE001 - a conversion can quote a value
+                    raise engine_failure(exc, connector.spec) from None
+                del table
         finally:
             if _LIGHT.get():
                 _LIGHT.set(False)  # only the aggregate query itself: a recount releases
