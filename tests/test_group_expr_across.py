@@ -117,6 +117,23 @@ def test_peer_query_equals_duckdb(fed) -> None:
     _check(result, plain(con, PEER), count="c")
 
 
+def test_large_count_distinct_merges_its_buckets_before_comparing(fed) -> None:
+    """COUNT(DISTINCT x) over 1,501 values: its (bucket, fine cell) counts are merged before
+    each is compared with 0, so a value in two fine cells of one released cell counts once
+    (summing per fine cell would count 3 values up to 4 times in some cells)."""
+    session, con = fed
+    sql = (f"SELECT a.groupby_int_0 + b.groupby_int_0 AS k, COUNT(DISTINCT b.wide_int_0) AS "
+           f"d, COUNT(*) AS n {J2} GROUP BY 1")
+    result = _run(session, sql)
+    assert any(a.buckets for a in result.plan.aggregates)
+    want = plain(con, sql)
+    assert max(r[1] for r in want) == 3
+    fine = plain(con, f"SELECT a.groupby_int_0 + b.groupby_int_0 AS k, a.groupby_int_0, "
+                      f"COUNT(DISTINCT b.wide_int_0) {J2} GROUP BY ALL")
+    assert max(sum(r[2] for r in fine if r[0] == k) for k in range(2, 9)) > 3
+    _check(result, want)
+
+
 def test_peer_query_plan_merges_one_grid(fed) -> None:
     """The peer query binds and plans: three fine keys (bob's once), two merged keys."""
     plan = compile_plan(PEER, fed[0].federation, epsilon=1.0, delta=1e-6)
@@ -257,3 +274,16 @@ def test_inlining_refusals(fed, sql: str, words: str) -> None:
     with pytest.raises((UnsupportedError, PolicyError)) as info:
         compile_plan(sql, fed[0].federation, epsilon=1.0, delta=1e-6)
     assert words in info.value.message
+
+
+def test_a_derived_output_keeps_its_name_in_select_having_and_order_by(fed) -> None:
+    """``SELECT d.k ... HAVING k > 3 ORDER BY d.k``: the output is named ``k`` (as in
+    DuckDB), and HAVING's ``k`` is that output, across parties too."""
+    session, _ = fed
+    for sql in ("SELECT d.k, COUNT(*) AS n FROM (SELECT a.groupby_int_0 AS k FROM "
+                "alice.alice_tbl_0 a) d GROUP BY d.k HAVING k > 3 ORDER BY d.k",
+                "SELECT k, COUNT(*) AS n FROM (SELECT a.groupby_int_0 + b.groupby_int_0 AS k "
+                f"{J2}) d GROUP BY k HAVING k > 3 ORDER BY k"):
+        plan = compile_plan(sql, session.federation, epsilon=1.0, delta=1e-6)
+        assert [o.name for o in plan.outputs] == ["k", "n"]
+        assert plan.having is not None and plan.having.sql() == "k > 3"

@@ -43,6 +43,7 @@ from veilql.engine.mpc.runtime import Runtime
 from veilql.engine.mpc.shares import AShare
 from veilql.engine.operators import factors as fac
 from veilql.engine.operators.aggregate import product_sum
+from veilql.engine.operators.cells import merge_cells
 from veilql.engine.operators.local import (
     ENGINE_LOCK,
     PartyRows,
@@ -204,8 +205,8 @@ def digit_columns(plan: Plan, party: str, rows: PartyRows) -> dict[str, np.ndarr
 def secure_counts(rt: Runtime, plan: Plan, cols: dict[str, AShare],
                   chains: tuple, cells: int) -> dict[int, AShare]:
     """Shares of every large COUNT(DISTINCT) over the joined rows ``cols``: per plan
-    aggregate index, its row of ``cells`` joint cells (party order), the number of buckets
-    whose count in the cell is positive.
+    aggregate index, its row of ``cells`` joint cells (party order; under ``Plan.merge``
+    the released cells), the number of buckets whose count in the cell is positive.
 
     ``chains`` are ``factors.expand_terms``'s; the aggregate's chain (its count of the
     bucket-index column) selects each other party's factor, as it does in every aggregate.
@@ -220,7 +221,9 @@ def secure_counts(rt: Runtime, plan: Plan, cols: dict[str, AShare],
                      ch.terms == (Term(party, column),))
             counts = _family_counts(rt, plan, cols, party, column, c, buckets)
             assert counts.shape == (buckets, cells)
-            out[agg] = count_positive(rt, counts)
+            # a GROUP BY across parties adds its fine cells' counts first (cells.py), so a
+            # value of two merged cells counts once
+            out[agg] = count_positive(rt, merge_cells(plan, counts))
     return out
 
 

@@ -201,13 +201,14 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
     for i, agg in owner:  # a chain may feed several aggregates (fac.expand_terms)
         a[agg] += per_chain.a[i]
         b[agg] += per_chain.b[i]
-    # A large COUNT(DISTINCT): its chain above counted no bucket; the two digits' matrix
-    # product does, and its counts compared with 0 give the distinct values per cell
-    # (operators/histogram.py), noised below as any COUNT
-    for agg, counts in histogram.secure_counts(rt, plan, joined.cols, chains, cells).items():
-        a[agg], b[agg] = counts.a, counts.b
     # GROUP BY an expression across parties: fine cells added into its cells (cells.py)
-    joined.memo[key] = merge_cells(plan, AShare(rt.me, a, b))
+    merged = merge_cells(plan, AShare(rt.me, a, b))
+    # A large COUNT(DISTINCT): its chain above counted no bucket; the two digits' matrix
+    # product does, and its counts (merged first) compared with 0 give the distinct values
+    # per cell (operators/histogram.py), noised below as any COUNT
+    for agg, counts in histogram.secure_counts(rt, plan, joined.cols, chains, cells).items():
+        merged.a[agg], merged.b[agg] = counts.a, counts.b
+    joined.memo[key] = merged
     return joined.memo[key]
 
 

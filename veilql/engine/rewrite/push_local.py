@@ -168,8 +168,7 @@ def push_local(plan: Plan, ctx: Context) -> Plan:
                     _count_nonnull(out, ctx, columns), cross=c)),)
             shown.append(OutputSpec(out.name, out.kind, names))
 
-    groups_across.check_merged(bound, [(a.name, a.kind, a.buckets > 0)
-                                       for a in aggregates])
+    groups_across.check_merged(bound, [(a.name, a.kind) for a in aggregates])
     if private:  # the unit count per cell that decides which private keys are released
         aggregates.append(AggregateSpec(SELECTION, "", "count_distinct", (Term(None, None),)))
 

@@ -141,10 +141,7 @@ def _roles(node: exp.Expr, resolve: Resolver, context: str, arith: bool, where: 
         found.append(col)
         if col.policy.role == "key":
             raise refuse_key(col, where)
-        # arithmetic on a group column with declared values is allowed in a GROUP BY key: its
-        # image is computed over the public values (groups.py, groups_across.py)
-        if col.policy.role == "group" and (context == "value" or arith and not (
-                context == "group" and col.policy.values)):
+        if col.policy.role == "group" and (arith or context == "value"):
             raise refuse_group_as_value(col, what if context == "value" else
                                         f"arithmetic in {where}")
         return

@@ -11,7 +11,7 @@ from dataclasses import replace
 from sqlglot import exp
 
 from veilql.engine.sql import checks, functions, groups_across, typecheck
-from veilql.engine.sql.bound import BoundGroup
+from veilql.engine.sql.bound import BoundColumn, BoundGroup
 from veilql.engine.sql.scope import Scope
 from veilql.errors import PolicyError, UnsupportedError
 
@@ -127,8 +127,9 @@ def bind_group(node: exp.Expr, scope: Scope) -> BoundGroup:
     raw = [scope.resolve(c) for c in node.find_all(exp.Column)]
     if len({c.party for c in raw}) > 1:
         # Never run on rows (its values come from DuckDB over the declared values): the
-        # allow-list and roles apply, and its columns may be compared across parties.
-        functions.check_roles(node, lambda c: replace(scope.resolve(c), party=""),
+        # allow-list and the key columns' refusal apply, and its group columns are read as
+        # numbers of one party (arithmetic, comparisons between parties' columns)
+        functions.check_roles(node, lambda c: _as_value(scope.resolve(c)),
                               context="group", where="GROUP BY")
         return groups_across.bind_across(node, scope.qualify(node), default_name(node), raw)
     cols = functions.check_roles(node, scope.resolve, context="group", where="GROUP BY")
@@ -156,3 +157,11 @@ def bind_group(node: exp.Expr, scope: Scope) -> BoundGroup:
             f"10) over at most {functions.MAX_DERIVED_DOMAIN} values within its bounds")
     column = cols[0] if isinstance(node, exp.Column) else None
     return BoundGroup(default_name(node), expr, cols[0].party, column, domain)
+
+
+def _as_value(col: BoundColumn) -> BoundColumn:
+    """``col`` as the roles check of a key across parties reads it: a group column with
+    declared values as a value column, and every column as one party's."""
+    if col.policy.role == "group" and col.policy.values:
+        col = replace(col, policy=replace(col.policy, role="value"))
+    return replace(col, party="")

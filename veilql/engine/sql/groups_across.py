@@ -142,9 +142,10 @@ def split_merged(group_by: Sequence[BoundGroup]) -> tuple[
     return flat, merged
 
 
-def check_merged(bound: BoundQuery, kinds: Sequence[tuple[str, str, bool]]) -> None:
+def check_merged(bound: BoundQuery, kinds: Sequence[tuple[str, str]]) -> None:
     """Refuse what a merged key cannot stand beside, naming it. ``kinds`` lists each
-    aggregate's ``(name, kind, per-bucket count of a large COUNT(DISTINCT))``."""
+    aggregate's ``(name, kind)``. (A large COUNT(DISTINCT x) merges its bucket counts
+    before comparing them with 0, ``operators/histogram.secure_counts``.)"""
     merged = [g for g in bound.group_by if g.parts]
     if not merged:
         return
@@ -157,13 +158,12 @@ def check_merged(bound: BoundQuery, kinds: Sequence[tuple[str, str, bool]]) -> N
     if any(t.outer for t in bound.tables):
         raise UnsupportedError(f"{what} is not supported with a LEFT, RIGHT or FULL JOIN",
                                "use an inner join, or group by each party's column")
-    many = [t for t in bound.tables if not t.semi and t.policy.max_rows_per_unit > 1]
-    for _, kind, large in kinds:
-        if large:
-            raise UnsupportedError(
-                f"COUNT(DISTINCT) over more than {functions.MAX_DERIVED_DOMAIN:,} values is "
-                f"not supported with {what}: its per-cell comparison would count a value of "
-                "two merged cells twice", "group by each party's column instead")
+    # A person is in several fine cells of one merged cell only through several rows at a
+    # party holding one of its columns
+    owners = {p.party for g in merged for p in g.parts}
+    many = [t for t in bound.tables if t.party in owners and not t.semi
+            and t.policy.max_rows_per_unit > 1]
+    for _, kind in kinds:
         if kind == "count_distinct" and many:
             raise UnsupportedError(
                 f"COUNT(DISTINCT unit) is not supported with {what} when a table keeps "

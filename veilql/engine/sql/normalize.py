@@ -234,6 +234,11 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
         return node
 
     outer_aliases = {i.alias.lower() for i in select.expressions if isinstance(i, exp.Alias)}
+    # A selected output of the subquery keeps its name (``SELECT k ... HAVING k > 3``): in
+    # HAVING and ORDER BY the name is that output (the same value), not a copy of its body
+    outer_aliases |= {i.name.lower() for i in select.expressions if isinstance(i, exp.Column)
+                      and i.name.lower() in mapping
+                      and (not i.table or i.table.lower() == alias.lower())}
     others = [e for e in [select.args["from_"].this]
               + [j.this for j in select.args.get("joins") or []] if e is not entry]
 
@@ -265,9 +270,9 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
                 fixed.append(it)
                 continue
             new_it = it.transform(substitute).transform(lambda n, p=in_post: bare(n, p))
-            if key == "expressions" and isinstance(it, exp.Column) and not isinstance(
-                    new_it, exp.Column):  # keep the name a substituted column gave the item
-                new_it = exp.alias_(new_it, it.name)
+            if key == "expressions" and isinstance(it, exp.Column) and not (
+                    isinstance(new_it, exp.Column) and new_it.name == it.name):
+                new_it = exp.alias_(new_it, it.name)  # keep the name the subquery gave it
             fixed.append(new_it)
         select.set(key, fixed if isinstance(value, list) else fixed[0])
     # Splice the body's tables in place of the entry.
