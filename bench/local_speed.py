@@ -141,13 +141,15 @@ def measure(fed: Path, reps: int, queries: dict[str, tuple[str, str]]) -> dict[s
 
 def render(res: dict[str, Any]) -> str:
     """Markdown table of a ``run``."""
-    rows = ["| data | query | VeilQL median s | plain DuckDB median s | ratio | CPU ratio "
-            "| load |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| data | query | VeilQL median s | plain DuckDB median s | ratio | VeilQL CPU ms "
+            "| plain CPU ms | CPU ratio | load |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for kind, queries in res["federations"].items():
         for name, r in queries.items():
             cpu = f"{r['cpu_ratio']:.1f}x" if r.get("cpu_ratio") else "-"
             rows.append(f"| {kind} | {name} | {r['veil_s']:.4f} | {r['plain_s']:.4f} | "
-                        f"{r['ratio']:.1f}x | {cpu} | "
+                        f"{r['ratio']:.1f}x | {1e3 * r['veil_cpu_s']:.1f} | "
+                        f"{1e3 * r['plain_cpu_s']:.1f} | {cpu} | "
                         f"{r['load_before']:.1f}-{r['load_after']:.1f} |")
     return "\n".join(rows) + "\n"
 
