@@ -98,6 +98,9 @@ def _sum(rt: Runtime, node: exp.Expression, column: Lookup,
          memo: dict[str, AShare] | None) -> AShare:
     if isinstance(node, exp.Add):
         return _sum(rt, node.this, column, memo) + _sum(rt, node.expression, column, memo)
+    if isinstance(node, exp.Mul) and not list(node.this.find_all(exp.Column)):
+        # a public integer times a share: local (a quotient's bucket test, cross_quotient.py)
+        return _sum(rt, node.expression, column, memo) * _public(node.this)
     if isinstance(node, exp.Mul):  # one factor per party, multiplied once for every edge
         key = "*" + node.sql()
         if memo is not None and key in memo:

@@ -20,7 +20,9 @@ per bucket (the not-NULL atoms, the two tests, WHERE). A one-party FILTER folds 
 in one bucket). A product of one factor per party (``MAX(a.x * b.y)``) is compared the same
 way: each party shares its factor in its own digits, the factors are multiplied on shares
 once per row (not once per edge) and compared with each scaled edge
-(``place_secure._product_comparison``); a quotient or a sum of products is refused
+(``place_secure._product_comparison``). A quotient ``N / D`` (``D`` one party's, its
+bounds on one side of 0) is tested as ``N - e D`` against 0, the scaled operands multiplied
+by public integers on shares (``rewrite/cross_quotient.py``); a sum of products is refused
 (``sql/statistics.check_across_parties``).
 
 >>> from tests.sql_fixtures import federation
@@ -42,10 +44,11 @@ from sqlglot import exp
 
 from veilql.engine.dp.ring import SAFE_RANGE
 from veilql.engine.plan.nodes import AggregateSpec, Buckets, LocalColumn, Term
+from veilql.engine.rewrite import cross_quotient
 from veilql.engine.rewrite.context import MAX_DECIMALS, Context
 from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql.bound import Output
-from veilql.engine.sql.statistics import is_product
+from veilql.engine.sql.statistics import is_product, is_quotient
 from veilql.errors import QueryError, UnsupportedError
 
 
@@ -58,11 +61,12 @@ def plan(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
     expr = out.expr
     assert expr is not None and out.bounds is not None
     text = f"A quantile, MIN or MAX of {expr.sql(dialect='duckdb')}"
-    if not is_linear(expr, ctx.party_of) and not is_product(expr, ctx.party_of):
+    if not is_linear(expr, ctx.party_of) and not is_product(expr, ctx.party_of) and \
+            not is_quotient(expr, ctx.party_of):
         raise UnsupportedError(  # the binder refuses it first
-            f"{text}: only a sum of the parties' parts or a product of one factor per party "
-            "is bucketed on shares", "take it of a.x + b.y, a.x * b.y, or of one party's "
-            "expression")
+            f"{text}: only a sum of the parties' parts, a product of one factor per party "
+            "or such a sum divided by one party's expression is bucketed on shares",
+            "take it of a.x + b.y, a.x * b.y, a.x / (b.y + 1), or of one party's expression")
     if any(t.outer for t in ctx.bound.tables):
         raise UnsupportedError(
             f"{text} reads several parties' columns beside an outer join: a part NULL for "
@@ -70,10 +74,11 @@ def plan(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
             "use inner joins, or take it of one party's expression")
     # An edge lies half-way between two values (one digit more than the values): at most
     # MAX_DECIMALS digits, so that the operand columns hold it exactly.
-    buckets = histogram_buckets(out.bounds[0], out.bounds[1],
-                                min(out.decimals, MAX_DECIMALS - 1))
+    digits = min(out.decimals, MAX_DECIMALS - 1)
+    buckets = cross_quotient.buckets(expr, out.bounds, digits, ctx) if is_quotient(
+        expr, ctx.party_of) else histogram_buckets(out.bounds[0], out.bounds[1], digits)
     edges = [_number(e) for e in buckets.edges()]
-    if edges:
+    if edges and not is_quotient(expr, ctx.party_of):  # a quotient's: at each edge
         _check_range(out, ctx, exp.GTE(this=expr.copy(), expression=edges[0].copy()))
     family = f"{out.name}.b0"
     template = AggregateSpec(family, out.name, "count", (Term(None, None),), family=family)
@@ -153,9 +158,13 @@ def _not_null(expr: exp.Expression, ctx: Context) -> list[exp.Expression]:
     """``part IS NOT NULL`` per party's part (or factor) of ``expr`` (one party's
     conditions: atoms)."""
     out: list[exp.Expression] = []
-    split = split_linear(expr, ctx.party_of) if is_linear(expr, ctx.party_of) else \
-        _factors(expr, ctx)
-    for party, part in split.items():
+    if is_quotient(expr, ctx.party_of):
+        pairs: list[tuple[str | None, exp.Expression]] = list(
+            cross_quotient.not_null_parts(expr, ctx))
+    else:
+        pairs = list((split_linear(expr, ctx.party_of) if is_linear(expr, ctx.party_of) else
+                      _factors(expr, ctx)).items())
+    for party, part in pairs:
         if party is not None:
             out.append(exp.Not(this=exp.Is(this=exp.Paren(this=part.copy()),
                                            expression=exp.Null())))

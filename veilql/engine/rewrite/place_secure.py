@@ -32,9 +32,11 @@ from dataclasses import replace
 from sqlglot import exp
 
 from veilql.engine.plan.nodes import JoinStage, LocalColumn, Plan, cuckoo_bins
+from veilql.engine.rewrite import cross_quotient
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql.bound import parties_in
+from veilql.engine.sql.statistics import is_quotient
 from veilql.engine.sql.typecheck import TypeChecker
 from veilql.errors import PolicyError, QueryError, UnsupportedError
 
@@ -196,9 +198,12 @@ def _known_atoms(node: exp.Expression, ctx: Context,
     NULL (an existing atom of the same SQL reused)."""
     diff = exp.Sub(this=node.this.copy(), expression=exp.Paren(this=node.expression.copy()))
     out: list[exp.Expression] = []
-    split = split_linear(diff, ctx.party_of) if is_linear(diff, ctx.party_of) else \
-        split_product(node.this, ctx.party_of)  # a product's bucket test: its factors
-    for party, part in split.items():
+    if is_quotient(node.this, ctx.party_of):  # N / D: N's parts and D
+        pairs = cross_quotient.not_null_parts(node.this, ctx)
+    else:
+        pairs = list((split_linear(diff, ctx.party_of) if is_linear(diff, ctx.party_of) else
+                      split_product(node.this, ctx.party_of)).items())  # a product: factors
+    for party, part in pairs:
         if party is None or not list(part.find_all(exp.Column)):
             continue
         test = f"CASE WHEN ({part.sql(dialect='duckdb')}) IS NULL THEN 0 ELSE 1 END"
@@ -285,6 +290,8 @@ def _rewrite(
         return _rewrite(exp.And(this=low, expression=high), ctx, cols)
     if isinstance(node, _COMPARISONS):
         diff = exp.Sub(this=node.this.copy(), expression=exp.Paren(this=node.expression.copy()))
+        if is_quotient(node.this, ctx.party_of):  # a quotient's bucket test
+            return cross_quotient.comparison(node, ctx, cols, _add)
         if not is_linear(diff, ctx.party_of):  # a product's bucket test (cross_histogram.py)
             return _product_comparison(node, ctx, cols)
         decimals = ctx.decimals_of(node)

@@ -90,11 +90,12 @@ def statistic(node: exp.Expr) -> tuple[str, str, float | None, exp.Expr] | None:
 def check_across_parties(word: str, expr: exp.Expression, q: float | None,
                          owners: set[str], party_of: Callable[[str], str]) -> None:
     """A statistic of an expression reading several parties' columns (``expr`` qualified):
-    MIN, MAX or a quantile of a linear one (``a.x + b.y``, ``a.x - 2 * b.y + 3``) or of a
-    product of one factor per party (``a.x * b.y``) is read off a histogram whose bucket
-    tests are comparisons on shares (``rewrite/cross_histogram.py``); a variance (its
-    squares would multiply the parties' columns), a quotient or a function of several
-    parties' columns is refused, naming why."""
+    MIN, MAX or a quantile of a linear one (``a.x + b.y``, ``a.x - 2 * b.y + 3``), of a
+    product of one factor per party (``a.x * b.y``) or of a quotient ``N / D`` (``N``
+    linear, ``D`` one party's expression: ``is_quotient``) is read off a histogram whose
+    bucket tests are comparisons on shares (``rewrite/cross_histogram.py``); a variance
+    (its squares would multiply the parties' columns), a sum of products or a function of
+    several parties' columns is refused, naming why."""
     text = f"{word}({expr.sql(dialect='duckdb')})"
     who = ", ".join(sorted(owners))
     if q is None:
@@ -103,13 +104,15 @@ def check_across_parties(word: str, expr: exp.Expression, q: float | None,
             "columns of different parties, which is not supported",
             f"take {word} of one party's expression; conditions on other parties go in "
             "WHERE or FILTER (WHERE ...)")
-    if not parts.is_linear(expr, party_of) and not is_product(expr, party_of):
+    if not parts.is_linear(expr, party_of) and not is_product(expr, party_of) and \
+            not is_quotient(expr, party_of):
         raise UnsupportedError(
-            f"{text} reads columns of several parties ({who}) in a quotient, a sum of "
-            "products or a function: its histogram's buckets compare only a sum of the "
-            "parties' parts, or a product of one factor per party, on shares",
-            f"take {word} of a.x + b.y, a.x - 2 * b.y, a.x * b.y, or of one party's "
-            "expression")
+            f"{text} reads columns of several parties ({who}) in a sum of products, a "
+            "quotient by several parties' columns or a function: its histogram's buckets "
+            "compare only a sum of the parties' parts, a product of one factor per party, "
+            "or such a sum divided by one party's expression, on shares",
+            f"take {word} of a.x + b.y, a.x - 2 * b.y, a.x * b.y, a.x / (b.y + 1), or of "
+            "one party's expression")
 
 
 def is_product(expr: exp.Expression, party_of: Callable[[str], str]) -> bool:
@@ -123,3 +126,19 @@ def is_product(expr: exp.Expression, party_of: Callable[[str], str]) -> bool:
     except UnsupportedError:
         return False
     return True
+
+
+def is_quotient(expr: exp.Expression, party_of: Callable[[str], str]) -> bool:
+    """Whether ``expr`` is ``N / D`` with ``N`` a sum of the parties' parts and ``D`` one
+    party's expression (``a.x / (b.y * b.y + 1)``, ``(a.x + b.z) / b.y``): its bucket test
+    ``N / D >= e`` is the linear ``N - e D >= 0`` when ``D > 0`` (``<=`` when ``D < 0``;
+    ``rewrite/cross_quotient.py``). ``D``'s declared bounds must exclude 0, which the type
+    check refuses first, naming them."""
+    while isinstance(expr, exp.Paren):
+        expr = expr.this
+    if not isinstance(expr, exp.Div):
+        return False
+    owners = {party_of(c.table) for c in expr.expression.find_all(exp.Column)}
+    if len(owners) != 1 or not list(expr.this.find_all(exp.Column)):
+        return False
+    return parts.is_linear(expr.this, party_of)
