@@ -32,6 +32,7 @@ from oracle import HUGE_EPSILON, plain, union_connection
 
 import veilql
 from veilql.connectors.base import open_connector
+from veilql.engine.dp import ci95
 from veilql.engine.operators import histogram as hist
 from veilql.engine.operators.local import fetch
 from veilql.engine.operators.local_mode import aggregate_plain
@@ -40,6 +41,7 @@ from veilql.engine.rewrite.histogram import MAX_SECURE_COUNTS
 from veilql.engine.sql.distinct import MAX_DISTINCT, MAX_SECURE_DISTINCT
 from veilql.errors import UnsupportedError
 from veilql.policies.loader import load_federation
+from veilql.ui.preview import accuracy_text, round_half
 
 pytestmark = pytest.mark.filterwarnings("ignore::veilql.engine.dp.LargeEpsilonWarning")
 
@@ -198,8 +200,11 @@ def test_plan_is_one_bucket_column_and_one_count_per_cell(fed: Path) -> None:
     assert (k.l1, k.l2) == (n.l1, n.l2) == (2, 2.0)
     assert k.noise == n.noise and k.noise.epsilon == Fraction(1, 2)  # type: ignore[attr-defined]
     text = plan.to_s()
+    half = round_half(float(ci95(n.noise)))  # the preview (--dry-run) gives a count's bar
     assert "k = COUNT(DISTINCT shop.h0) over 10,001 buckets: per cell the buckets whose " \
-        "exact count is > 0 (no bucket count is released)" in text
+        "exact count is > 0 (across parties compared with 0 on shares), one noisy count " \
+        "per cell; no bucket count is released; sensitivity L1 2" in text
+    assert accuracy_text(plan) == f"95% intervals: k ± {half}, n ± {half}" and int(half) > 0
     assert "bucket counts of this histogram" not in text and "noise band" not in text
     across = compile_plan(ACROSS["count_sum_where"][0], federation, epsilon=1.0, delta=1e-6)
     k, n, _ = across.aggregates

@@ -350,7 +350,8 @@ class AggregateSpec:
         elif self.buckets and len(columns) == 1:  # one count per cell, no bucket released
             what = (f"COUNT(DISTINCT {columns[0].party}.{columns[0].column}) over "
                     f"{self.buckets:,} buckets: per cell the buckets whose exact count is "
-                    "> 0 (no bucket count is released)")
+                    "> 0 (across parties compared with 0 on shares), one noisy count per "
+                    "cell; no bucket count is released")
         elif self.kind == "count" and len(columns) == 1 and self.family and \
                 _bucket_index(columns[0].column):  # a bucket of a bucket-index column
             what = (f"COUNT(rows WHERE {columns[0].party}.{columns[0].column} = "
