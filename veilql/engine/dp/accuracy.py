@@ -189,15 +189,15 @@ class _TotalNoise:
     def _dlap_ge(self, a: np.ndarray) -> np.ndarray:
         t = self.s
         p, q = math.exp(-1.0 / t), -math.expm1(-1.0 / t)
-
-        def upper(k: np.ndarray) -> np.ndarray:  # P(Z >= k) for k >= 1
-            if self.m == 1:
-                return np.exp(-k / t) / (1 + p)
-            return np.exp(-k / t) * (k * q + p + (1 + p * p) / (1 + p)) / (1 + p) ** 2
-
-        pos = upper(np.maximum(a, 1.0))
-        neg = 1.0 - upper(np.maximum(1.0 - a, 1.0))  # P(Z >= a) = 1 - P(Z >= 1 - a), a <= 0
-        return np.where(a >= 1, pos, neg)
+        # P(Z >= a) = upper(a) for a >= 1, and 1 - P(Z >= 1 - a) = 1 - upper(1 - a) for a <= 0
+        # (a is an integer): one evaluation of upper, at a or at 1 - a.
+        above = a >= 1
+        k = np.where(above, a, 1.0 - a)
+        if self.m == 1:
+            up = np.exp(-k / t) / (1 + p)
+        else:
+            up = np.exp(-k / t) * (k * q + p + (1 + p * p) / (1 + p)) / (1 + p) ** 2
+        return np.where(above, up, 1.0 - up)
 
     def atoms(self, limit: int = 20_001) -> tuple[np.ndarray, np.ndarray] | None:
         """(values, probabilities) holding all but ~1e-13 of the mass; None if wider than limit."""
@@ -302,7 +302,8 @@ def avg_ci95(noisy_sum: float, noisy_count: float, plan_sum: NoisePlan,
         mu = np.array(mus, dtype=np.float64)[:, None]
         d = np.abs(noisy_sum - mu * noisy_count)
         shift = mu * values
-        return ((sum_noise.ge(d + shift) + sum_noise.ge(d - shift)) @ probs > alpha).tolist()
+        tails = sum_noise.ge(np.concatenate((d + shift, d - shift)))  # one call for both
+        return ((tails[:len(mus)] + tails[len(mus):]) @ probs > alpha).tolist()
 
     step0 = (half_width(plan_sum, alpha) + abs(avg) * half_width(plan_count, alpha) + 1.0) \
         / noisy_count
@@ -333,27 +334,28 @@ def avg_ci95(noisy_sum: float, noisy_count: float, plan_sum: NoisePlan,
     tol = 1e-4 * step0
     while any(o - i > tol for i, o in brackets):
         open_ = [side for side in (0, 1) if brackets[side][1] - brackets[side][0] > tol]
-        mids: list[list[np.ndarray]] = []  # per open side and level: the midpoints, in order
-        for inner, outer in (brackets[side] for side in open_):
-            ends, side = np.array([inner, outer]), []
-            for _ in range(levels):  # each level's midpoints as the sequential (lo + hi) / 2
-                mid = (ends[:-1] + ends[1:]) / 2
-                side.append(mid)
-                both = np.empty(2 * len(ends) - 1)
-                both[0::2], both[1::2] = ends, mid
-                ends = both
-            mids.append(side)
-        flat = [avg + signs[n] * m for n, side in zip(open_, mids, strict=True) for m in side]
-        ok = iter(accepted(np.concatenate(flat).tolist()))
-        for bracket, side in zip((brackets[n] for n in open_), mids, strict=True):
-            verdicts = [[next(ok) for _ in level] for level in side]
-            place = 0  # the midpoint's index in its level; accepted: the upper half next
-            for level in range(levels):
+        mus: list[float] = []
+        trees = []  # per open side: each level's midpoints (Python floats: a few dozen)
+        for side in open_:
+            ends, tree = brackets[side], []
+            for _ in range(levels):  # each midpoint as the sequential (lo + hi) / 2
+                mid = [(lo + hi) / 2 for lo, hi in zip(ends, ends[1:], strict=False)]
+                tree.append(mid)
+                ends = [x for pair in zip(ends, mid, strict=False) for x in pair] + [ends[-1]]
+            sign = signs[side]
+            mus += [avg + sign * m for level in tree for m in level]
+            trees.append(tree)
+        ok, at = accepted(mus), 0
+        for side, tree in zip(open_, trees, strict=True):
+            bracket, place, base = brackets[side], 0, at
+            for level in tree:  # accepted: the upper half is searched next, else the lower
                 if bracket[1] - bracket[0] <= tol:
                     break
-                mid = float(side[level][place])
-                if verdicts[level][place]:
+                mid = level[place]
+                if ok[base + place]:
                     bracket[0], place = mid, 2 * place + 1
                 else:
                     bracket[1], place = mid, 2 * place
+                base += len(level)
+            at += sum(len(level) for level in tree)
     return max(o for _, o in brackets)
