@@ -27,11 +27,13 @@ least the true minimum's bucket; a bucket of few rows may be passed over (at a h
 ``T = 1`` and MIN is exact). The answer is the bucket's lowest value (MAX: its highest); no
 bucket passing gives NULL.
 
-**COUNT(DISTINCT x)** of anything but the unit (``sql/distinct.py``) has one bucket per
-public value of ``x`` and releases how many pass the same threshold ``T``: with probability
-95% every bucket counted holds a row, so the count is at most the truth (a value of few rows
-may be missed; at a huge epsilon it is exact). Its error bar runs from the buckets that pass
-to those the band allows to be non-empty (``c_b + h >= 1``).
+**COUNT(DISTINCT x)** of anything but the unit over at most 1,000 public values
+(``sql/distinct.py``) has one bucket per value of ``x`` and releases how many pass the same
+threshold ``T``: with probability 95% every bucket counted holds a row, so the count is at
+most the truth (a value of few rows may be missed; at a huge epsilon it is exact). Its error
+bar runs from the buckets that pass to those the band allows to be non-empty (``c_b + h >=
+1``). Above 1,000 values nothing is read here: the distinct values per cell are counted
+before the noise and released as one noisy COUNT (``rewrite/histogram.py``).
 
 **Error bars** (``quantile_range``): the buckets the 95% noise band allows. The condition
 that bucket ``k`` is at or past the quantile's rank is linear in the prefix count ``P_k`` and

@@ -1,22 +1,25 @@
-"""COUNT(DISTINCT x) of anything but the privacy unit: a noisy histogram read by the analyst.
+"""COUNT(DISTINCT x) of anything but the privacy unit: a noisy histogram, or one noisy count.
 
 ``COUNT(DISTINCT unit)`` counts people (``aggregates``). For any other ``x`` of one party,
-the number of distinct values is read off a noisy histogram of ``x`` over its public
-values, one bucket per value: the buckets whose noisy count passes the same 95% noise band
-as MIN and MAX (``engine/quantiles.py``). The histogram is one vector-valued count (a row
-falls in one bucket), so it costs one aggregate's share of the budget, and the count of
-buckets passing is post-processing of it. At a huge epsilon it is DuckDB's count.
+the public values of ``x`` are its buckets, one per value. Up to ``MAX_SECURE_DISTINCT``
+values, the number of distinct values is read off a noisy histogram: the buckets whose
+noisy count passes the same 95% noise band as MIN and MAX (``engine/quantiles.py``). The
+histogram is one vector-valued count (a row falls in one bucket), so it costs one
+aggregate's share of the budget, and the count of buckets passing is post-processing of it.
+Above ``MAX_SECURE_DISTINCT`` values the plan holds one local column, the bucket index
+(``rewrite/histogram.py``), and ONE count per cell: the number of buckets whose exact count
+is positive, counted before any noise (in a query over one party's tables by the party's
+engine, ``COUNT(DISTINCT index)``; across parties from the (bucket, cell) counts on shares,
+each compared with 0 on shares, ``operators/histogram.py``), noised and released as a COUNT
+with COUNT(*)'s sensitivity; no bucket count reaches the analyst. At a huge epsilon either
+is DuckDB's count.
 
 The public values: a group column's declared ``values`` (or the domain an expression over
 group columns derives, as GROUP BY derives it); for value columns, every representable
 value of the declared bounds at the expression's fixed-point digits, when there are at most
 ``MAX_DISTINCT`` of them (values outside the bounds are clamped to them first, as in every
-aggregate). Above ``MAX_SECURE_DISTINCT`` values the histogram is one local column, the
-bucket index (``rewrite/histogram.py``): in a query over one party's tables reduced by the
-party's engine in one GROUP BY, across parties shared as two one-hot digits of the index
-(about ``2 sqrt(buckets)`` words per row, ``operators/histogram.py``), so neither the plan,
-the local SQL nor the memory grows with rows times buckets. Anything else (a private group
-key, a key column, more values, columns of several parties) is refused with the reason.
+aggregate). Anything else (a private group key, a key column, more values, columns of
+several parties) is refused with the reason.
 
 >>> from pathlib import Path
 >>> from veilql.engine.sql.parse import parse
@@ -48,7 +51,8 @@ from veilql.errors import PolicyError, UnsupportedError
 MAX_DISTINCT = 100_000
 #: Up to this many, a histogram is planned as one 0/1 local column per bucket (every mode
 #: computes it; across parties a person's factor holds one word per bucket); above it, as
-#: one bucket-index column (``rewrite/histogram.py``).
+#: one bucket-index column and one count per cell of its distinct values
+#: (``rewrite/histogram.py``).
 MAX_SECURE_DISTINCT = functions.MAX_DERIVED_DOMAIN
 #: A quantile's histogram has at most this many buckets (``rewrite.push_local
 #: .histogram_buckets``): one per value when the bounds hold at most this many.
