@@ -3,9 +3,10 @@
 The BI federation (``tests/bi_fixtures.py``) with two columns added here at ``alpha.ta``
 (two rows per person, DuckDB): ``i`` INTEGER with bounds [0, 10000] (10,001 values, some
 NULL) and ``f`` DOUBLE with 2 decimals in [-10, 10] (2,001 values, some outside the bounds,
-so clamped). Each COUNT(DISTINCT) is a histogram with one bucket per value, shared across
-parties as two one-hot digits of the bucket index and counted with one matrix product on
-shares (``operators/histogram.py``); at a huge epsilon it is DuckDB's count on the union of
+so clamped). Each COUNT(DISTINCT) has one bucket per value, shared across parties as
+two one-hot digits of the bucket index; the (bucket, cell) counts are one matrix product
+on shares, each compared with 0 on shares and summed per cell into one noisy count per
+cell (``operators/histogram.py``); at a huge epsilon it is DuckDB's count on the union of
 the parties' rows, beside COUNT(*) and SUM of another party's column, grouped at either
 side, with WHERE at either side, FILTER at the owner, the owner first or second in FROM,
 and three parties.
@@ -106,5 +107,7 @@ def test_plan_is_secure_with_one_bucket_index_column(fed: Path) -> None:
     index = [c for c in plan.step("alpha").columns if c.name.startswith("h")
              and c.role == "group"]
     assert len(index) == 1
-    family = [a for a in plan.aggregates if a.family]
-    assert len(family) == 10001 and len({a.noise for a in family}) == 1
+    # one count per cell (the distinct values, compared with 0 on shares), not a histogram
+    assert not [a for a in plan.aggregates if a.family]
+    k, n, _ = plan.aggregates
+    assert k.buckets == 10001 and (k.l1, k.l2, k.noise) == (n.l1, n.l2, n.noise)
