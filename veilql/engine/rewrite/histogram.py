@@ -76,7 +76,9 @@ def dense(out: Output, ctx: Context, points: int) -> bool:
             raise UnsupportedError(
                 f"{what} is not supported with GROUP BY {g.name}, whose keys are chosen "
                 "privately (its distinct values are counted per public cell)", narrow)
-        cells *= len(g.domain)
+        # a key over several parties' columns is counted in its fine cells, merged later
+        for d in [p.domain for p in g.parts] or [g.domain]:
+            cells *= len(d or ())
     if across and points * cells > MAX_SECURE_COUNTS:
         raise UnsupportedError(
             f"{what} is not supported across parties in {cells:,} group cells: "
