@@ -144,6 +144,21 @@ def test_peer_query_plan_merges_one_grid(fed) -> None:
     assert "cells merged on shares into key1" in plan.to_s()
 
 
+def test_the_peer_query_as_with_and_nested_derived_tables_plans_the_same(fed) -> None:
+    """WITH, and a derived table inside a derived table, inline to the same query."""
+    federation = fed[0].federation
+    body = PEER[PEER.index("(select bob.") + 1:PEER.index(") as tt")]
+    outer = PEER[:PEER.index("from (select")]
+    rest = PEER[PEER.index(") as tt") + len(") as tt"):]
+    forms = [PEER, f"with tt as ({body}) {outer} from tt {rest}",
+             f"{outer} from (select * from ({body}) as t0) as tt {rest}"]
+    plans = [compile_plan(sql, federation, epsilon=1.0, delta=1e-6) for sql in forms]
+    texts = [p.to_s().split("\n", 1)[1].replace("tt_t0_", "tt_") for p in plans]
+    assert texts[1] == texts[0] and texts[2] == texts[0]
+    assert [[(m.output, m.domain, m.index) for m in p.merge] for p in plans[1:]] == [
+        [(m.output, m.domain, m.index) for m in plans[0].merge]] * 2
+
+
 def test_coarse_map_agrees_with_the_expression(fed) -> None:
     """Every fine cell goes to the released cell of the expression's value there."""
     session, _ = fed
@@ -269,6 +284,9 @@ def test_a_derived_tables_where_is_kept(fed) -> None:
      "AS d", "SELECT DISTINCT inside the subquery d"),
     ("SELECT COUNT(*) FROM (SELECT a.groupby_int_0 AS g FROM alice.alice_tbl_0 a LIMIT 3) "
      "AS d", "LIMIT inside the subquery d"),
+    ("SELECT COUNT(*) FROM (SELECT * FROM (SELECT a.join_int_0 AS u FROM alice.alice_tbl_0 a) "
+     "AS d, bob.bob_tbl_0 b WHERE d.u = b.join_int_0) AS e",
+     "SELECT * over the subquery d beside other tables"),
 ])
 def test_inlining_refusals(fed, sql: str, words: str) -> None:
     with pytest.raises((UnsupportedError, PolicyError)) as info:

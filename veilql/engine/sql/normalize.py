@@ -188,6 +188,7 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
         return exp.column(node.name, table=found[0])
 
     mapping: dict[str, exp.Expression] = {}
+    shown: dict[str, str] = {}  # each output's name as the body writes it
     for item in body.expressions:
         if isinstance(item, exp.Star) or (isinstance(item, exp.Column)
                                           and isinstance(item.this, exp.Star)):
@@ -201,12 +202,14 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
                                            "table's columns are not known", "name them")
                 for c in cols:
                     mapping.setdefault(c.lower(), exp.column(c, table=new))
+                    shown.setdefault(c.lower(), c)
             continue
         name = item.alias_or_name
         inner = item.this if isinstance(item, exp.Alias) else item
         if not name or (not isinstance(item, exp.Alias) and not isinstance(item, exp.Column)):
             continue  # an unnamed expression cannot be referenced
         mapping.setdefault(name.lower(), inner.copy().transform(rename))
+        shown.setdefault(name.lower(), name)
 
     # Refuse before copying: every reference becomes a copy of the body's expression.
     sizes = {name: sum(1 for _ in e.walk()) for name, e in mapping.items()}
@@ -258,6 +261,7 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
                               f"qualify it: {alias}.{node.name} or <table>.{node.name}")
         return _wrap(mapping[name].copy())
 
+    select.set("expressions", _stars(select, alias, shown, bool(others)))
     for key in ("expressions", "where", "group", "having", "order", "joins"):
         value = select.args.get(key)
         if value is None:
@@ -309,6 +313,27 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
         select.set("where", exp.Where(this=cond if outer is None else exp.And(
             this=outer.this, expression=cond)))
     return select
+
+
+def _stars(select: exp.Select, alias: str, shown: dict[str, str],
+           others: bool) -> list[exp.Expression]:
+    """The SELECT items with ``*`` (or ``alias.*``) over the subquery ``alias`` as its
+    outputs (``alias.x AS x``, substituted next), as SQL means: left as ``*`` once inlined,
+    it would name the body's tables' columns instead."""
+    out: list[exp.Expression] = []
+    for item in select.expressions:
+        star = isinstance(item, exp.Star) or (isinstance(item, exp.Column)
+                                              and isinstance(item.this, exp.Star))
+        table = item.table if isinstance(item, exp.Column) else ""
+        if not star or (table and table.lower() != alias.lower()):
+            out.append(item)
+            continue
+        if not table and others:
+            raise UnsupportedError(
+                f"SELECT * over the subquery {alias} beside other tables is not supported",
+                f"name the columns, or write {alias}.*")
+        out += [exp.alias_(exp.column(name, table=alias), name) for name in shown.values()]
+    return out
 
 
 def _wrap(node: exp.Expression) -> exp.Expression:
