@@ -107,10 +107,11 @@ def check_across_parties(word: str, expr: exp.Expression, q: float | None,
     if not parts.is_linear(expr, party_of) and not is_product(expr, party_of) and \
             not is_quotient(expr, party_of):
         raise UnsupportedError(
-            f"{text} reads columns of several parties ({who}) in a sum of products, a "
-            "quotient by several parties' columns or a function: its histogram's buckets "
-            "compare only a sum of the parties' parts, a product of one factor per party, "
-            "or such a sum divided by one party's expression, on shares",
+            f"{text} reads columns of several parties ({who}) in a sum of products or "
+            "quotients, a quotient by several parties' columns or a function: its "
+            "histogram's buckets compare only a sum of the parties' parts, a product of "
+            "one factor per party, or such a sum divided by one party's expression, on "
+            "shares",
             f"take {word} of a.x + b.y, a.x - 2 * b.y, a.x * b.y, a.x / (b.y + 1), or of "
             "one party's expression")
 
