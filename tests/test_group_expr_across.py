@@ -314,3 +314,27 @@ def test_a_derived_output_keeps_its_name_in_select_having_and_order_by(fed) -> N
         plan = compile_plan(sql, session.federation, epsilon=1.0, delta=1e-6)
         assert [o.name for o in plan.outputs] == ["k", "n"]
         assert plan.having is not None and plan.having.sql() == "k > 3"
+
+
+PER_PERSON = ("WITH p AS (SELECT join_int_0, SUM(aggregate_int_0) AS total, COUNT(*) AS k FROM "
+              "bob.bob_tbl_0 GROUP BY join_int_0), d AS (SELECT total AS t, k, a.groupby_int_0 "
+              "+ c.groupby_int_0 AS g FROM p JOIN alice.alice_tbl_0 a ON a.join_int_0 = "
+              "p.join_int_0 JOIN carol.carol_tbl_0 c ON c.join_int_0 = a.join_int_0 WHERE "
+              "a.encrypt_int_0 > 2) SELECT g, SUM(t) AS s, SUM(k) AS rows, COUNT(*) AS n FROM d "
+              "GROUP BY g")
+
+
+def test_a_projection_over_a_per_person_table_is_inlined(fed) -> None:
+    """A projection-only body may read a table aggregated per person (``perunit``): that
+    table stays a derived table of its owner, the projection is inlined around it, and its
+    WHERE is kept."""
+    plan = compile_plan(PER_PERSON, fed[0].federation, epsilon=1.0, delta=1e-6)
+    assert plan.step("bob").per_unit and not plan.step("alice").per_unit
+    assert "encrypt_int_0 > 2" in plan.step("alice").where
+    assert [m.output for m in plan.merge] == ["g"]
+
+
+@pytest.mark.slow
+def test_a_projection_over_a_per_person_table_equals_duckdb(fed) -> None:
+    session, con = fed
+    _check(_run(session, PER_PERSON), plain(con, PER_PERSON))

@@ -142,10 +142,17 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
             columns_of: ColumnsOf | None) -> exp.Select:
     _check_body(body, alias)
     tables = [body.args["from_"].this] + [j.this for j in body.args.get("joins") or []]
-    for t in tables:
-        if not isinstance(t, exp.Table):
+    for t in tables:  # base tables, or a table aggregated per person (kept as it is)
+        if not isinstance(t, exp.Table) and not is_per_unit(t):
             raise UnsupportedError(f"{_short(t)} inside the subquery {alias} is not "
                                    "supported", _HINT)
+
+    def names_of(t: exp.Expression) -> Sequence[str] | None:
+        """The columns an entry of the body's FROM offers."""
+        if is_per_unit(t):
+            return [item.alias_or_name for item in t.this.expressions]
+        return columns_of(t.db, t.name) if columns_of is not None else None
+
     taken = {e.alias_or_name.lower() for e in
              [select.args["from_"].this] + [j.this for j in select.args.get("joins") or []]
              if e is not entry}
@@ -168,8 +175,8 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
         if node.args.get("db") is not None or node.table:
             key = node.table.lower()
             matches = [new for new, t in owners.items() if
-                       (node.db and t.db.lower() == node.db.lower()
-                        and t.name.lower() == key)
+                       (node.db and isinstance(t, exp.Table)
+                        and t.db.lower() == node.db.lower() and t.name.lower() == key)
                        or (not node.db and (t.alias_or_name.lower() == key))]
             if not matches:
                 return node  # an outer reference: left to the binder (correlated: refused)
@@ -179,8 +186,7 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
         if len(owners) == 1:
             return exp.column(node.name, table=next(iter(owners)))
         found = [new for new, t in owners.items()
-                 if columns_of is not None and any(
-                     c.lower() == node.name.lower() for c in columns_of(t.db, t.name) or ())]
+                 if any(c.lower() == node.name.lower() for c in names_of(t) or ())]
         if len(found) != 1:
             problem = "is ambiguous" if found else "is unknown"
             raise PolicyError(f"column {node.name} in the subquery {alias} {problem}",
@@ -196,7 +202,7 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
                 if isinstance(item, exp.Column) and item.table and \
                         renames.get(item.table.lower()) != new:
                     continue
-                cols = columns_of(t.db, t.name) if columns_of is not None else None
+                cols = names_of(t)
                 if cols is None:
                     raise UnsupportedError(f"SELECT * inside the subquery {alias}: the "
                                            "table's columns are not known", "name them")
