@@ -93,8 +93,11 @@ def _bank(fed: Path) -> DuckDBConnector:
 def _executed(conn: Connector, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every SQL text the connector hands its engine, recorded."""
     seen: list[str] = []
-    run = conn._execute
-    monkeypatch.setattr(conn, "_execute", lambda sql: (seen.append(sql), run(sql))[1])
+    # Every query of a DuckDB connector (``_execute``'s Arrow path and ``run_rows``'s rows)
+    # runs a statement parsed by ``_statement``; other engines run ``_execute``.
+    name = "_statement" if isinstance(conn, DuckDBConnector) else "_execute"
+    inner = getattr(conn, name)
+    monkeypatch.setattr(conn, name, lambda sql: (seen.append(sql), inner(sql))[1])
     return seen
 
 
@@ -137,7 +140,7 @@ def test_fast_path_reads_the_rows_the_bounded_path_reads(feds: dict[str, Path], 
         seen = _executed(conn, monkeypatch)
         fast = fetch(step, conn, SEED)
         assert "HAVING COUNT(*) > 1" not in seen[-1]  # customers: no over-full scan
-        monkeypatch.setattr(conn, "unique_columns", lambda table: frozenset())
+        monkeypatch.setattr(conn, "row_bounds", lambda table: {})
         slow = fetch(step, conn, SEED)
         assert "HAVING COUNT(*) > 1" in seen[-1]
     assert np.array_equal(fast.keys, slow.keys)
@@ -318,7 +321,7 @@ def test_postgres_reads_enforced_one_column_keys(feds: dict[str, Path],
             seen = _executed(conn, monkeypatch)
             fast = fetch(step, conn, SEED)
             assert "> 1" not in seen[-1] and "> 3" in seen[-1]  # customers unranked only
-            monkeypatch.setattr(conn, "unique_columns", lambda table: frozenset())
+            monkeypatch.setattr(conn, "row_bounds", lambda table: {})
             slow = fetch(step, conn, SEED)
             assert "> 1" in seen[-1]
     assert np.array_equal(fast.keys, slow.keys) and np.array_equal(fast.present, slow.present)

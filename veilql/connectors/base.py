@@ -124,6 +124,12 @@ class Connector(ABC):
         schema fact, never one found by reading rows. The default knows none."""
         return frozenset()
 
+    def row_bounds(self, table: str) -> dict[str, int]:
+        """Per column of ``table`` (lower case): the most rows one non-NULL value of it may
+        have, as the engine enforces on every write (its catalog, never the rows). The
+        default knows the ``unique_columns`` (1 each)."""
+        return dict.fromkeys(self.unique_columns(table), 1)
+
     def transpile(self, sql_duckdb: str) -> str:
         """Check that ``sql_duckdb`` is one read-only query and rewrite it in ``self.dialect``.
 

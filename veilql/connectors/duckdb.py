@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 from veilql.connectors.base import ColumnInfo, Connector, engine_failure
+from veilql.connectors.row_bounds import INTEGER_TYPES, constraint_bounds
 from veilql.errors import ConfigError, QueryError
 
 # Settings that keep pushed-down SQL from reaching anything but the party's own data: no
@@ -33,13 +34,14 @@ WHERE database_name = current_database() AND schema_name = 'main' AND NOT intern
 ORDER BY table_name, column_index
 """
 
-# One-column PRIMARY KEY and UNIQUE constraints of the main schema: DuckDB enforces both on
-# every write (an ART index), so a column named here holds no value twice (NULLs aside).
-_UNIQUE_SQL = """
-SELECT table_name, constraint_column_names[1]
+# Constraints of the main schema: DuckDB enforces PRIMARY KEY and UNIQUE (an ART index),
+# NOT NULL and CHECK on every write, so a one-column key holds no value twice (NULLs aside)
+# and ``row_bounds`` may rely on them.
+_CONSTRAINTS_SQL = """
+SELECT table_name, constraint_type, constraint_column_names, expression
 FROM duckdb_constraints()
 WHERE database_name = current_database() AND schema_name = 'main'
-  AND constraint_type IN ('PRIMARY KEY', 'UNIQUE') AND len(constraint_column_names) = 1
+  AND constraint_type IN ('PRIMARY KEY', 'UNIQUE', 'NOT NULL', 'CHECK')
 """
 
 #: Local SQL texts whose transpiled form is kept (per connector; see ``transpile``), and
@@ -47,8 +49,7 @@ WHERE database_name = current_database() AND schema_name = 'main'
 TRANSPILED_KEPT = 32
 # Result types ``run_rows`` reads through DB-API rows (Python ints, as Arrow's are but for
 # the 128-bit ones, which Arrow makes Decimals); any other type is read as ``run`` reads it.
-_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT",
-                            "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"})
+_INTEGER_TYPES = INTEGER_TYPES
 
 
 def _keep(cache: dict[str, Any], key: str, value: Any) -> None:
@@ -85,7 +86,7 @@ class DuckDBEngine(Connector):
         self._con = con
         self._lock = threading.Lock()
         self._catalog: dict[str, list[ColumnInfo]] | None = None
-        self._unique: dict[str, frozenset[str]] | None = None
+        self._bounds: dict[str, dict[str, int]] | None = None
         self._transpiled_sql: dict[str, str] = {}
         self._statements: dict[str, Any] = {}  # SQL text -> its parsed DuckDB statement
         self._integer_only: dict[str, bool] = {}  # SQL text -> its result's columns are
@@ -115,20 +116,26 @@ class DuckDBEngine(Connector):
         return statement
 
     def unique_columns(self, table: str) -> frozenset[str]:
-        """One-column PRIMARY KEY or UNIQUE constraints of ``table`` (lower case), read once
-        from ``duckdb_constraints()``: the database is open read-only, so they cannot
-        change while the connector is open. Views and files have none."""
-        if self._unique is None:
+        """Columns of ``table`` (lower case) with at most one row per value: one-column
+        PRIMARY KEY or UNIQUE constraints (or a slot allowing one value, ``row_bounds``),
+        read once from ``duckdb_constraints()``: the database is open read-only, so they
+        cannot change while the connector is open. Views and files have none."""
+        return frozenset(c for c, k in self.row_bounds(table).items() if k == 1)
+
+    def row_bounds(self, table: str) -> dict[str, int]:
+        """As ``Connector.row_bounds``, from ``duckdb_constraints()`` (read once, as
+        ``unique_columns``): one-column keys (1), and a unit UNIQUE together with a NOT NULL
+        integer slot that a CHECK restricts to k values (k; ``connectors/row_bounds.py``)."""
+        if self._bounds is None:
             try:
                 with self._lock:
-                    rows = self._con.sql(_UNIQUE_SQL).fetchall()
+                    rows = self._con.sql(_CONSTRAINTS_SQL).fetchall()
             except duckdb.Error as exc:
                 raise engine_failure(exc, self.spec, "catalog") from None
-            found: dict[str, set[str]] = {}
-            for name, column in rows:
-                found.setdefault(name.lower(), set()).add(column.lower())
-            self._unique = {t: frozenset(c) for t, c in found.items()}
-        return self._unique.get(table.lower(), frozenset())
+            types = {t.lower(): {c.name.lower(): c.type for c in cols}
+                     for t, cols in self.catalog().items()}
+            self._bounds = constraint_bounds(rows, types)
+        return dict(self._bounds.get(table.lower(), {}))
 
     def catalog(self) -> dict[str, list[ColumnInfo]]:
         """Tables and views of the ``main`` schema, columns in declaration order."""

@@ -111,17 +111,19 @@ def fetch(step: LocalStep, connector: Connector, seed: str, *,
 
 
 def with_engine_facts(step: LocalStep, connector: Connector) -> LocalStep:
-    """``step`` with its SQL for this party's engine: a table whose unit column the engine
-    keeps unique (``Connector.unique_columns``: a PRIMARY KEY or UNIQUE constraint, read
-    from its catalog) is read without the scan for over-full units
-    (``bound_contributions.engine_sql``); on DuckDB a table still bounded finds its
-    over-full units once (a materialized WITH); the same rows, the plan unchanged.
+    """``step`` with its SQL for this party's engine: a table whose engine lets no unit hold
+    more rows than the bound (``Connector.row_bounds``, read from its catalog: a PRIMARY KEY
+    or UNIQUE unit, one row; a unit UNIQUE with a range-checked slot, k rows) is read without
+    the scan for over-full units (``bound_contributions.engine_sql``); on DuckDB a table
+    still bounded finds its over-full units once (a materialized WITH); the same rows, the
+    plan unchanged.
 
     Whether the scan runs depends on the schema only, never on the rows, so the time it
     saves tells the analyst nothing about a person (docs/SECURITY.md, "Timing"). The
     rewritten SQL is kept per step text and constraints (the last ``FAST_KEPT``).
     """
-    facts = tuple((t, connector.unique_columns(t)) for t in dict.fromkeys(step.tables))
+    tables = list(dict.fromkeys(step.tables))
+    facts = tuple((t, tuple(sorted(connector.row_bounds(t).items()))) for t in tables)
     duckdb = connector.dialect == "duckdb"
     if not duckdb and not any(cols for _, cols in facts):
         return step
@@ -132,13 +134,39 @@ def with_engine_facts(step: LocalStep, connector: Connector) -> LocalStep:
         # Imported here: the rewrite package imports the operators (a cycle at load time).
         from veilql.engine.rewrite.bound_contributions import engine_sql
 
-        sql = engine_sql(step.sql, lambda table, unit: unit.lower() in
-                         connector.unique_columns(table), materialize=duckdb)
+        bounds = {t.lower(): dict(b) for t, b in facts}
+        least = _least_bounds(step)
+
+        def fits(table: str, unit: str) -> bool:
+            # One row per unit: kept whatever the bound m >= 1 (engine_sql checks m). More:
+            # only when no source of the table may be bounded below it (``_least_bounds``).
+            k = bounds.get(table.lower(), {}).get(unit.lower())
+            return k is not None and (k == 1 or k <= least.get(table.lower(), 0))
+
+        sql = engine_sql(step.sql, fits, materialize=duckdb)
         with _FAST_LOCK:
             if len(_FAST) >= FAST_KEPT:
                 _FAST.pop(next(iter(_FAST)))  # the oldest
             _FAST[key] = sql
     return replace(step, sql=sql)
+
+
+def _least_bounds(step: LocalStep) -> dict[str, int]:
+    """Per table of ``step`` (lower case): the smallest rows-per-unit bound any of its
+    sources in the step's SQL is bounded with (an alias's ``max_rows``, a per-person
+    source's own ``max_rows``), so that a table skipped at ``k`` rows per unit is skipped
+    only where every bound is at least ``k``.
+
+    >>> step = LocalStep("p", ("a", "b"), ("t", "t"), ("id", "id"), (3, 1), ())
+    >>> _least_bounds(step)
+    {'t': 1}
+    """
+    least: dict[str, int] = {}
+    bodies = step.per_unit or (None,) * len(step.tables)
+    for table, m, body in zip(step.tables, step.max_rows, bodies, strict=True):
+        for bound in (m, body.max_rows if body is not None else m):
+            least[table.lower()] = min(least.get(table.lower(), bound), bound)
+    return least
 
 
 def bounded_sql(step: LocalStep, seed: str) -> str:
