@@ -9,8 +9,11 @@ Two copies of the bank's data at ``--people`` (``bench/.data/<N>/``, generated o
 - ``bounded``: the sample as generated (no constraint on ``customer_id``), so the party's
   local SQL bounds rows per person with the scan for over-full units;
 - ``pk``: the same rows in a copy of ``bank.duckdb`` whose ``customers`` table declares
-  ``customer_id`` its PRIMARY KEY (``bench/.data/<N>-pk/``), so the party reads it without
-  that scan (``operators/local.py`` ``with_engine_facts``).
+  ``customer_id`` its PRIMARY KEY and whose ``loans`` table numbers each person's loans in
+  a slot column the engine bounds (``slot INTEGER NOT NULL CHECK (slot BETWEEN 1 AND 3)``,
+  ``UNIQUE (customer_id, slot)``; three is the policy's ``max_rows_per_unit``)
+  (``bench/.data/<N>-keyed/``), so the party reads both without that scan
+  (``operators/local.py`` ``with_engine_facts``; commits before 70ab03b still scan loans).
 
 Per federation and query: one ``Session``, one untimed run, then ``--reps`` runs of the
 VeilQL query and of the plain aggregate on a DuckDB connection to the same file (opened
@@ -59,11 +62,12 @@ _CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": F
 
 def pk_federation(people: int) -> Path:
     """A copy of the federation at ``people`` whose bank file declares
-    ``customers.customer_id`` a PRIMARY KEY (same rows; other parties' data linked)."""
+    ``customers.customer_id`` a PRIMARY KEY and bounds ``loans`` to three rows per person by
+    a slot column (same rows otherwise; other parties' data linked)."""
     import duckdb
 
     src = federation(people).parent
-    out = CACHE / f"{people}-pk"
+    out = CACHE / f"{people}-keyed"
     fed = out / "federation.toml"
     if fed.exists():
         return fed
@@ -87,6 +91,16 @@ def pk_federation(people: int) -> Path:
                                  for c, t in cols)
                 con.execute(f"CREATE TABLE customers ({body})")
                 con.execute("INSERT INTO customers SELECT * FROM src.customers")
+            elif table == "loans":
+                cols = con.execute("SELECT column_name, data_type FROM duckdb_columns() "
+                                   "WHERE database_name = 'src' AND table_name = 'loans' "
+                                   "ORDER BY column_index").fetchall()
+                body = ", ".join(f"{c} {t}" for c, t in cols)
+                con.execute(f"CREATE TABLE loans ({body}, slot INTEGER NOT NULL CHECK "
+                            "(slot BETWEEN 1 AND 3), UNIQUE (customer_id, slot))")
+                # A person with a fourth loan would fail the CHECK: the copy is refused.
+                con.execute("INSERT INTO loans SELECT *, ROW_NUMBER() OVER (PARTITION BY "
+                            "customer_id ORDER BY loan_id) FROM src.loans")
             else:
                 con.execute(f"CREATE TABLE {table} AS SELECT * FROM src.{table}")
         con.execute("DETACH src")
