@@ -219,7 +219,9 @@ def test_bucket_tests_are_scaled_integers(fed) -> None:
                                     f"SELECT MAX(alice.f / (bob.g * bob.g + 1)) AS m {J2}"],
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "o0 (operand) = alice.f x10^2" in res.stdout
+    # each operand clamped to its declared interval at its owner: exact, inside the ring
+    assert ("o0 (operand) = CASE WHEN (alice.f) < 0 THEN 0 WHEN (alice.f) > 100 THEN 100 "
+            "ELSE (alice.f) END x10^2") in res.stdout
     assert "1000000 * alice.o0 + -1562505 * bob.o0 < 0" in res.stdout
     assert "64 buckets" in res.stdout
 

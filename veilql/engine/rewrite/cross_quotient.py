@@ -17,13 +17,16 @@ comparison per inner edge as for a sum (the upper test of a bucket is the comple
 the next bucket's lower test). The digits ``a``, ``b`` are those at which the parts are
 exact under the columns' declared digits (a product's digits add up), at most
 ``MAX_DECIMALS`` (a quotient or a function inside a part: ``MAX_DECIMALS``, so there the
-test is exact to that precision). ``D`` keeps its sign on every row (the binder clamps a
-divisor to its declared bounds, ``typecheck_exprs._division``); under the declared bounds
-the scaled sum must stay below the ring's safe range (``dp/ring.SAFE_RANGE``), else the plan
-is refused before anything is read, naming the reach (``buckets`` first takes fewer digits
-for the edges when that is enough). A row where a part of ``N`` or ``D`` is NULL is in no
-bucket (its not-NULL atoms, as for a sum). Leakage and cost: those of a sum's
-histogram (two operand columns per row instead of one per edge at the first party).
+test is exact to that precision). Each operand is clamped to its declared interval at its
+owner (``D`` keeps its sign on every row: the binder's own clamp of a divisor,
+``typecheck_exprs._division``, keeps it off 0 too), and under those bounds the scaled sum
+must stay below the ring's safe range (``dp/ring.SAFE_RANGE``), else the plan is refused
+before anything is read, naming the reach (``buckets`` first takes fewer digits for the
+edges when that is enough). A row where a part of ``N`` or ``D`` is NULL is in no
+bucket (its not-NULL atoms, as for a sum). Since every test is exact for the clamped
+operands, a row's tests are monotone in the edge and it lands in one bucket at most: the
+sensitivity of a histogram. Leakage and cost: those of a sum's histogram, with one operand
+column per part of ``N`` and one for ``D`` instead of one per edge at the first party.
 
 >>> scaled_coefficients("2.5", 2, 0)  # 100 (N - 2.5 D) = N' - 250 D'
 (1, -250, 2)
@@ -85,7 +88,7 @@ def not_null_parts(expr: exp.Expression, ctx: Context) -> list[tuple[str, exp.Ex
     return [*out, (party, divisor)]
 
 
-Terms = tuple[int, int, int, list[tuple[str, exp.Expression, float]]]
+Terms = tuple[int, int, int, list[tuple[str, exp.Expression, float, float]]]
 # The last few quotients' terms, by their SQL, beside the bound query they were read from:
 # every bucket test of one histogram has the same ones (64 type checks otherwise), and
 # holding the query keeps its id from being reused while it is cached.
@@ -94,8 +97,8 @@ _CACHE: dict[tuple[int, str], tuple[object, Terms]] = {}
 
 def _terms(expr: exp.Expression, ctx: Context) -> Terms:
     """``(a, b, s, terms)`` of ``N / D``: the digits of ``N`` and ``D``, the sign of ``D``,
-    and ``(party, part, largest |scaled part|)`` for each part of ``N`` (the constant
-    folded into the first) and, last, for ``D``."""
+    and ``(party, part, lo, hi)`` (its declared interval) for each part of ``N`` (the
+    constant folded into the first) and, last, for ``D``."""
     key = (id(ctx.bound), expr.sql())
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is ctx.bound:
@@ -118,19 +121,22 @@ def _read_terms(expr: exp.Expression, ctx: Context) -> Terms:
         first = next(iter(numerator))
         numerator[first] = exp.Add(this=numerator[first], expression=constant)
     b = _digits(divisor, ctx)
-    terms: list[tuple[str, exp.Expression, float]] = [
-        (p, part, max(abs(x) for x in _interval(part, ctx)) * 10.0**a)
-        for p, part in numerator.items() if p is not None]
-    return a, b, sign, [*terms, (party, divisor, max(abs(d_lo), abs(d_hi)) * 10.0**b)]
+    terms: list[tuple[str, exp.Expression, float, float]] = [
+        (p, part, *_interval(part, ctx)) for p, part in numerator.items() if p is not None]
+    return a, b, sign, [*terms, (party, divisor, d_lo, d_hi)]
 
 
-def _reach(a: int, b: int, terms: list[tuple[str, exp.Expression, float]],
+def _reach(a: int, b: int, terms: list[tuple[str, exp.Expression, float, float]],
            edge: str) -> float:
     """The largest ``|c_N N' + c_D D'|`` of the test at ``edge`` under the declared bounds
     (one unit of rounding more per operand), for ``_terms``' ``a``, ``b`` and terms."""
     c_n, c_d, _ = scaled_coefficients(edge, a, b)
-    return float(sum(abs(c_n if i < len(terms) - 1 else c_d) * (math.ceil(top) + 1)
-                     for i, (_, _, top) in enumerate(terms)))
+    out = 0
+    for i, (_, _, lo, hi) in enumerate(terms):
+        last = i == len(terms) - 1
+        top = max(abs(lo), abs(hi)) * 10.0 ** (b if last else a)
+        out += abs(c_d if last else c_n) * (math.ceil(top) + 1)
+    return float(out)
 
 
 def comparison(node: exp.Expression, ctx: Context, cols: dict[str, list[LocalColumn]],
@@ -150,17 +156,31 @@ def comparison(node: exp.Expression, ctx: Context, cols: dict[str, list[LocalCol
             "narrow the declared bounds of its columns (the divisor's especially), or "
             "declare fewer decimals")
     total: exp.Expression | None = None
-    for i, (p, part, _) in enumerate(terms):
+    for i, (p, part, lo, hi) in enumerate(terms):
         last = i == len(terms) - 1
         coef = sign * (c_d if last else c_n)
         ref: exp.Expression = exp.column(
-            add(cols[p], "o", "operand", part.sql(dialect="duckdb"), b if last else a),
-            table=p)
+            add(cols[p], "o", "operand", _clamped(part, lo, hi), b if last else a), table=p)
         if coef != 1:
             ref = exp.Mul(this=exp.Literal.number(coef), expression=ref)
         total = ref if total is None else exp.Add(this=total, expression=ref)
     assert total is not None
     return type(node)(this=total, expression=exp.Literal.number(0))
+
+
+def _clamped(part: exp.Expression, lo: float, hi: float) -> str:
+    """``part`` clamped to its declared interval by a CASE (a NULL stays NULL: its atom
+    drops the row), so that every row's test is exact and within the ring whatever the
+    data: then a row's tests are monotone in the edge, and it is in one bucket at most."""
+    sql = part.sql(dialect="duckdb")
+    low, high = _num(lo), _num(hi)
+    return (f"CASE WHEN ({sql}) < {low} THEN {low} WHEN ({sql}) > {high} THEN {high} "
+            f"ELSE ({sql}) END")
+
+
+def _num(x: float) -> str:
+    """A bound as SQL: an integer when it is one, else its shortest decimal."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
 def _edge_text(node: exp.Expression) -> str:
