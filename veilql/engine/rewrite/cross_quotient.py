@@ -113,7 +113,12 @@ def _terms(expr: exp.Expression, ctx: Context) -> Terms:
 def _read_terms(expr: exp.Expression, ctx: Context) -> Terms:
     numerator, party, divisor = split(expr, ctx)
     d_lo, d_hi = _interval(divisor, ctx)
-    sign = 1 if d_lo > 0 else -1  # the type check refused a divisor whose bounds hold 0
+    if d_lo <= 0 <= d_hi:  # the type check refuses it first
+        raise UnsupportedError(
+            f"{expr.sql(dialect='duckdb')}: the divisor's declared bounds [{d_lo:.6g}, "
+            f"{d_hi:.6g}] include 0, so the sign of a bucket test is not known",
+            "declare bounds that exclude 0 for the divisor's columns (e.g. [1, 10])")
+    sign = 1 if d_lo > 0 else -1
     constant = numerator.pop(None, None)
     a = max(_digits(p, ctx) for p in numerator.values())
     if constant is not None:
