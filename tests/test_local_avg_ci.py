@@ -17,7 +17,13 @@ from fractions import Fraction
 import pytest
 
 from veilql.engine.dp import accuracy
-from veilql.engine.dp.accuracy import AVG_PART_ALPHA, _TotalNoise, avg_ci95, half_width
+from veilql.engine.dp.accuracy import (
+    AVG_PART_ALPHA,
+    _TotalNoise,
+    avg_ci95,
+    avg_ci95_cells,
+    half_width,
+)
 from veilql.engine.dp.calibrate import (
     NoisePlan,
     calibrate,
@@ -120,3 +126,18 @@ def test_count_not_clearly_positive_is_unbounded() -> None:
     plan = calibrate_laplace(1, 1.0, Fraction(1))
     assert math.isinf(avg_ci95(10.0, 1.0, plan, plan))
     assert math.isinf(sequential_avg_ci95(10.0, 1.0, plan, plan))
+
+
+@pytest.mark.parametrize(("name", "plan_sum", "plan_count"), _plans()[::2],
+                         ids=[p[0] for p in _plans()[::2]])
+def test_cells_searched_together_end_where_each_ends(name: str, plan_sum: NoisePlan,
+                                                     plan_count: NoisePlan) -> None:
+    # Many cells in one search (some not clearly positive, some unbounded, one repeated):
+    # each cell's endpoint is its own sequential search's.
+    rng = random.Random(3)
+    cells = [(5000.0, 100.0), (10.0, 0.5), (-2e6, 900.0), (5000.0, 100.0), (1e12, 2.5)]
+    cells += [(rng.uniform(-1e7, 1e7), rng.choice([3.0, 60.0, 700.0, 1e5])) for _ in range(9)]
+    want = [sequential_avg_ci95(s, c, plan_sum, plan_count) for s, c in cells]
+    got = avg_ci95_cells([s for s, _ in cells], [c for _, c in cells], plan_sum, plan_count)
+    assert got == pytest.approx(want, rel=1e-9), name
+    assert any(math.isinf(w) for w in want) and sum(math.isfinite(w) for w in want) >= 4

@@ -17,7 +17,8 @@ import duckdb
 import numpy as np
 
 from veilql.engine import postprocess, quantiles
-from veilql.engine.dp import avg_ci95, ci95, half_width
+from veilql.engine.dp import ci95, half_width
+from veilql.engine.dp.accuracy import avg_ci95_cells
 from veilql.engine.plan.nodes import GroupKey, OutputSpec, Plan
 
 
@@ -323,6 +324,13 @@ def build_result(plan: Plan, noisy: np.ndarray, budget: dict[str, dict[str, floa
     columns = [o.name for o in specs]
     rows: list[list[Any]] = []
     row_ci: dict[str, list[float | None]] = {}
+    avg_half: dict[str, list[float]] = {}  # AVG error bars, every cell's searched together
+    for out in specs:
+        if out.kind == "avg":
+            num_spec, den_spec = (plan.aggregate(n) for n in out.aggregates)
+            avg_half[out.name] = avg_ci95_cells(
+                [float(v) * 10**num_spec.decimals for v in scaled[num_spec.name]],
+                [float(v) for v in scaled[den_spec.name]], num_spec.noise, den_spec.noise)
     for c, groups in enumerate(cells):
         row: dict[str, Any] = {}
         for out in specs:
@@ -336,8 +344,7 @@ def build_result(plan: Plan, noisy: np.ndarray, budget: dict[str, dict[str, floa
                     row_ci.setdefault(out.name, []).append(None)
                 else:
                     row[out.name] = float(num) / float(den)
-                    half = avg_ci95(float(num) * 10**num_spec.decimals, float(den),
-                                    num_spec.noise, den_spec.noise) / 10**num_spec.decimals
+                    half = avg_half[out.name][c] / 10**num_spec.decimals
                     row_ci.setdefault(out.name, []).append(_round(half))
             elif out.kind in ("var", "quantile"):
                 value, half = _statistic(plan, out, scaled, c)

@@ -25,7 +25,7 @@ the truth with probability >= 1 - alpha; at small scales the discreteness makes 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -277,85 +277,106 @@ def avg_ci95(noisy_sum: float, noisy_count: float, plan_sum: NoisePlan,
     when the noisy count is not clearly positive. Falls back to the sqrt(0.95)-box of the
     two intervals (also sound, looser) when the count noise is too wide to enumerate.
 
-    The search is the sequential one-candidate-at-a-time doubling and bisection, with the
-    candidates it may visit next evaluated together (both sides at once; the next doubling
-    steps; the midpoints of the next ``_levels`` bisection levels, each computed from its
-    interval's ends as the sequential search computes it): the walk then takes the
-    sequential search's path, so the endpoints are its endpoints.
-
     >>> from veilql.engine.dp.calibrate import calibrate
     >>> plan = calibrate(1, 1.0, 1.0)
     >>> round(avg_ci95(5000.0, 100.0, plan, plan), 2)
     2.08
     """
+    return avg_ci95_cells([noisy_sum], [noisy_count], plan_sum, plan_count)[0]
+
+
+def avg_ci95_cells(sums: Sequence[float], counts: Sequence[float], plan_sum: NoisePlan,
+                   plan_count: NoisePlan) -> list[float]:
+    """``avg_ci95`` of every cell (``sums[i] / counts[i]``, the same two noise plans).
+
+    The search is the sequential one-candidate-at-a-time doubling and bisection of each
+    cell's two sides, with the candidates those may visit next evaluated together in one
+    numpy call (every open side of every cell; the next doubling steps; the midpoints of the
+    next ``_levels`` bisection levels, each computed from its interval's ends as the
+    sequential search computes it): each side then takes the sequential search's path, so
+    the endpoints are its endpoints (``tests/test_local_avg_ci.py``).
+
+    >>> from veilql.engine.dp.calibrate import calibrate
+    >>> plan = calibrate(1, 1.0, 1.0)
+    >>> [round(h, 2) for h in avg_ci95_cells([5000.0, 1.0], [100.0, 0.0], plan, plan)]
+    [2.08, inf]
+    """
     alpha = 0.05
-    if noisy_count - half_width(plan_count, AVG_PART_ALPHA) <= 0:
-        return math.inf
+    out = [math.inf] * len(sums)
+    positive = [i for i, c in enumerate(counts) if c - half_width(plan_count, AVG_PART_ALPHA) > 0]
     count_noise = _atoms(plan_count)
     if count_noise is None:
-        return _box_avg_half_width(noisy_sum, noisy_count, plan_sum, plan_count)
+        for i in positive:
+            out[i] = _box_avg_half_width(sums[i], counts[i], plan_sum, plan_count)
+        return out
     values, probs = count_noise
     sum_noise = _total_noise(plan_sum)
-    avg = noisy_sum / noisy_count
+    h_sum, h_count = half_width(plan_sum, alpha), half_width(plan_count, alpha)
 
-    def accepted(mus: list[float]) -> list[bool]:
-        mu = np.array(mus, dtype=np.float64)[:, None]
-        d = np.abs(noisy_sum - mu * noisy_count)
+    def accepted(cands: list[tuple[float, float, float]]) -> list[bool]:
+        """Per candidate (mu, noisy sum, noisy count): p(mu) > alpha."""
+        mu, s, c = (np.array(x, dtype=np.float64)[:, None] for x in zip(*cands, strict=True))
+        d = np.abs(s - mu * c)
         shift = mu * values
         tails = sum_noise.ge(np.concatenate((d + shift, d - shift)))  # one call for both
-        return ((tails[:len(mus)] + tails[len(mus):]) @ probs > alpha).tolist()
+        return ((tails[:len(cands)] + tails[len(cands):]) @ probs > alpha).tolist()
 
-    step0 = (half_width(plan_sum, alpha) + abs(avg) * half_width(plan_count, alpha) + 1.0) \
-        / noisy_count
-    signs = (1.0, -1.0)
-    steps = [step0]
-    for _ in range(_DOUBLINGS - 1):
-        steps.append(2 * steps[-1])
-    # Doubling: each side's first rejected step, ``chunk`` steps a call (none: unbounded).
+    # One lane per side of each cell: [cell, sign, avg, step0, inner, outer].
+    lanes: list[list] = []
+    for i in positive:
+        avg = sums[i] / counts[i]
+        step0 = (h_sum + abs(avg) * h_count + 1.0) / counts[i]
+        lanes += [[i, sign, avg, step0, 0.0, math.nan] for sign in (1.0, -1.0)]
     pairs = _CALL_PAIRS_ERFC if sum_noise.erfc_tail else _CALL_PAIRS
-    chunk = max(1, min(_DOUBLINGS, pairs // len(values)))
-    brackets: list[list[float]] = [[0.0, math.nan], [0.0, math.nan]]
+    # Doubling: each lane's first rejected step, ``chunk`` steps a call (none: unbounded).
+    chunk = max(1, min(_DOUBLINGS, pairs // (len(values) * max(1, len(positive)))))
     for k in range(0, _DOUBLINGS, chunk):
-        open_ = [side for side in (0, 1) if math.isnan(brackets[side][1])]
+        open_ = [ln for ln in lanes if math.isnan(ln[5])]
         if not open_:
             break
-        part = steps[k:k + chunk]
-        ok = accepted([avg + signs[side] * s for side in open_ for s in part])
-        for n, side in enumerate(open_):
-            for s, good in zip(part, ok[n * len(part):(n + 1) * len(part)], strict=True):
+        steps = [[ln[3] * 2.0**j for j in range(k, min(k + chunk, _DOUBLINGS))] for ln in open_]
+        ok = iter(accepted([(ln[2] + ln[1] * s, sums[ln[0]], counts[ln[0]])
+                            for ln, part in zip(open_, steps, strict=True) for s in part]))
+        for ln, part in zip(open_, steps, strict=True):
+            verdicts = [next(ok) for _ in part]
+            for s, good in zip(part, verdicts, strict=True):
                 if not good:
-                    brackets[side][1] = s
+                    ln[5] = s
                     break
-                brackets[side][0] = s
-    if any(math.isnan(o) for _, o in brackets):
-        return math.inf
-    # Bisection: the midpoints of the next ``levels`` levels of both sides in one call.
-    levels = _levels(pairs, len(values))
-    tol = 1e-4 * step0
-    while any(o - i > tol for i, o in brackets):
-        open_ = [side for side in (0, 1) if brackets[side][1] - brackets[side][0] > tol]
-        mus: list[float] = []
-        trees = []  # per open side: each level's midpoints (Python floats: a few dozen)
-        for side in open_:
-            ends, tree = brackets[side], []
+                ln[4] = s
+    unbounded = {ln[0] for ln in lanes if math.isnan(ln[5])}  # every step accepted
+    lanes = [ln for ln in lanes if ln[0] not in unbounded]
+    # Bisection: the midpoints of the next ``levels`` levels of every open lane in one call.
+    levels = _levels(max(1, pairs // max(1, len(positive))), len(values))
+    while True:
+        open_ = [ln for ln in lanes if ln[5] - ln[4] > 1e-4 * ln[3]]
+        if not open_:
+            break
+        cands: list[tuple[float, float, float]] = []
+        trees = []  # per open lane: each level's midpoints (Python floats: a few dozen)
+        for ln in open_:
+            ends, tree = [ln[4], ln[5]], []
             for _ in range(levels):  # each midpoint as the sequential (lo + hi) / 2
                 mid = [(lo + hi) / 2 for lo, hi in zip(ends, ends[1:], strict=False)]
                 tree.append(mid)
                 ends = [x for pair in zip(ends, mid, strict=False) for x in pair] + [ends[-1]]
-            sign = signs[side]
-            mus += [avg + sign * m for level in tree for m in level]
+            cands += [(ln[2] + ln[1] * m, sums[ln[0]], counts[ln[0]])
+                      for level in tree for m in level]
             trees.append(tree)
-        ok, at = accepted(mus), 0
-        for side, tree in zip(open_, trees, strict=True):
-            bracket, place, base = brackets[side], 0, at
+        ok, at = accepted(cands), 0
+        for ln, tree in zip(open_, trees, strict=True):
+            place, base = 0, at
             for level in tree:  # accepted: the upper half is searched next, else the lower
-                if bracket[1] - bracket[0] <= tol:
+                if ln[5] - ln[4] <= 1e-4 * ln[3]:
                     break
                 mid = level[place]
                 if ok[base + place]:
-                    bracket[0], place = mid, 2 * place + 1
+                    ln[4], place = mid, 2 * place + 1
                 else:
-                    bracket[1], place = mid, 2 * place
+                    ln[5], place = mid, 2 * place
                 base += len(level)
             at += sum(len(level) for level in tree)
-    return max(o for _, o in brackets)
+    for i in positive:
+        if i not in unbounded:
+            out[i] = max(ln[5] for ln in lanes if ln[0] == i)
+    return out
