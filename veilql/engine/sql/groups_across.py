@@ -64,14 +64,17 @@ def bind_across(node: exp.Expr, expr: exp.Expression, name: str,
     if size > MAX_MERGED_GRID:
         raise UnsupportedError(
             f"GROUP BY {text} reads columns of several parties whose values (NULL included) "
-            f"make {size:,} combinations, more than {MAX_MERGED_GRID:,}", hint)
+            f"make {size:,} combinations, more than {MAX_MERGED_GRID:,}",
+            "group by fewer columns in one expression, or by each party's column")
     combos = grid_combinations(domains)
     values = _evaluate(expr, parts, combos, text)
     domain = _ordered(values)
     if len(domain) > functions.MAX_DERIVED_DOMAIN:
         raise UnsupportedError(
             f"GROUP BY {text} takes {len(domain):,} values over its columns' declared values, "
-            f"more than {functions.MAX_DERIVED_DOMAIN:,}", hint)
+            f"more than {functions.MAX_DERIVED_DOMAIN:,}",
+            "bucket the expression (CASE WHEN ... THEN 'a' ... END), or group by each "
+            "party's column")
     position = {_key(v): i for i, v in enumerate(domain)}
     keys = tuple(BoundGroup(f"{PART}{c.alias}.{c.column}", c.expr(), c.party, c,
                             dom) for c, dom in zip(parts, domains, strict=True))
