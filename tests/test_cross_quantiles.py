@@ -24,7 +24,7 @@ from pathlib import Path
 import bi_fixtures
 import duckdb
 import pytest
-from adversarial.test_transcript_scan import records_of
+from lengths import received, run_recorded
 from oracle import HUGE_EPSILON, plain, union_connection
 from test_oracle import check_statistics
 
@@ -151,16 +151,8 @@ def test_one_comparison_per_inner_edge(bi, monkeypatch: pytest.MonkeyPatch) -> N
 
 def _lengths(fed: Path, out: Path, sql: str) -> Counter:
     """``(receiver, sender, payload length)`` of every data record a compute party got."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
-    try:
-        with veilql.connect(fed, analyst="oracle") as session, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            session.sql(sql, epsilon=1.0, delta=1e-6)
-    finally:
-        mp.undo()
-    return Counter((to, f, len(p)) for to in ("alpha", "beta", "gamma")
-                   for f, k, _, p in records_of(out / f"{to}.bin") if k == "data")
+    run_recorded(fed, out, sql)
+    return received(out, ("alpha", "beta", "gamma"))
 
 
 def test_message_lengths_do_not_depend_on_a_persons_values(tmp_path: Path) -> None:

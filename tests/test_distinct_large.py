@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from adversarial.test_transcript_scan import records_of
+from lengths import data_records, run_recorded
 from oracle import HUGE_EPSILON, plain, union_connection
 
 import veilql
@@ -261,7 +262,8 @@ def test_chunked_counts_equal_unchunked(fed: Path) -> None:
     plan = compile_plan(sql, federation, epsilon=1.0, delta=1e-6)
     connector = open_connector(federation.party("shop").connector, federation.root)
     rows = fetch(plan.steps[0], connector, "ab" * 16)
-    (column, (agg, buckets)), = hist.families(plan, "shop").items()
+    (column, fam), = hist.families(plan, "shop").items()
+    (agg,), buckets = fam.aggs, fam.buckets
     whole = hist.plain_counts(plan, "shop", rows, column, buckets, chunk=buckets)
     for chunk in (1, 7, 97, 1000, buckets - 1, None):  # None: from the memory budget
         assert np.array_equal(hist.plain_counts(plan, "shop", rows, column, buckets, chunk),
@@ -405,17 +407,8 @@ def test_across_parties_refuses_what_the_digits_cannot_count(fed: Path, sql: str
 def _lengths(fed: Path, out: Path, sql: str) -> dict[str, list[tuple[str, str, int]]]:
     """Per transcript (every party and the analyst), the sorted ``(sender, kind, payload
     length)`` of its records other than heartbeats."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
-    try:
-        with veilql.connect(fed, analyst="oracle") as session, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            session.sql(sql, epsilon=1.0, delta=1e-6)
-    finally:
-        mp.undo()
-    return {path.name: sorted((f, k, len(p)) for f, k, _, p in records_of(path)
-                              if k == "data")
-            for path in sorted(out.glob("*.bin"))}
+    run_recorded(fed, out, sql)
+    return {path.name: sorted(data_records(path)) for path in sorted(out.glob("*.bin"))}
 
 
 def test_across_parties_lengths_do_not_depend_on_a_value(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from adversarial.test_transcript_scan import records_of
+from lengths import received, run_recorded
 from oracle import HUGE_EPSILON, oracle_federation, plain, same, union_connection
 
 import veilql
@@ -256,16 +256,8 @@ def test_outer_join_refusals_name_the_construct(sql: str, words: str) -> None:
 def _lengths(fed: Path, out: Path, sql: str) -> Counter:
     """The multiset of ``(receiver, sender, payload length)`` of every data record a compute
     party received running ``sql``."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
-    try:
-        with veilql.connect(fed, analyst="oracle") as session, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            session.sql(sql, epsilon=1.0, delta=1e-6)
-    finally:
-        mp.undo()
-    return Counter((to, f, len(p)) for to in ("bank", "payments", "insurer")
-                   for f, k, _, p in records_of(out / f"{to}.bin") if k == "data")
+    run_recorded(fed, out, sql)
+    return received(out, ("bank", "payments", "insurer"))
 
 
 @pytest.mark.parametrize("sql", [

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import bi_fixtures
 import pytest
-from adversarial.test_transcript_scan import records_of
+from lengths import data_records, run_recorded
 from oracle import (
     HUGE_EPSILON,
     oblivious_federation,
@@ -205,15 +205,8 @@ def test_demo_conditions_equal_plain_duckdb(tmp_path: Path, oblivious: bool) -> 
 def _lengths(fed: Path, out: Path, sql: str) -> list[tuple[str, str, int]]:
     """``(sender, kind, payload length)`` of every data record ``payments`` (a compute
     party holding no table of the query) received running ``sql``."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
-    try:
-        with veilql.connect(fed, analyst="oracle") as session, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            session.sql(sql, epsilon=1.0, delta=1e-6)
-    finally:
-        mp.undo()
-    return [(f, k, len(p)) for f, k, _, p in records_of(out / "payments.bin") if k == "data"]
+    run_recorded(fed, out, sql)
+    return data_records(out / "payments.bin")
 
 
 def test_predicate_outcome_does_not_change_message_lengths(tmp_path: Path) -> None:

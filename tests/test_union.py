@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from adversarial.test_transcript_scan import records_of
+from lengths import data_records, run_recorded
 from oracle import HUGE_EPSILON, oracle_federation, plain, same, union_connection
 
 import veilql
@@ -240,15 +240,8 @@ def test_union_refusals_name_the_construct(sql: str, words: str) -> None:
 def _lengths(fed: Path, out: Path, sql: str) -> list[tuple[str, str, int]]:
     """``(sender, kind, payload length)`` of every non-heartbeat record ``payments`` (a
     compute party that holds no branch here) received running ``sql``."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
-    try:
-        with veilql.connect(fed, analyst="oracle") as session, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            session.sql(sql, epsilon=1.0, delta=1e-6)
-    finally:
-        mp.undo()
-    return [(f, k, len(p)) for f, k, _, p in records_of(out / "payments.bin") if k == "data"]
+    run_recorded(fed, out, sql)
+    return data_records(out / "payments.bin")
 
 
 def test_compute_party_sees_the_same_lengths_for_neighbouring_federations(
