@@ -200,9 +200,10 @@ def _lengths(path: Path, out: Path, sql: str) -> Counter:
 def test_message_lengths_do_not_depend_on_a_persons_group_values(tmp_path: Path) -> None:
     # The attack: a compute party compares its received messages between two federations
     # that differ only in one person's group values (moved to another merged cell, and
-    # another person's made NULL), hoping the merge's work shows which cell they are in.
+    # another person's made NULL), hoping the merge's work (and the comparisons of a large
+    # COUNT(DISTINCT)'s merged bucket counts) shows which cell they are in.
     sql = (f"SELECT a.groupby_int_0 + b.groupby_int_0 AS k, COUNT(*) AS n, "
-           f"SUM(b.aggregate_int_0) AS s {J2} GROUP BY 1")
+           f"SUM(b.aggregate_int_0) AS s, COUNT(DISTINCT b.wide_int_0) AS d {J2} GROUP BY 1")
     first = gf.build(tmp_path / "a", 30)
     second = gf.build(tmp_path / "b", 30)
     con = duckdb.connect(str(tmp_path / "b" / "data" / "alice.duckdb"))
