@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import group_expr_fixtures as gf
 import pytest
-from adversarial.test_transcript_scan import records_of
+from lengths import received, run_recorded
 from oracle import HUGE_EPSILON, plain, union_connection
 from test_oracle import check_statistics
 
@@ -184,17 +184,10 @@ def test_a_sum_of_three_parties_columns(fed) -> None:
 
 
 def _lengths(path: Path, out: Path, sql: str) -> Counter:
-    """``(receiver, sender, payload length)`` of every data record a compute party got."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
-    try:
-        with veilql.connect(path, analyst="oracle") as session, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            session.sql(sql, epsilon=1.0, delta=1e-6)
-    finally:
-        mp.undo()
-    return Counter((to, f, len(p)) for to in gf.PARTIES
-                   for f, k, _, p in records_of(out / f"{to}.bin") if k == "data")
+    """``(receiver, sender, payload length)`` of every data record a compute party got
+    (heartbeats left out: they follow the clock)."""
+    run_recorded(path, out, sql)
+    return received(out, gf.PARTIES)
 
 
 def test_message_lengths_do_not_depend_on_a_persons_group_values(tmp_path: Path) -> None:
