@@ -156,8 +156,11 @@ def _can_build_namespaces() -> bool:
         return False
     if not os.path.exists("/dev/net/tun"):
         return False
-    probe = subprocess.run(["ip", "netns", "add", "veilwan-probe"], capture_output=True)
-    subprocess.run(["ip", "netns", "del", "veilwan-probe"], capture_output=True)
+    # A name of this process, outside the lab's "veilwan-" prefix: a lab that is up (another
+    # worker's or a bench run's) neither counts nor removes it, and two probes never collide.
+    name = f"veilprobe-{os.getpid()}"
+    probe = subprocess.run(["ip", "netns", "add", name], capture_output=True)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
     return probe.returncode == 0
 
 

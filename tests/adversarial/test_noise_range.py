@@ -122,14 +122,17 @@ def test_epsilon_1e_minus_300_is_refused_fast_without_charge(fed: Path, epsilon:
     # Route: at 1e-100 the zCDP bisection took a minute and the error bars (OpenDP's accuracy,
     # linear in the scale) hung after the budget was committed; at 1e-300 the count was
     # released with clamped noise.
+    # "Fast" is measured in this process's CPU time (the CLI runs in-process too): the
+    # bisection spent a minute of CPU, while wall time also counts the other jobs of a
+    # loaded machine (two test workers beside other work once took 1.1 s here).
     session = veilql.connect(fed, analyst="alice")
-    started = time.monotonic()
+    started = time.process_time()
     with pytest.raises(QueryError, match="is below 1e-17, the smallest VeilQL accepts"):
         session.plan(COUNT_JOIN, float(epsilon), float(delta))
-    assert time.monotonic() - started < 0.5
-    started = time.monotonic()
+    assert time.process_time() - started < 0.5
+    started = time.process_time()
     err = assert_refused(fed, "--epsilon", epsilon, "--delta", delta, COUNT_JOIN)
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5
     assert f"epsilon {float(epsilon):g} is below" in err
 
 

@@ -166,8 +166,13 @@ class PartyNode:
         self._query.rows = None
         self._query.own = None  # an outer join's own total (operators/outer.py)
         self._query.step = None
-        plan = self._plans.compile(request.sql, epsilon=request.epsilon, delta=request.delta,
-                                   mechanism=request.mechanism, analyst=request.analyst)
+        # The analyst waits on this node from the moment it sent the query, and compiling can
+        # take seconds (longer when the embedded mode's parties all compile at once): it hears
+        # from the node meanwhile. Peers start waiting on it only once they have compiled.
+        with Heartbeat(transport, (ANALYST,), self._beat_interval(transport)):
+            plan = self._plans.compile(request.sql, epsilon=request.epsilon,
+                                       delta=request.delta, mechanism=request.mechanism,
+                                       analyst=request.analyst)
         who = participants(plan)
         if self.party.name not in who:
             return
