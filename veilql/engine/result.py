@@ -418,13 +418,13 @@ def _statistic_box(plan: Plan, out: OutputSpec, scaled: dict[str, Any], cell: in
 def _components(plan: Plan, out: OutputSpec) -> list[str]:
     """The noisy aggregates (by name) a computed output reads."""
     specs = {o.name: o for o in list(plan.outputs) + list(plan.hidden)}
-    names: list[str] = []
+    names: dict[str, None] = {}  # ordered, and linear in a histogram's many buckets
     assert out.post is not None
     for ref in postprocess.references(out.post):
         spec = specs.get(ref)
         if spec is not None and spec.kind not in ("group", "expr"):
-            names += [a for a in spec.aggregates if a not in names]
-    return names
+            names.update(dict.fromkeys(spec.aggregates))
+    return list(names)
 
 
 def _noisy(plan: Plan, out: OutputSpec) -> bool:

@@ -35,6 +35,7 @@ of which buckets occur; every value is a share, and the comparisons open nothing
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -58,44 +59,77 @@ from veilql.errors import ProtocolError
 COMPARE_WORDS = 64  # words per entry a comparison holds at once (as secure_mode's)
 
 
-def families(plan: Plan, party: str) -> dict[str, tuple[int, int]]:
-    """``party``'s bucket-index columns and, for each, the index in ``plan.aggregates`` of
-    its COUNT(DISTINCT) and its number of buckets (empty when the plan has none)."""
+class Family(NamedTuple):
+    """The aggregates of one bucket-index column: ``aggs`` their indices in
+    ``plan.aggregates`` (one for a COUNT(DISTINCT), one per bucket for an exact MIN/MAX's
+    histogram, in bucket order), ``buckets`` their number of buckets, ``distinct`` which
+    kind."""
+
+    aggs: tuple[int, ...]
+    buckets: int
+    distinct: bool
+
+
+def families(plan: Plan, party: str) -> dict[str, Family]:
+    """``party``'s bucket-index columns and, for each, its aggregates (empty when the plan
+    has none): a large COUNT(DISTINCT) (``AggregateSpec.buckets``) or the bucket counts of
+    an exact MIN/MAX's histogram (one ``family`` over the column)."""
     index = {c.name for c in plan.step(party).columns
              if c.role == "group" and c.name.startswith(PREFIX)}
-    out: dict[str, tuple[int, int]] = {}
+    found: dict[str, list[int]] = {}
+    distinct: dict[str, int] = {}
     for i, agg in enumerate(plan.aggregates):
-        if agg.buckets and len(agg.terms) == 1 and agg.terms[0].party == party and \
-                agg.terms[0].column in index:
-            out[agg.terms[0].column] = (i, agg.buckets)  # type: ignore[index]
-    return out
+        if len(agg.terms) != 1 or agg.terms[0].party != party or \
+                agg.terms[0].column not in index:
+            continue
+        column = agg.terms[0].column
+        assert column is not None
+        if agg.buckets:
+            found[column], distinct[column] = [i], agg.buckets
+        elif agg.family:
+            found.setdefault(column, []).append(i)
+    return {c: Family(tuple(idx), distinct.get(c, len(idx)), c in distinct)
+            for c, idx in found.items()}
 
 
 def reduce_in_engine(plan: Plan, step: LocalStep, connector: Connector,
                      seed: str) -> tuple[np.ndarray, PartyRows]:
-    """``factors.reduce_in_engine`` of a plan with large COUNT(DISTINCT)s: shape
-    (aggregates, cells), and the private group labels."""
+    """``factors.reduce_in_engine`` of a plan with bucket-index columns: shape
+    (aggregates, cells), and the private group labels. A COUNT(DISTINCT) is one query
+    ``COUNT(DISTINCT index)`` per cell; an exact MIN/MAX's histogram one GROUP BY over the
+    cells and the index (at most buckets x cells result rows, never rows x buckets)."""
     party = step.party
     dense = families(plan, party)
-    counted = {i for i, _ in dense.values()}
+    counted = {i for fam in dense.values() for i in fam.aggs}
     rest = replace(plan, aggregates=tuple(a for i, a in enumerate(plan.aggregates)
                                           if i not in counted))
     values, rows = fac.reduce_in_engine(rest, step, connector, seed)
     out = np.zeros((len(plan.aggregates), values.shape[1]), dtype=np.int64)
     out[[i for i in range(len(plan.aggregates)) if i not in counted]] = values
     groups = [g.column for g in fac.party_cells(plan.groups, party)]
-    for column, (agg, buckets) in dense.items():
+    for column, fam in dense.items():
         # the rows WHERE keeps (w > 0) whose bucket exists; a FILTER or NULL made it -1
         keys = ", ".join(f'"{g}"' for g in groups)
-        sql = (f'SELECT {keys + ", " if keys else ""}CAST(COUNT(DISTINCT "{column}") AS '
-               f'BIGINT) AS "__c" FROM ({bounded_sql(step, seed)}) AS "__l" WHERE '
-               f'"w" > 0 AND "{column}" >= 0 AND "{column}" < {buckets}'
-               + (f" GROUP BY {keys}" if keys else ""))
+        where = (f'WHERE "w" > 0 AND "{column}" >= 0 AND "{column}" < {fam.buckets}')
+        source = f"({bounded_sql(step, seed)}) AS \"__l\""
+        if fam.distinct:
+            sql = (f'SELECT {keys + ", " if keys else ""}CAST(COUNT(DISTINCT "{column}") '
+                   f'AS BIGINT) AS "__c" FROM {source} {where}'
+                   + (f" GROUP BY {keys}" if keys else ""))
+        else:
+            by = ", ".join(f'"{g}"' for g in [*groups, column])
+            sql = (f'SELECT {by}, CAST(SUM("w") AS BIGINT) AS "__c" FROM {source} {where} '
+                   f"GROUP BY {by}")
         result = _arrays(connector, sql)
         count = result["__c"]
         cell = _cells(plan, party, result) if groups else np.zeros(len(count), np.int64)
         ok = cell >= 0
-        np.add.at(out[agg], cell[ok], count[ok])
+        if fam.distinct:
+            np.add.at(out[fam.aggs[0]], cell[ok], count[ok])
+            continue
+        block = np.zeros((fam.buckets, out.shape[1]), dtype=np.int64)
+        np.add.at(block, (result[column][ok], cell[ok]), count[ok])
+        out[list(fam.aggs)] = block
     return out, rows
 
 
@@ -152,6 +186,18 @@ def plain_counts(plan: Plan, party: str, rows: PartyRows, column: str, buckets: 
     return out
 
 
+def plain_fill(plan: Plan, party: str, rows: PartyRows, out: np.ndarray) -> None:
+    """Set in ``out`` (aggregates, cells) every bucket-index column's aggregates from
+    pivoted ``rows`` (the reference of ``reduce_in_engine``): per cell the distinct count,
+    or per bucket and cell the count (their chains summed the index, not a count)."""
+    for column, fam in families(plan, party).items():
+        counts = plain_counts(plan, party, rows, column, fam.buckets)
+        if fam.distinct:
+            out[fam.aggs[0]] = plain_distinct(counts)
+        else:
+            out[list(fam.aggs)] = counts
+
+
 def plain_distinct(counts: np.ndarray) -> np.ndarray:
     """Per cell the number of buckets with a positive count: what ``reduce_in_engine`` and
     ``secure_counts`` compute, from ``plain_counts``'s (buckets, cells).
@@ -187,7 +233,8 @@ def digit_columns(plan: Plan, party: str, rows: PartyRows) -> dict[str, np.ndarr
     groups = fac.party_cells(plan.groups, party)
     ncell = fac.cell_count(groups, rows)
     cell = fac.cell_index(rows, groups) if groups else np.zeros(rows.present.shape, np.int64)
-    for column, (_, buckets) in families(plan, party).items():
+    for column, fam in families(plan, party).items():
+        buckets = fam.buckets
         high, low = digit_size(buckets)
         index = rows.cols[column]
         n, slots = index.shape
@@ -204,26 +251,32 @@ def digit_columns(plan: Plan, party: str, rows: PartyRows) -> dict[str, np.ndarr
 
 def secure_counts(rt: Runtime, plan: Plan, cols: dict[str, AShare],
                   chains: tuple, cells: int) -> dict[int, AShare]:
-    """Shares of every large COUNT(DISTINCT) over the joined rows ``cols``: per plan
-    aggregate index, its row of ``cells`` joint cells (party order; under ``Plan.merge``
-    the released cells), the number of buckets whose count in the cell is positive.
+    """Shares of every bucket-index column's aggregates over the joined rows ``cols``: per
+    plan aggregate index, its row of joint cells (party order; under ``Plan.merge`` the
+    released cells): for a large COUNT(DISTINCT) the number of buckets whose count in the
+    cell is positive, for an exact MIN/MAX's histogram that bucket's count.
 
     ``chains`` are ``factors.expand_terms``'s; the aggregate's chain (its count of the
     bucket-index column) selects each other party's factor, as it does in every aggregate.
     """
     out: dict[int, AShare] = {}
     for party in plan.parties:
-        for column, (agg, buckets) in families(plan, party).items():
+        for column, fam in families(plan, party).items():
             if plan.on_shares or plan.outer:  # refused when planned (rewrite/histogram)
-                raise ProtocolError("a large COUNT(DISTINCT) across parties beside a "
-                                    "condition on shares or an outer join")
+                raise ProtocolError("a histogram over a bucket-index column across parties "
+                                    "beside a condition on shares or an outer join")
             c = next(i for i, ch in enumerate(chains) if ch.kind == "count" and
                      ch.terms == (Term(party, column),))
-            counts = _family_counts(rt, plan, cols, party, column, c, buckets)
-            assert counts.shape == (buckets, cells)
+            counts = _family_counts(rt, plan, cols, party, column, c, fam.buckets)
+            assert counts.shape == (fam.buckets, cells)
             # a GROUP BY across parties adds its fine cells' counts first (cells.py), so a
             # value of two merged cells counts once
-            out[agg] = count_positive(rt, merge_cells(plan, counts))
+            merged = merge_cells(plan, counts)
+            if fam.distinct:
+                out[fam.aggs[0]] = count_positive(rt, merged)
+                continue
+            for b, agg in enumerate(fam.aggs):  # noised as they are, one family
+                out[agg] = AShare(merged.party, merged.a[b], merged.b[b])
     return out
 
 

@@ -40,11 +40,9 @@ def aggregate_plain(plan: Plan, rows: dict[str, PartyRows]) -> np.ndarray:
     out = np.zeros((len(plan.aggregates), per_chain.shape[1]), dtype=np.int64)
     for i, agg in owner:
         out[agg] += per_chain[i]
-    # a large COUNT(DISTINCT): the buckets with a positive count per cell (its chain above
-    # summed the bucket index, not a count)
-    for column, (agg, buckets) in histogram.families(plan, party).items():
-        counts = histogram.plain_counts(plan, party, rows[party], column, buckets)
-        out[agg] = histogram.plain_distinct(counts)
+    # a bucket-index column's aggregates (a large COUNT(DISTINCT), an exact MIN/MAX's
+    # histogram): its chain above summed the bucket index, not a count
+    histogram.plain_fill(plan, party, rows[party], out)
     return out
 
 

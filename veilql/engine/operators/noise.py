@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from veilql.engine.dp import NoisePlan, sample_share
+from veilql.engine.dp import NoisePlan
 from veilql.engine.mpc.protocols.noise import dlap_on_shares
 from veilql.engine.mpc.runtime import Runtime
 from veilql.engine.mpc.shares import AShare
@@ -45,8 +45,12 @@ def _plans(plan: Plan) -> list[NoisePlan]:
 
 def distributed_noise(plan: Plan, party_index: int, cells: int) -> np.ndarray:
     """This party's own noise draws for every aggregate and cell (zeros where it adds none,
-    and for central aggregates, whose noise is sampled on shares)."""
-    return np.stack([sample_share(p, party_index, cells) for p in _plans(plan)])
+    and for central aggregates, whose noise is sampled on shares); a histogram family's
+    draws in one call of the sampler (``local_mode.noise_vector``)."""
+    from veilql.engine.operators.local_mode import noise_vector  # local_mode imports this
+
+    _plans(plan)  # every aggregate has its noise plan
+    return noise_vector(plan, party_index, cells)
 
 
 def add_noise(rt: Runtime, plan: Plan, x: AShare) -> AShare:

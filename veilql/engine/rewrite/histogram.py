@@ -1,4 +1,16 @@
-"""COUNT(DISTINCT x) over a large public domain: one count per cell of its distinct values.
+"""Histograms over a large public domain in one bucket-index column, finished two ways.
+
+One local column, the row's bucket index, and two kinds of aggregate over it:
+
+- COUNT(DISTINCT x): one count per cell of its distinct values (below);
+- MIN/MAX that a released comparison reads (``exact``, ``plan_exact``): one noisy count per
+  bucket and cell, released as one histogram family (``AggregateSpec.family``: one noise
+  plan, one share of the budget) and read at the analyst as a 64-bucket histogram is
+  (``engine/quantiles.py``), so at a huge epsilon MIN/MAX are the data's and the
+  comparison too. A row is in one bucket, so the family's sensitivity is that of the
+  64-bucket histogram of the same query. The owner's engine reduces it in local mode (a
+  GROUP BY over cells and the index); across parties the two digits' matrix product
+  gives the (bucket, cell) counts, noised as they are (``operators/histogram.py``).
 
 A histogram of MIN, MAX or a quantile has at most 64 buckets, and one of COUNT(DISTINCT x)
 over at most ``MAX_SECURE_DISTINCT`` values one bucket each; both are planned as one 0/1
@@ -39,7 +51,7 @@ from veilql.engine.plan.nodes import (
 )
 from veilql.engine.rewrite.context import Context
 from veilql.engine.sql.bound import Output, parties_in
-from veilql.engine.sql.distinct import MAX_SECURE_DISTINCT
+from veilql.engine.sql.distinct import MAX_BUCKETS, MAX_SECURE_DISTINCT
 from veilql.errors import UnsupportedError
 
 PREFIX = BUCKET_INDEX_PREFIX  # local columns h0, h1, ...: a histogram's bucket index
@@ -48,6 +60,10 @@ PREFIX = BUCKET_INDEX_PREFIX  # local columns h0, h1, ...: a histogram's bucket 
 #: ``COMPARE_WORDS`` words at a time, in batches; figures in docs/PRIVACY.md). In local
 #: mode the party's engine counts distinct values per cell, which needs no such bound.
 MAX_SECURE_COUNTS = 10_000_000
+#: The most noisy bucket counts (buckets x group cells) of one exact MIN/MAX histogram:
+#: each is a count noised on shares, released and read by the analyst (measured in
+#: docs/PRIVACY.md, "MIN and MAX compared after release").
+MAX_EXACT_COUNTS = 1_000_000
 
 
 def dense(out: Output, ctx: Context, points: int) -> bool:
@@ -70,15 +86,7 @@ def dense(out: Output, ctx: Context, points: int) -> bool:
                 f"{what} is not supported with a FILTER over {', '.join(sorted(others))}'s "
                 "columns (across parties its FILTER reads the counted column's party only)",
                 f"move the condition to WHERE, or {narrow}")
-    cells = 1
-    for g in ctx.bound.group_by:
-        if g.domain is None:
-            raise UnsupportedError(
-                f"{what} is not supported with GROUP BY {g.name}, whose keys are chosen "
-                "privately (its distinct values are counted per public cell)", narrow)
-        # a key over several parties' columns is counted in its fine cells, merged later
-        for d in [p.domain for p in g.parts] or [g.domain]:
-            cells *= len(d or ())
+    cells = _cells(what, narrow, ctx)
     if across and points * cells > MAX_SECURE_COUNTS:
         raise UnsupportedError(
             f"{what} is not supported across parties in {cells:,} group cells: "
@@ -87,6 +95,50 @@ def dense(out: Output, ctx: Context, points: int) -> bool:
             "group by fewer values, narrow the column's bounds, or run it over one "
             "party's tables")
     return True
+
+
+def exact(out: Output, ctx: Context, buckets: Buckets) -> bool:
+    """Whether MIN/MAX ``out`` is planned with one bucket per value in a bucket-index
+    column (the binder marked it ``exact``: a released comparison reads it) and one noisy
+    count per bucket and cell, released as a histogram family. Refused beside a GROUP BY
+    key chosen privately, above ``MAX_EXACT_COUNTS`` buckets x public cells and, across
+    parties, where the two digits cannot stand in for the buckets (``_across``)."""
+    if not out.exact or buckets.per != 1 or buckets.count <= MAX_BUCKETS:
+        return False
+    what = (f"{out.stat.upper()}({out.expr.sql(dialect='duckdb') if out.expr else ''}) "
+            f"over {buckets.points:,} values, compared after release")
+    narrow = (f"compare a MIN/MAX whose bounds hold at most {MAX_BUCKETS} values, or select "
+              "it without the comparison (released within a bucket)")
+    if len(ctx.bound.parties) != 1:
+        _across(what, narrow, ctx)
+        others = parties_in(out.filter, ctx.bound) - parties_in(out.expr, ctx.bound)
+        if others:  # the owner's bucket index cannot read them
+            raise UnsupportedError(
+                f"{what} is not supported with a FILTER over {', '.join(sorted(others))}'s "
+                "columns (across parties its FILTER reads the compared column's party only)",
+                f"move the condition to WHERE, or {narrow}")
+    cells = _cells(what, narrow, ctx)
+    if buckets.count * cells > MAX_EXACT_COUNTS:
+        raise UnsupportedError(
+            f"{what} is not supported in {cells:,} group cells: {buckets.count * cells:,} "
+            f"noisy bucket counts, more than {MAX_EXACT_COUNTS:,}",
+            f"group by fewer values, narrow the column's bounds, or {narrow}")
+    return True
+
+
+def _cells(what: str, narrow: str, ctx: Context) -> int:
+    """The public group cells a bucket-index column is counted in (a key over several
+    parties' columns in its fine cells, merged later); refused beside a GROUP BY key
+    chosen privately (its number of cells is the data's)."""
+    cells = 1
+    for g in ctx.bound.group_by:
+        if g.domain is None:
+            raise UnsupportedError(
+                f"{what} is not supported with GROUP BY {g.name}, whose keys are chosen "
+                "privately (its buckets are counted per public cell)", narrow)
+        for d in [p.domain for p in g.parts] or [g.domain]:
+            cells *= len(d or ())
+    return cells
 
 
 def _across(what: str, narrow: str, ctx: Context) -> None:
@@ -136,6 +188,29 @@ def plan_dense(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
     """Add ``out``'s bucket-index column and its one aggregate, the number of buckets with
     a positive count per cell (a count of bound 1: ``AggregateSpec.buckets``); returns the
     aggregate's name."""
+    party, name = _index_column(out, ctx, columns, buckets)
+    aggregates.append(AggregateSpec(out.name, out.name, "count", (Term(party, name),),
+                                    bound=1.0, buckets=buckets.count))
+    return out.name
+
+
+def plan_exact(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
+               aggregates: list[AggregateSpec], buckets: Buckets) -> tuple[str, ...]:
+    """Add ``out``'s bucket-index column and one count per bucket (one ``family``: one
+    noise plan, one share of the budget, as a 64-bucket histogram's); returns the counts'
+    names in bucket order. ``operators/histogram.py`` counts them."""
+    party, name = _index_column(out, ctx, columns, buckets)
+    family = f"{out.name}.b0"
+    term = (Term(party, name),)
+    names = tuple(f"{out.name}.b{b}" for b in range(buckets.count))
+    aggregates.extend(AggregateSpec(n, out.name, "count", term, bound=1.0, family=family)
+                      for n in names)
+    return names
+
+
+def _index_column(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
+                  buckets: Buckets) -> tuple[str, str]:
+    """Add ``out``'s bucket-index column at its owner; returns (party, column name)."""
     assert out.expr is not None
     (party,) = parties_in(out.expr, ctx.bound) or set(ctx.bound.parties)
     cols = columns[party]
@@ -143,9 +218,7 @@ def plan_dense(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
     cond = out.filter.sql(dialect="duckdb") if out.filter is not None else None
     cols.append(LocalColumn(name, "group", bucket_sql(
         out.expr.sql(dialect="duckdb"), cond, buckets.lo, buckets.decimals, buckets.points)))
-    aggregates.append(AggregateSpec(out.name, out.name, "count", (Term(party, name),),
-                                    bound=1.0, buckets=buckets.count))
-    return out.name
+    return party, name
 
 
 def _plain(value: float, decimals: int | None = None) -> str:

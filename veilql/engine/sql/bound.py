@@ -205,6 +205,9 @@ class Output:
     # avg of a condition across parties (``AVG(a.x > b.y)``): the condition whose TRUE rows
     # are counted over the rows where it is not NULL (``cross`` then holds only the FILTER)
     truth: exp.Expression | None = None
+    # quantile with stat "min"/"max" that a released comparison reads: planned with one
+    # bucket per value (``rewrite/histogram.exact``), so the comparison is the data's
+    exact: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ from veilql.engine.sql.groups import default_name, select_items, unique_name
 from veilql.engine.sql.scope import Scope
 from veilql.errors import PolicyError, UnsupportedError
 
+#: A MIN or MAX of one party's expression that a released comparison reads has one bucket
+#: per value when its bounds hold at most this many (``rewrite/histogram.exact``).
+MAX_EXACT = 100_000
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE, exp.Between)
 
 
@@ -36,10 +39,17 @@ class Outputs:
         self.hidden: list[Output] = []
         self.signatures: dict[Signature, str] = {}
         self.taken: set[str] = set()
+        # MIN/MAX that a released comparison reads (``_check_decided``): by signature (the
+        # output may be bound later) or by output name (a HAVING alias)
+        self.exact: set[Signature | str] = set()
 
     def all_outputs(self) -> tuple[Output, ...]:
-        """Visible outputs in SELECT order, then the hidden ones."""
-        return tuple(self.visible + self.hidden)
+        """Visible outputs in SELECT order, then the hidden ones; a MIN/MAX a comparison
+        reads marked ``exact`` (one bucket per value)."""
+        names = {(k if isinstance(k, str) else self.signatures.get(k, "")).lower()
+                 for k in self.exact}
+        return tuple(replace(o, exact=True) if o.name.lower() in names else o
+                     for o in self.visible + self.hidden)
 
     def bind_select(self, select: exp.Select) -> None:
         """Every SELECT item, in order. Plain aggregates and group columns are bound first,
@@ -220,29 +230,46 @@ class Outputs:
     def _check_decided(self, node: exp.Expr, clause: str) -> None:
         """Refuse a released condition over a quantile, MIN or MAX known only to within a
         bucket of several values: the bucketing, not the data, would decide it (in SELECT
-        and HAVING alike; a HAVING may also name such an output by its alias)."""
+        and HAVING alike; a HAVING may also name such an output by its alias). A MIN or MAX
+        of one party's expression whose bounds hold at most ``MAX_EXACT`` values is marked
+        exact instead (one bucket per value, ``rewrite/histogram.exact``)."""
         by_name = {o.name.lower(): o for o in self.visible}
         for cmp in node.find_all(*_COMPARISONS):
             for n in cmp.walk():
                 if self._group_aggregated(n) is not None:
                     continue  # a label, known exactly
+                key: Signature | str
                 if is_aggregate(n):
-                    out, _ = bind_aggregate(n, self.scope)
+                    out, signature = bind_aggregate(n, self.scope)
+                    assert signature is not None
+                    key = signature
                 elif isinstance(n, exp.Column) and not n.table and n.name.lower() in by_name:
                     out = by_name[n.name.lower()]
+                    key = out.name
                 else:
                     continue
                 if out.kind != "quantile" or out.stat == "distinct" or out.bounds is None \
                         or exact_buckets(out.bounds, out.decimals):
                     continue
+                if out.stat in ("min", "max") and self._exact_possible(out):
+                    self.exact.add(key)
+                    continue
                 raise UnsupportedError(
                     f"{clause} item {node.sql(dialect='duckdb')} compares "
                     f"{n.sql(dialect='duckdb')}, which is released to within a bucket of "
-                    f"several values (its bounds hold more than {MAX_BUCKETS} values), so "
-                    "the comparison could differ from the data's",
+                    f"several values (its bounds hold more than {MAX_BUCKETS} values; a "
+                    f"MIN or MAX of one party's expression is exact up to {MAX_EXACT:,} "
+                    "values), so the comparison could differ from the data's",
                     "select the quantiles themselves (each within one bucket) and compare "
-                    f"them yourself, or compare a value column whose bounds hold at most "
-                    f"{MAX_BUCKETS} values")
+                    f"them yourself, or compare a MIN/MAX of one party's column whose "
+                    f"bounds hold at most {MAX_EXACT:,} values at its digits")
+
+    def _exact_possible(self, out: Output) -> bool:
+        """Whether MIN/MAX ``out`` can have one bucket per value: its expression reads one
+        party's columns and its bounds hold at most ``MAX_EXACT`` values at its digits."""
+        assert out.bounds is not None and out.expr is not None
+        parties = {self.scope.resolve(c).party for c in out.expr.find_all(exp.Column)}
+        return len(parties) <= 1 and exact_points(out.bounds, out.decimals) <= MAX_EXACT
 
     def _check_post(self, node: exp.Expr, clause: str) -> None:
         for n in node.walk():
@@ -363,3 +390,13 @@ def bind_limit(select: exp.Select) -> int | None:
     """LIMIT n with a non-negative integer literal."""
     limit = select.args.get("limit")
     return None if limit is None else checks.limit_value(limit)
+
+
+def exact_points(bounds: tuple[float, float], decimals: int) -> int:
+    """The number of values ``bounds`` hold at ``decimals`` digits (at most 6, as every
+    histogram's).
+
+    >>> exact_points((-100, 100), 2), exact_points((0, 10000), 0)
+    (20001, 10001)
+    """
+    return int(round((bounds[1] - bounds[0]) * 10.0 ** min(decimals, 6))) + 1
