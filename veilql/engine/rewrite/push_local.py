@@ -60,6 +60,7 @@ from veilql.engine.sql.functions import (
     value_decimals,
 )
 from veilql.engine.sql.joins import across_parties
+from veilql.engine.sql.outputs import MAX_EXACT
 from veilql.engine.sql.typecheck import TypeChecker
 from veilql.errors import PolicyError, UnsupportedError
 
@@ -540,8 +541,9 @@ def _quantile(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
     analyst reads the quantile off the cumulative counts (``engine/quantiles.py``)."""
     assert out.expr is not None and (out.bounds is not None or out.values is not None)
     # COUNT(DISTINCT x) has one bucket per value, so it does not share a quantile's buckets
-    key = ("distinct " if out.stat == "distinct" else "") + _folded(
-        out, out.expr.copy()).sql(dialect="duckdb")
+    # nor does an exact MIN/MAX (one bucket per value) those of a 64-bucket one
+    key = ("distinct " if out.stat == "distinct" else "exact " if out.exact else "") + \
+        _folded(out, out.expr.copy()).sql(dialect="duckdb")
     if key not in histograms:
         if out.stat != "distinct" and len(parties_in(out.expr, ctx.bound)) > 1:
             histograms[key] = cross_histogram.plan(out, ctx, columns, aggregates)  # on shares
@@ -554,7 +556,12 @@ def _quantile(out: Output, ctx: Context, columns: dict[str, list[LocalColumn]],
             assert out.bounds is not None
             buckets = histogram_buckets(out.bounds[0], out.bounds[1], min(out.decimals, 6),
                                         MAX_DISTINCT if out.stat == "distinct" else
-                                        MAX_BUCKETS)
+                                        MAX_EXACT if out.exact else MAX_BUCKETS)
+        if histogram.exact(out, ctx, buckets):  # one bucket per value, a histogram family
+            histograms[key] = (histogram.plan_exact(out, ctx, columns, aggregates, buckets),
+                               buckets)
+            names, buckets = histograms[key]
+            return OutputSpec(out.name, "quantile", names, stat=out.stat, buckets=buckets)
         if histogram.dense(out, ctx, buckets.points):  # one bucket-index column
             # and one count per cell of the distinct values, released as a COUNT
             name = histogram.plan_dense(out, ctx, columns, aggregates, buckets)
