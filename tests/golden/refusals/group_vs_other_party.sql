@@ -1,1 +1,1 @@
-SELECT COUNT(*) FROM bank.customers c JOIN insurer.policies p ON c.customer_id = p.customer_id WHERE c.region = p.product
+SELECT COUNT(*) FROM bank.loans l JOIN insurer.policies p ON l.customer_id = p.customer_id WHERE l.term_months = p.open_claim

@@ -47,7 +47,8 @@ from sqlglot import exp
 from veilql.engine.dp.ring import SAFE_RANGE
 from veilql.engine.plan.nodes import Buckets, LocalColumn
 from veilql.engine.rewrite.context import MAX_DECIMALS, Context
-from veilql.engine.sql.parts import split_linear
+from veilql.engine.sql.parts import is_linear, split_linear, split_product
+from veilql.engine.sql.statistics import is_quotient
 from veilql.engine.sql.typecheck import TypeChecker
 from veilql.errors import QueryError, UnsupportedError
 
@@ -86,6 +87,19 @@ def not_null_parts(expr: exp.Expression, ctx: Context) -> list[tuple[str, exp.Ex
     out = [(p, part) for p, part in numerator.items()
            if p is not None and list(part.find_all(exp.Column))]
     return [*out, (party, divisor)]
+
+
+def comparison_parts(left: exp.Expression, right: exp.Expression, ctx: Context
+                     ) -> list[tuple[str | None, exp.Expression]]:
+    """``(party, part)`` of the comparison ``left <op> right`` across parties, each of which
+    must be not NULL for the comparison to be: a quotient's parts of ``N`` and ``D``, a
+    product's factors, else the parts of ``left - right`` (None: the constant)."""
+    if is_quotient(left, ctx.party_of):
+        return list(not_null_parts(left, ctx))
+    diff = exp.Sub(this=left.copy(), expression=exp.Paren(this=right.copy()))
+    if is_linear(diff, ctx.party_of):
+        return list(split_linear(diff, ctx.party_of).items())
+    return list(split_product(left, ctx.party_of).items())
 
 
 Terms = tuple[int, int, int, list[tuple[str, exp.Expression, float, float]]]

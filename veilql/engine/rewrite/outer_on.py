@@ -12,25 +12,22 @@ comparison across parties is ``sum of parts <op> 0`` over fixed-point ``operand`
 SQL's ON rejects a pair whose comparison reads a NULL; each party's part is compared on
 shares as a number (a NULL would count as 0), so every such comparison is ANDed with an
 atom per party saying its part is not NULL (exact under AND and OR; NOT over a comparison
-across parties is refused when binding). An equality of two group columns of the two
-parties is compared as codes: dates (DATE on both sides) as days since 1970-01-01, any
-comparison; text, booleans, numbers and timestamps with declared values on both sides as
-the index in the sorted union of the two columns' values (timestamps by their instant; =
-and <> only; a value outside its column's declared values matches nothing, as for GROUP BY,
-where it is not counted). When the optional party (for FULL, either) keeps several rows per
-person, ``P`` is ANDed with its presence (an atom of 1 on its present rows), since an
-absent row's operands are 0; for FULL the rows of either side that match nothing get NULLs,
-each side's by the same route.
+across parties is refused when binding). A comparison of two group columns of the two
+parties is one of codes (``rewrite/coded.py``: dates as days, declared values as their
+index in the union of the two domains). When the optional party (for FULL, either) keeps
+several rows per person, ``P`` is ANDed with its presence (an atom of 1 on its present
+rows), since an absent row's operands are 0; for FULL the rows of either side that match
+nothing get NULLs, each side's by the same route.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import replace
 
 from sqlglot import exp
 
 from veilql.engine.plan.nodes import LocalColumn, Plan
+from veilql.engine.rewrite.coded import coded, is_coded
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import split_linear
 from veilql.engine.rewrite.place_secure import _add, _rewrite
@@ -40,7 +37,6 @@ from veilql.engine.sql.typecheck import TypeChecker
 from veilql.errors import UnsupportedError
 
 _COMPARE = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)
-_EPOCH = "DATE '1970-01-01'"
 
 
 def on_predicate(plan: Plan, ctx: Context, conditions: tuple[exp.Expression, ...],
@@ -100,9 +96,8 @@ def _condition(node: exp.Expression, ctx: Context, checker: TypeChecker,
             "AND and OR are supported across parties in an outer join's ON",
             "compare the two parties' columns with = <> < <= > >=")
     pair = (node.this, node.expression)
-    if all(isinstance(c, exp.Column) for c in pair) and any(
-            checker.column(c).kind != "num" for c in pair):  # type: ignore[arg-type]
-        return _coded(node, ctx, checker, cols, what)
+    if is_coded(node, checker):  # text, dates...: compared as codes (rewrite/coded.py)
+        return coded(node, ctx, checker, cols, _add, f"{what} ... ON")
     for col in node.find_all(exp.Column):
         t = checker.column(col)
         if t.kind not in ("num", None):
@@ -131,73 +126,3 @@ def _magnitude(checker: TypeChecker, node: exp.Expr) -> float:
     if isinstance(node, exp.Neg):
         return _magnitude(checker, node.this)
     return checker.numeric(node).magnitude
-
-
-def _coded(node: exp.Expression, ctx: Context, checker: TypeChecker,
-           cols: dict[str, list[LocalColumn]], what: str) -> exp.Expression:
-    """A comparison of two columns of two parties that are not both numbers, as codes
-    (see the module docstring): each party's code as an operand, guarded by NOT NULL."""
-    left, right = node.this, node.expression
-    assert isinstance(left, exp.Column) and isinstance(right, exp.Column)
-    types = [checker.column(c) for c in (left, right)]
-    policies = [ctx.bound.table(c.table).policy.column(c.name) for c in (left, right)]
-    text = node.sql(dialect="duckdb")
-    names = [t.name.upper() for t in types]
-    if names == ["DATE", "DATE"]:
-        codes = [f"DATE_DIFF('day', {_EPOCH}, {c.sql(dialect='duckdb')})" for c in (left, right)]
-    elif (types[0].kind == types[1].kind and types[0].kind in ("str", "bool", "num")
-          or all(n.startswith("TIMESTAMP") for n in names)) and all(
-            p is not None and p.values for p in policies):
-        if not isinstance(node, exp.EQ | exp.NEQ):
-            raise UnsupportedError(
-                f"{what} ... ON {text}: {types[0].name} columns of two parties are compared "
-                "with = and <> only", "write an equality, or compare dates or numbers")
-        stamps = names[0].startswith("TIMESTAMP")
-        distinct = {_key(v, stamps): v for p in policies
-                    for v in p.values}  # type: ignore[union-attr]
-        values = [distinct[k] for k in sorted(distinct)]
-        codes = []
-        for c in (left, right):
-            whens = " ".join(f"WHEN {c.sql(dialect='duckdb')} = {_literal(v, stamps)} THEN {i}"
-                             for i, v in enumerate(values))
-            codes.append(f"CASE {whens} END")  # NULL outside the declared values
-    else:
-        described = " and ".join(checker.describe(c, t) for c, t in zip((left, right), types,
-                                                                         strict=True))
-        raise UnsupportedError(
-            f"{what} ... ON {text}: {described} cannot be compared across parties",
-            "compare DATE with DATE, numbers with numbers, or text (booleans) whose columns "
-            "both declare values = [...] in the parties' policies")
-    owners = [ctx.party_of(c.table) for c in (left, right)]
-    guards = [_not_null(p, code, cols) for p, code in zip(owners, codes, strict=True)]
-    first = _add(cols[owners[0]], "o", "operand", codes[0], 0)
-    second = _add(cols[owners[1]], "o", "operand", f"-({codes[1]})", 0)
-    total = exp.Add(this=exp.column(first, table=owners[0]),
-                    expression=exp.column(second, table=owners[1]))
-    out: exp.Expression = type(node)(this=total, expression=exp.Literal.number(0))
-    for g in guards:
-        out = exp.And(this=g, expression=out)
-    return out
-
-
-def _key(v: object, stamp: bool = False) -> tuple[int, object]:
-    """A declared value's place in the union of two domains (booleans, numbers, text;
-    timestamps by their instant, so '2024-01-01T06:00' and '2024-01-01 06:00:00' are one)."""
-    if stamp:
-        return (3, dt.datetime.fromisoformat(str(v)).isoformat(sep=" "))
-    if isinstance(v, bool):
-        return (0, int(v))
-    if isinstance(v, int | float):
-        return (1, v)
-    return (2, str(v))
-
-
-def _literal(v: object, stamp: bool = False) -> str:
-    """A SQL literal for a declared value (a typed TIMESTAMP literal for timestamps)."""
-    if stamp:
-        return f"TIMESTAMP '{dt.datetime.fromisoformat(str(v)).isoformat(sep=' ')}'"
-    if isinstance(v, bool):
-        return "TRUE" if v else "FALSE"
-    if isinstance(v, int | float):
-        return repr(v)
-    return "'" + str(v).replace("'", "''") + "'"

@@ -33,6 +33,7 @@ from sqlglot import exp
 
 from veilql.engine.plan.nodes import JoinStage, LocalColumn, Plan, cuckoo_bins
 from veilql.engine.rewrite import cross_quotient
+from veilql.engine.rewrite.coded import coded, is_coded
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql.bound import parties_in
@@ -196,14 +197,10 @@ def _known_atoms(node: exp.Expression, ctx: Context,
                  cols: dict[str, list[LocalColumn]]) -> list[exp.Expression]:
     """``party.aN = 1`` per party with a part of the comparison ``node``: the part is not
     NULL (an existing atom of the same SQL reused)."""
-    diff = exp.Sub(this=node.this.copy(), expression=exp.Paren(this=node.expression.copy()))
     out: list[exp.Expression] = []
-    if is_quotient(node.this, ctx.party_of):  # N / D: N's parts and D
-        pairs = cross_quotient.not_null_parts(node.this, ctx)
-    else:
-        pairs = list((split_linear(diff, ctx.party_of) if is_linear(diff, ctx.party_of) else
-                      split_product(node.this, ctx.party_of)).items())  # a product: factors
-    for party, part in pairs:
+    if is_coded(node, TypeChecker(ctx.bound)):
+        return out  # its codes' not-NULL atoms are in the comparison already
+    for party, part in cross_quotient.comparison_parts(node.this, node.expression, ctx):
         if party is None or not list(part.find_all(exp.Column)):
             continue
         test = f"CASE WHEN ({part.sql(dialect='duckdb')}) IS NULL THEN 0 ELSE 1 END"
@@ -290,6 +287,9 @@ def _rewrite(
         return _rewrite(exp.And(this=low, expression=high), ctx, cols)
     if isinstance(node, _COMPARISONS):
         diff = exp.Sub(this=node.this.copy(), expression=exp.Paren(this=node.expression.copy()))
+        checker = TypeChecker(ctx.bound)
+        if is_coded(node, checker):  # two parties' text, dates...: codes, NULL-guarded
+            return coded(node, ctx, checker, cols, _add, "WHERE")
         if is_quotient(node.this, ctx.party_of):  # a quotient's bucket test
             return cross_quotient.comparison(node, ctx, cols, _add)
         if not is_linear(diff, ctx.party_of):  # a product's bucket test (cross_histogram.py)

@@ -46,7 +46,7 @@ from veilql.engine.plan.nodes import (
     Plan,
     Term,
 )
-from veilql.engine.rewrite import cross_histogram, histogram
+from veilql.engine.rewrite import cross_histogram, cross_quotient, histogram
 from veilql.engine.rewrite.context import Context
 from veilql.engine.rewrite.linear import is_linear, split_linear, split_product
 from veilql.engine.sql import groups_across
@@ -343,7 +343,8 @@ def _known_operands(ctx: Context) -> dict[str, list[exp.Expression]]:
     """Per party, ``part IS NOT NULL`` for its part of every comparison across parties that
     is a conjunct of WHERE: SQL drops a row whose comparison reads a NULL, and each party's
     part is compared on shares as a number (a NULL would count as 0), so the party drops
-    those rows itself. (A comparison inside OR or NOT is left to the predicate on shares.)"""
+    those rows itself (a product's factors, a quotient's parts of ``N`` and ``D`` alike; a
+    comparison inside OR or NOT is left to the predicate on shares)."""
     out: dict[str, list[exp.Expression]] = {p: [] for p in ctx.bound.parties}
     seen: set[str] = set()
     for conj in ctx.bound.conjuncts:
@@ -358,9 +359,8 @@ def _known_operands(ctx: Context) -> dict[str, list[exp.Expression]]:
             sides = [(node.this, node.expression)]
         else:
             continue
-        for left, right in sides:
-            diff = exp.Sub(this=left.copy(), expression=exp.Paren(this=right.copy()))
-            for party, part in split_linear(diff, ctx.party_of).items():
+        for left, right in sides:  # a sum's parts, a product's factors, a quotient's N and D
+            for party, part in cross_quotient.comparison_parts(left, right, ctx):
                 if party is None or not list(part.find_all(exp.Column)):
                     continue
                 while isinstance(part, exp.Neg | exp.Paren):  # -x is NULL when x is

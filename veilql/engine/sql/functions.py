@@ -228,8 +228,9 @@ def _operands(node: exp.Expr) -> list[exp.Expr]:
 
 def _check_sides(node: exp.Expr, operands: list[exp.Expr],
                  sides: list[list[BoundColumn]]) -> None:
-    """Group columns compare only within their party; IN lists hold literals; no
-    division in a comparison across parties."""
+    """IN lists hold literals; group columns compare only within their party or with
+    another party's group column directly; a division across parties only as a quotient
+    compared with a number (``compare_across``)."""
     if isinstance(node, exp.In):
         from veilql.engine.sql.checks import is_literal
 
@@ -239,27 +240,10 @@ def _check_sides(node: exp.Expr, operands: list[exp.Expr],
                     f"IN list item {item.sql(dialect='duckdb')} is not a literal",
                     "IN takes a list of literal values, e.g. region IN ('north', 'south')",
                 )
-    every = [c for side in sides for c in side]
-    for side in sides:
-        for group in (c for c in side if c.policy.role == "group"):
-            others = [c for c in every if c.party != group.party]
-            if others:
-                other = others[0]
-                raise PolicyError(
-                    f"group column {group.alias}.{group.column} is compared with "
-                    f"{other.alias}.{other.column} of another party ({other.party})",
-                    "compare group columns with literals (=, <>, IN, BETWEEN, <, >); only "
-                    "value columns can be compared across parties",
-                )
-    if len({c.party for c in every}) > 1:
-        op = {exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">",
-              exp.GTE: ">="}.get(type(node), node.key.upper())
-        for operand in operands:
-            if operand.find(exp.Div) is not None:
-                raise UnsupportedError(
-                    f"division in a comparison across parties ({op}) is not supported",
-                    "multiply out instead, e.g. a > b * 2 rather than a / b > 2",
-                )
+    from veilql.engine.sql.compare_across import check_division, check_groups
+
+    check_groups(node, sides)
+    check_division(node, operands, sides)
 
 
 # ---------------------------------------------------------------- fixed point
