@@ -9,7 +9,11 @@ the hub, every party is padded to its declared ``max_units``). Every WHERE conju
 spanning parties is rewritten over local columns: single-party pieces become 0/1
 ``atom`` columns computed by their owner, and comparisons across parties become
 ``sum of parts <op> 0`` over fixed-point ``operand`` columns, one part per party; under
-OR or NOT in SQL's three-valued logic (``_where_conjunct``).
+OR or NOT in SQL's three-valued logic (``_where_conjunct``). Two parties' group columns
+compared directly (``a.status = b.status``, ``a.day < b.day``) are compared as codes
+(``rewrite/coded.py``), a product of one factor per party with a number as a product on
+shares (``_product_comparison``), a quotient with a number as ``s (N - e D) <op> 0``
+(``rewrite/cross_quotient.py``).
 
 >>> from tests.sql_fixtures import federation
 >>> from veilql.engine.rewrite import compile_plan
