@@ -240,6 +240,10 @@ def test_bucket_counts_above_the_cap_are_refused(fed: Path,
     sql = ("SELECT alice.g, MAX(alice.i) > 5 AS r FROM alice.t AS alice GROUP BY alice.g")
     with pytest.raises(UnsupportedError, match="20,002 noisy bucket counts, more than 15,000"):
         compile_plan(sql, load_federation(fed), epsilon=1.0, delta=1e-6)
+    monkeypatch.setattr(histogram, "MAX_SECURE_EXACT_COUNTS", 15_000)
+    sql = f"SELECT alice.g, MAX(alice.i) > 5 AS r {J} GROUP BY alice.g"
+    with pytest.raises(UnsupportedError, match="across parties in 2 group cells: 20,002"):
+        compile_plan(sql, load_federation(fed), epsilon=1.0, delta=1e-6)
 
 
 def _lengths(fed: Path, out: Path, sql: str) -> Counter:

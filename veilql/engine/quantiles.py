@@ -25,7 +25,9 @@ that holds for every bucket's noise at once with probability 95% (each at
 ``1 - 0.95^(1/B)``). With that probability no empty bucket passes, so the released MIN is at
 least the true minimum's bucket; a bucket of few rows may be passed over (at a huge epsilon
 ``T = 1`` and MIN is exact). The answer is the bucket's lowest value (MAX: its highest); no
-bucket passing gives NULL.
+bucket passing gives NULL. A MIN or MAX that a released comparison reads has one bucket per
+value (up to 100,000 values, ``rewrite/histogram.exact``), so it is read here the same way
+and, at a huge epsilon, it is the data's and so is the comparison.
 
 **COUNT(DISTINCT x)** of anything but the unit over at most 1,000 public values
 (``sql/distinct.py``) has one bucket per value of ``x`` and releases how many pass the same

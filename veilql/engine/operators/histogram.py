@@ -1,5 +1,9 @@
-"""COUNT(DISTINCT x) over a large public domain: per cell the number of buckets with a
-positive count, in the party's engine or, across parties, compared with 0 on shares.
+"""Histograms over a bucket-index column, of two kinds: COUNT(DISTINCT x) over a large public
+domain (per cell the number of buckets with a positive count, in the party's engine or,
+across parties, compared with 0 on shares) and an exact MIN/MAX's histogram (one count per
+bucket and cell, noised as they are, one family: ``Family.distinct`` False). Both share the
+bucket counts below: the engine's GROUP BY over the cells and the index for the second kind
+in local mode, the digits' matrix product across parties for both.
 
 Such an aggregate (``rewrite/histogram.py``, ``AggregateSpec.buckets``) counts one local
 column, the row's bucket index (-1: no bucket). In local mode ``reduce_in_engine``
