@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from adversarial.test_transcript_scan import records_of
+from lengths import received, run_recorded
 from oracle import HUGE_EPSILON, plain, union_connection
 
 import veilql
@@ -247,17 +247,10 @@ def test_bucket_counts_above_the_cap_are_refused(fed: Path,
 
 
 def _lengths(fed: Path, out: Path, sql: str) -> Counter:
-    """``(receiver, sender, payload length)`` of every data record a compute party got."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VEIL_TRANSCRIPT_DIR", str(out))
-    try:
-        with veilql.connect(fed, analyst="oracle") as session, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            session.sql(sql, epsilon=1.0, delta=0.0)
-    finally:
-        mp.undo()
-    return Counter((to, f, len(p)) for to in ("alice", "bob", "carol")
-                   for f, k, _, p in records_of(out / f"{to}.bin") if k == "data")
+    """``(receiver, sender, payload length)`` of every data record a compute party got
+    (heartbeats left out: they follow the clock)."""
+    run_recorded(fed, out, sql, delta=0.0)
+    return received(out, ("alice", "bob", "carol"))
 
 
 def test_message_lengths_do_not_depend_on_a_persons_values(tmp_path: Path) -> None:
