@@ -1,10 +1,12 @@
-"""Validate one column's policy: ``col = { role, values?, bounds?, decimals? }``.
+"""Validate one column's policy: ``col = { role, values?, nullable?, bounds?, decimals? }``.
 
 Roles (CONTRACT.md): ``key`` (join key / privacy unit, never released), ``group`` (GROUP BY;
 ``values`` is the public domain, absent when keys are chosen privately) and ``value``
 (WHERE and aggregates; ``bounds = [lo, hi]`` is the public clamping interval and is
-required). ``decimals`` is the fixed-point precision; its default follows the column type
-from the connector catalog (``coltypes.default_decimals``).
+required). ``nullable = true`` on a group column with ``values`` adds NULL to its public
+domain (GROUP BY then releases a NULL cell, as SQL groups NULL keys). ``decimals`` is the
+fixed-point precision; its default follows the column type from the connector catalog
+(``coltypes.default_decimals``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from veilql.policies.coltypes import MAX_DECIMALS, default_decimals, type_kind
 from veilql.policies.model import ROLES, ColumnPolicy, Role
 from veilql.policies.tomlcheck import TomlFile, describe, did_you_mean, is_number
 
-COLUMN_KEYS = ("role", "values", "bounds", "decimals", "references")
+COLUMN_KEYS = ("role", "values", "nullable", "bounds", "decimals", "references")
 _REFERENCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
 
 # A fixed-point value |bound| * 10**decimals must leave headroom in the 64-bit share ring
@@ -79,6 +81,7 @@ def parse_column(
                 'remove values, or set role = "group"',
             )
         values = _parse_values(f, f"{where}.values", craw["values"], kind, ctype)
+    nullable = _parse_nullable(f, where, craw, role, values)
 
     bounds = None
     if role == "value":
@@ -142,8 +145,31 @@ def parse_column(
                           'write references = "payments.merchants.merchant_id"')
     return ColumnPolicy(
         name=cname, role=_as_role(role), values=values, bounds=bounds, decimals=decimals,
-        type=ctype, references=references,
+        type=ctype, references=references, nullable=nullable,
     )
+
+
+def _parse_nullable(f: TomlFile, where: str, craw: dict, role: str,
+                    values: tuple | None) -> bool:
+    """``nullable``: a boolean, only on a group column that declares ``values`` (NULL then
+    joins its public domain; a column without values has no public domain to join)."""
+    if "nullable" not in craw:
+        return False
+    raw = craw["nullable"]
+    if role != "group":
+        raise f.error(f"{where}.nullable",
+                      f"nullable (NULL as a public group value) is only allowed on group "
+                      f"columns, this one has role {role!r}",
+                      'remove nullable, or set role = "group" with values = [...]')
+    if not isinstance(raw, bool):
+        raise f.error(f"{where}.nullable", f"must be true or false, got {describe(raw)}",
+                      "write nullable = true (unquoted)")
+    if raw and values is None:
+        raise f.error(f"{where}.nullable",
+                      "nullable needs values: only a declared group domain can include NULL",
+                      'add values = [...] (a column without values has its keys chosen '
+                      'privately, NULL among them), or remove nullable')
+    return raw
 
 
 def _parse_values(

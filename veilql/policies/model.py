@@ -30,6 +30,8 @@ class ColumnPolicy:
     column. ``decimals`` is the fixed-point precision used when the column enters
     secret shares (0 for integers, e.g. 2 for cents). ``type`` is the column's type as
     the party's connector reports it (DuckDB spelling), when the loader could open it.
+    ``nullable`` (group columns with ``values`` only) makes NULL one of the public values:
+    GROUP BY then releases a NULL cell, as SQL's GROUP BY makes one group of NULL keys.
     """
 
     name: str
@@ -41,6 +43,19 @@ class ColumnPolicy:
     # A key column of a table with personal data that is a foreign key to a dimension table's
     # key column: "party.table.column" (the only other column it may be joined on).
     references: str | None = None
+    nullable: bool = False
+
+    @property
+    def domain(self) -> tuple[str | int | float | bool | None, ...] | None:
+        """The public group domain: ``values``, then NULL when ``nullable`` (None: keys
+        chosen privately).
+
+        >>> ColumnPolicy("r", "group", values=("n", "s"), nullable=True).domain
+        ('n', 's', None)
+        """
+        if self.values is None:
+            return None
+        return (*self.values, None) if self.nullable else self.values
 
 
 @dataclass(frozen=True)

@@ -385,17 +385,18 @@ def group_domain(expr: exp.Expression, columns: Sequence[BoundColumn],
                  integer: bool) -> tuple[DomainValue, ...] | None:
     """The public domain of a GROUP BY expression, or None when none can be derived.
 
-    In order: a bare column's declared values; the literals a CASE/IF returns (NULL when
-    a branch or the ELSE is NULL); the fixed range of a date part (EXTRACT(MONTH ...) is
-    1..12); the image of one column's declared values (computed by DuckDB on the values
-    alone, so every party derives the same); the integers within the bounds of an
+    In order: a bare column's declared values (NULL last when it is ``nullable``); the
+    literals a CASE/IF returns (NULL when a branch or the ELSE is NULL); the fixed range
+    of a date part (EXTRACT(MONTH ...) is 1..12); the image of one column's declared
+    values, NULL too when nullable (computed by DuckDB on the values alone, so every
+    party derives the same); the integers within the bounds of an
     integer-valued expression of value columns, when at most ``MAX_DERIVED_DOMAIN``.
     ``interval`` gives the expression's interval under the declared bounds (None when it
     has none); ``integer`` is true when the expression's values are whole numbers.
     """
     node = _unparen(expr)
     if isinstance(node, exp.Column) and len(columns) == 1:
-        return columns[0].policy.values
+        return columns[0].policy.domain
     literal = _literal_results(node)
     if literal is not None:
         return literal
@@ -477,15 +478,17 @@ _ISO_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?")
 
 
 def _image(node: exp.Expr, col: BoundColumn) -> tuple[DomainValue, ...] | None:
-    """``node`` evaluated by DuckDB on each declared value of ``col`` (in their order).
+    """``node`` evaluated by DuckDB on each declared value of ``col`` (in their order; NULL
+    last when the column is nullable, e.g. ``COALESCE(g, 'none')`` maps it to a value).
 
     The values are typed from the policy alone (integers, decimals, booleans, ISO dates
     and timestamps, text), never from a connector, so every party computes the same.
     """
     import duckdb
 
-    values = col.policy.values or ()
-    literals = [_typed_literal(v) for v in values]
+    # a nullable column's NULL comes last, so the first row types the placeholder
+    values = col.policy.domain or ()
+    literals = [_typed_literal(v) if v is not None else "NULL" for v in values]
     placeholder = "__v"
     body = node.copy().transform(
         lambda n: exp.column(placeholder) if isinstance(n, exp.Column) else n)

@@ -123,7 +123,8 @@ def bind_group(node: exp.Expr, scope: Scope) -> BoundGroup:
                 f"END, FLOOR({col.alias}.{col.column} / 10)); or ask {col.party} to declare "
                 "it with role 'group' and public values",
             )
-        return BoundGroup(col.column, col.expr(), col.party, col, col.policy.values)
+        # its declared values, NULL among them when the column is nullable
+        return BoundGroup(col.column, col.expr(), col.party, col, col.policy.domain)
     raw = [scope.resolve(c) for c in node.find_all(exp.Column)]
     if len({c.party for c in raw}) > 1:
         # Never run on rows (its values come from DuckDB over the declared values): the

@@ -57,6 +57,9 @@ def bind_across(node: exp.Expr, expr: exp.Expression, name: str,
                 f"GROUP BY {text} reads columns of several parties, and {c.alias}.{c.column} "
                 f"is {what} (its values are not public, so the expression's are not)", hint)
     parts = list(distinct.values())
+    # NULL is a value of every part, nullable or not (each part's NULL fine cell is counted
+    # whenever the expression maps it to a value of the coarse domain: a.g + b.h is NULL
+    # when either is); ``nullable`` only adds it to a bare column's own domain
     domains = [tuple(c.policy.values or ()) + (None,) for c in parts]
     size = 1
     for d in domains:
