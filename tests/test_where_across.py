@@ -41,6 +41,7 @@ POLICIES = {
 s = { role = "group", values = ["x", "y", "z"] }
 d = { role = "group" }
 b = { role = "group", values = [true, false] }
+k = { role = "group", values = [1, 2, 3] }
 v = { role = "value", bounds = [0, 50] }
 q = { role = "value", bounds = [1, 10], decimals = 2 }
 """),
@@ -48,6 +49,7 @@ q = { role = "value", bounds = [1, 10], decimals = 2 }
 s = { role = "group", values = ["w", "x", "y"] }
 d = { role = "group" }
 b = { role = "group", values = [false, true] }
+k = { role = "group", values = [2, 3, 4] }
 f = { role = "value", bounds = [0, 20] }
 """),
     "carol": ("1", """
@@ -56,14 +58,14 @@ d = { role = "group" }
 c = { role = "value", bounds = [1, 5] }
 """),
 }
-TYPES = {"alice": "s VARCHAR, d DATE, b BOOLEAN, v INTEGER, q DECIMAL(4,2)",
-         "bob": "s VARCHAR, d DATE, b BOOLEAN, f INTEGER",
+TYPES = {"alice": "s VARCHAR, d DATE, b BOOLEAN, k INTEGER, v INTEGER, q DECIMAL(4,2)",
+         "bob": "s VARCHAR, d DATE, b BOOLEAN, k INTEGER, f INTEGER",
          "carol": "s VARCHAR, d DATE, c INTEGER"}
 #: The person whose values the neighbouring federation changes (present at every party):
 #: in it, the person's row falls on the other side of each comparison, or reads a NULL.
 MOVED = 4
-MOVES = {"alice": (("x", DATES[0], True, 40, 2.0), ("x", DATES[3], None, 2, 5.0)),
-         "bob": (("x", DATES[1], True, 10), ("y", None, False, None)),
+MOVES = {"alice": (("x", DATES[0], True, 2, 40, 2.0), ("x", DATES[3], None, 3, 2, 5.0)),
+         "bob": (("x", DATES[1], True, 3, 10), ("y", None, False, None, None)),
          "carol": (("q", DATES[2], 3), ("q", DATES[0], 5))}
 
 
@@ -77,10 +79,11 @@ def _row(party: str, u: int, j: int) -> tuple:
     date = maybe(rnd.choice(DATES), 0.12)
     if party == "alice":
         return (maybe(rnd.choice("xyz"), 0.1), date, maybe(rnd.random() < 0.5, 0.1),
-                maybe(rnd.randint(0, 50), 0.1), maybe(rnd.randint(100, 1000) / 100, 0.1))
+                maybe(rnd.randint(1, 3), 0.1), maybe(rnd.randint(0, 50), 0.1),
+                maybe(rnd.randint(100, 1000) / 100, 0.1))
     if party == "bob":
         return (maybe(rnd.choice("wxy"), 0.12), date, maybe(rnd.random() < 0.5, 0.1),
-                maybe(rnd.randint(0, 20), 0.15))
+                maybe(rnd.randint(2, 4), 0.1), maybe(rnd.randint(0, 20), 0.15))
     return (rnd.choice("xyq"), date, maybe(rnd.randint(1, 5), 0.1))
 
 
@@ -114,7 +117,8 @@ def build(root: Path, change: bool = False) -> Path:
 J2 = "FROM alice.t a JOIN bob.t b ON a.unit = b.unit"
 J3 = f"{J2} JOIN carol.t c ON b.unit = c.unit"
 # The conditions, each of which keeps some joined rows and drops others.
-CODES = ["a.s = b.s", "a.s <> b.s", "a.d = b.d", "a.d < b.d", "a.b = b.b"]
+CODES = ["a.s = b.s", "a.s <> b.s", "a.d = b.d", "a.d < b.d", "a.b = b.b", "a.k = b.k",
+         "a.k < b.k"]
 PRODUCTS = ["a.v * b.f > 100", "a.v * b.f <= 60"]
 QUOTIENTS = ["a.v / (b.f + 1) > 2", "b.f / a.q >= 1.5", "(a.v + b.f) / a.q < 6"]
 
@@ -128,7 +132,8 @@ QUERIES = [
     f"SELECT COUNT(*) FILTER (WHERE a.s <> b.s) AS n1, COUNT(*) FILTER (WHERE a.d = b.d) "
     "AS n2, SUM(a.v) FILTER (WHERE a.b = b.b) AS s1, SUM(CASE WHEN a.s = b.s THEN 1 ELSE 0 "
     "END) AS n3, COUNT(*) FILTER (WHERE b.f / a.q < 2) AS n4, SUM(b.f) FILTER (WHERE "
-    f"NOT (a.v / (b.f + 1) > 2)) AS s2, COUNT(*) FILTER (WHERE a.v * b.f >= 80) AS n5 {J2}",
+    f"NOT (a.v / (b.f + 1) > 2)) AS s2, COUNT(*) FILTER (WHERE a.v * b.f >= 80) AS n5, "
+    f"COUNT(*) FILTER (WHERE a.k < b.k) AS n6 {J2}",
     # a bare product in WHERE (NULL factors drop the row), and a quotient beside it
     f"SELECT COUNT(*) AS n, SUM(a.v) AS s {J2} WHERE a.v * b.f > 100 AND b.f / a.q >= 1.5",
     # quotients under OR and NOT, numerator of two parties' parts
@@ -174,10 +179,11 @@ def _check(result: veilql.Result, want: list[tuple], sql: str) -> None:
 def test_the_data_has_nulls_on_either_side(fed) -> None:
     _, con = fed
     nulls = plain(con, "SELECT COUNT(*) - COUNT(s), COUNT(*) - COUNT(d), COUNT(*) - COUNT(b), "
-                       "COUNT(*) - COUNT(v), COUNT(*) - COUNT(q) FROM alice.t")[0]
+                       "COUNT(*) - COUNT(k), COUNT(*) - COUNT(v), COUNT(*) - COUNT(q) FROM "
+                       "alice.t")[0]
     assert min(nulls) > 0
     nulls = plain(con, "SELECT COUNT(*) - COUNT(s), COUNT(*) - COUNT(d), COUNT(*) - COUNT(b), "
-                       "COUNT(*) - COUNT(f) FROM bob.t")[0]
+                       "COUNT(*) - COUNT(k), COUNT(*) - COUNT(f) FROM bob.t")[0]
     assert min(nulls) > 0
 
 
@@ -241,6 +247,7 @@ REFUSALS = [
      "cannot be compared across parties"),
     # declared values give = and <> only
     (f"SELECT COUNT(*) {J2} WHERE a.s < b.s", UnsupportedError, "compared with = and <> only"),
+    (f"SELECT COUNT(*) {J2} WHERE a.s = b.k", UnsupportedError, "cannot be compared with"),
     # a group column against another party's value column, or inside arithmetic
     (f"SELECT COUNT(*) {J2} WHERE a.s = b.f", PolicyError,
      "group column a.s is compared with b.f"),

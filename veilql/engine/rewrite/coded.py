@@ -9,9 +9,10 @@ comparison across parties:
   >=`` keeps its meaning;
 - **text, booleans, numbers, timestamps** whose columns both declare ``values = [...]``:
   the index of the value in the sorted union of the two columns' declared values
-  (timestamps by their instant), ``=`` and ``<>`` only (an index says nothing of the order
-  of texts). A value outside its column's declared values has no code (NULL) and matches
-  nothing, as for GROUP BY, where it is not counted.
+  (timestamps by their instant), ``=`` and ``<>`` only, but numbers by any comparison (the
+  index in their sorted union keeps their order; group columns have no bounds, so they are
+  not compared as a fixed-point difference). A value outside its column's declared values
+  has no code (NULL) and matches nothing, as for GROUP BY, where it is not counted.
 
 A code is NULL where its column is (or where the value is undeclared): each comparison is
 ANDed with one 0/1 atom per party saying its code is not NULL, so the comparison is TRUE
@@ -33,26 +34,20 @@ from sqlglot import exp
 
 from veilql.engine.plan.nodes import LocalColumn
 from veilql.engine.rewrite.context import Context
+from veilql.engine.sql.compare_across import coded_pair
 from veilql.engine.sql.typecheck import TypeChecker
 from veilql.errors import UnsupportedError
 
 #: ``place_secure._add``: (columns, prefix, role, sql, digits) -> the column's name
 Add = Callable[[list[LocalColumn], str, str, str, int], str]
 
-_COMPARE = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)
 _EPOCH = "DATE '1970-01-01'"
 
 
 def is_coded(node: exp.Expression, checker: TypeChecker) -> bool:
-    """Whether ``node`` compares two bare columns that are not both numbers (the caller
-    knows they are of two parties): such a comparison is one of codes."""
-    while isinstance(node, exp.Paren):
-        node = node.this
-    if not isinstance(node, _COMPARE):
-        return False
-    pair = (node.this, node.expression)
-    return all(isinstance(c, exp.Column) for c in pair) and any(
-        checker.column(c).kind != "num" for c in pair)  # type: ignore[arg-type]
+    """Whether ``node`` compares two bare columns (the caller knows they are of two
+    parties) as codes: not both numbers, or both group columns with declared values."""
+    return coded_pair(node, checker)
 
 
 def coded(node: exp.Expression, ctx: Context, checker: TypeChecker,
@@ -75,7 +70,7 @@ def coded(node: exp.Expression, ctx: Context, checker: TypeChecker,
     elif (types[0].kind == types[1].kind and types[0].kind in ("str", "bool", "num")
           or all(n.startswith("TIMESTAMP") for n in names)) and all(
             p is not None and p.values for p in policies):
-        if not isinstance(node, exp.EQ | exp.NEQ):
+        if not isinstance(node, exp.EQ | exp.NEQ) and types[0].kind != "num":
             raise UnsupportedError(
                 f"{where} {text}: {types[0].name} columns of two parties are compared "
                 "with = and <> only", "write an equality, or compare dates or numbers")

@@ -27,6 +27,7 @@ from sqlglot import exp
 
 from veilql.engine.sql.bound import BoundColumn
 from veilql.engine.sql.statistics import is_quotient
+from veilql.engine.sql.typecheck import TypeChecker
 from veilql.errors import PolicyError, UnsupportedError
 
 _COMPARE = (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)
@@ -36,6 +37,24 @@ _OPS = {exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp
 def op_text(node: exp.Expr) -> str:
     """The operator of a comparison as written in SQL (``BETWEEN``, ``IN``... by name)."""
     return _OPS.get(type(node), node.key.upper())
+
+
+def coded_pair(node: exp.Expr, checker: TypeChecker) -> bool:
+    """Whether the comparison ``node`` of two bare columns is one of codes
+    (``rewrite/coded.py``): they are not both numbers, or both are group columns that
+    declare values (numbers without bounds: not a fixed-point difference)."""
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if not isinstance(node, _COMPARE):
+        return False
+    pair = (_unparen(node.this), _unparen(node.expression))
+    if not all(isinstance(c, exp.Column) for c in pair):
+        return False
+    if any(checker.column(c).kind != "num" for c in pair):  # type: ignore[arg-type]
+        return True
+    policies = [checker.bound.table(c.table).policy.column(c.name)  # type: ignore[union-attr]
+                for c in pair]
+    return all(p is not None and p.role == "group" and p.values for p in policies)
 
 
 def check_groups(node: exp.Expr, sides: Sequence[Sequence[BoundColumn]]) -> None:

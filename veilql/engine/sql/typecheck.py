@@ -368,9 +368,9 @@ def _check_cross_party(checker: TypeChecker, conj: exp.Expression, bound: BoundQ
             stack += [exp.GTE(this=n.this, expression=n.args["low"]),
                       exp.LTE(this=n.this, expression=n.args["high"])]
         elif isinstance(n, exp.EQ | exp.NEQ | exp.LT | exp.LTE | exp.GT | exp.GTE):
-            pair = (_unparen(n.this), _unparen(n.expression))
-            if all(isinstance(c, exp.Column) for c in pair) and any(
-                    checker.column(c).kind != "num" for c in pair):  # type: ignore[arg-type]
+            from veilql.engine.sql.compare_across import coded_pair
+
+            if coded_pair(n, checker):
                 continue  # two parties' group columns: codes (rewrite/coded.py checks them)
             for col in n.find_all(exp.Column):
                 t = checker.column(col)
