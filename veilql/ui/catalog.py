@@ -61,7 +61,8 @@ def schema_rows(table: TablePolicy) -> list[list[Any]]:
             c.role,
             c.decimals,
             list(c.bounds) if c.bounds is not None else None,
-            list(c.values) if c.values is not None else None,
+            # a nullable column's NULL is one of its public values (JSON null, NULL)
+            list(c.domain) if c.domain is not None else None,
         ]
         for c in table.columns.values()
     ]

@@ -166,12 +166,16 @@ def _groups(plans: tuple[Plan, ...]) -> tuple[GroupKey, ...]:
                 raise UnsupportedError("the branches group by different numbers of columns",
                                        HINT)
             for v in p.groups[k].domain or ():
-                kinds.add("text" if isinstance(v, str) else "number")
+                if v is not None:  # NULL (a nullable column, a CASE without ELSE): any type
+                    kinds.add("text" if isinstance(v, str) else "number")
                 values.setdefault(v, None)
         if len(kinds) > 1:
             raise UnsupportedError(f"GROUP BY {g.output}: the branches' values are of "
                                    "different types (text and numbers)", HINT)
-        out.append(replace(g, domain=tuple(values)))
+        # NULL last, as in each branch's own domain; a branch without NULL in its domain
+        # (not nullable) has no NULL cell, so its NULL rows stay uncounted
+        domain = tuple(v for v in values if v is not None)
+        out.append(replace(g, domain=domain + ((None,) if None in values else ())))
     return tuple(out)
 
 

@@ -380,9 +380,15 @@ def bind_order_by(select: exp.Select, binder: Outputs
                     f"ORDER BY {this.sql()} is not an output position (1..{len(visible)})",
                     "order by an output name or its position in SELECT",
                 )
-            terms.append((exp.column(visible[int(this.this) - 1].name), desc))
-            continue
-        terms.append((binder.over_outputs(this, "ORDER BY"), desc))
+            term: exp.Expression = exp.column(visible[int(this.this) - 1].name)
+        else:
+            term = binder.over_outputs(this, "ORDER BY")
+        if isinstance(item, exp.Ordered) and item.args.get("nulls_first"):
+            # NULLS FIRST (DuckDB's default is NULLS LAST either way): the NULL rows first
+            nulls = exp.Is(this=exp.Paren(this=term.copy()), expression=exp.Null())
+            terms.append((exp.Case(ifs=[exp.If(this=nulls, true=exp.Literal.number(0))],
+                                   default=exp.Literal.number(1)), False))
+        terms.append((term, desc))
     return tuple(terms)
 
 
