@@ -14,6 +14,7 @@ party receives are the same whether one person's group value is NULL or a value.
 
 from __future__ import annotations
 
+import json
 import random
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ from oracle import HUGE_EPSILON, plain, same, union_connection
 import veilql
 from veilql.errors import ConfigError
 from veilql.policies.loader import load_federation
+from veilql.ui.formats import render
 
 PEOPLE = 40
 PARTIES = ("alice", "bob", "carol")
@@ -224,6 +226,13 @@ def test_having_order_by_and_count_distinct(fed) -> None:
     want = plain(con, sql)
     assert [r[0] for r in result.rows] == [w[0] for w in want] and want[0][0] is None
     _check(result, want, 1, sql)
+    # HAVING on the key's NULL (post-processing of released rows, as SQL's)
+    for cond in ("g IS NULL", "g IS NOT NULL AND COUNT(*) > 3"):
+        sql = f"SELECT g, COUNT(*) AS n FROM alice.t GROUP BY g HAVING {cond}"
+        result, want = _run(session, sql), plain(con, sql)
+        assert sorted(map(str, [r[0] for r in result.rows])) == sorted(map(str, [w[0] for w in
+                                                                               want]))
+        _check(result, want, 1, sql)
     # COUNT(DISTINCT g) does not count NULL, as in SQL
     sql = "SELECT COUNT(DISTINCT g) AS d FROM alice.t"
     assert round(_run(session, sql).rows[0][0]) == plain(con, sql)[0][0] == 2
@@ -238,6 +247,12 @@ def test_formats_and_catalog_label_null(fed) -> None:
     assert rows["g"][-1] == ["x", "y", None] and rows["s"][-1] == ["x", "y"]
     text = session.explain("SELECT g, COUNT(*) AS n FROM alice.t GROUP BY g")
     assert "['x', 'y', None]" in str(text)
+    # the released NULL cell: JSON null, the table's (and shell's) NULL, CSV's empty field
+    result = _run(session, "SELECT g, COUNT(*) AS n FROM alice.t GROUP BY g")
+    rows = [[r[0], round(r[1])] for r in result.rows]
+    assert json.loads(render(result.columns, rows, "json"))["rows"][-1][0] is None
+    assert render(result.columns, rows, "table").splitlines()[-1].split()[0] == "NULL"
+    assert render(result.columns, rows, "csv").splitlines()[-1].startswith(",")
 
 
 @pytest.fixture(scope="module")

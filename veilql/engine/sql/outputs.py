@@ -319,7 +319,7 @@ class Outputs:
             if is_aggregate(n) or any(is_aggregate(a) for a in ancestors(n, node)):
                 continue
             if not isinstance(n, (*functions.POST_EXPRESSIONS, exp.Column, exp.Identifier,
-                                  exp.In, exp.Between, exp.And, exp.Or, exp.Not,
+                                  exp.In, exp.Between, exp.And, exp.Or, exp.Not, exp.Is,
                                   exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE)):
                 raise UnsupportedError(f"{n.sql(dialect='duckdb')} is not supported in "
                                        f"{clause}",
