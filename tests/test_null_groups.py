@@ -162,6 +162,15 @@ def test_across_parties(fed, sql: str, keys: int) -> None:
     _check(result, plain(con, sql), keys, sql)
 
 
+def test_the_keys_own_aggregates_are_null_in_its_null_cell(fed) -> None:
+    # SUM(h), MAX(h), AVG(h) of the key itself are its label after release: NULL there
+    session, con = fed
+    sql = "SELECT h, SUM(h) AS s, MAX(h) AS m, AVG(h) AS a, COUNT(*) AS n FROM bob.t GROUP BY h"
+    result = _run(session, sql)
+    assert result.rows[-1][:4] == [None, None, None, None]
+    _check(result, plain(con, sql), 1, sql)
+
+
 def test_a_hidden_nullable_key_keeps_its_null_cell(fed) -> None:
     # grouped by a.g but not selecting it: DuckDB's rows include the NULL group's
     session, con = fed
