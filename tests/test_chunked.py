@@ -270,7 +270,7 @@ def _answers(fed: Path, words: int, monkeypatch: pytest.MonkeyPatch) -> list[lis
 def test_queries_in_chunks_equal_unchunked(small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     want = _answers(small, 1 << 30, monkeypatch)
     assert all(want)
-    for words in (1, 7, 61):
+    for words in (1, 7):  # one word and a prime (the sharing and shuffle tests take 13 too)
         assert _answers(small, words, monkeypatch) == want, words
 
 

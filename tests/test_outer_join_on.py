@@ -70,7 +70,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     con.close()
 
 
-@pytest.mark.parametrize("sql", QUERIES, ids=[f"on{i}" for i in range(len(QUERIES))])
+@pytest.mark.parametrize("sql", [q if i % 2 == 1 else pytest.param(q, marks=pytest.mark.slow)
+                                 for i, q in enumerate(QUERIES)],
+                         ids=[f"on{i}" for i in range(len(QUERIES))])  # even: -m slow
 def test_on_conditions_equal_plain_duckdb(demo, sql: str) -> None:
     session, con = demo
     _check(session, con, sql)

@@ -43,7 +43,9 @@ def bi(tmp_path_factory: pytest.TempPathFactory):
     con.close()
 
 
-@pytest.mark.parametrize("sql", QUERIES, ids=[f"q{i}" for i in range(len(QUERIES))])
+@pytest.mark.parametrize("sql", [q if i < 2 else pytest.param(q, marks=pytest.mark.slow)
+                                 for i, q in enumerate(QUERIES)],
+                         ids=[f"q{i}" for i in range(len(QUERIES))])  # q2...: -m slow
 def test_sums_across_parties_skip_rows_where_a_part_is_null(bi, sql: str) -> None:
     session, con = bi
     with warnings.catch_warnings():
@@ -91,7 +93,9 @@ WHERE = [
 ]
 
 
-@pytest.mark.parametrize("sql", WHERE, ids=[f"w{i}" for i in range(len(WHERE))])
+@pytest.mark.parametrize("sql", [q if i < 2 else pytest.param(q, marks=pytest.mark.slow)
+                                 for i, q in enumerate(WHERE)],
+                         ids=[f"w{i}" for i in range(len(WHERE))])  # w2...: -m slow
 def test_where_across_parties_follows_three_valued_logic(bi, sql: str) -> None:
     session, con = bi
     with warnings.catch_warnings():

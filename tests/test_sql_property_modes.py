@@ -126,13 +126,13 @@ _SETTINGS = dict(deadline=None, database=None, derandomize=True,
                                         HealthCheck.too_slow])
 
 
-@settings(max_examples=4, **_SETTINGS)  # type: ignore[arg-type]
+@settings(max_examples=2, **_SETTINGS)  # type: ignore[arg-type]
 @given(sql=union_queries())
 def test_random_union_queries_equal_duckdb(oracle, sql: str) -> None:
     _check(oracle, sql)
 
 
-@settings(max_examples=4, **_SETTINGS)  # type: ignore[arg-type]
+@settings(max_examples=2, **_SETTINGS)  # type: ignore[arg-type]
 @given(sql=outer_queries())
 def test_random_outer_join_queries_equal_duckdb(oracle, sql: str) -> None:
     _check(oracle, sql)
