@@ -56,6 +56,7 @@ def test_quick_run_writes_json_and_markdown(tmp_path: Path) -> None:
 
 
 @pytest.mark.network
+@pytest.mark.slow  # three veil serve processes (14 s)
 def test_nodes_benchmark_runs_three_serve_processes_and_leaves_none(tmp_path: Path) -> None:
     """``bench.nodes`` at 2,000 people: both modes answer, bytes and peaks per node, no
     node process survives the run."""

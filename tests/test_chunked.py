@@ -267,6 +267,7 @@ def _answers(fed: Path, words: int, monkeypatch: pytest.MonkeyPatch) -> list[lis
     return out
 
 
+@pytest.mark.slow  # whole queries (30 s); the pivot, factor, sharing and shuffle chunk tests stay
 def test_queries_in_chunks_equal_unchunked(small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     want = _answers(small, 1 << 30, monkeypatch)
     assert all(want)

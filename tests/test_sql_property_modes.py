@@ -126,6 +126,7 @@ _SETTINGS = dict(deadline=None, database=None, derandomize=True,
                                         HealthCheck.too_slow])
 
 
+@pytest.mark.slow  # 25 s; the outer-join modes' property test stays in the default suite
 @settings(max_examples=2, **_SETTINGS)  # type: ignore[arg-type]
 @given(sql=union_queries())
 def test_random_union_queries_equal_duckdb(oracle, sql: str) -> None:
