@@ -496,3 +496,17 @@ def test_rho_for_is_bounded_at_the_smallest_epsilon() -> None:
     rho = rho_for(float(MIN_EPSILON), 1e-6)
     assert time.monotonic() - started < 5
     assert 0 < rho < 1e-10
+
+
+def test_rho_for_remembers_a_failed_search() -> None:
+    # At a huge epsilon OpenDP's zCDP conversion overflows and callers fall back to Laplace;
+    # the failure is cached like a value, so a query's many aggregates do not each repeat it.
+    from veilql.engine.dp.calibrate import _rho_outcome
+    from veilql.engine.dp.opendp_api import OpenDPException
+
+    before = _rho_outcome.cache_info()
+    for _ in range(3):
+        with pytest.raises(OpenDPException):
+            rho_for(3.5e11, 1e-6)
+    after = _rho_outcome.cache_info()
+    assert after.misses - before.misses == 1 and after.hits - before.hits == 2

@@ -355,7 +355,6 @@ def cks_rho(epsilon: float, delta: float) -> float:
     return lo
 
 
-@lru_cache(maxsize=256)
 def rho_for(epsilon: float, delta: float) -> float:
     """Largest zCDP rho that OpenDP's zCDP -> (eps, delta) conversion certifies (CKS20 Cor. 13).
 
@@ -369,7 +368,29 @@ def rho_for(epsilon: float, delta: float) -> float:
 
     >>> 0.0243 < rho_for(1.0, 1e-6) < 0.0244
     True
+
+    A failure (OpenDP's conversion overflows at a huge epsilon, where callers fall back to
+    Laplace) is remembered like a result: each aggregate of such a query would otherwise
+    repeat the whole failed search (about 0.5 s at epsilon 1e12).
     """
+    outcome = _rho_outcome(epsilon, delta)
+    if isinstance(outcome, BaseException):
+        raise outcome.with_traceback(None)
+    return outcome
+
+
+@lru_cache(maxsize=256)
+def _rho_outcome(epsilon: float, delta: float) -> float | BaseException:
+    """``rho_for``'s value, or the exception its search raised."""
+    try:
+        return _search_rho(epsilon, delta)
+    except (dp.OpenDPException, OverflowError, RuntimeError) as exc:
+        exc.__context__ = None
+        return exc
+
+
+def _search_rho(epsilon: float, delta: float) -> float:
+    """The bisection behind ``rho_for`` (uncached)."""
     space = dp.atom_domain(T="i64"), dp.absolute_distance(T="i64")
 
     def eps_of(scale: float) -> tuple[float, float]:
