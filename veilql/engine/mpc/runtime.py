@@ -23,8 +23,9 @@ party ``i+1``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from veilql.engine.transport.base import Transport
 from veilql.errors import ProtocolError, UsageError
 
 Public = int | np.ndarray
+T = TypeVar("T")
 DEFAULT_CHUNK_WORDS = 1 << 20  # 8 MiB per chunk-sized array when nothing else is set
 
 
@@ -67,6 +69,7 @@ class Runtime:
         self.timeout = timeout
         self.seeds: PairwiseSeeds | None = None
         self._counter = 0
+        self._prefix = ""  # a forked runtime's tags start with its fork's tag
         self.rounds = 0  # communication rounds run so far (for benchmarks)
         self.chunk_words = max(1, int(chunk_words or DEFAULT_CHUNK_WORDS))
 
@@ -111,7 +114,59 @@ class Runtime:
                 "call Runtime.setup() once at session start",
             )
         self._counter += 1
-        return f"{op}:{self._counter}"
+        return f"{self._prefix}{op}:{self._counter}"
+
+    def fork(self, n: int) -> list[Runtime]:
+        """``n`` runtimes over this one's transport and seeds, each with tags of its own.
+
+        Programs that do not depend on each other run at the same time on the children
+        (``parallel``), so their messages use the links together instead of in turn. Each
+        child's tags start with this fork's tag and its index, so they are the same at every
+        party whatever the threads' timing.
+        """
+        base = self.tag("fork")
+        children = []
+        for i in range(n):
+            child = Runtime.__new__(Runtime)
+            child.__dict__.update(self.__dict__)
+            child._prefix, child._counter, child.rounds = f"{base}/{i}/", 0, 0
+            children.append(child)
+        return children
+
+    def parallel(self, *programs: Callable[[Runtime], T]) -> list[T]:
+        """Run each program on its own forked runtime, each in a thread; their results.
+
+        Returns once all have ended; raises as soon as one fails (the first failed in
+        program order among those ended): the others may be waiting for messages that
+        will never come, and the caller's failure is what tells the peers (their own
+        programs then fail and end). Rounds add up as the longest program's: they overlap.
+        """
+        children = self.fork(len(programs))
+        results: list[Any] = [None] * len(programs)
+        errors: list[BaseException | None] = [None] * len(programs)
+        ended = threading.Condition()
+        count = [0]
+
+        def run(i: int) -> None:
+            try:
+                results[i] = programs[i](children[i])
+            except BaseException as exc:  # handed to the caller's thread below
+                errors[i] = exc
+            with ended:
+                count[0] += 1
+                ended.notify_all()
+
+        for i in range(len(programs)):
+            threading.Thread(target=run, args=(i,), daemon=True,
+                             name=f"veil-mpc-{self.parties[self.me]}-{i}").start()
+        with ended:
+            while count[0] < len(programs) and not any(e is not None for e in errors):
+                ended.wait()
+        for exc in errors:
+            if exc is not None:
+                raise exc
+        self.rounds += max((c.rounds for c in children), default=0)
+        return results
 
     @property
     def prev(self) -> int:
@@ -276,12 +331,12 @@ class Runtime:
         return compare.mux(self, bit, a, b)
 
     # -- protocols: shuffle -----------------------------------------------------------
-    def shuffle(self, columns: Sequence[AShare | BShare], *,
-                consume: bool = False) -> list[AShare | BShare]:
+    def shuffle(self, columns: Sequence[AShare | BShare], *, consume: bool = False,
+                lead: int | None = None) -> list[AShare | BShare]:
         """Permute the rows of all columns by one secret permutation (2 rounds per chunk,
         four messages of the table's size; ``consume``: empty the given list and drop each
-        column once shuffled)."""
-        return shuffle_mod.shuffle(self, columns, consume=consume)
+        column once shuffled; ``lead``: the party that takes the busiest role)."""
+        return shuffle_mod.shuffle(self, columns, consume=consume, lead=lead)
 
     def gather(
         self, columns: Sequence[AShare | BShare], idx: np.ndarray | None,

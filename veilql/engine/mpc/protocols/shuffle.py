@@ -107,8 +107,12 @@ def permutation(prg: Prg, label: str, n: int) -> np.ndarray:
         attempt += 1
 
 
-def shuffle(rt: Runtime, columns: Sequence[Column], *, consume: bool = False) -> list[Column]:
+def shuffle(rt: Runtime, columns: Sequence[Column], *, consume: bool = False,
+            lead: int | None = None) -> list[Column]:
     """Apply one secret uniformly random row permutation to all ``columns``.
+
+    ``lead`` picks the party of role ``a`` (default: the round counter mod 3), so that
+    shuffles run at the same time can load different parties and links.
 
     Two rounds when the table fits in one message of ``rt.chunk_words`` words; else two
     per chunk of rows of each piece of each column (see the module docstring). With
@@ -129,7 +133,7 @@ def shuffle(rt: Runtime, columns: Sequence[Column], *, consume: bool = False) ->
     if consume and isinstance(columns, list):
         columns.clear()
     tag = rt.tag("shuffle")
-    a = int(tag.rsplit(":", 1)[1]) % 3
+    a = int(tag.rsplit(":", 1)[1]) % 3 if lead is None else lead % 3
     role = (rt.me - a) % 3  # 0: a, 1: b, 2: c
     reuse = [consume and _reusable(i, cols) for i in range(len(cols))]
     run = _Run(rt, tag, a, n)
