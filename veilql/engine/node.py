@@ -163,8 +163,6 @@ class PartyNode:
         never looks like silence to them.
         """
         self._query.progress = progress or _quiet
-        self._query.rows = None
-        self._query.own = None  # an outer join's own total (operators/outer.py)
         self._query.step = None
         # The analyst waits on this node from the moment it sent the query, and compiling can
         # take seconds (longer when the embedded mode's parties all compile at once): it hears
@@ -218,7 +216,6 @@ class PartyNode:
             if failure is not None:
                 # Raised outside the handler, so the analyst's error does not carry the
                 # original one (and its frames) as context; memory goes back at once.
-                self._query.rows = None
                 if begun and join_key:  # its join may be cached half-used: not kept
                     self._cache.drop(join_key)
                 release_memory()
@@ -334,20 +331,25 @@ class PartyNode:
         words = chunk_words()
         if me not in plan.compute:  # a data party that does not compute: send shares, done
             if not all_cached(transport, plan, qid):
-                announce_and_send(transport, plan, me, self._local_columns(transport, plan, qid),
-                                  qid, words)
+                cols, _, own = self._local_columns(transport, plan, qid)
+                announce_and_send(transport, plan, me, cols, qid, words)
                 if plan.own_total:  # an outer join: its own total too (operators/outer.py)
-                    outer.send_own_total(transport, plan, me, self._query.own, qid)
+                    outer.send_own_total(transport, plan, me, own, qid)
             return
         rt = Runtime(transport, plan.compute, timeout=self.federation.timeout, chunk_words=words)
         rt.setup()
         rt.agree_chunk_words()  # chunking decides the messages: all three use the same
 
+        kept: dict[str, np.ndarray | None] = {}  # an outer join's own total, once known
+
         def columns() -> tuple[dict[str, np.ndarray], PartyRows | None]:
-            return self._local_columns(transport, plan, qid), self._query.rows
+            # Runs in a thread of its own beside the secure steps (compute_secure): what
+            # it makes is returned, not left in this handler thread's state.
+            cols, rows, kept["own"] = self._local_columns(transport, plan, qid)
+            return cols, rows
 
         out = compute_secure(rt, plan, qid, join_key, self._cache, columns, self._step,
-                             own=lambda: getattr(self._query, "own", None))
+                             own=lambda: kept.get("own"))
         admission.await_commits(self, transport, plan, qid)  # no output share before every charge
         release_secure(transport, plan, me, out)
 
@@ -372,15 +374,16 @@ class PartyNode:
         admission.await_commits(self, transport, plan, qid)  # no output share before every charge
         release_secure(transport, plan, me, out)
 
-    def _local_columns(self, transport: Transport, plan: Plan, qid: str) -> dict[str, np.ndarray]:
+    def _local_columns(self, transport: Transport, plan: Plan, qid: str
+                       ) -> tuple[dict[str, np.ndarray], PartyRows, np.ndarray | None]:
         """Run this party's local SQL and build its columns to share
-        (``operators/inputs.py``); only the private group labels of its rows stay, until
-        the release."""
+        (``operators/inputs.py``), the private group labels of its rows (all that stays
+        of them, until the release), and an outer join's own total (else None)."""
         me = self.party.name
         rows = fetch(plan.step(me), self.connector, self.seed())
         columns = local_columns(plan, me, rows, transport, qid, chunk_words())
+        own = None
         if plan.own_total:  # a LEFT/RIGHT JOIN across parties (operators/outer.py)
             outer.shift_factors(plan, me, columns)
-            self._query.own = outer.own_total(plan, me, rows, chunk_words())
-        self._query.rows = labels_only(rows)  # private group keys stay until the release
-        return columns
+            own = outer.own_total(plan, me, rows, chunk_words())
+        return columns, labels_only(rows), own

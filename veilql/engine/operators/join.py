@@ -18,6 +18,7 @@ viewer's ignorance of the key makes safe.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,16 +62,18 @@ class SharedTable:
             del v
         return SharedTable(len(idx), cols)
 
-    def shuffled(self, rt: Runtime, *, consume: bool = False) -> SharedTable:
-        """The same rows under one secret permutation (three rounds per chunk);
-        ``consume`` empties this table column by column as the shuffle goes."""
+    def shuffled(self, rt: Runtime, *, consume: bool = False,
+                 lead: int | None = None) -> SharedTable:
+        """The same rows under one secret permutation (two rounds per chunk);
+        ``consume`` empties this table column by column as the shuffle goes; ``lead``:
+        the party of the shuffle's busiest role (``Runtime.shuffle``)."""
         names = list(self.cols)
         if self.n == 0:
             return SharedTable(0, dict(self.cols))
         given = [self.cols[k] for k in names]
         if consume:
             self.cols = {}
-        out = rt.shuffle(given, consume=consume)
+        out = rt.shuffle(given, consume=consume, lead=lead)
         return SharedTable(self.n, dict(zip(names, out, strict=True)))
 
 
@@ -202,19 +205,27 @@ def decode_positions(data: np.ndarray, viewer: str) -> tuple[np.ndarray, np.ndar
     return pos[:half], pos[half:]
 
 
+Side = SharedTable | Callable[[Runtime], SharedTable]
+
+
 def join_stage(
-    rt: Runtime, stage: JoinStage, left: SharedTable, right: SharedTable, tag: str, *,
+    rt: Runtime, stage: JoinStage, left: Side, right: Side, tag: str, *,
     consume: bool = False,
 ) -> SharedTable:
     """One join stage: shuffle both sides, open ``tag`` columns to the viewer, gather.
 
-    ``consume``: the input tables are emptied as they are shuffled (each column released
-    once its shuffled copy exists), so a stage holds about one copy of its tables at a time.
+    A side is a table or a function that makes it on a runtime (e.g. shares a party's
+    columns). The two sides are made, shuffled and opened at the same time on forked
+    runtimes (``Runtime.parallel``): they depend on nothing of each other, and their
+    messages then share the links (the shuffle's roles rotate, so the two sides load
+    different parties) instead of waiting for each other. ``consume``: the input tables
+    are emptied as they are shuffled (each column released once its shuffled copy exists),
+    so a stage holds about one copy of its tables at a time.
     """
-    left = left.shuffled(rt, consume=consume)
-    right = right.shuffled(rt, consume=consume)
-    tl = rt.open_to(left.cols[tag], stage.viewer)
-    tr = rt.open_to(right.cols[tag], stage.viewer)
+    lead = rt.party_index(stage.viewer)  # the sides' busiest roles at the two others
+    (left, tl), (right, tr) = rt.parallel(
+        lambda r: _shuffle_open(r, left, tag, stage.viewer, consume, lead + 1),
+        lambda r: _shuffle_open(r, right, tag, stage.viewer, consume, lead + 2))
     msg = rt.tag("join-match")
     viewer = rt.party_index(stage.viewer)
     others = [rt.parties[i] for i in range(3) if i != viewer]
@@ -240,6 +251,16 @@ def join_stage(
     a = left.take(il, consume=True, in_place=wide)  # the shuffled copies are this function's
     b = right.take(ir, consume=True, in_place=not wide)
     return SharedTable(len(il), {**a.cols, **b.cols})
+
+
+def _shuffle_open(rt: Runtime, side: Side, tag: str, viewer: str, consume: bool,
+                  lead: int) -> tuple[SharedTable, np.ndarray | None]:
+    """One side of a stage on its own runtime: made, shuffled (``lead`` in the busiest
+    role), its ``tag`` column opened to ``viewer`` and dropped from the shuffled copy."""
+    table = side(rt) if callable(side) else side
+    shuffled = table.shuffled(rt, consume=consume, lead=lead)
+    del table
+    return shuffled, rt.open_to(shuffled.cols.pop(tag), viewer)
 
 
 def by_first(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,8 +19,10 @@ See docs/SECURITY.md.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -38,8 +40,10 @@ from veilql.engine.operators.memory import spans
 from veilql.engine.operators.noise import add_noise
 from veilql.engine.operators.oblivious_join import oblivious_join_stage
 from veilql.engine.operators.predicate import evaluate, per_chain_predicate
-from veilql.engine.plan.nodes import Plan
+from veilql.engine.plan.nodes import JoinStage, Plan
 from veilql.engine.transport.base import Transport
+
+T = TypeVar("T")
 
 CROSS_WORDS = 16  # words per slot combination a cross-party comparison holds at once
 COMPARE_WORDS = 64  # words per element a comparison with the threshold holds at once
@@ -80,12 +84,18 @@ def compute_secure(rt: Runtime, plan: Plan, qid: str, join_key: str, cache: Join
         joined, rows = cached
     else:
         step("running its local SQL")
-        mine, rows = columns() if me in plan.parties else (None, None)
+        # The local SQL runs beside the secure steps that need nothing of it (sharing and
+        # shuffling another party's table), so its time overlaps their transfers.
+        local = Background(columns) if me in plan.parties else None
         step("secret-sharing its columns")
-        joined = join_all(rt, plan, qid, mine, step)
-        del mine
-        if me not in plan.parties:
-            rows = None
+        try:
+            joined = join_all(rt, plan, qid, (lambda: local.result()[0]) if local else None,
+                              step)
+        finally:
+            if local is not None:  # a failed query's local memory goes back with it
+                local.wait(rt.timeout)
+        rows = local.result()[1] if local is not None else None
+        del local
         if not plan.own_total:
             cache.remember(join_key, joined, rows)
     step("aggregating on shares")
@@ -106,6 +116,34 @@ def compute_secure(rt: Runtime, plan: Plan, qid: str, join_key: str, cache: Join
     return SecureOutput(total, cells, rows)
 
 
+class Background(Generic[T]):
+    """``fn()`` run in a thread of its own from now on; ``result()`` waits for it."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True,
+                                        name="veil-local-sql")
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], T]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:  # raised in the thread that asks for the result
+            self._error = exc
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout`` seconds) for ``fn`` to end, whatever its outcome."""
+        self._thread.join(timeout)
+
+    def result(self) -> T:
+        """``fn()``'s value, or its exception raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
 def selected(rt: Runtime, counts: AShare, threshold: int) -> np.ndarray:
     """The cells whose noisy unit count exceeds ``threshold``, opened to the compute
     parties; compared in batches of ``chunk_words / COMPARE_WORDS`` cells, so that the
@@ -120,36 +158,45 @@ def selected(rt: Runtime, counts: AShare, threshold: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def join_all(rt: Runtime, plan: Plan, qid: str, columns: dict[str, np.ndarray] | None,
+def join_all(rt: Runtime, plan: Plan, qid: str,
+             columns: Callable[[], dict[str, np.ndarray]] | None,
              step: Callable[[str], None]) -> SharedTable:
     """Shares of every party's table, joined stage by stage in FROM order.
 
     Each party's table is shared just before the stage that needs it, so the later
-    parties' shares do not wait in memory beside the earlier stages; this party's plain
-    ``columns`` are consumed as they are shared.
+    parties' shares do not wait in memory beside the earlier stages, and at the same time
+    as the other side of its stage (``join_stage``); ``columns()`` gives this party's plain
+    columns (waiting for its local SQL), consumed as they are shared.
     """
     me = rt.parties[rt.me]
 
-    def shared(party: str) -> SharedTable:
-        return receive_table(rt, plan, party, columns if party == me else None, qid)
+    def shared(party: str, r: Runtime) -> SharedTable:
+        mine = columns() if party == me and columns is not None else None
+        return receive_table(r, plan, party, mine, qid)
 
-    joined = shared(plan.parties[0])
+    def right_of(j: int, stage: JoinStage) -> Callable[[Runtime], SharedTable]:
+        def make(r: Runtime) -> SharedTable:
+            right = shared(stage.right, r)
+            renamed = dict(right.cols)  # its tag column under the left side's name
+            renamed[f"{stage.key_parties[0]}.tag{j}"] = renamed.pop(f"{stage.right}.tag{j}")
+            return SharedTable(right.n, renamed)
+        return make
+
+    def first(r: Runtime) -> SharedTable:
+        return shared(plan.parties[0], r)
+
+    joined: SharedTable | Callable[[Runtime], SharedTable] = first
     for j, stage in enumerate(plan.joins):
-        right = shared(stage.right)
         left_tag = f"{stage.key_parties[0]}.tag{j}"
-        right_tag = f"{stage.right}.tag{j}"
-        renamed = dict(right.cols)  # its tag column under the left side's name
-        renamed[left_tag] = renamed.pop(right_tag)
-        right = SharedTable(right.n, renamed)
-        del renamed
         step(f"joining with {stage.right} on shares")
         if stage.mode == "oblivious":
-            joined = oblivious_join_stage(rt, stage, joined, right, left_tag)
-        else:  # both inputs are this function's own: released as they are shuffled
-            joined = join_stage(rt, stage, joined, right, left_tag, consume=True)
-        del right
+            left = joined(rt) if callable(joined) else joined
+            joined = oblivious_join_stage(rt, stage, left, right_of(j, stage)(rt), left_tag)
+            del left
+        else:  # both sides are shared (the first stage's), shuffled and opened at once
+            joined = join_stage(rt, stage, joined, right_of(j, stage), left_tag, consume=True)
         joined.cols.pop(left_tag, None)
-    return joined
+    return joined if not callable(joined) else joined(rt)
 
 
 def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
