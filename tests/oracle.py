@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+import veilql
 from veilql.connectors.base import open_connector
+from veilql.engine.dp import LargeEpsilonWarning
 from veilql.policies.loader import load_federation
 from veilql.policies.model import Federation
 
@@ -52,6 +56,24 @@ def union_connection(federation: Federation) -> duckdb.DuckDBPyConnection:
                         f'SELECT * FROM "__{party.name}_{table}"')
         conn.close()
     return con
+
+
+def oracle_pair(path: Path) -> Iterator[tuple[veilql.Session, duckdb.DuckDBPyConnection]]:
+    """Yield a session as analyst ``oracle`` over the federation at ``path`` and DuckDB over
+    its union (``union_connection``), both closed after: the body of a module fixture."""
+    session = veilql.connect(path, analyst="oracle")
+    con = union_connection(session.federation)
+    yield session, con
+    session.close()
+    con.close()
+
+
+def run_huge(session: veilql.Session, sql: str, delta: float,
+             quiet: type[Warning] = LargeEpsilonWarning) -> veilql.Result:
+    """The query at ``HUGE_EPSILON`` and ``delta``, warnings of class ``quiet`` silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", quiet)
+        return session.sql(sql, epsilon=HUGE_EPSILON, delta=delta)
 
 
 def plain(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:

@@ -20,18 +20,18 @@ import random
 import warnings
 from collections import Counter
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import duckdb
 import pytest
 from adversarial.test_transcript_scan import records_of
 from click.testing import CliRunner
-from oracle import HUGE_EPSILON, plain, union_connection
+from oracle import oracle_pair, plain, run_huge, union_connection
 from test_oracle import check_statistics
 
 import veilql
 from veilql.cli import main
-from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.plan.nodes import Buckets
 from veilql.engine.rewrite import compile_plan
 from veilql.engine.rewrite.cross_quotient import scaled_coefficients
@@ -131,18 +131,10 @@ def build(root: Path, change: bool = False) -> Path:
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory):
-    path = build(tmp_path_factory.mktemp("cross_quotient"))
-    session = veilql.connect(path, analyst="oracle")
-    con = union_connection(session.federation)
-    yield session, con
-    session.close()
-    con.close()
+    yield from oracle_pair(build(tmp_path_factory.mktemp("cross_quotient")))
 
 
-def _run(session: veilql.Session, sql: str) -> veilql.Result:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LargeEpsilonWarning)
-        return session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6)
+_run = partial(run_huge, delta=1e-6)
 
 
 def _bucket(buckets: Buckets, value: float) -> int:

@@ -15,19 +15,18 @@ values do.
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import duckdb
 import group_expr_fixtures as gf
 import pytest
 from lengths import received, run_recorded
-from oracle import HUGE_EPSILON, plain, union_connection
+from oracle import oracle_pair, plain, run_huge
 from test_oracle import check_statistics
 
 import veilql
-from veilql.engine.dp import LargeEpsilonWarning
 from veilql.engine.operators import cells
 from veilql.engine.rewrite import compile_plan
 from veilql.engine.sql import groups_across
@@ -49,18 +48,10 @@ where alice_join = bob_join and bob_join = carol_join group by key1, key2"""
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory):
-    path = gf.build(tmp_path_factory.mktemp("group_expr"))
-    session = veilql.connect(path, analyst="oracle")
-    con = union_connection(session.federation)
-    yield session, con
-    session.close()
-    con.close()
+    yield from oracle_pair(gf.build(tmp_path_factory.mktemp("group_expr")))
 
 
-def _run(session: veilql.Session, sql: str) -> veilql.Result:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LargeEpsilonWarning)
-        return session.sql(sql, epsilon=HUGE_EPSILON, delta=1e-6)
+_run = partial(run_huge, delta=1e-6)
 
 
 def _check(result: veilql.Result, want: list[tuple], count: str = "n") -> None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import random
-import warnings
+from functools import partial
 from pathlib import Path
 
 import duckdb
 import pytest
 from lengths import received, run_recorded
-from oracle import HUGE_EPSILON, plain, same, union_connection
+from oracle import HUGE_EPSILON, oracle_pair, plain, run_huge, same
 
 import veilql
 from veilql.errors import ConfigError
@@ -97,18 +97,10 @@ def build(root: Path, moved_null: bool = False) -> Path:
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory):
-    path = build(tmp_path_factory.mktemp("null_groups"))
-    session = veilql.connect(path, analyst="oracle")
-    con = union_connection(session.federation)
-    yield session, con
-    session.close()
-    con.close()
+    yield from oracle_pair(build(tmp_path_factory.mktemp("null_groups")))
 
 
-def _run(session: veilql.Session, sql: str) -> veilql.Result:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return session.sql(sql, epsilon=HUGE_EPSILON, delta=0.0)  # pure: fast calibration
+_run = partial(run_huge, delta=0.0, quiet=Warning)  # pure: fast calibration
 
 
 def _check(result: veilql.Result, want: list[tuple], keys: int, sql: str) -> None:

@@ -12,13 +12,13 @@ conditions exactly, sums to fixed point.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import bi_fixtures
 import pytest
-from oracle import HUGE_EPSILON, plain, union_connection
+from oracle import oracle_pair, plain, run_huge
 from test_oracle import check_against_duckdb
 
-import veilql
 from veilql.engine.dp import LargeEpsilonWarning
 from veilql.errors import QueryError
 
@@ -87,18 +87,10 @@ SCALAR = [
 
 @pytest.fixture(scope="module")
 def bi(tmp_path_factory: pytest.TempPathFactory):
-    fed = bi_fixtures.build(tmp_path_factory.mktemp("bi_peer"))
-    session = veilql.connect(fed, analyst="oracle")
-    con = union_connection(session.federation)
-    yield session, con
-    session.close()
-    con.close()
+    yield from oracle_pair(bi_fixtures.build(tmp_path_factory.mktemp("bi_peer")))
 
 
-def _run(session: veilql.Session, sql: str) -> veilql.Result:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LargeEpsilonWarning)
-        return session.sql(sql, epsilon=HUGE_EPSILON, delta=0)
+_run = partial(run_huge, delta=0)
 
 
 @pytest.mark.parametrize("sql", DISTINCT, ids=[f"d{i}" for i in range(len(DISTINCT))])
