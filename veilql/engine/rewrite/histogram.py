@@ -83,12 +83,7 @@ def dense(out: Output, ctx: Context, points: int) -> bool:
     across = len(ctx.bound.parties) != 1
     if across:
         _across(what, narrow, ctx)
-        others = parties_in(out.filter, ctx.bound) - parties_in(out.expr, ctx.bound)
-        if others:  # the owner's bucket index cannot read them
-            raise UnsupportedError(
-                f"{what} is not supported with a FILTER over {', '.join(sorted(others))}'s "
-                "columns (across parties its FILTER reads the counted column's party only)",
-                f"move the condition to WHERE, or {narrow}")
+        _owner_filter_check(out, what, narrow, "counted", ctx)
     cells = _cells(what, narrow, ctx)
     if across and points * cells > MAX_SECURE_COUNTS:
         raise UnsupportedError(
@@ -114,12 +109,7 @@ def exact(out: Output, ctx: Context, buckets: Buckets) -> bool:
               "it without the comparison (released within a bucket)")
     if len(ctx.bound.parties) != 1:
         _across(what, narrow, ctx)
-        others = parties_in(out.filter, ctx.bound) - parties_in(out.expr, ctx.bound)
-        if others:  # the owner's bucket index cannot read them
-            raise UnsupportedError(
-                f"{what} is not supported with a FILTER over {', '.join(sorted(others))}'s "
-                "columns (across parties its FILTER reads the compared column's party only)",
-                f"move the condition to WHERE, or {narrow}")
+        _owner_filter_check(out, what, narrow, "compared", ctx)
     cells = _cells(what, narrow, ctx)
     cap = MAX_EXACT_COUNTS if len(ctx.bound.parties) == 1 else MAX_SECURE_EXACT_COUNTS
     if buckets.count * cells > cap:
@@ -144,6 +134,18 @@ def _cells(what: str, narrow: str, ctx: Context) -> int:
         for d in [p.domain for p in g.parts] or [g.domain]:
             cells *= len(d or ())
     return cells
+
+
+def _owner_filter_check(out: Output, what: str, narrow: str, role: str, ctx: Context) -> None:
+    """Refuse, across parties, a FILTER of ``out`` over columns of a party other than the
+    owner of its ``role`` ("counted", "compared") column: the owner's bucket index cannot
+    read them."""
+    others = parties_in(out.filter, ctx.bound) - parties_in(out.expr, ctx.bound)
+    if others:
+        raise UnsupportedError(
+            f"{what} is not supported with a FILTER over {', '.join(sorted(others))}'s "
+            f"columns (across parties its FILTER reads the {role} column's party only)",
+            f"move the condition to WHERE, or {narrow}")
 
 
 def _across(what: str, narrow: str, ctx: Context) -> None:
