@@ -140,6 +140,30 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+TIMELINE_BIN_S = 0.25
+
+
+def timeline(on_wire: list[tuple[float, float]], links: list[tuple[str, str]],
+             bin_s: float = TIMELINE_BIN_S) -> list[dict[str, float]]:
+    """Per ``bin_s`` seconds from the first packet: each busy link's seconds on the wire
+    (``src>dst``), so a benchmark shows when links take turns or stand idle.
+
+    >>> timeline([(0.0, 0.1), (0.3, 0.35)], [("a", "b"), ("b", "a")], bin_s=0.25)
+    [{'a>b': 0.1}, {'b>a': 0.05}]
+    """
+    if not on_wire:
+        return []
+    t0 = min(a for a, _ in on_wire)
+    bins: list[dict[str, float]] = []
+    for (a, b), (src, dst) in zip(on_wire, links, strict=True):
+        k = int((b - t0) // bin_s)
+        while len(bins) <= k:
+            bins.append({})
+        name = f"{src}>{dst}"
+        bins[k][name] = bins[k].get(name, 0.0) + (b - a)
+    return [{k: round(v, 3) for k, v in sorted(x.items())} for x in bins]
+
+
 def open_tun(name: str) -> int:
     """Create the tun device ``name`` (IP packets, no extra header); its non-blocking fd."""
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
@@ -168,6 +192,7 @@ class Emulator:
         # serialisation time, arrival], as htb hands a packet over once it has "sent" it.
         self.rate = rate_bytes_s
         self.on_wire: list[tuple[float, float]] = []
+        self.wire_links: list[tuple[str, str]] = []  # the link of each on_wire interval
 
     def _read(self, fd: int, now: float) -> None:
         src = self.names[fd]
@@ -183,6 +208,7 @@ class Emulator:
             self.line.push(now, (src, dst), packet)
             if self.rate:
                 self.on_wire.append((now - len(packet) / self.rate, now))
+                self.wire_links.append((src, dst))
 
     def _flush(self, now: float) -> None:
         due = self.line.next_due()
@@ -207,6 +233,7 @@ class Emulator:
                 # Sum over links / union: how many links were busy at once, on average.
                 out["busy_any_s"] = round(busy_time(self.on_wire), 4)
                 out["busy_sum_s"] = round(sum(b - a for a, b in self.on_wire), 4)
+                out["timeline"] = timeline(self.on_wire, self.wire_links)
             sys.stdout.write(json.dumps(out) + "\n")
         elif cmd == "reset":
             self.line.reset()
@@ -214,6 +241,7 @@ class Emulator:
             self.late_max = 0.0
             self.peak_queued = 0
             self.on_wire.clear()
+            self.wire_links.clear()
             sys.stdout.write("ok\n")
         else:
             sys.stdout.write(json.dumps({"error": f"unknown command {cmd!r}"}) + "\n")

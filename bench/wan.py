@@ -235,7 +235,8 @@ def wan_query(lab: Lab, net: Path, env: dict[str, str], name: str, reps: int,
                         "cpu_s": {p: round(cpu1[p] - cpu0[p], 3) for p in PARTIES},
                         "client_cpu_s": round(client_cpu, 3),
                         "link_bytes": wire["links"], "busy_any_s": wire.get("busy_any_s"),
-                        "busy_sum_s": wire.get("busy_sum_s")})
+                        "busy_sum_s": wire.get("busy_sum_s"),
+                        "timeline": wire.get("timeline")})
             finally:
                 client.close()
     out: dict[str, Any] = {}

@@ -77,6 +77,7 @@ from veilql.engine.transport.tlsconn import (
     Stalled,
     connect_with_retry,
     describe,
+    tune,
 )
 from veilql.errors import ConfigError, PartyUnavailable, ProtocolError
 
@@ -289,7 +290,7 @@ class MuxEndpoint:
 
     def _handshake(self, raw: socket.socket, where: str) -> None:
         """Authenticate one inbound connection, then serve it (peer link or client query)."""
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune(raw)
         raw.settimeout(HANDSHAKE_TIMEOUT)
         try:
             tls = self._server_ctx.wrap_socket(raw, server_side=True)

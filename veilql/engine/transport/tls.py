@@ -68,6 +68,7 @@ from veilql.engine.transport.tlsconn import (
     describe,
     queue_frame,
     read_exact_blocking,
+    tune,
 )
 from veilql.errors import ConfigError, PartyUnavailable, ProtocolError
 from veilql.policies.model import Federation
@@ -221,7 +222,7 @@ class TlsTransport(Transport):
         self, raw: socket.socket, expected: tuple[str, ...], accepted: dict[str, ssl.SSLSocket],
         deadline: float,
     ) -> tuple[str, ssl.SSLSocket]:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune(raw)
         # A bounded handshake: a peer that connects and stays silent cannot stall set-up.
         raw.settimeout(max(0.5, min(5.0, deadline - time.monotonic())))
         tls = self._server_ctx.wrap_socket(raw, server_side=True)

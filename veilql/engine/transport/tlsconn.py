@@ -39,6 +39,21 @@ _CHUNK = 256 * 1024  # bytes per SSL_write on large payloads
 POLL_SLICE = 0.2  # seconds; loops re-check closing and deadlines at least this often
 QUEUE_BYTES = 64 << 20  # bytes one connection may hold queued for its writer thread
 COPY_LIMIT = 32 << 20  # mutable payloads up to this size are copied and sent in the background
+# Socket buffers of a link between parties: at least a bandwidth-delay product (1 Gbit/s x
+# 20 ms = 2.5 MB). Left to the kernel's autotuning, a direction that stayed quiet while the
+# other carried the shares kept a small receive window and later crawled at a third of a
+# 100 Mbit/s, 20 ms link (bench/wan.py's timeline); the kernel caps it at net.core.*mem_max.
+SOCKET_BUFFER = 4 << 20
+
+
+def tune(raw: socket.socket) -> None:
+    """No Nagle delay on small frames; socket buffers of ``SOCKET_BUFFER`` bytes."""
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            raw.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            pass  # the kernel's defaults then
 
 
 def connect_with_retry(
@@ -63,7 +78,7 @@ def connect_with_retry(
             last = describe(exc)
             time.sleep(min(delay, max(0.0, left)))
             delay = min(delay * 2, 0.5)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tune(raw)
     return raw
 
 
