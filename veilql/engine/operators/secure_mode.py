@@ -205,7 +205,8 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
     Kept with a cached join (``SharedTable.memo``): a repeated query adds fresh noise to
     the same exact aggregates, when every compute party still holds them. The joined rows
     are taken in chunks of ``rt.chunk_words`` words of the joint grid (cross-party
-    predicates included); sums over rows add up over the chunks.
+    predicates included), two chunks at a time on forked runtimes; sums over rows add up
+    over the chunks.
     """
     key = structure_hash(plan)
     if agree_all(rt, key in joined.memo):
@@ -224,24 +225,38 @@ def secure_aggregate(rt: Runtime, plan: Plan, joined: SharedTable) -> AShare:
         tests = 1 + len({c.sql() for c in own if c is not None})
         width += CROSS_WORDS * tests * int(np.prod(slots, dtype=np.int64))
         width += len(chains) * int(np.prod(slots, dtype=np.int64))
-    per_chain: AShare | None = None
-    for lo, hi in spans(n, rt.chunk_rows(width)):
+
+    def chunk(r: Runtime, lo: int, hi: int) -> AShare:
         cross = None
         if plan.on_shares:
 
-            def column(party: str, name: str, lo: int = lo, hi: int = hi) -> AShare:
+            def column(party: str, name: str) -> AShare:
                 i = plan.parties.index(party)
                 axes = [1] * len(slots)
                 axes[i] = slots[i]
                 return expand(joined.cols[f"{party}.{name}"][lo:hi], (hi - lo, *axes),
                               (hi - lo, *slots))
 
-            where = evaluate(rt, plan.cross, column) if plan.cross is not None else None
+            where = evaluate(r, plan.cross, column) if plan.cross is not None else None
             cross = where if not any(c is not None for c in own) else per_chain_predicate(
-                rt, own, where, column, (hi - lo, *slots))
-        part = secure_sum(rt, [f[lo:hi] for f in factors], cross, distinct)
-        per_chain = part if per_chain is None else per_chain + part
-    assert per_chain is not None
+                r, own, where, column, (hi - lo, *slots))
+        return secure_sum(r, [f[lo:hi] for f in factors], cross, distinct)
+
+    def stream(r: Runtime, ranges: list[tuple[int, int]]) -> AShare:
+        total = chunk(r, *ranges[0])
+        for lo, hi in ranges[1:]:
+            total = total + chunk(r, lo, hi)
+        return total
+
+    ranges = spans(n, rt.chunk_rows(width))
+    if len(ranges) > 1:
+        # Two streams of chunks at once, so one's rounds wait while the other's messages
+        # travel (a chunk's comparison is a chain of small rounds); two chunks' temporaries.
+        first, second = rt.parallel(lambda r: stream(r, ranges[0::2]),
+                                    lambda r: stream(r, ranges[1::2]))
+        per_chain = first + second
+    else:
+        per_chain = stream(rt, ranges)
     cells = per_chain.shape[1]
     a = np.zeros((len(plan.aggregates), cells), dtype=np.uint64)
     b = np.zeros_like(a)
