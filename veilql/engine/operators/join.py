@@ -180,27 +180,43 @@ def _match_sorted(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.n
     return ol[hit].astype(np.int64), orr[pos[hit]].astype(np.int64)
 
 
-def encode_positions(il: np.ndarray, ir: np.ndarray) -> np.ndarray:
-    """Matching positions as one uint64 array, offset by a fresh public random number.
+WIDE = np.dtype(np.uint64)  # the match positions' word when a side has 2^32 rows or more
+
+
+def position_dtype(*sizes: int) -> np.dtype:
+    """The word of the match positions of sides of these (public) sizes: 32 bits when
+    every position fits, which halves the viewer's messages; 64 bits otherwise."""
+    return np.dtype(np.uint32 if max(sizes, default=0) < 1 << 32 else np.uint64)
+
+
+def encode_positions(il: np.ndarray, ir: np.ndarray,
+                     dtype: np.dtype = WIDE) -> np.ndarray:
+    """Matching positions as one array of ``dtype`` words, offset by a fresh public random
+    number (modulo the word).
 
     The positions are public (they index rows in an order nobody can invert). The offset
     hides nothing; it only keeps small integers out of transcripts, so an audit that
     scans them for identifiers never mistakes a row position for someone's key.
 
-    >>> il, ir = decode_positions(encode_positions(np.array([4, 1]), np.array([0, 3])), "v")
+    >>> w = np.dtype(np.uint32)
+    >>> il, ir = decode_positions(encode_positions(np.array([4, 1]), np.array([0, 3]), w),
+    ...                           "v", w)
     >>> il.tolist(), ir.tolist()
     ([4, 1], [0, 3])
     """
-    offset = np.frombuffer(os.urandom(8), dtype=np.uint64)
-    body = np.concatenate([il, ir]).astype(np.int64).view(np.uint64) + offset
+    offset = np.frombuffer(os.urandom(dtype.itemsize), dtype=dtype)
+    body = np.concatenate([il, ir]).astype(dtype)
+    body += offset
     return np.concatenate([offset, body])
 
 
-def decode_positions(data: np.ndarray, viewer: str) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of ``encode_positions``; ProtocolError when malformed."""
-    if data.dtype != np.uint64 or data.ndim != 1 or len(data) % 2 != 1:
+def decode_positions(data: np.ndarray, viewer: str,
+                     dtype: np.dtype = WIDE) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``encode_positions`` (int64 positions); ProtocolError when malformed."""
+    if data.dtype != dtype or data.ndim != 1 or len(data) % 2 != 1:
         raise ProtocolError(f"malformed join positions from {viewer!r}")
-    pos = (data[1:] - data[0]).view(np.int64)
+    pos = (data[1:] - data[0]).astype(np.int64) if dtype.itemsize < 8 else \
+        (data[1:] - data[0]).view(np.int64)
     half = len(pos) // 2
     return pos[:half], pos[half:]
 
@@ -227,16 +243,17 @@ def join_stage(
         lambda r: _shuffle_open(r, left, tag, stage.viewer, consume, lead + 1),
         lambda r: _shuffle_open(r, right, tag, stage.viewer, consume, lead + 2))
     msg = rt.tag("join-match")
+    word = position_dtype(left.n, right.n)
     viewer = rt.party_index(stage.viewer)
     others = [rt.parties[i] for i in range(3) if i != viewer]
     if rt.me == viewer:
         assert tl is not None and tr is not None
         il, ir = match(tl, tr)
         for name in others:
-            rt.transport.send_array(name, msg, encode_positions(il, ir))
+            rt.transport.send_array(name, msg, encode_positions(il, ir, word))
     else:
         il, ir = decode_positions(rt.transport.recv_array(stage.viewer, msg, rt.timeout),
-                                  stage.viewer)
+                                  stage.viewer, word)
         if len(il) and (il.max() >= left.n or ir.max() >= right.n or min(il.min(), ir.min()) < 0):
             raise ProtocolError(f"join positions from {stage.viewer!r} are out of range")
     rt.rounds += 1
