@@ -104,3 +104,30 @@ def test_a_failed_program_is_raised_at_once_while_another_still_waits() -> None:
     took = run_three(prog)
     release.set()
     assert max(took) < 5, took
+
+
+def test_a_party_stalled_in_one_program_is_named_within_the_timeout() -> None:
+    # A party that goes silent in the second of two concurrent programs (e.g. the second
+    # side's shuffle): its peers are told who, within the timeout, not after both end.
+    from veilql.errors import PartyUnavailable
+
+    def prog(rt: Runtime, x):  # type: ignore[no-untyped-def]
+        def side(r: Runtime) -> np.ndarray:
+            return r.open(r.shuffle([r.share(0, x, 64)])[0])
+
+        def stalls(r: Runtime) -> np.ndarray:
+            if r.me == 2:
+                time.sleep(2)  # silent: no message, no heartbeat
+            return r.open(r.shuffle([r.share(0, x, 64)])[0])
+
+        started = time.monotonic()
+        try:
+            rt.parallel(side, stalls)
+        except PartyUnavailable as exc:
+            return time.monotonic() - started, str(exc)
+        return time.monotonic() - started, ""
+
+    xs = np.arange(64, dtype=U64)
+    res = run_three(prog, [xs, None, None], timeout=0.5)
+    for took, message in res[:2]:
+        assert took < 1.8 and "p2" in message, (took, message)
