@@ -599,3 +599,26 @@ def test_unguarded_script_cannot_start_parties_recursively(
     with pytest.raises(UsageError, match="inside a party process"):
         run_parties_tls("unguarded_mod:target", ["a", "b"], timeout=5, connect_timeout=3,
                         wall_timeout=30)
+
+
+def test_party_links_get_large_socket_buffers_only_where_the_kernel_allows(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A quiet direction with an autotuned small window sent at a third of a WAN link's rate
+    # (bench/wan.py); a fixed buffer below the kernel's cap would be worse than autotuning.
+    import socket
+
+    from veilql.engine.transport import tlsconn
+
+    plain = socket.socket()
+    default = plain.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if tlsconn._kernel_limit("rmem_max") >= tlsconn.SOCKET_BUFFER:
+        big = socket.socket()
+        tlsconn.tune(big)
+        assert big.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= tlsconn.SOCKET_BUFFER
+        big.close()
+    monkeypatch.setattr(tlsconn, "_kernel_limit", lambda name: 212992)  # a stock kernel
+    small = socket.socket()
+    tlsconn.tune(small)
+    assert small.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == default
+    assert small.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    plain.close()
+    small.close()

@@ -47,13 +47,25 @@ SOCKET_BUFFER = 4 << 20
 
 
 def tune(raw: socket.socket) -> None:
-    """No Nagle delay on small frames; socket buffers of ``SOCKET_BUFFER`` bytes."""
+    """No Nagle delay on small frames; socket buffers of ``SOCKET_BUFFER`` bytes where the
+    kernel allows that much (a fixed buffer below it would cap the window lower than the
+    kernel's own autotuning may grow it, so then the buffers are left to the kernel)."""
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            raw.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        except OSError:
-            pass  # the kernel's defaults then
+    for opt, limit in ((socket.SO_RCVBUF, "rmem_max"), (socket.SO_SNDBUF, "wmem_max")):
+        if _kernel_limit(limit) >= SOCKET_BUFFER:
+            try:
+                raw.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:
+                pass  # the kernel's autotuning then
+
+
+def _kernel_limit(name: str) -> int:
+    """Linux's ``net.core.<name>`` in bytes (0 where it cannot be read)."""
+    try:
+        with open(f"/proc/sys/net/core/{name}") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 def connect_with_retry(
