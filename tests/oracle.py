@@ -43,6 +43,28 @@ def oblivious_federation(src: Path, dst: Path, max_units: int = 100_000) -> Path
     return fed
 
 
+def local_federation(name: str, parties: tuple[str, ...]) -> str:
+    """A federation file's text: ``parties`` in-process, each a DuckDB file under ``data/``,
+    policies under ``policies/``, and analyst ``oracle`` with an unlimited budget."""
+    return "\n".join(["[federation]", f'name = "{name}"', 'policies = "policies"', ""] + [
+        f'[[party]]\nname = "{p}"\naddress = "local"\nconnector = "duckdb:data/{p}.duckdb"\n'
+        for p in parties] + ["[analyst.oracle]", "epsilon = 1e15", "delta = 0.5", ""])
+
+
+def write_unit_table(path: Path, columns: str, rows: list[tuple[Any, ...]]) -> None:
+    """DuckDB file ``path`` with table ``t (unit BIGINT, <columns>)`` holding ``rows``
+    (one parameterised statement: executemany is slow)."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(f"CREATE TABLE t (unit BIGINT, {columns})")
+        if rows:
+            one = "(" + ", ".join("?" * len(rows[0])) + ")"
+            con.execute(f"INSERT INTO t VALUES {', '.join([one] * len(rows))}",
+                        [v for row in rows for v in row])
+    finally:
+        con.close()
+
+
 def union_connection(federation: Federation) -> duckdb.DuckDBPyConnection:
     """One DuckDB holding every party's tables as ``party.table`` views (the trusted union)."""
     con = duckdb.connect()

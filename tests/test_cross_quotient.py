@@ -23,11 +23,17 @@ from fractions import Fraction
 from functools import partial
 from pathlib import Path
 
-import duckdb
 import pytest
 from adversarial.test_transcript_scan import records_of
 from click.testing import CliRunner
-from oracle import oracle_pair, plain, run_huge, union_connection
+from oracle import (
+    local_federation,
+    oracle_pair,
+    plain,
+    run_huge,
+    union_connection,
+    write_unit_table,
+)
 from test_oracle import check_statistics
 
 import veilql
@@ -41,9 +47,7 @@ from veilql.policies.loader import load_federation
 
 PEOPLE = 40
 PARTIES = ("alice", "bob", "carol")
-FEDERATION = "\n".join(["[federation]", 'name = "quotients"', 'policies = "policies"', ""] + [
-    f'[[party]]\nname = "{p}"\naddress = "local"\nconnector = "duckdb:data/{p}.duckdb"\n'
-    for p in PARTIES] + ["[analyst.oracle]", "epsilon = 1e15", "delta = 0.5", ""])
+FEDERATION = local_federation("quotients", PARTIES)
 POLICIES = {
     "alice": """
 f = { role = "value", bounds = [0, 100], decimals = 2 }
@@ -118,14 +122,7 @@ def build(root: Path, change: bool = False) -> Path:
                 row = (None, *row[1:4], None, *row[5:])
             if _rand(u * 5 + len(party), 10) != 0 or u in (3, 5):  # not everyone everywhere
                 rows.append((u, *row))
-        con = duckdb.connect(str(root / "data" / f"{party}.duckdb"))
-        try:
-            con.execute(f"CREATE TABLE t (unit BIGINT, {types[party]})")
-            values = ", ".join("(" + ", ".join("NULL" if v is None else repr(v) for v in row)
-                               + ")" for row in rows)  # one statement: executemany is slow
-            con.execute(f"INSERT INTO t VALUES {values}")
-        finally:
-            con.close()
+        write_unit_table(root / "data" / f"{party}.duckdb", types[party], rows)
     return root / "federation.toml"
 
 

@@ -19,10 +19,17 @@ import random
 from functools import partial
 from pathlib import Path
 
-import duckdb
 import pytest
 from lengths import received, run_recorded
-from oracle import HUGE_EPSILON, oracle_pair, plain, run_huge, same
+from oracle import (
+    HUGE_EPSILON,
+    local_federation,
+    oracle_pair,
+    plain,
+    run_huge,
+    same,
+    write_unit_table,
+)
 
 import veilql
 from veilql.errors import ConfigError
@@ -31,9 +38,7 @@ from veilql.ui.formats import render
 
 PEOPLE = 40
 PARTIES = ("alice", "bob", "carol")
-FEDERATION = "\n".join(["[federation]", 'name = "null_groups"', 'policies = "policies"', ""] + [
-    f'[[party]]\nname = "{p}"\naddress = "local"\nconnector = "duckdb:data/{p}.duckdb"\n'
-    for p in PARTIES] + ["[analyst.oracle]", "epsilon = 1e15", "delta = 0.5", ""])
+FEDERATION = local_federation("null_groups", PARTIES)
 # g, h: nullable with values; s: the same values, not nullable (its NULL rows are no cell);
 # k: nullable integers, never NULL in the data (its NULL cell is a noisy 0)
 POLICIES = {
@@ -86,12 +91,7 @@ def build(root: Path, moved_null: bool = False) -> Path:
             f'[tables.t.columns]\nunit = {{ role = "key" }}{POLICIES[party]}')
         rows = [(u, *_row(party, u, moved_null and u == MOVED)) for u in range(1, PEOPLE + 1)
                 if u % 7 != (PARTIES.index(party) + 1)]  # not everyone everywhere
-        con = duckdb.connect(str(root / "data" / f"{party}.duckdb"))
-        try:
-            con.execute(f"CREATE TABLE t (unit BIGINT, {TYPES[party]})")
-            con.executemany(f"INSERT INTO t VALUES ({', '.join('?' * len(rows[0]))})", rows)
-        finally:
-            con.close()
+        write_unit_table(root / "data" / f"{party}.duckdb", TYPES[party], rows)
     return root / "federation.toml"
 
 

@@ -20,10 +20,17 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import duckdb
 import pytest
 from lengths import received, run_recorded
-from oracle import HUGE_EPSILON, oblivious_federation, plain, same, union_connection
+from oracle import (
+    HUGE_EPSILON,
+    local_federation,
+    oblivious_federation,
+    plain,
+    same,
+    union_connection,
+    write_unit_table,
+)
 
 import veilql
 from veilql.engine.rewrite import compile_plan
@@ -32,9 +39,7 @@ from veilql.errors import PolicyError, QueryError, UnsupportedError
 
 PEOPLE = 48
 PARTIES = ("alice", "bob", "carol")
-FEDERATION = "\n".join(["[federation]", 'name = "where_across"', 'policies = "policies"', ""] + [
-    f'[[party]]\nname = "{p}"\naddress = "local"\nconnector = "duckdb:data/{p}.duckdb"\n'
-    for p in PARTIES] + ["[analyst.oracle]", "epsilon = 1e15", "delta = 0.5", ""])
+FEDERATION = local_federation("where_across", PARTIES)
 DATES = [dt.date(2024, 1, 1) + dt.timedelta(days=9 * i) for i in range(6)]
 POLICIES = {
     "alice": ("2", """
@@ -105,12 +110,7 @@ def build(root: Path, change: bool = False) -> Path:
             for j in range(1 + (party == "alice" and u % 3 == 0)):
                 row = (MOVES[party][change] if u == MOVED else _row(party, u, j))
                 rows.append((u, *row))
-        con = duckdb.connect(str(root / "data" / f"{party}.duckdb"))
-        try:
-            con.execute(f"CREATE TABLE t (unit BIGINT, {TYPES[party]})")
-            con.executemany(f"INSERT INTO t VALUES ({', '.join('?' * (len(rows[0])))})", rows)
-        finally:
-            con.close()
+        write_unit_table(root / "data" / f"{party}.duckdb", TYPES[party], rows)
     return root / "federation.toml"
 
 
