@@ -23,6 +23,7 @@ from veilql.engine.sql.joins import is_optional
 from veilql.engine.sql.scope import Scope
 from veilql.engine.sql.statistics import check_across_parties
 from veilql.engine.sql.statistics import statistic as _statistic
+from veilql.engine.sql.syntax import unparen
 from veilql.errors import PolicyError, UnsupportedError
 
 Signature = tuple[str, str]
@@ -63,7 +64,7 @@ def bind_aggregate(node: exp.Expr, scope: Scope) -> tuple[Output, Signature]:
                                checks.SUPPORTED_SQL)
     kind: OutputKind = "sum" if isinstance(node, exp.Sum) else "avg"
     func = kind.upper()
-    arg = _unparen(node.this)
+    arg = unparen(node.this)
     inner = node.this
     lowered = _cross_argument(node, arg, kind, cond, cross, scope)
     if lowered is not None:
@@ -91,12 +92,6 @@ def bind_aggregate(node: exp.Expr, scope: Scope) -> tuple[Output, Signature]:
     name = f"{kind}_{plain.name}" if isinstance(plain, exp.Column) else kind
     return _with_cross(Output(name, kind, expr=expr, bounds=bounds),
                        (kind, expr.sql(dialect="duckdb")), cross)
-
-
-def _unparen(node: exp.Expr) -> exp.Expr:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    return node
 
 
 def _parties(node: exp.Expr, scope: Scope) -> set[str]:
@@ -173,7 +168,7 @@ def _cross_argument(node: exp.Sum | exp.Avg, arg: exp.Expr, kind: OutputKind,
     conds, results = functions.branches(arg)
     if not any(len(_parties(c, scope)) > 1 for c in conds):
         return None
-    default = _unparen(results[-1])
+    default = unparen(results[-1])
     zero = isinstance(default, exp.Literal) and not default.is_string and \
         float(default.this) == 0
     if len(conds) != 1 or not (zero or isinstance(default, exp.Null)):
@@ -189,7 +184,7 @@ def _cross_argument(node: exp.Sum | exp.Avg, arg: exp.Expr, kind: OutputKind,
             "for the average over the rows where it holds")
     checks.check_predicate(conds[0], scope.resolve, func)
     when, across = _split_cross(scope.qualify(conds[0]), scope)
-    value = _unparen(results[0])
+    value = unparen(results[0])
     if not list(value.find_all(exp.Column)):
         if not (isinstance(value, exp.Literal) and not value.is_string
                 and float(value.this) == 1 and kind == "sum"):

@@ -26,6 +26,7 @@ from sqlglot import exp
 from veilql.engine.sql import functions
 from veilql.engine.sql.bound import BoundColumn
 from veilql.engine.sql.functions import ROW_EXPRESSIONS, refuse_group_as_value, refuse_key
+from veilql.engine.sql.syntax import unparen
 from veilql.errors import PolicyError, UnsupportedError
 
 Resolver = Callable[[exp.Column], BoundColumn]
@@ -261,17 +262,11 @@ def limit_value(limit: exp.Limit) -> int:
     return int(value.this)
 
 
-def _unparen(node: exp.Expr) -> exp.Expr:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    return node
-
-
 def is_literal(node: exp.Expr) -> bool:
     """True for a number/string/boolean literal, possibly negated or in parentheses."""
-    node = _unparen(node)
+    node = unparen(node)
     while isinstance(node, exp.Neg):
-        node = _unparen(node.this)
+        node = unparen(node.this)
     return isinstance(node, exp.Literal | exp.Boolean)
 
 
@@ -308,7 +303,7 @@ __all__ = ["SUPPORTED_SQL", "check_count", "check_predicate", "check_statement",
 def check_predicate(node: exp.Expr, resolve: Resolver, where: str = "WHERE") -> None:
     """Check a condition: boolean structure over comparisons, IN, BETWEEN, LIKE, IS NULL,
     CASE, and the roles of every column (``functions.check_roles``)."""
-    node = _unparen(node)
+    node = unparen(node)
     if isinstance(node, exp.And | exp.Or):
         check_predicate(node.this, resolve, where)
         check_predicate(node.expression, resolve, where)
@@ -346,7 +341,7 @@ def check_count(
     if isinstance(arg, exp.Star):
         return None
     if isinstance(arg, exp.Distinct) and len(arg.expressions) == 1:
-        inner = _unparen(arg.expressions[0])
+        inner = unparen(arg.expressions[0])
         if isinstance(inner, exp.Column):
             col = resolve(inner)
             if units.get(col.alias) == col.column:

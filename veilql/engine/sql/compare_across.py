@@ -27,6 +27,7 @@ from sqlglot import exp
 
 from veilql.engine.sql.bound import BoundColumn
 from veilql.engine.sql.statistics import is_quotient
+from veilql.engine.sql.syntax import short, unparen
 from veilql.engine.sql.typecheck import TypeChecker
 from veilql.errors import PolicyError, UnsupportedError
 
@@ -47,7 +48,7 @@ def coded_pair(node: exp.Expr, checker: TypeChecker) -> bool:
         node = node.this
     if not isinstance(node, _COMPARE):
         return False
-    pair = (_unparen(node.this), _unparen(node.expression))
+    pair = (unparen(node.this), unparen(node.expression))
     if not all(isinstance(c, exp.Column) for c in pair):
         return False
     if any(checker.column(c).kind != "num" for c in pair):  # type: ignore[arg-type]
@@ -81,7 +82,7 @@ def check_groups(node: exp.Expr, sides: Sequence[Sequence[BoundColumn]]) -> None
 def _two_groups(node: exp.Expr, sides: Sequence[Sequence[BoundColumn]]) -> bool:
     if not isinstance(node, _COMPARE) or len(sides) != 2:
         return False
-    if not all(isinstance(_unparen(o), exp.Column) for o in (node.this, node.expression)):
+    if not all(isinstance(unparen(o), exp.Column) for o in (node.this, node.expression)):
         return False
     cols = [side[0] for side in sides if len(side) == 1]
     return len(cols) == 2 and all(c.policy.role == "group" for c in cols) and \
@@ -102,21 +103,21 @@ def check_division(node: exp.Expr, operands: Sequence[exp.Expr],
 
     op = op_text(node)
     if isinstance(node, _COMPARE) and is_quotient(node.this, party_of):
-        inner = _unparen(node.expression)
-        inner = _unparen(inner.this) if isinstance(inner, exp.Neg) else inner
+        inner = unparen(node.expression)
+        inner = unparen(inner.this) if isinstance(inner, exp.Neg) else inner
         if isinstance(inner, exp.Literal) and not inner.is_string:
             return
         raise UnsupportedError(
-            f"a quotient across parties ({_short(node.this)}) is compared on shares only "
-            f"with a number written in the query, not with {_short(node.expression)} ({op})",
+            f"a quotient across parties ({short(node.this)}) is compared on shares only "
+            f"with a number written in the query, not with {short(node.expression)} ({op})",
             "multiply out instead, e.g. a.x > 2 * b.y rather than a.x / b.y > 2, or write "
             "the number")
     if isinstance(node, _COMPARE) and is_quotient(node.expression, party_of):
         raise UnsupportedError(
             f"division in a comparison across parties ({op}): write the quotient "
-            f"{_short(node.expression)} on the left of the comparison",
-            f"e.g. {_short(node.expression)} {_FLIPPED.get(op, op)} "
-            f"{_short(node.this)}")
+            f"{short(node.expression)} on the left of the comparison",
+            f"e.g. {short(node.expression)} {_FLIPPED.get(op, op)} "
+            f"{short(node.this)}")
     raise UnsupportedError(
         f"division in a comparison across parties ({op}) is supported only as N / D "
         "compared with a number, D one party's expression (a.x / (b.y + 1) > 2)",
@@ -126,12 +127,3 @@ def check_division(node: exp.Expr, operands: Sequence[exp.Expr],
 _FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "=": "=", "<>": "<>"}
 
 
-def _unparen(node: exp.Expr) -> exp.Expr:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    return node
-
-
-def _short(node: exp.Expr) -> str:
-    text = node.sql(dialect="duckdb")
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -36,6 +36,7 @@ from typing import Any
 from sqlglot import exp
 
 from veilql.engine.sql.bound import BoundColumn
+from veilql.engine.sql.syntax import short, unparen
 from veilql.errors import PolicyError, UnsupportedError
 
 Resolver = Callable[[exp.Column], BoundColumn]
@@ -77,17 +78,6 @@ MAX_DECIMALS = 6
 MAX_DERIVED_DOMAIN = 1000
 
 
-def _unparen(node: exp.Expr) -> exp.Expr:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    return node
-
-
-def _short(node: exp.Expr) -> str:
-    text = node.sql(dialect="duckdb")
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def is_condition(node: exp.Expr) -> bool:
     """True for an expression whose value is a boolean by construction.
 
@@ -95,7 +85,7 @@ def is_condition(node: exp.Expr) -> bool:
     >>> is_condition(sqlglot.parse_one("a > 0 AND b IS NULL")), is_condition(exp.column("a"))
     (True, False)
     """
-    return isinstance(_unparen(node), (*_BOOLEAN, exp.Boolean))
+    return isinstance(unparen(node), (*_BOOLEAN, exp.Boolean))
 
 
 # ---------------------------------------------------------------- roles
@@ -135,7 +125,7 @@ def check_roles(node: exp.Expr, resolve: Resolver, *, context: str, where: str,
 
 def _roles(node: exp.Expr, resolve: Resolver, context: str, arith: bool, where: str,
            what: str, found: list[BoundColumn]) -> None:
-    node = _unparen(node)
+    node = unparen(node)
     if isinstance(node, exp.Column):
         col = resolve(node)
         found.append(col)
@@ -169,7 +159,7 @@ def _roles(node: exp.Expr, resolve: Resolver, context: str, arith: bool, where: 
             _roles(result, resolve, context, arith, where, what, found)
         return
     if isinstance(node, exp.Add | exp.Sub) and any(
-            isinstance(_unparen(c), exp.Interval) for c in (node.this, node.expression)):
+            isinstance(unparen(c), exp.Interval) for c in (node.this, node.expression)):
         for child in node.iter_expressions():  # date arithmetic: d + INTERVAL 1 DAY
             _roles(child, resolve, context, arith, where, what, found)
         return
@@ -182,7 +172,7 @@ def _roles(node: exp.Expr, resolve: Resolver, context: str, arith: bool, where: 
             _roles(child, resolve, context, arith, where, what, found)
         return
     raise UnsupportedError(
-        f"{_short(node)} is not supported in {where}",
+        f"{short(node)} is not supported in {where}",
         "use columns, literals, arithmetic, CASE and the functions of docs/reference.md")
 
 
@@ -206,7 +196,7 @@ def branches(node: exp.Expr) -> tuple[list[exp.Expr], list[exp.Expr]]:
 def _exposed(node: exp.Expr) -> list[exp.Column]:
     """The columns whose values an operand compares: not those only tested by a condition
     inside it (``CASE WHEN g = 'a' THEN x END`` compares x, not g)."""
-    node = _unparen(node)
+    node = unparen(node)
     if isinstance(node, exp.Column):
         return [node]
     if isinstance(node, (*_BOOLEAN, exp.Boolean)):
@@ -257,7 +247,7 @@ def value_decimals(node: exp.Expr, decimals_of: Callable[[exp.Column], int]) -> 
     powers get ``MAX_DECIMALS``; FLOOR, CEIL and date parts none; ROUND(x, n) at most n.
     ``decimals_of`` gives a column's declared digits.
     """
-    node = _unparen(node)
+    node = unparen(node)
     if isinstance(node, exp.Column):
         return min(decimals_of(node), MAX_DECIMALS)
     if isinstance(node, exp.Literal):
@@ -276,7 +266,7 @@ def value_decimals(node: exp.Expr, decimals_of: Callable[[exp.Column], int]) -> 
         inner = value_decimals(node.this, decimals_of)
         if digits is None:
             return 0
-        lit = _unparen(digits)
+        lit = unparen(digits)
         n = int(lit.this) if isinstance(lit, exp.Literal) and lit.is_int else MAX_DECIMALS
         return max(0, min(inner, n))
     if isinstance(node, exp.Case):
@@ -394,7 +384,7 @@ def group_domain(expr: exp.Expression, columns: Sequence[BoundColumn],
     ``interval`` gives the expression's interval under the declared bounds (None when it
     has none); ``integer`` is true when the expression's values are whole numbers.
     """
-    node = _unparen(expr)
+    node = unparen(expr)
     if isinstance(node, exp.Column) and len(columns) == 1:
         return columns[0].policy.domain
     literal = _literal_results(node)
@@ -422,12 +412,12 @@ def group_domain(expr: exp.Expression, columns: Sequence[BoundColumn],
 def integer_valued(node: exp.Expr) -> bool:
     """True when ``node`` is whole-numbered by construction (FLOOR, CEIL, ROUND(x), date
     parts, % of such, and sums, differences and products of these and integers)."""
-    node = _unparen(node)
+    node = unparen(node)
     if isinstance(node, _INTEGER_RESULTS):
         return True
     if isinstance(node, exp.Round):
         d = node.args.get("decimals")
-        return d is None or (isinstance(_unparen(d), exp.Literal) and _unparen(d).this == "0")
+        return d is None or (isinstance(unparen(d), exp.Literal) and unparen(d).this == "0")
     if isinstance(node, exp.Literal):
         return not node.is_string and re.fullmatch(r"-?\d+", node.this) is not None
     if isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Mod):
@@ -455,10 +445,10 @@ _NOT_LITERAL = object()
 
 
 def _literal_value(node: exp.Expr) -> Any:
-    node = _unparen(node)
+    node = unparen(node)
     sign = 1
     while isinstance(node, exp.Neg):
-        sign, node = -sign, _unparen(node.this)
+        sign, node = -sign, unparen(node.this)
     if isinstance(node, exp.Null):
         return None
     if isinstance(node, exp.Boolean) and sign == 1:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from sqlglot import exp
 
 from veilql.engine.sql.limits import MAX_INLINED_NODES
+from veilql.engine.sql.syntax import short
 from veilql.errors import PolicyError, UnsupportedError
 
 # table reference (party, table) -> its usable column names (from the policies), for
@@ -35,11 +36,6 @@ ColumnsOf = Callable[[str, str], Sequence[str] | None]
 
 _HINT = ("a WITH or subquery in FROM may be a plain SELECT over party tables (columns, "
          "expressions, joins, WHERE); aggregate in the outer query")
-
-
-def _short(node: exp.Expr) -> str:
-    text = node.sql(dialect="duckdb")
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def inline_subqueries(select: exp.Expression, columns_of: ColumnsOf | None = None,
@@ -144,7 +140,7 @@ def _inline(select: exp.Select, entry: exp.Expression, body: exp.Select, alias: 
     tables = [body.args["from_"].this] + [j.this for j in body.args.get("joins") or []]
     for t in tables:  # base tables, or a table aggregated per person (kept as it is)
         if not isinstance(t, exp.Table) and not is_per_unit(t):
-            raise UnsupportedError(f"{_short(t)} inside the subquery {alias} is not "
+            raise UnsupportedError(f"{short(t)} inside the subquery {alias} is not "
                                    "supported", _HINT)
 
     def names_of(t: exp.Expression) -> Sequence[str] | None:

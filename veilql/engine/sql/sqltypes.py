@@ -11,6 +11,7 @@ from datetime import date, datetime, time
 
 from sqlglot import exp
 
+from veilql.engine.sql.syntax import short, unparen
 from veilql.errors import UnsupportedError
 from veilql.policies.model import ColumnPolicy
 
@@ -130,12 +131,6 @@ def kind_name(t: SqlType) -> str:
 # ---------------------------------------------------------------- literals
 
 
-def _short(node: exp.Expr) -> str:
-    """The SQL of ``node`` for a message, cut to a readable length."""
-    text = node.sql(dialect="duckdb")
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def literal_type(node: exp.Literal | exp.Boolean) -> SqlType:
     """The type of a literal as the parties' engines read it; refuse unreadable numbers.
 
@@ -151,7 +146,7 @@ def literal_type(node: exp.Literal | exp.Boolean) -> SqlType:
         digits = text.lstrip("0") or "0"
         if len(digits) > 38:
             raise UnsupportedError(
-                f"the number {_short(node)} is too large ({len(digits)} digits)",
+                f"the number {short(node)} is too large ({len(digits)} digits)",
                 "use a smaller number, or write it with an exponent, e.g. 1e30",
             )
         return SqlType("num", "integer literal")
@@ -164,11 +159,11 @@ def literal_type(node: exp.Literal | exp.Boolean) -> SqlType:
     try:
         value = float(text)
     except ValueError:
-        raise UnsupportedError(f"{_short(node)} is not a number the engines can read",
+        raise UnsupportedError(f"{short(node)} is not a number the engines can read",
                                "write numbers as digits, e.g. 12, 0.5 or 1e6") from None
     if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
         raise UnsupportedError(
-            f"the number {_short(node)} is out of range (at most 1e36 in size)",
+            f"the number {short(node)} is out of range (at most 1e36 in size)",
             "use a smaller number",
         )
     return SqlType("num", "floating-point literal", flt=True)
@@ -198,14 +193,6 @@ def _temporal_ok(kind: str, text: str) -> bool:
     return False
 
 
-
-
-def _unparen(node: exp.Expr) -> exp.Expr:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    return node
-
-
 #: Ranges of the parts EXTRACT takes (a public domain for GROUP BY EXTRACT(...)).
 DATE_PART_RANGES: dict[str, tuple[float, float]] = {
     "month": (1, 12), "quarter": (1, 4), "day": (1, 31), "dayofmonth": (1, 31),
@@ -229,12 +216,12 @@ def date_part(node: exp.Expr) -> str:
     'month'
     """
     if isinstance(node, exp.Extract):
-        part = _unparen(node.this)
+        part = unparen(node.this)
         name = part.name if isinstance(part, exp.Var | exp.Literal | exp.Column) else ""
         name = name.lower()
         if name not in DATE_PART_RANGES:
             raise UnsupportedError(
-                f"EXTRACT({name.upper() or _short(part)} FROM ...) is not supported",
+                f"EXTRACT({name.upper() or short(part)} FROM ...) is not supported",
                 "extract one of: " + ", ".join(sorted(DATE_PART_RANGES)))
         return name
     return {exp.Year: "year", exp.Month: "month", exp.Quarter: "quarter", exp.Day: "day",
@@ -246,37 +233,37 @@ def _check_unit(node: exp.Expr, unit: exp.Expr | None) -> None:
     if name.endswith("s") and name[:-1] in DATE_UNITS:
         name = name[:-1]
     if name not in DATE_UNITS:
-        raise UnsupportedError(f"{_short(node)}: unit {name or '?'} is not supported",
+        raise UnsupportedError(f"{short(node)}: unit {name or '?'} is not supported",
                                "use one of: " + ", ".join(sorted(DATE_UNITS)))
 
 
 def _interval_literal(node: exp.Expr) -> None:
     """``INTERVAL 'n' unit`` with an integer written in the query."""
     if not isinstance(node, exp.Interval):
-        raise UnsupportedError(f"{_short(node)} is not an interval", "write INTERVAL 3 DAY")
-    value = _unparen(node.this)
+        raise UnsupportedError(f"{short(node)} is not an interval", "write INTERVAL 3 DAY")
+    value = unparen(node.this)
     text = value.this if isinstance(value, exp.Literal) else ""
     if not re.fullmatch(r"-?\d{1,6}", str(text).strip()):
-        raise UnsupportedError(f"{_short(node)}: an interval takes one integer written in "
+        raise UnsupportedError(f"{short(node)}: an interval takes one integer written in "
                                "the query", "write e.g. INTERVAL 30 DAY")
     _check_unit(node, node.args.get("unit"))
 
 
 def _has_interval(node: exp.Expr) -> bool:
-    return any(isinstance(_unparen(c), exp.Interval) for c in (node.this, node.expression))
+    return any(isinstance(unparen(c), exp.Interval) for c in (node.this, node.expression))
 
 
 def _date_literal(node: exp.Cast) -> SqlType:
     """``DATE '2024-01-31'`` / ``TIMESTAMP '...'`` (sqlglot's casts of a string literal)."""
     target = node.to.this.name.upper() if node.to is not None else ""
-    lit = _unparen(node.this)
+    lit = unparen(node.this)
     if not (isinstance(lit, exp.Literal) and lit.is_string) or not (
             target in ("DATE", "DATETIME") or target.startswith("TIMESTAMP")):
-        raise UnsupportedError(f"CAST is not supported ({_short(node)})",
+        raise UnsupportedError(f"CAST is not supported ({short(node)})",
                                "only DATE '...' and TIMESTAMP '...' literals are; write a "
                                "factor as 3e0 to compute in floating point")
     if not _temporal_ok("date", lit.this):
-        raise UnsupportedError(f"{_short(node)} is not a valid date",
+        raise UnsupportedError(f"{short(node)} is not a valid date",
                                "write it in ISO form, e.g. DATE '2024-01-31'")
     return SqlType("date", "DATE" if target == "DATE" else "TIMESTAMP")
 
@@ -301,7 +288,7 @@ def _conditions(node: exp.Expr) -> list[exp.Expr]:
     """The conditions of CASE / IF (NULLIF compares its two arguments)."""
     if isinstance(node, exp.Case):
         if node.this is not None:
-            raise UnsupportedError(f"CASE x WHEN ... ({_short(node)}) is not supported",
+            raise UnsupportedError(f"CASE x WHEN ... ({short(node)}) is not supported",
                                    "write CASE WHEN x = ... THEN ...")
         return [i.this for i in node.args.get("ifs") or []]
     if isinstance(node, exp.If):

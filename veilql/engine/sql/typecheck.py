@@ -45,13 +45,12 @@ from veilql.engine.sql.sqltypes import (
     MAX_DECIMALS,
     MAX_FIXED,
     SqlType,
-    _short,
     _temporal_ok,
-    _unparen,
     column_type,
     kind_name,
     literal_type,
 )
+from veilql.engine.sql.syntax import short, unparen
 from veilql.engine.sql.typecheck_exprs import ExpressionTypes
 from veilql.engine.sql.typecheck_numbers import NumberChecks
 from veilql.errors import UnsupportedError
@@ -80,30 +79,30 @@ class TypeChecker(NumberChecks, ExpressionTypes):
 
     def describe(self, node: exp.Expr, t: SqlType) -> str:
         """``node`` and its type for a message, e.g. ``column c.region (type VARCHAR)``."""
-        node = _unparen(node)
+        node = unparen(node)
         if isinstance(node, exp.Column):
-            return f"column {_short(node)} ({kind_name(t)})"
+            return f"column {short(node)} ({kind_name(t)})"
         if isinstance(node, exp.Literal) and node.is_string:
-            return f"the string {_short(node)}"
+            return f"the string {short(node)}"
         if isinstance(node, exp.Literal):
-            return f"the number {_short(node)}"
+            return f"the number {short(node)}"
         if isinstance(node, exp.Boolean):
-            return _short(node)
-        return f"{_short(node)} ({kind_name(t)})"
+            return short(node)
+        return f"{short(node)} ({kind_name(t)})"
 
     # -- kinds of operands
 
     def operand(self, node: exp.Expr, *, party: bool) -> SqlType:
         """The type of a comparison operand; arithmetic in it is checked on the way."""
-        inner = _unparen(node)
+        inner = unparen(node)
         if isinstance(inner, exp.Column):
             return self.column(inner)
         if isinstance(inner, exp.Literal | exp.Boolean):
             return literal_type(inner)
-        if isinstance(inner, exp.Neg) and isinstance(_unparen(inner.this), exp.Literal):
-            t = literal_type(_unparen(inner.this))  # type: ignore[arg-type]
+        if isinstance(inner, exp.Neg) and isinstance(unparen(inner.this), exp.Literal):
+            t = literal_type(unparen(inner.this))  # type: ignore[arg-type]
             if t.kind != "num":
-                raise UnsupportedError(f"{_short(inner)} negates a string",
+                raise UnsupportedError(f"{short(inner)} negates a string",
                                        "negate numbers only")
             return t
         if party:
@@ -139,7 +138,7 @@ class TypeChecker(NumberChecks, ExpressionTypes):
             if xt.kind in ("date", "time"):
                 if yt.kind == xt.kind:
                     return
-                lit = _unparen(y)
+                lit = unparen(y)
                 if (yt.kind == "str" and isinstance(lit, exp.Literal) and lit.is_string
                         and _temporal_ok(xt.kind, lit.this)):
                     return
@@ -152,26 +151,26 @@ class TypeChecker(NumberChecks, ExpressionTypes):
                     )
         raise UnsupportedError(
             f"{self.describe(a, at)} cannot be compared with {self.describe(b, bt)} in "
-            f"{_short(node)}",
+            f"{short(node)}",
             self._fix(a, at, b, bt),
         )
 
     def _fix(self, a: exp.Expr, at: SqlType, b: exp.Expr, bt: SqlType) -> str:
         kinds = {at.kind, bt.kind}
         for x, xt, y in ((a, at, b), (b, bt, a)):
-            ly = _unparen(y)
+            ly = unparen(y)
             if xt.kind == "num" and isinstance(ly, exp.Literal) and ly.is_string:
                 if re.fullmatch(r"\s*[+-]?(\d+\.?\d*|\.\d+)\s*", ly.this):
                     return (f"write the number without quotes: {ly.this.strip()} rather than "
-                            f"{_short(ly)}")
-                return (f"{_short(_unparen(x))} holds numbers: compare it with a number, "
+                            f"{short(ly)}")
+                return (f"{short(unparen(x))} holds numbers: compare it with a number, "
                         "e.g. > 100")
             if xt.kind == "str" and isinstance(ly, exp.Literal) and not ly.is_string:
-                return (f"{_short(_unparen(x))} holds text: compare it with a string, e.g. "
+                return (f"{short(unparen(x))} holds text: compare it with a string, e.g. "
                         f"= '{ly.this}'; an engine would otherwise convert every row's "
                         "text to a number")
             if xt.kind == "bool":
-                return f"compare {_short(_unparen(x))} with TRUE or FALSE"
+                return f"compare {short(unparen(x))} with TRUE or FALSE"
         if kinds == {"num", "str"}:
             return ("compare text columns with text and numeric columns with numbers; an "
                     "engine would otherwise convert every row")
@@ -183,7 +182,7 @@ class TypeChecker(NumberChecks, ExpressionTypes):
         """Check a boolean condition (WHERE; HAVING with ``party=False``)."""
         stack = [node]
         while stack:
-            n = _unparen(stack.pop())
+            n = unparen(stack.pop())
             if isinstance(n, exp.And | exp.Or):
                 stack += [n.this, n.expression]
             elif isinstance(n, exp.Not):
@@ -205,7 +204,7 @@ class TypeChecker(NumberChecks, ExpressionTypes):
             else:
                 t = self.operand(n, party=party)
                 if t.kind not in ("bool", None):
-                    raise UnsupportedError(f"{_short(n)} is not a condition",
+                    raise UnsupportedError(f"{short(n)} is not a condition",
                                            "write a comparison, e.g. x > 1")
 
     def _like(self, node: exp.Expr) -> None:
@@ -213,25 +212,25 @@ class TypeChecker(NumberChecks, ExpressionTypes):
         escape = None
         if isinstance(node, exp.Escape):
             node, escape = node.this, node.expression
-        pattern = _unparen(node.expression)
+        pattern = unparen(node.expression)
         if not (isinstance(pattern, exp.Literal) and pattern.is_string):
-            raise UnsupportedError(f"{_short(node)}: the pattern must be a string written in "
+            raise UnsupportedError(f"{short(node)}: the pattern must be a string written in "
                                    "the query", "write e.g. x LIKE 'north%'")
         if escape is not None and not (isinstance(escape, exp.Literal) and escape.is_string
                                        and len(escape.this) == 1):
-            raise UnsupportedError(f"{_short(node)}: ESCAPE takes one character",
+            raise UnsupportedError(f"{short(node)}: ESCAPE takes one character",
                                    "write ESCAPE '!'")
         self._text_argument(node, node.this)
 
     def _is(self, node: exp.Is) -> None:
         """``x IS [NOT] NULL`` on any expression; ``x IS [NOT] TRUE/FALSE`` on booleans."""
-        target = _unparen(node.expression)
+        target = unparen(node.expression)
         t = self.expr_type(node.this)
         if isinstance(target, exp.Null):
             return
         if isinstance(target, exp.Boolean) and t.kind in ("bool", None):
             return
-        raise UnsupportedError(f"{_short(node)} is not supported",
+        raise UnsupportedError(f"{short(node)} is not supported",
                                "write x IS NULL, x IS NOT NULL, or b IS TRUE for a boolean")
 
     # -- fixed point
@@ -273,11 +272,9 @@ class TypeChecker(NumberChecks, ExpressionTypes):
             )
 
 
-
-
 def _magnitude_of_parts(checker: TypeChecker, node: exp.Expr) -> float:
     """A bound on every per-party part of a linear expression: the sum of its terms' sizes."""
-    node = _unparen(node)
+    node = unparen(node)
     if isinstance(node, exp.Add | exp.Sub):
         return _magnitude_of_parts(checker, node.this) + _magnitude_of_parts(
             checker, node.expression)
@@ -304,11 +301,11 @@ def check_types(bound: BoundQuery) -> None:
             func = out.kind.upper()
             if not list(out.expr.find_all(exp.Column)):
                 raise UnsupportedError(
-                    f"{func}({_short(out.expr)}) reads no column",
+                    f"{func}({short(out.expr)}) reads no column",
                     "aggregate a value column; to scale a count, multiply the released "
                     "COUNT(*) afterwards",
                 )
-            arg = _unparen(out.expr)
+            arg = unparen(out.expr)
             if isinstance(arg, exp.Column) and checker.column(arg).kind == "bool":
                 # SUM(flag) counts TRUE as 1: the party's SQL clamps it as an integer.
                 checker.fixed_point(out.expr, max(abs(b) for b in out.bounds or (0.0, 1.0)),
@@ -355,7 +352,7 @@ def _check_cross_party(checker: TypeChecker, conj: exp.Expression, bound: BoundQ
     """Each party's part of a comparison across parties is a fixed-point number."""
     stack: list[exp.Expr] = [conj]
     while stack:
-        n = _unparen(stack.pop())
+        n = unparen(stack.pop())
         parties = {bound.table(c.table).party for c in n.find_all(exp.Column)
                    if c.table in {t.alias for t in bound.tables + bound.dimensions}}
         if len(parties) < 2:
@@ -382,7 +379,7 @@ def _check_cross_party(checker: TypeChecker, conj: exp.Expression, bound: BoundQ
                     )
             size = _magnitude_of_parts(checker, n.this) + _magnitude_of_parts(
                 checker, n.expression)
-            checker.fixed_point(n, size, f"a side of {_short(n)}")
+            checker.fixed_point(n, size, f"a side of {short(n)}")
 
 
 class _AnalystChecker(TypeChecker):

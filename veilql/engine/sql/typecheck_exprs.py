@@ -29,11 +29,10 @@ from veilql.engine.sql.sqltypes import (
     _interval_literal,
     _literal_value,
     _results,
-    _short,
     _text_arguments,
-    _unparen,
     literal_type,
 )
+from veilql.engine.sql.syntax import short, unparen
 from veilql.errors import UnsupportedError
 
 
@@ -46,7 +45,7 @@ class ExpressionTypes:
 
     def expr_type(self, node: exp.Expr) -> SqlType:
         """The type of an allowed row-level expression; its arguments are checked on the way."""
-        node = _unparen(node)
+        node = unparen(node)
         if isinstance(node, exp.Column):
             return self.column(node)
         if isinstance(node, exp.Literal | exp.Boolean):
@@ -55,10 +54,10 @@ class ExpressionTypes:
             return SqlType(None, "NULL")
         if isinstance(node, exp.Cast):
             return _date_literal(node)
-        if isinstance(node, exp.Neg) and isinstance(_unparen(node.this), exp.Literal):
-            t = literal_type(_unparen(node.this))  # type: ignore[arg-type]
+        if isinstance(node, exp.Neg) and isinstance(unparen(node.this), exp.Literal):
+            t = literal_type(unparen(node.this))  # type: ignore[arg-type]
             if t.kind != "num":
-                raise UnsupportedError(f"{_short(node)} negates a string",
+                raise UnsupportedError(f"{short(node)} negates a string",
                                        "negate numbers only")
             return t
         if isinstance(node, exp.And | exp.Or | exp.Not | exp.EQ | exp.NEQ | exp.LT | exp.LTE
@@ -70,16 +69,16 @@ class ExpressionTypes:
             for arg in _text_arguments(node):
                 self._text_argument(node, arg)
             length = node.args.get("length") if isinstance(node, exp.Substring) else None
-            if length is not None and isinstance(_unparen(length), exp.Neg):
-                raise UnsupportedError(f"{_short(node)}: a negative length fails in some "
+            if length is not None and isinstance(unparen(length), exp.Neg):
+                raise UnsupportedError(f"{short(node)}: a negative length fails in some "
                                        "engines", "give SUBSTRING a length >= 0")
             for arg in _int_arguments(node):
-                lit = _unparen(arg)
+                lit = unparen(arg)
                 if not (isinstance(lit, exp.Literal) and not lit.is_string and lit.is_int) \
                         and not (isinstance(lit, exp.Neg) and isinstance(
-                            _unparen(lit.this), exp.Literal)):
+                            unparen(lit.this), exp.Literal)):
                     raise UnsupportedError(
-                        f"{_short(node)}: positions and lengths must be integers written in "
+                        f"{short(node)}: positions and lengths must be integers written in "
                         "the query", "write e.g. SUBSTRING(x, 1, 3)")
             return SqlType("str", "VARCHAR")
         if isinstance(node, exp.Concat | exp.DPipe):
@@ -88,7 +87,7 @@ class ExpressionTypes:
                 t = self.expr_type(arg)
                 if t.kind not in ("str", None):
                     raise UnsupportedError(f"{self.describe(arg, t)} is not text, in "
-                                           f"{_short(node)}", "concatenate text only")
+                                           f"{short(node)}", "concatenate text only")
             return SqlType("str", "VARCHAR")
         if isinstance(node, exp.TimestampTrunc | exp.DateTrunc):
             self._date_argument(node, node.this)
@@ -96,17 +95,17 @@ class ExpressionTypes:
             return SqlType("date", "TIMESTAMP")
         if isinstance(node, exp.Add | exp.Sub) and _has_interval(node):
             date, interval = (node.expression, node.this) if isinstance(
-                _unparen(node.this), exp.Interval) else (node.this, node.expression)
-            if isinstance(node, exp.Sub) and isinstance(_unparen(node.this), exp.Interval):
-                raise UnsupportedError(f"{_short(node)} subtracts a date from an interval",
+                unparen(node.this), exp.Interval) else (node.this, node.expression)
+            if isinstance(node, exp.Sub) and isinstance(unparen(node.this), exp.Interval):
+                raise UnsupportedError(f"{short(node)} subtracts a date from an interval",
                                        "write date - INTERVAL ...")
-            _interval_literal(_unparen(interval))  # type: ignore[arg-type]
+            _interval_literal(unparen(interval))  # type: ignore[arg-type]
             self._date_argument(node, date)
             return SqlType("date", "TIMESTAMP")
         if isinstance(node, exp.Case | exp.If | exp.Coalesce | exp.Nullif):
             for cond in _conditions(node):
                 self.predicate(cond)
-            results = [r for r in _results(node) if not isinstance(_unparen(r), exp.Null)]
+            results = [r for r in _results(node) if not isinstance(unparen(r), exp.Null)]
             types = [self.expr_type(r) for r in results]
             kinds = {t.kind for t in types} - {None}
             if kinds <= {"num"} and results:
@@ -114,7 +113,7 @@ class ExpressionTypes:
                 return SqlType("num", "number")
             if len(kinds) > 1:
                 raise UnsupportedError(
-                    f"the results of {_short(node)} are of different types "
+                    f"the results of {short(node)} are of different types "
                     f"({', '.join(sorted(str(k) for k in kinds))})",
                     "give every branch the same type")
             return types[0] if types and kinds else SqlType(None, "unknown type")
@@ -164,10 +163,10 @@ class ExpressionTypes:
         return _Num(lo, hi, ints=_join_ints(a.ints, b.ints))
 
     def _division(self, node: exp.Div) -> _Num:
-        divisor = _unparen(node.expression)
+        divisor = unparen(node.expression)
         sign = 1.0
         while isinstance(divisor, exp.Neg):
-            sign, divisor = -sign, _unparen(divisor.this)
+            sign, divisor = -sign, unparen(divisor.this)
         if not (isinstance(divisor, exp.Literal) and not divisor.is_string):
             d = self.numeric(node.expression)
             if d.lo > 0 or d.hi < 0:  # the declared bounds exclude 0: the party clamps it
@@ -178,7 +177,7 @@ class ExpressionTypes:
             within = (f" (its declared bounds [{d.lo:.6g}, {d.hi:.6g}] include 0)"
                       if math.isfinite(d.lo) and math.isfinite(d.hi) else "")
             raise UnsupportedError(
-                f"division by {_short(node.expression)} is not supported: a party's engine "
+                f"division by {short(node.expression)} is not supported: a party's engine "
                 f"fails on a row where the divisor is 0{within}",
                 "declare bounds that exclude 0 for the divisor's columns (e.g. [1, 10]), "
                 "divide by a number written in the query (x / 12), or multiply out: "
@@ -187,7 +186,7 @@ class ExpressionTypes:
         literal_type(divisor)
         d = sign * _literal_value(divisor)
         if d == 0:
-            raise UnsupportedError(f"{_short(node)} divides by zero",
+            raise UnsupportedError(f"{short(node)} divides by zero",
                                    "divide by a non-zero number")
         a = self.numeric(node.this)
         ends = [a.lo / d, a.hi / d]
@@ -199,13 +198,13 @@ class ExpressionTypes:
             reach = "has no bounds" if math.isinf(n.magnitude) or math.isnan(n.lo) else \
                 f"can reach {n.magnitude:.3g}"
             raise UnsupportedError(
-                f"{_short(node)} {reach} within the columns' declared bounds (at most "
+                f"{short(node)} {reach} within the columns' declared bounds (at most "
                 "1e36): a party's engine could overflow on some rows",
                 "use smaller factors, or aggregate the parts separately",
             )
         if n.ints is not None and not (n.ints[0] <= n.lo and n.hi <= n.ints[1]):
             raise UnsupportedError(
-                f"{_short(node)} can reach [{n.lo:.6g}, {n.hi:.6g}] within the columns' "
+                f"{short(node)} can reach [{n.lo:.6g}, {n.hi:.6g}] within the columns' "
                 f"declared bounds, beyond the integer type it is computed in "
                 f"([{n.ints[0]}, {n.ints[1]}]): a party's engine would fail on some rows",
                 "compute in floating point by writing a factor with an exponent (e.g. 3e0 "
@@ -215,7 +214,7 @@ class ExpressionTypes:
             width, scale = n.dec
             if scale > 38 or n.magnitude >= 10.0 ** (width - scale):
                 raise UnsupportedError(
-                    f"{_short(node)} can reach {n.magnitude:.6g} within the columns' declared "
+                    f"{short(node)} can reach {n.magnitude:.6g} within the columns' declared "
                     f"bounds, beyond the DECIMAL({width},{scale}) it is computed in: a party's "
                     "engine would fail on some rows",
                     "compute in floating point by writing a factor with an exponent (e.g. "

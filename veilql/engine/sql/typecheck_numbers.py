@@ -20,11 +20,10 @@ from veilql.engine.sql.sqltypes import (
     _int_range,
     _literal_value,
     _results,
-    _short,
-    _unparen,
     date_part,
     literal_type,
 )
+from veilql.engine.sql.syntax import short, unparen
 from veilql.errors import UnsupportedError
 
 
@@ -40,17 +39,17 @@ class NumberChecks:
 
         Recursive over the tree; the parser's limits keep it shallow.
         """
-        node = _unparen(node)
+        node = unparen(node)
         if isinstance(node, exp.Column):
             return self._numeric_column(node)
         if isinstance(node, exp.Boolean):
-            raise UnsupportedError(f"{_short(node)} cannot be used in arithmetic",
+            raise UnsupportedError(f"{short(node)} cannot be used in arithmetic",
                                    "arithmetic takes value columns and numbers")
         if isinstance(node, exp.Literal):
             t = literal_type(node)
             if t.kind != "num":
                 raise UnsupportedError(
-                    f"the string {_short(node)} cannot be used in arithmetic",
+                    f"the string {short(node)} cannot be used in arithmetic",
                     "arithmetic takes value columns and numbers; write numbers without quotes",
                 )
             v = _literal_value(node)
@@ -65,7 +64,7 @@ class NumberChecks:
         if isinstance(node, exp.Add | exp.Sub | exp.Mul):
             a, b = self.numeric(node.this), self.numeric(node.expression)
             out = self._combine(type(node), a, b)
-            if isinstance(node, exp.Mul) and _unparen(node.this) == _unparen(node.expression):
+            if isinstance(node, exp.Mul) and unparen(node.this) == unparen(node.expression):
                 out = _square(out, a)  # x * x: one value squared, never below 0
             return self._checked(node, out)
         if isinstance(node, exp.Mod):
@@ -77,7 +76,7 @@ class NumberChecks:
             return fn if isinstance(node, exp.DateDiff) else self._checked(node, fn)
         if isinstance(node, exp.Null):
             return _Num(0.0, 0.0, lit=True)
-        raise UnsupportedError(f"{_short(node)} is not supported in arithmetic",
+        raise UnsupportedError(f"{short(node)} is not supported in arithmetic",
                                "use value columns, numbers, + - * / % and the numeric "
                                "functions of docs/reference.md")
 
@@ -85,15 +84,15 @@ class NumberChecks:
 
     def _mod(self, node: exp.Mod) -> _Num:
         """``x % k``: only by a non-zero number written in the query (engines fail on 0)."""
-        k = _unparen(node.expression)
+        k = unparen(node.expression)
         if not (isinstance(k, exp.Literal) and not k.is_string):
             raise UnsupportedError(
-                f"{_short(node)}: % is supported only by a number written in the query",
+                f"{short(node)}: % is supported only by a number written in the query",
                 "write x % 7 with a literal, non-zero divisor")
         literal_type(k)
         d = abs(_literal_value(k))
         if d == 0:
-            raise UnsupportedError(f"{_short(node)} divides by zero", "use a non-zero divisor")
+            raise UnsupportedError(f"{short(node)} divides by zero", "use a non-zero divisor")
         a = self.numeric(node.this)
         lo = 0.0 if a.lo >= 0 else max(a.lo, -d)
         hi = 0.0 if a.hi <= 0 else min(a.hi, d)
@@ -101,11 +100,11 @@ class NumberChecks:
 
     def _branches(self, node: exp.Expr) -> _Num:
         """CASE / IF / COALESCE / NULLIF as numbers: the hull of their results."""
-        results = [r for r in _results(node) if not isinstance(_unparen(r), exp.Null)]
+        results = [r for r in _results(node) if not isinstance(unparen(r), exp.Null)]
         for cond in _conditions(node):
             self.predicate(cond)
         if not results:
-            raise UnsupportedError(f"{_short(node)} is always NULL", "give it a value")
+            raise UnsupportedError(f"{short(node)} is always NULL", "give it a value")
         nums = [self.numeric(r) for r in results]
         return _hull(nums)
 
@@ -125,7 +124,7 @@ class NumberChecks:
             a = self.numeric(node.this)
             if a.lo < 0:
                 raise UnsupportedError(
-                    f"{_short(node)}: the argument can reach {a.lo:.6g} within the declared "
+                    f"{short(node)}: the argument can reach {a.lo:.6g} within the declared "
                     "bounds, and a square root of a negative number fails in an engine",
                     "take the root of a value whose declared bounds are >= 0, e.g. "
                     "SQRT(GREATEST(x, 0))")
@@ -136,7 +135,7 @@ class NumberChecks:
             a = self.numeric(node.this)
             if a.hi > 80:
                 raise UnsupportedError(
-                    f"{_short(node)}: the argument can reach {a.hi:.6g} within the declared "
+                    f"{short(node)}: the argument can reach {a.hi:.6g} within the declared "
                     "bounds, and EXP of it overflows (at most 80 is accepted)",
                     "narrow the argument, e.g. EXP(LEAST(x, 80))")
             return _Num(math.exp(a.lo) if math.isfinite(a.lo) else 0.0, math.exp(a.hi),
@@ -173,9 +172,9 @@ class NumberChecks:
         if isinstance(node, exp.Floor | exp.Ceil) and node.args.get("decimals") is not None:
             arg = node.args.get("decimals")
         if arg is not None:
-            lit = _unparen(arg)
+            lit = unparen(arg)
             if not (isinstance(lit, exp.Literal) and not lit.is_string and lit.is_int):
-                raise UnsupportedError(f"{_short(node)}: the digits must be an integer "
+                raise UnsupportedError(f"{short(node)}: the digits must be an integer "
                                        "written in the query", "write e.g. ROUND(x, 2)")
             digits = int(lit.this)
         if isinstance(node, exp.Floor):
@@ -194,19 +193,19 @@ class NumberChecks:
         base = 10.0 if isinstance(node, exp.Log) else math.e
         arg = node.this
         if isinstance(node, exp.Log) and node.expression is not None:
-            b = _unparen(node.this)
+            b = unparen(node.this)
             if not (isinstance(b, exp.Literal) and not b.is_string):
-                raise UnsupportedError(f"{_short(node)}: the base must be a number written "
+                raise UnsupportedError(f"{short(node)}: the base must be a number written "
                                        "in the query", "write LOG(2, x) or LN(x)")
             base = _literal_value(b)
             if base <= 0 or base == 1:
-                raise UnsupportedError(f"{_short(node)}: base {b.this} is not a valid base",
+                raise UnsupportedError(f"{short(node)}: base {b.this} is not a valid base",
                                        "use a base > 0 other than 1")
             arg = node.expression
         a = self.numeric(arg)
         if not a.lo > 0:
             raise UnsupportedError(
-                f"{_short(node)}: the argument can reach {a.lo:.6g} within the declared "
+                f"{short(node)}: the argument can reach {a.lo:.6g} within the declared "
                 "bounds, and the logarithm of a number <= 0 fails in an engine",
                 "take the logarithm of a value whose declared bounds are > 0, e.g. "
                 "LN(x + 1) for x >= 0")
@@ -215,23 +214,23 @@ class NumberChecks:
 
     def _power(self, node: exp.Pow) -> _Num:
         """POWER(x, k) with k a number written in the query."""
-        k = _unparen(node.expression)
+        k = unparen(node.expression)
         sign = 1.0
         while isinstance(k, exp.Neg):
-            sign, k = -sign, _unparen(k.this)
+            sign, k = -sign, unparen(k.this)
         if not (isinstance(k, exp.Literal) and not k.is_string):
-            raise UnsupportedError(f"{_short(node)}: the exponent must be a number written "
+            raise UnsupportedError(f"{short(node)}: the exponent must be a number written "
                                    "in the query", "write e.g. POWER(x, 2)")
         e = sign * _literal_value(k)
         a = self.numeric(node.this)
         if not float(e).is_integer() and a.lo < 0:
             raise UnsupportedError(
-                f"{_short(node)}: a fractional power of a value that can be negative "
+                f"{short(node)}: a fractional power of a value that can be negative "
                 f"({a.lo:.6g} within the declared bounds) is not a number",
                 "raise only values whose declared bounds are >= 0 to fractional powers")
         if e < 0 and a.lo <= 0 <= a.hi:
             raise UnsupportedError(
-                f"{_short(node)}: a negative power of a value whose declared bounds include "
+                f"{short(node)}: a negative power of a value whose declared bounds include "
                 "0 divides by zero", "use a positive exponent")
         points = [a.lo, a.hi] + ([0.0] if a.lo < 0 < a.hi else [])
         try:
@@ -248,7 +247,7 @@ class NumberChecks:
         t = self.expr_type(arg)
         if t.kind not in ("date", None):
             raise UnsupportedError(
-                f"{self.describe(arg, t)} is not a date, in {_short(node)}",
+                f"{self.describe(arg, t)} is not a date, in {short(node)}",
                 "date functions take DATE or TIMESTAMP columns, or DATE '2024-01-31'")
 
     def _text_argument(self, node: exp.Expr, arg: exp.Expr | None) -> None:
@@ -258,7 +257,7 @@ class NumberChecks:
         t = self.expr_type(arg)
         if t.kind not in ("str", None):
             raise UnsupportedError(
-                f"{self.describe(arg, t)} is not text, in {_short(node)}",
+                f"{self.describe(arg, t)} is not text, in {short(node)}",
                 "text functions take text columns and strings")
 
 
@@ -267,7 +266,7 @@ class NumberChecks:
     def _analyst_numeric(self, node: exp.Expr) -> None:
         stack = [node]
         while stack:
-            n = _unparen(stack.pop())
+            n = unparen(stack.pop())
             if isinstance(n, exp.Add | exp.Sub | exp.Mul | exp.Div):
                 stack += [n.this, n.expression]
             elif isinstance(n, exp.Neg):
@@ -281,7 +280,7 @@ class NumberChecks:
             elif isinstance(n, exp.Case | exp.If):  # CASE WHEN released condition THEN ...
                 stack += self._analyst_branches(n)
             elif not isinstance(n, exp.Column | exp.Literal | exp.Boolean | exp.Neg):
-                raise UnsupportedError(f"{_short(n)} is not supported over released values",
+                raise UnsupportedError(f"{short(n)} is not supported over released values",
                                        "use aggregates, literals, arithmetic, comparisons "
                                        "and CASE WHEN")
             else:
@@ -308,14 +307,14 @@ class NumberChecks:
     def released_value(self, node: exp.Expr) -> None:
         """A SELECT expression over released values: a condition, a CASE whose results are
         of one kind (text labels too), or a number."""
-        inner = _unparen(node)
+        inner = unparen(node)
         if functions.is_condition(inner):
             self.predicate(inner, party=False)
         elif isinstance(inner, exp.Case | exp.If):
             kinds = {self.operand(r, party=False).kind for r in self._analyst_branches(inner)
-                     if not isinstance(_unparen(r), exp.Null)}
+                     if not isinstance(unparen(r), exp.Null)}
             if len(kinds - {None}) > 1:
-                raise UnsupportedError(f"the results of {_short(inner)} are of different "
+                raise UnsupportedError(f"the results of {short(inner)} are of different "
                                        "types", "give every THEN and ELSE one type")
         else:
             self.operand(inner, party=False)
