@@ -130,6 +130,11 @@ class Connector(ABC):
         default knows the ``unique_columns`` (1 each)."""
         return dict.fromkeys(self.unique_columns(table), 1)
 
+    def result_types(self, sql_duckdb: str) -> list[str] | None:
+        """The engine's type of each result column of ``sql_duckdb`` (e.g. ``DECIMAL(12,2)``),
+        found without running it, or None when this engine cannot tell (the default)."""
+        return None
+
     def transpile(self, sql_duckdb: str) -> str:
         """Check that ``sql_duckdb`` is one read-only query and rewrite it in ``self.dialect``.
 

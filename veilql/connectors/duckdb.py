@@ -194,6 +194,19 @@ class DuckDBEngine(Connector):
             cur.close()
         return super().run_rows(sql_duckdb)
 
+    def result_types(self, sql_duckdb: str) -> list[str] | None:
+        """As ``Connector.result_types``: DuckDB binds the query (a relation is lazy; no row
+        is read) and names its result types; None when it does not bind."""
+        sql = self._transpiled(sql_duckdb)
+        with self._lock:
+            cur = self._con.cursor()
+        try:
+            return [str(t) for t in cur.sql(sql).types]
+        except Exception:  # noqa: BLE001 - not bound: the caller keeps the SQL as it is
+            return None
+        finally:
+            cur.close()
+
     def _require_table(self, table: str) -> None:
         if table not in self.catalog():
             raise QueryError(
