@@ -182,6 +182,7 @@ def test_released_cells_and_labels_equal_on_the_federations(
         with open_connector(fed.party(step.party).connector, fed.root) as conn:
             seen: list[str] = []
             monkeypatch.setattr(conn, "run", _recorder(conn.run, seen))
+            monkeypatch.setattr(conn, "run_rows", _recorder(conn.run_rows, seen))
             raw, raw_rows = fetch(step, conn, SEED, reduce=plan)
             # grouped by the raw keys unless a COUNT(DISTINCT) needs the per-row CASE (that
             # of the query, or partition selection's count of people beside a private key)
@@ -218,6 +219,7 @@ def test_an_outside_value_changes_no_sql_and_no_shape(tmp_path: Path) -> None:
         with open_connector(fed.party("bank").connector, fed.root) as conn:
             seen: list[str] = []
             conn.run = _recorder(conn.run, seen)  # type: ignore[method-assign]
+            conn.run_rows = _recorder(conn.run_rows, seen)  # type: ignore[method-assign]
             got, _ = fetch(plan.steps[0], conn, SEED, reduce=plan)
         texts.append(seen)
         values.append(got)

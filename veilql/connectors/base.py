@@ -23,6 +23,7 @@ INSERT, ...), so even a bug in the planner cannot write to a party's data.
 from __future__ import annotations
 
 import importlib
+import itertools
 import os.path
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -84,6 +85,9 @@ def engine_failure(exc: BaseException, spec: str, stage: str = "query") -> Local
     return LocalSQLError(f"{spec}: {type(exc).__name__}: {text}", stage=stage)
 
 
+_INSTANCES = itertools.count(1)  # numbers each connector opened in this process
+
+
 class Connector(ABC):
     """A party's data source: its catalog, and a runner for its local SQL.
 
@@ -100,6 +104,7 @@ class Connector(ABC):
 
     def __init__(self, location: Path) -> None:
         self.location = location
+        self.instance = next(_INSTANCES)  # tells this connector's kept rewrites apart
 
     @property
     def spec(self) -> str:
@@ -129,6 +134,13 @@ class Connector(ABC):
         have, as the engine enforces on every write (its catalog, never the rows). The
         default knows the ``unique_columns`` (1 each)."""
         return dict.fromkeys(self.unique_columns(table), 1)
+
+    def overfull_set(self, table: str, unit: str, m: int) -> str | None:
+        """An SQL set (for ``unit IN ...``) of the values of ``unit`` with more than ``m``
+        rows in ``table``, found once and kept while the connector is open, when the engine
+        guarantees the table cannot change meanwhile; None otherwise (the default: the
+        bounded SQL then finds them itself on every query)."""
+        return None
 
     def result_types(self, sql_duckdb: str) -> list[str] | None:
         """The engine's type of each result column of ``sql_duckdb`` (e.g. ``DECIMAL(12,2)``),

@@ -6,7 +6,9 @@ execution); ``files.FolderConnector`` builds on it for CSV and Parquet folders.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,14 @@ TRANSPILED_KEPT = 32
 _INTEGER_TYPES = INTEGER_TYPES
 
 
+KEPT_SET = "__veil_over"  # temporary tables of kept over-full units (``overfull_set``)
+
+
+def _quoted(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _keep(cache: dict[str, Any], key: str, value: Any) -> None:
     """Put ``value`` in ``cache``, dropping the oldest entry beyond ``TRANSPILED_KEPT``."""
     if key not in cache and len(cache) >= TRANSPILED_KEPT:
@@ -84,11 +94,13 @@ class DuckDBEngine(Connector):
     def __init__(self, location: Path, con: duckdb.DuckDBPyConnection) -> None:
         super().__init__(location)
         self._con = con
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a query run on the connection itself
         self._catalog: dict[str, list[ColumnInfo]] | None = None
         self._bounds: dict[str, dict[str, int]] | None = None
         self._transpiled_sql: dict[str, str] = {}
         self._statements: dict[str, Any] = {}  # SQL text -> its parsed DuckDB statement
+        self._overfull: dict[tuple[str, str, int], str] = {}  # (table, unit, m) -> table
+        self._kept_version = ""  # the file's fingerprint when the kept tables were made
         self._integer_only: dict[str, bool] = {}  # SQL text -> its result's columns are
 
     def transpile(self, sql_duckdb: str) -> str:
@@ -154,17 +166,33 @@ class DuckDBEngine(Connector):
     def _execute(self, sql: str) -> pa.Table:
         """Run ``sql`` on a fresh cursor; a failure is a ``LocalSQLError`` whose message
         is generic (DuckDB's text, which can quote a row's value, is in its ``detail``)."""
-        # One cursor per call: DuckDB connections are not safe to share across threads,
-        # cursors on the same database are.
+        with self._runner(sql) as cur:
+            try:
+                rel = cur.sql(self._statement(sql))
+                if rel is None:  # pragma: no cover - transpile admits queries only
+                    raise QueryError(f"local SQL for {self.spec} returned no result", None)
+                return rel.to_arrow_table()
+            except duckdb.Error as exc:
+                raise engine_failure(exc, self.spec) from None
+
+    def _check_kept(self) -> None:
+        """Bring kept over-full sets up to date (``DuckDBConnector``); none kept here."""
+
+    @contextlib.contextmanager
+    def _runner(self, sql: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """What runs ``sql``: a fresh cursor (DuckDB connections are not safe to share
+        across threads, cursors on the same database are), or, for a text that reads a kept
+        over-full set (a temporary table, seen by this connection only), the connection
+        itself, held under the lock until done."""
+        if KEPT_SET in sql:
+            with self._lock:
+                self._check_kept()
+                yield self._con
+            return
         with self._lock:
             cur = self._con.cursor()
         try:
-            rel = cur.sql(self._statement(sql))
-            if rel is None:  # pragma: no cover - transpile admits queries only
-                raise QueryError(f"local SQL for {self.spec} returned no result", None)
-            return rel.to_arrow_table()
-        except duckdb.Error as exc:
-            raise engine_failure(exc, self.spec) from None
+            yield cur
         finally:
             cur.close()
 
@@ -177,35 +205,29 @@ class DuckDBEngine(Connector):
         sql = self._transpiled(sql_duckdb)
         if self._integer_only.get(sql) is False:
             return super().run_rows(sql_duckdb)
-        with self._lock:
-            cur = self._con.cursor()
-        try:
-            cur.execute(self._statement(sql))
-            described = cur.description or []
-            integers = all(str(d[1]) in _INTEGER_TYPES for d in described)
-            with self._lock:
-                _keep(self._integer_only, sql, integers)
-            if integers:
-                names = [d[0] for d in described]
-                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        except Exception as exc:  # noqa: BLE001 - any engine failure; its text stays here
-            raise engine_failure(exc, self.spec) from None
-        finally:
-            cur.close()
+        with self._runner(sql) as cur:
+            try:
+                cur.execute(self._statement(sql))
+                described = cur.description or []
+                integers = all(str(d[1]) in _INTEGER_TYPES for d in described)
+                with self._lock:
+                    _keep(self._integer_only, sql, integers)
+                if integers:
+                    names = [d[0] for d in described]
+                    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            except Exception as exc:  # noqa: BLE001 - any engine failure; its text stays here
+                raise engine_failure(exc, self.spec) from None
         return super().run_rows(sql_duckdb)
 
     def result_types(self, sql_duckdb: str) -> list[str] | None:
         """As ``Connector.result_types``: DuckDB binds the query (a relation is lazy; no row
         is read) and names its result types; None when it does not bind."""
         sql = self._transpiled(sql_duckdb)
-        with self._lock:
-            cur = self._con.cursor()
-        try:
-            return [str(t) for t in cur.sql(sql).types]
-        except Exception:  # noqa: BLE001 - not bound: the caller keeps the SQL as it is
-            return None
-        finally:
-            cur.close()
+        with self._runner(sql) as cur:
+            try:
+                return [str(t) for t in cur.sql(sql).types]
+            except Exception:  # noqa: BLE001 - not bound: the caller keeps the SQL as it is
+                return None
 
     def _require_table(self, table: str) -> None:
         if table not in self.catalog():
@@ -240,3 +262,43 @@ class DuckDBConnector(DuckDBEngine):
         """Fingerprint of the whole database file and its write-ahead log."""
         self._require_table(table)
         return file_fingerprint(self.location, Path(str(self.location) + ".wal"))
+
+    def overfull_set(self, table: str, unit: str, m: int) -> str | None:
+        """As ``Connector.overfull_set``: the file is open read-only and DuckDB lets no
+        process open it for writing while it is (its file lock), so its rows do not change
+        under this connector. The over-full units of (table, unit, bound) are found once,
+        into a temporary table of this connection (its own memory; the values are the
+        party's own and stay in its process), read by every later query: the same text
+        whatever the rows, empty or not (``KEPT_SET`` names it; ``_runner``). Should the
+        file's fingerprint change all the same (its bytes rewritten in place by another
+        tool), every kept table is found again before the next query reads one."""
+        if table.lower() not in {t.lower() for t in self.catalog()}:
+            return None
+        key = (table.lower(), unit.lower(), int(m))
+        with self._lock:
+            name = self._overfull.get(key)
+            if name is None:
+                name = f"{KEPT_SET}{len(self._overfull)}"
+                if not self._overfull:
+                    self._kept_version = self.table_version(table)
+                self._keep_overfull(name, *key)
+                self._overfull[key] = name
+        return f"(SELECT u FROM temp.{name})"
+
+    def _keep_overfull(self, name: str, table: str, unit: str, m: int) -> None:
+        """(Re)make the temporary table ``name`` of the over-full units (under the lock)."""
+        q = _quoted(unit)
+        try:
+            self._con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {q} AS u FROM "
+                f"{_quoted(table)} WHERE {q} IS NOT NULL GROUP BY {q} HAVING COUNT(*) > {m}")
+        except duckdb.Error as exc:
+            raise engine_failure(exc, self.spec) from None
+
+    def _check_kept(self) -> None:
+        """Find the kept over-full units again if the file changed since (under the lock)."""
+        version = file_fingerprint(self.location, Path(str(self.location) + ".wal"))
+        if version != self._kept_version:
+            for (table, unit, m), name in self._overfull.items():
+                self._keep_overfull(name, table, unit, m)
+            self._kept_version = version

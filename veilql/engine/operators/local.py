@@ -127,7 +127,8 @@ def with_engine_facts(step: LocalStep, connector: Connector) -> LocalStep:
     duckdb = connector.dialect == "duckdb"
     if not duckdb and not any(cols for _, cols in facts):
         return step
-    key = (step.sql, facts, duckdb)
+    # The kept over-full units are the connector's own: its instance is part of the key.
+    key = (step.sql, facts, duckdb, connector.instance if duckdb else 0)
     with _FAST_LOCK:
         sql = _FAST.get(key)
     if sql is None:
@@ -143,7 +144,8 @@ def with_engine_facts(step: LocalStep, connector: Connector) -> LocalStep:
             k = bounds.get(table.lower(), {}).get(unit.lower())
             return k is not None and (k == 1 or k <= least.get(table.lower(), 0))
 
-        sql = engine_sql(step.sql, fits, materialize=duckdb)
+        sql = engine_sql(step.sql, fits, materialize=duckdb,
+                         overfull=connector.overfull_set if duckdb else None)
         with _FAST_LOCK:
             if len(_FAST) >= FAST_KEPT:
                 _FAST.pop(next(iter(_FAST)))  # the oldest
@@ -202,8 +204,9 @@ def run_engine(connector: Connector, sql: str) -> list[dict[str, Any]]:
 
 def light(step: LocalStep, plan: Plan) -> bool:
     """True when the engine reduces ``step`` (already ``with_engine_facts``) to ``plan``'s
-    aggregates with a streaming aggregate over one table read as it is: no ranked
-    (bounded) source, join, semi-join, per-person source, private group key, COUNT
+    aggregates with a streaming aggregate over one table read as it is: no scan for
+    over-full units (a source whose over-full units the engine kept reads them as a small
+    set: ``Connector.overfull_set``), join, semi-join, per-person source, private group key, COUNT
     (DISTINCT) or histogram (a quantile's or a large COUNT(DISTINCT x)'s buckets). Such a
     query leaves DuckDB nothing to hand back (at 10^6 rows: the same resident memory after
     30 queries with and without ``release_engine_memory``), so the 20-30 ms that costs is
@@ -214,7 +217,7 @@ def light(step: LocalStep, plan: Plan) -> bool:
             and all(c.role != "label" for c in step.columns)
             and all(a.kind != "count_distinct" and not a.family and not a.buckets
                     for a in plan.aggregates)
-            and "ROW_NUMBER" not in step.sql.upper())
+            and "HAVING COUNT(*) >" not in step.sql.upper())
 
 
 def release_engine_memory(connector: Connector) -> None:

@@ -110,7 +110,8 @@ def _local_sql(step: LocalStep, used: dict[str, set[str]]) -> str:
     return sqlglot.transpile(sql, read="duckdb", write="duckdb")[0]
 
 
-def _bounded(table: str, unit: str, cols: list[str], m: int, once: str = "") -> str:
+def _bounded(table: str, unit: str, cols: list[str], m: int, once: str = "",
+             listed: str = "") -> str:
     """At most ``m`` rows per unit of ``table`` (columns ``cols``, unit first), chosen by a
     hash of the row under the party's seed; rows without a unit dropped.
 
@@ -123,23 +124,32 @@ def _bounded(table: str, unit: str, cols: list[str], m: int, once: str = "") -> 
     person at 10^6 rows, 9x on three, same rows). With ``once`` (a name) it is computed
     once, as a materialized WITH of that name: DuckDB's own form, chosen at run time
     (``engine_sql``), 1.5-1.8x faster there at 10^6 rows (the plan keeps the portable one).
+    With ``listed`` (a parenthesised set: the over-full units the party's engine found once
+    and kept, ``Connector.overfull_set``) that set is read instead of the scan: the same
+    units, so the same rows.
     """
-    listed = ", ".join(cols)
+    names = ", ".join(cols)
     key = ", '|', ".join(f"CAST({c} AS VARCHAR)" for c in cols)
     seed = f"'{SEED_PLACEHOLDER}:{table}'"
     over = (f"SELECT {unit} FROM {table} WHERE {unit} IS NOT NULL GROUP BY {unit} "
             f"HAVING COUNT(*) > {m}")
-    found = f"SELECT {unit} FROM {once}" if once else over
-    ranked = (f"SELECT {listed}, ROW_NUMBER() OVER (PARTITION BY {unit} "
+    found = f"({over})"
+    if listed:
+        found, once = listed, ""
+    elif once:
+        found = f"(SELECT {unit} FROM {once})"
+    ranked = (f"SELECT {names}, ROW_NUMBER() OVER (PARTITION BY {unit} "
               f"ORDER BY MD5(CONCAT({seed}, '|', {key}))) AS __rn "
-              f"FROM {table} WHERE {unit} IN ({found})")
+              f"FROM {table} WHERE {unit} IN {found}")
     head = f"WITH {once} AS MATERIALIZED ({over}) " if once else ""
-    return (f"({head}SELECT {listed} FROM {table} WHERE {unit} IS NOT NULL AND NOT {unit} IN "
-            f"({found}) UNION ALL SELECT {listed} FROM ({ranked}) AS __b WHERE __rn <= {m})")
+    return (f"({head}SELECT {names} FROM {table} WHERE {unit} IS NOT NULL AND NOT {unit} IN "
+            f"{found} UNION ALL SELECT {names} FROM ({ranked}) AS __b WHERE __rn <= {m})")
 
 
 def engine_sql(sql: str, unique: Callable[[str, str], bool], *,
-               materialize: bool = False) -> str:
+               materialize: bool = False,
+               overfull: Callable[[str, str, int], str | None] | None = None,
+               ) -> str:
     """``sql`` (a step's local SQL) with each bounded source over a table whose unit column
     the party's engine keeps unique (``unique(table, unit)``) read as the table's rows with
     a unit: the same rows, without the ``GROUP BY unit HAVING COUNT(*) > m`` scan.
@@ -151,8 +161,10 @@ def engine_sql(sql: str, unique: Callable[[str, str], bool], *,
     is what the replacement reads. Only a source that is exactly ``_bounded``'s output
     (compared as a syntax tree) is replaced; anything else is left bounded. With
     ``materialize`` (a DuckDB engine) a source left bounded finds its over-full units once,
-    in a materialized WITH (``_bounded``'s ``once``), and value columns clamp with a CASE
-    (``_case_clamps``): the same rows and values.
+    in a materialized WITH (``_bounded``'s ``once``), or reads the set
+    ``overfull(table, unit, m)`` gives (the engine found and kept them:
+    ``Connector.overfull_set``), and value columns clamp with a CASE (``_case_clamps``):
+    the same rows and values.
 
     >>> from tests.sql_fixtures import federation
     >>> from veilql.engine.rewrite import compile_plan
@@ -176,8 +188,12 @@ def engine_sql(sql: str, unique: Callable[[str, str], bool], *,
                 f"SELECT {', '.join(cols)} FROM {name} WHERE NOT {unit} IS NULL",
                 read="duckdb"))
         elif materialize:
-            once = _bounded(name, unit, cols, m, once=f"__over{changed}")
-            node.replace(sqlglot.parse_one(f"SELECT * FROM {once} AS __x", read="duckdb")
+            kept = overfull(table.name, unit, m) if overfull is not None else None
+            if kept is not None:
+                source = _bounded(name, unit, cols, m, listed=kept)
+            else:
+                source = _bounded(name, unit, cols, m, once=f"__over{changed}")
+            node.replace(sqlglot.parse_one(f"SELECT * FROM {source} AS __x", read="duckdb")
                          .find(exp.Subquery).this)
         else:
             continue
