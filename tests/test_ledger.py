@@ -190,6 +190,43 @@ def test_abort_gives_back_and_commit_keeps(tmp_path: Path) -> None:
     assert led.verify().ok
 
 
+def test_reserve_with_commit_appends_both_entries_in_one_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reserve(commit=True)`` (a query no other party admits): the same reserve and
+    commit entries as the two calls, in one durable write once the ledger has its genesis;
+    the charge then stands (no abort), a commit is a no-op, and a refusal appends only the
+    refusal."""
+    from veilql.engine.ledger import ledger as ledger_module
+
+    writes: list[bytes] = []
+    real = ledger_module.append_durably
+    monkeypatch.setattr(ledger_module, "append_durably",
+                        lambda path, line: (writes.append(line), real(path, line))[1])
+    led = make(tmp_path, key=b"k" * 32)
+    first = led.reserve(ALICE, 0.25, 0, query_id="q1", sql="SELECT 1", tables=["loans"],
+                        commit=True)  # a new ledger: genesis, reserve, commit
+    assert first.committed and len(writes) == 3
+    second = led.reserve(ALICE, 0.25, 1e-7, query_id="q2", sql="SELECT 2",
+                         tables=["loans"], commit=True)
+    assert second.committed and len(writes) == 4 and writes[-1].count(b"\n") == 2
+    assert [e.kind for e in led.entries()] == ["genesis", "reserve", "commit", "reserve",
+                                                "commit"]
+    reserve, commit = (json.loads(x) for x in lines(led)[3:])
+    assert reserve["status"] == "reserved" and commit["status"] == "committed"
+    assert commit["ref"] == reserve["seq"] == 3 and commit["prev"] == reserve["hash"]
+    assert commit["query_id"] == "q2" and commit["delta"] == "0.0000001"
+    led.commit(second)  # idempotent: nothing appended
+    assert len(writes) == 4
+    with pytest.raises(LedgerError, match="already committed"):
+        led.abort(second, "too late")
+    assert led.spent("alice")[0] == Fraction(1, 2) and not led.open_reservations()
+    assert [c.status for c in led.history()] == ["committed", "committed"]
+    with pytest.raises(BudgetRefused):
+        led.reserve(ALICE, 0.75, 0, query_id="q3", commit=True, record_refusal=True)
+    assert [e.kind for e in led.entries()][-1] == "refused"
+    assert led.verify().ok and make(tmp_path, key=b"k" * 32).verify().ok  # re-read cold
+
+
 def test_entries_carry_what_compliance_reports_need(tmp_path: Path) -> None:
     led = make(tmp_path)
     r = led.reserve(ALICE, 0.5, 1e-7, query_id="q-7", sql="SELECT region, COUNT(*) ...",

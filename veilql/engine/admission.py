@@ -42,7 +42,10 @@ def reserve(node: PartyNode, transport: Transport, plan: Plan,
     budget for k queries releases exactly k however many race for it.
 
     The reservation is aborted here on any failure of the exchange (a peer that died,
-    a refusal elsewhere), so no reservation is ever left open by a live node.
+    a refusal elsewhere), so no reservation is ever left open by a live node. A query
+    only this party takes part in has nobody else to wait for: its reserve and commit are
+    appended at once (``Ledger.reserve(commit=True)``, one durable write), and the
+    reservation, committed, stands whatever happens next.
     """
     me = node.party.name
     tag = f"{request.query_id}/budget"
@@ -58,7 +61,8 @@ def reserve(node: PartyNode, transport: Transport, plan: Plan,
                 status = {"party": me, "ok": False, "skipped": True,
                           "message": f"{me}: not asked (another party refused first)"}
             else:
-                status = _try_reserve(node, plan, request)
+                status = _try_reserve(node, plan, request,
+                                      commit=list(participants(plan)) == [me])
                 reservation = status.pop("reservation")
             payload = json.dumps(status).encode()
             for other in participants(plan):
@@ -67,18 +71,20 @@ def reserve(node: PartyNode, transport: Transport, plan: Plan,
             transport.send(ANALYST, f"{tag}/{me}", payload)
             refused = refused or not status["ok"]
     except BaseException:
-        if reservation is not None:
+        if reservation is not None and not reservation.committed:
             node.ledger.abort(reservation, "the budget exchange failed")
         raise
     if refused:
-        if reservation is not None:
+        if reservation is not None and not reservation.committed:
             node.ledger.abort(reservation, "another party refused the query")
         raise Refused()
     return reservation
 
 
-def _try_reserve(node: PartyNode, plan: Plan, request: QueryRequest) -> dict:
-    """Reserve the plan's cost for the analyst; the outcome as a status message."""
+def _try_reserve(node: PartyNode, plan: Plan, request: QueryRequest, *,
+                 commit: bool = False) -> dict:
+    """Reserve the plan's cost for the analyst (and commit it at once with ``commit``);
+    the outcome as a status message."""
     me = node.party.name
     analyst = node.federation.analysts.get(request.analyst)
     if analyst is None:
@@ -92,7 +98,7 @@ def _try_reserve(node: PartyNode, plan: Plan, request: QueryRequest) -> dict:
         reservation = node.ledger.reserve(
             analyst, plan.epsilon, plan.delta, query_id=request.query_id,
             sql=request.sql, tables=tables, wait=wait, purpose=request.purpose,
-            identity=request.identity, record_refusal=True)
+            identity=request.identity, record_refusal=True, commit=commit)
     except BudgetRefused as refusal:
         return {"party": me, "ok": False, "reservation": None, "message": refusal.detail()}
     eps, delta = node.ledger.remaining(analyst)

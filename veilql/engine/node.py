@@ -189,7 +189,8 @@ class PartyNode:
                 reservation = admission.reserve(self, transport, plan, request)
                 begun = True  # every charged party admitted the query: the charge now stands
                 if reservation is not None:
-                    self.ledger.commit(reservation)
+                    if not reservation.committed:
+                        self.ledger.commit(reservation)
                     admission.announce_commit(self, transport, plan, qid)
                 plan = exchange(transport, plan, self.party.name, lambda: self.connector, qid,
                                 self._step)  # dimension tables (engine/dimensions.py)

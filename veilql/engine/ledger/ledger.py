@@ -122,7 +122,7 @@ class Ledger:
         self, analyst: Analyst, epsilon: Amount, delta: Amount = 0, *,
         query_id: str | None = None, sql: str = "", tables: Iterable[str] = (),
         wait: float = 0.0, purpose: str = "", identity: str = "self-asserted",
-        record_refusal: bool = False,
+        record_refusal: bool = False, commit: bool = False,
     ) -> Reservation:
         """Charge (epsilon, delta) to ``analyst`` if it fits the analyst's budget.
 
@@ -136,7 +136,10 @@ class Ledger:
         settle before deciding. The returned reservation is durable (fsynced) before this
         returns. ``purpose`` (the analyst's stated reason, ``entries.check_purpose``) and
         ``identity`` (``certificate`` when a node took the analyst from a client
-        certificate, else ``self-asserted``) are recorded in the entry.
+        certificate, else ``self-asserted``) are recorded in the entry. With ``commit`` (a
+        query no other party must admit) its commit entry is appended with it, both lines
+        in one durable write: the same two entries as ``reserve`` then ``commit``, one
+        fsync instead of two; the reservation says ``committed``.
         """
         eps = to_fraction(epsilon, what="epsilon")
         dlt = to_fraction(delta, what="delta")
@@ -158,14 +161,20 @@ class Ledger:
                 state = self._refresh()
                 remaining = self._remaining(state, analyst.name, budget)
                 if eps <= remaining[0] and dlt <= remaining[1]:
-                    entry = self._append(state, Entry(
+                    reserve = Entry(
                         seq=state.next_seq, prev=state.last_hash, kind="reserve",
                         time=now_utc(), party=self.party, analyst=analyst.name,
                         query_id=query_id, sql=sql, epsilon=eps, delta=dlt,
                         tables=table_list, status=STATUS["reserve"],
                         budget_epsilon=budget[0], budget_delta=budget[1],
                         purpose=purpose, identity=identity,
-                    ))
+                    )
+                    if commit and state.next_seq > 0:
+                        return self._reserve_committed(state, reserve)
+                    entry = self._append(state, reserve)
+                    if commit:  # a new ledger: its genesis first, then two appends
+                        self._settle_locked(state, self._reservation(entry), "commit", None)
+                        return replace(self._reservation(entry), committed=True)
                     return self._reservation(entry)
                 # Would it fit if the open reservations gave their charge back? Then wait
                 # for them to settle (bounded) instead of refusing a query that a moment
@@ -476,6 +485,32 @@ class Ledger:
             raise LedgerCorrupt(str(self.path), bad.index, bad.problem) from None
         return sealed
 
+    def _reserve_committed(self, state: ChainState, reserve: Entry) -> Reservation:
+        """Append ``reserve`` and its commit in one durable write (under the lock; the
+        ledger has its genesis already)."""
+        sealed = reserve.sealed(self._key)
+        commit = self._settlement(sealed, "commit", None, seq=sealed.seq + 1,
+                                  prev=sealed.hash).sealed(self._key)
+        lines = [sealed.line(), commit.line()]
+        state.ident = append_durably(self.path, b"".join(lines))
+        try:
+            for line in lines:
+                state.feed_line(line)
+        except BadEntry as bad:  # cannot happen unless the writer itself is wrong
+            self._state = None
+            raise LedgerCorrupt(str(self.path), bad.index, bad.problem) from None
+        return replace(self._reservation(sealed), committed=True)
+
+    def _settlement(self, reserve: Entry, kind: str, reason: str | None, *, seq: int,
+                    prev: str) -> Entry:
+        """The commit or abort entry of ``reserve``, at ``seq`` after ``prev``."""
+        return Entry(
+            seq=seq, prev=prev, kind=kind, time=now_utc(), party=self.party,
+            analyst=reserve.analyst, query_id=reserve.query_id, sql=reserve.sql,
+            epsilon=reserve.epsilon, delta=reserve.delta, tables=reserve.tables,
+            status=STATUS[kind], ref=reserve.seq, reason=reason if kind == "abort" else None,
+        )
+
     def _settle(self, reservation: Reservation, kind: str, reason: str | None) -> None:
         """Append a commit or abort for ``reservation`` after checking it is open here."""
         if reservation.party != self.party:
@@ -484,29 +519,28 @@ class Ledger:
                 f"{self.party!r}", "settle each reservation in the ledger that made it",
             )
         with self._locked():
-            state = self._refresh()
-            reserve = state.reserves.get(reservation.seq)
-            if reserve is None or reserve.hash != reservation.hash:
-                raise LedgerError(
-                    f"no reservation {reservation.seq} (query {reservation.query_id}) in "
-                    f"ledger {self.path}", "settle a reservation returned by this ledger",
-                )
-            done = state.settled.get(reservation.seq)
-            if done is not None:
-                if done.kind == kind:
-                    return
-                raise LedgerError(
-                    f"cannot {kind} reservation {reservation.seq} (query "
-                    f"{reservation.query_id}): it was already {done.status}",
-                    "a committed query stays charged; an aborted one must not be released",
-                )
-            self._append(state, Entry(
-                seq=state.next_seq, prev=state.last_hash, kind=kind, time=now_utc(),
-                party=self.party, analyst=reserve.analyst, query_id=reserve.query_id,
-                sql=reserve.sql, epsilon=reserve.epsilon, delta=reserve.delta,
-                tables=reserve.tables, status=STATUS[kind], ref=reservation.seq,
-                reason=reason if kind == "abort" else None,
-            ))
+            self._settle_locked(self._refresh(), reservation, kind, reason)
+
+    def _settle_locked(self, state: ChainState, reservation: Reservation, kind: str,
+                       reason: str | None) -> None:
+        """``_settle`` under the lock, on the refreshed ``state``."""
+        reserve = state.reserves.get(reservation.seq)
+        if reserve is None or reserve.hash != reservation.hash:
+            raise LedgerError(
+                f"no reservation {reservation.seq} (query {reservation.query_id}) in "
+                f"ledger {self.path}", "settle a reservation returned by this ledger",
+            )
+        done = state.settled.get(reservation.seq)
+        if done is not None:
+            if done.kind == kind:
+                return
+            raise LedgerError(
+                f"cannot {kind} reservation {reservation.seq} (query "
+                f"{reservation.query_id}): it was already {done.status}",
+                "a committed query stays charged; an aborted one must not be released",
+            )
+        self._append(state, self._settlement(reserve, kind, reason, seq=state.next_seq,
+                                             prev=state.last_hash))
 
     @staticmethod
     def _remaining(

@@ -20,7 +20,8 @@ class Reservation:
     """A charge appended to one party's ledger, to be committed or aborted.
 
     ``seq`` and ``hash`` identify the reserve entry, so a reservation cannot be settled in a
-    ledger it does not belong to.
+    ledger it does not belong to. ``committed``: its commit was appended with it
+    (``Ledger.reserve(commit=True)``).
     """
 
     party: str
@@ -32,6 +33,7 @@ class Reservation:
     delta: Fraction
     tables: tuple[str, ...]
     sql: str
+    committed: bool = False
 
 
 @dataclass(frozen=True)
