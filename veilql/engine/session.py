@@ -122,12 +122,16 @@ class Session:
 
     # -- compile ---------------------------------------------------------------------------
     def catalog(self) -> dict[str, dict[str, list[str]]]:
-        """Table and column names of every local party (public inside the federation)."""
+        """Table and column names of every local party (public inside the federation):
+        as the federation's loader read them when it did (the same moment as a session
+        opened at once), else from the party's connector."""
         self._check_open()
         if self._catalog is None:
             self._catalog = {
-                p.name: {t: [c.name for c in cols]
-                         for t, cols in self._node(p.name).connector.catalog().items()}
+                p.name: ({t: list(cols) for t, cols in p.catalog.items()}
+                         if p.catalog is not None else
+                         {t: [c.name for c in cols]
+                          for t, cols in self._node(p.name).connector.catalog().items()})
                 for p in self.federation.parties if p.is_local
             }
         return self._catalog

@@ -142,6 +142,8 @@ def load_federation(
                 connector=connector,
                 tables=tables,
                 policy_file=policy_file,
+                catalog=None if catalog is None else
+                {t: tuple(c.name for c in cols) for t, cols in catalog.items()},
             )
         )
 

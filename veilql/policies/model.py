@@ -96,6 +96,9 @@ class Party:
     connector: str  # e.g. "duckdb:/abs/path/bank.duckdb" (paths made absolute by the loader)
     tables: dict[str, TablePolicy] = field(default_factory=dict)
     policy_file: Path | None = None
+    # Table and column names of the connector's catalog when the loader read it (a local
+    # party), so that a session plans without opening every party's connector again.
+    catalog: dict[str, tuple[str, ...]] | None = field(default=None, compare=False)
 
     @property
     def is_local(self) -> bool:
