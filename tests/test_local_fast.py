@@ -22,7 +22,7 @@ from oracle import HUGE_EPSILON, oracle_federation, plain, same, union_connectio
 
 import veilql
 from veilql.connectors.base import Connector, open_connector
-from veilql.connectors.duckdb import KEPT_SET, DuckDBConnector
+from veilql.connectors.duckdb import KEPT_COLUMN, KEPT_SET, DuckDBConnector
 from veilql.engine.operators import local as local_ops
 from veilql.engine.operators.local import fetch, with_engine_facts
 from veilql.engine.rewrite import compile_plan
@@ -443,14 +443,14 @@ def test_kept_over_full_units_follow_a_rewritten_file(tmp_path: Path) -> None:
     con.execute("CREATE TABLE t AS SELECT range % 5 AS id, range AS v FROM range(12)")
     con.close()
     with DuckDBConnector(db) as conn:
-        kept = conn.overfull_set("t", "id", 2)
-        assert kept == f"(SELECT u FROM temp.{KEPT_SET}0)"
+        kept = conn.overfull_table("t", "id", 2)
+        assert kept == (f"temp.{KEPT_SET}0", KEPT_COLUMN)
         count = f"SELECT COUNT(*) AS n FROM temp.{KEPT_SET}0"
         assert conn.run(count).to_pylist() == [{"n": 2}]  # ids 0 and 1 have three rows
         conn._kept_version = "stale"  # as if the file had changed
         conn._con.execute(f"DELETE FROM temp.{KEPT_SET}0")  # a wrong set, to be replaced
         assert conn.run(count).to_pylist() == [{"n": 2}]  # found again before reading
         assert conn._kept_version != "stale"
-        assert conn.overfull_set("t", "id", 2) == kept  # the same table, not a second one
-        assert conn.overfull_set("T", "ID", 3) == f"(SELECT u FROM temp.{KEPT_SET}1)"
-        assert conn.overfull_set("missing", "id", 2) is None
+        assert conn.overfull_table("t", "id", 2) == kept  # the same table, not a second one
+        assert conn.overfull_table("T", "ID", 3) == (f"temp.{KEPT_SET}1", KEPT_COLUMN)
+        assert conn.overfull_table("missing", "id", 2) is None

@@ -135,11 +135,12 @@ class Connector(ABC):
         default knows the ``unique_columns`` (1 each)."""
         return dict.fromkeys(self.unique_columns(table), 1)
 
-    def overfull_set(self, table: str, unit: str, m: int) -> str | None:
-        """An SQL set (for ``unit IN ...``) of the values of ``unit`` with more than ``m``
-        rows in ``table``, found once and kept while the connector is open, when the engine
-        guarantees the table cannot change meanwhile; None otherwise (the default: the
-        bounded SQL then finds them itself on every query)."""
+    def overfull_table(self, table: str, unit: str, m: int) -> tuple[str, str] | None:
+        """``(table, column)`` naming a table that holds, in that one column, the values of
+        ``unit`` with more than ``m`` rows in ``table``, found once and kept while the
+        connector is open, when the engine guarantees the table cannot change meanwhile;
+        None otherwise (the default: the bounded SQL then finds them itself on every
+        query)."""
         return None
 
     def result_types(self, sql_duckdb: str) -> list[str] | None:

@@ -54,7 +54,8 @@ TRANSPILED_KEPT = 32
 _INTEGER_TYPES = INTEGER_TYPES
 
 
-KEPT_SET = "__veil_over"  # temporary tables of kept over-full units (``overfull_set``)
+KEPT_SET = "__veil_over"  # temporary tables of kept over-full units (``overfull_table``)
+KEPT_COLUMN = "__veil_u"  # their one column
 
 
 def _quoted(name: str) -> str:
@@ -263,8 +264,8 @@ class DuckDBConnector(DuckDBEngine):
         self._require_table(table)
         return file_fingerprint(self.location, Path(str(self.location) + ".wal"))
 
-    def overfull_set(self, table: str, unit: str, m: int) -> str | None:
-        """As ``Connector.overfull_set``: the file is open read-only and DuckDB lets no
+    def overfull_table(self, table: str, unit: str, m: int) -> tuple[str, str] | None:
+        """As ``Connector.overfull_table``: the file is open read-only and DuckDB lets no
         process open it for writing while it is (its file lock), so its rows do not change
         under this connector. The over-full units of (table, unit, bound) are found once,
         into a temporary table of this connection (its own memory; the values are the
@@ -283,14 +284,14 @@ class DuckDBConnector(DuckDBEngine):
                     self._kept_version = self.table_version(table)
                 self._keep_overfull(name, *key)
                 self._overfull[key] = name
-        return f"(SELECT u FROM temp.{name})"
+        return f"temp.{name}", KEPT_COLUMN
 
     def _keep_overfull(self, name: str, table: str, unit: str, m: int) -> None:
         """(Re)make the temporary table ``name`` of the over-full units (under the lock)."""
         q = _quoted(unit)
         try:
             self._con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {q} AS u FROM "
+                f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {q} AS {KEPT_COLUMN} FROM "
                 f"{_quoted(table)} WHERE {q} IS NOT NULL GROUP BY {q} HAVING COUNT(*) > {m}")
         except duckdb.Error as exc:
             raise engine_failure(exc, self.spec) from None

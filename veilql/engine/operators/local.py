@@ -145,7 +145,7 @@ def with_engine_facts(step: LocalStep, connector: Connector) -> LocalStep:
             return k is not None and (k == 1 or k <= least.get(table.lower(), 0))
 
         sql = engine_sql(step.sql, fits, materialize=duckdb,
-                         overfull=connector.overfull_set if duckdb else None)
+                         overfull=connector.overfull_table if duckdb else None)
         with _FAST_LOCK:
             if len(_FAST) >= FAST_KEPT:
                 _FAST.pop(next(iter(_FAST)))  # the oldest
@@ -205,9 +205,9 @@ def run_engine(connector: Connector, sql: str) -> list[dict[str, Any]]:
 def light(step: LocalStep, plan: Plan) -> bool:
     """True when the engine reduces ``step`` (already ``with_engine_facts``) to ``plan``'s
     aggregates with a streaming aggregate over one table read as it is: no scan for
-    over-full units (a source whose over-full units the engine kept reads them as a small
-    set: ``Connector.overfull_set``), join, semi-join, per-person source, private group key, COUNT
-    (DISTINCT) or histogram (a quantile's or a large COUNT(DISTINCT x)'s buckets). Such a
+    over-full units (a source whose over-full units the engine kept reads that small table:
+    ``Connector.overfull_table``), join, semi-join, per-person source, private group key,
+    COUNT (DISTINCT) or histogram (a quantile's or a large COUNT(DISTINCT x)'s buckets). Such a
     query leaves DuckDB nothing to hand back (at 10^6 rows: the same resident memory after
     30 queries with and without ``release_engine_memory``), so the 20-30 ms that costs is
     skipped. Decided from the plan and the schema only, never the rows.
