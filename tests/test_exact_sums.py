@@ -20,6 +20,7 @@ from veilql.connectors.duckdb import DuckDBConnector
 from veilql.engine.operators import exact_sums
 from veilql.engine.operators import factors as fac
 from veilql.engine.operators.exact_sums import EngineSums, scaled_after_sum
+from veilql.engine.operators.local import PartyRows
 from veilql.engine.plan.nodes import AggregateSpec, GroupKey, LocalStep, Plan, Term
 
 SEED = "0123456789abcdef" * 2
@@ -77,17 +78,17 @@ def conn(tmp_path_factory: pytest.TempPathFactory) -> DuckDBConnector:
 
 
 def _both(plan: Plan, conn: DuckDBConnector, monkeypatch: pytest.MonkeyPatch
-          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+          ) -> tuple[np.ndarray, np.ndarray, list[str], list[PartyRows]]:
     """The reduction with the rewrite and without it (per-row form, no filter, no
-    simplification), and the SQL the engine ran with it."""
+    simplification), the SQL the engine ran with it, and both private labels."""
     seen: list[str] = []
     run = conn._execute
     monkeypatch.setattr(conn, "_execute", lambda sql: (seen.append(sql), run(sql))[1])
-    fast, _ = fac.reduce_in_engine(plan, plan.steps[0], conn, SEED)
+    fast, rows = fac.reduce_in_engine(plan, plan.steps[0], conn, SEED)
     with monkeypatch.context() as m:
         m.setattr(fac, "scaled_after_sum", lambda sql, *a: EngineSums(sql))
-        slow, _ = fac.reduce_in_engine(plan, plan.steps[0], conn, SEED)
-    return fast, slow, seen
+        slow, slow_rows = fac.reduce_in_engine(plan, plan.steps[0], conn, SEED)
+    return fast, slow, seen, [rows, slow_rows]
 
 
 @pytest.mark.parametrize("lo,hi,digits", [("0", "100", 2), ("-20", "200.5", 1), ("-3", "3", 0),
@@ -97,7 +98,7 @@ def test_sums_scaled_once_equal_the_per_row_form(i: int, lo: str, hi: str, digit
                                                  conn: DuckDBConnector,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     plan = _plan(_value(f"t.x{i}", lo, hi, digits))
-    fast, slow, seen = _both(plan, conn, monkeypatch)
+    fast, slow, seen, _ = _both(plan, conn, monkeypatch)
     assert np.array_equal(fast, slow), (TYPES[i], fast, slow)
     assert fast[0].sum() > 0 and fast[1].any()
     kind = TYPES[i].replace(" ", "")
@@ -113,7 +114,7 @@ def test_a_weight_that_is_not_zero_or_one_is_multiplied(conn: DuckDBConnector,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     plan = _plan(_value("t.x0", "0", "100", 2),
                  weight="CASE WHEN (t.k > 1) THEN 2 ELSE 0 END")
-    fast, slow, seen = _both(plan, conn, monkeypatch)
+    fast, slow, seen, _ = _both(plan, conn, monkeypatch)
     assert np.array_equal(fast, slow)
     assert 'SUM("w") AS "__c0"' in seen[0] and 'SUM("w" * "v0")' in seen[0]
 
@@ -121,13 +122,7 @@ def test_a_weight_that_is_not_zero_or_one_is_multiplied(conn: DuckDBConnector,
 def test_a_private_key_keeps_every_row(conn: DuckDBConnector,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     plan = _plan(_value("t.x3", "0", "100", 0), private=True)
-    seen: list[str] = []
-    run = conn._execute
-    monkeypatch.setattr(conn, "_execute", lambda sql: (seen.append(sql), run(sql))[1])
-    fast, rows = fac.reduce_in_engine(plan, plan.steps[0], conn, SEED)
-    with monkeypatch.context() as m:
-        m.setattr(fac, "scaled_after_sum", lambda sql, *a: EngineSums(sql))
-        slow, slow_rows = fac.reduce_in_engine(plan, plan.steps[0], conn, SEED)
+    fast, slow, seen, (rows, slow_rows) = _both(plan, conn, monkeypatch)
     assert np.array_equal(fast, slow) and rows.labels == slow_rows.labels
     assert 'WHERE "w" <> 0' not in seen[0] and "ROUND(" not in seen[0]
 
