@@ -177,6 +177,26 @@ def test_pivot_of_unsorted_units_keeps_every_row() -> None:
             sorted(values[units == key].tolist())
 
 
+@pytest.mark.parametrize("kind", ["int", "text"])
+def test_pivot_of_units_in_order_equals_the_pivot_of_shuffled_ones(kind: str) -> None:
+    """Rows that arrive sorted by unit (what ``fetch`` asks DuckDB for) skip the sort and
+    the gather: the same units, slots (as multisets) and presence as the same rows shuffled,
+    unit keys negative, repeated up to the slots, text too."""
+    units = np.sort(np.repeat(RNG.permutation(4000)[:900] - 2000, RNG.integers(1, 4, 900)))
+    if kind == "text":
+        units = np.array([f"u{u:+05d}" for u in units], dtype=object)
+        units = units[np.argsort(units.astype(str), kind="stable")]
+    values = RNG.integers(-50, 100, len(units))
+    flags = RNG.integers(0, 2, len(units)).astype(bool)
+    mix = RNG.permutation(len(units))
+    ordered = pivot({"__unit": units, "v": values, "f": flags}, ["v", "f"], 3)
+    shuffled = pivot({"__unit": units[mix], "v": values[mix], "f": flags[mix]}, ["v", "f"], 3)
+    assert np.array_equal(ordered.keys, shuffled.keys)
+    assert np.array_equal(ordered.present.sum(1), shuffled.present.sum(1))
+    for name in ("v", "f"):
+        assert np.array_equal(np.sort(ordered.cols[name], 1), np.sort(shuffled.cols[name], 1))
+
+
 SEPARABLE_SQL = {
     "customers' region": ("SELECT c.region, AVG(l.defaulted) AS rate, COUNT(*) AS n "
                           "FROM bank.customers c JOIN bank.loans l "

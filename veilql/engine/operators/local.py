@@ -83,9 +83,14 @@ def fetch(step: LocalStep, connector: Connector, seed: str, *,
         finally:
             _LIGHT.reset(token)
     label_names = {c.name for c in step.columns if c.role == "label"}
+    sql = bounded_sql(step, seed)
+    if connector.dialect == "duckdb":
+        # Rows come sorted by unit, which ``pivot`` then need not sort: DuckDB's parallel
+        # sort took 0.35 s of 8.4 million loans at 10^7 people where numpy's took 0.7-1.3 s.
+        sql = f'SELECT * FROM ({sql}) AS "__s" ORDER BY "__unit"'
     with ENGINE_LOCK:
         try:  # the engine's cached memory is handed back also when the query fails
-            table = connector.run(bounded_sql(step, seed))
+            table = connector.run(sql)
             try:
                 data: dict[str, Any] = {
                     name: (col.to_pylist() if name in label_names else
@@ -302,7 +307,7 @@ def pivot(data: dict[str, np.ndarray], names: list[str], slots: int,
     place = np.cumsum(fresh, dtype=np.int64)  # 1 + unit index of each sorted row
     del fresh
     place -= 1
-    slot = np.arange(len(order), dtype=np.int64)
+    slot = np.arange(len(units), dtype=np.int64)
     slot -= starts[place]
     del starts
     if len(slot) and int(slot.max()) >= slots:
@@ -324,23 +329,32 @@ def pivot(data: dict[str, np.ndarray], names: list[str], slots: int,
         values = np.asarray(data[name])
         if values.dtype == object:  # NULLs from the engine: count them as 0
             values = np.array([0 if v is None else v for v in values])
-        for lo in range(0, len(order), step):
-            flat[place[lo:lo + step]] = values[order[lo:lo + step]]
+        if order is None:  # rows already in unit order: no gather
+            flat[place] = values
+        else:
+            for lo in range(0, len(order), step):
+                flat[place[lo:lo + step]] = values[order[lo:lo + step]]
         cols[name] = col
     return PartyRows(keys, cols, present)
 
 
-def _sort_units(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sort_units(units: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     """The order that sorts ``units`` and the sorted units.
 
-    Integer keys whose range and row count fit in 64 bits together are sorted as one
-    plain-integer sort of ``(unit - min) << b | row`` (several times faster than an
-    ``argsort``, and stable); other keys by ``argsort``.
+    Units already in order (as ``fetch`` asks a DuckDB engine for them) are checked in one
+    pass and kept: the order is then None (no gather needed). Integer keys whose range and
+    row count fit in 64 bits together are sorted as one plain-integer sort of ``(unit -
+    min) << b | row`` (several times faster than an ``argsort``, and stable); other keys by
+    ``argsort``.
 
     >>> [x.tolist() for x in _sort_units(np.array([7, -2, 7, 3]))]
     [[1, 3, 0, 2], [-2, 3, 7, 7]]
+    >>> _sort_units(np.array([-2, 3, 3, 7]))
+    (None, array([-2,  3,  3,  7]))
     """
     n = len(units)
+    if n < 2 or bool(np.all(units[1:] >= units[:-1])):
+        return None, units
     if n and units.dtype.kind in "iu":
         lo, hi = int(units.min()), int(units.max())
         bits = max(1, (n - 1).bit_length())
