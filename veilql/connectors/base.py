@@ -104,7 +104,16 @@ class Connector(ABC):
 
     def __init__(self, location: Path) -> None:
         self.location = location
-        self.instance = next(_INSTANCES)  # tells this connector's kept rewrites apart
+
+    @property
+    def instance(self) -> int:
+        """A number of this connector's own in this process (drawn on first use, also for
+        a subclass that sets up without ``Connector.__init__``): it keys what is kept per
+        connector (its rewritten SQL, its over-full units), never shared with another."""
+        got = self.__dict__.get("_instance")
+        if got is None:
+            got = self.__dict__.setdefault("_instance", next(_INSTANCES))
+        return got
 
     @property
     def spec(self) -> str:
