@@ -31,7 +31,8 @@ TYPES = ["DECIMAL(12, 2)", "DECIMAL(18, 4)", "DECIMAL(9, 0)", "INTEGER", "BIGINT
 def _value(x: str, lo: str, hi: str, digits: int) -> str:
     """A value column as bound_contributions writes it for DuckDB (``_case_clamps``)."""
     return (f"CASE WHEN ({x}) IS NULL THEN 0 ELSE CAST(ROUND(CASE WHEN {x} < {lo} THEN {lo} "
-            f"WHEN {x} > {hi} THEN {hi} ELSE {x} END * {10 ** digits}) AS BIGINT) END")
+            f"WHEN {x} > {hi} THEN {hi} ELSE {x} END * CAST({10 ** digits} AS BIGINT)) AS "
+            "BIGINT) END")
 
 
 def _plan(value: str, *, weight: str = "CASE WHEN (t.k > 1) THEN 1 ELSE 0 END",
@@ -92,7 +93,7 @@ def _both(plan: Plan, conn: DuckDBConnector, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("lo,hi,digits", [("0", "100", 2), ("-20", "200.5", 1), ("-3", "3", 0),
-                                          ("0", "0.125", 2), ("0", "100000", 4)])
+                                          ("0", "0.125", 2), ("0", "1000000", 4)])
 @pytest.mark.parametrize("i", range(len(TYPES)), ids=TYPES)
 def test_sums_scaled_once_equal_the_per_row_form(i: int, lo: str, hi: str, digits: int,
                                                  conn: DuckDBConnector,
@@ -138,3 +139,25 @@ def test_other_shapes_and_unbound_sql_are_left_alone(conn: DuckDBConnector) -> N
     # the alias read again inside its own SELECT: left as it is
     sql = "SELECT t.id AS __unit, 1 AS w, " + _value("t.x0", "0", "9", 2) + " AS v0, v0 AS z FROM t"
     assert scaled_after_sum(sql, conn, ("t",)).sql == sql
+
+
+@pytest.mark.parametrize("role", ["value", "operand"])
+def test_a_scale_past_32_bits_does_not_overflow_an_integer_column(role: str) -> None:
+    """An INTEGER of 30,000,000 at two digits is 3e9 in fixed point: beyond 32 bits, which an
+    INTEGER times an INTEGER literal would stay in (DuckDB's overflow error); the scale is
+    multiplied as a BIGINT (``bound_contributions._column_sql``)."""
+    import duckdb
+
+    from veilql.engine.plan.nodes import LocalColumn
+    from veilql.engine.rewrite.bound_contributions import _column_sql
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (x INTEGER)")
+    con.execute("INSERT INTO t VALUES (30000000), (-5), (NULL), (2147483647)")
+    col = LocalColumn("v0", role, "t.x", decimals=2,
+                      bounds=(0, 5e7) if role == "value" else None)
+    got = [r[0] for r in con.execute(f"SELECT {_column_sql(col)} FROM t").fetchall()]
+    if role == "value":  # clamped to [0, 5e7], NULL adds 0
+        assert got == [3_000_000_000, 0, 0, 5_000_000_000]
+    else:  # not clamped, NULL compares as 0
+        assert got == [3_000_000_000, -500, 0, 214_748_364_700]

@@ -17,7 +17,8 @@ the party's local SQL, in DuckDB's dialect; the connector transpiles it to its o
 ...                     stop_after="bound_contributions")
 >>> print(plan.step("bank").sql)  # doctest: +NORMALIZE_WHITESPACE
 SELECT loans.customer_id AS __unit, 1 AS w, CASE WHEN (loans.amount) IS NULL THEN 0 ELSE
-  CAST(ROUND(LEAST(GREATEST(loans.amount, 0), 100000) * 100) AS BIGINT) END AS v0
+  CAST(ROUND(LEAST(GREATEST(loans.amount, 0), 100000) * CAST(100 AS BIGINT)) AS BIGINT) END
+  AS v0
 FROM (SELECT customer_id, amount FROM loans WHERE NOT customer_id IS NULL AND NOT
   customer_id IN (SELECT customer_id FROM loans WHERE NOT customer_id IS NULL GROUP BY
   customer_id HAVING COUNT(*) > 3) UNION ALL SELECT customer_id, amount FROM (SELECT
@@ -56,17 +57,23 @@ def bound_contributions(plan: Plan, ctx: Context) -> Plan:
 
 
 def _column_sql(col: LocalColumn) -> str:
-    """The select expression of one local column."""
+    """The select expression of one local column.
+
+    The scale is multiplied as a BIGINT: an INTEGER column times an INTEGER literal stays
+    32-bit in DuckDB and overflows there (an INTEGER of 30,000,000 at two digits), where the
+    fixed-point value itself fits the 64-bit result.
+    """
+    scale = f"CAST({10 ** col.decimals} AS BIGINT)"
     if col.role == "value":
         assert col.bounds is not None
         lo, hi = (_number(b) for b in col.bounds)
         # NULL adds 0 (as SUM skips it); GREATEST/LEAST would turn a NULL into a bound.
-        scaled = f"LEAST(GREATEST({col.sql}, {lo}), {hi}) * {10 ** col.decimals}"
+        scaled = f"LEAST(GREATEST({col.sql}, {lo}), {hi}) * {scale}"
         return (f"CASE WHEN ({col.sql}) IS NULL THEN 0 ELSE CAST(ROUND({scaled}) AS BIGINT) "
                 "END")
     if col.role == "operand":
         # Comparisons need no clamping; NULL compares as 0 (documented in the user guide).
-        return f"COALESCE(CAST(ROUND(({col.sql}) * {10 ** col.decimals}) AS BIGINT), 0)"
+        return f"COALESCE(CAST(ROUND(({col.sql}) * {scale}) AS BIGINT), 0)"
     return col.sql
 
 
@@ -211,7 +218,8 @@ def engine_sql(sql: str, unique: Callable[[str, str], bool], *,
 
 def _case_clamps(tree: exp.Expression) -> int:
     """Rewrite each value column of ``_column_sql``'s shape, ``CASE WHEN (x) IS NULL THEN 0
-    ELSE CAST(ROUND(LEAST(GREATEST(x, lo), hi) * s) AS BIGINT) END``, to clamp ``x`` with
+    ELSE CAST(ROUND(LEAST(GREATEST(x, lo), hi) * CAST(s AS BIGINT)) AS BIGINT) END``, to
+    clamp ``x`` with
     ``CASE WHEN x < lo THEN lo WHEN x > hi THEN hi ELSE x END``; the number of columns.
 
     The same value: ``x`` is not NULL there (the outer test), ``lo <= hi`` are constants,
