@@ -161,3 +161,8 @@ def test_a_scale_past_32_bits_does_not_overflow_an_integer_column(role: str) -> 
         assert got == [3_000_000_000, 0, 0, 5_000_000_000]
     else:  # not clamped, NULL compares as 0
         assert got == [3_000_000_000, -500, 0, 214_748_364_700]
+    # a fractional scale (negative digits, as a variance's squares get) stays a fraction
+    col = LocalColumn("v0", role, "t.x", decimals=-4,
+                      bounds=(0, 5e7) if role == "value" else None)
+    got = [r[0] for r in con.execute(f"SELECT {_column_sql(col)} FROM t").fetchall()]
+    assert got[0] == 3000 and got[2] == 0

@@ -59,11 +59,13 @@ def bound_contributions(plan: Plan, ctx: Context) -> Plan:
 def _column_sql(col: LocalColumn) -> str:
     """The select expression of one local column.
 
-    The scale is multiplied as a BIGINT: an INTEGER column times an INTEGER literal stays
-    32-bit in DuckDB and overflows there (an INTEGER of 30,000,000 at two digits), where the
-    fixed-point value itself fits the 64-bit result.
+    A whole scale is multiplied as a BIGINT: an INTEGER column times an INTEGER literal
+    stays 32-bit in DuckDB and overflows there (an INTEGER of 30,000,000 at two digits),
+    where the fixed-point value itself fits the 64-bit result. A fractional scale (negative
+    digits, e.g. a variance's squares) is a DECIMAL literal, whose product is not 32-bit.
     """
-    scale = f"CAST({10 ** col.decimals} AS BIGINT)"
+    scale = (f"CAST({10 ** col.decimals} AS BIGINT)" if col.decimals >= 0 else
+             f"{10 ** col.decimals}")
     if col.role == "value":
         assert col.bounds is not None
         lo, hi = (_number(b) for b in col.bounds)
