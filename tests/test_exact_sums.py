@@ -15,13 +15,15 @@ from decimal import Decimal
 
 import numpy as np
 import pytest
+import sqlglot
 
 from veilql.connectors.duckdb import DuckDBConnector
 from veilql.engine.operators import exact_sums
 from veilql.engine.operators import factors as fac
 from veilql.engine.operators.exact_sums import EngineSums, scaled_after_sum
 from veilql.engine.operators.local import PartyRows
-from veilql.engine.plan.nodes import AggregateSpec, GroupKey, LocalStep, Plan, Term
+from veilql.engine.plan.nodes import AggregateSpec, GroupKey, LocalColumn, LocalStep, Plan, Term
+from veilql.engine.rewrite.bound_contributions import _case_clamps, _column_sql
 
 SEED = "0123456789abcdef" * 2
 TYPES = ["DECIMAL(12, 2)", "DECIMAL(18, 4)", "DECIMAL(9, 0)", "INTEGER", "BIGINT",
@@ -29,10 +31,12 @@ TYPES = ["DECIMAL(12, 2)", "DECIMAL(18, 4)", "DECIMAL(9, 0)", "INTEGER", "BIGINT
 
 
 def _value(x: str, lo: str, hi: str, digits: int) -> str:
-    """A value column as bound_contributions writes it for DuckDB (``_case_clamps``)."""
-    return (f"CASE WHEN ({x}) IS NULL THEN 0 ELSE CAST(ROUND(CASE WHEN {x} < {lo} THEN {lo} "
-            f"WHEN {x} > {hi} THEN {hi} ELSE {x} END * CAST({10 ** digits} AS BIGINT)) AS "
-            "BIGINT) END")
+    """A value column as bound_contributions writes it for DuckDB (``_column_sql``, then
+    ``_case_clamps``)."""
+    col = LocalColumn("v0", "value", x, decimals=digits, bounds=(float(lo), float(hi)))
+    tree = sqlglot.parse_one(f"SELECT {_column_sql(col)}", read="duckdb")
+    _case_clamps(tree)
+    return tree.expressions[0].sql(dialect="duckdb")
 
 
 def _plan(value: str, *, weight: str = "CASE WHEN (t.k > 1) THEN 1 ELSE 0 END",
@@ -147,9 +151,6 @@ def test_a_scale_past_32_bits_does_not_overflow_an_integer_column(role: str) -> 
     INTEGER times an INTEGER literal would stay in (DuckDB's overflow error); the scale is
     multiplied as a BIGINT (``bound_contributions._column_sql``)."""
     import duckdb
-
-    from veilql.engine.plan.nodes import LocalColumn
-    from veilql.engine.rewrite.bound_contributions import _column_sql
 
     con = duckdb.connect()
     con.execute("CREATE TABLE t (x INTEGER)")
